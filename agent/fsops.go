@@ -1,0 +1,563 @@
+package main
+
+// File system ops: fs.read, fs.write, fs.list, fs.stat, fs.mkdir,
+// fs.remove, fs.rename.
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"unsafe"
+)
+
+// Entry is spec type Entry.
+type Entry struct {
+	Name          string  `json:"name"`
+	Path          string  `json:"path"`
+	Type          string  `json:"type"`
+	Size          int64   `json:"size"`
+	Mode          uint32  `json:"mode"`
+	MtimeMs       int64   `json:"mtimeMs"`
+	SymlinkTarget *string `json:"symlinkTarget,omitempty"`
+}
+
+const (
+	listChunkEntries = 500
+	listMaxDepth     = 32
+)
+
+// cleanPath checks that p (the value of field) is absolute and free of NUL,
+// and returns it cleaned.
+func cleanPath(field string, p *string) (string, error) {
+	if p == nil {
+		return "", missing(field)
+	}
+	if strings.IndexByte(*p, 0) >= 0 {
+		return "", opErrorf(CodeInvalidPath, "%s: path contains a NUL byte", field)
+	}
+	if !filepath.IsAbs(*p) {
+		return "", opErrorf(CodeInvalidPath, "%s: path %q is not absolute", field, *p)
+	}
+	return filepath.Clean(*p), nil
+}
+
+// entryFor builds an Entry from lstat information.
+func entryFor(path string, fi os.FileInfo) Entry {
+	e := Entry{Name: fi.Name(), Path: path, Size: fi.Size()}
+	if path == "/" {
+		e.Name = "/"
+	}
+	mode := uint32(fi.Mode().Perm())
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		mode = st.Mode & 0o7777
+		e.MtimeMs = st.Mtim.Sec*1000 + st.Mtim.Nsec/1e6
+	} else {
+		e.MtimeMs = fi.ModTime().UnixMilli()
+	}
+	e.Mode = mode
+	switch {
+	case fi.Mode().IsRegular():
+		e.Type = "file"
+	case fi.IsDir():
+		e.Type = "dir"
+	case fi.Mode()&os.ModeSymlink != 0:
+		e.Type = "symlink"
+		if t, err := os.Readlink(path); err == nil {
+			e.SymlinkTarget = &t
+		} else {
+			empty := ""
+			e.SymlinkTarget = &empty
+		}
+	default:
+		e.Type = "other"
+	}
+	return e
+}
+
+func opFsStat(st *stream, raw json.RawMessage) (interface{}, error) {
+	var req struct {
+		Path *string `json:"path"`
+	}
+	if err := decodeRequest(raw, &req); err != nil {
+		return nil, err
+	}
+	p, err := cleanPath("path", req.Path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return nil, toOpError("stat "+p, err)
+	}
+	return entryFor(p, fi), nil
+}
+
+func opFsRead(st *stream, raw json.RawMessage) (interface{}, error) {
+	var req struct {
+		Path *string `json:"path"`
+	}
+	if err := decodeRequest(raw, &req); err != nil {
+		return nil, err
+	}
+	p, err := cleanPath("path", req.Path)
+	if err != nil {
+		return nil, err
+	}
+	// O_NONBLOCK so that opening a FIFO does not hang; it has no effect on
+	// regular files, the only kind that is read.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, toOpError("open "+p, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, toOpError("stat "+p, err)
+	}
+	if fi.IsDir() {
+		return nil, opErrorf(CodeIsADirectory, "read %s: is a directory", p)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, opErrorf(CodeIOError, "read %s: not a regular file", p)
+	}
+	buf := make([]byte, maxDataChunkPayload)
+	var total int64
+	for {
+		n, rerr := f.Read(buf)
+		if n > 0 {
+			if err := st.sendData(ChanMain, buf[:n]); err != nil {
+				return nil, err
+			}
+			total += int64(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return nil, toOpError("read "+p, rerr)
+		}
+	}
+	return map[string]interface{}{"size": total}, nil
+}
+
+func opFsWrite(st *stream, raw json.RawMessage) (interface{}, error) {
+	var req struct {
+		Path   *string `json:"path"`
+		Mode   *uint32 `json:"mode"`
+		Append bool    `json:"append"`
+	}
+	if err := decodeRequest(raw, &req); err != nil {
+		return nil, err
+	}
+	p, err := cleanPath("path", req.Path)
+	if err != nil {
+		return nil, err
+	}
+	mode := uint32(0o644)
+	if req.Mode != nil {
+		mode = *req.Mode & 0o7777
+	}
+	// Writing to a symlink writes to the file it points to.
+	target := p
+	if li, err := os.Lstat(p); err == nil && li.Mode()&os.ModeSymlink != 0 {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			target = r
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return nil, toOpError("create parent directories of "+p, err)
+	}
+	var n int64
+	if req.Append {
+		n, err = writeAppend(st, target, mode)
+	} else {
+		n, err = writeReplace(st, target, mode)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]interface{}{"size": n, "path": p}, nil
+}
+
+// receiveInto copies the stream's DATA into f until END, granting credit
+// back as each chunk is written.
+func receiveInto(st *stream, f *os.File, what string) (int64, error) {
+	var total int64
+	for {
+		chunk, err := st.recv()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		if _, err := f.Write(chunk); err != nil {
+			return total, toOpError(what, err)
+		}
+		total += int64(len(chunk))
+		st.grant(len(chunk))
+	}
+}
+
+func writeAppend(st *stream, target string, mode uint32) (int64, error) {
+	_, statErr := os.Lstat(target)
+	f, err := os.OpenFile(target, os.O_WRONLY|os.O_APPEND|os.O_CREATE, os.FileMode(mode&0o777))
+	if err != nil {
+		return 0, toOpError("open "+target, err)
+	}
+	defer f.Close()
+	if os.IsNotExist(statErr) {
+		if err := fchmod(f, mode); err != nil {
+			return 0, toOpError("chmod "+target, err)
+		}
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.IsDir() {
+		return 0, opErrorf(CodeIsADirectory, "write %s: is a directory", target)
+	}
+	n, err := receiveInto(st, f, "write "+target)
+	if err != nil {
+		return n, err
+	}
+	if err := f.Close(); err != nil {
+		return n, toOpError("close "+target, err)
+	}
+	return n, nil
+}
+
+// writeReplace writes into a temporary file next to target and renames it
+// over target after END; a cancelled or failed write removes the temporary
+// file and leaves target untouched. An existing target keeps its mode (and
+// owner, when the agent may chown).
+func writeReplace(st *stream, target string, mode uint32) (int64, error) {
+	uid, gid := -1, -1
+	if fi, err := os.Stat(target); err == nil {
+		if fi.IsDir() {
+			return 0, opErrorf(CodeIsADirectory, "write %s: is a directory", target)
+		}
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+			mode = sys.Mode & 0o7777
+			uid, gid = int(sys.Uid), int(sys.Gid)
+		}
+	}
+	dir, base := filepath.Split(target)
+	if len(base) > 100 {
+		base = base[:100]
+	}
+	f, err := os.CreateTemp(dir, "."+base+".nstmp-*")
+	if err != nil {
+		return 0, toOpError("create temporary file in "+dir, err)
+	}
+	tmp := f.Name()
+	committed := false
+	defer func() {
+		if !committed {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	n, err := receiveInto(st, f, "write "+target)
+	if err != nil {
+		return n, err
+	}
+	if uid >= 0 && os.Geteuid() == 0 {
+		_ = f.Chown(uid, gid) // best effort
+	}
+	if err := fchmod(f, mode); err != nil {
+		return n, toOpError("chmod "+tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return n, toOpError("close "+tmp, err)
+	}
+	if err := os.Rename(tmp, target); err != nil {
+		return n, toOpError("rename "+tmp+" to "+target, err)
+	}
+	committed = true
+	return n, nil
+}
+
+// fchmod sets the exact permission bits (including setuid/setgid/sticky,
+// which os.FileMode would need translating).
+func fchmod(f *os.File, mode uint32) error {
+	return syscall.Fchmod(int(f.Fd()), mode&0o7777)
+}
+
+func opFsList(st *stream, raw json.RawMessage) (interface{}, error) {
+	var req struct {
+		Path  *string `json:"path"`
+		Depth *int    `json:"depth"`
+	}
+	if err := decodeRequest(raw, &req); err != nil {
+		return nil, err
+	}
+	p, err := cleanPath("path", req.Path)
+	if err != nil {
+		return nil, err
+	}
+	depth := 1
+	if req.Depth != nil {
+		depth = *req.Depth
+		if depth < 1 {
+			return nil, opErrorf(CodeBadRequest, "depth must be at least 1")
+		}
+		if depth > listMaxDepth {
+			depth = listMaxDepth
+		}
+	}
+	fi, err := os.Stat(p) // the listed directory itself may be a symlink
+	if err != nil {
+		return nil, toOpError("stat "+p, err)
+	}
+	if !fi.IsDir() {
+		return nil, opErrorf(CodeNotADirectory, "list %s: not a directory", p)
+	}
+	l := &lister{st: st, depth: depth}
+	if err := l.walk(p, 1); err != nil {
+		return nil, err
+	}
+	if err := l.flush(); err != nil {
+		return nil, err
+	}
+	return map[string]interface{}{"count": l.count}, nil
+}
+
+// lister streams a directory tree sorted by path. Sorting the whole
+// listing by path byte-wise while streaming works by sorting, within each
+// directory, the keys "name" (the entry) and "name/" (the subtree of a
+// directory): every path in the listing is dir + "/" + key + rest, so the
+// key order is the path order.
+type lister struct {
+	st    *stream
+	depth int
+	batch []Entry
+	count int
+}
+
+type listItem struct {
+	key     string
+	entry   *Entry
+	subtree string // directory path to descend into
+}
+
+func (l *lister) walk(dir string, level int) error {
+	if err := l.st.ctx.Err(); err != nil {
+		return err
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		if level == 1 {
+			return toOpError("open "+dir, err)
+		}
+		return nil // an unreadable subdirectory is listed but not descended
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil && level == 1 {
+		return toOpError("read directory "+dir, err)
+	}
+	items := make([]listItem, 0, len(names))
+	for _, name := range names {
+		path := filepath.Join(dir, name)
+		fi, err := os.Lstat(path)
+		if err != nil {
+			continue // vanished meanwhile
+		}
+		e := entryFor(path, fi)
+		items = append(items, listItem{key: name, entry: &e})
+		if fi.IsDir() && level < l.depth { // Lstat: symlinks are not followed
+			items = append(items, listItem{key: name + "/", subtree: path})
+		}
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].key < items[j].key })
+	for _, it := range items {
+		if it.entry != nil {
+			if err := l.add(*it.entry); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := l.walk(it.subtree, level+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *lister) add(e Entry) error {
+	l.batch = append(l.batch, e)
+	l.count++
+	if len(l.batch) >= listChunkEntries {
+		return l.flush()
+	}
+	return nil
+}
+
+func (l *lister) flush() error {
+	if len(l.batch) == 0 {
+		return nil
+	}
+	err := l.st.event(map[string]interface{}{"type": "entries", "entries": l.batch})
+	l.batch = l.batch[:0]
+	return err
+}
+
+func opFsMkdir(st *stream, raw json.RawMessage) (interface{}, error) {
+	var req struct {
+		Path    *string `json:"path"`
+		Parents *bool   `json:"parents"`
+		Mode    *uint32 `json:"mode"`
+	}
+	if err := decodeRequest(raw, &req); err != nil {
+		return nil, err
+	}
+	p, err := cleanPath("path", req.Path)
+	if err != nil {
+		return nil, err
+	}
+	mode := uint32(0o755)
+	if req.Mode != nil {
+		mode = *req.Mode & 0o7777
+	}
+	existsAsDir := func() (bool, error) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return false, err
+		}
+		if !fi.IsDir() {
+			return false, opErrorf(CodeAlreadyExists, "mkdir %s: exists and is not a directory", p)
+		}
+		return true, nil
+	}
+	if ok, err := existsAsDir(); ok {
+		return map[string]interface{}{"created": false}, nil
+	} else if oe := (*OpError)(nil); errors.As(err, &oe) {
+		return nil, oe
+	}
+	if boolOr(req.Parents, true) {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return nil, toOpError("create parent directories of "+p, err)
+		}
+	}
+	if err := syscall.Mkdir(p, mode&0o777); err != nil {
+		if err == syscall.EEXIST {
+			if ok, err2 := existsAsDir(); ok {
+				return map[string]interface{}{"created": false}, nil
+			} else if oe := (*OpError)(nil); errors.As(err2, &oe) {
+				return nil, oe
+			}
+		}
+		return nil, toOpError("mkdir "+p, &os.PathError{Op: "mkdir", Path: p, Err: err})
+	}
+	if err := syscall.Chmod(p, mode); err != nil { // exact bits, regardless of umask
+		return nil, toOpError("chmod "+p, &os.PathError{Op: "chmod", Path: p, Err: err})
+	}
+	return map[string]interface{}{"created": true}, nil
+}
+
+func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
+	var req struct {
+		Path      *string `json:"path"`
+		Recursive bool    `json:"recursive"`
+	}
+	if err := decodeRequest(raw, &req); err != nil {
+		return nil, err
+	}
+	p, err := cleanPath("path", req.Path)
+	if err != nil {
+		return nil, err
+	}
+	if p == "/" {
+		return nil, opErrorf(CodePermissionDenied, "refusing to remove /")
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return nil, toOpError("remove "+p, err)
+	}
+	if !fi.IsDir() {
+		if err := syscall.Unlink(p); err != nil {
+			return nil, toOpError("remove "+p, &os.PathError{Op: "unlink", Path: p, Err: err})
+		}
+		return struct{}{}, nil
+	}
+	if req.Recursive {
+		if err := os.RemoveAll(p); err != nil {
+			return nil, toOpError("remove "+p, err)
+		}
+		return struct{}{}, nil
+	}
+	if err := syscall.Rmdir(p); err != nil {
+		if err == syscall.ENOTEMPTY || err == syscall.EEXIST {
+			return nil, opErrorf(CodeNotEmpty, "remove %s: directory not empty", p)
+		}
+		return nil, toOpError("remove "+p, &os.PathError{Op: "rmdir", Path: p, Err: err})
+	}
+	return struct{}{}, nil
+}
+
+const renameNoReplace = 1 // RENAME_NOREPLACE
+
+func opFsRename(st *stream, raw json.RawMessage) (interface{}, error) {
+	var req struct {
+		From      *string `json:"from"`
+		To        *string `json:"to"`
+		Overwrite *bool   `json:"overwrite"`
+	}
+	if err := decodeRequest(raw, &req); err != nil {
+		return nil, err
+	}
+	from, err := cleanPath("from", req.From)
+	if err != nil {
+		return nil, err
+	}
+	to, err := cleanPath("to", req.To)
+	if err != nil {
+		return nil, err
+	}
+	linkErr := func(err error) error {
+		return toOpError("", &os.LinkError{Op: "rename", Old: from, New: to, Err: err})
+	}
+	if boolOr(req.Overwrite, true) {
+		// rename(2) directly: os.Rename refuses to replace a directory.
+		if err := syscall.Rename(from, to); err != nil {
+			return nil, linkErr(err)
+		}
+		return struct{}{}, nil
+	}
+	err = renameat2(from, to, renameNoReplace)
+	if err == syscall.ENOSYS || err == syscall.EINVAL {
+		// No RENAME_NOREPLACE support (old kernel or file system): check
+		// then rename.
+		if _, lerr := os.Lstat(to); lerr == nil {
+			err = syscall.EEXIST
+		} else {
+			err = syscall.Rename(from, to)
+		}
+	}
+	if err != nil {
+		return nil, linkErr(err)
+	}
+	return struct{}{}, nil
+}
+
+func renameat2(from, to string, flags uint) error {
+	p1, err := syscall.BytePtrFromString(from)
+	if err != nil {
+		return err
+	}
+	p2, err := syscall.BytePtrFromString(to)
+	if err != nil {
+		return err
+	}
+	atFDCWD := -100 // AT_FDCWD
+	_, _, e := syscall.Syscall6(sysRenameat2, uintptr(atFDCWD), uintptr(unsafe.Pointer(p1)),
+		uintptr(atFDCWD), uintptr(unsafe.Pointer(p2)), uintptr(flags), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}

@@ -1,0 +1,3 @@
+module nullspace/agent
+
+go 1.19

@@ -1,0 +1,70 @@
+// Command nullspace-agent is the in-guest agent of nullspace sandboxes.
+//
+//	nullspace-agent init                        PID 1 after switch_root
+//	nullspace-agent serve [--listen unix:PATH]  the protocol server
+//	nullspace-agent version                     print the version
+//
+// The protocol is specified in spec/agent.json.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"strings"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "usage: nullspace-agent init | serve [--listen unix:PATH] | version\n")
+}
+
+func main() {
+	args := os.Args[1:]
+	if len(args) == 0 {
+		if os.Getpid() == 1 {
+			runInit()
+		}
+		usage()
+		os.Exit(2)
+	}
+	switch args[0] {
+	case "init":
+		runInit()
+	case "serve":
+		os.Exit(runServe(args[1:]))
+	case "version", "--version", "-v":
+		fmt.Println(version)
+	default:
+		usage()
+		os.Exit(2)
+	}
+}
+
+func runServe(args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	listen := fs.String("listen", "", "serve on unix:PATH instead of the virtio port (for tests)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	logger := log.New(os.Stderr, "nullspace-agent serve: ", 0)
+	a := NewAgent(version, logger)
+	var err error
+	switch {
+	case *listen == "":
+		err = serveVirtio(a)
+	case strings.HasPrefix(*listen, "unix:"):
+		err = serveUnix(a, strings.TrimPrefix(*listen, "unix:"))
+	default:
+		logger.Printf("unsupported --listen %q (want unix:PATH)", *listen)
+		return 2
+	}
+	if err != nil {
+		logger.Printf("%v", err)
+		return 1
+	}
+	return 0
+}

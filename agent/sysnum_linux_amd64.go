@@ -1,0 +1,4 @@
+package main
+
+// Syscall numbers missing from the syscall package.
+const sysRenameat2 = 316
