@@ -32,10 +32,18 @@ var earlyMounts = []mountSpec{
 // runInit never returns: PID 1 exiting panics the kernel.
 func runInit() {
 	start := time.Now()
-	// Without this, Go's default action for these signals would exit.
-	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
+	// Catch and discard these signals: Go's default action would exit.
+	// Not signal.Ignore: SIG_IGN is inherited across exec (serve, and from
+	// there every user process, would start with SIGINT/SIGHUP ignored),
+	// while a caught signal is reset to its default in children.
+	discard := make(chan os.Signal, 8)
+	signal.Notify(discard, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE, syscall.SIGTSTP,
 		syscall.SIGTTIN, syscall.SIGTTOU)
+	go func() {
+		for range discard {
+		}
+	}()
 	// Subscribe before any child exists so that no SIGCHLD is missed.
 	sigchld := make(chan os.Signal, 8)
 	signal.Notify(sigchld, syscall.SIGCHLD)

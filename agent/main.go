@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -24,10 +26,12 @@ func usage() {
 
 func main() {
 	args := os.Args[1:]
+	if os.Getpid() == 1 {
+		// As PID 1 always be init, whatever arguments the kernel passed:
+		// exiting would panic the kernel.
+		runInit()
+	}
 	if len(args) == 0 {
-		if os.Getpid() == 1 {
-			runInit()
-		}
 		usage()
 		os.Exit(2)
 	}
@@ -51,6 +55,20 @@ func runServe(args []string) int {
 		return 2
 	}
 	logger := log.New(os.Stderr, "nullspace-agent serve: ", 0)
+	// Exit on these signals (init restarts serve). Catching them also
+	// matters for the processes we start: a disposition inherited as
+	// ignored (e.g. SIGINT of a shell's background job) would otherwise be
+	// passed on to every process, while a caught one is reset on exec.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGHUP, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		logger.Printf("exiting on %v", s)
+		if strings.HasPrefix(*listen, "unix:") {
+			os.Remove(strings.TrimPrefix(*listen, "unix:"))
+		}
+		os.Exit(0)
+	}()
 	a := NewAgent(version, logger)
 	var err error
 	switch {

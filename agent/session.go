@@ -109,15 +109,18 @@ func (fw *frameWriter) run() {
 		fw.queue = fw.queue[n:]
 		fw.mu.Unlock()
 
-		var err error
-		if len(items) == 1 {
-			_, err = fw.w.Write(items[0].buf)
-		} else {
+		buf := items[0].buf
+		if len(items) > 1 {
 			batch = batch[:0]
 			for _, it := range items {
 				batch = append(batch, it.buf...)
 			}
-			_, err = fw.w.Write(batch)
+			buf = batch
+		}
+		err := fw.write(buf)
+		if err == errSessionClosed {
+			finishFrames(items, err)
+			continue // the loop sees closed and exits
 		}
 		if err != nil {
 			err = fmt.Errorf("write to host: %w", err)
@@ -136,6 +139,34 @@ func (fw *frameWriter) run() {
 		}
 		finishFrames(items, nil)
 	}
+}
+
+// writePiece bounds a single Write, so that a writer that blocked while
+// the host was away (virtio: write waits for the host to come back) stops
+// soon after the session has ended instead of pushing a whole batch of
+// stale frames into the next connection.
+const writePiece = 32 << 10
+
+func (fw *frameWriter) write(buf []byte) error {
+	for len(buf) > 0 {
+		n := len(buf)
+		if n > writePiece {
+			n = writePiece
+		}
+		if _, err := fw.w.Write(buf[:n]); err != nil {
+			return err
+		}
+		buf = buf[n:]
+		if len(buf) > 0 {
+			fw.mu.Lock()
+			closed := fw.closed
+			fw.mu.Unlock()
+			if closed {
+				return errSessionClosed
+			}
+		}
+	}
+	return nil
 }
 
 func finishFrames(items []*outFrame, err error) {
