@@ -108,10 +108,11 @@ func encodeWindow(stream uint32, n uint32) []byte {
 	return encodeFrame(stream, FrameWindow, p[:])
 }
 
-// FrameReader decodes frames from a byte stream.
+// FrameReader decodes frames from a byte stream. It may outlive a session
+// (virtio port): EOF is not sticky, reading goes on after it.
 type FrameReader struct {
 	r *bufio.Reader
-	n int64 // bytes consumed from the underlying reader (approximately: buffered reads count)
+	n int64 // bytes read from the underlying reader (buffered ones included)
 }
 
 type countingReader struct {
@@ -156,10 +157,19 @@ func (fr *FrameReader) WaitMagic() error {
 }
 
 // ReadFrame reads the next frame. An io.EOF in the middle of a frame is
-// reported as io.ErrUnexpectedEOF.
+// reported as io.ErrUnexpectedEOF. The header is only consumed once it is
+// known to be valid: after ErrFrameTooLarge (or EOF inside the header) its
+// bytes are still buffered, so a following WaitMagic on the same reader
+// scans them. That matters on the virtio port, where a host that
+// reconnected before the old session noticed the disconnect sends its magic
+// where the old session expects a frame header (as a length, the magic is
+// far over the maximum).
 func (fr *FrameReader) ReadFrame() (Frame, error) {
-	var hdr [frameHeaderBytes]byte
-	if _, err := io.ReadFull(fr.r, hdr[:]); err != nil {
+	hdr, err := fr.r.Peek(frameHeaderBytes)
+	if err != nil {
+		if err == io.EOF && len(hdr) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 		return Frame{}, err
 	}
 	n := binary.BigEndian.Uint32(hdr[0:4])
@@ -169,6 +179,9 @@ func (fr *FrameReader) ReadFrame() (Frame, error) {
 	f := Frame{
 		Stream: binary.BigEndian.Uint32(hdr[4:8]),
 		Type:   FrameType(hdr[8]),
+	}
+	if _, err := fr.r.Discard(frameHeaderBytes); err != nil {
+		return Frame{}, err
 	}
 	if n > 0 {
 		f.Payload = make([]byte, n)

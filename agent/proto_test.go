@@ -136,3 +136,29 @@ func TestSplitReads(t *testing.T) {
 		}
 	}
 }
+
+// A magic arriving where a frame header is expected fails as an oversized
+// frame without being consumed, so WaitMagic on the same reader finds it.
+func TestMagicInsteadOfHeader(t *testing.T) {
+	var buf bytes.Buffer
+	buf.WriteString(magic)
+	buf.Write(encodeFrame(1, FrameOpen, []byte("{}")))
+	buf.WriteString(magic)
+	buf.Write(encodeFrame(2, FrameOpen, []byte("{}")))
+	fr := NewFrameReader(&buf)
+	if err := fr.WaitMagic(); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := fr.ReadFrame(); err != nil || f.Stream != 1 {
+		t.Fatalf("first frame %+v %v", f, err)
+	}
+	if _, err := fr.ReadFrame(); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("magic as header: %v", err)
+	}
+	if err := fr.WaitMagic(); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := fr.ReadFrame(); err != nil || f.Stream != 2 {
+		t.Fatalf("frame after the second magic %+v %v", f, err)
+	}
+}

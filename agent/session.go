@@ -199,13 +199,20 @@ type session struct {
 // finishing; they can no longer write to rw. It returns the number of bytes
 // read from rw.
 func (a *Agent) ServeConn(rw io.ReadWriter, closeConn func()) (int64, error) {
-	fr := NewFrameReader(rw)
+	return a.serveSession(NewFrameReader(rw), rw, closeConn)
+}
+
+// serveSession is ServeConn with a frame reader that may be shared by
+// successive sessions on the same transport (its buffered bytes carry
+// over). It returns the number of bytes read during this session.
+func (a *Agent) serveSession(fr *FrameReader, w io.Writer, closeConn func()) (int64, error) {
+	startBytes := fr.BytesRead()
 	if err := fr.WaitMagic(); err != nil {
-		return fr.BytesRead(), fmt.Errorf("waiting for magic: %w", err)
+		return fr.BytesRead() - startBytes, fmt.Errorf("waiting for magic: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{agent: a, ctx: ctx, cancel: cancel, streams: make(map[uint32]*stream)}
-	s.fw = newFrameWriter(rw, func(error) {
+	s.fw = newFrameWriter(w, func(error) {
 		cancel()
 		if closeConn != nil {
 			closeConn()
@@ -235,7 +242,7 @@ func (a *Agent) ServeConn(rw io.ReadWriter, closeConn func()) (int64, error) {
 	if err == io.EOF {
 		err = nil
 	}
-	return fr.BytesRead(), err
+	return fr.BytesRead() - startBytes, err
 }
 
 // shutdown cancels every stream of the session and stops the writer.

@@ -1,30 +1,37 @@
 package main
 
-// Transports: the virtio-serial port inside the VM, and a unix socket
-// listener for tests on the host.
+// The virtio-serial transport used inside the VM.
 //
 // virtio-serial (Linux virtio_console driver) semantics this code relies on:
 //   - read() with the host disconnected and nothing buffered returns 0
-//     immediately; a blocked read() returns 0 when the host disconnects.
-//   - poll() reports POLLHUP continuously while the host is disconnected.
-//   - write() on a blocking fd waits while the host is disconnected (and
-//     completes after it reconnects).
+//     immediately (EOF); with the host connected and nothing buffered it
+//     blocks, or fails with EAGAIN on an O_NONBLOCK fd.
+//   - write() while the host is disconnected blocks until it reconnects, or
+//     fails with EAGAIN on an O_NONBLOCK fd.
+//   - poll() reports POLLHUP continuously while the host is disconnected,
+//     POLLIN when data is buffered, POLLOUT when a write would not block;
+//     the driver wakes pollers on connection changes and on data.
 //   - with O_ASYNC and F_SETOWN the driver sends SIGIO when the host
 //     connects or disconnects and when data arrives.
 //
-// We use a raw blocking fd with syscall.Read/Write rather than os.File:
-// os.File would switch a character device to O_NONBLOCK and register it
-// with the runtime's epoll, whose wakeups on a port that reports POLLHUP
-// while the host is away are hard to reason about. With a blocking fd the
-// only states are "read blocks" (host connected, idle), "read returns data"
-// and "read returns 0" (host gone), and after 0 we wait for SIGIO before
-// looking again, so an idle VM without a host uses no CPU.
+// The fd is used raw (syscall.Read/Write, never os.File, which would hand it
+// to the runtime's epoll) and non-blocking, with every wait done in ppoll:
+//   - Read: EAGAIN -> ppoll(POLLIN) until data or a disconnect; 0 -> EOF.
+//   - Write: EAGAIN -> ppoll(POLLOUT); POLLHUP -> error (host gone). A
+//     blocking write would instead hang until the host's next connection
+//     and then deliver stale frames into it; failing ends the session and
+//     nothing of it reaches the next connection.
+//   - Between sessions (after EOF) we block until a SIGIO arrives (or every
+//     hostWaitFallback, in case one was missed) and check POLLHUP once;
+//     without it a host is connected and the next session starts by
+//     scanning for the magic (stale bytes may precede it).
+// No loop ever retries without sleeping in ppoll or waiting for a signal,
+// so an idle VM without a host uses no CPU.
 
 import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -39,6 +46,7 @@ const (
 	virtioPortsGlob  = "/sys/class/virtio-ports/*/name"
 	hostWaitFallback = 2 * time.Second // re-check in case a SIGIO was missed
 	pollIn           = 0x1
+	pollOut          = 0x4
 	pollHup          = 0x10
 	pollNval         = 0x20
 )
@@ -61,7 +69,7 @@ func findVirtioPort() (string, error) {
 	return "", fmt.Errorf("no virtio port named %s", virtioPortName)
 }
 
-// openVirtioPort waits until the port exists, opens it (blocking mode) and
+// openVirtioPort waits until the port exists, opens it (non-blocking) and
 // asks for SIGIO on connection changes and incoming data.
 func openVirtioPort(a *Agent) (int, error) {
 	delay := 5 * time.Millisecond
@@ -71,7 +79,7 @@ func openVirtioPort(a *Agent) (int, error) {
 		path, err := findVirtioPort()
 		if err == nil {
 			var fd int
-			fd, err = syscall.Open(path, syscall.O_RDWR|syscall.O_CLOEXEC|syscall.O_NOCTTY, 0)
+			fd, err = syscall.Open(path, syscall.O_RDWR|syscall.O_CLOEXEC|syscall.O_NOCTTY|syscall.O_NONBLOCK, 0)
 			if err == nil {
 				if err := enableSIGIO(fd); err != nil {
 					syscall.Close(fd)
@@ -106,38 +114,91 @@ func enableSIGIO(fd int) error {
 	return nil
 }
 
-// fdConn is an io.ReadWriter over a blocking fd.
-type fdConn struct{ fd int }
+// hostPort is the guest end of the host connection: a byte stream whose
+// Read returns io.EOF while no host is connected, plus a non-blocking
+// "is a host connected" check. virtioPort implements it; tests use a fake.
+type hostPort interface {
+	io.ReadWriter
+	hostConnected() (bool, error)
+}
 
-func (c fdConn) Read(p []byte) (int, error) {
+// errHostGone is a write failure because the host disconnected.
+var errHostGone = errors.New("virtio port: host disconnected")
+
+// virtioPort is a hostPort over the non-blocking fd of a virtio-serial port.
+type virtioPort struct{ fd int }
+
+func (c virtioPort) Read(p []byte) (int, error) {
 	for {
 		n, err := syscall.Read(c.fd, p)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		if n == 0 {
+		switch {
+		case err == syscall.EINTR:
+		case err == syscall.EAGAIN: // host connected, nothing buffered yet
+			if _, err := c.poll(pollIn, true); err != nil {
+				return 0, err
+			}
+		case err != nil:
+			return 0, fmt.Errorf("read virtio port: %w", err)
+		case n == 0:
 			return 0, io.EOF // host disconnected
+		default:
+			return n, nil
 		}
-		return n, nil
 	}
 }
 
-func (c fdConn) Write(p []byte) (int, error) {
+func (c virtioPort) Write(p []byte) (int, error) {
 	written := 0
 	for written < len(p) {
 		n, err := syscall.Write(c.fd, p[written:])
-		if err == syscall.EINTR {
-			continue
+		switch {
+		case err == syscall.EINTR:
+		case err == syscall.EAGAIN: // host gone, or its queue is full
+			revents, err := c.poll(pollOut, true)
+			if err != nil {
+				return written, err
+			}
+			if revents&pollHup != 0 {
+				return written, errHostGone
+			}
+		case err != nil:
+			return written, fmt.Errorf("write virtio port: %w", err)
+		default:
+			written += n
 		}
-		if err != nil {
-			return written, err
-		}
-		written += n
 	}
 	return written, nil
+}
+
+// hostConnected polls the port without blocking: POLLHUP means no host.
+func (c virtioPort) hostConnected() (bool, error) {
+	revents, err := c.poll(pollIn, false)
+	if err != nil {
+		return false, err
+	}
+	return revents&pollHup == 0, nil
+}
+
+// poll waits (block) or checks (!block) for events on the port. A signal
+// (SIGIO) ends the wait early with revents 0: callers simply retry.
+func (c virtioPort) poll(events int16, block bool) (int16, error) {
+	pfd := pollFd{fd: int32(c.fd), events: events}
+	var ts syscall.Timespec // zero: do not block
+	tsp := uintptr(unsafe.Pointer(&ts))
+	if block {
+		tsp = 0 // NULL: no timeout
+	}
+	_, _, e := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, tsp, 0, 0, 0)
+	if e == syscall.EINTR {
+		return 0, nil
+	}
+	if e != 0 {
+		return 0, fmt.Errorf("ppoll virtio port: %w", e)
+	}
+	if pfd.revents&pollNval != 0 {
+		return 0, fmt.Errorf("ppoll virtio port: %w", syscall.EBADF)
+	}
+	return pfd.revents, nil
 }
 
 // pollFd is struct pollfd.
@@ -145,27 +206,6 @@ type pollFd struct {
 	fd      int32
 	events  int16
 	revents int16
-}
-
-// hostConnected polls the port without blocking: POLLHUP means no host.
-func hostConnected(fd int) (bool, error) {
-	pfd := pollFd{fd: int32(fd), events: pollIn}
-	var ts syscall.Timespec // zero timeout
-	for {
-		_, _, e := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1,
-			uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
-		if e == syscall.EINTR {
-			continue
-		}
-		if e != 0 {
-			return false, fmt.Errorf("ppoll: %w", e)
-		}
-		break
-	}
-	if pfd.revents&pollNval != 0 {
-		return false, errors.New("ppoll: invalid fd")
-	}
-	return pfd.revents&pollHup == 0, nil
 }
 
 // drainSignals empties a signal channel without blocking.
@@ -179,13 +219,14 @@ func drainSignals(ch chan os.Signal) {
 	}
 }
 
-// waitForHost blocks until the host is connected. Draining pending SIGIOs
-// before checking (the subscription itself is permanent) means a change
-// after the check always leaves a signal in the channel: no lost wakeup.
-func waitForHost(fd int, sigio chan os.Signal) error {
+// waitForHost blocks until the host is connected. Draining pending wakeups
+// before checking (the SIGIO subscription itself is permanent) means that a
+// change after the check always leaves a signal in the channel: no lost
+// wakeup. hostWaitFallback covers a signal that never came.
+func waitForHost(port hostPort, wake chan os.Signal) error {
 	for {
-		drainSignals(sigio)
-		ok, err := hostConnected(fd)
+		drainSignals(wake)
+		ok, err := port.hostConnected()
 		if err != nil {
 			return err
 		}
@@ -193,43 +234,36 @@ func waitForHost(fd int, sigio chan os.Signal) error {
 			return nil
 		}
 		select {
-		case <-sigio:
+		case <-wake:
 		case <-time.After(hostWaitFallback):
 		}
 	}
 }
 
-// serveVirtio serves sessions on the virtio port forever.
-func serveVirtio(a *Agent) error {
-	sigio := make(chan os.Signal, 1)
-	signal.Notify(sigio, syscall.SIGIO) // before O_ASYNC is set
-	fd, err := openVirtioPort(a)
-	if err != nil {
-		return err
-	}
+// errPortGone reports that the port itself failed (hot-unplug, bad fd)
+// and must be reopened.
+func errPortGone(err error) bool {
+	return errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.EBADF) || errors.Is(err, syscall.ENXIO)
+}
+
+// servePort runs one session per host connection on port, forever, unless
+// the port fails. wake receives SIGIO (connection changes, data).
+func (a *Agent) servePort(port hostPort, wake chan os.Signal) error {
 	emptySessions := 0
+	fr := NewFrameReader(port) // shared by the sessions: see ReadFrame
 	for {
-		if err := waitForHost(fd, sigio); err != nil {
-			a.logf("virtio port: %v; reopening", err)
-			syscall.Close(fd)
-			if fd, err = openVirtioPort(a); err != nil {
-				return err
-			}
-			continue
+		if err := waitForHost(port, wake); err != nil {
+			return err
 		}
-		// No closeConn: a session ends when the port reports EOF.
-		n, err := a.ServeConn(fdConn{fd}, nil)
-		if errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.EBADF) {
-			a.logf("virtio port: %v; reopening", err)
-			syscall.Close(fd)
-			if fd, err = openVirtioPort(a); err != nil {
-				return err
-			}
-			continue
+		// No closeConn: a session ends when the port reports EOF (host
+		// gone); after a write error it reads on (discarding) until then.
+		n, err := a.serveSession(fr, port, nil)
+		if err != nil && errPortGone(err) {
+			return err
 		}
 		// Defence in depth against a spin: if sessions keep ending without
-		// a single byte although poll said "connected", wait for a SIGIO or
-		// a growing delay before trying again.
+		// a single byte although the port said "connected", wait for a
+		// wakeup or a growing delay before trying again.
 		if n == 0 {
 			emptySessions++
 		} else {
@@ -241,42 +275,26 @@ func serveVirtio(a *Agent) error {
 				d = hostWaitFallback
 			}
 			select {
-			case <-sigio:
+			case <-wake:
 			case <-time.After(d):
 			}
 		}
 	}
 }
 
-// serveUnix listens on a unix socket and serves each connection as a
-// session; sessions run concurrently and share the process table.
-func serveUnix(a *Agent, path string) error {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", path, err)
-	}
-	defer ln.Close()
-	return serveListener(a, ln)
-}
-
-func serveListener(a *Agent, ln net.Listener) error {
+// serveVirtio serves sessions on the virtio port forever, reopening it if
+// it fails.
+func serveVirtio(a *Agent) error {
+	sigio := make(chan os.Signal, 1)
+	signal.Notify(sigio, syscall.SIGIO) // before O_ASYNC is set
 	for {
-		c, err := ln.Accept()
+		fd, err := openVirtioPort(a)
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
-			}
 			return err
 		}
-		go func() {
-			defer c.Close()
-			_, err := a.ServeConn(c, func() { c.Close() })
-			if err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
-				a.logf("session: %v", err)
-			}
-		}()
+		err = a.servePort(virtioPort{fd}, sigio)
+		a.logf("virtio port: %v; reopening", err)
+		syscall.Close(fd)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
