@@ -48,7 +48,9 @@ func runInit() {
 	sigchld := make(chan os.Signal, 8)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 
-	console := openConsole()
+	// Until /dev is mounted, log to the stderr inherited from the kernel
+	// (the console too, when the initramfs had one).
+	console := os.Stderr
 	logf := func(format string, args ...interface{}) {
 		fmt.Fprintf(console, "nullspace-agent: "+format+"\n", args...)
 	}
@@ -58,6 +60,7 @@ func runInit() {
 	syscall.Umask(0o022)
 
 	initStep(logf, "mounts", func() { mountEarly(logf) })
+	console = openConsole()
 	initStep(logf, "hostname", setHostnameFromFile)
 	initStep(logf, "network", func() { configureNetwork(logf) })
 	initStep(logf, "workspace", func() {
@@ -65,7 +68,7 @@ func runInit() {
 			logf("create %s: %v", defaultWorkspace, err)
 		}
 	})
-	logf("%s: init done in %d ms", version, time.Since(start).Milliseconds())
+	logf("%s: init done in %d ms (%d ms since boot)", version, time.Since(start).Milliseconds(), uptime().Milliseconds())
 	supervise(console, sigchld, logf)
 }
 
