@@ -106,7 +106,7 @@ func opSysInfo(st *stream, raw json.RawMessage) (interface{}, error) {
 var (
 	machineIDRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
 	uuidRe      = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-	hostnameRe  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,63})$`)
+	hostnameRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 )
 
 type sysInitRequest struct {
