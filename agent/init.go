@@ -62,6 +62,7 @@ func runInit() {
 	initStep(logf, "mounts", func() { mountEarly(logf) })
 	console = openConsole()
 	initStep(logf, "hostname", setHostnameFromFile)
+	initStep(logf, "identity", func() { mountIdentityFiles(logf) })
 	initStep(logf, "network", func() { configureNetwork(logf) })
 	initStep(logf, "workspace", func() {
 		if err := os.MkdirAll(defaultWorkspace, 0o755); err != nil {
@@ -127,6 +128,52 @@ func mountEarly(logf func(string, ...interface{})) {
 			_ = os.Symlink(target, link)
 		}
 	}
+}
+
+// identityFiles are the per-sandbox identity files. Each is shown through a
+// file on /run (tmpfs) bind-mounted over it at boot, so that sys.init, which
+// runs after every restore, only rewrites small tmpfs files: no disk write,
+// no mount, no mount-table parsing on the restore path.
+var identityFiles = []struct{ target, runFile string }{
+	{bootIDProcPath, "/run/nullspace/boot_id"},
+	{"/etc/machine-id", "/run/nullspace/machine-id"},
+	{"/etc/hostname", "/run/nullspace/hostname"},
+}
+
+func mountIdentityFiles(logf func(string, ...interface{})) {
+	if err := os.MkdirAll("/run/nullspace", 0o755); err != nil {
+		logf("mkdir /run/nullspace: %v", err)
+		return
+	}
+	for _, f := range identityFiles {
+		if isBindMounted(f.target, f.runFile) {
+			continue
+		}
+		content, _ := os.ReadFile(f.target)
+		if err := writeFileInPlace(f.runFile, string(content), 0o644); err != nil {
+			logf("%v", err)
+			continue
+		}
+		if _, err := os.Stat(f.target); os.IsNotExist(err) {
+			if err := writeFileInPlace(f.target, "", 0o644); err != nil {
+				logf("%v", err)
+				continue
+			}
+		}
+		if err := syscall.Mount(f.runFile, f.target, "", syscall.MS_BIND, ""); err != nil {
+			logf("bind-mount %s over %s: %v", f.runFile, f.target, err)
+		}
+	}
+}
+
+// isBindMounted reports whether target currently shows runFile (same device
+// and inode), i.e. runFile is bind-mounted over it.
+func isBindMounted(target, runFile string) bool {
+	var a, b syscall.Stat_t
+	if syscall.Stat(target, &a) != nil || syscall.Stat(runFile, &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
 }
 
 func setHostnameFromFile() {

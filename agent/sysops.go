@@ -172,6 +172,13 @@ func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 	a.sys.initMu.Lock()
 	defer a.sys.initMu.Unlock()
 	privileged := a.testRoot == ""
+	timings := map[string]int64{}
+	mark := time.Now()
+	lap := func(name string) {
+		now := time.Now()
+		timings[name] = now.Sub(mark).Microseconds()
+		mark = now
+	}
 
 	if privileged {
 		ms := int64(*req.TimeMs)
@@ -179,12 +186,15 @@ func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 		if err := syscall.Settimeofday(&tv); err != nil {
 			return nil, toOpError("set the clock", err)
 		}
+		lap("clock")
 		if err := addEntropy(entropy); err != nil {
 			return nil, err
 		}
+		lap("entropy")
 		if err := syscall.Sethostname([]byte(*req.Hostname)); err != nil {
 			return nil, toOpError("set the hostname", err)
 		}
+		lap("hostname")
 	}
 	if err := writeFileInPlace(a.guestPath("/etc/hostname"), *req.Hostname+"\n", 0o644); err != nil {
 		return nil, err
@@ -192,10 +202,12 @@ func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err := writeFileInPlace(a.guestPath("/etc/machine-id"), *req.MachineID+"\n", 0o644); err != nil {
 		return nil, err
 	}
+	lap("files")
 	if bootID != "" {
 		if err := a.showBootID(bootID, privileged); err != nil {
 			return nil, err
 		}
+		lap("bootId")
 	}
 	a.sys.mu.Lock()
 	if req.Envs != nil {
@@ -203,7 +215,7 @@ func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 	}
 	a.sys.initialized = true
 	a.sys.mu.Unlock()
-	return map[string]interface{}{"timeMs": time.Now().UnixMilli()}, nil
+	return map[string]interface{}{"timeMs": time.Now().UnixMilli(), "timingsUs": timings}, nil
 }
 
 // addEntropy credits bytes to the kernel's entropy pool (RNDADDENTROPY on
@@ -255,37 +267,21 @@ func writeFileInPlace(path, content string, mode os.FileMode) error {
 	return nil
 }
 
-// showBootID writes the boot id to /run/nullspace/boot_id and, the first
-// time, bind-mounts that file over /proc/sys/kernel/random/boot_id.
+// showBootID writes the boot id to /run/nullspace/boot_id and makes sure that
+// file is bind-mounted over /proc/sys/kernel/random/boot_id (init does it at
+// boot; this covers an agent started some other way).
 func (a *Agent) showBootID(id string, privileged bool) error {
 	file := a.guestPath("/run/nullspace/boot_id")
 	if err := writeFileInPlace(file, id+"\n", 0o644); err != nil {
 		return err
 	}
-	if !privileged {
-		return nil
-	}
-	mounted, err := isMountPoint(bootIDProcPath)
-	if err != nil {
-		return toOpError("read mount table", err)
-	}
-	if mounted {
+	if !privileged || isBindMounted(bootIDProcPath, file) {
 		return nil
 	}
 	if err := syscall.Mount(file, bootIDProcPath, "", syscall.MS_BIND, ""); err != nil {
 		return toOpError(fmt.Sprintf("bind-mount %s over %s", file, bootIDProcPath), err)
 	}
 	return nil
-}
-
-// isMountPoint reports whether path is a mount point in this mount
-// namespace (from /proc/self/mountinfo).
-func isMountPoint(path string) (bool, error) {
-	mps, err := mountPoints()
-	if err != nil {
-		return false, err
-	}
-	return mps[path], nil
 }
 
 // mountPoints returns the set of mount points from /proc/self/mountinfo.
