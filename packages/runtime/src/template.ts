@@ -1,0 +1,232 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { NsError } from './errors.js';
+import { readJson, writeFileAtomic, acquireDirLock } from './fsutil.js';
+import { Hasher } from './hash.js';
+import type { HostProfile } from './host.js';
+import type { ImageInfo } from './image/build.js';
+import type { Progress } from './progress.js';
+import { DEVICE_SET } from './qemu.js';
+import { createOverlay, fsyncFile } from './storage.js';
+import { Vm } from './vm.js';
+
+/**
+ * Everything a memory snapshot needs from the host that restores it. Two snapshots' requirements
+ * are compared field by field (see `compareRequirements`).
+ */
+export interface RestoreRequirements {
+  qemuVersion: string;
+  machine: string;
+  accel: string;
+  cpuModel: string;
+  hostCpu: string;
+  memoryMiB: number;
+  vcpus: number;
+  deviceSet: string;
+  kernelRelease: string;
+  agentVersion: string;
+  template: string;
+}
+
+export interface TemplateInfo {
+  name: string;
+  dir: string;
+  key: string;
+  image: ImageInfo;
+  memoryMiB: number;
+  vcpus: number;
+  /** Guest RAM at the template snapshot instant. Never modified: sandboxes map copies of it. */
+  memFile: string;
+  /** Device state (x-ignore-shared migration stream without RAM). */
+  stateFile: string;
+  /** Root disk layer at the snapshot instant (qcow2 on the image's root disk). */
+  disk: string;
+  requirements: RestoreRequirements;
+  bootMs: number;
+  builtAt: string;
+}
+
+export function requirementsFor(profile: HostProfile, image: ImageInfo, memoryMiB: number, vcpus: number, template: string): RestoreRequirements {
+  return {
+    qemuVersion: profile.qemuVersion,
+    machine: profile.machine,
+    accel: profile.accel,
+    cpuModel: profile.cpuModel,
+    hostCpu: profile.hostCpu,
+    memoryMiB,
+    vcpus,
+    deviceSet: DEVICE_SET,
+    kernelRelease: image.kernelRelease,
+    agentVersion: image.agentVersion,
+    template,
+  };
+}
+
+export interface RequirementMismatch {
+  field: keyof RestoreRequirements;
+  snapshot: string | number;
+  host: string | number;
+}
+
+/** Fields that the host side must match for a restore (template name is informative only). */
+export function compareRequirements(snapshot: RestoreRequirements, host: Partial<RestoreRequirements>): RequirementMismatch[] {
+  const out: RequirementMismatch[] = [];
+  for (const field of ['qemuVersion', 'machine', 'accel', 'cpuModel', 'hostCpu', 'memoryMiB', 'vcpus', 'deviceSet'] as const) {
+    const h = host[field];
+    if (h !== undefined && h !== snapshot[field]) out.push({ field, snapshot: snapshot[field], host: h });
+  }
+  return out;
+}
+
+function registryFile(cacheDir: string, name: string): string {
+  return path.join(cacheDir, 'templates', `${name}.json`);
+}
+
+/** The template registered under `name`, if any. */
+export function findTemplate(cacheDir: string, name: string): TemplateInfo | undefined {
+  const reg = registryFile(cacheDir, name);
+  if (!fs.existsSync(reg)) return undefined;
+  const { dir } = readJson<{ dir: string }>(reg);
+  const manifest = path.join(dir, 'template.json');
+  return fs.existsSync(manifest) ? readJson<TemplateInfo>(manifest) : undefined;
+}
+
+export function listTemplates(cacheDir: string): TemplateInfo[] {
+  const dir = path.join(cacheDir, 'templates');
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .map((f) => findTemplate(cacheDir, f.slice(0, -5)))
+    .filter((t): t is TemplateInfo => t !== undefined);
+}
+
+export interface TemplateBuildOptions {
+  /** Registered name (defaults to the image's recipe name). */
+  name: string;
+  image: ImageInfo;
+  profile: HostProfile;
+  cacheDir: string;
+  memoryMiB: number;
+  vcpus: number;
+  progress: Progress;
+  force?: boolean;
+}
+
+/**
+ * Boots the image once and saves a template snapshot (RAM file + device state + disk layer), so that
+ * creating a sandbox is a copy-on-write restore instead of a boot. Cached by image, host profile and
+ * resources; registered under `name`.
+ */
+export async function buildTemplate(opts: TemplateBuildOptions): Promise<TemplateInfo> {
+  const { image, profile, progress } = opts;
+  const requirements = requirementsFor(profile, image, opts.memoryMiB, opts.vcpus, opts.name);
+  const key = new Hasher().add('image', image.hash).add('disk', image.diskSizeMiB).add('req', { ...requirements, template: '' }).hex();
+  const dir = path.join(opts.cacheDir, 'templates', `${opts.name}-${key}`);
+  const manifest = path.join(dir, 'template.json');
+  fs.mkdirSync(path.dirname(dir), { recursive: true });
+  const release = await acquireDirLock(`${dir}.lock`, 30 * 60_000, () => progress.info('waiting for another build of this template'));
+  try {
+    if (opts.force) fs.rmSync(dir, { recursive: true, force: true });
+    if (fs.existsSync(manifest)) {
+      progress.info(`template snapshot ${path.basename(dir)} is cached`);
+    } else {
+      await bootAndSnapshot(opts, dir, key, requirements);
+    }
+    writeFileAtomic(registryFile(opts.cacheDir, opts.name), JSON.stringify({ dir }, null, 2));
+    return readJson<TemplateInfo>(manifest);
+  } finally {
+    release();
+  }
+}
+
+async function bootAndSnapshot(opts: TemplateBuildOptions, dir: string, key: string, requirements: RestoreRequirements): Promise<void> {
+  const { image, profile, progress } = opts;
+  const staging = `${dir}.tmp`;
+  fs.rmSync(staging, { recursive: true, force: true });
+  fs.mkdirSync(staging, { recursive: true, mode: 0o700 });
+  const runDir = path.join(opts.cacheDir, 'run', `tpl-${randomBytes(4).toString('hex')}`);
+  let vm: Vm | undefined;
+  try {
+    const disk = path.join(staging, 'disk.qcow2');
+    const memFile = path.join(staging, 'mem');
+    await createOverlay(image.rootDisk, disk);
+    fs.closeSync(fs.openSync(memFile, 'w', 0o600));
+    fs.truncateSync(memFile, opts.memoryMiB * 1024 * 1024);
+    const t0 = Date.now();
+    const bootedVm = await progress.step(`boot (${profile.accel}, cpu ${profile.cpuModel}, ${opts.memoryMiB} MiB, ${opts.vcpus} vCPU)`, async () => {
+      vm = await Vm.launch(
+        profile,
+        {
+          id: `template-${opts.name}`,
+          memoryMiB: opts.memoryMiB,
+          vcpus: opts.vcpus,
+          kernel: image.kernel,
+          initrd: image.initrd,
+          cmdline: image.cmdline,
+          ramFile: memFile,
+          disk,
+          runDir,
+          consoleLog: true,
+          allowInternetAccess: false,
+        },
+        false,
+      );
+      const agent = await vm.connectAgent(180_000).catch((err: unknown) => {
+        const console = readConsole(runDir);
+        throw new NsError('template_boot_failed', `the guest agent did not come up: ${(err as Error).message}${console ? `\nguest console:\n${console}` : ''}`);
+      });
+      await agent.call('sys.info');
+      return vm;
+    });
+    const bootMs = Date.now() - t0;
+    await progress.step('warm up and snapshot', async () => {
+      const agent = bootedVm.agent;
+      if (!agent) throw new NsError('template_boot_failed', 'agent connection lost during the template build');
+      // Bring what most first commands touch into the guest page cache, which the snapshot keeps.
+      const warm = agent.open('proc.start', { cmd: "python3 -c 'import json, os, subprocess, sys' && bash -c true && sync", timeoutMs: 120_000 });
+      const info = await warm.result;
+      if (info.exitCode !== 0) throw new NsError('template_boot_failed', `warm-up command failed: ${JSON.stringify(info)}`);
+      bootedVm.disconnectAgent();
+      await new Promise((r) => setTimeout(r, 100));
+      await bootedVm.qmp.execute('stop');
+      await bootedVm.saveState(path.join(staging, 'state'));
+      await bootedVm.quit();
+      fsyncFile(memFile);
+      fsyncFile(disk);
+    });
+    const info: TemplateInfo = {
+      name: opts.name,
+      dir,
+      key,
+      image,
+      memoryMiB: opts.memoryMiB,
+      vcpus: opts.vcpus,
+      memFile: path.join(dir, 'mem'),
+      stateFile: path.join(dir, 'state'),
+      disk: path.join(dir, 'disk.qcow2'),
+      requirements,
+      bootMs,
+      builtAt: new Date().toISOString(),
+    };
+    // the overlay's backing path is absolute and points into the image dir: unaffected by the rename
+    writeFileAtomic(path.join(staging, 'template.json'), JSON.stringify(info, null, 2));
+    for (const f of fs.readdirSync(staging)) fs.chmodSync(path.join(staging, f), 0o444);
+    fs.renameSync(staging, dir);
+  } catch (err) {
+    await vm?.kill();
+    fs.rmSync(staging, { recursive: true, force: true });
+    throw err;
+  } finally {
+    fs.rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+function readConsole(runDir: string): string {
+  try {
+    return fs.readFileSync(path.join(runDir, 'console.log'), 'utf8').trim().split('\n').slice(-20).join('\n');
+  } catch {
+    return '';
+  }
+}

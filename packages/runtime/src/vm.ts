@@ -1,0 +1,266 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AgentClient } from './agent/client.js';
+import { NsError, wrapError } from './errors.js';
+import { pidAlive } from './fsutil.js';
+import type { HostProfile } from './host.js';
+import { QmpClient } from './qmp.js';
+import { checkRunDir, processVmId, qemuArgs, vmPaths, type VmSpec } from './qemu.js';
+
+export interface VmExit {
+  /** 'quit': we stopped it. 'died': it went away on its own (killed from outside, crashed, guest powered off). */
+  kind: 'quit' | 'died';
+  detail: string;
+}
+
+const MIGRATION_CAPS = [{ capability: 'x-ignore-shared', state: true }];
+
+/**
+ * One QEMU process. It is started detached (its own session), so it outlives the server; a restarted
+ * server re-attaches with `Vm.adopt`. `exited` resolves once, when the process is gone.
+ */
+export class Vm extends EventEmitter {
+  readonly exited: Promise<VmExit>;
+  private resolveExit!: (e: VmExit) => void;
+  private quitting = false;
+  private isGone = false;
+  private _agent: AgentClient | undefined;
+
+  private constructor(
+    readonly profile: HostProfile,
+    readonly spec: VmSpec,
+    readonly pid: number,
+    readonly qmp: QmpClient,
+    child: ChildProcess | undefined,
+  ) {
+    super();
+    this.exited = new Promise((r) => (this.resolveExit = r));
+    const gone = (detail: string) => {
+      if (this.isGone) return;
+      this.isGone = true;
+      this._agent?.close();
+      this.resolveExit({ kind: this.quitting ? 'quit' : 'died', detail });
+    };
+    if (child) {
+      child.once('exit', (code, signal) => gone(signal ? `qemu killed by ${signal}` : `qemu exited with code ${code}`));
+    }
+    qmp.once('close', () => {
+      // QMP closes when QEMU exits. For an adopted process (not our child) poll until it is really gone.
+      void (async () => {
+        for (let i = 0; i < 200 && pidAlive(this.pid) && !isZombie(this.pid); i++) await sleep(25);
+        if (pidAlive(this.pid) && !isZombie(this.pid)) {
+          try {
+            process.kill(this.pid, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
+        if (!child) gone(`qemu (pid ${this.pid}) is gone`);
+        else setTimeout(() => gone(`qemu (pid ${this.pid}) closed its control socket`), 2000).unref();
+      })();
+    });
+  }
+
+  get gone(): boolean {
+    return this.isGone;
+  }
+
+  get agent(): AgentClient | undefined {
+    return this._agent && !this._agent.isClosed ? this._agent : undefined;
+  }
+
+  /** Starts QEMU. With `incoming`, it waits for a migration stream (see `restoreState`). */
+  static async launch(profile: HostProfile, spec: VmSpec, incoming: boolean): Promise<Vm> {
+    checkRunDir(spec.runDir);
+    const paths = vmPaths(spec.runDir);
+    fs.mkdirSync(spec.runDir, { recursive: true, mode: 0o700 });
+    for (const f of [paths.qmp, paths.agent, paths.pid, paths.migrationIn, paths.migrationOut]) fs.rmSync(f, { force: true });
+    const logFd = fs.openSync(paths.log, 'a', 0o600);
+    let child: ChildProcess;
+    try {
+      child = spawn(profile.qemuBinary, qemuArgs(profile, spec, incoming), {
+        detached: true,
+        stdio: ['ignore', logFd, logFd],
+      });
+    } finally {
+      fs.closeSync(logFd);
+    }
+    child.unref();
+    const spawnError = new Promise<Error>((resolve) => child.once('error', resolve));
+    let exitedEarly = false;
+    child.once('exit', () => (exitedEarly = true));
+    const pid = child.pid;
+    if (pid === undefined) throw new NsError('vm_start_failed', `starting qemu: ${(await spawnError).message}`);
+    let qmp: QmpClient;
+    try {
+      qmp = await QmpClient.connect(paths.qmp, { timeoutMs: 15_000, isAlive: () => !exitedEarly });
+    } catch (err) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+      throw new NsError('vm_start_failed', `qemu did not start: ${logTail(paths.log) || (err as Error).message}`, { cause: err });
+    }
+    return new Vm(profile, spec, pid, qmp, child);
+  }
+
+  /**
+   * Re-attaches to a QEMU process started by an earlier server. Returns undefined when the process is
+   * gone or is not this VM's.
+   */
+  static async adopt(profile: HostProfile, spec: VmSpec, pid: number): Promise<Vm | undefined> {
+    if (!pidAlive(pid) || isZombie(pid) || processVmId(pid) !== spec.id) return undefined;
+    try {
+      const qmp = await QmpClient.connect(vmPaths(spec.runDir).qmp, { timeoutMs: 3000, isAlive: () => pidAlive(pid) });
+      return new Vm(profile, spec, pid, qmp, undefined);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Loads device state (saved with x-ignore-shared: the RAM is the mapped file) and starts the vCPUs. */
+  async restoreState(stateFile: string, opts: { start?: boolean } = {}): Promise<void> {
+    const sock = vmPaths(this.spec.runDir).migrationIn;
+    try {
+      await this.qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPS });
+      await this.qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
+      await new Promise<void>((resolve, reject) => {
+        const conn = net.createConnection({ path: sock });
+        conn.once('connect', () => fs.createReadStream(stateFile).on('error', reject).pipe(conn));
+        conn.once('error', reject);
+        conn.once('close', () => resolve());
+      });
+      await this.waitMigration('incoming');
+      if (opts.start !== false) await this.qmp.execute('cont');
+    } catch (err) {
+      throw wrapError(err, `loading device state ${stateFile}: ${logTail(vmPaths(this.spec.runDir).log)}`, 'restore_failed');
+    } finally {
+      fs.rmSync(sock, { force: true });
+    }
+  }
+
+  /**
+   * Writes the device state to `stateFile` (the VM must be stopped; RAM is not included: it is the
+   * RAM file itself). fsyncs the result.
+   */
+  async saveState(stateFile: string): Promise<void> {
+    const sock = vmPaths(this.spec.runDir).migrationOut;
+    fs.rmSync(sock, { force: true });
+    const out = fs.createWriteStream(stateFile, { mode: 0o600 });
+    const outDone = new Promise<void>((resolve, reject) => {
+      out.once('close', resolve);
+      out.once('error', reject);
+    });
+    const server = net.createServer((conn) => conn.pipe(out));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(sock, resolve);
+      });
+      await this.qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPS });
+      await this.qmp.execute('migrate', { uri: `unix:${sock}` });
+      await this.waitMigration('outgoing');
+      await outDone;
+      const fd = fs.openSync(stateFile, 'r');
+      try {
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch (err) {
+      out.destroy();
+      throw wrapError(err, 'saving device state', 'snapshot_failed');
+    } finally {
+      server.close();
+      fs.rmSync(sock, { force: true });
+    }
+  }
+
+  private async waitMigration(direction: string): Promise<void> {
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      const s = await this.qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+      if (s.status === 'completed') return;
+      if (s.status === 'failed' || s.status === 'cancelled') {
+        throw new NsError('migration_failed', `${direction} migration ${s.status}: ${s['error-desc'] ?? 'no detail'}`);
+      }
+      if (Date.now() > deadline) throw new NsError('timeout', `${direction} migration did not complete`);
+      await sleep(s.status === undefined || s.status === 'none' || s.status === 'setup' ? 1 : 2);
+    }
+  }
+
+  /** Connects to the guest agent (handshake retried until `timeoutMs`). */
+  async connectAgent(timeoutMs: number): Promise<AgentClient> {
+    if (this.agent) return this.agent;
+    const agent = await AgentClient.connect(vmPaths(this.spec.runDir).agent, { timeoutMs, isAlive: () => !this.isGone });
+    this._agent = agent;
+    agent.once('close', () => {
+      if (this._agent === agent) this._agent = undefined;
+    });
+    return agent;
+  }
+
+  /** Drops the agent session (e.g. before a snapshot, so that no stream is captured half-way). */
+  disconnectAgent(): void {
+    this._agent?.close();
+    this._agent = undefined;
+  }
+
+  /** Stops QEMU: QMP quit, then SIGKILL if it lingers. Idempotent. */
+  async quit(): Promise<VmExit> {
+    if (!this.isGone) {
+      this.quitting = true;
+      this._agent?.close();
+      await Promise.race([this.qmp.execute('quit').catch(() => {}), sleep(2000)]);
+      const t = setTimeout(() => {
+        try {
+          process.kill(this.pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }, 3000);
+      await this.exited;
+      clearTimeout(t);
+    }
+    this.qmp.close();
+    return this.exited;
+  }
+
+  /** Kills QEMU at once (SIGKILL). */
+  async kill(): Promise<VmExit> {
+    if (!this.isGone) {
+      this.quitting = true;
+      this._agent?.close();
+      try {
+        process.kill(this.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      await this.exited;
+    }
+    this.qmp.close();
+    return this.exited;
+  }
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+/** The last lines of a QEMU log, for error messages. */
+export function logTail(file: string, lines = 5): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
+  } catch {
+    return '';
+  }
+}
