@@ -1,0 +1,133 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { errorFromResponse, SandboxError, TimeoutError } from './errors.js';
+
+export const DEFAULT_API_URL = 'http://127.0.0.1:7070';
+export const DEFAULT_DATA_DIR = '/var/lib/nullspace/data';
+export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
+
+export interface ConnectionOpts {
+  /** Server URL; default NULLSPACE_API_URL, else http://127.0.0.1:7070. */
+  apiUrl?: string;
+  /** API key; default NULLSPACE_API_KEY, else the key in the local server's data dir. */
+  apiKey?: string;
+  /** Limit for each API request (not for command output streams). Default 120000. */
+  requestTimeoutMs?: number;
+}
+
+/** Resolves where the server is and how to authenticate, once per client. */
+export class ConnectionConfig {
+  readonly apiUrl: string;
+  readonly apiKey: string;
+  readonly requestTimeoutMs: number;
+
+  constructor(opts: ConnectionOpts = {}) {
+    this.apiUrl = (opts.apiUrl ?? process.env.NULLSPACE_API_URL ?? DEFAULT_API_URL).replace(/\/+$/, '');
+    const key = opts.apiKey ?? process.env.NULLSPACE_API_KEY ?? readLocalKey();
+    if (!key) {
+      throw new SandboxError(
+        `no API key: set NULLSPACE_API_KEY or pass apiKey (the local server keeps its key in ${localKeyFile()})`,
+        { code: 'missing_api_key' },
+      );
+    }
+    this.apiKey = key;
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  }
+}
+
+function localKeyFile(): string {
+  return path.join(process.env.NULLSPACE_DATA_DIR ?? DEFAULT_DATA_DIR, 'api-key');
+}
+
+function readLocalKey(): string | undefined {
+  try {
+    return fs.readFileSync(localKeyFile(), 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface RequestOpts {
+  method?: string;
+  query?: Record<string, string | number | boolean | string[] | undefined>;
+  json?: unknown;
+  body?: RequestInit["body"] | ReadableStream<Uint8Array>;
+  headers?: Record<string, string>;
+  /** false: no request timeout (long streams). */
+  timeoutMs?: number | false;
+}
+
+/** Thin HTTP client of the nullspace API: auth, timeouts, errors mapped to SandboxError classes. */
+export class ApiClient {
+  constructor(readonly config: ConnectionConfig) {}
+
+  url(p: string, query?: RequestOpts['query']): string {
+    const u = new URL(this.config.apiUrl + p);
+    for (const [k, v] of Object.entries(query ?? {})) {
+      if (v === undefined) continue;
+      if (Array.isArray(v)) for (const item of v) u.searchParams.append(k, item);
+      else u.searchParams.set(k, String(v));
+    }
+    return u.toString();
+  }
+
+  async request(p: string, opts: RequestOpts = {}): Promise<Response> {
+    const timeoutMs = opts.timeoutMs === undefined ? this.config.requestTimeoutMs : opts.timeoutMs;
+    const headers: Record<string, string> = { authorization: `Bearer ${this.config.apiKey}`, ...opts.headers };
+    let body = opts.body as RequestInit["body"] | undefined;
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(opts.json);
+    }
+    const init: RequestInit & { duplex?: 'half' } = { method: opts.method ?? 'GET', headers, body };
+    if (body instanceof ReadableStream) init.duplex = 'half';
+    if (timeoutMs !== false) init.signal = AbortSignal.timeout(timeoutMs);
+    let res: Response;
+    try {
+      res = await fetch(this.url(p, opts.query), init);
+    } catch (err) {
+      const e = err as Error & { cause?: { code?: string } };
+      if (e.name === 'TimeoutError' || e.name === 'AbortError') {
+        throw new TimeoutError(`request ${init.method} ${p} timed out after ${String(timeoutMs)} ms`, { code: 'request_timeout', cause: err });
+      }
+      throw new SandboxError(`cannot reach the nullspace server at ${this.config.apiUrl}: ${e.cause?.code ?? e.message}`, {
+        code: 'connection_failed',
+        cause: err,
+      });
+    }
+    if (!res.ok) {
+      let parsed: unknown;
+      try {
+        parsed = await res.json();
+      } catch {
+        parsed = undefined;
+      }
+      throw errorFromResponse(res.status, parsed);
+    }
+    return res;
+  }
+
+  async json<T>(p: string, opts: RequestOpts = {}): Promise<T> {
+    const res = await this.request(p, opts);
+    if (res.status === 204) return undefined as T;
+    return (await res.json()) as T;
+  }
+}
+
+/** Reads an NDJSON response line by line. */
+export async function* ndjson(res: Response): AsyncGenerator<Record<string, unknown>> {
+  if (!res.body) return;
+  const decoder = new TextDecoder();
+  let buf = '';
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (line) yield JSON.parse(line) as Record<string, unknown>;
+    }
+  }
+  buf += decoder.decode();
+  if (buf.trim()) yield JSON.parse(buf) as Record<string, unknown>;
+}

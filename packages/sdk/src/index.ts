@@ -1,0 +1,28 @@
+export { Sandbox, SandboxPaginator } from './sandbox/index.js';
+export type { SandboxInfo, SandboxOpts, SandboxListOpts, SandboxState } from './sandbox/index.js';
+export { Filesystem } from './sandbox/filesystem.js';
+export type { EntryInfo, EntryType, FileData, WriteInfo } from './sandbox/filesystem.js';
+export { Commands, CommandHandle } from './sandbox/commands.js';
+export type { CommandResult, CommandStartOpts, ProcessInfo } from './sandbox/commands.js';
+export { ConnectionConfig, DEFAULT_API_URL } from './connection.js';
+export type { ConnectionOpts } from './connection.js';
+export {
+  SandboxError,
+  AuthenticationError,
+  InvalidArgumentError,
+  NotFoundError,
+  SandboxNotFoundError,
+  TemplateNotFoundError,
+  FileNotFoundError,
+  ProcessNotFoundError,
+  SnapshotNotFoundError,
+  ConflictError,
+  SandboxNotRunningError,
+  PermissionDeniedError,
+  PayloadTooLargeError,
+  RateLimitError,
+  ServiceUnavailableError,
+  NotEnoughSpaceError,
+  TimeoutError,
+  errorFromResponse,
+} from './errors.js';

@@ -1,0 +1,125 @@
+import type { ApiClient } from '../connection.js';
+
+export type EntryType = 'file' | 'dir' | 'symlink' | 'other';
+
+export interface EntryInfo {
+  name: string;
+  path: string;
+  type: EntryType;
+  size: number;
+  /** Permission bits. */
+  mode: number;
+  modifiedTime: Date;
+  symlinkTarget?: string;
+}
+
+export interface WriteInfo {
+  path: string;
+  size: number;
+}
+
+export type FileData = string | Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array>;
+
+interface RawEntry {
+  name: string;
+  path: string;
+  type: EntryType;
+  size: number;
+  mode: number;
+  mtimeMs: number;
+  symlinkTarget?: string;
+}
+
+function entry(r: RawEntry): EntryInfo {
+  return {
+    name: r.name,
+    path: r.path,
+    type: r.type,
+    size: r.size,
+    mode: r.mode,
+    modifiedTime: new Date(r.mtimeMs),
+    ...(r.symlinkTarget !== undefined ? { symlinkTarget: r.symlinkTarget } : {}),
+  };
+}
+
+/** The sandbox's file system. Paths are absolute guest paths. Content streams both ways. */
+export class Filesystem {
+  constructor(private readonly api: ApiClient, private readonly sandboxId: string) {}
+
+  private get base(): string {
+    return `/v1/sandboxes/${this.sandboxId}/files`;
+  }
+
+  read(path: string, opts?: { format?: 'text' }): Promise<string>;
+  read(path: string, opts: { format: 'bytes' }): Promise<Uint8Array>;
+  read(path: string, opts: { format: 'stream' }): Promise<ReadableStream<Uint8Array>>;
+  async read(path: string, opts: { format?: 'text' | 'bytes' | 'stream' } = {}): Promise<string | Uint8Array | ReadableStream<Uint8Array>> {
+    const res = await this.api.request(this.base, { query: { path }, timeoutMs: opts.format === 'stream' ? false : undefined });
+    switch (opts.format ?? 'text') {
+      case 'bytes':
+        return new Uint8Array(await res.arrayBuffer());
+      case 'stream':
+        return res.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+      default:
+        return res.text();
+    }
+  }
+
+  /** Writes one file (parents are created), or several when given a list. */
+  write(path: string, data: FileData, opts?: { mode?: number; append?: boolean }): Promise<WriteInfo>;
+  write(files: Array<{ path: string; data: FileData }>): Promise<WriteInfo[]>;
+  async write(
+    pathOrFiles: string | Array<{ path: string; data: FileData }>,
+    data?: FileData,
+    opts: { mode?: number; append?: boolean } = {},
+  ): Promise<WriteInfo | WriteInfo[]> {
+    if (Array.isArray(pathOrFiles)) {
+      const out: WriteInfo[] = [];
+      for (const f of pathOrFiles) out.push(await this.write(f.path, f.data));
+      return out;
+    }
+    const body = data ?? '';
+    const streaming = body instanceof ReadableStream;
+    return this.api.json<WriteInfo>(this.base, {
+      method: 'PUT',
+      query: { path: pathOrFiles, mode: opts.mode, append: opts.append },
+      headers: { 'content-type': 'application/octet-stream' },
+      body: body as RequestInit["body"],
+      timeoutMs: streaming ? false : undefined,
+    });
+  }
+
+  async list(path: string, opts: { depth?: number } = {}): Promise<EntryInfo[]> {
+    const r = await this.api.json<{ entries: RawEntry[] }>(`${this.base}/list`, { query: { path, depth: opts.depth } });
+    return r.entries.map(entry);
+  }
+
+  async getInfo(path: string): Promise<EntryInfo> {
+    return entry(await this.api.json<RawEntry>(`${this.base}/stat`, { query: { path } }));
+  }
+
+  async exists(path: string): Promise<boolean> {
+    try {
+      await this.getInfo(path);
+      return true;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'file_not_found') return false;
+      throw err;
+    }
+  }
+
+  /** Creates a directory and its parents. Resolves false when it already existed. */
+  async makeDir(path: string): Promise<boolean> {
+    const r = await this.api.json<{ created: boolean }>(`${this.base}/mkdir`, { method: 'POST', json: { path, parents: true } });
+    return r.created;
+  }
+
+  async rename(oldPath: string, newPath: string): Promise<EntryInfo> {
+    await this.api.json(`${this.base}/rename`, { method: 'POST', json: { from: oldPath, to: newPath } });
+    return this.getInfo(newPath);
+  }
+
+  async remove(path: string, opts: { recursive?: boolean } = {}): Promise<void> {
+    await this.api.json(this.base, { method: 'DELETE', query: { path, recursive: opts.recursive ?? true } });
+  }
+}

@@ -1,0 +1,184 @@
+import { ApiClient, ConnectionConfig, type ConnectionOpts } from '../connection.js';
+import { Commands } from './commands.js';
+import { Filesystem } from './filesystem.js';
+
+export type SandboxState = 'creating' | 'running' | 'hibernating' | 'paused' | 'resuming' | 'killing' | 'killed' | 'failed';
+
+export interface SandboxInfo {
+  sandboxId: string;
+  template: string;
+  snapshotId: string | null;
+  state: SandboxState;
+  metadata: Record<string, string>;
+  memoryMiB: number;
+  vcpus: number;
+  allowInternetAccess: boolean;
+  timeoutMs: number;
+  createdAt: Date;
+  startedAt: Date | null;
+  /** When a running sandbox times out. */
+  expiresAt: Date | null;
+  endedAt: Date | null;
+  endReason: string | null;
+  errorCode: string | null;
+}
+
+export interface SandboxOpts extends ConnectionOpts {
+  /** Template name; default "base". */
+  template?: string;
+  metadata?: Record<string, string>;
+  /** Default environment of every command. */
+  envs?: Record<string, string>;
+  /** The sandbox is killed after this long without `setTimeout`; default 300000. */
+  timeoutMs?: number;
+  /** false cuts all outbound network traffic; default true. */
+  allowInternetAccess?: boolean;
+}
+
+export interface SandboxListOpts extends ConnectionOpts {
+  query?: { metadata?: Record<string, string>; state?: SandboxState[] };
+  /** Page size (1-1000, default 100). */
+  limit?: number;
+  nextToken?: string;
+}
+
+interface RawInfo extends Omit<SandboxInfo, 'createdAt' | 'startedAt' | 'expiresAt' | 'endedAt'> {
+  createdAt: string;
+  startedAt: string | null;
+  expiresAt: string | null;
+  endedAt: string | null;
+}
+
+const date = (s: string | null) => (s === null ? null : new Date(s));
+
+export function toInfo(r: RawInfo): SandboxInfo {
+  return { ...r, createdAt: new Date(r.createdAt), startedAt: date(r.startedAt), expiresAt: date(r.expiresAt), endedAt: date(r.endedAt) };
+}
+
+/** Pages of sandboxes. Iterate it (`for await`) for every item, or call `nextItems()` page by page. */
+export class SandboxPaginator implements AsyncIterable<SandboxInfo> {
+  private token: string | undefined;
+  private started = false;
+
+  constructor(private readonly api: ApiClient, private readonly opts: SandboxListOpts) {
+    this.token = opts.nextToken;
+  }
+
+  get hasNext(): boolean {
+    return !this.started || this.token !== undefined;
+  }
+
+  get nextToken(): string | undefined {
+    return this.token;
+  }
+
+  async nextItems(): Promise<SandboxInfo[]> {
+    if (!this.hasNext) return [];
+    this.started = true;
+    const q = this.opts.query ?? {};
+    const r = await this.api.json<{ sandboxes: RawInfo[]; nextToken: string | null }>('/v1/sandboxes', {
+      query: {
+        state: q.state?.join(','),
+        metadata: Object.entries(q.metadata ?? {}).map(([k, v]) => `${k}=${v}`),
+        limit: this.opts.limit,
+        nextToken: this.token,
+      },
+    });
+    this.token = r.nextToken ?? undefined;
+    return r.sandboxes.map(toInfo);
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<SandboxInfo> {
+    while (this.hasNext) {
+      for (const item of await this.nextItems()) yield item;
+    }
+  }
+}
+
+/**
+ * A nullspace sandbox: a real VM started from a template snapshot.
+ *
+ * ```ts
+ * const sbx = await Sandbox.create({ template: 'base' })
+ * await sbx.files.write('/workspace/hello.txt', 'hi')
+ * console.log((await sbx.commands.run('cat /workspace/hello.txt')).stdout)
+ * await sbx.kill()
+ * ```
+ */
+export class Sandbox {
+  readonly files: Filesystem;
+  readonly commands: Commands;
+
+  protected constructor(
+    readonly sandboxId: string,
+    protected readonly api: ApiClient,
+  ) {
+    this.files = new Filesystem(api, sandboxId);
+    this.commands = new Commands(api, sandboxId);
+  }
+
+  /** Starts a sandbox from a template (default "base"): a copy-on-write restore of its snapshot. */
+  static async create(opts?: SandboxOpts): Promise<Sandbox>;
+  static async create(template: string, opts?: SandboxOpts): Promise<Sandbox>;
+  static async create(templateOrOpts?: string | SandboxOpts, maybeOpts: SandboxOpts = {}): Promise<Sandbox> {
+    const opts = typeof templateOrOpts === 'string' ? { ...maybeOpts, template: templateOrOpts } : (templateOrOpts ?? {});
+    const api = new ApiClient(new ConnectionConfig(opts));
+    const info = await api.json<RawInfo>('/v1/sandboxes', {
+      method: 'POST',
+      json: {
+        template: opts.template,
+        metadata: opts.metadata,
+        envs: opts.envs,
+        timeoutMs: opts.timeoutMs,
+        allowInternetAccess: opts.allowInternetAccess,
+      },
+    });
+    return new this(info.sandboxId, api);
+  }
+
+  /** A handle on an existing running sandbox. */
+  static async connect(sandboxId: string, opts: ConnectionOpts = {}): Promise<Sandbox> {
+    const api = new ApiClient(new ConnectionConfig(opts));
+    const info = await api.json<RawInfo>(`/v1/sandboxes/${encodeURIComponent(sandboxId)}`);
+    return new this(info.sandboxId, api);
+  }
+
+  static list(opts: SandboxListOpts = {}): SandboxPaginator {
+    return new SandboxPaginator(new ApiClient(new ConnectionConfig(opts)), opts);
+  }
+
+  static async getInfo(sandboxId: string, opts: ConnectionOpts = {}): Promise<SandboxInfo> {
+    const api = new ApiClient(new ConnectionConfig(opts));
+    return toInfo(await api.json<RawInfo>(`/v1/sandboxes/${encodeURIComponent(sandboxId)}`));
+  }
+
+  /** Kills a sandbox by id. Resolves false when there is no such sandbox. */
+  static async kill(sandboxId: string, opts: ConnectionOpts = {}): Promise<boolean> {
+    const api = new ApiClient(new ConnectionConfig(opts));
+    try {
+      await api.json(`/v1/sandboxes/${encodeURIComponent(sandboxId)}`, { method: 'DELETE' });
+      return true;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'sandbox_not_found') return false;
+      throw err;
+    }
+  }
+
+  async getInfo(): Promise<SandboxInfo> {
+    return toInfo(await this.api.json<RawInfo>(`/v1/sandboxes/${this.sandboxId}`));
+  }
+
+  async isRunning(): Promise<boolean> {
+    return (await this.getInfo()).state === 'running';
+  }
+
+  /** The sandbox is killed `timeoutMs` from now unless this is called again. */
+  async setTimeout(timeoutMs: number): Promise<void> {
+    await this.api.json(`/v1/sandboxes/${this.sandboxId}/timeout`, { method: 'POST', json: { timeoutMs } });
+  }
+
+  /** Kills the sandbox (idempotent). */
+  async kill(): Promise<void> {
+    await this.api.json(`/v1/sandboxes/${this.sandboxId}`, { method: 'DELETE' });
+  }
+}

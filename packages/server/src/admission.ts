@@ -1,0 +1,59 @@
+import fs from 'node:fs';
+import { NsError } from '@nullspace/runtime';
+import type { Config } from './config.js';
+
+/**
+ * Admission control: a sandbox gets a VM only within the configured limits (count and nominal
+ * memory of running VMs) and while the host still has memory available. A refusal is a clear
+ * 429/503, never an overloaded host. Reservations are taken synchronously, so concurrent creates
+ * cannot overshoot.
+ */
+export class Admission {
+  private count = 0;
+  private memoryMiB = 0;
+
+  constructor(private readonly limits: Config['limits'], private readonly availableMiB: () => number = hostAvailableMiB) {}
+
+  reserve(memoryMiB: number): { release: () => void } {
+    if (this.count + 1 > this.limits.maxSandboxes) {
+      throw new NsError('too_many_sandboxes', `the server runs its maximum of ${this.limits.maxSandboxes} sandboxes; kill or hibernate one first`, {
+        details: { limit: this.limits.maxSandboxes, running: this.count },
+      });
+    }
+    if (this.memoryMiB + memoryMiB > this.limits.maxMemoryMiB) {
+      throw new NsError('too_many_sandboxes', `running sandboxes already use ${this.memoryMiB} MiB of the ${this.limits.maxMemoryMiB} MiB limit`, {
+        details: { limitMiB: this.limits.maxMemoryMiB, usedMiB: this.memoryMiB, requestedMiB: memoryMiB },
+      });
+    }
+    const available = this.availableMiB();
+    if (available < this.limits.minHostAvailableMiB) {
+      throw new NsError('insufficient_memory', `the host has only ${available} MiB of memory available (minimum ${this.limits.minHostAvailableMiB} MiB)`, {
+        details: { availableMiB: available, minimumMiB: this.limits.minHostAvailableMiB },
+      });
+    }
+    this.count += 1;
+    this.memoryMiB += memoryMiB;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.count -= 1;
+        this.memoryMiB -= memoryMiB;
+      },
+    };
+  }
+
+  get usage(): { sandboxes: number; memoryMiB: number } {
+    return { sandboxes: this.count, memoryMiB: this.memoryMiB };
+  }
+}
+
+export function hostAvailableMiB(): number {
+  try {
+    const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+    return m?.[1] ? Math.floor(Number(m[1]) / 1024) : Number.MAX_SAFE_INTEGER;
+  } catch {
+    return Number.MAX_SAFE_INTEGER;
+  }
+}

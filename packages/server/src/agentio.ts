@@ -1,0 +1,264 @@
+import { Readable } from 'node:stream';
+import { Channel, NsError, type AgentClient, type AgentStream, type Json } from '@nullspace/runtime';
+import { fromAgentError } from './errors.js';
+
+/**
+ * Files and commands of a sandbox, over its agent. Data is streamed both ways with backpressure:
+ * nothing here holds a whole file or a whole command output in memory.
+ */
+
+export function checkPath(p: unknown, field = 'path'): string {
+  if (typeof p !== 'string' || !p.startsWith('/') || p.includes('\0') || Buffer.byteLength(p) > 4096) {
+    throw new NsError('invalid_path', `${field} must be an absolute path (got ${JSON.stringify(p)?.slice(0, 100)})`, { details: { field } });
+  }
+  return p;
+}
+
+/**
+ * A Readable fed by an agent stream, with backpressure: `push` resolves once the consumer wants
+ * more, and the agent gets credit back only then.
+ */
+class Feed extends Readable {
+  private waiting: (() => void) | undefined;
+  override _read(): void {
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.();
+  }
+  feed(chunk: Buffer | string): Promise<void> {
+    if (this.destroyed) return Promise.resolve();
+    if (this.push(chunk)) return Promise.resolve();
+    return new Promise((resolve) => (this.waiting = resolve));
+  }
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.waiting?.();
+    cb(err);
+  }
+}
+
+/**
+ * Opens a file for reading. Resolves once the agent has answered (first bytes, end, or error), so
+ * that a missing file is an error response, not a broken 200.
+ */
+export function readFile(agent: AgentClient, path: string): Promise<Readable> {
+  const out = new Feed();
+  let stream: AgentStream | undefined;
+  return new Promise<Readable>((resolve, reject) => {
+    let started = false;
+    const start = () => {
+      if (!started) {
+        started = true;
+        resolve(out);
+      }
+    };
+    stream = agent.open('fs.read', { path }, {
+      onData: (_channel, chunk) => {
+        start();
+        return out.feed(chunk);
+      },
+    });
+    out.on('close', () => {
+      if (stream && !stream.done) stream.cancel('reader went away');
+    });
+    stream.result.then(
+      () => {
+        start();
+        out.push(null);
+      },
+      (err: unknown) => {
+        const e = fromAgentError(err, `reading ${path}`);
+        if (!started) {
+          started = true;
+          reject(e);
+        } else {
+          out.destroy(e);
+        }
+      },
+    );
+  });
+}
+
+/** Streams `source` into a file of the sandbox. A failed or aborted upload leaves the old file. */
+export async function writeFile(
+  agent: AgentClient,
+  path: string,
+  source: AsyncIterable<Buffer | string>,
+  opts: { mode?: number; append?: boolean; maxBytes: number },
+): Promise<{ path: string; size: number }> {
+  const stream = agent.open('fs.write', { path, ...(opts.mode !== undefined ? { mode: opts.mode } : {}), append: opts.append ?? false });
+  let total = 0;
+  try {
+    for await (const chunk of source) {
+      const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+      total += buf.length;
+      if (total > opts.maxBytes) {
+        throw new NsError('payload_too_large', `upload exceeds the limit of ${opts.maxBytes} bytes`, { details: { limit: opts.maxBytes } });
+      }
+      await stream.write(buf);
+      if (stream.done) break;
+    }
+    stream.end();
+  } catch (err) {
+    stream.cancel('upload aborted');
+    if (err instanceof NsError && err.code === 'payload_too_large') throw err;
+    // the agent's own error (e.g. no_space) is more telling than the cancellation
+    const agentErr = await stream.result.then(() => undefined, (e: unknown) => e);
+    if (agentErr instanceof NsError && agentErr.code !== 'cancelled') throw fromAgentError(agentErr, `writing ${path}`);
+    throw new NsError('bad_request', `upload of ${path} aborted: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  try {
+    const r = await stream.result;
+    return { path: String(r.path ?? path), size: Number(r.size ?? total) };
+  } catch (err) {
+    throw fromAgentError(err, `writing ${path}`);
+  }
+}
+
+export async function callFs<T = Json>(agent: AgentClient, op: 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename', args: Json, subject: string): Promise<T> {
+  try {
+    return await agent.call<T>(op, args);
+  } catch (err) {
+    throw fromAgentError(err, subject);
+  }
+}
+
+/** A file system entry as the agent reports it (spec/agent.json types.Entry). */
+export interface EntryInfo {
+  name: string;
+  path: string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+  mode: number;
+  mtimeMs: number;
+  symlinkTarget?: string;
+}
+
+export async function listDir(agent: AgentClient, path: string, depth: number): Promise<EntryInfo[]> {
+  const entries: EntryInfo[] = [];
+  const stream = agent.open('fs.list', { path, depth }, {
+    onEvent: (e) => {
+      if (e.type === 'entries' && Array.isArray(e.entries)) entries.push(...(e.entries as EntryInfo[]));
+    },
+  });
+  try {
+    await stream.result;
+  } catch (err) {
+    throw fromAgentError(err, `listing ${path}`);
+  }
+  return entries;
+}
+
+export interface CommandRequest {
+  cmd: string;
+  cwd?: string | undefined;
+  envs?: Record<string, string> | undefined;
+  user?: string | undefined;
+  timeoutMs?: number | undefined;
+  /** Keep stdin open for later `sendStdin` (otherwise stdin is /dev/null or `input`). */
+  stdin?: boolean | undefined;
+  /** Text written to stdin, which is then closed. */
+  input?: string | undefined;
+  tag?: string | undefined;
+}
+
+/** One line of a command's NDJSON output stream. */
+export type CommandEvent =
+  | { type: 'start'; pid: number }
+  | { type: 'stdout' | 'stderr'; data: string }
+  | { type: 'lost'; bytes: number }
+  | { type: 'end'; pid: number; exitCode: number | null; signal: string | null; timedOut: boolean; [k: string]: unknown }
+  | { type: 'error'; code: string; message: string };
+
+function toEvents(out: Feed) {
+  const line = (e: CommandEvent) => out.feed(JSON.stringify(e) + '\n');
+  return {
+    onEvent: (e: Json) => {
+      if (e.type === 'started') void line({ type: 'start', pid: Number(e.pid) });
+      else if (e.type === 'lost') void line({ type: 'lost', bytes: Number(e.bytes) });
+    },
+    onData: (channel: number, chunk: Buffer) =>
+      line({ type: channel === Channel.STDERR ? 'stderr' : 'stdout', data: chunk.toString('base64') }),
+    line,
+  };
+}
+
+function finishEvents(stream: AgentStream, out: Feed, line: (e: CommandEvent) => Promise<void>): void {
+  out.on('close', () => {
+    if (!stream.done) stream.cancel('client went away');
+  });
+  stream.result.then(
+    async (r) => {
+      await line({ ...r, type: 'end', pid: Number(r.pid), exitCode: (r.exitCode as number | null) ?? null, signal: (r.signal as string | null) ?? null, timedOut: r.timedOut === true });
+      out.push(null);
+    },
+    async (err: unknown) => {
+      const e = fromAgentError(err, 'command');
+      await line({ type: 'error', code: e.code, message: e.message });
+      out.push(null);
+    },
+  );
+}
+
+/**
+ * Starts a command. For a foreground command, resolves with an NDJSON stream of its events as soon
+ * as it started (start, stdout/stderr chunks in base64, end). Fails before any output when the
+ * command cannot start. With `background`, resolves with the pid and leaves the process running.
+ */
+export async function startCommand(agent: AgentClient, req: CommandRequest, background: boolean): Promise<{ pid: number; events?: Readable }> {
+  const out = new Feed();
+  const ev = toEvents(out);
+  let resolveStart!: (pid: number) => void;
+  const started = new Promise<number>((r) => (resolveStart = r));
+  const useStdin = req.stdin === true || req.input !== undefined;
+  const stream = agent.open(
+    'proc.start',
+    {
+      cmd: req.cmd,
+      ...(req.cwd !== undefined ? { cwd: req.cwd } : {}),
+      ...(req.envs !== undefined ? { envs: req.envs } : {}),
+      ...(req.user !== undefined ? { user: req.user } : {}),
+      timeoutMs: req.timeoutMs ?? 0,
+      stdin: useStdin,
+      ...(req.tag !== undefined ? { tag: req.tag } : {}),
+    },
+    {
+      onEvent: (e) => {
+        if (e.type === 'started') resolveStart(Number(e.pid));
+        ev.onEvent(e);
+      },
+      onData: ev.onData,
+    },
+  );
+  const failed = stream.result.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  const first = await Promise.race([started, failed.then((e) => ({ failed: e }))]);
+  if (typeof first !== 'number') {
+    if (first.failed !== undefined) throw fromAgentError(first.failed, `starting command`);
+    // ended before its start event: cannot happen per protocol, but keep the result
+  }
+  const pid = typeof first === 'number' ? first : 0;
+  if (req.input !== undefined) {
+    await stream.write(Buffer.from(req.input));
+    if (req.stdin !== true) stream.end();
+  }
+  if (background) {
+    stream.cancel('background command: the client detached');
+    return { pid };
+  }
+  finishEvents(stream, out, ev.line);
+  return { pid, events: out };
+}
+
+/** Output and end of a process started earlier (replaying what the agent still holds). */
+export async function attachCommand(agent: AgentClient, pid: number, replay: boolean): Promise<Readable> {
+  // an unknown pid is an error response, not an error inside a 200 stream
+  const { processes } = await agent.call<{ processes: Array<{ pid: number }> }>('proc.list');
+  if (!processes.some((p) => p.pid === pid)) throw new NsError('process_not_found', `process ${pid} not found`, { details: { pid } });
+  const out = new Feed();
+  const ev = toEvents(out);
+  const stream = agent.open('proc.attach', { pid, replay }, { onEvent: ev.onEvent, onData: ev.onData });
+  finishEvents(stream, out, ev.line);
+  return out;
+}

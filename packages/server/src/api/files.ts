@@ -1,0 +1,104 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from '@sinclair/typebox';
+import type { IncomingMessage } from 'node:http';
+import { callFs, checkPath, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
+import type { AppDeps } from './app.js';
+import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
+
+export const fileRoutes =
+  (deps: AppDeps): FastifyPluginAsync =>
+  async (plain) => {
+    const app = plain.withTypeProvider<TypeBoxTypeProvider>();
+    const { sandboxes } = deps;
+
+    app.get(
+      '/sandboxes/:id/files',
+      { schema: { summary: 'Read a file (streamed bytes)', params: IdParams, querystring: PathQuery } },
+      async (req, reply) => {
+        const path = checkPath(req.query.path);
+        const agent = await sandboxes.agent(req.params.id);
+        const body = await readFile(agent, path);
+        return reply.type('application/octet-stream').send(body);
+      },
+    );
+
+    // uploads are raw bytes streamed to the agent, whatever their content type
+    await app.register(async (raw) => {
+      raw.removeAllContentTypeParsers();
+      raw.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
+      raw.withTypeProvider<TypeBoxTypeProvider>().put(
+        '/sandboxes/:id/files',
+        {
+          schema: {
+            summary: 'Write a file (request body streamed as the content; parents created)',
+            params: IdParams,
+            querystring: WriteQuery,
+            response: { 200: Type.Object({ path: Type.String(), size: Type.Integer() }) },
+          },
+        },
+        async (req) => {
+          const path = checkPath(req.query.path);
+          const agent = await sandboxes.agent(req.params.id);
+          const source = (req.body as IncomingMessage | undefined) ?? req.raw;
+          return writeFile(agent, path, source, {
+            ...(req.query.mode !== undefined ? { mode: req.query.mode } : {}),
+            append: req.query.append ?? false,
+            maxBytes: deps.config.limits.maxUploadBytes,
+          });
+        },
+      );
+    });
+
+    app.get(
+      '/sandboxes/:id/files/list',
+      { schema: { summary: 'List a directory', params: IdParams, querystring: ListQuery, response: { 200: Type.Object({ entries: Type.Array(Entry) }) } } },
+      async (req) => {
+        const agent = await sandboxes.agent(req.params.id);
+        return { entries: await listDir(agent, checkPath(req.query.path), req.query.depth ?? 1) };
+      },
+    );
+
+    app.get(
+      '/sandboxes/:id/files/stat',
+      { schema: { summary: 'Information about a path (lstat)', params: IdParams, querystring: PathQuery, response: { 200: Entry } } },
+      async (req) => {
+        const path = checkPath(req.query.path);
+        const agent = await sandboxes.agent(req.params.id);
+        return callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`);
+      },
+    );
+
+    app.post(
+      '/sandboxes/:id/files/mkdir',
+      { schema: { summary: 'Create a directory', params: IdParams, body: MkdirBody, response: { 200: Type.Object({ created: Type.Boolean() }) } } },
+      async (req) => {
+        const path = checkPath(req.body.path);
+        const agent = await sandboxes.agent(req.params.id);
+        return callFs<{ created: boolean }>(agent, 'fs.mkdir', { path, parents: req.body.parents ?? true, ...(req.body.mode !== undefined ? { mode: req.body.mode } : {}) }, `mkdir ${path}`);
+      },
+    );
+
+    app.post(
+      '/sandboxes/:id/files/rename',
+      { schema: { summary: 'Rename or move a path', params: IdParams, body: RenameBody } },
+      async (req, reply) => {
+        const from = checkPath(req.body.from, 'from');
+        const to = checkPath(req.body.to, 'to');
+        const agent = await sandboxes.agent(req.params.id);
+        await callFs(agent, 'fs.rename', { from, to, overwrite: req.body.overwrite ?? true }, `rename ${from}`);
+        return reply.status(204).send();
+      },
+    );
+
+    app.delete(
+      '/sandboxes/:id/files',
+      { schema: { summary: 'Remove a file or directory', params: IdParams, querystring: RemoveQuery } },
+      async (req, reply) => {
+        const path = checkPath(req.query.path);
+        const agent = await sandboxes.agent(req.params.id);
+        await callFs(agent, 'fs.remove', { path, recursive: req.query.recursive ?? false }, `remove ${path}`);
+        return reply.status(204).send();
+      },
+    );
+  };

@@ -1,0 +1,103 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { Static } from '@sinclair/typebox';
+import { NsError } from '@nullspace/runtime';
+import { isState, type SandboxState } from '../lifecycle.js';
+import type { SandboxRecord } from '../store/sandboxes.js';
+import type { AppDeps } from './app.js';
+import { CreateSandboxBody, IdParams, ListSandboxesQuery, Sandbox, SandboxList, TimeoutBody, type SandboxT } from './schemas.js';
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+export function sandboxView(r: SandboxRecord): SandboxT {
+  return {
+    sandboxId: r.id,
+    template: r.template,
+    snapshotId: r.snapshotId,
+    state: r.state,
+    metadata: r.metadata,
+    memoryMiB: r.memoryMiB,
+    vcpus: r.vcpus,
+    allowInternetAccess: r.allowInternetAccess,
+    timeoutMs: r.timeoutMs,
+    createdAt: new Date(r.createdAt).toISOString(),
+    startedAt: iso(r.startedAt),
+    expiresAt: r.state === 'running' ? iso(r.expiresAt) : null,
+    endedAt: iso(r.endedAt),
+    endReason: r.endReason,
+    errorCode: r.errorCode,
+  };
+}
+
+const LIVE_STATES: SandboxState[] = ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'];
+
+function parseMetadataFilter(raw: string | string[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of raw === undefined ? [] : Array.isArray(raw) ? raw : [raw]) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new NsError('bad_request', `metadata filter "${pair}" must be key=value`, { details: { field: 'metadata' } });
+    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return out;
+}
+
+export function checkTimeout(deps: AppDeps, timeoutMs: number): number {
+  if (timeoutMs > deps.config.limits.maxTimeoutMs) {
+    throw new NsError('bad_request', `timeoutMs ${timeoutMs} exceeds the maximum of ${deps.config.limits.maxTimeoutMs}`, { details: { field: 'timeoutMs' } });
+  }
+  return timeoutMs;
+}
+
+export const sandboxRoutes =
+  (deps: AppDeps): FastifyPluginAsync =>
+  async (plain) => {
+    const app = plain.withTypeProvider<TypeBoxTypeProvider>();
+    const { sandboxes } = deps;
+
+    app.post(
+      '/sandboxes',
+      { schema: { summary: 'Create a sandbox from a template', body: CreateSandboxBody, response: { 201: Sandbox } } },
+      async (req, reply) => {
+        const body = req.body ?? {};
+        const rec = await sandboxes.create({
+          template: body.template ?? 'base',
+          metadata: body.metadata ?? {},
+          envs: body.envs ?? {},
+          timeoutMs: checkTimeout(deps, body.timeoutMs ?? deps.config.defaultTimeoutMs),
+          allowInternetAccess: body.allowInternetAccess ?? true,
+        });
+        return reply.status(201).send(sandboxView(rec));
+      },
+    );
+
+    app.get(
+      '/sandboxes',
+      { schema: { summary: 'List sandboxes (paginated, oldest first)', querystring: ListSandboxesQuery, response: { 200: SandboxList } } },
+      async (req) => {
+        const q = req.query as Static<typeof ListSandboxesQuery>;
+        let states = LIVE_STATES;
+        if (q.state) {
+          const wanted = q.state.split(',').map((s) => s.trim()).filter(Boolean);
+          for (const s of wanted) if (!isState(s)) throw new NsError('bad_request', `unknown state "${s}"`, { details: { field: 'state' } });
+          states = wanted as SandboxState[];
+        }
+        const page = sandboxes.list({ states, metadata: parseMetadataFilter(q.metadata), limit: q.limit ?? 100, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
+        return { sandboxes: page.items.map(sandboxView), nextToken: page.nextToken ?? null };
+      },
+    );
+
+    app.get('/sandboxes/:id', { schema: { summary: 'Get a sandbox', params: IdParams, response: { 200: Sandbox } } }, async (req) =>
+      sandboxView(sandboxes.get(req.params.id)),
+    );
+
+    app.delete('/sandboxes/:id', { schema: { summary: 'Kill a sandbox (idempotent)', params: IdParams } }, async (req, reply) => {
+      await sandboxes.kill(req.params.id);
+      return reply.status(204).send();
+    });
+
+    app.post(
+      '/sandboxes/:id/timeout',
+      { schema: { summary: 'Set the timeout, counted from now', params: IdParams, body: TimeoutBody, response: { 200: Sandbox } } },
+      async (req) => sandboxView(sandboxes.setTimeout(req.params.id, checkTimeout(deps, req.body.timeoutMs))),
+    );
+  };

@@ -1,0 +1,185 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { STATES } from '../lifecycle.js';
+
+export const ErrorBody = Type.Object(
+  {
+    error: Type.Object({
+      code: Type.String({ description: 'Stable machine-readable error code' }),
+      message: Type.String(),
+      details: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    }),
+  },
+  { $id: 'Error' },
+);
+
+export const Metadata = Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.:/-]{1,128}$' }), Type.String({ maxLength: 1024 }), {
+  maxProperties: 64,
+  additionalProperties: false,
+  description: 'Flat map of string keys (1-128 chars of A-Za-z0-9_.:/-) to string values (<= 1024 chars), at most 64 entries',
+});
+
+export const Envs = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,255}$' }), Type.String({ maxLength: 32768 }), {
+  maxProperties: 256,
+  additionalProperties: false,
+});
+
+export const SandboxId = Type.String({ description: 'sbx_ + 16 lowercase alphanumerics' });
+export const SandboxState = Type.Union(STATES.map((s) => Type.Literal(s)));
+
+export const Sandbox = Type.Object(
+  {
+    sandboxId: SandboxId,
+    template: Type.String(),
+    snapshotId: Type.Union([Type.String(), Type.Null()]),
+    state: SandboxState,
+    metadata: Metadata,
+    memoryMiB: Type.Integer(),
+    vcpus: Type.Integer(),
+    allowInternetAccess: Type.Boolean(),
+    timeoutMs: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    startedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    expiresAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: 'When the sandbox times out (running sandboxes)' }),
+    endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    endReason: Type.Union([Type.String(), Type.Null()]),
+    errorCode: Type.Union([Type.String(), Type.Null()]),
+  },
+  { $id: 'Sandbox' },
+);
+export type SandboxT = Static<typeof Sandbox>;
+
+export const CreateSandboxBody = Type.Object(
+  {
+    template: Type.Optional(Type.String({ minLength: 1, maxLength: 63, default: 'base' })),
+    metadata: Type.Optional(Metadata),
+    envs: Type.Optional(Envs),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: 'Lifetime without activity before the sandbox is killed; default 300000' })),
+    allowInternetAccess: Type.Optional(Type.Boolean({ default: true })),
+  },
+  { additionalProperties: false },
+);
+
+export const ListSandboxesQuery = Type.Object(
+  {
+    state: Type.Optional(Type.String({ description: 'Comma-separated states; default: every live state (not killed/failed)' })),
+    metadata: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'key=value, repeatable; all must match' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+    nextToken: Type.Optional(Type.String({ maxLength: 512 })),
+  },
+  { additionalProperties: false },
+);
+
+export const SandboxList = Type.Object({
+  sandboxes: Type.Array(Sandbox),
+  nextToken: Type.Union([Type.String(), Type.Null()]),
+});
+
+export const IdParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
+
+export const TimeoutBody = Type.Object({ timeoutMs: Type.Integer({ minimum: 1000 }) }, { additionalProperties: false });
+
+export const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }) }, { additionalProperties: false });
+
+export const WriteQuery = Type.Object(
+  {
+    path: Type.String({ minLength: 1, maxLength: 4096 }),
+    mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+    append: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+
+export const ListQuery = Type.Object(
+  { path: Type.String({ minLength: 1, maxLength: 4096 }), depth: Type.Optional(Type.Integer({ minimum: 1, maximum: 32, default: 1 })) },
+  { additionalProperties: false },
+);
+
+export const RemoveQuery = Type.Object(
+  { path: Type.String({ minLength: 1, maxLength: 4096 }), recursive: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+
+export const Entry = Type.Object(
+  {
+    name: Type.String(),
+    path: Type.String(),
+    type: Type.Union([Type.Literal('file'), Type.Literal('dir'), Type.Literal('symlink'), Type.Literal('other')]),
+    size: Type.Integer(),
+    mode: Type.Integer(),
+    mtimeMs: Type.Number(),
+    symlinkTarget: Type.Optional(Type.String()),
+  },
+  { $id: 'Entry' },
+);
+
+export const MkdirBody = Type.Object(
+  { path: Type.String({ minLength: 1, maxLength: 4096 }), parents: Type.Optional(Type.Boolean()), mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })) },
+  { additionalProperties: false },
+);
+
+export const RenameBody = Type.Object(
+  { from: Type.String({ minLength: 1, maxLength: 4096 }), to: Type.String({ minLength: 1, maxLength: 4096 }), overwrite: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+
+export const CommandBody = Type.Object(
+  {
+    cmd: Type.String({ minLength: 1, maxLength: 262144, description: 'Run with /bin/bash -c' }),
+    cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    envs: Type.Optional(Envs),
+    user: Type.Optional(Type.String({ pattern: '^[a-z_][a-z0-9_-]{0,31}$' })),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 0, description: '0 = no limit; default 60000' })),
+    background: Type.Optional(Type.Boolean()),
+    stdin: Type.Optional(Type.Boolean({ description: 'Keep stdin open for POST .../stdin' })),
+    input: Type.Optional(Type.String({ maxLength: 1048576, description: 'Text written to stdin before it is closed (unless stdin is true)' })),
+    tag: Type.Optional(Type.String({ maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+
+export const PidParams = Type.Object({ id: Type.String({ maxLength: 64 }), pid: Type.Integer({ minimum: 1 }) });
+
+export const ProcessInfo = Type.Object(
+  {
+    pid: Type.Integer(),
+    cmd: Type.String(),
+    cwd: Type.String(),
+    tag: Type.String(),
+    startedAtMs: Type.Number(),
+    running: Type.Boolean(),
+    exitCode: Type.Union([Type.Integer(), Type.Null()]),
+    signal: Type.Union([Type.String(), Type.Null()]),
+    timedOut: Type.Boolean(),
+  },
+  { $id: 'ProcessInfo' },
+);
+
+export const StdinBody = Type.Object(
+  { data: Type.Optional(Type.String({ maxLength: 1048576 })), close: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+
+export const SignalBody = Type.Object(
+  {
+    signal: Type.Optional(
+      Type.Union(['SIGKILL', 'SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGSTOP', 'SIGCONT'].map((s) => Type.Literal(s))),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const Template = Type.Object(
+  {
+    name: Type.String(),
+    memoryMiB: Type.Integer(),
+    vcpus: Type.Integer(),
+    diskSizeMiB: Type.Integer(),
+    kernelRelease: Type.String(),
+    agentVersion: Type.String(),
+    builtAt: Type.String({ format: 'date-time' }),
+    compatible: Type.Boolean({ description: 'Whether this host can start sandboxes from it' }),
+  },
+  { $id: 'Template' },
+);
+
+export const NameParams = Type.Object({ name: Type.String({ maxLength: 64 }) });

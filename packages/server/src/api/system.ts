@@ -1,0 +1,69 @@
+import type { FastifyPluginAsync } from 'fastify';
+import { Type } from '@sinclair/typebox';
+import { NsError } from '@nullspace/runtime';
+import type { AppDeps } from './app.js';
+import { NameParams, Template } from './schemas.js';
+
+function templateView(t: ReturnType<AppDeps['host']['templates']>[number]) {
+  return {
+    name: t.name,
+    memoryMiB: t.memoryMiB,
+    vcpus: t.vcpus,
+    diskSizeMiB: t.image.diskSizeMiB,
+    kernelRelease: t.image.kernelRelease,
+    agentVersion: t.image.agentVersion,
+    builtAt: t.builtAt,
+    compatible: t.compatible,
+  };
+}
+
+export const systemRoutes =
+  (deps: AppDeps): FastifyPluginAsync =>
+  async (app) => {
+    app.get(
+      '/health',
+      {
+        schema: {
+          summary: 'Server status',
+          response: {
+            200: Type.Object({
+              ok: Type.Boolean(),
+              version: Type.String(),
+              accel: Type.String(),
+              accelReason: Type.String(),
+              cpuModel: Type.String(),
+              qemuVersion: Type.String(),
+              reflink: Type.Boolean(),
+              running: Type.Integer(),
+              memoryMiB: Type.Integer(),
+            }),
+          },
+        },
+      },
+      async () => ({
+        ok: true,
+        version: deps.version,
+        accel: deps.host.profile.accel,
+        accelReason: deps.host.accelReason,
+        cpuModel: deps.host.profile.cpuModel,
+        qemuVersion: deps.host.profile.qemuVersion,
+        reflink: deps.host.reflink,
+        running: deps.sandboxes.usage.sandboxes,
+        memoryMiB: deps.sandboxes.usage.memoryMiB,
+      }),
+    );
+
+    app.get('/templates', { schema: { summary: 'Templates built on this host', response: { 200: Type.Object({ templates: Type.Array(Template) }) } } }, async () => ({
+      templates: deps.host.templates().map(templateView),
+    }));
+
+    app.get<{ Params: { name: string } }>(
+      '/templates/:name',
+      { schema: { summary: 'One template', params: NameParams, response: { 200: Template } } },
+      async (req) => {
+        const t = deps.host.templates().find((x) => x.name === req.params.name);
+        if (!t) throw new NsError('template_not_found', `template ${req.params.name} not found`, { details: { template: req.params.name } });
+        return templateView(t);
+      },
+    );
+  };

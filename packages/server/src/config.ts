@@ -1,0 +1,104 @@
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { NsError, type Accel } from '@nullspace/runtime';
+
+/** Everything the server is configured with, parsed once at start (environment, then flags). */
+export interface Config {
+  host: string;
+  port: number;
+  /** SQLite database, API key, sandbox directories. */
+  dataDir: string;
+  /** Built images and template snapshots, shared by every server of this machine. */
+  cacheDir: string;
+  /** Template recipes and agent sources (for `template build`). */
+  imagesDir: string;
+  agentDir: string;
+  debianMirror: string;
+  /** NULLSPACE_API_KEY; when unset the server generates one and keeps it in dataDir/api-key. */
+  apiKey: string | undefined;
+  accel: Accel | undefined;
+  cpuModel: string | undefined;
+  limits: {
+    /** Sandboxes whose VM runs (or is being started). */
+    maxSandboxes: number;
+    /** Sum of the nominal RAM of running sandboxes. */
+    maxMemoryMiB: number;
+    /** Refuse new sandboxes when the host has less available memory than this. */
+    minHostAvailableMiB: number;
+    maxTimeoutMs: number;
+    maxUploadBytes: number;
+  };
+  defaultTimeoutMs: number;
+  /** How often expired sandboxes are looked for. */
+  reaperIntervalMs: number;
+  /** Killed/failed sandbox records are kept this long for inspection. */
+  endedRetentionMs: number;
+  logLevel: string;
+}
+
+export const DEFAULT_PORT = 7070;
+export const DEFAULT_HOME = '/var/lib/nullspace';
+export const DEFAULT_DATA_DIR = path.join(DEFAULT_HOME, 'data');
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new NsError('invalid_config', `${name} must be an integer >= ${min}, got "${raw}"`);
+  return n;
+}
+
+export interface ConfigOverrides {
+  host?: string | undefined;
+  port?: number | undefined;
+  dataDir?: string | undefined;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: ConfigOverrides = {}): Config {
+  const home = env.NULLSPACE_HOME || DEFAULT_HOME;
+  const accel = env.NULLSPACE_ACCEL || undefined;
+  if (accel !== undefined && accel !== 'kvm' && accel !== 'tcg') {
+    throw new NsError('invalid_config', `NULLSPACE_ACCEL must be "kvm" or "tcg", got "${accel}"`);
+  }
+  const cpuModel = env.NULLSPACE_CPU_MODEL || undefined;
+  if (cpuModel !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.+-]*(,[A-Za-z0-9_.+=-]+)*$/.test(cpuModel)) {
+    throw new NsError('invalid_config', `NULLSPACE_CPU_MODEL "${cpuModel}" is not a CPU model name`);
+  }
+  const dataDir = path.resolve(overrides.dataDir ?? env.NULLSPACE_DATA_DIR ?? path.join(home, 'data'));
+  // sandbox sockets live under dataDir/sandboxes/<id>/run: unix socket paths are limited
+  if (Buffer.byteLength(dataDir) > 48) {
+    throw new NsError('invalid_config', `data dir "${dataDir}" is longer than 48 bytes (unix socket paths under it would be too long)`);
+  }
+  const totalMiB = Math.floor(os.totalmem() / 1024 / 1024);
+  const apiKey = env.NULLSPACE_API_KEY || undefined;
+  if (apiKey !== undefined && apiKey.length < 16) throw new NsError('invalid_config', 'NULLSPACE_API_KEY must be at least 16 characters');
+  const port = overrides.port ?? int(env, 'NULLSPACE_PORT', DEFAULT_PORT);
+  if (port > 65535) throw new NsError('invalid_config', `port ${port} is out of range`);
+  return {
+    host: overrides.host ?? (env.NULLSPACE_HOST || '127.0.0.1'),
+    port,
+    dataDir,
+    cacheDir: path.resolve(env.NULLSPACE_CACHE_DIR || path.join(home, 'cache')),
+    imagesDir: path.resolve(env.NULLSPACE_IMAGES_DIR || path.join(repoRoot, 'images')),
+    agentDir: path.resolve(env.NULLSPACE_AGENT_DIR || path.join(repoRoot, 'agent')),
+    debianMirror: env.NULLSPACE_DEBIAN_MIRROR || 'http://deb.debian.org/debian',
+    apiKey,
+    accel,
+    cpuModel,
+    limits: {
+      maxSandboxes: int(env, 'NULLSPACE_MAX_SANDBOXES', 200, 0),
+      // nominal RAM may be overcommitted: clones share the template's pages until they write them
+      maxMemoryMiB: int(env, 'NULLSPACE_MAX_MEMORY_MIB', totalMiB * 4, 0),
+      minHostAvailableMiB: int(env, 'NULLSPACE_MIN_HOST_AVAILABLE_MIB', Math.min(2048, Math.floor(totalMiB / 10)), 0),
+      maxTimeoutMs: int(env, 'NULLSPACE_MAX_TIMEOUT_MS', 24 * 3600_000, 1000),
+      maxUploadBytes: int(env, 'NULLSPACE_MAX_UPLOAD_BYTES', 4 * 1024 ** 3, 1),
+    },
+    defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000),
+    reaperIntervalMs: int(env, 'NULLSPACE_REAPER_INTERVAL_MS', 1000, 50),
+    endedRetentionMs: int(env, 'NULLSPACE_ENDED_RETENTION_MS', 24 * 3600_000, 0),
+    logLevel: env.NULLSPACE_LOG_LEVEL || 'info',
+  };
+}

@@ -1,0 +1,79 @@
+import { NsError } from '@nullspace/runtime';
+
+export { NsError };
+
+/**
+ * The one map from error code to HTTP status. Every error that reaches a client carries one of these
+ * codes; anything unknown is a 500 `internal`.
+ */
+const STATUS: Record<string, number> = {
+  bad_request: 400,
+  validation_failed: 400,
+  invalid_path: 400,
+  invalid_metadata: 400,
+  invalid_template_name: 400,
+  invalid_json: 400,
+  unauthorized: 401,
+  permission_denied: 403,
+  route_not_found: 404,
+  sandbox_not_found: 404,
+  template_not_found: 404,
+  file_not_found: 404,
+  process_not_found: 404,
+  snapshot_not_found: 404,
+  method_not_allowed: 405,
+  sandbox_not_running: 409,
+  sandbox_busy: 409,
+  already_exists: 409,
+  not_a_directory: 409,
+  is_a_directory: 409,
+  not_empty: 409,
+  process_not_running: 409,
+  template_incompatible: 409,
+  snapshot_incompatible: 409,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  too_many_sandboxes: 429,
+  insufficient_memory: 503,
+  agent_unavailable: 503,
+  shutting_down: 503,
+  no_space: 507,
+};
+
+export function httpStatusFor(code: string): number {
+  return STATUS[code] ?? 500;
+}
+
+/** A known error code: everything else is reported as `internal`. */
+export function isPublicCode(code: string): boolean {
+  return code in STATUS;
+}
+
+export function notFound(kind: 'sandbox' | 'template' | 'file' | 'process' | 'snapshot', id: string): NsError {
+  return new NsError(`${kind}_not_found`, `${kind} ${id} not found`, { details: { [kind === 'file' ? 'path' : 'id']: id } });
+}
+
+export function badRequest(message: string, details: Record<string, unknown> = {}): NsError {
+  return new NsError('bad_request', message, { details });
+}
+
+/** Agent error codes (spec/agent.json) as API codes. */
+export function fromAgentError(err: unknown, subject: string): NsError {
+  if (!(err instanceof NsError)) return new NsError('internal', `${subject}: ${String(err)}`);
+  const map: Record<string, string> = {
+    not_found: 'file_not_found',
+    bad_request: 'bad_request',
+    invalid_path: 'invalid_path',
+    already_exists: 'already_exists',
+    not_a_directory: 'not_a_directory',
+    is_a_directory: 'is_a_directory',
+    not_empty: 'not_empty',
+    permission_denied: 'permission_denied',
+    no_space: 'no_space',
+    process_failed: 'bad_request',
+    not_running: 'process_not_running',
+    agent_unavailable: 'agent_unavailable',
+    cancelled: 'agent_unavailable',
+  };
+  return new NsError(map[err.code] ?? 'internal', err.message, { cause: err, details: err.details });
+}

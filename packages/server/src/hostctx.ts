@@ -1,0 +1,74 @@
+import fs from 'node:fs';
+import {
+  canReflink,
+  compareRequirements,
+  detectAccel,
+  findTemplate,
+  hostProfile,
+  listTemplates,
+  NsError,
+  TEMPLATE_NAME_RE,
+  type HostProfile,
+  type TemplateInfo,
+} from '@nullspace/runtime';
+import type { Config } from './config.js';
+import type { Logger } from './log.js';
+
+/** What the server learned about its host at start: accelerator, VM profile, templates. */
+export class HostContext {
+  private constructor(
+    readonly profile: HostProfile,
+    readonly accelReason: string,
+    readonly reflink: boolean,
+    private readonly cacheDir: string,
+  ) {}
+
+  static async init(config: Config, log: Logger): Promise<HostContext> {
+    fs.mkdirSync(config.cacheDir, { recursive: true });
+    const probeTemplate = findTemplate(config.cacheDir, 'base') ?? listTemplates(config.cacheDir)[0];
+    const accel = await detectAccel({
+      forced: config.accel,
+      cacheDir: config.cacheDir,
+      probe: probeTemplate ? { kernel: probeTemplate.image.kernel, initrd: probeTemplate.image.initrd } : undefined,
+      log: (m) => log.info(m),
+    });
+    if (accel.accel === 'tcg') {
+      log.warn({ accel: 'tcg', reason: accel.reason }, `accelerator: TCG (software emulation, slow) because ${accel.reason}`);
+    } else {
+      log.info({ accel: 'kvm', reason: accel.reason }, `accelerator: KVM (${accel.reason})`);
+    }
+    const profile = await hostProfile({ accel: accel.accel, cpuModel: config.cpuModel });
+    const reflink = canReflink(config.dataDir) && canReflink(config.cacheDir);
+    if (!reflink) {
+      log.warn(
+        { dataDir: config.dataDir },
+        'the data dir is not on a reflink-capable filesystem (XFS reflink=1 or btrfs): every sandbox start copies its RAM image (slow); scripts/setup.sh can mount one',
+      );
+    }
+    return new HostContext(profile, accel.reason, reflink, config.cacheDir);
+  }
+
+  /** The template registered as `name`, checked against this host. */
+  template(name: string): TemplateInfo {
+    if (!TEMPLATE_NAME_RE.test(name)) throw new NsError('template_not_found', `template ${JSON.stringify(name)} not found`, { details: { template: name } });
+    const t = findTemplate(this.cacheDir, name);
+    if (!t) {
+      throw new NsError('template_not_found', `template "${name}" is not built on this host (run: nullspace template build ${name})`, {
+        details: { template: name },
+      });
+    }
+    const mismatches = compareRequirements(t.requirements, this.profile);
+    if (mismatches.length) {
+      throw new NsError(
+        'template_incompatible',
+        `template "${name}" was built for another VM profile (${mismatches.map((m) => `${m.field}: ${m.snapshot} vs ${m.host}`).join(', ')}); rebuild it: nullspace template build ${name}`,
+        { details: { template: name, mismatches } },
+      );
+    }
+    return t;
+  }
+
+  templates(): Array<TemplateInfo & { compatible: boolean }> {
+    return listTemplates(this.cacheDir).map((t) => ({ ...t, compatible: compareRequirements(t.requirements, this.profile).length === 0 }));
+  }
+}

@@ -1,0 +1,67 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { buildApp, type App } from './api/app.js';
+import { resolveApiKey } from './apikey.js';
+import type { Config } from './config.js';
+import { HostContext } from './hostctx.js';
+import { createLogger, type Logger } from './log.js';
+import { SandboxManager } from './sandboxes.js';
+import { openDb } from './store/db.js';
+import { SandboxStore } from './store/sandboxes.js';
+
+export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
+export { API_KEY_FILE } from './apikey.js';
+export { httpStatusFor } from './errors.js';
+export { STATES, canTransition, type SandboxState } from './lifecycle.js';
+
+export const VERSION: string = (JSON.parse(
+  fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../package.json'), 'utf8'),
+) as { version: string }).version;
+
+export interface RunningServer {
+  app: App;
+  url: string;
+  apiKey: string;
+  apiKeySource: string;
+  host: HostContext;
+  log: Logger;
+  /** Stops serving. Sandbox VMs keep running; a server started on the same data dir re-adopts them. */
+  close(): Promise<void>;
+}
+
+export async function startServer(config: Config, opts: { log?: Logger } = {}): Promise<RunningServer> {
+  const log = opts.log ?? createLogger(config.logLevel);
+  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const { key, source } = resolveApiKey(config.dataDir, config.apiKey);
+  const db = openDb(path.join(config.dataDir, 'nullspace.db'));
+  const host = await HostContext.init(config, log);
+  const sandboxes = new SandboxManager(config, new SandboxStore(db), host, log);
+  await sandboxes.start();
+  const app = await buildApp({ config, apiKey: key, sandboxes, host, log, version: VERSION });
+  try {
+    await app.listen({ host: config.host, port: config.port });
+  } catch (err) {
+    await sandboxes.close();
+    db.close();
+    throw err;
+  }
+  const addr = app.server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : config.port;
+  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  let closed: Promise<void> | undefined;
+  return {
+    app,
+    url,
+    apiKey: key,
+    apiKeySource: source,
+    host,
+    log,
+    close: () =>
+      (closed ??= (async () => {
+        await app.close();
+        await sandboxes.close();
+        db.close();
+      })()),
+  };
+}

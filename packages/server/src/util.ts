@@ -1,0 +1,34 @@
+import { randomBytes } from 'node:crypto';
+
+/** Serializes async operations per key (one lifecycle operation at a time per sandbox). */
+export class KeyedMutex {
+  private tails = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => {});
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return next;
+  }
+
+  /** True while an operation holds or waits for `key`. */
+  busy(key: string): boolean {
+    return this.tails.has(key);
+  }
+}
+
+const ALPHABET = '0123456789abcdefghijklmnopqrstuvwxyz';
+
+/** `prefix_` + 16 random lowercase alphanumerics (~82 bits). */
+export function newId(prefix: string): string {
+  const bytes = randomBytes(16);
+  let s = '';
+  for (const b of bytes) s += ALPHABET[b % 36];
+  return `${prefix}_${s}`;
+}
+
+export const SANDBOX_ID_RE = /^sbx_[0-9a-z]{16}$/;

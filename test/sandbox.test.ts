@@ -1,0 +1,193 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  AuthenticationError,
+  FileNotFoundError,
+  InvalidArgumentError,
+  Sandbox,
+  SandboxNotFoundError,
+  SandboxNotRunningError,
+  TemplateNotFoundError,
+  TimeoutError,
+} from 'nullspace';
+import { conn, killAll, sandbox } from './helpers.js';
+
+describe('TypeScript SDK against real sandboxes', () => {
+  let sbx: Sandbox;
+  beforeAll(async () => {
+    sbx = await Sandbox.create({ ...conn(), template: 'base', metadata: { suite: 'nullspace-tests', role: 'shared' } });
+  });
+  afterAll(() => killAll(sbx));
+
+  it('runs the product example: write, read, python', async () => {
+    await sbx.files.write('/workspace/state.txt', 'baseline\n');
+    expect(await sbx.files.read('/workspace/state.txt')).toBe('baseline\n');
+    const r = await sbx.commands.run("python3 -c 'print(6*7)'");
+    expect(r.stdout).toBe('42\n');
+    expect(r.exitCode).toBe(0);
+  });
+
+  it('reports state, template and metadata', async () => {
+    const info = await sbx.getInfo();
+    expect(info).toMatchObject({ sandboxId: sbx.sandboxId, state: 'running', template: 'base', metadata: { role: 'shared' }, memoryMiB: 512, vcpus: 1 });
+    expect(info.expiresAt!.getTime()).toBeGreaterThan(Date.now());
+    expect(await sbx.isRunning()).toBe(true);
+    const again = await Sandbox.connect(sbx.sandboxId, conn());
+    expect((await again.commands.run('cat /workspace/state.txt')).stdout).toBe('baseline\n');
+  });
+
+  it('has a current clock, its id as hostname, and /workspace as cwd', async () => {
+    const r = await sbx.commands.run('date +%s; hostname; pwd');
+    const [epoch, hostname, cwd] = r.stdout.trim().split('\n');
+    expect(Math.abs(Number(epoch) - Date.now() / 1000)).toBeLessThan(5);
+    expect(hostname).toBe(sbx.sandboxId);
+    expect(cwd).toBe('/workspace');
+  });
+
+  it('writes and reads bytes, and streams 8 MiB both ways', async () => {
+    const small = Uint8Array.from([0, 1, 2, 255, 254, 10, 13]);
+    await sbx.files.write('/workspace/bin/small.bin', small);
+    expect(Buffer.from(await sbx.files.read('/workspace/bin/small.bin', { format: 'bytes' }))).toEqual(Buffer.from(small));
+
+    const big = randomBytes(8 * 1024 * 1024);
+    let offset = 0;
+    const upload = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (offset >= big.length) return controller.close();
+        controller.enqueue(big.subarray(offset, offset + 300_000));
+        offset += 300_000;
+      },
+    });
+    const info = await sbx.files.write('/workspace/bin/big.bin', upload);
+    expect(info.size).toBe(big.length);
+    const h = createHash('sha256');
+    let n = 0;
+    for await (const chunk of (await sbx.files.read('/workspace/bin/big.bin', { format: 'stream' })) as unknown as AsyncIterable<Uint8Array>) {
+      h.update(chunk);
+      n += chunk.length;
+    }
+    expect(n).toBe(big.length);
+    expect(h.digest('hex')).toBe(createHash('sha256').update(big).digest('hex'));
+    const inGuest = await sbx.commands.run('sha256sum /workspace/bin/big.bin');
+    expect(inGuest.stdout.split(' ')[0]).toBe(createHash('sha256').update(big).digest('hex'));
+  });
+
+  it('lists, stats, makes dirs, renames and removes', async () => {
+    expect(await sbx.files.makeDir('/workspace/tree/a/b')).toBe(true);
+    expect(await sbx.files.makeDir('/workspace/tree/a/b')).toBe(false);
+    await sbx.files.write([
+      { path: '/workspace/tree/one.txt', data: '1' },
+      { path: '/workspace/tree/a/two.txt', data: '22' },
+    ]);
+    const top = await sbx.files.list('/workspace/tree');
+    expect(top.map((e) => [e.name, e.type])).toEqual([
+      ['a', 'dir'],
+      ['one.txt', 'file'],
+    ]);
+    const deep = await sbx.files.list('/workspace/tree', { depth: 3 });
+    expect(deep.map((e) => e.path)).toEqual(expect.arrayContaining(['/workspace/tree/a/two.txt', '/workspace/tree/a/b']));
+    const st = await sbx.files.getInfo('/workspace/tree/a/two.txt');
+    expect(st).toMatchObject({ type: 'file', size: 2, name: 'two.txt' });
+    expect(st.modifiedTime.getTime()).toBeGreaterThan(Date.now() - 60_000);
+    const moved = await sbx.files.rename('/workspace/tree/one.txt', '/workspace/tree/a/uno.txt');
+    expect(moved.path).toBe('/workspace/tree/a/uno.txt');
+    expect(await sbx.files.exists('/workspace/tree/one.txt')).toBe(false);
+    expect(await sbx.files.exists('/workspace/tree/a/uno.txt')).toBe(true);
+    await sbx.files.remove('/workspace/tree');
+    expect(await sbx.files.exists('/workspace/tree')).toBe(false);
+    await expect(sbx.files.read('/workspace/tree/a/uno.txt')).rejects.toBeInstanceOf(FileNotFoundError);
+    await expect(sbx.files.list('/workspace/nothing')).rejects.toMatchObject({ code: 'file_not_found', status: 404 });
+  });
+
+  it('runs commands with exit codes, stderr, cwd, envs and stdin', async () => {
+    const r = await sbx.commands.run('echo out; echo err >&2; exit 7');
+    expect(r).toMatchObject({ exitCode: 7, stdout: 'out\n', stderr: 'err\n', timedOut: false });
+    const env = await sbx.commands.run('echo "$GREETING from $(pwd)"', { cwd: '/tmp', envs: { GREETING: 'hello' } });
+    expect(env.stdout).toBe('hello from /tmp\n');
+    const cat = await sbx.commands.run('tr a-z A-Z', { input: 'shout\n' });
+    expect(cat.stdout).toBe('SHOUT\n');
+    const missing = await sbx.commands.run('definitely-not-a-command');
+    expect(missing.exitCode).toBe(127);
+  });
+
+  it('streams output while the command runs', async () => {
+    const chunks: Array<[string, number]> = [];
+    const t0 = Date.now();
+    const r = await sbx.commands.run('for i in 1 2 3; do echo tick $i; sleep 0.5; done', {
+      onStdout: (d) => chunks.push([d, Date.now() - t0]),
+    });
+    expect(r.stdout).toBe('tick 1\ntick 2\ntick 3\n');
+    expect(chunks.length).toBeGreaterThanOrEqual(3);
+    // the first line arrived well before the command ended
+    expect(chunks[0]![1]).toBeLessThan(chunks[chunks.length - 1]![1] - 700);
+  });
+
+  it('kills a command that outlives its timeout and says so', async () => {
+    const t0 = Date.now();
+    const err = await sbx.commands.run('echo started; sleep 30', { timeoutMs: 1500 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as TimeoutError).code).toBe('command_timeout');
+    expect((err as TimeoutError).result).toMatchObject({ timedOut: true, stdout: 'started\n', signal: 'SIGKILL' });
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    expect((await sbx.commands.run('pgrep -x sleep || echo none')).stdout.trim()).toBe('none');
+  });
+
+  it('runs background commands: list, stdin, wait, kill', async () => {
+    const h = await sbx.commands.run('cat', { background: true, stdin: true });
+    expect(h.pid).toBeGreaterThan(1);
+    const listed = await sbx.commands.list();
+    expect(listed.find((p) => p.pid === h.pid)).toMatchObject({ running: true, cmd: 'cat' });
+    await h.sendStdin('via stdin\n', { close: true });
+    const done = await h.wait();
+    expect(done).toMatchObject({ exitCode: 0, stdout: 'via stdin\n' });
+
+    const sleeper = await sbx.commands.run('sleep 60', { background: true });
+    expect(await sleeper.kill()).toBe(true);
+    const killed = await sleeper.wait();
+    expect(killed.signal).toBe('SIGKILL');
+    expect(await sbx.commands.kill(sleeper.pid)).toBe(false);
+    await expect(sbx.commands.connect(999_999)).rejects.toMatchObject({ code: 'process_not_found' });
+  });
+
+  it('lists sandboxes with metadata filters and pagination', async () => {
+    const ids: string[] = [];
+    for await (const s of Sandbox.list({ ...conn(), query: { metadata: { role: 'shared' } } })) ids.push(s.sandboxId);
+    expect(ids).toContain(sbx.sandboxId);
+    const none: string[] = [];
+    for await (const s of Sandbox.list({ ...conn(), query: { metadata: { role: 'no-such-role' } } })) none.push(s.sandboxId);
+    expect(none).toEqual([]);
+    const pager = Sandbox.list({ ...conn(), limit: 1 });
+    const first = await pager.nextItems();
+    expect(first.length).toBeLessThanOrEqual(1);
+  });
+
+  it('extends the timeout', async () => {
+    const before = (await sbx.getInfo()).expiresAt!.getTime();
+    await sbx.setTimeout(600_000);
+    const after = await sbx.getInfo();
+    expect(after.timeoutMs).toBe(600_000);
+    expect(after.expiresAt!.getTime()).toBeGreaterThan(before);
+  });
+});
+
+describe('TypeScript SDK errors', () => {
+  it('maps unknown ids, templates and keys to typed errors', async () => {
+    await expect(Sandbox.connect('sbx_0000000000000000', conn())).rejects.toBeInstanceOf(SandboxNotFoundError);
+    await expect(Sandbox.create({ ...conn(), template: 'missing' })).rejects.toBeInstanceOf(TemplateNotFoundError);
+    await expect(Sandbox.create({ ...conn(), apiKey: 'not-the-key-at-all' })).rejects.toBeInstanceOf(AuthenticationError);
+    await expect(Sandbox.create({ ...conn(), timeoutMs: 10 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect(await Sandbox.kill('sbx_0000000000000000', conn())).toBe(false);
+  });
+
+  it('kills idempotently; a killed sandbox refuses work with 409', async () => {
+    const s = await sandbox();
+    await s.kill();
+    await s.kill();
+    expect(await Sandbox.kill(s.sandboxId, conn())).toBe(true);
+    const info = await s.getInfo();
+    expect(info).toMatchObject({ state: 'killed', endReason: 'killed by request' });
+    await expect(s.files.read('/etc/hostname')).rejects.toBeInstanceOf(SandboxNotRunningError);
+    await expect(s.commands.run('true')).rejects.toMatchObject({ code: 'sandbox_not_running', status: 409 });
+    await expect(s.setTimeout(10_000)).rejects.toBeInstanceOf(SandboxNotRunningError);
+  });
+});
