@@ -1,0 +1,80 @@
+"""Python SDK of nullspace: disposable Linux sandbox VMs on your own server.
+
+Standard library only. Example::
+
+    from nullspace import Sandbox
+
+    sandbox = Sandbox.create(template="base")
+    sandbox.files.write("/workspace/state.txt", "baseline\\n")
+    print(sandbox.files.read("/workspace/state.txt"))
+    print(sandbox.commands.run("python3 -c 'print(6*7)'").stdout)
+    sandbox.kill()
+
+Configuration: ``NULLSPACE_API_URL`` (default ``http://127.0.0.1:7070``), ``NULLSPACE_API_KEY``
+(default: the local server's key in ``$NULLSPACE_DATA_DIR/api-key``), or the ``api_url`` and
+``api_key`` arguments of :meth:`Sandbox.create` and friends.
+"""
+
+from .commands import CommandHandle, Commands
+from .connection import DEFAULT_API_URL, DEFAULT_REQUEST_TIMEOUT, ConnectionConfig
+from .errors import (
+    AuthenticationError,
+    ConflictError,
+    FileNotFoundError,
+    InvalidArgumentError,
+    NotEnoughSpaceError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ProcessNotFoundError,
+    RateLimitError,
+    SandboxError,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+    ServiceUnavailableError,
+    SnapshotNotFoundError,
+    TemplateNotFoundError,
+    TimeoutError,
+    error_from_response,
+)
+from .filesystem import FileStream, Filesystem
+from .models import CommandResult, EntryInfo, ProcessInfo, SandboxInfo, WriteEntry, WriteInfo
+from .sandbox import Sandbox, SandboxPaginator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sandbox",
+    "SandboxPaginator",
+    "SandboxInfo",
+    "Filesystem",
+    "FileStream",
+    "EntryInfo",
+    "WriteInfo",
+    "WriteEntry",
+    "Commands",
+    "CommandHandle",
+    "CommandResult",
+    "ProcessInfo",
+    "ConnectionConfig",
+    "DEFAULT_API_URL",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "SandboxError",
+    "AuthenticationError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "SandboxNotFoundError",
+    "TemplateNotFoundError",
+    "FileNotFoundError",
+    "ProcessNotFoundError",
+    "SnapshotNotFoundError",
+    "ConflictError",
+    "SandboxNotRunningError",
+    "PermissionDeniedError",
+    "PayloadTooLargeError",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "NotEnoughSpaceError",
+    "TimeoutError",
+    "error_from_response",
+]

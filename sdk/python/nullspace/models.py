@@ -1,0 +1,176 @@
+"""Data classes of the SDK, and their conversion from the API's JSON shapes.
+
+Datetimes are timezone-aware UTC :class:`datetime.datetime` values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, Mapping, Optional, Union
+
+__all__ = [
+    "SandboxState",
+    "EntryType",
+    "SandboxInfo",
+    "EntryInfo",
+    "WriteInfo",
+    "WriteEntry",
+    "CommandResult",
+    "ProcessInfo",
+]
+
+SandboxState = Literal["creating", "running", "hibernating", "paused", "resuming", "killing", "killed", "failed"]
+EntryType = Literal["file", "dir", "symlink", "other"]
+
+FileData = Union[str, bytes, bytearray, memoryview, Any]
+"""What :meth:`Filesystem.write` accepts: text (written as UTF-8), bytes, a binary (or text)
+file-like object with ``read``, or an iterable of bytes chunks."""
+
+
+def parse_datetime(value: Optional[str]) -> Optional[datetime]:
+    """An ISO 8601 string of the API (``2024-01-02T03:04:05.678Z``) as an aware UTC datetime."""
+    if value is None:
+        return None
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def datetime_from_ms(ms: float) -> datetime:
+    """Milliseconds since the epoch as an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """What the server knows about a sandbox."""
+
+    sandbox_id: str
+    template: str
+    snapshot_id: Optional[str]
+    state: str
+    """One of :data:`SandboxState`."""
+    metadata: dict[str, str]
+    memory_mib: int
+    vcpus: int
+    allow_internet_access: bool
+    timeout_ms: int
+    created_at: datetime
+    started_at: Optional[datetime]
+    expires_at: Optional[datetime]
+    """When a running sandbox times out (``None`` when it is not running)."""
+    ended_at: Optional[datetime]
+    end_reason: Optional[str]
+    error_code: Optional[str]
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> "SandboxInfo":
+        """From the API's ``Sandbox`` object."""
+        return cls(
+            sandbox_id=r["sandboxId"],
+            template=r["template"],
+            snapshot_id=r.get("snapshotId"),
+            state=r["state"],
+            metadata=dict(r.get("metadata") or {}),
+            memory_mib=r["memoryMiB"],
+            vcpus=r["vcpus"],
+            allow_internet_access=r["allowInternetAccess"],
+            timeout_ms=r["timeoutMs"],
+            created_at=parse_datetime(r["createdAt"]),  # type: ignore[arg-type]
+            started_at=parse_datetime(r.get("startedAt")),
+            expires_at=parse_datetime(r.get("expiresAt")),
+            ended_at=parse_datetime(r.get("endedAt")),
+            end_reason=r.get("endReason"),
+            error_code=r.get("errorCode"),
+        )
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """A file system entry of a sandbox (``lstat``: a symlink is reported as itself)."""
+
+    name: str
+    path: str
+    type: str
+    """One of :data:`EntryType`: ``file``, ``dir``, ``symlink``, ``other``."""
+    size: int
+    mode: int
+    """Permission bits (e.g. ``0o644``)."""
+    modified_time: datetime
+    symlink_target: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> "EntryInfo":
+        """From the API's ``Entry`` object."""
+        return cls(
+            name=r["name"],
+            path=r["path"],
+            type=r["type"],
+            size=r["size"],
+            mode=r["mode"],
+            modified_time=datetime_from_ms(r["mtimeMs"]),
+            symlink_target=r.get("symlinkTarget"),
+        )
+
+
+@dataclass(frozen=True)
+class WriteInfo:
+    """The result of writing one file."""
+
+    path: str
+    size: int
+    """Size of the file after the write."""
+
+
+@dataclass(frozen=True)
+class WriteEntry:
+    """One file of a multi-file :meth:`Filesystem.write`."""
+
+    path: str
+    data: FileData
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a command ended, with all its output."""
+
+    pid: int
+    exit_code: Optional[int]
+    """Exit status; ``None`` when a signal ended the process."""
+    signal: Optional[str]
+    """Signal that ended the process, e.g. ``"SIGKILL"``."""
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A process started through the API (running, or recently ended)."""
+
+    pid: int
+    cmd: str
+    cwd: str
+    tag: str
+    started_at: datetime
+    running: bool
+    exit_code: Optional[int]
+    signal: Optional[str]
+    timed_out: bool
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> "ProcessInfo":
+        """From the API's ``ProcessInfo`` object."""
+        return cls(
+            pid=r["pid"],
+            cmd=r["cmd"],
+            cwd=r["cwd"],
+            tag=r.get("tag", ""),
+            started_at=datetime_from_ms(r["startedAtMs"]),
+            running=r["running"],
+            exit_code=r.get("exitCode"),
+            signal=r.get("signal"),
+            timed_out=bool(r.get("timedOut", False)),
+        )

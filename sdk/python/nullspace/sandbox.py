@@ -1,0 +1,285 @@
+"""The :class:`Sandbox` class and the paginated sandbox list."""
+
+from __future__ import annotations
+
+import functools
+import types
+import urllib.parse
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, TypeVar, Union
+
+from .commands import Commands
+from .connection import ApiClient, ConnectionConfig
+from .errors import SandboxError
+from .filesystem import Filesystem
+from .models import SandboxInfo
+
+__all__ = ["Sandbox", "SandboxPaginator"]
+
+T = TypeVar("T")
+
+
+class _dualmethod:
+    """A method that works on the class (``Sandbox.kill(sandbox_id)``) and on an instance
+    (``sandbox.kill()``), with a separate function for each."""
+
+    def __init__(self, class_func: Callable[..., Any]) -> None:
+        self._class_func = class_func
+        self._instance_func: Optional[Callable[..., Any]] = None
+        functools.update_wrapper(self, class_func)  # type: ignore[arg-type]
+
+    def instance(self, func: Callable[..., Any]) -> "_dualmethod":
+        """Sets the function used when the method is called on an instance."""
+        self._instance_func = func
+        return self
+
+    def __get__(self, obj: Any, objtype: Optional[type] = None) -> Callable[..., Any]:
+        if obj is None:
+            return types.MethodType(self._class_func, objtype)
+        assert self._instance_func is not None
+        return types.MethodType(self._instance_func, obj)
+
+
+def _quote(sandbox_id: str) -> str:
+    return urllib.parse.quote(sandbox_id, safe="")
+
+
+def _client(api_key: Optional[str], api_url: Optional[str], request_timeout: Optional[float]) -> ApiClient:
+    return ApiClient(ConnectionConfig(api_url=api_url, api_key=api_key, request_timeout=request_timeout))
+
+
+class SandboxPaginator(Generic[T]):
+    """Pages of a list.
+
+    Iterate it for every item (pages are fetched lazily, one after the other), or call
+    :meth:`next_items` page by page while :attr:`has_next`.
+    """
+
+    def __init__(self, fetch: Callable[[Optional[str]], tuple[list[T], Optional[str]]], next_token: Optional[str] = None) -> None:
+        self._fetch = fetch
+        self._token = next_token
+        self._started = False
+
+    @property
+    def has_next(self) -> bool:
+        """Whether another page may be fetched (always ``True`` before the first page)."""
+        return not self._started or self._token is not None
+
+    @property
+    def next_token(self) -> Optional[str]:
+        """Token of the next page (``None`` before the first page and after the last)."""
+        return self._token
+
+    def next_items(self) -> list[T]:
+        """Fetches the next page; ``[]`` when there is none."""
+        if not self.has_next:
+            return []
+        items, token = self._fetch(self._token)
+        self._started = True
+        self._token = token or None
+        return items
+
+    def __iter__(self) -> Iterator[T]:
+        while self.has_next:
+            yield from self.next_items()
+
+
+class Sandbox:
+    """A nullspace sandbox: a real VM started from a template snapshot.
+
+    Example::
+
+        from nullspace import Sandbox
+
+        with Sandbox.create(template="base") as sandbox:
+            sandbox.files.write("/workspace/hello.txt", "hi")
+            print(sandbox.commands.run("cat /workspace/hello.txt").stdout)
+
+    Create one with :meth:`create` or attach to an existing one with :meth:`connect`. Every class
+    method takes ``api_key``, ``api_url`` and ``request_timeout`` (seconds), defaulting to
+    ``$NULLSPACE_API_KEY`` (else the local server's key file), ``$NULLSPACE_API_URL`` (else
+    ``http://127.0.0.1:7070``) and 120.
+
+    Attributes:
+        sandbox_id: The sandbox's id (``sbx_...``).
+        files: Its :class:`~nullspace.filesystem.Filesystem`.
+        commands: Its :class:`~nullspace.commands.Commands`.
+    """
+
+    def __init__(self, sandbox_id: str, api: ApiClient) -> None:
+        """Internal: use :meth:`create` or :meth:`connect`."""
+        self.sandbox_id: str = sandbox_id
+        self._api = api
+        self.files: Filesystem = Filesystem(api, sandbox_id)
+        self.commands: Commands = Commands(api, sandbox_id)
+
+    def __repr__(self) -> str:
+        return f"Sandbox(sandbox_id={self.sandbox_id!r})"
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Any) -> None:
+        try:
+            self.kill()
+        except SandboxError:
+            if exc_type is None:
+                raise  # nothing else is being raised: report the failed kill
+
+    @classmethod
+    def create(
+        cls,
+        template: str = "base",
+        *,
+        metadata: Optional[Mapping[str, str]] = None,
+        envs: Optional[Mapping[str, str]] = None,
+        timeout_ms: Optional[int] = None,
+        allow_internet_access: Optional[bool] = None,
+        api_key: Optional[str] = None,
+        api_url: Optional[str] = None,
+        request_timeout: Optional[float] = None,
+    ) -> "Sandbox":
+        """Starts a sandbox from a template: a copy-on-write restore of its snapshot.
+
+        Args:
+            template: Template name (default ``"base"``).
+            metadata: Flat string map, usable as a filter in :meth:`list`.
+            envs: Default environment of every command.
+            timeout_ms: The sandbox is killed after this long unless :meth:`set_timeout` is
+                called again (server default 300000).
+            allow_internet_access: ``False`` cuts all outbound network traffic (default ``True``).
+
+        Raises:
+            TemplateNotFoundError: no such template.
+            RateLimitError, ServiceUnavailableError: the server cannot start more sandboxes now.
+        """
+        api = _client(api_key, api_url, request_timeout)
+        body: dict[str, Any] = {"template": template}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if envs is not None:
+            body["envs"] = dict(envs)
+        if timeout_ms is not None:
+            body["timeoutMs"] = timeout_ms
+        if allow_internet_access is not None:
+            body["allowInternetAccess"] = allow_internet_access
+        info = api.json("POST", "/v1/sandboxes", json=body)
+        return cls(info["sandboxId"], api)
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: Optional[str] = None,
+        api_url: Optional[str] = None,
+        request_timeout: Optional[float] = None,
+    ) -> "Sandbox":
+        """A handle on an existing sandbox.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        api = _client(api_key, api_url, request_timeout)
+        info = api.json("GET", f"/v1/sandboxes/{_quote(sandbox_id)}")
+        return cls(info["sandboxId"], api)
+
+    @classmethod
+    def list(
+        cls,
+        query: Optional[Mapping[str, Any]] = None,
+        limit: Optional[int] = None,
+        next_token: Optional[str] = None,
+        *,
+        api_key: Optional[str] = None,
+        api_url: Optional[str] = None,
+        request_timeout: Optional[float] = None,
+    ) -> SandboxPaginator[SandboxInfo]:
+        """Lists sandboxes, oldest first.
+
+        Args:
+            query: ``{"metadata": {key: value, ...}, "state": ["running", ...]}``; every metadata
+                pair must match; the default states are the live ones (not killed or failed).
+            limit: Page size (1-1000, server default 100).
+            next_token: Start from this page token.
+
+        Returns:
+            A :class:`SandboxPaginator`: iterate it for every sandbox (all pages), or call
+            ``next_items()`` page by page. Nothing is fetched before that.
+        """
+        api = _client(api_key, api_url, request_timeout)
+        q = dict(query or {})
+        unknown = set(q) - {"metadata", "state"}
+        if unknown:
+            raise ValueError(f"unknown query keys {sorted(unknown)}: expected 'metadata' and 'state'")
+        states: Union[str, Iterable[str], None] = q.get("state")
+        state_param = states if isinstance(states, str) or states is None else ",".join(states)
+        metadata = [f"{k}={v}" for k, v in dict(q.get("metadata") or {}).items()]
+
+        def fetch(token: Optional[str]) -> tuple[list[SandboxInfo], Optional[str]]:
+            r = api.json(
+                "GET",
+                "/v1/sandboxes",
+                query={"state": state_param or None, "metadata": metadata, "limit": limit, "nextToken": token},
+            )
+            return [SandboxInfo.from_json(s) for s in r["sandboxes"]], r.get("nextToken")
+
+        return SandboxPaginator(fetch, next_token)
+
+    @_dualmethod
+    def get_info(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: Optional[str] = None,
+        api_url: Optional[str] = None,
+        request_timeout: Optional[float] = None,
+    ) -> SandboxInfo:
+        """Information about a sandbox: ``Sandbox.get_info(sandbox_id)`` or ``sandbox.get_info()``.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        api = _client(api_key, api_url, request_timeout)
+        return SandboxInfo.from_json(api.json("GET", f"/v1/sandboxes/{_quote(sandbox_id)}"))
+
+    @get_info.instance
+    def get_info(self) -> SandboxInfo:  # noqa: F811
+        """Information about this sandbox."""
+        return SandboxInfo.from_json(self._api.json("GET", f"/v1/sandboxes/{_quote(self.sandbox_id)}"))
+
+    @_dualmethod
+    def kill(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: Optional[str] = None,
+        api_url: Optional[str] = None,
+        request_timeout: Optional[float] = None,
+    ) -> bool:
+        """Kills a sandbox: ``Sandbox.kill(sandbox_id)`` (returns ``False`` when there is no such
+        sandbox) or ``sandbox.kill()``. Killing a sandbox that already ended is harmless."""
+        api = _client(api_key, api_url, request_timeout)
+        try:
+            api.json("DELETE", f"/v1/sandboxes/{_quote(sandbox_id)}")
+            return True
+        except SandboxError as e:
+            if e.code == "sandbox_not_found":
+                return False
+            raise
+
+    @kill.instance
+    def kill(self) -> None:  # noqa: F811
+        """Kills this sandbox (idempotent)."""
+        self._api.json("DELETE", f"/v1/sandboxes/{_quote(self.sandbox_id)}")
+
+    def is_running(self) -> bool:
+        """Whether the sandbox is in the ``running`` state."""
+        return self.get_info().state == "running"
+
+    def set_timeout(self, timeout_ms: int) -> None:
+        """The sandbox is killed ``timeout_ms`` from now unless this is called again.
+
+        Raises:
+            SandboxNotRunningError: the sandbox is not running.
+        """
+        self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/timeout", json={"timeoutMs": timeout_ms})
