@@ -29,6 +29,8 @@ export interface VmSpec {
   consoleLog: boolean;
   /** false: the NIC exists but user-mode networking is restricted (no outbound traffic at all). */
   allowInternetAccess: boolean;
+  /** Unprivileged uid (= gid) QEMU switches to once it has opened its files; undefined: stay root. */
+  runAsUid?: number | undefined;
 }
 
 export function vmPaths(runDir: string) {
@@ -50,7 +52,9 @@ export function qemuArgs(profile: HostProfile, spec: VmSpec, incoming: boolean):
   const args = [
     '-name', `nullspace-${spec.id}`,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    // seccomp; set*id calls must stay allowed for -runas (QEMU 7.2 applies the filter first), and are
+    // harmless once it has dropped to an unprivileged uid
+    '-sandbox', `on,obsolete=deny,elevateprivileges=${spec.runAsUid !== undefined ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`,
     '-machine', `${profile.machine},memory-backend=ram0`,
     '-accel', accel,
     '-cpu', profile.cpuModel,
@@ -76,6 +80,7 @@ export function qemuArgs(profile: HostProfile, spec: VmSpec, incoming: boolean):
     '-pidfile', p.pid,
     '-msg', 'timestamp=on',
   ];
+  if (spec.runAsUid !== undefined) args.push('-runas', `${spec.runAsUid}:${spec.runAsUid}`);
   if (incoming) args.push('-incoming', 'defer');
   return args;
 }

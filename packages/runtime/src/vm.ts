@@ -161,6 +161,8 @@ export class Vm extends EventEmitter {
         server.once('error', reject);
         server.listen(sock, resolve);
       });
+      // QEMU may run under the sandbox's own uid: let it connect
+      if (this.spec.runAsUid !== undefined) fs.chownSync(sock, this.spec.runAsUid, this.spec.runAsUid);
       await this.qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPS });
       await this.qmp.execute('migrate', { uri: `unix:${sock}` });
       await this.waitMigration('outgoing');

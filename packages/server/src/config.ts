@@ -19,6 +19,13 @@ export interface Config {
   apiKey: string | undefined;
   accel: Accel | undefined;
   cpuModel: string | undefined;
+  /** Host-wide runtime state (sandbox uid claims); on tmpfs. */
+  runDir: string;
+  /** Each sandbox's QEMU runs as its own uid from this range (see docs/ARCHITECTURE.md). */
+  vmUidBase: number;
+  vmUidCount: number;
+  /** 'nft': firewall rules keep sandboxes off the host (requires root). 'off': unsafe, for development only. */
+  networkIsolation: 'nft' | 'off';
   limits: {
     /** Sandboxes whose VM runs (or is being started). */
     maxSandboxes: number;
@@ -76,6 +83,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
   const apiKey = env.NULLSPACE_API_KEY || undefined;
   if (apiKey !== undefined && apiKey.length < 16) throw new NsError('invalid_config', 'NULLSPACE_API_KEY must be at least 16 characters');
   const port = overrides.port ?? int(env, 'NULLSPACE_PORT', DEFAULT_PORT);
+  const networkIsolation = env.NULLSPACE_NETWORK_ISOLATION || 'nft';
+  if (networkIsolation !== 'nft' && networkIsolation !== 'off') {
+    throw new NsError('invalid_config', `NULLSPACE_NETWORK_ISOLATION must be "nft" or "off", got "${networkIsolation}"`);
+  }
   if (port > 65535) throw new NsError('invalid_config', `port ${port} is out of range`);
   return {
     host: overrides.host ?? (env.NULLSPACE_HOST || '127.0.0.1'),
@@ -88,6 +99,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     apiKey,
     accel,
     cpuModel,
+    runDir: path.resolve(env.NULLSPACE_RUN_DIR || '/run/nullspace'),
+    vmUidBase: int(env, 'NULLSPACE_VM_UID_BASE', 2_000_000, 1000),
+    vmUidCount: int(env, 'NULLSPACE_VM_UID_COUNT', 1_000_000, 1),
+    networkIsolation,
     limits: {
       maxSandboxes: int(env, 'NULLSPACE_MAX_SANDBOXES', 200, 0),
       // nominal RAM may be overcommitted: clones share the template's pages until they write them

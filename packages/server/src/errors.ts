@@ -38,6 +38,14 @@ const STATUS: Record<string, number> = {
   agent_unavailable: 503,
   shutting_down: 503,
   no_space: 507,
+  // failures of the host side, reported with their own code
+  internal: 500,
+  vm_start_failed: 500,
+  restore_failed: 500,
+  migration_failed: 500,
+  qmp_error: 500,
+  vm_exited: 500,
+  network_isolation_failed: 500,
 };
 
 export function httpStatusFor(code: string): number {

@@ -1,6 +1,9 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import {
   canReflink,
+  installNetworkGuard,
+  UidAllocator,
   compareRequirements,
   detectAccel,
   findTemplate,
@@ -20,6 +23,8 @@ export class HostContext {
     readonly profile: HostProfile,
     readonly accelReason: string,
     readonly reflink: boolean,
+    /** undefined when VMs run as root (only with NULLSPACE_NETWORK_ISOLATION=off). */
+    readonly uids: UidAllocator | undefined,
     private readonly cacheDir: string,
   ) {}
 
@@ -45,7 +50,20 @@ export class HostContext {
         'the data dir is not on a reflink-capable filesystem (XFS reflink=1 or btrfs): every sandbox start copies its RAM image (slow); scripts/setup.sh can mount one',
       );
     }
-    return new HostContext(profile, accel.reason, reflink, config.cacheDir);
+    let uids: UidAllocator | undefined;
+    if (config.networkIsolation === 'nft') {
+      if (process.getuid?.() !== 0) {
+        throw new NsError(
+          'invalid_config',
+          'the server must run as root: it runs each sandbox VM under its own uid and installs firewall rules that keep sandboxes off this host (NULLSPACE_NETWORK_ISOLATION=off skips both: unsafe)',
+        );
+      }
+      await installNetworkGuard(config.vmUidBase, config.vmUidCount);
+      uids = new UidAllocator(path.join(config.runDir, 'vm-uids'), config.vmUidBase, config.vmUidCount);
+    } else {
+      log.warn('NULLSPACE_NETWORK_ISOLATION=off: sandbox VMs run as the server user and can reach this host (development only)');
+    }
+    return new HostContext(profile, accel.reason, reflink, uids, config.cacheDir);
   }
 
   /** The template registered as `name`, checked against this host. */

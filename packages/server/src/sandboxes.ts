@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   AgentClient,
+  chownTree,
   CleanupStack,
   cloneFile,
   createOverlay,
@@ -59,6 +60,15 @@ export class SandboxManager {
     this.admission = new Admission(config.limits);
   }
 
+  /** Names this server's claim on a sandbox uid (host-wide registry). */
+  private uidOwner(id: string): string {
+    return `${this.config.dataDir} ${id}`;
+  }
+
+  private releaseUid(id: string, spec: VmSpec | null | undefined): void {
+    if (spec?.runAsUid !== undefined) this.host.uids?.release(spec.runAsUid, this.uidOwner(id));
+  }
+
   sandboxDir(id: string): string {
     if (!SANDBOX_ID_RE.test(id)) throw new NsError('internal', `refusing a host path for malformed sandbox id ${JSON.stringify(id)}`);
     return path.join(this.config.dataDir, 'sandboxes', id);
@@ -70,13 +80,21 @@ export class SandboxManager {
 
   /** Recovers state after a (re)start and starts the timeout reaper. */
   async start(): Promise<void> {
-    fs.mkdirSync(path.join(this.config.dataDir, 'sandboxes'), { recursive: true, mode: 0o700 });
+    // VMs run as their own uids: they may traverse (not list) the data dir to reach their own directory
+    fs.mkdirSync(path.join(this.config.dataDir, 'sandboxes'), { recursive: true });
+    fs.chmodSync(this.config.dataDir, 0o711);
+    fs.chmodSync(path.join(this.config.dataDir, 'sandboxes'), 0o711);
     const adopted = new Set<number>();
+    const adoptedUids = new Set<number>();
     for (const rec of this.store.inStates(['creating', 'running', 'hibernating', 'resuming', 'killing'])) {
       const vm = rec.vmSpec && rec.pid ? await Vm.adopt(this.host.profile, rec.vmSpec, rec.pid) : undefined;
       const target = recoveryTarget(rec.state, vm !== undefined);
       if (target === 'adopt' && vm) {
         adopted.add(vm.pid);
+        if (rec.vmSpec?.runAsUid !== undefined) {
+          adoptedUids.add(rec.vmSpec.runAsUid);
+          this.host.uids?.claim(rec.vmSpec.runAsUid, this.uidOwner(rec.id));
+        }
         const reservation = this.admission.reserve(rec.memoryMiB);
         this.attach(rec.id, vm, reservation.release);
         this.log.info({ sandboxId: rec.id, pid: vm.pid }, 're-adopted running sandbox');
@@ -84,6 +102,7 @@ export class SandboxManager {
       }
       await vm?.kill();
       this.removeFiles(rec.id);
+      this.releaseUid(rec.id, rec.vmSpec);
       const reason = rec.state === 'killing' ? 'killed (finished after a server restart)' : `its VM was gone after a server restart (was ${rec.state})`;
       this.store.transition(rec.id, rec.state, target as SandboxState, reason, {
         endedAt: Date.now(),
@@ -94,6 +113,7 @@ export class SandboxManager {
       this.log.warn({ sandboxId: rec.id, from: rec.state, to: target }, 'recovered sandbox after restart');
     }
     this.killOrphans(adopted);
+    this.host.uids?.sweep(`${this.config.dataDir} `, adoptedUids);
     this.reaper = setInterval(() => void this.reap(), this.config.reaperIntervalMs);
     this.reaper.unref();
   }
@@ -221,6 +241,13 @@ export class SandboxManager {
       allowInternetAccess,
     };
     await Promise.all([cloneFile(template.memFile, spec.ramFile), createOverlay(template.disk, spec.disk)]);
+    if (this.host.uids) {
+      const uid = this.host.uids.allocate(this.uidOwner(id));
+      cleanup.defer('release uid', () => this.host.uids?.release(uid, this.uidOwner(id)));
+      spec.runAsUid = uid;
+      fs.mkdirSync(spec.runDir, { mode: 0o700 });
+      chownTree(dir, uid);
+    }
     const vm = await Vm.launch(this.host.profile, spec, true);
     cleanup.defer('kill vm', () => vm.kill());
     this.store.patch(id, { pid: vm.pid, vmSpec: spec });
@@ -255,6 +282,7 @@ export class SandboxManager {
         const rec = this.store.get(id);
         if (!rec || isTerminal(rec.state)) return;
         this.removeFiles(id);
+        this.releaseUid(id, rec.vmSpec);
         const reason = `the VM exited unexpectedly: ${exit.detail}`;
         this.store.transition(id, rec.state, 'failed', reason, { endedAt: Date.now(), endReason: reason, errorCode: 'vm_exited', pid: null });
         this.log.warn({ sandboxId: id, detail: exit.detail }, 'sandbox VM died');
@@ -300,6 +328,7 @@ export class SandboxManager {
         await vm?.kill();
       }
       this.removeFiles(id);
+      this.releaseUid(id, rec.vmSpec);
       const done = this.store.transition(id, 'killing', 'killed', reason, { endedAt: Date.now(), endReason: reason, pid: null });
       this.log.info({ sandboxId: id, reason }, 'sandbox killed');
       return done;

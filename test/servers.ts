@@ -1,0 +1,84 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { onTestFinished } from 'vitest';
+import { loadConfig, startServer, type RunningServer } from '@nullspace/server';
+import { leftoverQemu, TEST_ROOT } from './env.js';
+
+const CLI = path.resolve(__dirname, '../packages/cli/dist/main.js');
+
+export function tempDataDir(): string {
+  fs.mkdirSync(TEST_ROOT, { recursive: true });
+  return path.join(TEST_ROOT, `x-${randomBytes(3).toString('hex')}`);
+}
+
+/**
+ * Kills every QEMU of a data dir and removes it: the cleanup of tests that run their own servers
+ * (registered before anything is started, so it runs even when the test fails).
+ */
+export function cleanupDataDir(dataDir: string): void {
+  onTestFinished(() => {
+    for (const pid of leftoverQemu(dataDir)) process.kill(pid, 'SIGKILL');
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+}
+
+/** An in-process server on its own data dir, with extra environment (limits, CPU model, ...). */
+export async function ownServer(dataDir: string, env: Record<string, string> = {}): Promise<RunningServer & { key: string }> {
+  const key = `own-${randomBytes(12).toString('hex')}`;
+  const config = loadConfig({ ...process.env, NULLSPACE_LOG_LEVEL: 'warn', NULLSPACE_API_KEY: key, ...env }, { dataDir, port: 0 });
+  const server = await startServer(config);
+  onTestFinished(() => server.close());
+  return Object.assign(server, { key });
+}
+
+/** `nullspace serve` as a separate process (so that it can be killed with SIGKILL). */
+export async function serverProcess(dataDir: string, key: string, port: number): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', String(port), '--data-dir', dataDir], {
+    env: { ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  onTestFinished(() => {
+    child.kill('SIGKILL');
+  });
+  let out = '';
+  await new Promise<void>((resolve, reject) => {
+    const onData = (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('serving http')) resolve();
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${out}`)));
+    setTimeout(() => reject(new Error(`server did not start: ${out}`)), 60_000);
+  });
+  return { child, url: `http://127.0.0.1:${port}` };
+}
+
+/** The pid of a sandbox's QEMU process. */
+export function qemuPid(sandboxId: string): number | undefined {
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`nullspace-${sandboxId}\0`)) return Number(p);
+    } catch {
+      /* gone */
+    }
+  }
+  return undefined;
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+export function freePort(): number {
+  return 20000 + Math.floor(Math.random() * 20000);
+}
