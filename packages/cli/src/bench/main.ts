@@ -1,0 +1,110 @@
+#!/usr/bin/env node
+/**
+ * nullspace benchmark: `npm run bench` (or `-- --quick` for a short run that proves it works).
+ * Starts its own server on a temporary data dir, measures, prints a table of medians, p95 and
+ * ratios, and cleans up. Times are measured, never asserted.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadConfig, startServer } from '@nullspace/server';
+import { findTemplate } from '@nullspace/runtime';
+import { Sandbox } from 'nullspace';
+import { formatTable, median, type Row } from './stats.js';
+
+const quick = process.argv.includes('--quick');
+const N = quick ? 3 : 10;
+
+function pss(pid: number): number {
+  const m = /Pss:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return m?.[1] ? Number(m[1]) / 1024 : NaN;
+}
+
+function qemuPid(id: string): number | undefined {
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`nullspace-${id}\0`)) return Number(p);
+    } catch {
+      /* gone */
+    }
+  }
+  return undefined;
+}
+
+async function time<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const t0 = performance.now();
+  const v = await fn();
+  return [performance.now() - t0, v];
+}
+
+async function main(): Promise<void> {
+  const home = process.env.NULLSPACE_HOME ?? '/var/lib/nullspace';
+  const dataDir = path.join(home, 'tmp', `bench-${randomBytes(3).toString('hex')}`);
+  const key = `bench-${randomBytes(12).toString('hex')}`;
+  const config = loadConfig({ ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn' }, { dataDir, port: 0 });
+  const server = await startServer(config);
+  const c = { apiUrl: server.url, apiKey: key };
+  const created: Sandbox[] = [];
+  try {
+    const template = findTemplate(config.cacheDir, 'base');
+    if (!template) throw new Error('template base is not built: run nullspace template build base');
+    process.stderr.write(`benchmark (${quick ? 'quick' : 'full'}, n=${N}) on ${server.host.profile.accel}, cpu ${server.host.profile.cpuModel}, ${template.memoryMiB} MiB guests\n`);
+
+    const createMs: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const [ms, sbx] = await time(() => Sandbox.create({ ...c, template: 'base' }));
+      createMs.push(ms);
+      if (i < N - 1) await sbx.kill();
+      else created.push(sbx);
+    }
+    const sbx = created[0]!;
+    // the first command of a fresh sandbox pays for QEMU's empty translation cache under TCG
+    const [firstCmd] = await time(() => sbx.commands.run('true'));
+    const rtt: number[] = [];
+    for (let i = 0; i < N * 2; i++) rtt.push((await time(() => sbx.commands.run('true')))[0]);
+    const python: number[] = [];
+    for (let i = 0; i < N; i++) python.push((await time(() => sbx.commands.run("python3 -c 'print(6*7)'")))[0]);
+    const mib = randomBytes(1024 * 1024);
+    const fileRtt: number[] = [];
+    for (let i = 0; i < N; i++) {
+      fileRtt.push(
+        (
+          await time(async () => {
+            await sbx.files.write('/workspace/bench.bin', mib);
+            const back = await sbx.files.read('/workspace/bench.bin', { format: 'bytes' });
+            if (back.length !== mib.length) throw new Error('short read');
+          })
+        )[0],
+      );
+    }
+    // idle memory: a fresh sandbox left alone for a while
+    const idle = await Sandbox.create({ ...c, template: 'base' });
+    created.push(idle);
+    await new Promise((r) => setTimeout(r, quick ? 2000 : 5000));
+    const idlePss = [pss(qemuPid(idle.sandboxId)!)];
+
+    const rows: Row[] = [
+      { name: 'create from template -> agent answering', unit: 'ms', samples: createMs, ref: { value: template.bootMs, label: 'cold boot of the template' }, target: '<= 500 ms' },
+      { name: 'first command in a fresh sandbox', unit: 'ms', samples: [firstCmd] },
+      { name: 'command round trip (true)', unit: 'ms', samples: rtt },
+      { name: "python3 -c 'print(6*7)'", unit: 'ms', samples: python },
+      { name: '1 MiB file write + read', unit: 'ms', samples: fileRtt },
+      { name: 'idle sandbox memory (QEMU PSS)', unit: 'MiB', samples: idlePss, ref: { value: template.memoryMiB, label: 'nominal guest RAM' }, target: '<= 100 MiB' },
+    ];
+    process.stdout.write('\n' + formatTable(rows) + '\n');
+    process.stdout.write(`\ncreate median ${median(createMs).toFixed(0)} ms vs cold boot ${template.bootMs} ms: ${(template.bootMs / median(createMs)).toFixed(1)}x faster\n`);
+  } finally {
+    await Promise.all(created.map((s) => s.kill().catch(() => {})));
+    await server.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exit(1);
+  },
+);

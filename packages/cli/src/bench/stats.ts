@@ -1,0 +1,45 @@
+/** Medians, percentiles and the printed table of the benchmark. */
+export function quantile(xs: number[], q: number): number {
+  if (!xs.length) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const pos = (s.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return s[lo]! + (s[hi]! - s[lo]!) * (pos - lo);
+}
+
+export const median = (xs: number[]) => quantile(xs, 0.5);
+
+export interface Row {
+  name: string;
+  unit: 'ms' | 'MiB' | 'KiB';
+  samples: number[];
+  /** Reference value for the ratio column, and what it is. */
+  ref?: { value: number; label: string };
+  target?: string;
+}
+
+export function formatTable(rows: Row[]): string {
+  const head = ['measurement', 'n', 'median', 'p95', 'unit', 'ratio', 'reference', 'target'];
+  const body = rows.map((r) => {
+    const m = median(r.samples);
+    return [
+      r.name,
+      String(r.samples.length),
+      fmt(m),
+      fmt(quantile(r.samples, 0.95)),
+      r.unit,
+      r.ref ? `${(m / r.ref.value).toFixed(2)}x` : '',
+      r.ref ? `${r.ref.label} (${fmt(r.ref.value)} ${r.unit})` : '',
+      r.target ?? '',
+    ];
+  });
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 6 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
+}
+
+function fmt(v: number): string {
+  if (!Number.isFinite(v)) return '-';
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for nullspace (idempotent; quick when everything is there):
+#   1. Debian packages: QEMU, the standard kernel, debootstrap, Go, nftables, ...
+#   2. a reflink-capable filesystem (XFS) at /var/lib/nullspace, for copy-on-write RAM and disk images
+#   3. npm dependencies and the TypeScript build
+#   4. the `base` template (cached outside the repo by recipe hash: rebuilt only when it changes)
+# Sourced by scripts/serve.sh and scripts/test.sh.
+set -euo pipefail
+
+NS_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NS_HOME="${NULLSPACE_HOME:-/var/lib/nullspace}"
+T0=$(date +%s)
+
+step() { printf '\n==> [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "nullspace needs root (QEMU per-sandbox uids, firewall rules, loop-mounted storage): run with sudo" >&2
+  exit 1
+fi
+
+PACKAGES=(qemu-system-x86 qemu-utils linux-image-amd64 debootstrap e2fsprogs cpio busybox-static golang-go
+  xz-utils xfsprogs nftables kmod curl ca-certificates python3 make g++)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2 || echo "apt-get update reported errors (unreachable third-party sources?); continuing" >&2
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+else
+  step "Debian packages present"
+fi
+
+# Guest RAM and disk images are cloned with reflinks (FICLONE): a sandbox start or a snapshot then
+# costs milliseconds whatever the RAM size. ext4 cannot do it, so we loop-mount an XFS image.
+probe_reflink() {
+  local d="$1" f
+  f="$d/.reflink-probe.$$"
+  echo probe >"$f" 2>/dev/null || return 1
+  if cp --reflink=always "$f" "$f.copy" 2>/dev/null; then rm -f "$f" "$f.copy"; return 0; fi
+  rm -f "$f" "$f.copy"; return 1
+}
+mkdir -p "$NS_HOME"
+if probe_reflink "$NS_HOME"; then
+  step "storage: $NS_HOME supports reflinks"
+else
+  IMG="${NULLSPACE_STORAGE_IMAGE:-${NS_HOME%/}.xfs}"
+  SIZE="${NULLSPACE_STORAGE_SIZE:-200G}"
+  step "storage: mounting a reflink-capable XFS image ($IMG, sparse, up to $SIZE) at $NS_HOME"
+  if [ -n "$(ls -A "$NS_HOME" 2>/dev/null)" ] && ! mountpoint -q "$NS_HOME"; then
+    echo "$NS_HOME is not empty and not reflink-capable; move its content away or set NULLSPACE_HOME" >&2
+    exit 1
+  fi
+  if [ ! -f "$IMG" ]; then
+    truncate -s "$SIZE" "$IMG"
+    mkfs.xfs -q -m reflink=1 "$IMG"
+  fi
+  mountpoint -q "$NS_HOME" || mount -o loop "$IMG" "$NS_HOME"
+  probe_reflink "$NS_HOME" || { echo "reflinks still unavailable at $NS_HOME" >&2; exit 1; }
+fi
+avail_kb=$(df -Pk "$NS_HOME" | awk 'NR==2 {print $4}')
+if [ "$avail_kb" -lt $((4 * 1024 * 1024)) ]; then
+  echo "warning: less than 4 GiB free under $NS_HOME" >&2
+fi
+
+cd "$NS_REPO"
+stamp=node_modules/.nullspace-lock-hash
+lockhash=$(sha256sum package-lock.json | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lockhash" ]; then
+  step "npm ci"
+  npm ci --no-audit --no-fund >&2
+  echo "$lockhash" >"$stamp"
+else
+  step "npm dependencies present"
+fi
+
+step "build (TypeScript)"
+npm run -s build >&2
+
+step "template base (cached by recipe hash under $NS_HOME/cache)"
+node packages/cli/dist/main.js template build base >&2
+
+step "set-up done"
