@@ -156,6 +156,11 @@ func (fr *FrameReader) WaitMagic() error {
 	return nil
 }
 
+// ErrUnexpectedMagic: a new session's magic where a frame header was
+// expected (the host reconnected before this session saw it leave). The
+// magic stays buffered for the next WaitMagic.
+var ErrUnexpectedMagic = errors.New("session magic where a frame header was expected")
+
 // ReadFrame reads the next frame. An io.EOF in the middle of a frame is
 // reported as io.ErrUnexpectedEOF. The header is only consumed once it is
 // known to be valid: after ErrFrameTooLarge (or EOF inside the header) its
@@ -165,6 +170,12 @@ func (fr *FrameReader) WaitMagic() error {
 // where the old session expects a frame header (as a length, the magic is
 // far over the maximum).
 func (fr *FrameReader) ReadFrame() (Frame, error) {
+	// A new session's magic is 8 bytes, one less than a header: check for
+	// it first, or the old session would wait forever for a 9th byte that
+	// the host (waiting for our magic in reply) never sends.
+	if m, err := fr.r.Peek(len(magic)); err == nil && string(m) == magic {
+		return Frame{}, ErrUnexpectedMagic
+	}
 	hdr, err := fr.r.Peek(frameHeaderBytes)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {

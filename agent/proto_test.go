@@ -7,6 +7,7 @@ import (
 	"io"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 func TestFrameRoundTrip(t *testing.T) {
@@ -137,8 +138,8 @@ func TestSplitReads(t *testing.T) {
 	}
 }
 
-// A magic arriving where a frame header is expected fails as an oversized
-// frame without being consumed, so WaitMagic on the same reader finds it.
+// A magic arriving where a frame header is expected fails (ErrUnexpectedMagic)
+// without being consumed, so WaitMagic on the same reader finds it.
 func TestMagicInsteadOfHeader(t *testing.T) {
 	var buf bytes.Buffer
 	buf.WriteString(magic)
@@ -152,7 +153,7 @@ func TestMagicInsteadOfHeader(t *testing.T) {
 	if f, err := fr.ReadFrame(); err != nil || f.Stream != 1 {
 		t.Fatalf("first frame %+v %v", f, err)
 	}
-	if _, err := fr.ReadFrame(); !errors.Is(err, ErrFrameTooLarge) {
+	if _, err := fr.ReadFrame(); !errors.Is(err, ErrUnexpectedMagic) {
 		t.Fatalf("magic as header: %v", err)
 	}
 	if err := fr.WaitMagic(); err != nil {
@@ -160,5 +161,31 @@ func TestMagicInsteadOfHeader(t *testing.T) {
 	}
 	if f, err := fr.ReadFrame(); err != nil || f.Stream != 2 {
 		t.Fatalf("frame after the second magic %+v %v", f, err)
+	}
+}
+
+// A magic (8 bytes, shorter than a header) arriving where a header is
+// expected must end the session at once, not wait for a ninth byte.
+func TestReadFrameMagicInPlaceOfHeaderDoesNotBlock(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	fr := NewFrameReader(pr)
+	go func() { _, _ = pw.Write([]byte(magic)) }()
+	done := make(chan error, 1)
+	go func() {
+		_, err := fr.ReadFrame()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrUnexpectedMagic) {
+			t.Fatalf("got %v, want ErrUnexpectedMagic", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("ReadFrame blocked on a bare magic")
+	}
+	go func() { _, _ = pw.Write([]byte{0}) }()
+	if err := fr.WaitMagic(); err != nil {
+		t.Fatalf("the magic must stay buffered for the next session: %v", err)
 	}
 }
