@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import threading
 import urllib.parse
 from typing import Any, Callable, Iterable, Literal, Mapping, Optional, Union, overload
 
 from .connection import ApiClient, Response, iter_ndjson
-from .errors import SandboxError, TimeoutError, error_from_response
+from .errors import ProcessNotFoundError, SandboxError, TimeoutError, error_from_response
 from .models import CommandResult, ProcessInfo
 
 __all__ = ["Commands", "CommandHandle", "OutputCallback"]
@@ -122,13 +123,18 @@ class CommandHandle:
         self,
         commands: "Commands",
         pid: int,
-        response: Response,
+        attach: Callable[[], Response],
         on_stdout: Optional[OutputCallback] = None,
         on_stderr: Optional[OutputCallback] = None,
     ) -> None:
+        """Internal: use ``Commands.run(..., background=True)`` or ``Commands.connect``.
+
+        ``attach`` opens the output stream; it is called in the follower thread because the
+        server sends the stream's headers only with the process's first output.
+        """
         self.pid: int = pid
         self._commands = commands
-        self._response = response
+        self._attach = attach
         self._out = CommandOutput(on_stdout, on_stderr)
         self._result: Optional[CommandResult] = None
         self._error: Optional[BaseException] = None
@@ -137,12 +143,15 @@ class CommandHandle:
         self._thread.start()
 
     def _follow(self) -> None:
+        response: Optional[Response] = None
         try:
-            self._result = consume_events(iter_ndjson(self._response.iter_bytes()), self._out, self.pid)
+            response = self._attach()
+            self._result = consume_events(iter_ndjson(response.iter_bytes()), self._out, self.pid)
         except BaseException as e:  # handed to wait()
             self._error = e
         finally:
-            self._response.close()
+            if response is not None:
+                response.close()
             self._done.set()
 
     @property
@@ -284,7 +293,7 @@ class Commands:
         if background:
             r = self._api.json("POST", self._base, json=body)
             pid = int(r["pid"])
-            return CommandHandle(self, pid, self._attach(pid), on_stdout, on_stderr)
+            return CommandHandle(self, pid, functools.partial(self._attach, pid), on_stdout, on_stderr)
         res = self._api.request("POST", self._base, json=body, timeout=None)
         try:
             return consume_events(iter_ndjson(res.iter_bytes()), CommandOutput(on_stdout, on_stderr))
@@ -303,7 +312,10 @@ class Commands:
         Raises:
             ProcessNotFoundError: no such process.
         """
-        return CommandHandle(self, int(pid), self._attach(int(pid)), on_stdout, on_stderr)
+        pid = int(pid)
+        if not any(p.pid == pid for p in self.list()):
+            raise ProcessNotFoundError(f"process {pid} not found", code="process_not_found", details={"pid": pid})
+        return CommandHandle(self, pid, functools.partial(self._attach, pid), on_stdout, on_stderr)
 
     def _attach(self, pid: int) -> Response:
         return self._api.request("GET", f"{self._base}/{pid}/stream", query={"replay": True}, timeout=None)

@@ -121,7 +121,7 @@ class WriteInfo:
 
     path: str
     size: int
-    """Size of the file after the write."""
+    """Bytes written by this call (with ``append=True``, not the size of the whole file)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class CommandResult:
 
     pid: int
     exit_code: Optional[int]
-    """Exit status; ``None`` when a signal ended the process."""
+    """Exit status; ``-1`` when a signal ended the process (see :attr:`signal`)."""
     signal: Optional[str]
     """Signal that ended the process, e.g. ``"SIGKILL"``."""
     stdout: str
@@ -157,6 +157,7 @@ class ProcessInfo:
     started_at: datetime
     running: bool
     exit_code: Optional[int]
+    """``None`` while running; ``-1`` when a signal ended the process."""
     signal: Optional[str]
     timed_out: bool
 

@@ -343,9 +343,10 @@ class CommandsTest(HttpTestCase):
         seen = threading.Event()
         h = self.sandbox.commands.run("loop", background=True, stdin=True, on_stdout=lambda s: seen.set())
         self.assertEqual(self.server.requests[0].json(), {"cmd": "loop", "background": True, "stdin": True})
-        self.assertEqual(self.server.requests[1].query, {"replay": ["true"]})
         self.assertEqual(h.pid, 77)
         self.assertTrue(seen.wait(5), "callback fired while the command runs")
+        [attach] = [r for r in self.server.requests if r.path.endswith("/77/stream")]
+        self.assertEqual(attach.query, {"replay": ["true"]})
         self.assertEqual(h.stdout, "tick\n")
         h.send_stdin("hi", close=True)
         self.assertEqual(self.server.requests[-1].json(), {"data": "hi", "close": True})
@@ -358,11 +359,31 @@ class CommandsTest(HttpTestCase):
     def test_kill_missing_process_and_connect(self):
         self.route("POST", self.BASE + "/5/kill")(lambda r: error_reply(404, "process_not_found"))
         self.route("POST", self.BASE + "/6/kill")(lambda r: error_reply(409, "process_not_running"))
-        self.route("GET", self.BASE + "/5/stream")(lambda r: error_reply(404, "process_not_found"))
+        self.route("GET", self.BASE)(lambda r: json_reply(200, {"processes": []}))
         self.assertFalse(self.sandbox.commands.kill(5))
         self.assertFalse(self.sandbox.commands.kill(6))
         with self.assertRaises(ProcessNotFoundError):
             self.sandbox.commands.connect(5)
+
+    def test_background_returns_before_the_stream_starts(self):
+        # the real server sends the stream's headers only with the process's first output
+        release = threading.Event()
+        self.addCleanup(release.set)
+        self.route("POST", self.BASE)(lambda r: json_reply(201, {"pid": 8}))
+        self.route("GET", self.BASE)(lambda r: json_reply(200, {"processes": [{"pid": 8, "cmd": "sleep 9", "cwd": "/", "tag": "", "startedAtMs": 0, "running": True, "exitCode": None, "signal": None, "timedOut": False}]}))
+
+        @self.route("GET", self.BASE + "/8/stream")
+        def stream(r: Request):
+            release.wait(5)  # nothing at all (not even headers) before the process ends
+            return 200, {"Content-Type": "application/x-ndjson"}, ndjson({"type": "end", "pid": 8, "exitCode": 0, "signal": None, "timedOut": False})
+
+        for start in (lambda: self.sandbox.commands.run("sleep 9", background=True), lambda: self.sandbox.commands.connect(8)):
+            t0 = time.monotonic()
+            h = start()
+            self.assertLess(time.monotonic() - t0, 2)
+            self.assertEqual(h.stdout, "")
+        release.set()
+        self.assertEqual(h.wait().exit_code, 0)
 
     def test_list(self):
         self.route("GET", self.BASE)(
