@@ -21,8 +21,12 @@ export interface VmSpec {
   cmdline: string;
   /** Guest RAM lives in this file (mapped shared), so it can be snapshotted copy-on-write. */
   ramFile: string;
-  /** The root disk: a qcow2 overlay. */
+  /** The root disk: the active qcow2 overlay (changes with every snapshot of a running VM). */
   disk: string;
+  /** QEMU block node name of the active overlay ('root' when QEMU opened `disk` itself). */
+  diskNode?: string | undefined;
+  /** Virtual size of the root disk (for new overlays). */
+  diskSizeBytes: number;
   /** Directory (0700) for this VM's sockets, pid file and log. Keep its path short (unix socket limit). */
   runDir: string;
   /** Keep the guest console in runDir/console.log (template builds); otherwise it is discarded. */

@@ -167,6 +167,7 @@ async function bootAndSnapshot(opts: TemplateBuildOptions, dir: string, key: str
           cmdline: image.cmdline,
           ramFile: memFile,
           disk,
+          diskSizeBytes: image.diskSizeMiB * 1024 * 1024,
           runDir,
           consoleLog: true,
           allowInternetAccess: false,

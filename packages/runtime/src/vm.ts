@@ -195,6 +195,20 @@ export class Vm extends EventEmitter {
     }
   }
 
+  /** The file and node QEMU actually writes the root disk to (the top of the device's chain). */
+  async activeDisk(): Promise<{ file: string; node: string; backingFile: string | undefined }> {
+    const blocks = await this.qmp.execute<Array<{ qdev?: string; inserted?: { file: string; 'node-name': string; 'backing_file'?: string } }>>('query-block');
+    const root = blocks.find((b) => b.qdev?.includes('/vda/') || b.qdev === 'vda') ?? blocks.find((b) => b.inserted);
+    if (!root?.inserted) throw new NsError('qmp_error', 'query-block: the root disk is not attached');
+    return { file: root.inserted.file, node: root.inserted['node-name'], backingFile: root.inserted.backing_file };
+  }
+
+  /** Whether the guest's vCPUs run (false after `stop`, or when a snapshot was interrupted). */
+  async isRunning(): Promise<boolean> {
+    const s = await this.qmp.execute<{ running: boolean; status: string }>('query-status');
+    return s.running;
+  }
+
   /** Connects to the guest agent (handshake retried until `timeoutMs`). */
   async connectAgent(timeoutMs: number): Promise<AgentClient> {
     if (this.agent) return this.agent;

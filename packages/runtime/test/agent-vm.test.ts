@@ -36,6 +36,7 @@ beforeAll(async () => {
       cmdline: t.image.cmdline,
       ramFile: path.join(root, 'mem'),
       disk: path.join(root, 'disk.qcow2'),
+      diskSizeBytes: t.image.diskSizeMiB * 1024 * 1024,
       runDir: path.join(root, 'run'),
       consoleLog: false,
       allowInternetAccess: false,

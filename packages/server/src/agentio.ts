@@ -258,6 +258,8 @@ export async function attachCommand(agent: AgentClient, pid: number, replay: boo
   if (!processes.some((p) => p.pid === pid)) throw new NsError('process_not_found', `process ${pid} not found`, { details: { pid } });
   const out = new Feed();
   const ev = toEvents(out);
+  // an immediate first line: the client gets the response (headers) at once, not at the first output
+  void ev.line({ type: 'start', pid });
   const stream = agent.open('proc.attach', { pid, replay }, { onEvent: ev.onEvent, onData: ev.onData });
   finishEvents(stream, out, ev.line);
   return out;

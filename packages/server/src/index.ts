@@ -9,6 +9,8 @@ import { createLogger, type Logger } from './log.js';
 import { SandboxManager } from './sandboxes.js';
 import { openDb } from './store/db.js';
 import { SandboxStore } from './store/sandboxes.js';
+import { SnapshotStore } from './store/snapshots.js';
+import { Gc } from './gc.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
@@ -36,9 +38,14 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const { key, source } = resolveApiKey(config.dataDir, config.apiKey);
   const db = openDb(path.join(config.dataDir, 'nullspace.db'));
   const host = await HostContext.init(config, log);
-  const sandboxes = new SandboxManager(config, new SandboxStore(db), host, log);
+  const sandboxStore = new SandboxStore(db);
+  const snapshotStore = new SnapshotStore(db);
+  const sandboxes = new SandboxManager(config, sandboxStore, snapshotStore, host, log);
+  const gc = new Gc(snapshotStore, sandboxStore, sandboxes.layersLock, sandboxes.layersDir, log);
+  sandboxes.onLayersReleased = () => gc.schedule();
   await sandboxes.start();
-  const app = await buildApp({ config, apiKey: key, sandboxes, host, log, version: VERSION });
+  gc.schedule(0);
+  const app = await buildApp({ config, apiKey: key, sandboxes, gc, host, log, version: VERSION });
   try {
     await app.listen({ host: config.host, port: config.port });
   } catch (err) {
@@ -60,6 +67,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     close: () =>
       (closed ??= (async () => {
         await app.close();
+        gc.cancel();
         await sandboxes.close();
         db.close();
       })()),

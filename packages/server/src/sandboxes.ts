@@ -2,17 +2,21 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
+  allocatedBytes,
   AgentClient,
+  captureSnapshot,
   chownTree,
   CleanupStack,
   cloneFile,
+  compareRequirements,
   createOverlay,
   errorMessage,
   NsError,
   processVmId,
   Vm,
   wrapError,
-  type TemplateInfo,
+  type RequirementMismatch,
+  type RestoreRequirements,
   type VmSpec,
 } from '@nullspace/runtime';
 import { Admission } from './admission.js';
@@ -22,15 +26,34 @@ import type { HostContext } from './hostctx.js';
 import { isTerminal, recoveryTarget, type SandboxState } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { SandboxStore, type ListQuery, type SandboxRecord } from './store/sandboxes.js';
-import { KeyedMutex, newId, SANDBOX_ID_RE } from './util.js';
+import { SnapshotStore, type SnapshotKind, type SnapshotQuery, type SnapshotRecord, type VmConfig } from './store/snapshots.js';
+import { KeyedMutex, newId, RwLock, SANDBOX_ID_RE } from './util.js';
 
 export interface CreateSandboxRequest {
+  /** A template name, or (with `snapshotId`) ignored. */
   template: string;
+  snapshotId?: string | undefined;
   metadata: Record<string, string>;
   envs: Record<string, string>;
   timeoutMs: number;
   allowInternetAccess: boolean;
 }
+
+/** What a new sandbox is restored from: a template snapshot or a snapshot of a sandbox. */
+interface RestoreSource {
+  template: string;
+  snapshotId: string | null;
+  memFile: string;
+  stateFile: string;
+  /** The file the sandbox's first overlay backs onto. */
+  diskBacking: string;
+  diskParentLayer: string | null;
+  vm: VmConfig;
+  requirements: RestoreRequirements;
+  envs: Record<string, string>;
+}
+
+export const SNAPSHOT_ID_RE = /^snap_[0-9a-z]{16}$/;
 
 /** A sandbox whose VM this server drives. */
 interface Live {
@@ -50,14 +73,23 @@ export class SandboxManager {
   private readonly admission: Admission;
   private reaper: NodeJS.Timeout | undefined;
   private closing = false;
+  /** Snapshot captures and restores read the layer store; the garbage collector writes it. */
+  readonly layersLock = new RwLock();
+  /** Called when layers may have lost their last reference (a sandbox ended, a snapshot was deleted). */
+  onLayersReleased: () => void = () => {};
 
   constructor(
     private readonly config: Config,
     private readonly store: SandboxStore,
+    private readonly snapshots: SnapshotStore,
     private readonly host: HostContext,
     private readonly log: Logger,
   ) {
     this.admission = new Admission(config.limits);
+  }
+
+  get layersDir(): string {
+    return path.join(this.config.dataDir, 'layers');
   }
 
   /** Names this server's claim on a sandbox uid (host-wide registry). */
@@ -84,6 +116,10 @@ export class SandboxManager {
     fs.mkdirSync(path.join(this.config.dataDir, 'sandboxes'), { recursive: true });
     fs.chmodSync(this.config.dataDir, 0o711);
     fs.chmodSync(path.join(this.config.dataDir, 'sandboxes'), 0o711);
+    // layers are read only by the server (root): QEMU gets them opened, or reflinked into its directory
+    fs.mkdirSync(path.join(this.layersDir, '.staging'), { recursive: true, mode: 0o700 });
+    fs.rmSync(path.join(this.layersDir, '.staging'), { recursive: true, force: true });
+    fs.mkdirSync(path.join(this.layersDir, '.staging'), { mode: 0o700 });
     const adopted = new Set<number>();
     const adoptedUids = new Set<number>();
     for (const rec of this.store.inStates(['creating', 'running', 'hibernating', 'resuming', 'killing'])) {
@@ -96,6 +132,7 @@ export class SandboxManager {
           this.host.uids?.claim(rec.vmSpec.runAsUid, this.uidOwner(rec.id));
         }
         const reservation = this.admission.reserve(rec.memoryMiB);
+        await this.reconcile(rec, vm);
         this.attach(rec.id, vm, reservation.release);
         this.log.info({ sandboxId: rec.id, pid: vm.pid }, 're-adopted running sandbox');
         continue;
@@ -109,6 +146,7 @@ export class SandboxManager {
         endReason: reason,
         errorCode: target === 'failed' ? 'vm_exited' : null,
         pid: null,
+        diskParentLayer: null,
       });
       this.log.warn({ sandboxId: rec.id, from: rec.state, to: target }, 'recovered sandbox after restart');
     }
@@ -116,6 +154,29 @@ export class SandboxManager {
     this.host.uids?.sweep(`${this.config.dataDir} `, adoptedUids);
     this.reaper = setInterval(() => void this.reap(), this.config.reaperIntervalMs);
     this.reaper.unref();
+  }
+
+  /**
+   * Makes a re-adopted sandbox's record agree with its QEMU: a server that died in the middle of a
+   * snapshot may have left the VM stopped, or switched to its next overlay without recording it.
+   */
+  private async reconcile(rec: SandboxRecord, vm: Vm): Promise<void> {
+    try {
+      const active = await vm.activeDisk();
+      if (rec.vmSpec && active.file !== rec.vmSpec.disk) {
+        const parent = active.backingFile ? this.snapshots.layerByPath(active.backingFile) : undefined;
+        vm.spec.disk = active.file;
+        vm.spec.diskNode = active.node;
+        this.store.patch(rec.id, { vmSpec: vm.spec, ...(parent ? { diskParentLayer: parent.id } : {}) });
+        this.log.warn({ sandboxId: rec.id, disk: active.file }, 'recorded the overlay an interrupted snapshot had switched to');
+      }
+      if (rec.state === 'running' && !(await vm.isRunning())) {
+        await vm.qmp.execute('cont');
+        this.log.warn({ sandboxId: rec.id }, 'resumed a VM left paused by an interrupted snapshot');
+      }
+    } catch (err) {
+      this.log.error({ sandboxId: rec.id, err: errorMessage(err) }, 'reconciling a re-adopted sandbox failed');
+    }
   }
 
   /** QEMU processes of this data dir that no record owns (e.g. a crash between spawn and record). */
@@ -168,79 +229,147 @@ export class SandboxManager {
     return this.store.list(q);
   }
 
+  /** Where a new sandbox comes from: the template's snapshot, or a snapshot (checked against this host). */
+  private restoreSource(req: CreateSandboxRequest): RestoreSource {
+    if (req.snapshotId === undefined) {
+      const t = this.host.template(req.template);
+      return {
+        template: t.name,
+        snapshotId: null,
+        memFile: t.memFile,
+        stateFile: t.stateFile,
+        diskBacking: t.disk,
+        diskParentLayer: null,
+        vm: {
+          kernel: t.image.kernel,
+          initrd: t.image.initrd,
+          cmdline: t.image.cmdline,
+          memoryMiB: t.memoryMiB,
+          vcpus: t.vcpus,
+          diskSizeBytes: t.image.diskSizeMiB * 1024 * 1024,
+          allowInternetAccess: true,
+        },
+        requirements: t.requirements,
+        envs: {},
+      };
+    }
+    const snap = this.getSnapshot(req.snapshotId);
+    const compat = this.compatibility(snap);
+    if (!compat.compatible) {
+      throw new NsError(
+        'snapshot_incompatible',
+        `snapshot ${snap.id} cannot be restored on this host: ${compat.mismatches.map((m) => `${m.field} is ${m.snapshot} in the snapshot but ${m.host} here`).join('; ')}`,
+        { details: { snapshotId: snap.id, mismatches: compat.mismatches } },
+      );
+    }
+    if (snap.kind === 'hibernate') {
+      throw new NsError('bad_request', `snapshot ${snap.id} is a hibernation snapshot: resume its sandbox (Sandbox.resume / connect) instead`, {
+        details: { snapshotId: snap.id, kind: snap.kind },
+      });
+    }
+    const layer = (id: string) => {
+      const l = this.snapshots.layer(id);
+      if (!l || !fs.existsSync(l.path)) throw new NsError('internal', `snapshot ${snap.id}: layer ${id} is missing`);
+      return l;
+    };
+    return {
+      template: snap.template,
+      snapshotId: snap.id,
+      memFile: layer(snap.memLayer).path,
+      stateFile: layer(snap.stateLayer).path,
+      diskBacking: layer(snap.diskLayer).path,
+      diskParentLayer: snap.diskLayer,
+      vm: snap.vmConfig,
+      requirements: snap.requirements,
+      envs: snap.envs,
+    };
+  }
+
   async create(req: CreateSandboxRequest): Promise<SandboxRecord> {
     if (this.closing) throw new NsError('shutting_down', 'the server is shutting down');
-    const template = this.host.template(req.template);
-    const reservation = this.admission.reserve(template.memoryMiB);
-    const id = newId('sbx');
-    const now = Date.now();
-    this.store.insert({
-      id,
-      state: 'creating',
-      template: template.name,
-      snapshotId: null,
-      metadata: req.metadata,
-      envs: req.envs,
-      memoryMiB: template.memoryMiB,
-      vcpus: template.vcpus,
-      allowInternetAccess: req.allowInternetAccess,
-      timeoutMs: req.timeoutMs,
-      createdAt: now,
-      startedAt: null,
-      expiresAt: null,
-      endedAt: null,
-      endReason: null,
-      errorCode: null,
-      pid: null,
-      identity: { machineId: randomBytes(16).toString('hex'), bootId: randomUUID() },
-      vmSpec: null,
-      requirements: template.requirements,
-      updatedAt: now,
-    });
-    return this.locks.run(id, async () => {
-      const t0 = Date.now();
-      const cleanup = new CleanupStack();
-      cleanup.defer('release admission', reservation.release);
-      try {
-        const vm = await this.startFromTemplate(id, template, req.allowInternetAccess, cleanup);
-        const rec = this.store.get(id)!;
-        await this.connectAndInit(rec, vm, 15_000);
-        const started = Date.now();
-        const running = this.store.transition(id, 'creating', 'running', 'started', { startedAt: started, expiresAt: started + req.timeoutMs });
-        cleanup.release();
-        this.attach(id, vm, reservation.release);
-        this.log.info({ sandboxId: id, template: template.name, ms: Date.now() - t0 }, 'sandbox created');
-        return running;
-      } catch (err) {
-        const errors = await cleanup.run();
-        for (const e of errors) this.log.error({ sandboxId: id, err: e.message }, 'cleanup after a failed create');
-        const wrapped = wrapError(err, `creating sandbox ${id}`, 'vm_start_failed');
-        this.store.transition(id, 'creating', 'failed', wrapped.message, { endedAt: Date.now(), endReason: wrapped.message, errorCode: wrapped.code, pid: null });
-        this.log.error({ sandboxId: id, err: wrapped.message }, 'sandbox create failed');
-        throw wrapped;
-      }
+    // the garbage collector waits while the source's layers are being cloned
+    return this.layersLock.read(async () => {
+      const src = this.restoreSource(req);
+      const reservation = this.admission.reserve(src.vm.memoryMiB);
+      const id = newId('sbx');
+      const now = Date.now();
+      const envs = { ...src.envs, ...req.envs };
+      this.store.insert({
+        id,
+        state: 'creating',
+        template: src.template,
+        snapshotId: src.snapshotId,
+        metadata: req.metadata,
+        envs,
+        memoryMiB: src.vm.memoryMiB,
+        vcpus: src.vm.vcpus,
+        allowInternetAccess: req.allowInternetAccess,
+        timeoutMs: req.timeoutMs,
+        createdAt: now,
+        startedAt: null,
+        expiresAt: null,
+        endedAt: null,
+        endReason: null,
+        errorCode: null,
+        pid: null,
+        identity: { machineId: randomBytes(16).toString('hex'), bootId: randomUUID() },
+        vmSpec: null,
+        requirements: src.requirements,
+        diskParentLayer: src.diskParentLayer,
+        updatedAt: now,
+      });
+      return this.locks.run(id, async () => {
+        const t0 = Date.now();
+        const cleanup = new CleanupStack();
+        cleanup.defer('release admission', reservation.release);
+        try {
+          const vm = await this.restore(id, src, req.allowInternetAccess, cleanup);
+          const rec = this.store.get(id)!;
+          await this.connectAndInit(rec, vm, 15_000);
+          const started = Date.now();
+          const running = this.store.transition(id, 'creating', 'running', 'started', { startedAt: started, expiresAt: started + req.timeoutMs });
+          cleanup.release();
+          this.attach(id, vm, reservation.release);
+          this.log.info({ sandboxId: id, template: src.template, snapshotId: src.snapshotId, ms: Date.now() - t0 }, 'sandbox created');
+          return running;
+        } catch (err) {
+          const errors = await cleanup.run();
+          for (const e of errors) this.log.error({ sandboxId: id, err: e.message }, 'cleanup after a failed create');
+          const wrapped = wrapError(err, `creating sandbox ${id}`, 'vm_start_failed');
+          this.store.transition(id, 'creating', 'failed', wrapped.message, {
+            endedAt: Date.now(),
+            endReason: wrapped.message,
+            errorCode: wrapped.code,
+            pid: null,
+            diskParentLayer: null,
+          });
+          this.log.error({ sandboxId: id, err: wrapped.message }, 'sandbox create failed');
+          throw wrapped;
+        }
+      });
     });
   }
 
-  /** Prepares the sandbox's RAM file and disk from the template and restores the template snapshot. */
-  private async startFromTemplate(id: string, template: TemplateInfo, allowInternetAccess: boolean, cleanup: CleanupStack): Promise<Vm> {
+  /** Prepares the sandbox's RAM file and disk from `src` and restores its device state. */
+  private async restore(id: string, src: RestoreSource, allowInternetAccess: boolean, cleanup: CleanupStack): Promise<Vm> {
     const dir = this.sandboxDir(id);
     fs.mkdirSync(dir, { mode: 0o700 });
     cleanup.defer('remove sandbox files', () => fs.rmSync(dir, { recursive: true, force: true }));
     const spec: VmSpec = {
       id,
-      memoryMiB: template.memoryMiB,
-      vcpus: template.vcpus,
-      kernel: template.image.kernel,
-      initrd: template.image.initrd,
-      cmdline: template.image.cmdline,
+      memoryMiB: src.vm.memoryMiB,
+      vcpus: src.vm.vcpus,
+      kernel: src.vm.kernel,
+      initrd: src.vm.initrd,
+      cmdline: src.vm.cmdline,
       ramFile: path.join(dir, 'mem'),
-      disk: path.join(dir, 'disk.qcow2'),
+      disk: path.join(dir, 'disk-0.qcow2'),
+      diskSizeBytes: src.vm.diskSizeBytes,
       runDir: path.join(dir, 'run'),
       consoleLog: false,
       allowInternetAccess,
     };
-    await Promise.all([cloneFile(template.memFile, spec.ramFile), createOverlay(template.disk, spec.disk)]);
+    await Promise.all([cloneFile(src.memFile, spec.ramFile), createOverlay(src.diskBacking, spec.disk)]);
     if (this.host.uids) {
       const uid = this.host.uids.allocate(this.uidOwner(id));
       cleanup.defer('release uid', () => this.host.uids?.release(uid, this.uidOwner(id)));
@@ -251,8 +380,125 @@ export class SandboxManager {
     const vm = await Vm.launch(this.host.profile, spec, true);
     cleanup.defer('kill vm', () => vm.kill());
     this.store.patch(id, { pid: vm.pid, vmSpec: spec });
-    await vm.restoreState(template.stateFile);
+    await vm.restoreState(src.stateFile);
     return vm;
+  }
+
+  getSnapshot(id: string): SnapshotRecord {
+    const snap = SNAPSHOT_ID_RE.test(id) ? this.snapshots.get(id) : undefined;
+    if (!snap) throw notFound('snapshot', id);
+    return snap;
+  }
+
+  /** Whether this host can restore `snap`, and if not which requirements differ. */
+  compatibility(snap: SnapshotRecord): { compatible: boolean; mismatches: RequirementMismatch[] } {
+    const mismatches = compareRequirements(snap.requirements, this.host.profile);
+    for (const f of [snap.vmConfig.kernel, snap.vmConfig.initrd]) {
+      if (!fs.existsSync(f)) mismatches.push({ field: 'kernelRelease', snapshot: f, host: 'missing' });
+    }
+    return { compatible: mismatches.length === 0, mismatches };
+  }
+
+  /**
+   * Captures a running sandbox's memory and disk at one paused instant into new layers and records
+   * a snapshot of them. The sandbox is paused only for the capture and keeps running.
+   */
+  async snapshot(id: string, opts: { kind: SnapshotKind; metadata: Record<string, string> }): Promise<SnapshotRecord> {
+    this.get(id);
+    return this.locks.run(id, () =>
+      this.layersLock.read(async () => {
+        const rec = this.get(id);
+        if (rec.state !== 'running') {
+          throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: only a running sandbox can be snapshotted`, { details: { state: rec.state } });
+        }
+        const live = this.live.get(id);
+        if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
+        const vm = live.vm;
+        const snapId = newId('snap');
+        const staging = path.join(this.layersDir, '.staging', snapId);
+        fs.mkdirSync(staging, { mode: 0o700 });
+        const ids = { mem: newId('lyr'), state: newId('lyr'), disk: newId('lyr') };
+        const finalPath = { mem: path.join(this.layersDir, `${ids.mem}.mem`), state: path.join(this.layersDir, `${ids.state}.state`) };
+        const diskLayerPath = path.join(this.layersDir, `${ids.disk}.qcow2`);
+        const nextOverlay = path.join(this.sandboxDir(id), `disk-${Date.now().toString(36)}.qcow2`);
+        const parent = rec.diskParentLayer;
+        const switchRecorded = () => {
+          this.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
+        };
+        try {
+          const res = await captureSnapshot(
+            vm,
+            { mem: path.join(staging, 'mem'), state: path.join(staging, 'state'), disk: diskLayerPath, nextOverlay },
+            {
+              resume: true,
+              virtualSizeBytes: rec.vmSpec.diskSizeBytes,
+              ownerUid: vm.spec.runAsUid,
+              beforeSwitch: () =>
+                this.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() }),
+              switchFailed: () => this.snapshots.deleteLayer(ids.disk),
+            },
+          );
+          switchRecorded();
+          fs.renameSync(path.join(staging, 'mem'), finalPath.mem);
+          fs.renameSync(path.join(staging, 'state'), finalPath.state);
+          const snap: SnapshotRecord = {
+            id: snapId,
+            sandboxId: id,
+            kind: opts.kind,
+            template: rec.template,
+            metadata: opts.metadata,
+            envs: rec.envs,
+            memLayer: ids.mem,
+            stateLayer: ids.state,
+            diskLayer: ids.disk,
+            vmConfig: {
+              kernel: vm.spec.kernel,
+              initrd: vm.spec.initrd,
+              cmdline: vm.spec.cmdline,
+              memoryMiB: vm.spec.memoryMiB,
+              vcpus: vm.spec.vcpus,
+              diskSizeBytes: vm.spec.diskSizeBytes,
+              allowInternetAccess: vm.spec.allowInternetAccess,
+            },
+            requirements: rec.requirements!,
+            pauseMs: res.pauseMs,
+            createdAt: Date.now(),
+          };
+          this.snapshots.transaction(() => {
+            const now = Date.now();
+            this.snapshots.insertLayer({ id: ids.mem, kind: 'mem', path: finalPath.mem, parentId: null, bytes: allocatedBytes(finalPath.mem), createdAt: now });
+            this.snapshots.insertLayer({ id: ids.state, kind: 'state', path: finalPath.state, parentId: null, bytes: allocatedBytes(finalPath.state), createdAt: now });
+            this.snapshots.insert(snap);
+          });
+          this.log.info({ sandboxId: id, snapshotId: snapId, pauseMs: res.pauseMs, ms: res.totalMs }, 'snapshot created');
+          return snap;
+        } catch (err) {
+          // the VM may have moved to its next overlay before the failure: keep the record true
+          if (vm.spec.disk === nextOverlay) switchRecorded();
+          for (const f of Object.values(finalPath)) fs.rmSync(f, { force: true });
+          throw wrapError(err, `snapshot of sandbox ${id}`, 'snapshot_failed');
+        } finally {
+          fs.rmSync(staging, { recursive: true, force: true });
+        }
+      }),
+    );
+  }
+
+  listSnapshots(q: SnapshotQuery): { items: SnapshotRecord[]; nextToken: string | undefined } {
+    return this.snapshots.list(q);
+  }
+
+  /** Bytes allocated by a snapshot's layers (its disk layer alone, not the chain under it). */
+  snapshotBytes(s: SnapshotRecord): number {
+    return [s.memLayer, s.stateLayer, s.diskLayer].reduce((sum, id) => sum + (this.snapshots.layer(id)?.bytes ?? 0), 0);
+  }
+
+  /** Deletes a snapshot's record at once; its layers are freed by the collector when unreferenced. */
+  deleteSnapshot(id: string): void {
+    const snap = this.getSnapshot(id);
+    if (!this.snapshots.delete(snap.id)) throw notFound('snapshot', id);
+    this.log.info({ snapshotId: id }, 'snapshot deleted');
+    this.onLayersReleased();
   }
 
   /** Connects to the agent and applies the sandbox's identity, clock, entropy and environment. */
@@ -284,8 +530,15 @@ export class SandboxManager {
         this.removeFiles(id);
         this.releaseUid(id, rec.vmSpec);
         const reason = `the VM exited unexpectedly: ${exit.detail}`;
-        this.store.transition(id, rec.state, 'failed', reason, { endedAt: Date.now(), endReason: reason, errorCode: 'vm_exited', pid: null });
+        this.store.transition(id, rec.state, 'failed', reason, {
+          endedAt: Date.now(),
+          endReason: reason,
+          errorCode: 'vm_exited',
+          pid: null,
+          diskParentLayer: null,
+        });
         this.log.warn({ sandboxId: id, detail: exit.detail }, 'sandbox VM died');
+        this.onLayersReleased();
       });
     });
   }
@@ -329,8 +582,9 @@ export class SandboxManager {
       }
       this.removeFiles(id);
       this.releaseUid(id, rec.vmSpec);
-      const done = this.store.transition(id, 'killing', 'killed', reason, { endedAt: Date.now(), endReason: reason, pid: null });
+      const done = this.store.transition(id, 'killing', 'killed', reason, { endedAt: Date.now(), endReason: reason, pid: null, diskParentLayer: null });
       this.log.info({ sandboxId: id, reason }, 'sandbox killed');
+      this.onLayersReleased();
       return done;
     });
   }

@@ -32,3 +32,51 @@ export function newId(prefix: string): string {
 }
 
 export const SANDBOX_ID_RE = /^sbx_[0-9a-z]{16}$/;
+
+/**
+ * A readers-writer lock: many readers at once, one writer alone. Snapshot captures and restores
+ * read the layer store; the garbage collector writes it.
+ */
+export class RwLock {
+  private readers = 0;
+  private writer = false;
+  private queue: Array<{ write: boolean; wake: () => void }> = [];
+
+  private pump(): void {
+    while (this.queue.length) {
+      const next = this.queue[0]!;
+      if (next.write ? this.writer || this.readers > 0 : this.writer) return;
+      this.queue.shift();
+      if (next.write) this.writer = true;
+      else this.readers++;
+      next.wake();
+    }
+  }
+
+  private acquire(write: boolean): Promise<void> {
+    return new Promise((wake) => {
+      this.queue.push({ write, wake });
+      this.pump();
+    });
+  }
+
+  async read<T>(fn: () => Promise<T>): Promise<T> {
+    await this.acquire(false);
+    try {
+      return await fn();
+    } finally {
+      this.readers--;
+      this.pump();
+    }
+  }
+
+  async write<T>(fn: () => Promise<T>): Promise<T> {
+    await this.acquire(true);
+    try {
+      return await fn();
+    } finally {
+      this.writer = false;
+      this.pump();
+    }
+  }
+}

@@ -8,10 +8,12 @@ import type { Config } from '../config.js';
 import { httpStatusFor, isPublicCode } from '../errors.js';
 import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
+import type { Gc } from '../gc.js';
 import type { SandboxManager } from '../sandboxes.js';
 import { commandRoutes } from './commands.js';
 import { fileRoutes } from './files.js';
 import { sandboxRoutes } from './sandboxes.js';
+import { snapshotRoutes } from './snapshots.js';
 import { ErrorBody } from './schemas.js';
 import { systemRoutes } from './system.js';
 
@@ -19,6 +21,7 @@ export interface AppDeps {
   config: Config;
   apiKey: string;
   sandboxes: SandboxManager;
+  gc: Gc;
   host: HostContext;
   log: Logger;
   version: string;
@@ -86,6 +89,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(sandboxRoutes(deps));
       await v1.register(fileRoutes(deps));
       await v1.register(commandRoutes(deps));
+      await v1.register(snapshotRoutes(deps));
     },
     { prefix: '/v1' },
   );

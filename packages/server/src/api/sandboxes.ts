@@ -31,7 +31,7 @@ export function sandboxView(r: SandboxRecord): SandboxT {
 
 const LIVE_STATES: SandboxState[] = ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'];
 
-function parseMetadataFilter(raw: string | string[] | undefined): Record<string, string> {
+export function parseMetadataFilter(raw: string | string[] | undefined): Record<string, string> {
   const out: Record<string, string> = {};
   for (const pair of raw === undefined ? [] : Array.isArray(raw) ? raw : [raw]) {
     const eq = pair.indexOf('=');
@@ -59,8 +59,12 @@ export const sandboxRoutes =
       { schema: { summary: 'Create a sandbox from a template', body: CreateSandboxBody, response: { 201: Sandbox } } },
       async (req, reply) => {
         const body = req.body ?? {};
+        if (body.template !== undefined && body.snapshotId !== undefined) {
+          throw new NsError('bad_request', 'give either template or snapshotId, not both', { details: { field: 'snapshotId' } });
+        }
         const rec = await sandboxes.create({
           template: body.template ?? 'base',
+          snapshotId: body.snapshotId,
           metadata: body.metadata ?? {},
           envs: body.envs ?? {},
           timeoutMs: checkTimeout(deps, body.timeoutMs ?? deps.config.defaultTimeoutMs),

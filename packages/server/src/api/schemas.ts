@@ -48,9 +48,12 @@ export const Sandbox = Type.Object(
 );
 export type SandboxT = Static<typeof Sandbox>;
 
+export const SnapshotId = Type.String({ description: 'snap_ + 16 lowercase alphanumerics', maxLength: 64 });
+
 export const CreateSandboxBody = Type.Object(
   {
-    template: Type.Optional(Type.String({ minLength: 1, maxLength: 63, default: 'base' })),
+    template: Type.Optional(Type.String({ minLength: 1, maxLength: 63, description: 'Template name; default "base". Not with snapshotId.' })),
+    snapshotId: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'Start from this reusable snapshot instead of a template' })),
     metadata: Type.Optional(Metadata),
     envs: Type.Optional(Envs),
     timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: 'Lifetime without activity before the sandbox is killed; default 300000' })),
@@ -183,3 +186,51 @@ export const Template = Type.Object(
 );
 
 export const NameParams = Type.Object({ name: Type.String({ maxLength: 64 }) });
+
+export const Snapshot = Type.Object(
+  {
+    snapshotId: SnapshotId,
+    sandboxId: SandboxId,
+    kind: Type.Union([Type.Literal('reusable'), Type.Literal('hibernate'), Type.Literal('fork')]),
+    template: Type.String(),
+    metadata: Metadata,
+    createdAt: Type.String({ format: 'date-time' }),
+    pauseMs: Type.Union([Type.Integer(), Type.Null()], { description: 'How long the source was paused for the capture' }),
+    sizeBytes: Type.Integer({ description: 'Bytes allocated by its layers (shared blocks counted in each)' }),
+  },
+  { $id: 'Snapshot' },
+);
+
+export const CreateSnapshotBody = Type.Object({ metadata: Type.Optional(Metadata) }, { additionalProperties: false });
+
+export const ListSnapshotsQuery = Type.Object(
+  {
+    sandboxId: Type.Optional(Type.String({ maxLength: 64 })),
+    kind: Type.Optional(Type.String({ description: 'Comma-separated kinds; default reusable,hibernate' })),
+    metadata: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'key=value, repeatable' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+    nextToken: Type.Optional(Type.String({ maxLength: 512 })),
+  },
+  { additionalProperties: false },
+);
+
+export const SnapshotParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
+
+export const Compatibility = Type.Object({
+  snapshotId: SnapshotId,
+  compatible: Type.Boolean(),
+  mismatches: Type.Array(
+    Type.Object({ field: Type.String(), snapshot: Type.Union([Type.String(), Type.Number()]), host: Type.Union([Type.String(), Type.Number()]) }),
+  ),
+  requirements: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number()])),
+});
+
+const GcLayer = Type.Object({ layerId: Type.String(), kind: Type.String(), bytes: Type.Integer() });
+export const GcReport = Type.Object({
+  dryRun: Type.Boolean(),
+  freed: Type.Array(GcLayer),
+  freedBytes: Type.Integer(),
+  orphanFiles: Type.Array(Type.String()),
+  retained: Type.Array(Type.Object({ layerId: Type.String(), kind: Type.String(), bytes: Type.Integer(), heldBy: Type.Array(Type.String()) })),
+  retainedBytes: Type.Integer(),
+});

@@ -1,6 +1,7 @@
 import { NsError } from '@nullspace/runtime';
 import type { RestoreRequirements, VmSpec } from '@nullspace/runtime';
 import { assertTransition, type SandboxState } from '../lifecycle.js';
+import { decodeCursor, encodeCursor } from './cursor.js';
 import type { Db } from './db.js';
 
 export interface SandboxIdentity {
@@ -29,6 +30,8 @@ export interface SandboxRecord {
   identity: SandboxIdentity;
   vmSpec: VmSpec | null;
   requirements: RestoreRequirements | null;
+  /** The frozen layer its active overlay backs onto (null: its template's disk). */
+  diskParentLayer: string | null;
   updatedAt: number;
 }
 
@@ -53,6 +56,7 @@ interface Row {
   identity: string;
   vm_spec: string | null;
   requirements: string | null;
+  disk_parent_layer: string | null;
   updated_at: number;
 }
 
@@ -78,12 +82,16 @@ function fromRow(r: Row): SandboxRecord {
     identity: JSON.parse(r.identity) as SandboxIdentity,
     vmSpec: r.vm_spec ? (JSON.parse(r.vm_spec) as VmSpec) : null,
     requirements: r.requirements ? (JSON.parse(r.requirements) as RestoreRequirements) : null,
+    diskParentLayer: r.disk_parent_layer,
     updatedAt: r.updated_at,
   };
 }
 
 export type SandboxPatch = Partial<
-  Pick<SandboxRecord, 'startedAt' | 'expiresAt' | 'endedAt' | 'endReason' | 'errorCode' | 'pid' | 'vmSpec' | 'requirements' | 'timeoutMs'>
+  Pick<
+    SandboxRecord,
+    'startedAt' | 'expiresAt' | 'endedAt' | 'endReason' | 'errorCode' | 'pid' | 'vmSpec' | 'requirements' | 'timeoutMs' | 'diskParentLayer'
+  >
 >;
 
 const COLUMN: Record<keyof SandboxPatch, string> = {
@@ -96,6 +104,7 @@ const COLUMN: Record<keyof SandboxPatch, string> = {
   vmSpec: 'vm_spec',
   requirements: 'requirements',
   timeoutMs: 'timeout_ms',
+  diskParentLayer: 'disk_parent_layer',
 };
 
 export interface ListQuery {
@@ -113,9 +122,9 @@ export class SandboxStore {
     this.db
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
-           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, updated_at)
+           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
-           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @updated_at)`,
+           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -138,6 +147,7 @@ export class SandboxStore {
         identity: JSON.stringify(rec.identity),
         vm_spec: rec.vmSpec ? JSON.stringify(rec.vmSpec) : null,
         requirements: rec.requirements ? JSON.stringify(rec.requirements) : null,
+        disk_parent_layer: rec.diskParentLayer,
         updated_at: rec.updatedAt,
       });
     this.event(rec.id, null, rec.state, 'created');
@@ -176,7 +186,7 @@ export class SandboxStore {
     const rows = this.db.prepare(sql).all(...params, q.limit + 1) as Row[];
     const items = rows.slice(0, q.limit).map(fromRow);
     const last = items[items.length - 1];
-    return { items, nextToken: rows.length > q.limit && last ? encodeCursor(last) : undefined };
+    return { items, nextToken: rows.length > q.limit && last ? encodeCursor(last.createdAt, last.id) : undefined };
   }
 
   /**
@@ -243,18 +253,4 @@ export class SandboxStore {
   private event(id: string, from: SandboxState | null, to: SandboxState, reason: string): void {
     this.db.prepare('INSERT INTO sandbox_events (sandbox_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)').run(id, Date.now(), from, to, reason);
   }
-}
-
-function encodeCursor(r: SandboxRecord): string {
-  return Buffer.from(JSON.stringify([r.createdAt, r.id])).toString('base64url');
-}
-
-function decodeCursor(token: string): { createdAt: number; id: string } {
-  try {
-    const [createdAt, id] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [unknown, unknown];
-    if (typeof createdAt === 'number' && typeof id === 'string') return { createdAt, id };
-  } catch {
-    /* fall through */
-  }
-  throw new NsError('bad_request', 'nextToken is not a token returned by this API', { details: { field: 'nextToken' } });
 }

@@ -1,0 +1,126 @@
+import fs from 'node:fs';
+import { NsError, wrapError } from './errors.js';
+import { run } from './exec.js';
+import { fsyncFile } from './storage.js';
+import type { Vm } from './vm.js';
+
+export interface CaptureTargets {
+  /** Where the RAM image goes (a reflink copy of the VM's RAM file at the paused instant). */
+  mem: string;
+  /** Device state (x-ignore-shared migration stream). */
+  state: string;
+  /** The frozen disk layer: a reflink copy of the active overlay at the paused instant. */
+  disk: string;
+  /**
+   * The VM's next active overlay, backed by `disk` (its path is written in the overlay's header, so
+   * a later restart of this VM opens the frozen copy, never the old overlay).
+   */
+  nextOverlay: string;
+}
+
+export interface CaptureResult {
+  /** How long the guest was stopped. */
+  pauseMs: number;
+  /** The whole capture, pre-flush included. */
+  totalMs: number;
+}
+
+/** Runs `fn`; if it throws, also records the failure (the VM may be gone: fail with its exit reason). */
+async function step<T>(vm: Vm, what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (vm.gone) throw new NsError('vm_exited', `${what}: the VM exited during the snapshot`, { cause: err });
+    throw wrapError(err, what, 'snapshot_failed');
+  }
+}
+
+/**
+ * Captures guest memory and the mutable root disk at one paused instant, with a pause that does not
+ * grow with the RAM size:
+ *
+ *  - before the pause: the RAM file's dirty pages are written back while the guest runs, and the
+ *    next overlay is created;
+ *  - paused (`stop` also drains and flushes the block layer): device state out, reflink copy of the
+ *    RAM file (only pages dirtied since the pre-flush are written), reflink copy of the active
+ *    overlay, switch the VM to the next overlay (`blockdev-snapshot`);
+ *  - `cont` when `resume` (a reusable snapshot or a fork keep the source running); otherwise the
+ *    VM stays stopped (hibernation quits it next).
+ *
+ * On any failure the VM is resumed (when `resume`) and the partial files are removed; the VM keeps
+ * its old overlay unless the switch itself succeeded.
+ */
+export async function captureSnapshot(
+  vm: Vm,
+  to: CaptureTargets,
+  opts: {
+    resume: boolean;
+    virtualSizeBytes: number;
+    ownerUid?: number | undefined;
+    /** Called after the disk layer exists and before the VM switches onto it (record it durably here). */
+    beforeSwitch?: () => void;
+    /** Called when the switch failed, to undo `beforeSwitch`. */
+    switchFailed?: () => void;
+  },
+): Promise<CaptureResult> {
+  const t0 = Date.now();
+  const cleanupFiles = () => {
+    for (const f of [to.mem, to.state, to.disk, to.nextOverlay]) fs.rmSync(f, { force: true });
+  };
+  let stopped = false;
+  let switched = false;
+  let recorded = false;
+  let pauseStart = 0;
+  try {
+    await step(vm, 'flushing guest RAM before the pause', async () => fsyncFile(vm.spec.ramFile));
+    await step(vm, 'creating the next overlay', async () => {
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', to.disk, to.nextOverlay, String(opts.virtualSizeBytes)], {
+        errorCode: 'snapshot_failed',
+      });
+      if (opts.ownerUid !== undefined) fs.chownSync(to.nextOverlay, opts.ownerUid, opts.ownerUid);
+      fs.chmodSync(to.nextOverlay, 0o600);
+    });
+    pauseStart = Date.now();
+    await step(vm, 'pausing the VM', () => vm.qmp.execute('stop'));
+    stopped = true;
+    await step(vm, 'saving device state', () => vm.saveState(to.state));
+    await step(vm, 'copying guest RAM', async () => {
+      fs.copyFileSync(vm.spec.ramFile, to.mem, fs.constants.COPYFILE_FICLONE);
+      fs.chmodSync(to.mem, 0o444);
+    });
+    await step(vm, 'copying the disk layer', async () => {
+      fs.copyFileSync(vm.spec.disk, to.disk, fs.constants.COPYFILE_FICLONE);
+      fs.chmodSync(to.disk, 0o444);
+    });
+    const node = `disk${Date.now().toString(36)}`;
+    opts.beforeSwitch?.();
+    recorded = true;
+    await step(vm, 'switching to the next overlay', async () => {
+      await vm.qmp.execute('blockdev-add', {
+        driver: 'qcow2',
+        'node-name': node,
+        discard: 'unmap',
+        file: { driver: 'file', filename: to.nextOverlay },
+        backing: null,
+      });
+      await vm.qmp.execute('blockdev-snapshot', { node: vm.spec.diskNode ?? 'root', overlay: node });
+    });
+    switched = true;
+    vm.spec.disk = to.nextOverlay;
+    vm.spec.diskNode = node;
+    if (opts.resume) {
+      await step(vm, 'resuming the VM', () => vm.qmp.execute('cont'));
+      stopped = false;
+    }
+    const pauseMs = Date.now() - pauseStart;
+    return { pauseMs, totalMs: Date.now() - t0 };
+  } catch (err) {
+    if (stopped && opts.resume && !vm.gone) await vm.qmp.execute('cont').catch(() => {});
+    if (!switched) {
+      if (recorded) opts.switchFailed?.();
+      cleanupFiles();
+    }
+    else for (const f of [to.mem, to.state, to.disk]) fs.rmSync(f, { force: true });
+    throw err;
+  }
+}

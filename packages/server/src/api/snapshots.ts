@@ -1,0 +1,95 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type, type Static } from '@sinclair/typebox';
+import { NsError } from '@nullspace/runtime';
+import type { SnapshotKind, SnapshotRecord } from '../store/snapshots.js';
+import type { AppDeps } from './app.js';
+import { parseMetadataFilter } from './sandboxes.js';
+import { Compatibility, CreateSnapshotBody, GcReport, IdParams, ListSnapshotsQuery, Snapshot, SnapshotParams } from './schemas.js';
+
+const KINDS: SnapshotKind[] = ['reusable', 'hibernate', 'fork'];
+
+export const snapshotRoutes =
+  (deps: AppDeps): FastifyPluginAsync =>
+  async (plain) => {
+    const app = plain.withTypeProvider<TypeBoxTypeProvider>();
+    const { sandboxes, gc } = deps;
+
+    const view = (s: SnapshotRecord): Static<typeof Snapshot> => ({
+      snapshotId: s.id,
+      sandboxId: s.sandboxId,
+      kind: s.kind,
+      template: s.template,
+      metadata: s.metadata,
+      createdAt: new Date(s.createdAt).toISOString(),
+      pauseMs: s.pauseMs,
+      sizeBytes: sandboxes.snapshotBytes(s),
+    });
+
+    app.post(
+      '/sandboxes/:id/snapshots',
+      {
+        schema: {
+          summary: 'Create a reusable snapshot of a running sandbox (memory + disk at one instant; the sandbox keeps running)',
+          params: IdParams,
+          body: Type.Optional(CreateSnapshotBody),
+          response: { 201: Snapshot },
+        },
+      },
+      async (req, reply) => {
+        const snap = await sandboxes.snapshot(req.params.id, { kind: 'reusable', metadata: req.body?.metadata ?? {} });
+        return reply.status(201).send(view(snap));
+      },
+    );
+
+    app.get(
+      '/snapshots',
+      { schema: { summary: 'List snapshots (paginated, oldest first)', querystring: ListSnapshotsQuery, response: { 200: Type.Object({ snapshots: Type.Array(Snapshot), nextToken: Type.Union([Type.String(), Type.Null()]) }) } } },
+      async (req) => {
+        const q = req.query;
+        let kinds: SnapshotKind[] = ['reusable', 'hibernate'];
+        if (q.kind) {
+          kinds = q.kind.split(',').map((k) => k.trim()) as SnapshotKind[];
+          for (const k of kinds) if (!KINDS.includes(k)) throw new NsError('bad_request', `unknown snapshot kind "${k}"`, { details: { field: 'kind' } });
+        }
+        const page = sandboxes.listSnapshots({
+          sandboxId: q.sandboxId,
+          kinds,
+          metadata: parseMetadataFilter(q.metadata),
+          limit: q.limit ?? 100,
+          nextToken: q.nextToken,
+        });
+        return { snapshots: page.items.map(view), nextToken: page.nextToken ?? null };
+      },
+    );
+
+    app.get('/snapshots/:id', { schema: { summary: 'Get a snapshot', params: SnapshotParams, response: { 200: Snapshot } } }, async (req) =>
+      view(sandboxes.getSnapshot(req.params.id)),
+    );
+
+    app.delete(
+      '/snapshots/:id',
+      { schema: { summary: 'Delete a snapshot (its storage is freed once nothing uses it)', params: SnapshotParams } },
+      async (req, reply) => {
+        sandboxes.deleteSnapshot(req.params.id);
+        return reply.status(204).send();
+      },
+    );
+
+    app.get(
+      '/snapshots/:id/compatibility',
+      { schema: { summary: 'Can this host restore the snapshot? If not, which requirements differ', params: SnapshotParams, response: { 200: Compatibility } } },
+      async (req) => {
+        const snap = sandboxes.getSnapshot(req.params.id);
+        const c = sandboxes.compatibility(snap);
+        return { snapshotId: snap.id, compatible: c.compatible, mismatches: c.mismatches, requirements: { ...snap.requirements } };
+      },
+    );
+
+    app.get(
+      '/gc',
+      { schema: { summary: 'Garbage collection dry run: what would be freed, and what holds the rest', response: { 200: GcReport } } },
+      async () => gc.run(true),
+    );
+    app.post('/gc', { schema: { summary: 'Run garbage collection now', response: { 200: GcReport } } }, async () => gc.run(false));
+  };
