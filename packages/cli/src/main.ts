@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import { Command, Option } from 'commander';
 import { loadConfig, startServer, VERSION, type Config } from '@nullspace/server';
-import { Sandbox, SandboxError, type SandboxInfo, type SandboxState } from 'nullspace';
+import { ConnectionConfig, errorFromResponse, Sandbox, SandboxError, Snapshot, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
 import { templateBuild, templateList } from './template.js';
 
 /** Errors end the process here, and only here. */
@@ -104,18 +104,33 @@ template
     for (const t of list) process.stdout.write(`${t.name}  ${t.memoryMiB} MiB  ${t.vcpus} vCPU  ${t.requirements.accel}/${t.requirements.cpuModel}  built ${t.builtAt}\n`);
   });
 
+/** Calls an API route that the SDK does not wrap (operator routes such as /v1/gc). */
+async function apiCall(method: string, route: string): Promise<unknown> {
+  const c = new ConnectionConfig();
+  const res = await fetch(c.apiUrl + route, { method, headers: { authorization: `Bearer ${c.apiKey}` } });
+  const body: unknown = res.status === 204 ? undefined : await res.json();
+  if (!res.ok) throw errorFromResponse(res.status, body);
+  return body;
+}
+
+function describeSnapshot(s: Snapshot): string {
+  const meta = Object.entries(s.metadata).map(([k, v]) => `${k}=${v}`).join(',');
+  return [s.id, s.kind.padEnd(9), s.sandboxId, s.createdAt.toISOString(), `${(s.sizeBytes / 1048576).toFixed(1)} MiB`, meta].join('  ');
+}
+
 const sandbox = program.command('sandbox').description('create, inspect, run commands in and kill sandboxes');
 sandbox
   .command('create')
-  .option('-t, --template <name>', 'template', 'base')
+  .option('-t, --template <name>', 'template (default base)')
+  .option('-s, --snapshot <id>', 'start from a reusable snapshot instead of a template')
   .option('-m, --metadata <key=value>', 'metadata (repeatable)', collect)
   .option('-e, --env <KEY=VALUE>', 'default environment (repeatable)', collect)
   .option('--timeout-ms <ms>', 'kill after this long without a timeout refresh', int)
   .option('--no-internet', 'cut outbound network access')
   .option('--json', 'print JSON')
-  .action(async (o: { template: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; json?: boolean }) => {
+  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; json?: boolean }) => {
     const sbx = await Sandbox.create({
-      template: o.template,
+      ...(o.snapshot ? { snapshotId: o.snapshot } : { template: o.template ?? 'base' }),
       metadata: pairs(o.metadata, 'metadata'),
       envs: pairs(o.env, 'env'),
       ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
@@ -170,6 +185,83 @@ sandbox
     });
     if (o.json) printJson(result);
     process.exitCode = result.exitCode ?? 128;
+  });
+
+const snapshot = program.command('snapshot').description('reusable snapshots: memory + disk of a sandbox at one instant');
+snapshot
+  .command('create')
+  .argument('<sandbox-id>')
+  .option('-m, --metadata <key=value>', 'metadata (repeatable)', collect)
+  .option('--json', 'print JSON')
+  .description('snapshot a running sandbox (it keeps running); prints the snapshot id')
+  .action(async (id: string, o: { metadata?: string[]; json?: boolean }) => {
+    const sbx = await Sandbox.connect(id);
+    const snap = await sbx.createSnapshot({ metadata: pairs(o.metadata, 'metadata') });
+    if (o.json) printJson(snap);
+    else process.stdout.write(`${snap.id}\n`);
+  });
+snapshot
+  .command('list')
+  .option('--sandbox <id>', 'only snapshots of this sandbox')
+  .option('-k, --kind <kinds>', 'comma-separated kinds (default reusable,hibernate)')
+  .option('-m, --metadata <key=value>', 'metadata filter (repeatable)', collect)
+  .option('--json', 'print JSON')
+  .action(async (o: { sandbox?: string; kind?: string; metadata?: string[]; json?: boolean }) => {
+    const items: Snapshot[] = [];
+    for await (const s of Snapshot.list({
+      ...(o.sandbox ? { sandboxId: o.sandbox } : {}),
+      ...(o.kind ? { kind: o.kind.split(',') as SnapshotKind[] } : {}),
+      metadata: pairs(o.metadata, 'metadata'),
+    })) {
+      items.push(s);
+    }
+    if (o.json) return printJson(items);
+    for (const s of items) process.stdout.write(describeSnapshot(s) + '\n');
+  });
+snapshot
+  .command('info')
+  .argument('<snapshot-id>')
+  .option('--json', 'print JSON')
+  .description('a snapshot, and whether this host can restore it')
+  .action(async (id: string, o: { json?: boolean }) => {
+    const snap = await Snapshot.get(id);
+    const compatibility = await Snapshot.compatibility(id);
+    if (o.json) return printJson({ ...snap, compatibility });
+    process.stdout.write(describeSnapshot(snap) + '\n');
+    process.stdout.write(
+      compatibility.compatible
+        ? 'restorable on this host\n'
+        : `NOT restorable on this host: ${compatibility.mismatches.map((m) => `${m.field} ${m.snapshot} (host: ${m.host})`).join('; ')}\n`,
+    );
+  });
+snapshot
+  .command('delete')
+  .argument('<snapshot-id>')
+  .description('delete a snapshot (sandboxes started from it keep running)')
+  .action(async (id: string) => {
+    if (!(await Snapshot.delete(id))) throw new SandboxError(`snapshot ${id} not found`, { code: 'snapshot_not_found' });
+  });
+
+program
+  .command('gc')
+  .option('--dry-run', 'only show what would be freed and what holds the rest')
+  .option('--json', 'print JSON')
+  .description('free snapshot storage that nothing references any more (also runs on its own after deletes)')
+  .action(async (o: { dryRun?: boolean; json?: boolean }) => {
+    type Report = {
+      freed: Array<{ layerId: string; kind: string; bytes: number }>;
+      freedBytes: number;
+      orphanFiles: string[];
+      retained: Array<{ layerId: string; kind: string; bytes: number; heldBy: string[] }>;
+      retainedBytes: number;
+    };
+    const r = (await apiCall(o.dryRun ? 'GET' : 'POST', '/v1/gc')) as Report;
+    if (o.json) return printJson(r);
+    const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
+    process.stdout.write(`${o.dryRun ? 'would free' : 'freed'} ${r.freed.length} layer(s), ${mib(r.freedBytes)}${r.orphanFiles.length ? ` and ${r.orphanFiles.length} orphan file(s)` : ''}\n`);
+    for (const l of r.freed) process.stdout.write(`  ${l.layerId}  ${l.kind.padEnd(5)}  ${mib(l.bytes)}\n`);
+    process.stdout.write(`retained ${r.retained.length} layer(s), ${mib(r.retainedBytes)}\n`);
+    for (const l of r.retained) process.stdout.write(`  ${l.layerId}  ${l.kind.padEnd(5)}  ${mib(l.bytes)}  held by ${l.heldBy.join(', ')}\n`);
   });
 
 const files = program.command('files').description('read and write files in a sandbox');

@@ -61,6 +61,8 @@ export async function captureSnapshot(
     beforeSwitch?: () => void;
     /** Called when the switch failed, to undo `beforeSwitch`. */
     switchFailed?: () => void;
+    /** Called right after the VM stopped (fault injection in tests). */
+    onPaused?: () => Promise<void>;
   },
 ): Promise<CaptureResult> {
   const t0 = Date.now();
@@ -83,7 +85,11 @@ export async function captureSnapshot(
     pauseStart = Date.now();
     await step(vm, 'pausing the VM', () => vm.qmp.execute('stop'));
     stopped = true;
-    await step(vm, 'saving device state', () => vm.saveState(to.state));
+    await opts.onPaused?.();
+    await step(vm, 'saving device state', async () => {
+      await vm.saveState(to.state);
+      fs.chmodSync(to.state, 0o444);
+    });
     await step(vm, 'copying guest RAM', async () => {
       fs.copyFileSync(vm.spec.ramFile, to.mem, fs.constants.COPYFILE_FICLONE);
       fs.chmodSync(to.mem, 0o444);

@@ -155,6 +155,7 @@ export class Vm extends EventEmitter {
       out.once('close', resolve);
       out.once('error', reject);
     });
+    outDone.catch(() => {}); // awaited below on success; a failure is reported through the QMP steps
     const server = net.createServer((conn) => conn.pipe(out));
     try {
       await new Promise<void>((resolve, reject) => {

@@ -49,6 +49,26 @@ export class Admission {
   }
 }
 
+/** Free space of the file system holding `dir`, in MiB. */
+export function freeDiskMiB(dir: string): number {
+  const st = fs.statfsSync(dir);
+  return Math.floor((st.bavail * st.bsize) / 1024 / 1024);
+}
+
+/**
+ * Guest RAM lives in files on the data disk: a guest writing to memory on a full disk would fault,
+ * so new sandboxes and snapshots keep a reserve free.
+ */
+export function checkFreeDisk(dir: string, minMiB: number, what: string): void {
+  if (minMiB <= 0) return;
+  const free = freeDiskMiB(dir);
+  if (free < minMiB) {
+    throw new NsError('no_space', `${what}: the data disk has ${free} MiB free, below the reserve of ${minMiB} MiB`, {
+      details: { freeMiB: free, reserveMiB: minMiB },
+    });
+  }
+}
+
 export function hostAvailableMiB(): number {
   try {
     const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));

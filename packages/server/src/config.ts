@@ -35,6 +35,8 @@ export interface Config {
     minHostAvailableMiB: number;
     maxTimeoutMs: number;
     maxUploadBytes: number;
+    /** Refuse new sandboxes and snapshots (507) when the data disk has less free space than this. */
+    minFreeDiskMiB: number;
   };
   defaultTimeoutMs: number;
   /** How often expired sandboxes are looked for. */
@@ -42,6 +44,8 @@ export interface Config {
   /** Killed/failed sandbox records are kept this long for inspection. */
   endedRetentionMs: number;
   logLevel: string;
+  /** Test-only fault injection (NULLSPACE_FAULT_INJECTION), e.g. "kill-vm-during-snapshot". */
+  faultInjection: string | undefined;
 }
 
 export const DEFAULT_PORT = 7070;
@@ -110,10 +114,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
       minHostAvailableMiB: int(env, 'NULLSPACE_MIN_HOST_AVAILABLE_MIB', Math.min(2048, Math.floor(totalMiB / 10)), 0),
       maxTimeoutMs: int(env, 'NULLSPACE_MAX_TIMEOUT_MS', 24 * 3600_000, 1000),
       maxUploadBytes: int(env, 'NULLSPACE_MAX_UPLOAD_BYTES', 4 * 1024 ** 3, 1),
+      minFreeDiskMiB: int(env, 'NULLSPACE_MIN_FREE_DISK_MIB', 1024, 0),
     },
     defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000),
     reaperIntervalMs: int(env, 'NULLSPACE_REAPER_INTERVAL_MS', 1000, 50),
     endedRetentionMs: int(env, 'NULLSPACE_ENDED_RETENTION_MS', 24 * 3600_000, 0),
     logLevel: env.NULLSPACE_LOG_LEVEL || 'info',
+    faultInjection: env.NULLSPACE_FAULT_INJECTION || undefined,
   };
 }

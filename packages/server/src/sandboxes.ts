@@ -19,7 +19,7 @@ import {
   type RestoreRequirements,
   type VmSpec,
 } from '@nullspace/runtime';
-import { Admission } from './admission.js';
+import { Admission, checkFreeDisk } from './admission.js';
 import type { Config } from './config.js';
 import { notFound } from './errors.js';
 import type { HostContext } from './hostctx.js';
@@ -290,6 +290,7 @@ export class SandboxManager {
     // the garbage collector waits while the source's layers are being cloned
     return this.layersLock.read(async () => {
       const src = this.restoreSource(req);
+      checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, 'creating a sandbox');
       const reservation = this.admission.reserve(src.vm.memoryMiB);
       const id = newId('sbx');
       const now = Date.now();
@@ -414,6 +415,7 @@ export class SandboxManager {
         const live = this.live.get(id);
         if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
         const vm = live.vm;
+        checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, 'creating a snapshot');
         const snapId = newId('snap');
         const staging = path.join(this.layersDir, '.staging', snapId);
         fs.mkdirSync(staging, { mode: 0o700 });
@@ -436,6 +438,13 @@ export class SandboxManager {
               beforeSwitch: () =>
                 this.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() }),
               switchFailed: () => this.snapshots.deleteLayer(ids.disk),
+              onPaused: async () => {
+                if (this.config.faultInjection === 'kill-vm-during-snapshot') {
+                  // as if it were killed from outside
+                  process.kill(vm.pid, 'SIGKILL');
+                  await vm.exited;
+                }
+              },
             },
           );
           switchRecorded();

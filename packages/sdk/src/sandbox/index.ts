@@ -1,4 +1,5 @@
 import { ApiClient, ConnectionConfig, type ConnectionOpts } from '../connection.js';
+import { Snapshot } from '../snapshot.js';
 import { Commands } from './commands.js';
 import { Filesystem } from './filesystem.js';
 
@@ -26,6 +27,8 @@ export interface SandboxInfo {
 export interface SandboxOpts extends ConnectionOpts {
   /** Template name; default "base". */
   template?: string;
+  /** Start from this reusable snapshot (memory and disk) instead of a template. */
+  snapshotId?: string;
   metadata?: Record<string, string>;
   /** Default environment of every command. */
   envs?: Record<string, string>;
@@ -126,7 +129,8 @@ export class Sandbox {
     const info = await api.json<RawInfo>('/v1/sandboxes', {
       method: 'POST',
       json: {
-        template: opts.template,
+        template: opts.snapshotId === undefined ? opts.template : undefined,
+        snapshotId: opts.snapshotId,
         metadata: opts.metadata,
         envs: opts.envs,
         timeoutMs: opts.timeoutMs,
@@ -175,6 +179,15 @@ export class Sandbox {
   /** The sandbox is killed `timeoutMs` from now unless this is called again. */
   async setTimeout(timeoutMs: number): Promise<void> {
     await this.api.json(`/v1/sandboxes/${this.sandboxId}/timeout`, { method: 'POST', json: { timeoutMs } });
+  }
+
+  /**
+   * Captures the sandbox's memory and disk at one instant (it is paused only briefly and keeps
+   * running). Start new sandboxes from it with `Sandbox.create({ snapshotId: snapshot.id })`.
+   */
+  async createSnapshot(opts: { metadata?: Record<string, string> } = {}): Promise<Snapshot> {
+    const raw = await this.api.json(`/v1/sandboxes/${this.sandboxId}/snapshots`, { method: 'POST', json: { metadata: opts.metadata } });
+    return Snapshot.fromRaw(raw, this.api);
   }
 
   /** Kills the sandbox (idempotent). */

@@ -1,0 +1,301 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { ConflictError, InvalidArgumentError, Sandbox, SandboxNotFoundError, Snapshot, SnapshotNotFoundError } from 'nullspace';
+import { api, conn, killAll, sandbox } from './helpers.js';
+import { cleanupDataDir, ownServer, qemuPid, tempDataDir, waitFor } from './servers.js';
+
+const layersDir = () => path.join(inject('dataDir'), 'layers');
+
+describe('reusable snapshots: the product page, in TypeScript', () => {
+  it('creates a snapshot, spawns independent children, manages it', async () => {
+    const sbx = await sandbox({ template: 'base' });
+    await sbx.files.write('/workspace/state.txt', 'baseline\n');
+    const snapshot = await sbx.createSnapshot();
+    expect(snapshot.id).toMatch(/^snap_[0-9a-z]{16}$/);
+    expect(snapshot).toMatchObject({ sandboxId: sbx.sandboxId, kind: 'reusable', metadata: {} });
+    expect(Math.abs(snapshot.createdAt.getTime() - Date.now())).toBeLessThan(60_000);
+    expect(await sbx.files.read('/workspace/state.txt')).toBe('baseline\n');
+
+    const first = await sandbox({ snapshotId: snapshot.id });
+    const second = await sandbox({ snapshotId: snapshot.id });
+    expect(new Set([sbx.sandboxId, first.sandboxId, second.sandboxId]).size).toBe(3);
+    await first.files.write('/workspace/state.txt', 'first child\n');
+    await second.files.write('/workspace/state.txt', 'second child\n');
+    expect(await first.files.read('/workspace/state.txt')).toBe('first child\n');
+    expect(await second.files.read('/workspace/state.txt')).toBe('second child\n');
+    expect(await sbx.files.read('/workspace/state.txt')).toBe('baseline\n');
+    expect((await first.getInfo()).snapshotId).toBe(snapshot.id);
+
+    const got = await Snapshot.get(snapshot.id, conn());
+    expect(got).toMatchObject({ id: snapshot.id, sandboxId: sbx.sandboxId });
+    const listed: string[] = [];
+    for await (const item of Snapshot.list({ ...conn(), sandboxId: sbx.sandboxId })) listed.push(item.id);
+    expect(listed).toEqual([snapshot.id]);
+    expect(await Snapshot.delete(snapshot.id, conn())).toBe(true);
+    await expect(Snapshot.get(snapshot.id, conn())).rejects.toBeInstanceOf(SnapshotNotFoundError);
+    expect(await Snapshot.delete(snapshot.id, conn())).toBe(false);
+    await expect(Sandbox.create({ ...conn(), snapshotId: snapshot.id })).rejects.toBeInstanceOf(SnapshotNotFoundError);
+    // children of a deleted snapshot are undisturbed
+    expect(await first.files.read('/workspace/state.txt')).toBe('first child\n');
+    expect((await second.commands.run('echo ok')).stdout).toBe('ok\n');
+  });
+});
+
+describe('what a snapshot captures', () => {
+  let source: Sandbox;
+  let child: Sandbox | undefined;
+  afterAll(() => killAll(source, child));
+
+  it('memory and disk at one instant: running processes continue, unsynced writes are kept, later writes are not', async () => {
+    source = await Sandbox.create({ ...conn(), metadata: { suite: 'nullspace-tests' } });
+    await source.files.write(
+      '/workspace/counter.py',
+      [
+        'import signal, time',
+        'n = 0',
+        'def dump(*_):',
+        '    open("/workspace/dump", "w").write(str(n))',
+        'signal.signal(signal.SIGUSR1, dump)',
+        'while True:',
+        '    n += 1',
+        '    open("/workspace/counter", "w").write(str(n))',
+        '    time.sleep(0.05)',
+        '',
+      ].join('\n'),
+    );
+    const proc = await source.commands.run('python3 /workspace/counter.py', { background: true, timeoutMs: 0 });
+    await waitFor('counter', async () => ((await source.commands.run('cat /workspace/counter 2>/dev/null || true')).stdout.trim() ? true : undefined));
+    const before = Number((await source.commands.run('cat /workspace/counter')).stdout);
+    // written just before the snapshot and never synced
+    await source.commands.run('echo "$(date +%s%N)" > /workspace/last-moment');
+    const snap = await source.createSnapshot({ metadata: { purpose: 'instant' } });
+    await source.files.write('/workspace/after.txt', 'written after the snapshot');
+
+    child = await Sandbox.create({ ...conn(), snapshotId: snap.id, metadata: { suite: 'nullspace-tests' } });
+    const procs = await child.commands.list();
+    expect(procs.find((p) => p.pid === proc.pid)).toMatchObject({ running: true });
+    const r = await child.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump; echo; cat /workspace/last-moment; ls /workspace`);
+    const [dumped, lastMoment, ...files] = r.stdout.trim().split('\n');
+    // the process kept its memory: its counter continues from the snapshot, not from zero
+    expect(Number(dumped)).toBeGreaterThanOrEqual(before);
+    expect(lastMoment).toMatch(/^\d+$/);
+    expect(files).not.toContain('after.txt');
+    // source and child diverge from the instant of the snapshot
+    const srcNow = Number((await source.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump`)).stdout);
+    const childNow = Number((await child.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump`)).stdout);
+    expect(srcNow).toBeGreaterThan(before);
+    expect(childNow).toBeGreaterThanOrEqual(before);
+    expect(await source.files.read('/workspace/after.txt')).toBe('written after the snapshot');
+    await Snapshot.delete(snap.id, conn());
+  });
+
+  it('keeps the source running through the snapshot (its processes, files, network)', async () => {
+    const s = await sandbox();
+    const bg = await s.commands.run('for i in $(seq 1 30); do echo $i >> /workspace/ticks; sleep 0.1; done', { background: true });
+    await new Promise((r) => setTimeout(r, 500));
+    const snap = await s.createSnapshot();
+    expect(snap.pauseMs).toBeGreaterThanOrEqual(0);
+    const done = await bg.wait();
+    expect(done.exitCode).toBe(0);
+    expect((await s.commands.run('wc -l < /workspace/ticks')).stdout.trim()).toBe('30');
+    expect((await s.commands.run("curl -s -m 10 -o /dev/null -w '%{http_code}' http://deb.debian.org/debian/ || true")).stdout).toMatch(/^[23]\d\d$/);
+    expect((await s.getInfo()).state).toBe('running');
+    await Snapshot.delete(snap.id, conn());
+  });
+});
+
+describe('snapshot storage, lifetime and garbage collection', () => {
+  it('outlives its source; children and their own snapshots survive the deletion of their parent snapshot; GC frees what nothing holds', async () => {
+    const src = await sandbox();
+    await src.files.write('/workspace/gen', 'one');
+    const snap1 = await src.createSnapshot({ metadata: { gen: '1' } });
+    await src.kill();
+    const child = await sandbox({ snapshotId: snap1.id });
+    expect(await child.files.read('/workspace/gen')).toBe('one');
+    await child.files.write('/workspace/gen', 'two');
+    const snap2 = await child.createSnapshot({ metadata: { gen: '2' } });
+
+    // delete the parent snapshot while its child runs: the child and the child's snapshot live on
+    await Snapshot.delete(snap1.id, conn());
+    const report = (await (await api('GET', '/v1/gc')).json()) as { retained: Array<{ layerId: string; heldBy: string[] }>; freed: unknown[] };
+    const heldByChild = report.retained.filter((l) => l.heldBy.some((h) => h.includes(child.sandboxId)));
+    expect(heldByChild.length).toBeGreaterThan(0);
+    expect((await child.commands.run('cat /workspace/gen')).stdout).toBe('two');
+    const grandchild = await sandbox({ snapshotId: snap2.id });
+    expect(await grandchild.files.read('/workspace/gen')).toBe('two');
+
+    // once nothing holds them, the layers and their files go
+    const before = new Set(fs.readdirSync(layersDir()));
+    await Snapshot.delete(snap2.id, conn());
+    await child.kill();
+    await grandchild.kill();
+    const run = (await (await api('POST', '/v1/gc')).json()) as { freed: Array<{ layerId: string }>; retained: Array<{ heldBy: string[] }> };
+    const after = new Set(fs.readdirSync(layersDir()));
+    const gone = [...before].filter((f) => !after.has(f));
+    // the two snapshots' RAM and state layers and their disk layers are gone (by this run or by the automatic one)
+    expect(gone.length + run.freed.length).toBeGreaterThanOrEqual(2);
+    for (const l of run.retained) {
+      expect(l.heldBy.some((h) => h.includes(snap1.id) || h.includes(snap2.id) || h.includes(child.sandboxId))).toBe(false);
+    }
+  });
+
+  it('takes two snapshots of one sandbox requested at once: both complete and restore', async () => {
+    const s = await sandbox();
+    await s.files.write('/workspace/x', 'x');
+    const [a, b] = await Promise.all([s.createSnapshot(), s.createSnapshot()]);
+    expect(a.id).not.toBe(b.id);
+    const ca = await sandbox({ snapshotId: a.id });
+    const cb = await sandbox({ snapshotId: b.id });
+    expect(await ca.files.read('/workspace/x')).toBe('x');
+    expect(await cb.files.read('/workspace/x')).toBe('x');
+    await Snapshot.delete(a.id, conn());
+    await Snapshot.delete(b.id, conn());
+  });
+
+  it('lists with filters and pages', async () => {
+    const s = await sandbox();
+    const snaps = [];
+    for (const color of ['red', 'blue', 'red']) snaps.push(await s.createSnapshot({ metadata: { color } }));
+    try {
+      const red: string[] = [];
+      for await (const x of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, metadata: { color: 'red' } })) red.push(x.id);
+      expect(red).toEqual([snaps[0]!.id, snaps[2]!.id]);
+      const pager = Snapshot.list({ ...conn(), sandboxId: s.sandboxId, limit: 2 });
+      const page1 = await pager.nextItems();
+      expect(page1).toHaveLength(2);
+      expect(pager.hasNext).toBe(true);
+      const page2 = await pager.nextItems();
+      expect(page2.map((x) => x.id)).toEqual([snaps[2]!.id]);
+      expect(pager.hasNext).toBe(false);
+      const none: string[] = [];
+      for await (const x of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, kind: 'hibernate' })) none.push(x.id);
+      expect(none).toEqual([]);
+    } finally {
+      for (const x of snaps) await Snapshot.delete(x.id, conn());
+    }
+  });
+});
+
+describe('snapshot errors', () => {
+  it('refuses bad requests with clear codes', async () => {
+    await expect(api('POST', '/v1/sandboxes/sbx_0000000000000000/snapshots', {}).then((r) => r.status)).resolves.toBe(404);
+    const s = await sandbox();
+    const bad = await api('POST', `/v1/sandboxes/${s.sandboxId}/snapshots`, { metadata: { nested: { a: 1 } } });
+    expect(bad.status).toBe(400);
+    const big = await api('POST', `/v1/sandboxes/${s.sandboxId}/snapshots`, { metadata: Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`k${i}`, 'v'])) });
+    expect(big.status).toBe(400);
+    await expect(s.createSnapshot({ metadata: { ok: 'x'.repeat(2000) } })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(Snapshot.get('snap_0000000000000000', conn())).rejects.toBeInstanceOf(SnapshotNotFoundError);
+    await expect(Snapshot.get('../../etc/passwd', conn())).rejects.toBeInstanceOf(SnapshotNotFoundError);
+    await expect(Sandbox.create({ ...conn(), snapshotId: 'snap_0000000000000000' })).rejects.toBeInstanceOf(SnapshotNotFoundError);
+    const both = await api('POST', '/v1/sandboxes', { template: 'base', snapshotId: 'snap_0000000000000000' });
+    expect(both.status).toBe(400);
+    await s.kill();
+    await expect(s.createSnapshot()).rejects.toBeInstanceOf(ConflictError);
+    await expect(s.createSnapshot()).rejects.toMatchObject({ code: 'sandbox_not_running' });
+    await expect(Sandbox.connect('sbx_0000000000000000', conn())).rejects.toBeInstanceOf(SandboxNotFoundError);
+  });
+
+  it('a QEMU killed in the middle of a snapshot: the error is reported, nothing is listed, no artifact remains', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const server = await ownServer(dataDir, { NULLSPACE_FAULT_INJECTION: 'kill-vm-during-snapshot' });
+    const c = { apiUrl: server.url, apiKey: server.key };
+    const s = await Sandbox.create(c);
+    const err = await s.createSnapshot().catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'vm_exited' });
+    const listed: string[] = [];
+    for await (const x of Snapshot.list({ ...c, sandboxId: s.sandboxId })) listed.push(x.id);
+    expect(listed).toEqual([]);
+    const info = await waitFor('failed', async () => {
+      const i = await s.getInfo();
+      return i.state === 'failed' ? i : undefined;
+    });
+    expect(info.errorCode).toBe('vm_exited');
+    await fetch(`${server.url}/v1/gc`, { method: 'POST', headers: { authorization: `Bearer ${server.key}` } });
+    const layers = fs.readdirSync(path.join(dataDir, 'layers'));
+    expect(layers).toEqual(['.staging']);
+    expect(fs.readdirSync(path.join(dataDir, 'layers', '.staging'))).toEqual([]);
+    expect(qemuPid(s.sandboxId)).toBeUndefined();
+  });
+
+  it('a full data disk during a snapshot: a clear error, the source keeps running, nothing half-written remains', async () => {
+    const dataDir = tempDataDir();
+    const image = `${dataDir}.img`;
+    cleanupDataDir(dataDir);
+    fs.mkdirSync(dataDir, { recursive: true });
+    execFileSync('truncate', ['-s', '1G', image]);
+    execFileSync('mkfs.xfs', ['-q', '-m', 'reflink=1', image]);
+    execFileSync('mount', ['-o', 'loop', image, dataDir]);
+    const filler = path.join(dataDir, 'filler');
+    try {
+      const server = await ownServer(dataDir, { NULLSPACE_MIN_FREE_DISK_MIB: '0' });
+      const c = { apiUrl: server.url, apiKey: server.key };
+      const s = await Sandbox.create(c);
+      try {
+        // the guest's RAM file fully allocated, so that the guest itself never needs a new block
+        const mem = path.join(dataDir, 'sandboxes', s.sandboxId, 'mem');
+        execFileSync('fallocate', ['-l', String(fs.statSync(mem).size), mem]);
+        const free = () => {
+          const st = fs.statfsSync(dataDir);
+          return st.bavail * st.bsize;
+        };
+        execFileSync('fallocate', ['-l', String(free() - 256 * 1024), filler]);
+        const err = await s.createSnapshot().catch((e: unknown) => e);
+        expect(err).toMatchObject({ code: 'no_space', status: 507 });
+        const listed: string[] = [];
+        for await (const x of Snapshot.list({ ...c, sandboxId: s.sandboxId })) listed.push(x.id);
+        expect(listed).toEqual([]);
+        expect(fs.readdirSync(path.join(dataDir, 'layers')).filter((f) => f !== '.staging')).toEqual([]);
+        expect(fs.readdirSync(path.join(dataDir, 'layers', '.staging'))).toEqual([]);
+        fs.rmSync(filler);
+        expect((await s.getInfo()).state).toBe('running');
+        expect((await s.commands.run('echo still running')).stdout).toBe('still running\n');
+        const snap = await s.createSnapshot();
+        const child = await Sandbox.create({ ...c, snapshotId: snap.id });
+        expect((await child.commands.run('echo child')).stdout).toBe('child\n');
+        await child.kill();
+      } finally {
+        await s.kill();
+        await server.close();
+      }
+    } finally {
+      fs.rmSync(filler, { force: true });
+      execFileSync('umount', ['-l', dataDir]);
+      fs.rmSync(image, { force: true });
+    }
+  });
+});
+
+describe('compatibility', () => {
+  it('records what a restore needs, and refuses a host that differs (another CPU model), naming the field', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const first = await ownServer(dataDir);
+    const c1 = { apiUrl: first.url, apiKey: first.key };
+    const s = await Sandbox.create(c1);
+    const snap = await s.createSnapshot();
+    const ok = await Snapshot.compatibility(snap.id, c1);
+    expect(ok).toMatchObject({ compatible: true, mismatches: [] });
+    expect(ok.requirements).toMatchObject({ accel: first.host.profile.accel, cpuModel: first.host.profile.cpuModel, memoryMiB: 512, vcpus: 1 });
+    await s.kill();
+    await first.close();
+
+    const other = first.host.profile.cpuModel === 'qemu64' ? 'max' : 'qemu64';
+    const second = await ownServer(dataDir, { NULLSPACE_CPU_MODEL: other });
+    const c2 = { apiUrl: second.url, apiKey: second.key };
+    const no = await Snapshot.compatibility(snap.id, c2);
+    expect(no.compatible).toBe(false);
+    expect(no.mismatches).toContainEqual({ field: 'cpuModel', snapshot: first.host.profile.cpuModel, host: other });
+    const err = await Sandbox.create({ ...c2, snapshotId: snap.id }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConflictError);
+    expect(err).toMatchObject({ code: 'snapshot_incompatible' });
+    expect((err as Error).message).toContain('cpuModel');
+    // refused before anything started
+    const all: string[] = [];
+    for await (const x of Sandbox.list({ ...c2, query: { state: ['creating', 'running', 'failed'] } })) all.push(x.sandboxId);
+    expect(all).toEqual([]);
+  });
+});
