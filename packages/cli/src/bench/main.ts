@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadConfig, startServer } from '@nullspace/server';
 import { findTemplate } from '@nullspace/runtime';
-import { Sandbox } from 'nullspace';
+import { execFileSync } from 'node:child_process';
+import { Sandbox, Snapshot } from 'nullspace';
 import { formatTable, median, type Row } from './stats.js';
 
 const quick = process.argv.includes('--quick');
@@ -18,6 +19,13 @@ const N = quick ? 3 : 10;
 function pss(pid: number): number {
   const m = /Pss:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
   return m?.[1] ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Bytes in use on the file system holding `dir` (after a sync, so that writeback is counted). */
+function usedBytes(dir: string): number {
+  execFileSync('sync');
+  const st = fs.statfsSync(dir);
+  return (st.blocks - st.bfree) * st.bsize;
 }
 
 function qemuPid(id: string): number | undefined {
@@ -84,6 +92,36 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, quick ? 2000 : 5000));
     const idlePss = [pss(qemuPid(idle.sandboxId)!)];
 
+    // snapshots: pause window and wall time, restore time, bytes stored
+    const snapSrc = await Sandbox.create({ ...c, template: 'base' });
+    created.push(snapSrc);
+    // make the guest dirty some memory and disk first (64 MiB in a live process, 16 MiB of files)
+    await snapSrc.commands.run(
+      "python3 -c 'import os,time; b=bytearray(os.urandom(64<<20)); open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'",
+      { background: true, timeoutMs: 0 },
+    );
+    await snapSrc.commands.run('while [ ! -e /tmp/ready ]; do sleep 0.2; done; head -c 16M /dev/urandom > /workspace/blob', { timeoutMs: 120_000 });
+    const pauses: number[] = [];
+    const snapWall: number[] = [];
+    const storedDelta: number[] = [];
+    const snaps: Snapshot[] = [];
+    for (let i = 0; i < N; i++) {
+      const before = usedBytes(dataDir);
+      const [ms, snap] = await time(() => snapSrc.createSnapshot());
+      storedDelta.push((usedBytes(dataDir) - before) / 1048576);
+      snapWall.push(ms);
+      pauses.push(snap.pauseMs ?? NaN);
+      snaps.push(snap);
+    }
+    const restoreMs: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const [ms, child] = await time(() => Sandbox.create({ ...c, snapshotId: snaps[0]!.id }));
+      restoreMs.push(ms);
+      await child.kill();
+    }
+    const layerMiB = snaps.map((x) => x.sizeBytes / 1048576);
+    for (const x of snaps) await x.delete();
+
     const rows: Row[] = [
       { name: 'create from template -> agent answering', unit: 'ms', samples: createMs, ref: { value: template.bootMs, label: 'cold boot of the template' }, target: '<= 500 ms' },
       { name: 'first command in a fresh sandbox', unit: 'ms', samples: [firstCmd] },
@@ -91,6 +129,11 @@ async function main(): Promise<void> {
       { name: "python3 -c 'print(6*7)'", unit: 'ms', samples: python },
       { name: '1 MiB file write + read', unit: 'ms', samples: fileRtt },
       { name: 'idle sandbox memory (QEMU PSS)', unit: 'MiB', samples: idlePss, ref: { value: template.memoryMiB, label: 'nominal guest RAM' }, target: '<= 100 MiB' },
+      { name: 'snapshot: source pause window', unit: 'ms', samples: pauses, target: '<= 50 ms, flat in RAM size' },
+      { name: 'snapshot: wall time (API call)', unit: 'ms', samples: snapWall },
+      { name: 'create from snapshot -> agent answering', unit: 'ms', samples: restoreMs, ref: { value: median(createMs), label: 'create from template' }, target: '<= 500 ms' },
+      { name: 'snapshot: new disk space used (reflinked)', unit: 'MiB', samples: storedDelta, ref: { value: 80, label: 'guest dirtied 64 MiB RAM + 16 MiB disk' } },
+      { name: 'snapshot: layer blocks (shared counted)', unit: 'MiB', samples: layerMiB, ref: { value: template.memoryMiB, label: 'nominal guest RAM' } },
     ];
     process.stdout.write('\n' + formatTable(rows) + '\n');
     process.stdout.write(`\ncreate median ${median(createMs).toFixed(0)} ms vs cold boot ${template.bootMs} ms: ${(template.bootMs / median(createMs)).toFixed(1)}x faster\n`);
