@@ -10,6 +10,9 @@ Standard library only. Example::
     print(sandbox.commands.run("python3 -c 'print(6*7)'").stdout)
     sandbox.kill()
 
+Reusable snapshots: ``snapshot = sandbox.create_snapshot()``, then
+``Sandbox.create(snapshot_id=snapshot.id)`` as many times as needed; see :class:`Snapshot`.
+
 Configuration: ``NULLSPACE_API_URL`` (default ``http://127.0.0.1:7070``), ``NULLSPACE_API_KEY``
 (default: the local server's key in ``$NULLSPACE_DATA_DIR/api-key``), or the ``api_url`` and
 ``api_key`` arguments of :meth:`Sandbox.create` and friends.
@@ -38,8 +41,19 @@ from .errors import (
     error_from_response,
 )
 from .filesystem import FileStream, Filesystem
-from .models import CommandResult, EntryInfo, ProcessInfo, SandboxInfo, WriteEntry, WriteInfo
+from .models import (
+    CommandResult,
+    Compatibility,
+    CompatibilityMismatch,
+    EntryInfo,
+    ProcessInfo,
+    SandboxInfo,
+    WriteEntry,
+    WriteInfo,
+)
+from .pagination import Paginator
 from .sandbox import Sandbox, SandboxPaginator
+from .snapshot import Snapshot, SnapshotPaginator
 
 __version__ = "0.1.0"
 
@@ -47,6 +61,11 @@ __all__ = [
     "Sandbox",
     "SandboxPaginator",
     "SandboxInfo",
+    "Snapshot",
+    "SnapshotPaginator",
+    "Compatibility",
+    "CompatibilityMismatch",
+    "Paginator",
     "Filesystem",
     "FileStream",
     "EntryInfo",

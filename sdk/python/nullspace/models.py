@@ -18,10 +18,14 @@ __all__ = [
     "WriteEntry",
     "CommandResult",
     "ProcessInfo",
+    "SnapshotKind",
+    "CompatibilityMismatch",
+    "Compatibility",
 ]
 
 SandboxState = Literal["creating", "running", "hibernating", "paused", "resuming", "killing", "killed", "failed"]
 EntryType = Literal["file", "dir", "symlink", "other"]
+SnapshotKind = Literal["reusable", "hibernate", "fork"]
 
 FileData = Union[str, bytes, bytearray, memoryview, Any]
 """What :meth:`Filesystem.write` accepts: text (written as UTF-8), bytes, a binary (or text)
@@ -174,4 +178,38 @@ class ProcessInfo:
             exit_code=r.get("exitCode"),
             signal=r.get("signal"),
             timed_out=bool(r.get("timedOut", False)),
+        )
+
+
+@dataclass(frozen=True)
+class CompatibilityMismatch:
+    """A requirement of a snapshot that this server's host does not meet."""
+
+    field: str
+    """The requirement, e.g. ``"cpuModel"`` or ``"kernelRelease"``."""
+    snapshot: Union[str, int, float]
+    """Its value in the snapshot."""
+    host: Union[str, int, float]
+    """Its value on this host."""
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """Whether this server's host can restore a snapshot (:meth:`Snapshot.compatibility`)."""
+
+    snapshot_id: str
+    compatible: bool
+    mismatches: list[CompatibilityMismatch]
+    """The snapshot's requirements that this host does not meet (empty when compatible)."""
+    requirements: dict[str, Union[str, int, float]]
+    """Everything the snapshot requires of a host (CPU model, kernel, QEMU version...)."""
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> "Compatibility":
+        """From the API's ``Compatibility`` object."""
+        return cls(
+            snapshot_id=r["snapshotId"],
+            compatible=r["compatible"],
+            mismatches=[CompatibilityMismatch(field=m["field"], snapshot=m["snapshot"], host=m["host"]) for m in r.get("mismatches") or []],
+            requirements=dict(r.get("requirements") or {}),
         )

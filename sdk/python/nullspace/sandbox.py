@@ -2,85 +2,24 @@
 
 from __future__ import annotations
 
-import functools
-import types
-import urllib.parse
-from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, TypeVar, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
+from ._util import client as _client
+from ._util import dualmethod as _dualmethod
+from ._util import quote as _quote
 from .commands import Commands
-from .connection import ApiClient, ConnectionConfig
+from .connection import ApiClient
 from .errors import SandboxError
 from .filesystem import Filesystem
 from .models import SandboxInfo
+from .pagination import Paginator
+from .snapshot import Snapshot
 
 __all__ = ["Sandbox", "SandboxPaginator"]
 
-T = TypeVar("T")
 
-
-class _dualmethod:
-    """A method that works on the class (``Sandbox.kill(sandbox_id)``) and on an instance
-    (``sandbox.kill()``), with a separate function for each."""
-
-    def __init__(self, class_func: Callable[..., Any]) -> None:
-        self._class_func = class_func
-        self._instance_func: Optional[Callable[..., Any]] = None
-        functools.update_wrapper(self, class_func)  # type: ignore[arg-type]
-
-    def instance(self, func: Callable[..., Any]) -> "_dualmethod":
-        """Sets the function used when the method is called on an instance."""
-        self._instance_func = func
-        return self
-
-    def __get__(self, obj: Any, objtype: Optional[type] = None) -> Callable[..., Any]:
-        if obj is None:
-            return types.MethodType(self._class_func, objtype)
-        assert self._instance_func is not None
-        return types.MethodType(self._instance_func, obj)
-
-
-def _quote(sandbox_id: str) -> str:
-    return urllib.parse.quote(sandbox_id, safe="")
-
-
-def _client(api_key: Optional[str], api_url: Optional[str], request_timeout: Optional[float]) -> ApiClient:
-    return ApiClient(ConnectionConfig(api_url=api_url, api_key=api_key, request_timeout=request_timeout))
-
-
-class SandboxPaginator(Generic[T]):
-    """Pages of a list.
-
-    Iterate it for every item (pages are fetched lazily, one after the other), or call
-    :meth:`next_items` page by page while :attr:`has_next`.
-    """
-
-    def __init__(self, fetch: Callable[[Optional[str]], tuple[list[T], Optional[str]]], next_token: Optional[str] = None) -> None:
-        self._fetch = fetch
-        self._token = next_token
-        self._started = False
-
-    @property
-    def has_next(self) -> bool:
-        """Whether another page may be fetched (always ``True`` before the first page)."""
-        return not self._started or self._token is not None
-
-    @property
-    def next_token(self) -> Optional[str]:
-        """Token of the next page (``None`` before the first page and after the last)."""
-        return self._token
-
-    def next_items(self) -> list[T]:
-        """Fetches the next page; ``[]`` when there is none."""
-        if not self.has_next:
-            return []
-        items, token = self._fetch(self._token)
-        self._started = True
-        self._token = token or None
-        return items
-
-    def __iter__(self) -> Iterator[T]:
-        while self.has_next:
-            yield from self.next_items()
+SandboxPaginator = Paginator
+"""The former name of :class:`~nullspace.pagination.Paginator` (what :meth:`Sandbox.list` returns)."""
 
 
 class Sandbox:
@@ -128,8 +67,9 @@ class Sandbox:
     @classmethod
     def create(
         cls,
-        template: str = "base",
+        template: Optional[str] = None,
         *,
+        snapshot_id: Optional[str] = None,
         metadata: Optional[Mapping[str, str]] = None,
         envs: Optional[Mapping[str, str]] = None,
         timeout_ms: Optional[int] = None,
@@ -138,10 +78,14 @@ class Sandbox:
         api_url: Optional[str] = None,
         request_timeout: Optional[float] = None,
     ) -> "Sandbox":
-        """Starts a sandbox from a template: a copy-on-write restore of its snapshot.
+        """Starts a sandbox from a template, or from a reusable snapshot: a copy-on-write restore
+        of its memory and disk.
 
         Args:
-            template: Template name (default ``"base"``).
+            template: Template name (default ``"base"``). Not with ``snapshot_id``.
+            snapshot_id: Start from this reusable snapshot (see :meth:`create_snapshot`) instead of
+                a template: the new sandbox resumes with the memory and files the source had at
+                the snapshot's instant. Its template is the snapshot's.
             metadata: Flat string map, usable as a filter in :meth:`list`.
             envs: Default environment of every command.
             timeout_ms: The sandbox is killed after this long unless :meth:`set_timeout` is
@@ -149,11 +93,18 @@ class Sandbox:
             allow_internet_access: ``False`` cuts all outbound network traffic (default ``True``).
 
         Raises:
+            ValueError: both ``template`` and ``snapshot_id`` were given.
             TemplateNotFoundError: no such template.
+            SnapshotNotFoundError: no such snapshot.
+            ConflictError: code ``snapshot_incompatible`` when this host cannot restore the
+                snapshot (see :meth:`Snapshot.compatibility`).
+            InvalidArgumentError: the snapshot is not a reusable one (a hibernation snapshot).
             RateLimitError, ServiceUnavailableError: the server cannot start more sandboxes now.
         """
+        if template is not None and snapshot_id is not None:
+            raise ValueError("pass either template or snapshot_id, not both (a snapshot brings its own template)")
         api = _client(api_key, api_url, request_timeout)
-        body: dict[str, Any] = {"template": template}
+        body: dict[str, Any] = {"snapshotId": snapshot_id} if snapshot_id is not None else {"template": "base" if template is None else template}
         if metadata is not None:
             body["metadata"] = dict(metadata)
         if envs is not None:
@@ -193,7 +144,7 @@ class Sandbox:
         api_key: Optional[str] = None,
         api_url: Optional[str] = None,
         request_timeout: Optional[float] = None,
-    ) -> SandboxPaginator[SandboxInfo]:
+    ) -> Paginator[SandboxInfo]:
         """Lists sandboxes, oldest first.
 
         Args:
@@ -203,7 +154,7 @@ class Sandbox:
             next_token: Start from this page token.
 
         Returns:
-            A :class:`SandboxPaginator`: iterate it for every sandbox (all pages), or call
+            A :class:`~nullspace.pagination.Paginator`: iterate it for every sandbox (all pages), or call
             ``next_items()`` page by page. Nothing is fetched before that.
         """
         api = _client(api_key, api_url, request_timeout)
@@ -223,7 +174,7 @@ class Sandbox:
             )
             return [SandboxInfo.from_json(s) for s in r["sandboxes"]], r.get("nextToken")
 
-        return SandboxPaginator(fetch, next_token)
+        return Paginator(fetch, next_token)
 
     @_dualmethod
     def get_info(
@@ -283,3 +234,23 @@ class Sandbox:
             SandboxNotRunningError: the sandbox is not running.
         """
         self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/timeout", json={"timeoutMs": timeout_ms})
+
+    def create_snapshot(self, metadata: Optional[Mapping[str, str]] = None) -> Snapshot:
+        """Captures this sandbox's memory and disk at one instant into a reusable snapshot.
+
+        The sandbox is paused only for the capture and keeps running. Start any number of new
+        sandboxes from the snapshot with ``Sandbox.create(snapshot_id=snapshot.id)``; each one is
+        independent of the others and of this sandbox.
+
+        Args:
+            metadata: Flat string map, usable as a filter in :meth:`Snapshot.list`.
+
+        Raises:
+            SandboxNotRunningError: the sandbox is not running.
+            NotEnoughSpaceError: the server's data disk is too full.
+        """
+        body: dict[str, Any] = {}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        raw = self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/snapshots", json=body)
+        return Snapshot.from_json(raw, self._api)

@@ -1,0 +1,44 @@
+"""The product documentation's snippets about reusable snapshots, verbatim (also in the README).
+
+The second one uses ``snapshot`` from the first; in the third, ``snap_...`` stands for a real id.
+"""
+
+SNIPPET_CREATE = """\
+from nullspace import Sandbox
+
+sandbox = Sandbox.create(template="base")
+sandbox.files.write("/workspace/state.txt", "baseline\\n")
+
+snapshot = sandbox.create_snapshot()
+print(snapshot.id)
+print(sandbox.files.read("/workspace/state.txt"))
+"""
+
+SNIPPET_CHILDREN = """\
+from nullspace import Sandbox
+
+first = Sandbox.create(snapshot_id=snapshot.id)
+second = Sandbox.create(snapshot_id=snapshot.id)
+
+try:
+    first.files.write("/workspace/state.txt", "first child\\n")
+    second.files.write("/workspace/state.txt", "second child\\n")
+
+    print(first.files.read("/workspace/state.txt"))
+    print(second.files.read("/workspace/state.txt"))
+finally:
+    first.kill()
+    second.kill()
+"""
+
+SNIPPET_MANAGE = """\
+from nullspace import Snapshot
+
+snapshot = Snapshot.get("snap_...")
+print(snapshot.id, snapshot.sandbox_id, snapshot.created_at)
+
+for item in Snapshot.list(sandbox_id=snapshot.sandbox_id):
+    print(item.id, item.metadata)
+
+Snapshot.delete(snapshot.id)
+"""
