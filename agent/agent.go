@@ -76,6 +76,8 @@ func init() {
 	opTable = map[string]opSpec{
 		"sys.info":    {handler: opSysInfo},
 		"sys.init":    {handler: opSysInit},
+		"sys.freeze":  {handler: opSysFreeze},
+		"sys.thaw":    {handler: opSysThaw},
 		"fs.read":     {handler: opFsRead},
 		"fs.write":    {handler: opFsWrite, input: true},
 		"fs.list":     {handler: opFsList},

@@ -27,6 +27,7 @@ var earlyMounts = []mountSpec{
 	{"tmpfs", "/dev/shm", "tmpfs", syscall.MS_NOSUID | syscall.MS_NODEV, "mode=1777", 0o1777},
 	{"tmpfs", "/run", "tmpfs", syscall.MS_NOSUID | syscall.MS_NODEV, "mode=0755", 0o755},
 	{"tmpfs", "/tmp", "tmpfs", syscall.MS_NOSUID | syscall.MS_NODEV, "mode=1777", 0o1777},
+	{"cgroup2", "/sys/fs/cgroup", "cgroup2", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC, "", 0o555},
 }
 
 // runInit never returns: PID 1 exiting panics the kernel.
@@ -63,6 +64,11 @@ func runInit() {
 	console = openConsole()
 	initStep(logf, "hostname", setHostnameFromFile)
 	initStep(logf, "identity", func() { mountIdentityFiles(logf) })
+	initStep(logf, "cgroup", func() {
+		if err := os.MkdirAll(userCgroup, 0o755); err != nil {
+			logf("create %s: %v", userCgroup, err)
+		}
+	})
 	initStep(logf, "network", func() { configureNetwork(logf) })
 	initStep(logf, "workspace", func() {
 		if err := os.MkdirAll(defaultWorkspace, 0o755); err != nil {

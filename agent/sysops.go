@@ -20,6 +20,7 @@ import (
 const (
 	bootIDProcPath     = "/proc/sys/kernel/random/boot_id"
 	ioctlRNDADDENTROPY = 0x40085203 // _IOW('R', 0x03, int[2])
+	ioctlRNDRESEEDCRNG = 0x5207     // _IO('R', 0x07)
 	clockBoottime      = 7
 )
 
@@ -215,11 +216,19 @@ func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 	}
 	a.sys.initialized = true
 	a.sys.mu.Unlock()
+	// Last: user processes frozen for a snapshot may run again, now that
+	// clock, entropy and identity are current.
+	if privileged {
+		if _, err := setFrozen(false); err != nil {
+			return nil, err
+		}
+		lap("thaw")
+	}
 	return map[string]interface{}{"timeMs": time.Now().UnixMilli(), "timingsUs": timings}, nil
 }
 
 // addEntropy credits bytes to the kernel's entropy pool (RNDADDENTROPY on
-// /dev/urandom), which also reseeds the CRNG.
+// /dev/urandom) and reseeds the CRNG from it (RNDRESEEDCRNG).
 func addEntropy(data []byte) error {
 	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
 	if err != nil {
@@ -238,11 +247,17 @@ func addEntropy(data []byte) error {
 	var errno syscall.Errno
 	if err := rc.Control(func(fd uintptr) {
 		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, ioctlRNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0])))
+		if errno != 0 {
+			return
+		}
+		// Crediting entropy reseeds the CRNG only on its first initialization;
+		// a restored clone must reseed now, before anyone reads from it.
+		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, ioctlRNDRESEEDCRNG, 0)
 	}); err != nil {
 		return toOpError("add entropy", err)
 	}
 	if errno != 0 {
-		return toOpError("add entropy (RNDADDENTROPY)", errno)
+		return toOpError("add entropy (RNDADDENTROPY, RNDRESEEDCRNG)", errno)
 	}
 	return nil
 }

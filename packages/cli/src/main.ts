@@ -161,6 +161,18 @@ sandbox
     for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(20)} ${v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
   });
 sandbox
+  .command('fork')
+  .argument('<id>')
+  .option('-m, --metadata <key=value>', "the child's metadata (default: the source's)", collect)
+  .option('--json', 'print JSON')
+  .description('fork a running sandbox (it keeps running); prints the child id')
+  .action(async (id: string, o: { metadata?: string[]; json?: boolean }) => {
+    const source = await Sandbox.connect(id);
+    const child = await source.fork(o.metadata ? { metadata: pairs(o.metadata, 'metadata') } : {});
+    if (o.json) printJson(await child.getInfo());
+    else process.stdout.write(`${child.sandboxId}\n`);
+  });
+sandbox
   .command('kill')
   .argument('<id>')
   .action(async (id: string) => {

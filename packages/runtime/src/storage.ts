@@ -64,3 +64,31 @@ export function allocatedBytes(file: string): number {
     return 0;
   }
 }
+
+export interface ChainEntry {
+  filename: string;
+  backingFilename: string | undefined;
+}
+
+/** The backing chain of a qcow2 file, top first. */
+export async function backingChain(file: string): Promise<ChainEntry[]> {
+  const out = (await run('qemu-img', ['info', '--backing-chain', '--output=json', '-U', file], { errorCode: 'disk_failed' })).stdout;
+  const items = JSON.parse(out) as Array<{ filename: string; 'full-backing-filename'?: string; 'backing-filename'?: string }>;
+  return items.map((i) => ({ filename: i.filename, backingFilename: i['full-backing-filename'] ?? i['backing-filename'] }));
+}
+
+/**
+ * Writes `out`: the content of the chain topped by `top`, as one qcow2 layer backing directly onto
+ * `base` (every cluster of the layers in between is merged in). Bounds the depth of backing chains.
+ */
+export async function flattenLayer(top: string, base: string, out: string): Promise<void> {
+  fs.copyFileSync(top, out, fs.constants.COPYFILE_FICLONE);
+  fs.chmodSync(out, 0o600);
+  try {
+    await run('qemu-img', ['rebase', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', out], { errorCode: 'disk_failed' });
+    fs.chmodSync(out, 0o444);
+  } catch (err) {
+    fs.rmSync(out, { force: true });
+    throw err;
+  }
+}

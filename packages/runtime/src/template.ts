@@ -214,6 +214,8 @@ async function bootAndSnapshot(opts: TemplateBuildOptions, dir: string, key: str
     // the overlay's backing path is absolute and points into the image dir: unaffected by the rename
     writeFileAtomic(path.join(staging, 'template.json'), JSON.stringify(info, null, 2));
     for (const f of fs.readdirSync(staging)) fs.chmodSync(path.join(staging, f), 0o444);
+    // sandbox QEMU processes (unprivileged uids) resolve paths in their backing chain at run time
+    fs.chmodSync(staging, 0o755);
     fs.renameSync(staging, dir);
   } catch (err) {
     await vm?.kill();

@@ -204,6 +204,21 @@ export class Vm extends EventEmitter {
     return { file: root.inserted.file, node: root.inserted['node-name'], backingFile: root.inserted.backing_file };
   }
 
+  /**
+   * Copies into the active overlay every cluster of the backing layers above `base` (a file of its
+   * chain), so that the overlay then backs directly onto `base`: bounds the chain of a running VM.
+   * Runs while the guest runs; resolves when the job completed.
+   */
+  async streamDisk(base: string): Promise<void> {
+    const node = this.spec.diskNode ?? 'root';
+    const jobId = `stream-${Date.now().toString(36)}`;
+    const done = this.qmp.waitEvent('BLOCK_JOB_COMPLETED', 600_000, (e) => e.data?.device === jobId);
+    done.catch(() => {}); // awaited below; unobserved if the command itself fails
+    await this.qmp.execute('block-stream', { 'job-id': jobId, device: node, base });
+    const ev = await done;
+    if (ev.data?.error) throw new NsError('disk_failed', `block-stream ${jobId}: ${String(ev.data.error)}`);
+  }
+
   /** Whether the guest's vCPUs run (false after `stop`, or when a snapshot was interrupted). */
   async isRunning(): Promise<boolean> {
     const s = await this.qmp.execute<{ running: boolean; status: string }>('query-status');

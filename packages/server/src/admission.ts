@@ -15,6 +15,22 @@ export class Admission {
   constructor(private readonly limits: Config['limits'], private readonly availableMiB: () => number = hostAvailableMiB) {}
 
   reserve(memoryMiB: number): { release: () => void } {
+    this.check(memoryMiB);
+    this.count += 1;
+    this.memoryMiB += memoryMiB;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.count -= 1;
+        this.memoryMiB -= memoryMiB;
+      },
+    };
+  }
+
+  /** Throws the refusal `reserve` would, without reserving (to refuse before expensive work). */
+  check(memoryMiB: number): void {
     if (this.count + 1 > this.limits.maxSandboxes) {
       throw new NsError('too_many_sandboxes', `the server runs its maximum of ${this.limits.maxSandboxes} sandboxes; kill or hibernate one first`, {
         details: { limit: this.limits.maxSandboxes, running: this.count },
@@ -31,17 +47,6 @@ export class Admission {
         details: { availableMiB: available, minimumMiB: this.limits.minHostAvailableMiB },
       });
     }
-    this.count += 1;
-    this.memoryMiB += memoryMiB;
-    let released = false;
-    return {
-      release: () => {
-        if (released) return;
-        released = true;
-        this.count -= 1;
-        this.memoryMiB -= memoryMiB;
-      },
-    };
   }
 
   get usage(): { sandboxes: number; memoryMiB: number } {

@@ -4,6 +4,8 @@ import path from 'node:path';
 import {
   allocatedBytes,
   AgentClient,
+  backingChain,
+  flattenLayer,
   captureSnapshot,
   chownTree,
   CleanupStack,
@@ -33,6 +35,8 @@ export interface CreateSandboxRequest {
   /** A template name, or (with `snapshotId`) ignored. */
   template: string;
   snapshotId?: string | undefined;
+  /** Set for fork children: the source sandbox. */
+  forkedFrom?: string | undefined;
   metadata: Record<string, string>;
   envs: Record<string, string>;
   timeoutMs: number;
@@ -54,6 +58,13 @@ interface RestoreSource {
 }
 
 export const SNAPSHOT_ID_RE = /^snap_[0-9a-z]{16}$/;
+
+/**
+ * Longest chain of frozen disk layers under a sandbox's overlay. Deeper chains are flattened: a
+ * restore from a deeper layer first merges it into one layer on the template disk, and a running
+ * sandbox whose own chain grew past it streams its layers into its overlay.
+ */
+export const MAX_CHAIN_DEPTH = 8;
 
 /** A sandbox whose VM this server drives. */
 interface Live {
@@ -135,6 +146,8 @@ export class SandboxManager {
         await this.reconcile(rec, vm);
         this.attach(rec.id, vm, reservation.release);
         this.log.info({ sandboxId: rec.id, pid: vm.pid }, 're-adopted running sandbox');
+        // reconnect now: sys.init also thaws user processes an interrupted snapshot left frozen
+        void this.agent(rec.id).catch((err: unknown) => this.log.warn({ sandboxId: rec.id, err: errorMessage(err) }, 'agent of a re-adopted sandbox unavailable'));
         continue;
       }
       await vm?.kill();
@@ -230,7 +243,7 @@ export class SandboxManager {
   }
 
   /** Where a new sandbox comes from: the template's snapshot, or a snapshot (checked against this host). */
-  private restoreSource(req: CreateSandboxRequest): RestoreSource {
+  private async restoreSource(req: CreateSandboxRequest): Promise<RestoreSource> {
     if (req.snapshotId === undefined) {
       const t = this.host.template(req.template);
       return {
@@ -267,6 +280,12 @@ export class SandboxManager {
         details: { snapshotId: snap.id, kind: snap.kind },
       });
     }
+    if (this.snapshots.depth(snap.diskLayer) > MAX_CHAIN_DEPTH) {
+      const flat = await this.flatten(snap.diskLayer);
+      this.snapshots.setDiskLayer(snap.id, flat);
+      snap.diskLayer = flat;
+      this.onLayersReleased();
+    }
     const layer = (id: string) => {
       const l = this.snapshots.layer(id);
       if (!l || !fs.existsSync(l.path)) throw new NsError('internal', `snapshot ${snap.id}: layer ${id} is missing`);
@@ -289,7 +308,7 @@ export class SandboxManager {
     if (this.closing) throw new NsError('shutting_down', 'the server is shutting down');
     // the garbage collector waits while the source's layers are being cloned
     return this.layersLock.read(async () => {
-      const src = this.restoreSource(req);
+      const src = await this.restoreSource(req);
       checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, 'creating a sandbox');
       const reservation = this.admission.reserve(src.vm.memoryMiB);
       const id = newId('sbx');
@@ -317,6 +336,7 @@ export class SandboxManager {
         vmSpec: null,
         requirements: src.requirements,
         diskParentLayer: src.diskParentLayer,
+        forkedFrom: req.forkedFrom ?? null,
         updatedAt: now,
       });
       return this.locks.run(id, async () => {
@@ -427,6 +447,27 @@ export class SandboxManager {
         const switchRecorded = () => {
           this.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
         };
+        // user processes stay frozen across the capture: a clone runs them again only after its
+        // sys.init (clock, entropy, identity); the source thaws right after
+        const agent = await this.agent(id).catch((err: unknown) => {
+          this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'snapshot without freezing user processes: the agent is unavailable');
+          return undefined;
+        });
+        let frozen = false;
+        if (agent) {
+          try {
+            await agent.call('sys.freeze', {}, 10_000);
+            frozen = true;
+          } catch (err) {
+            this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'snapshot without freezing user processes');
+          }
+        }
+        const thaw = async () => {
+          if (frozen && !vm.gone) {
+            frozen = false;
+            await agent?.call('sys.thaw', {}, 10_000).catch((err: unknown) => this.log.error({ sandboxId: id, err: errorMessage(err) }, 'thawing user processes failed'));
+          }
+        };
         try {
           const res = await captureSnapshot(
             vm,
@@ -448,6 +489,7 @@ export class SandboxManager {
             },
           );
           switchRecorded();
+          await thaw();
           fs.renameSync(path.join(staging, 'mem'), finalPath.mem);
           fs.renameSync(path.join(staging, 'state'), finalPath.state);
           const snap: SnapshotRecord = {
@@ -480,6 +522,9 @@ export class SandboxManager {
             this.snapshots.insert(snap);
           });
           this.log.info({ sandboxId: id, snapshotId: snapId, pauseMs: res.pauseMs, ms: res.totalMs }, 'snapshot created');
+          await this.boundChain(id, vm, ids.disk).catch((err: unknown) =>
+            this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
+          );
           return snap;
         } catch (err) {
           // the VM may have moved to its next overlay before the failure: keep the record true
@@ -487,6 +532,7 @@ export class SandboxManager {
           for (const f of Object.values(finalPath)) fs.rmSync(f, { force: true });
           throw wrapError(err, `snapshot of sandbox ${id}`, 'snapshot_failed');
         } finally {
+          await thaw();
           fs.rmSync(staging, { recursive: true, force: true });
         }
       }),
@@ -500,6 +546,71 @@ export class SandboxManager {
   /** Bytes allocated by a snapshot's layers (its disk layer alone, not the chain under it). */
   snapshotBytes(s: SnapshotRecord): number {
     return [s.memLayer, s.stateLayer, s.diskLayer].reduce((sum, id) => sum + (this.snapshots.layer(id)?.bytes ?? 0), 0);
+  }
+
+  /** The file a disk layer's chain rests on below the layer store (a template's disk). */
+  private async chainBase(layerPath: string): Promise<string> {
+    const chain = await backingChain(layerPath);
+    const base = chain.find((c) => !c.filename.startsWith(this.layersDir + '/'));
+    if (!base) throw new NsError('internal', `disk layer ${layerPath} does not rest on a template disk`);
+    return base.filename;
+  }
+
+  /** A new layer with the whole content of `layerId`'s chain, backing directly onto the template disk. */
+  private async flatten(layerId: string): Promise<string> {
+    const top = this.snapshots.layer(layerId);
+    if (!top) throw new NsError('internal', `layer ${layerId} is missing`);
+    const base = await this.chainBase(top.path);
+    const id = newId('lyr');
+    const out = path.join(this.layersDir, `${id}.qcow2`);
+    const t0 = Date.now();
+    await flattenLayer(top.path, base, out);
+    this.snapshots.insertLayer({ id, kind: 'disk', path: out, parentId: null, bytes: allocatedBytes(out), createdAt: Date.now() });
+    this.log.info({ layer: layerId, flat: id, ms: Date.now() - t0 }, 'flattened a deep disk layer chain');
+    return id;
+  }
+
+  /** Keeps a running sandbox's own chain short: streams its layers into its overlay when too deep. */
+  private async boundChain(id: string, vm: Vm, parentLayer: string): Promise<void> {
+    if (this.snapshots.depth(parentLayer) <= MAX_CHAIN_DEPTH) return;
+    const layer = this.snapshots.layer(parentLayer);
+    if (!layer) return;
+    const t0 = Date.now();
+    await vm.streamDisk(await this.chainBase(layer.path));
+    this.store.patch(id, { diskParentLayer: null });
+    this.log.info({ sandboxId: id, ms: Date.now() - t0 }, 'streamed a deep disk chain into the active overlay');
+    this.onLayersReleased();
+  }
+
+  /**
+   * A new running sandbox whose memory and disk equal the source's at this instant; the source is
+   * paused only for the capture and keeps its id, timeout and state. The capture is an internal
+   * snapshot, never listed, removed once the child started (the layers it shares with the child
+   * are held by the child).
+   */
+  async fork(id: string, opts: { metadata?: Record<string, string> | undefined; envs?: Record<string, string> | undefined; timeoutMs?: number | undefined }): Promise<SandboxRecord> {
+    const src = this.get(id);
+    if (src.state !== 'running') {
+      throw new NsError('sandbox_not_running', `sandbox ${id} is ${src.state}: only a running sandbox can be forked`, { details: { state: src.state } });
+    }
+    // refuse before pausing the source when the child could not be admitted anyway
+    this.admission.check(src.memoryMiB);
+    checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, 'forking a sandbox');
+    const snap = await this.snapshot(id, { kind: 'fork', metadata: {} });
+    try {
+      return await this.create({
+        template: src.template,
+        snapshotId: snap.id,
+        forkedFrom: id,
+        metadata: opts.metadata ?? src.metadata,
+        envs: opts.envs ?? {},
+        timeoutMs: opts.timeoutMs ?? src.timeoutMs,
+        allowInternetAccess: src.allowInternetAccess,
+      });
+    } finally {
+      this.snapshots.delete(snap.id);
+      this.onLayersReleased();
+    }
   }
 
   /** Deletes a snapshot's record at once; its layers are freed by the collector when unreferenced. */

@@ -68,6 +68,8 @@ class SandboxInfo:
     ended_at: Optional[datetime]
     end_reason: Optional[str]
     error_code: Optional[str]
+    forked_from: Optional[str] = None
+    """The sandbox it was forked from (``None`` unless it is a fork child)."""
 
     @classmethod
     def from_json(cls, r: Mapping[str, Any]) -> "SandboxInfo":
@@ -88,6 +90,7 @@ class SandboxInfo:
             ended_at=parse_datetime(r.get("endedAt")),
             end_reason=r.get("endReason"),
             error_code=r.get("errorCode"),
+            forked_from=r.get("forkedFrom"),
         )
 
 

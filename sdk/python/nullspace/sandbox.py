@@ -235,6 +235,33 @@ class Sandbox:
         """
         self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/timeout", json={"timeoutMs": timeout_ms})
 
+    def fork(
+        self,
+        *,
+        metadata: Optional[Mapping[str, str]] = None,
+        envs: Optional[Mapping[str, str]] = None,
+        timeout_ms: Optional[int] = None,
+    ) -> "Sandbox":
+        """Forks this sandbox: returns a new running sandbox whose memory and disk equal this one's
+        at the fork instant (its processes included).
+
+        This sandbox is paused only briefly and keeps running, with its id, timeout and state. Each
+        call makes one child. The child's metadata and timeout default to this sandbox's.
+
+        Raises:
+            SandboxNotRunningError: this sandbox is not running (killed, hibernated, ...).
+            RateLimitError: admission control refused the child.
+        """
+        body: dict[str, Any] = {}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if envs is not None:
+            body["envs"] = dict(envs)
+        if timeout_ms is not None:
+            body["timeoutMs"] = timeout_ms
+        info = self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/fork", json=body)
+        return type(self)(info["sandboxId"], self._api)
+
     def create_snapshot(self, metadata: Optional[Mapping[str, str]] = None) -> Snapshot:
         """Captures this sandbox's memory and disk at one instant into a reusable snapshot.
 

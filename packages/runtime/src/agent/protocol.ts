@@ -25,6 +25,8 @@ export const Channel = { MAIN: 0, STDOUT: 1, STDERR: 2 } as const;
 export const AGENT_OPS = [
   'sys.info',
   'sys.init',
+  'sys.freeze',
+  'sys.thaw',
   'fs.read',
   'fs.write',
   'fs.list',

@@ -9,6 +9,8 @@ export interface SandboxInfo {
   sandboxId: string;
   template: string;
   snapshotId: string | null;
+  /** The sandbox it was forked from. */
+  forkedFrom: string | null;
   state: SandboxState;
   metadata: Record<string, string>;
   memoryMiB: number;
@@ -188,6 +190,16 @@ export class Sandbox {
   async createSnapshot(opts: { metadata?: Record<string, string> } = {}): Promise<Snapshot> {
     const raw = await this.api.json(`/v1/sandboxes/${this.sandboxId}/snapshots`, { method: 'POST', json: { metadata: opts.metadata } });
     return Snapshot.fromRaw(raw, this.api);
+  }
+
+  /**
+   * Forks the sandbox: resolves with a new running sandbox whose memory and disk equal this one's
+   * at the fork instant (processes included). This sandbox is paused only briefly and keeps
+   * running, with its id, timeout and state. Each call makes one child.
+   */
+  async fork(opts: { metadata?: Record<string, string>; envs?: Record<string, string>; timeoutMs?: number } = {}): Promise<Sandbox> {
+    const info = await this.api.json<RawInfo>(`/v1/sandboxes/${this.sandboxId}/fork`, { method: 'POST', json: opts });
+    return new (this.constructor as typeof Sandbox)(info.sandboxId, this.api);
   }
 
   /** Kills the sandbox (idempotent). */

@@ -69,6 +69,11 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     }
   });
 
+  // a POST without a body is an empty JSON object (routes whose body is optional)
+  app.addHook('preValidation', async (req) => {
+    if (req.body === undefined && req.method === 'POST') req.body = {};
+  });
+
   app.setErrorHandler((err: FastifyError | NsError | Error, req, reply) => {
     const { status, body } = errorResponse(err);
     if (status >= 500) req.log.error({ err: err.message, code: body.error.code, url: req.url }, 'request failed');

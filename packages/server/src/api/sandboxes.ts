@@ -1,11 +1,11 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import type { Static } from '@sinclair/typebox';
+import { Type, type Static } from '@sinclair/typebox';
 import { NsError } from '@nullspace/runtime';
 import { isState, type SandboxState } from '../lifecycle.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
 import type { AppDeps } from './app.js';
-import { CreateSandboxBody, IdParams, ListSandboxesQuery, Sandbox, SandboxList, TimeoutBody, type SandboxT } from './schemas.js';
+import { CreateSandboxBody, ForkBody, IdParams, ListSandboxesQuery, Sandbox, SandboxList, TimeoutBody, type SandboxT } from './schemas.js';
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
@@ -14,6 +14,7 @@ export function sandboxView(r: SandboxRecord): SandboxT {
     sandboxId: r.id,
     template: r.template,
     snapshotId: r.snapshotId,
+    forkedFrom: r.forkedFrom,
     state: r.state,
     metadata: r.metadata,
     memoryMiB: r.memoryMiB,
@@ -98,6 +99,24 @@ export const sandboxRoutes =
       await sandboxes.kill(req.params.id);
       return reply.status(204).send();
     });
+
+    app.post(
+      '/sandboxes/:id/fork',
+      {
+        schema: {
+          summary: 'Fork a running sandbox: a new running sandbox with its memory and disk as of now; the source keeps running',
+          params: IdParams,
+          body: Type.Optional(ForkBody),
+          response: { 201: Sandbox },
+        },
+      },
+      async (req, reply) => {
+        const b = req.body ?? {};
+        const timeoutMs = b.timeoutMs === undefined ? undefined : checkTimeout(deps, b.timeoutMs);
+        const child = await sandboxes.fork(req.params.id, { metadata: b.metadata, envs: b.envs, timeoutMs });
+        return reply.status(201).send(sandboxView(child));
+      },
+    );
 
     app.post(
       '/sandboxes/:id/timeout',

@@ -30,7 +30,8 @@ export const Sandbox = Type.Object(
   {
     sandboxId: SandboxId,
     template: Type.String(),
-    snapshotId: Type.Union([Type.String(), Type.Null()]),
+    snapshotId: Type.Union([Type.String(), Type.Null()], { description: 'The snapshot it was created from' }),
+    forkedFrom: Type.Union([Type.String(), Type.Null()], { description: 'The sandbox it was forked from' }),
     state: SandboxState,
     metadata: Metadata,
     memoryMiB: Type.Integer(),
@@ -234,3 +235,12 @@ export const GcReport = Type.Object({
   retained: Type.Array(Type.Object({ layerId: Type.String(), kind: Type.String(), bytes: Type.Integer(), heldBy: Type.Array(Type.String()) })),
   retainedBytes: Type.Integer(),
 });
+
+export const ForkBody = Type.Object(
+  {
+    metadata: Type.Optional(Metadata),
+    envs: Type.Optional(Envs),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: "Default: the source's timeout" })),
+  },
+  { additionalProperties: false },
+);

@@ -32,6 +32,8 @@ export interface SandboxRecord {
   requirements: RestoreRequirements | null;
   /** The frozen layer its active overlay backs onto (null: its template's disk). */
   diskParentLayer: string | null;
+  /** The sandbox it was forked from. */
+  forkedFrom: string | null;
   updatedAt: number;
 }
 
@@ -57,6 +59,7 @@ interface Row {
   vm_spec: string | null;
   requirements: string | null;
   disk_parent_layer: string | null;
+  forked_from: string | null;
   updated_at: number;
 }
 
@@ -83,6 +86,7 @@ function fromRow(r: Row): SandboxRecord {
     vmSpec: r.vm_spec ? (JSON.parse(r.vm_spec) as VmSpec) : null,
     requirements: r.requirements ? (JSON.parse(r.requirements) as RestoreRequirements) : null,
     diskParentLayer: r.disk_parent_layer,
+    forkedFrom: r.forked_from,
     updatedAt: r.updated_at,
   };
 }
@@ -122,9 +126,9 @@ export class SandboxStore {
     this.db
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
-           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, updated_at)
+           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
-           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @updated_at)`,
+           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -148,6 +152,7 @@ export class SandboxStore {
         vm_spec: rec.vmSpec ? JSON.stringify(rec.vmSpec) : null,
         requirements: rec.requirements ? JSON.stringify(rec.requirements) : null,
         disk_parent_layer: rec.diskParentLayer,
+        forked_from: rec.forkedFrom,
         updated_at: rec.updatedAt,
       });
     this.event(rec.id, null, rec.state, 'created');

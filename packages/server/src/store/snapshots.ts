@@ -161,6 +161,11 @@ export class SnapshotStore {
       );
   }
 
+  /** Points a snapshot at an equivalent disk layer (a flattened copy of its chain). */
+  setDiskLayer(id: string, layerId: string): void {
+    this.db.prepare('UPDATE snapshots SET disk_layer = ? WHERE id = ?').run(layerId, id);
+  }
+
   get(id: string): SnapshotRecord | undefined {
     const r = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapRow | undefined;
     return r ? snap(r) : undefined;

@@ -1,0 +1,2 @@
+-- The sandbox a fork child was forked from.
+ALTER TABLE sandboxes ADD COLUMN forked_from TEXT;
