@@ -343,15 +343,21 @@ export class SandboxManager {
         const t0 = Date.now();
         const cleanup = new CleanupStack();
         cleanup.defer('release admission', reservation.release);
+        const phases: Record<string, number> = {};
         try {
-          const vm = await this.restore(id, src, req.allowInternetAccess, cleanup);
+          const vm = await this.restore(id, src, req.allowInternetAccess, cleanup, phases);
           const rec = this.store.get(id)!;
-          await this.connectAndInit(rec, vm, 15_000);
+          let t = Date.now();
+          const agent = await vm.connectAgent(15_000);
+          phases.agentMs = Date.now() - t;
+          t = Date.now();
+          await this.initAgent(rec, agent);
+          phases.initMs = Date.now() - t;
           const started = Date.now();
           const running = this.store.transition(id, 'creating', 'running', 'started', { startedAt: started, expiresAt: started + req.timeoutMs });
           cleanup.release();
           this.attach(id, vm, reservation.release);
-          this.log.info({ sandboxId: id, template: src.template, snapshotId: src.snapshotId, ms: Date.now() - t0 }, 'sandbox created');
+          this.log.info({ sandboxId: id, template: src.template, snapshotId: src.snapshotId, ms: Date.now() - t0, ...phases }, 'sandbox created');
           return running;
         } catch (err) {
           const errors = await cleanup.run();
@@ -372,7 +378,12 @@ export class SandboxManager {
   }
 
   /** Prepares the sandbox's RAM file and disk from `src` and restores its device state. */
-  private async restore(id: string, src: RestoreSource, allowInternetAccess: boolean, cleanup: CleanupStack): Promise<Vm> {
+  private async restore(id: string, src: RestoreSource, allowInternetAccess: boolean, cleanup: CleanupStack, phases: Record<string, number>): Promise<Vm> {
+    let t = Date.now();
+    const lap = (name: string) => {
+      phases[name] = Date.now() - t;
+      t = Date.now();
+    };
     const dir = this.sandboxDir(id);
     fs.mkdirSync(dir, { mode: 0o700 });
     cleanup.defer('remove sandbox files', () => fs.rmSync(dir, { recursive: true, force: true }));
@@ -398,10 +409,13 @@ export class SandboxManager {
       fs.mkdirSync(spec.runDir, { mode: 0o700 });
       chownTree(dir, uid);
     }
+    lap('prepareMs');
     const vm = await Vm.launch(this.host.profile, spec, true);
     cleanup.defer('kill vm', () => vm.kill());
     this.store.patch(id, { pid: vm.pid, vmSpec: spec });
+    lap('launchMs');
     await vm.restoreState(src.stateFile);
+    lap('restoreMs');
     return vm;
   }
 
@@ -588,7 +602,10 @@ export class SandboxManager {
    * snapshot, never listed, removed once the child started (the layers it shares with the child
    * are held by the child).
    */
-  async fork(id: string, opts: { metadata?: Record<string, string> | undefined; envs?: Record<string, string> | undefined; timeoutMs?: number | undefined }): Promise<SandboxRecord> {
+  async fork(
+    id: string,
+    opts: { metadata?: Record<string, string> | undefined; envs?: Record<string, string> | undefined; timeoutMs?: number | undefined },
+  ): Promise<{ child: SandboxRecord; pauseMs: number | null }> {
     const src = this.get(id);
     if (src.state !== 'running') {
       throw new NsError('sandbox_not_running', `sandbox ${id} is ${src.state}: only a running sandbox can be forked`, { details: { state: src.state } });
@@ -598,7 +615,7 @@ export class SandboxManager {
     checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, 'forking a sandbox');
     const snap = await this.snapshot(id, { kind: 'fork', metadata: {} });
     try {
-      return await this.create({
+      const child = await this.create({
         template: src.template,
         snapshotId: snap.id,
         forkedFrom: id,
@@ -607,6 +624,7 @@ export class SandboxManager {
         timeoutMs: opts.timeoutMs ?? src.timeoutMs,
         allowInternetAccess: src.allowInternetAccess,
       });
+      return { child, pauseMs: snap.pauseMs };
     } finally {
       this.snapshots.delete(snap.id);
       this.onLayersReleased();
@@ -624,7 +642,13 @@ export class SandboxManager {
   /** Connects to the agent and applies the sandbox's identity, clock, entropy and environment. */
   private async connectAndInit(rec: SandboxRecord, vm: Vm, timeoutMs: number): Promise<AgentClient> {
     const agent = await vm.connectAgent(timeoutMs);
-    await agent.call('sys.init', {
+    await this.initAgent(rec, agent);
+    return agent;
+  }
+
+  /** sys.init: clock, entropy, identity, default environment; then the user processes run. */
+  private async initAgent(rec: SandboxRecord, agent: AgentClient): Promise<void> {
+    const r = await agent.call<{ timingsUs?: Record<string, number> }>('sys.init', {
       timeMs: Date.now(),
       entropy: randomBytes(64).toString('base64'),
       hostname: rec.id,
@@ -632,7 +656,7 @@ export class SandboxManager {
       bootId: rec.identity.bootId,
       envs: rec.envs,
     });
-    return agent;
+    this.log.debug({ sandboxId: rec.id, timingsUs: r.timingsUs }, 'sys.init');
   }
 
   /** Starts watching a running VM. */

@@ -122,6 +122,29 @@ async function main(): Promise<void> {
     const layerMiB = snaps.map((x) => x.sizeBytes / 1048576);
     for (const x of snaps) await x.delete();
 
+    // fork: source pause window, fork() -> child answering, memory added per idle child
+    const forkPause: number[] = [];
+    const forkMs: number[] = [];
+    const children: Sandbox[] = [];
+    for (let i = 0; i < N; i++) {
+      const t0 = performance.now();
+      const res = await fetch(`${c.apiUrl}/v1/sandboxes/${snapSrc.sandboxId}/fork`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: '{}',
+      });
+      if (res.status !== 201) throw new Error(`fork: HTTP ${res.status}: ${await res.text()}`);
+      const { sandboxId } = (await res.json()) as { sandboxId: string };
+      const child = await Sandbox.connect(sandboxId, c);
+      await child.commands.run('true');
+      forkMs.push(performance.now() - t0);
+      forkPause.push(Number(res.headers.get('x-nullspace-pause-ms')));
+      children.push(child);
+      created.push(child);
+    }
+    await new Promise((r) => setTimeout(r, quick ? 2000 : 5000));
+    const childPss = children.map((ch) => pss(qemuPid(ch.sandboxId)!));
+
     const rows: Row[] = [
       { name: 'create from template -> agent answering', unit: 'ms', samples: createMs, ref: { value: template.bootMs, label: 'cold boot of the template' }, target: '<= 500 ms' },
       { name: 'first command in a fresh sandbox', unit: 'ms', samples: [firstCmd] },
@@ -134,6 +157,9 @@ async function main(): Promise<void> {
       { name: 'create from snapshot -> agent answering', unit: 'ms', samples: restoreMs, ref: { value: median(createMs), label: 'create from template' }, target: '<= 500 ms' },
       { name: 'snapshot: new disk space used (reflinked)', unit: 'MiB', samples: storedDelta, ref: { value: 80, label: 'guest dirtied 64 MiB RAM + 16 MiB disk' } },
       { name: 'snapshot: layer blocks (shared counted)', unit: 'MiB', samples: layerMiB, ref: { value: template.memoryMiB, label: 'nominal guest RAM' } },
+      { name: 'fork: source pause window', unit: 'ms', samples: forkPause, target: 'tens of ms, flat in RAM size' },
+      { name: 'fork() -> child answering a command', unit: 'ms', samples: forkMs, target: '<= 500 ms' },
+      { name: 'idle fork child memory (QEMU PSS)', unit: 'MiB', samples: childPss, ref: { value: idlePss[0]!, label: 'idle sandbox from the template' } },
     ];
     process.stdout.write('\n' + formatTable(rows) + '\n');
     process.stdout.write(`\ncreate median ${median(createMs).toFixed(0)} ms vs cold boot ${template.bootMs} ms: ${(template.bootMs / median(createMs)).toFixed(1)}x faster\n`);

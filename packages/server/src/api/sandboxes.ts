@@ -113,7 +113,8 @@ export const sandboxRoutes =
       async (req, reply) => {
         const b = req.body ?? {};
         const timeoutMs = b.timeoutMs === undefined ? undefined : checkTimeout(deps, b.timeoutMs);
-        const child = await sandboxes.fork(req.params.id, { metadata: b.metadata, envs: b.envs, timeoutMs });
+        const { child, pauseMs } = await sandboxes.fork(req.params.id, { metadata: b.metadata, envs: b.envs, timeoutMs });
+        if (pauseMs !== null) void reply.header('x-nullspace-pause-ms', String(pauseMs));
         return reply.status(201).send(sandboxView(child));
       },
     );
