@@ -34,9 +34,9 @@ export async function ownServer(dataDir: string, env: Record<string, string> = {
 }
 
 /** `nullspace serve` as a separate process (so that it can be killed with SIGKILL). */
-export async function serverProcess(dataDir: string, key: string, port: number): Promise<{ child: ChildProcess; url: string }> {
+export async function serverProcess(dataDir: string, key: string, port: number, env: Record<string, string> = {}): Promise<{ child: ChildProcess; url: string }> {
   const child = spawn(process.execPath, [CLI, 'serve', '--port', String(port), '--data-dir', dataDir], {
-    env: { ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn' },
+    env: { ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   onTestFinished(() => {

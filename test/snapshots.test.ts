@@ -221,7 +221,7 @@ describe('snapshot errors', () => {
     expect(qemuPid(s.sandboxId)).toBeUndefined();
   });
 
-  it('a full data disk during a snapshot: a clear error, the source keeps running, nothing half-written remains', async () => {
+  it('a full data disk during a snapshot or a hibernation: a clear error, the source keeps running, nothing half-written remains', async () => {
     const dataDir = tempDataDir();
     const image = `${dataDir}.img`;
     cleanupDataDir(dataDir);
@@ -245,6 +245,10 @@ describe('snapshot errors', () => {
         execFileSync('fallocate', ['-l', String(free() - 256 * 1024), filler]);
         const err = await s.createSnapshot().catch((e: unknown) => e);
         expect(err).toMatchObject({ code: 'no_space', status: 507 });
+        // hibernation on a full disk: the same clear error, and the sandbox keeps running
+        const hibErr = await s.hibernate().catch((e: unknown) => e);
+        expect(hibErr).toMatchObject({ code: 'no_space', status: 507 });
+        expect((await s.getInfo()).state).toBe('running');
         const listed: string[] = [];
         for await (const x of Snapshot.list({ ...c, sandboxId: s.sandboxId })) listed.push(x.id);
         expect(listed).toEqual([]);

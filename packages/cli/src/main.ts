@@ -107,7 +107,11 @@ template
 /** Calls an API route that the SDK does not wrap (operator routes such as /v1/gc). */
 async function apiCall(method: string, route: string): Promise<unknown> {
   const c = new ConnectionConfig();
-  const res = await fetch(c.apiUrl + route, { method, headers: { authorization: `Bearer ${c.apiKey}` } });
+  const res = await fetch(c.apiUrl + route, {
+    method,
+    headers: { authorization: `Bearer ${c.apiKey}`, ...(method === 'POST' ? { 'content-type': 'application/json' } : {}) },
+    ...(method === 'POST' ? { body: '{}' } : {}),
+  });
   const body: unknown = res.status === 204 ? undefined : await res.json();
   if (!res.ok) throw errorFromResponse(res.status, body);
   return body;
@@ -127,14 +131,16 @@ sandbox
   .option('-e, --env <KEY=VALUE>', 'default environment (repeatable)', collect)
   .option('--timeout-ms <ms>', 'kill after this long without a timeout refresh', int)
   .option('--no-internet', 'cut outbound network access')
+  .addOption(new Option('--on-timeout <action>', 'what the timeout does').choices(['kill', 'hibernate']).default('kill'))
   .option('--json', 'print JSON')
-  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; json?: boolean }) => {
+  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; onTimeout: 'kill' | 'hibernate'; json?: boolean }) => {
     const sbx = await Sandbox.create({
       ...(o.snapshot ? { snapshotId: o.snapshot } : { template: o.template ?? 'base' }),
       metadata: pairs(o.metadata, 'metadata'),
       envs: pairs(o.env, 'env'),
       ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
       allowInternetAccess: o.internet,
+      lifecycle: { onTimeout: o.onTimeout },
     });
     const info = await sbx.getInfo();
     if (o.json) printJson(info);
@@ -171,6 +177,30 @@ sandbox
     const child = await source.fork(o.metadata ? { metadata: pairs(o.metadata, 'metadata') } : {});
     if (o.json) printJson(await child.getInfo());
     else process.stdout.write(`${child.sandboxId}\n`);
+  });
+for (const name of ['hibernate', 'pause']) {
+  sandbox
+    .command(name)
+    .argument('<id>')
+    .option('--json', 'print the hibernation snapshot as JSON')
+    .description(name === 'pause' ? 'alias of hibernate' : 'persist memory and disk and stop the VM; the sandbox is paused until resumed')
+    .action(async (id: string, o: { json?: boolean }) => {
+      // not through Sandbox.connect, which would resume a paused sandbox first
+      const hib = (await apiCall('POST', `/v1/sandboxes/${encodeURIComponent(id)}/hibernate`)) as { snapshotId: string };
+      if (o.json) printJson(hib);
+      else process.stdout.write(`${hib.snapshotId}\n`);
+    });
+}
+sandbox
+  .command('resume')
+  .argument('<id>')
+  .option('--json', 'print JSON')
+  .description('resume a paused sandbox (same id) from its latest hibernation')
+  .action(async (id: string, o: { json?: boolean }) => {
+    const sbx = await Sandbox.connect(id);
+    const info = await sbx.getInfo();
+    if (o.json) printJson(info);
+    else process.stdout.write(`${info.sandboxId} ${info.state}\n`);
   });
 sandbox
   .command('kill')

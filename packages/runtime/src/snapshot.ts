@@ -1,7 +1,8 @@
 import fs from 'node:fs';
 import { NsError, wrapError } from './errors.js';
 import { run } from './exec.js';
-import { fsyncFile } from './storage.js';
+import path from 'node:path';
+import { fsyncDir, fsyncFile } from './storage.js';
 import type { Vm } from './vm.js';
 
 export interface CaptureTargets {
@@ -55,6 +56,8 @@ export async function captureSnapshot(
   to: CaptureTargets,
   opts: {
     resume: boolean;
+    /** fsync the RAM image and disk layer (hibernation: they are then the only copy). */
+    durable?: boolean;
     virtualSizeBytes: number;
     ownerUid?: number | undefined;
     /** Called after the disk layer exists and before the VM switches onto it (record it durably here). */
@@ -114,6 +117,13 @@ export async function captureSnapshot(
     switched = true;
     vm.spec.disk = to.nextOverlay;
     vm.spec.diskNode = node;
+    if (opts.durable) {
+      await step(vm, 'syncing the captured files', async () => {
+        for (const f of [to.mem, to.disk, to.state]) fsyncFile(f);
+        fsyncDir(path.dirname(to.disk));
+        fsyncDir(path.dirname(to.mem));
+      });
+    }
     if (opts.resume) {
       await step(vm, 'resuming the VM', () => vm.qmp.execute('cont'));
       stopped = false;

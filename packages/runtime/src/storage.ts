@@ -50,6 +50,16 @@ export function fsyncFile(file: string): void {
   }
 }
 
+/** Makes a directory's entries (new or renamed files) durable. */
+export function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** Creates a qcow2 overlay whose backing file is `backing`. */
 export async function createOverlay(backing: string, file: string): Promise<void> {
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, file], { errorCode: 'disk_failed' });

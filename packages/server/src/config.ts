@@ -43,6 +43,8 @@ export interface Config {
   reaperIntervalMs: number;
   /** Killed/failed sandbox records are kept this long for inspection. */
   endedRetentionMs: number;
+  /** Paused (hibernated) sandboxes are killed after this long; 0 keeps them until killed. */
+  pausedRetentionMs: number;
   logLevel: string;
   /** Test-only fault injection (NULLSPACE_FAULT_INJECTION), e.g. "kill-vm-during-snapshot". */
   faultInjection: string | undefined;
@@ -119,6 +121,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000),
     reaperIntervalMs: int(env, 'NULLSPACE_REAPER_INTERVAL_MS', 1000, 50),
     endedRetentionMs: int(env, 'NULLSPACE_ENDED_RETENTION_MS', 24 * 3600_000, 0),
+    pausedRetentionMs: int(env, 'NULLSPACE_PAUSED_RETENTION_MS', 0, 0),
     logLevel: env.NULLSPACE_LOG_LEVEL || 'info',
     faultInjection: env.NULLSPACE_FAULT_INJECTION || undefined,
   };

@@ -31,6 +31,7 @@ const STATUS: Record<string, number> = {
   process_not_running: 409,
   template_incompatible: 409,
   snapshot_incompatible: 409,
+  snapshot_not_latest: 409,
   payload_too_large: 413,
   unsupported_media_type: 415,
   too_many_sandboxes: 429,

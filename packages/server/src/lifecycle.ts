@@ -49,16 +49,20 @@ export function assertTransition(id: string, from: SandboxState, to: SandboxStat
 }
 
 /**
- * Where a sandbox found in `state` at server start must go, given whether its VM is still alive.
- * Transitional states never survive a restart.
+ * Where a sandbox found in `state` at server start must go, given whether its VM is still alive and
+ * whether a hibernation snapshot of it is recorded. Transitional states never survive a restart:
+ * a hibernation that was recorded ends paused, one that was not ends running (its VM lives on) or
+ * failed; an interrupted resume goes back to paused (its snapshot is intact); creating fails and
+ * killing finishes.
  */
-export function recoveryTarget(state: SandboxState, vmAlive: boolean): SandboxState | 'adopt' {
+export function recoveryTarget(state: SandboxState, vmAlive: boolean, hibernationRecorded: boolean): SandboxState | 'adopt' {
   switch (state) {
     case 'creating':
       return 'failed';
     case 'running':
       return vmAlive ? 'adopt' : 'failed';
     case 'hibernating':
+      if (hibernationRecorded) return 'paused';
       return vmAlive ? 'adopt' : 'failed';
     case 'resuming':
       return 'paused';

@@ -6,6 +6,7 @@ import {
   AgentClient,
   backingChain,
   flattenLayer,
+  fsyncDir,
   captureSnapshot,
   chownTree,
   CleanupStack,
@@ -41,6 +42,8 @@ export interface CreateSandboxRequest {
   envs: Record<string, string>;
   timeoutMs: number;
   allowInternetAccess: boolean;
+  /** What happens when the timeout expires (default kill). */
+  onTimeout?: 'kill' | 'hibernate' | undefined;
 }
 
 /** What a new sandbox is restored from: a template snapshot or a snapshot of a sandbox. */
@@ -65,6 +68,9 @@ export const SNAPSHOT_ID_RE = /^snap_[0-9a-z]{16}$/;
  * sandbox whose own chain grew past it streams its layers into its overlay.
  */
 export const MAX_CHAIN_DEPTH = 8;
+
+/** Hibernation snapshots kept per sandbox (the latest is the one it resumes from). */
+export const KEEP_HIBERNATIONS = 3;
 
 /** A sandbox whose VM this server drives. */
 interface Live {
@@ -103,6 +109,14 @@ export class SandboxManager {
     return path.join(this.config.dataDir, 'layers');
   }
 
+  /** Test-only fault injection: the server process dies here, as with kill -9. */
+  private crashPoint(name: string): void {
+    if (this.config.faultInjection === name) {
+      this.log.warn({ fault: name }, 'fault injection: killing the server process');
+      process.kill(process.pid, 'SIGKILL');
+    }
+  }
+
   /** Names this server's claim on a sandbox uid (host-wide registry). */
   private uidOwner(id: string): string {
     return `${this.config.dataDir} ${id}`;
@@ -135,8 +149,13 @@ export class SandboxManager {
     const adoptedUids = new Set<number>();
     for (const rec of this.store.inStates(['creating', 'running', 'hibernating', 'resuming', 'killing'])) {
       const vm = rec.vmSpec && rec.pid ? await Vm.adopt(this.host.profile, rec.vmSpec, rec.pid) : undefined;
-      const target = recoveryTarget(rec.state, vm !== undefined);
+      const target = recoveryTarget(rec.state, vm !== undefined, this.snapshots.hibernations(rec.id).length > 0);
       if (target === 'adopt' && vm) {
+        if (rec.state === 'hibernating') {
+          // interrupted before its hibernation was recorded: it runs on (reconcile resumes the vCPUs)
+          this.store.transition(rec.id, 'hibernating', 'running', 'hibernation interrupted by a server restart; still running');
+          rec.state = 'running';
+        }
         adopted.add(vm.pid);
         if (rec.vmSpec?.runAsUid !== undefined) {
           adoptedUids.add(rec.vmSpec.runAsUid);
@@ -153,6 +172,18 @@ export class SandboxManager {
       await vm?.kill();
       this.removeFiles(rec.id);
       this.releaseUid(rec.id, rec.vmSpec);
+      if (target === 'paused') {
+        // a hibernation that was recorded (its VM may not have stopped yet), or an interrupted resume
+        this.store.transition(rec.id, rec.state, 'paused', `${rec.state} interrupted by a server restart; paused`, {
+          pid: null,
+          expiresAt: null,
+          diskParentLayer: null,
+          remainingMs: rec.remainingMs ?? Math.max(1000, (rec.expiresAt ?? Date.now()) - Date.now()),
+          pausedAt: rec.pausedAt ?? Date.now(),
+        });
+        this.log.warn({ sandboxId: rec.id, from: rec.state, to: target }, 'recovered sandbox after restart');
+        continue;
+      }
       const reason = rec.state === 'killing' ? 'killed (finished after a server restart)' : `its VM was gone after a server restart (was ${rec.state})`;
       this.store.transition(rec.id, rec.state, target as SandboxState, reason, {
         endedAt: Date.now(),
@@ -337,6 +368,9 @@ export class SandboxManager {
         requirements: src.requirements,
         diskParentLayer: src.diskParentLayer,
         forkedFrom: req.forkedFrom ?? null,
+        onTimeout: req.onTimeout ?? 'kill',
+        remainingMs: null,
+        pausedAt: null,
         updatedAt: now,
       });
       return this.locks.run(id, async () => {
@@ -448,109 +482,261 @@ export class SandboxManager {
         }
         const live = this.live.get(id);
         if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
-        const vm = live.vm;
-        checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, 'creating a snapshot');
-        const snapId = newId('snap');
-        const staging = path.join(this.layersDir, '.staging', snapId);
-        fs.mkdirSync(staging, { mode: 0o700 });
-        const ids = { mem: newId('lyr'), state: newId('lyr'), disk: newId('lyr') };
-        const finalPath = { mem: path.join(this.layersDir, `${ids.mem}.mem`), state: path.join(this.layersDir, `${ids.state}.state`) };
-        const diskLayerPath = path.join(this.layersDir, `${ids.disk}.qcow2`);
-        const nextOverlay = path.join(this.sandboxDir(id), `disk-${Date.now().toString(36)}.qcow2`);
-        const parent = rec.diskParentLayer;
-        const switchRecorded = () => {
-          this.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
-        };
-        // user processes stay frozen across the capture: a clone runs them again only after its
-        // sys.init (clock, entropy, identity); the source thaws right after
-        const agent = await this.agent(id).catch((err: unknown) => {
-          this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'snapshot without freezing user processes: the agent is unavailable');
-          return undefined;
-        });
-        let frozen = false;
-        if (agent) {
-          try {
-            await agent.call('sys.freeze', {}, 10_000);
-            frozen = true;
-          } catch (err) {
-            this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'snapshot without freezing user processes');
-          }
-        }
-        const thaw = async () => {
-          if (frozen && !vm.gone) {
-            frozen = false;
-            await agent?.call('sys.thaw', {}, 10_000).catch((err: unknown) => this.log.error({ sandboxId: id, err: errorMessage(err) }, 'thawing user processes failed'));
-          }
-        };
-        try {
-          const res = await captureSnapshot(
-            vm,
-            { mem: path.join(staging, 'mem'), state: path.join(staging, 'state'), disk: diskLayerPath, nextOverlay },
-            {
-              resume: true,
-              virtualSizeBytes: rec.vmSpec.diskSizeBytes,
-              ownerUid: vm.spec.runAsUid,
-              beforeSwitch: () =>
-                this.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() }),
-              switchFailed: () => this.snapshots.deleteLayer(ids.disk),
-              onPaused: async () => {
-                if (this.config.faultInjection === 'kill-vm-during-snapshot') {
-                  // as if it were killed from outside
-                  process.kill(vm.pid, 'SIGKILL');
-                  await vm.exited;
-                }
-              },
-            },
-          );
-          switchRecorded();
-          await thaw();
-          fs.renameSync(path.join(staging, 'mem'), finalPath.mem);
-          fs.renameSync(path.join(staging, 'state'), finalPath.state);
-          const snap: SnapshotRecord = {
-            id: snapId,
-            sandboxId: id,
-            kind: opts.kind,
-            template: rec.template,
-            metadata: opts.metadata,
-            envs: rec.envs,
-            memLayer: ids.mem,
-            stateLayer: ids.state,
-            diskLayer: ids.disk,
-            vmConfig: {
-              kernel: vm.spec.kernel,
-              initrd: vm.spec.initrd,
-              cmdline: vm.spec.cmdline,
-              memoryMiB: vm.spec.memoryMiB,
-              vcpus: vm.spec.vcpus,
-              diskSizeBytes: vm.spec.diskSizeBytes,
-              allowInternetAccess: vm.spec.allowInternetAccess,
-            },
-            requirements: rec.requirements!,
-            pauseMs: res.pauseMs,
-            createdAt: Date.now(),
-          };
-          this.snapshots.transaction(() => {
-            const now = Date.now();
-            this.snapshots.insertLayer({ id: ids.mem, kind: 'mem', path: finalPath.mem, parentId: null, bytes: allocatedBytes(finalPath.mem), createdAt: now });
-            this.snapshots.insertLayer({ id: ids.state, kind: 'state', path: finalPath.state, parentId: null, bytes: allocatedBytes(finalPath.state), createdAt: now });
-            this.snapshots.insert(snap);
-          });
-          this.log.info({ sandboxId: id, snapshotId: snapId, pauseMs: res.pauseMs, ms: res.totalMs }, 'snapshot created');
-          await this.boundChain(id, vm, ids.disk).catch((err: unknown) =>
-            this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
-          );
-          return snap;
-        } catch (err) {
-          // the VM may have moved to its next overlay before the failure: keep the record true
-          if (vm.spec.disk === nextOverlay) switchRecorded();
-          for (const f of Object.values(finalPath)) fs.rmSync(f, { force: true });
-          throw wrapError(err, `snapshot of sandbox ${id}`, 'snapshot_failed');
-        } finally {
-          await thaw();
-          fs.rmSync(staging, { recursive: true, force: true });
-        }
+        const snap = await this.capture(rec, live.vm, opts.kind, opts.metadata, true);
+        await this.boundChain(id, live.vm, snap.diskLayer).catch((err: unknown) =>
+          this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
+        );
+        return snap;
       }),
     );
+  }
+
+  /**
+   * Captures a sandbox's memory and disk at one paused instant into new layers and records a
+   * snapshot of them (callers hold the sandbox lock and the layer lock's read side). User processes
+   * stay frozen across the capture: a clone runs them again only after its sys.init (clock, entropy,
+   * identity). With `keepRunning` the source resumes and thaws right after; otherwise it stays
+   * stopped and frozen (hibernation quits it next), unless the capture fails.
+   */
+  private async capture(rec: SandboxRecord, vm: Vm, kind: SnapshotKind, metadata: Record<string, string>, keepRunning: boolean): Promise<SnapshotRecord> {
+    const id = rec.id;
+    checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, `capturing sandbox ${id}`);
+    const snapId = newId('snap');
+    const staging = path.join(this.layersDir, '.staging', snapId);
+    fs.mkdirSync(staging, { mode: 0o700 });
+    const ids = { mem: newId('lyr'), state: newId('lyr'), disk: newId('lyr') };
+    const finalPath = { mem: path.join(this.layersDir, `${ids.mem}.mem`), state: path.join(this.layersDir, `${ids.state}.state`) };
+    const diskLayerPath = path.join(this.layersDir, `${ids.disk}.qcow2`);
+    const nextOverlay = path.join(this.sandboxDir(id), `disk-${Date.now().toString(36)}.qcow2`);
+    const parent = rec.diskParentLayer;
+    const switchRecorded = () => {
+      this.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
+    };
+    const agent = await this.agent(id).catch((err: unknown) => {
+      this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'capture without freezing user processes: the agent is unavailable');
+      return undefined;
+    });
+    let frozen = false;
+    if (agent) {
+      try {
+        await agent.call('sys.freeze', {}, 10_000);
+        frozen = true;
+      } catch (err) {
+        this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'capture without freezing user processes');
+      }
+    }
+    const thaw = async () => {
+      if (frozen && !vm.gone) {
+        frozen = false;
+        await agent?.call('sys.thaw', {}, 10_000).catch((err: unknown) => this.log.error({ sandboxId: id, err: errorMessage(err) }, 'thawing user processes failed'));
+      }
+    };
+    let ok = false;
+    try {
+      const res = await captureSnapshot(
+        vm,
+        { mem: path.join(staging, 'mem'), state: path.join(staging, 'state'), disk: diskLayerPath, nextOverlay },
+        {
+          resume: keepRunning,
+          durable: !keepRunning,
+          virtualSizeBytes: rec.vmSpec!.diskSizeBytes,
+          ownerUid: vm.spec.runAsUid,
+          beforeSwitch: () =>
+            this.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() }),
+          switchFailed: () => this.snapshots.deleteLayer(ids.disk),
+          onPaused: async () => {
+            if (this.config.faultInjection === `kill-vm-during-${kind === 'hibernate' ? 'hibernate' : 'snapshot'}`) {
+              // as if it were killed from outside
+              process.kill(vm.pid, 'SIGKILL');
+              await vm.exited;
+            }
+          },
+        },
+      );
+      switchRecorded();
+      if (keepRunning) await thaw();
+      fs.renameSync(path.join(staging, 'mem'), finalPath.mem);
+      fs.renameSync(path.join(staging, 'state'), finalPath.state);
+      if (!keepRunning) fsyncDir(this.layersDir);
+      const snap: SnapshotRecord = {
+        id: snapId,
+        sandboxId: id,
+        kind,
+        template: rec.template,
+        metadata,
+        envs: rec.envs,
+        memLayer: ids.mem,
+        stateLayer: ids.state,
+        diskLayer: ids.disk,
+        vmConfig: {
+          kernel: vm.spec.kernel,
+          initrd: vm.spec.initrd,
+          cmdline: vm.spec.cmdline,
+          memoryMiB: vm.spec.memoryMiB,
+          vcpus: vm.spec.vcpus,
+          diskSizeBytes: vm.spec.diskSizeBytes,
+          allowInternetAccess: vm.spec.allowInternetAccess,
+        },
+        requirements: rec.requirements!,
+        pauseMs: res.pauseMs,
+        createdAt: Date.now(),
+      };
+      this.snapshots.transaction(() => {
+        const now = Date.now();
+        this.snapshots.insertLayer({ id: ids.mem, kind: 'mem', path: finalPath.mem, parentId: null, bytes: allocatedBytes(finalPath.mem), createdAt: now });
+        this.snapshots.insertLayer({ id: ids.state, kind: 'state', path: finalPath.state, parentId: null, bytes: allocatedBytes(finalPath.state), createdAt: now });
+        this.snapshots.insert(snap);
+      });
+      ok = true;
+      this.log.info({ sandboxId: id, snapshotId: snapId, kind, pauseMs: res.pauseMs, ms: res.totalMs }, 'snapshot created');
+      return snap;
+    } catch (err) {
+      // the VM may have moved to its next overlay before the failure: keep the record true
+      if (vm.spec.disk === nextOverlay) switchRecorded();
+      for (const f of Object.values(finalPath)) fs.rmSync(f, { force: true });
+      throw wrapError(err, `snapshot of sandbox ${id}`, 'snapshot_failed');
+    } finally {
+      // a failed capture leaves the source running, whatever it was for
+      if (!ok && !keepRunning && !vm.gone) await vm.qmp.execute('cont').catch(() => {});
+      if (keepRunning || !ok) await thaw();
+      fs.rmSync(staging, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Hibernates a running sandbox: its memory and disk are captured at one instant to durable
+   * storage as a `hibernate` snapshot, then its VM stops (no QEMU process, no RAM left). The
+   * sandbox keeps its id, metadata and remaining timeout, and is `paused` until resumed.
+   * Hibernating a paused sandbox returns its latest hibernation snapshot.
+   */
+  async hibernate(id: string, reason = 'hibernated by request'): Promise<SnapshotRecord> {
+    this.get(id);
+    return this.locks.run(id, async () => {
+      const rec = this.get(id);
+      if (rec.state === 'paused') {
+        const latest = this.snapshots.hibernations(id)[0];
+        if (latest) return latest;
+      }
+      if (rec.state !== 'running') {
+        throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: only a running sandbox can be hibernated`, { details: { state: rec.state } });
+      }
+      const live = this.live.get(id);
+      if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
+      const remainingMs = Math.max(1000, (rec.expiresAt ?? Date.now() + rec.timeoutMs) - Date.now());
+      this.store.transition(id, 'running', 'hibernating', reason);
+      let snap: SnapshotRecord;
+      try {
+        snap = await this.layersLock.read(() => this.capture(this.get(id), live.vm, 'hibernate', {}, false));
+      } catch (err) {
+        if (live.vm.gone) {
+          // the exit watcher records the death once this operation releases the lock
+          throw err;
+        }
+        this.store.transition(id, 'hibernating', 'running', `hibernation failed, still running: ${errorMessage(err)}`);
+        throw err;
+      }
+      this.crashPoint('crash-after-hibernate-capture');
+      this.live.delete(id);
+      await live.vm.kill();
+      live.release();
+      this.removeFiles(id);
+      this.releaseUid(id, rec.vmSpec);
+      this.store.transition(id, 'hibernating', 'paused', reason, {
+        pid: null,
+        expiresAt: null,
+        remainingMs,
+        pausedAt: Date.now(),
+        diskParentLayer: null,
+      });
+      // a sandbox's history keeps its last few hibernations (older ones: snapshot_not_latest anyway)
+      for (const old of this.snapshots.hibernations(id).slice(KEEP_HIBERNATIONS)) this.snapshots.delete(old.id);
+      this.onLayersReleased();
+      this.log.info({ sandboxId: id, snapshotId: snap.id, reason }, 'sandbox hibernated');
+      return snap;
+    });
+  }
+
+  /**
+   * Resumes a paused sandbox as the same sandbox (same id, identity, metadata, remaining timeout)
+   * from its latest hibernation snapshot, or from `snapshotId`, which must be that snapshot. A
+   * running sandbox is returned as it is.
+   */
+  async resume(id: string, snapshotId?: string): Promise<SandboxRecord> {
+    this.get(id);
+    return this.locks.run(id, async () => {
+      const rec = this.get(id);
+      const latest = this.snapshots.hibernations(id)[0];
+      if (snapshotId !== undefined) {
+        const snap = this.getSnapshot(snapshotId);
+        if (snap.kind !== 'hibernate') {
+          throw new NsError(
+            'bad_request',
+            `snapshot ${snap.id} is a ${snap.kind} snapshot: start a new sandbox from it with Sandbox.create(snapshot_id=...) instead of resuming`,
+            { details: { snapshotId: snap.id, kind: snap.kind } },
+          );
+        }
+        if (snap.sandboxId !== id) throw new NsError('bad_request', `snapshot ${snap.id} belongs to sandbox ${snap.sandboxId}, not ${id}`);
+        if (latest && snap.id !== latest.id) {
+          throw new NsError('snapshot_not_latest', `snapshot ${snap.id} is not the latest hibernation of sandbox ${id} (${latest.id} is)`, {
+            details: { snapshotId: snap.id, latest: latest.id },
+          });
+        }
+      }
+      if (rec.state === 'running') return rec;
+      if (rec.state !== 'paused' || !latest) {
+        throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: only a paused sandbox can be resumed`, { details: { state: rec.state } });
+      }
+      const compat = this.compatibility(latest);
+      if (!compat.compatible) {
+        throw new NsError(
+          'snapshot_incompatible',
+          `sandbox ${id} cannot be resumed on this host: ${compat.mismatches.map((m) => `${m.field} is ${m.snapshot} in its snapshot but ${m.host} here`).join('; ')}`,
+          { details: { snapshotId: latest.id, mismatches: compat.mismatches } },
+        );
+      }
+      const reservation = this.admission.reserve(rec.memoryMiB);
+      this.store.transition(id, 'paused', 'resuming', 'resume requested');
+      const cleanup = new CleanupStack();
+      cleanup.defer('release admission', reservation.release);
+      const phases: Record<string, number> = {};
+      const t0 = Date.now();
+      try {
+        const vm = await this.layersLock.read(async () => {
+          const layer = (lid: string) => this.snapshots.layer(lid)!.path;
+          const src: RestoreSource = {
+            template: latest.template,
+            snapshotId: latest.id,
+            memFile: layer(latest.memLayer),
+            stateFile: layer(latest.stateLayer),
+            diskBacking: layer(latest.diskLayer),
+            diskParentLayer: latest.diskLayer,
+            vm: latest.vmConfig,
+            requirements: latest.requirements,
+            envs: latest.envs,
+          };
+          this.store.patch(id, { diskParentLayer: latest.diskLayer });
+          return this.restore(id, src, rec.allowInternetAccess, cleanup, phases);
+        });
+        this.crashPoint('crash-during-resume');
+        const agent = await vm.connectAgent(15_000);
+        await this.initAgent(this.get(id), agent);
+        const now = Date.now();
+        const running = this.store.transition(id, 'resuming', 'running', 'resumed', {
+          expiresAt: now + (rec.remainingMs ?? rec.timeoutMs),
+          remainingMs: null,
+          pausedAt: null,
+        });
+        cleanup.release();
+        this.attach(id, vm, reservation.release);
+        this.log.info({ sandboxId: id, ms: Date.now() - t0, ...phases }, 'sandbox resumed');
+        return running;
+      } catch (err) {
+        const errors = await cleanup.run();
+        for (const e of errors) this.log.error({ sandboxId: id, err: e.message }, 'cleanup after a failed resume');
+        this.store.transition(id, 'resuming', 'paused', `resume failed: ${errorMessage(err)}`, { pid: null, diskParentLayer: null });
+        throw wrapError(err, `resuming sandbox ${id}`, 'restore_failed');
+      }
+    });
   }
 
   listSnapshots(q: SnapshotQuery): { items: SnapshotRecord[]; nextToken: string | undefined } {
@@ -714,6 +900,7 @@ export class SandboxManager {
       const rec = this.get(id);
       if (isTerminal(rec.state)) return rec;
       this.store.transition(id, rec.state, 'killing', reason);
+      for (const h of this.snapshots.hibernations(id)) this.snapshots.delete(h.id);
       const live = this.live.get(id);
       if (live) {
         this.live.delete(id);
@@ -744,10 +931,22 @@ export class SandboxManager {
     const now = Date.now();
     for (const rec of this.store.expired(now)) {
       if (this.locks.busy(rec.id)) continue;
+      const why = `timeout: no setTimeout within ${rec.timeoutMs} ms`;
       try {
-        await this.kill(rec.id, `timeout: no setTimeout within ${rec.timeoutMs} ms`);
+        if (rec.onTimeout === 'hibernate') await this.hibernate(rec.id, why);
+        else await this.kill(rec.id, why);
       } catch (err) {
-        this.log.error({ sandboxId: rec.id, err: errorMessage(err) }, 'killing an expired sandbox failed');
+        this.log.error({ sandboxId: rec.id, err: errorMessage(err) }, `${rec.onTimeout === 'hibernate' ? 'hibernating' : 'killing'} an expired sandbox failed`);
+        // never leave an expired sandbox running because hibernation failed
+        if (rec.onTimeout === 'hibernate') await this.kill(rec.id, `${why}; hibernation failed: ${errorMessage(err)}`).catch(() => {});
+      }
+    }
+    if (this.config.pausedRetentionMs > 0) {
+      for (const rec of this.store.pausedBefore(now - this.config.pausedRetentionMs)) {
+        if (this.locks.busy(rec.id)) continue;
+        await this.kill(rec.id, `paused for longer than the retention of ${this.config.pausedRetentionMs} ms`).catch((err: unknown) =>
+          this.log.error({ sandboxId: rec.id, err: errorMessage(err) }, 'killing a paused sandbox past its retention failed'),
+        );
       }
     }
     if (this.config.endedRetentionMs > 0 && Math.random() < 0.01) this.store.pruneEnded(now - this.config.endedRetentionMs);

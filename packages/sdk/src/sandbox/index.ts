@@ -24,6 +24,11 @@ export interface SandboxInfo {
   endedAt: Date | null;
   endReason: string | null;
   errorCode: string | null;
+  lifecycle: { onTimeout: 'kill' | 'hibernate' };
+  /** When it was hibernated (paused sandboxes). */
+  pausedAt: Date | null;
+  /** While paused: the timeout it resumes with. */
+  remainingTimeoutMs: number | null;
 }
 
 export interface SandboxOpts extends ConnectionOpts {
@@ -38,6 +43,8 @@ export interface SandboxOpts extends ConnectionOpts {
   timeoutMs?: number;
   /** false cuts all outbound network traffic; default true. */
   allowInternetAccess?: boolean;
+  /** `onTimeout: 'hibernate'`: the timeout hibernates the sandbox instead of killing it; `connect` resumes it. */
+  lifecycle?: { onTimeout: 'kill' | 'hibernate' };
 }
 
 export interface SandboxListOpts extends ConnectionOpts {
@@ -47,17 +54,25 @@ export interface SandboxListOpts extends ConnectionOpts {
   nextToken?: string;
 }
 
-interface RawInfo extends Omit<SandboxInfo, 'createdAt' | 'startedAt' | 'expiresAt' | 'endedAt'> {
+interface RawInfo extends Omit<SandboxInfo, 'createdAt' | 'startedAt' | 'expiresAt' | 'endedAt' | 'pausedAt'> {
   createdAt: string;
   startedAt: string | null;
   expiresAt: string | null;
   endedAt: string | null;
+  pausedAt: string | null;
 }
 
 const date = (s: string | null) => (s === null ? null : new Date(s));
 
 export function toInfo(r: RawInfo): SandboxInfo {
-  return { ...r, createdAt: new Date(r.createdAt), startedAt: date(r.startedAt), expiresAt: date(r.expiresAt), endedAt: date(r.endedAt) };
+  return {
+    ...r,
+    createdAt: new Date(r.createdAt),
+    startedAt: date(r.startedAt),
+    expiresAt: date(r.expiresAt),
+    endedAt: date(r.endedAt),
+    pausedAt: date(r.pausedAt),
+  };
 }
 
 /** Pages of sandboxes. Iterate it (`for await`) for every item, or call `nextItems()` page by page. */
@@ -137,15 +152,29 @@ export class Sandbox {
         envs: opts.envs,
         timeoutMs: opts.timeoutMs,
         allowInternetAccess: opts.allowInternetAccess,
+        lifecycle: opts.lifecycle,
       },
     });
     return new this(info.sandboxId, api);
   }
 
-  /** A handle on an existing running sandbox. */
+  /** A handle on an existing sandbox: a running one as it is, a paused one resumed from its latest hibernation. */
   static async connect(sandboxId: string, opts: ConnectionOpts = {}): Promise<Sandbox> {
     const api = new ApiClient(new ConnectionConfig(opts));
-    const info = await api.json<RawInfo>(`/v1/sandboxes/${encodeURIComponent(sandboxId)}`);
+    const id = encodeURIComponent(sandboxId);
+    let info = await api.json<RawInfo>(`/v1/sandboxes/${id}`);
+    if (info.state === 'paused') info = await api.json<RawInfo>(`/v1/sandboxes/${id}/resume`, { method: 'POST', json: {} });
+    return new this(info.sandboxId, api);
+  }
+
+  /**
+   * Resumes the sandbox a hibernation snapshot belongs to (same sandbox id) from it. It must be that
+   * sandbox's latest hibernation (409 `snapshot_not_latest`); a reusable snapshot is refused: start
+   * a new sandbox from it with `Sandbox.create({ snapshotId })`.
+   */
+  static async resume(snapshotId: string, opts: ConnectionOpts = {}): Promise<Sandbox> {
+    const api = new ApiClient(new ConnectionConfig(opts));
+    const info = await api.json<RawInfo>(`/v1/snapshots/${encodeURIComponent(snapshotId)}/resume`, { method: 'POST', json: {} });
     return new this(info.sandboxId, api);
   }
 
@@ -200,6 +229,20 @@ export class Sandbox {
   async fork(opts: { metadata?: Record<string, string>; envs?: Record<string, string>; timeoutMs?: number } = {}): Promise<Sandbox> {
     const info = await this.api.json<RawInfo>(`/v1/sandboxes/${this.sandboxId}/fork`, { method: 'POST', json: opts });
     return new (this.constructor as typeof Sandbox)(info.sandboxId, this.api);
+  }
+
+  /**
+   * Hibernates the sandbox: its memory and disk are persisted at one instant and its VM stops (no
+   * RAM used). It keeps its id, metadata and remaining timeout; `Sandbox.connect(id)` or
+   * `Sandbox.resume(snapshot.id)` brings it back. On a paused sandbox: returns its latest hibernation.
+   */
+  async hibernate(): Promise<Snapshot> {
+    return Snapshot.fromRaw(await this.api.json(`/v1/sandboxes/${this.sandboxId}/hibernate`, { method: 'POST', json: {} }), this.api);
+  }
+
+  /** Alias of `hibernate()`. */
+  pause(): Promise<Snapshot> {
+    return this.hibernate();
   }
 
   /** Kills the sandbox (idempotent). */

@@ -5,7 +5,8 @@ import { NsError } from '@nullspace/runtime';
 import { isState, type SandboxState } from '../lifecycle.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
 import type { AppDeps } from './app.js';
-import { CreateSandboxBody, ForkBody, IdParams, ListSandboxesQuery, Sandbox, SandboxList, TimeoutBody, type SandboxT } from './schemas.js';
+import { CreateSandboxBody, ForkBody, IdParams, ListSandboxesQuery, ResumeBody, Sandbox, SandboxList, Snapshot, TimeoutBody, type SandboxT } from './schemas.js';
+import { snapshotView } from './snapshots.js';
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
@@ -27,6 +28,9 @@ export function sandboxView(r: SandboxRecord): SandboxT {
     endedAt: iso(r.endedAt),
     endReason: r.endReason,
     errorCode: r.errorCode,
+    lifecycle: { onTimeout: r.onTimeout },
+    pausedAt: iso(r.pausedAt),
+    remainingTimeoutMs: r.state === 'paused' ? r.remainingMs : null,
   };
 }
 
@@ -70,6 +74,7 @@ export const sandboxRoutes =
           envs: body.envs ?? {},
           timeoutMs: checkTimeout(deps, body.timeoutMs ?? deps.config.defaultTimeoutMs),
           allowInternetAccess: body.allowInternetAccess ?? true,
+          onTimeout: body.lifecycle?.onTimeout ?? 'kill',
         });
         return reply.status(201).send(sandboxView(rec));
       },
@@ -117,6 +122,33 @@ export const sandboxRoutes =
         if (pauseMs !== null) void reply.header('x-nullspace-pause-ms', String(pauseMs));
         return reply.status(201).send(sandboxView(child));
       },
+    );
+
+    for (const route of ['/sandboxes/:id/hibernate', '/sandboxes/:id/pause']) {
+      app.post(
+        route,
+        {
+          schema: {
+            summary: `${route.endsWith('pause') ? '(alias of hibernate) ' : ''}Hibernate: persist memory and disk, stop the VM; the sandbox is paused until resumed`,
+            params: IdParams,
+            response: { 200: Snapshot },
+          },
+        },
+        async (req) => snapshotView(deps, await sandboxes.hibernate(req.params.id)),
+      );
+    }
+
+    app.post(
+      '/sandboxes/:id/resume',
+      {
+        schema: {
+          summary: 'Resume a paused sandbox (same id) from its latest hibernation; a running sandbox is returned as is',
+          params: IdParams,
+          body: Type.Optional(ResumeBody),
+          response: { 200: Sandbox },
+        },
+      },
+      async (req) => sandboxView(await sandboxes.resume(req.params.id, req.body?.snapshotId)),
     );
 
     app.post(

@@ -44,6 +44,9 @@ export const Sandbox = Type.Object(
     endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     endReason: Type.Union([Type.String(), Type.Null()]),
     errorCode: Type.Union([Type.String(), Type.Null()]),
+    lifecycle: Type.Object({ onTimeout: Type.Union([Type.Literal('kill'), Type.Literal('hibernate')]) }),
+    pausedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    remainingTimeoutMs: Type.Union([Type.Integer(), Type.Null()], { description: 'While paused: the timeout it resumes with' }),
   },
   { $id: 'Sandbox' },
 );
@@ -59,6 +62,12 @@ export const CreateSandboxBody = Type.Object(
     envs: Type.Optional(Envs),
     timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: 'Lifetime without activity before the sandbox is killed; default 300000' })),
     allowInternetAccess: Type.Optional(Type.Boolean({ default: true })),
+    lifecycle: Type.Optional(
+      Type.Object(
+        { onTimeout: Type.Union([Type.Literal('kill'), Type.Literal('hibernate')], { description: 'What the timeout does; default kill' }) },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -242,5 +251,10 @@ export const ForkBody = Type.Object(
     envs: Type.Optional(Envs),
     timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: "Default: the source's timeout" })),
   },
+  { additionalProperties: false },
+);
+
+export const ResumeBody = Type.Object(
+  { snapshotId: Type.Optional(Type.String({ maxLength: 64, description: 'Must be its latest hibernation snapshot; default that one' })) },
   { additionalProperties: false },
 );

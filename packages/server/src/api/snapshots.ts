@@ -4,10 +4,23 @@ import { Type, type Static } from '@sinclair/typebox';
 import { NsError } from '@nullspace/runtime';
 import type { SnapshotKind, SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from './app.js';
-import { parseMetadataFilter } from './sandboxes.js';
-import { Compatibility, CreateSnapshotBody, GcReport, IdParams, ListSnapshotsQuery, Snapshot, SnapshotParams } from './schemas.js';
+import { parseMetadataFilter, sandboxView } from './sandboxes.js';
+import { Compatibility, CreateSnapshotBody, GcReport, IdParams, ListSnapshotsQuery, Sandbox, Snapshot, SnapshotParams } from './schemas.js';
 
 const KINDS: SnapshotKind[] = ['reusable', 'hibernate', 'fork'];
+
+export function snapshotView(deps: AppDeps, s: SnapshotRecord): Static<typeof Snapshot> {
+  return {
+    snapshotId: s.id,
+    sandboxId: s.sandboxId,
+    kind: s.kind,
+    template: s.template,
+    metadata: s.metadata,
+    createdAt: new Date(s.createdAt).toISOString(),
+    pauseMs: s.pauseMs,
+    sizeBytes: deps.sandboxes.snapshotBytes(s),
+  };
+}
 
 export const snapshotRoutes =
   (deps: AppDeps): FastifyPluginAsync =>
@@ -15,16 +28,7 @@ export const snapshotRoutes =
     const app = plain.withTypeProvider<TypeBoxTypeProvider>();
     const { sandboxes, gc } = deps;
 
-    const view = (s: SnapshotRecord): Static<typeof Snapshot> => ({
-      snapshotId: s.id,
-      sandboxId: s.sandboxId,
-      kind: s.kind,
-      template: s.template,
-      metadata: s.metadata,
-      createdAt: new Date(s.createdAt).toISOString(),
-      pauseMs: s.pauseMs,
-      sizeBytes: sandboxes.snapshotBytes(s),
-    });
+    const view = (s: SnapshotRecord) => snapshotView(deps, s);
 
     app.post(
       '/sandboxes/:id/snapshots',
@@ -73,6 +77,21 @@ export const snapshotRoutes =
       async (req, reply) => {
         sandboxes.deleteSnapshot(req.params.id);
         return reply.status(204).send();
+      },
+    );
+
+    app.post(
+      '/snapshots/:id/resume',
+      {
+        schema: {
+          summary: "Resume the snapshot's sandbox (same id) from it: it must be that sandbox's latest hibernation snapshot",
+          params: SnapshotParams,
+          response: { 200: Sandbox },
+        },
+      },
+      async (req) => {
+        const snap = sandboxes.getSnapshot(req.params.id);
+        return sandboxView(await sandboxes.resume(snap.sandboxId, snap.id));
       },
     );
 

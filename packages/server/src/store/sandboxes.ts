@@ -34,6 +34,11 @@ export interface SandboxRecord {
   diskParentLayer: string | null;
   /** The sandbox it was forked from. */
   forkedFrom: string | null;
+  /** What happens when the timeout expires. */
+  onTimeout: 'kill' | 'hibernate';
+  /** While paused: the timeout left when it was hibernated. */
+  remainingMs: number | null;
+  pausedAt: number | null;
   updatedAt: number;
 }
 
@@ -60,6 +65,9 @@ interface Row {
   requirements: string | null;
   disk_parent_layer: string | null;
   forked_from: string | null;
+  on_timeout: string;
+  remaining_ms: number | null;
+  paused_at: number | null;
   updated_at: number;
 }
 
@@ -87,6 +95,9 @@ function fromRow(r: Row): SandboxRecord {
     requirements: r.requirements ? (JSON.parse(r.requirements) as RestoreRequirements) : null,
     diskParentLayer: r.disk_parent_layer,
     forkedFrom: r.forked_from,
+    onTimeout: r.on_timeout === 'hibernate' ? 'hibernate' : 'kill',
+    remainingMs: r.remaining_ms,
+    pausedAt: r.paused_at,
     updatedAt: r.updated_at,
   };
 }
@@ -94,7 +105,18 @@ function fromRow(r: Row): SandboxRecord {
 export type SandboxPatch = Partial<
   Pick<
     SandboxRecord,
-    'startedAt' | 'expiresAt' | 'endedAt' | 'endReason' | 'errorCode' | 'pid' | 'vmSpec' | 'requirements' | 'timeoutMs' | 'diskParentLayer'
+    | 'startedAt'
+    | 'expiresAt'
+    | 'endedAt'
+    | 'endReason'
+    | 'errorCode'
+    | 'pid'
+    | 'vmSpec'
+    | 'requirements'
+    | 'timeoutMs'
+    | 'diskParentLayer'
+    | 'remainingMs'
+    | 'pausedAt'
   >
 >;
 
@@ -109,6 +131,8 @@ const COLUMN: Record<keyof SandboxPatch, string> = {
   requirements: 'requirements',
   timeoutMs: 'timeout_ms',
   diskParentLayer: 'disk_parent_layer',
+  remainingMs: 'remaining_ms',
+  pausedAt: 'paused_at',
 };
 
 export interface ListQuery {
@@ -126,9 +150,9 @@ export class SandboxStore {
     this.db
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
-           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, updated_at)
+           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
-           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @updated_at)`,
+           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -153,6 +177,7 @@ export class SandboxStore {
         requirements: rec.requirements ? JSON.stringify(rec.requirements) : null,
         disk_parent_layer: rec.diskParentLayer,
         forked_from: rec.forkedFrom,
+        on_timeout: rec.onTimeout,
         updated_at: rec.updatedAt,
       });
     this.event(rec.id, null, rec.state, 'created');
@@ -226,6 +251,12 @@ export class SandboxStore {
       params[k] = v !== null && typeof v === 'object' ? JSON.stringify(v) : v;
     }
     this.db.prepare(`UPDATE sandboxes SET ${sets.join(', ')} WHERE id = @id`).run(params);
+  }
+
+  /** Paused sandboxes hibernated before `before`. */
+  pausedBefore(before: number): SandboxRecord[] {
+    const rows = this.db.prepare(`SELECT * FROM sandboxes WHERE state = 'paused' AND paused_at IS NOT NULL AND paused_at < ?`).all(before) as Row[];
+    return rows.map(fromRow);
   }
 
   /** Running sandboxes whose timeout has passed. */

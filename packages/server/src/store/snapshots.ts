@@ -171,6 +171,13 @@ export class SnapshotStore {
     return r ? snap(r) : undefined;
   }
 
+  /** Hibernation snapshots of a sandbox, newest first. */
+  hibernations(sandboxId: string): SnapshotRecord[] {
+    return (this.db.prepare(`SELECT * FROM snapshots WHERE sandbox_id = ? AND kind = 'hibernate' ORDER BY created_at DESC, id DESC`).all(sandboxId) as SnapRow[]).map(
+      snap,
+    );
+  }
+
   delete(id: string): boolean {
     return this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id).changes === 1;
   }

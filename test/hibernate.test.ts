@@ -1,0 +1,206 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, inject, it } from 'vitest';
+import { InvalidArgumentError, Sandbox, Snapshot } from 'nullspace';
+import { api, conn, sandbox } from './helpers.js';
+import { cleanupDataDir, freePort, qemuPid, serverProcess, tempDataDir, waitFor } from './servers.js';
+
+const COUNTER = [
+  'import signal, time',
+  'n = 0',
+  'def dump(*_):',
+  '    open("/workspace/n", "w").write(str(n))',
+  'signal.signal(signal.SIGUSR1, dump)',
+  'open("/workspace/ready", "w").close()',
+  'while True:',
+  '    n += 1',
+  '    time.sleep(0.05)',
+  '',
+].join('\n');
+
+/** Starts the counter process and waits until it handles SIGUSR1. */
+async function startCounter(s: Sandbox): Promise<number> {
+  await s.files.write('/workspace/counter.py', COUNTER);
+  const proc = await s.commands.run('python3 /workspace/counter.py', { background: true, timeoutMs: 0 });
+  await s.commands.run('while [ ! -e /workspace/ready ]; do sleep 0.1; done', { timeoutMs: 30_000 });
+  return proc.pid;
+}
+
+/** The in-memory value of the counter process (it dumps it on SIGUSR1). */
+async function counter(s: Sandbox, pid: number): Promise<number> {
+  const out = (await s.commands.run(`rm -f /workspace/n; kill -USR1 ${pid}; while [ ! -s /workspace/n ]; do sleep 0.05; done; cat /workspace/n`, { timeoutMs: 30_000 })).stdout;
+  return Number(out);
+}
+
+describe('hibernate and resume', () => {
+  it('stops the VM and persists memory and disk; resume brings back the same sandbox, processes included', async () => {
+    const s = await sandbox({ metadata: { who: 'hib' }, timeoutMs: 600_000 });
+    const pid = await startCounter(s);
+    const before = await counter(s, pid);
+    await s.commands.run('echo unsynced > /workspace/last');
+    const hib = await s.hibernate();
+    expect(hib).toMatchObject({ kind: 'hibernate', sandboxId: s.sandboxId });
+    const paused = await s.getInfo();
+    expect(paused).toMatchObject({ state: 'paused', metadata: { who: 'hib' } });
+    expect(paused.remainingTimeoutMs).toBeGreaterThan(500_000);
+    expect(paused.expiresAt).toBeNull();
+    expect(qemuPid(s.sandboxId)).toBeUndefined();
+    expect(fs.existsSync(path.join(inject('dataDir'), 'sandboxes', s.sandboxId))).toBe(false);
+    await expect(s.commands.run('true')).rejects.toMatchObject({ code: 'sandbox_not_running' });
+    // hibernating a paused sandbox: harmless, returns the latest hibernation
+    expect((await s.hibernate()).id).toBe(hib.id);
+
+    const resumed = await Sandbox.resume(hib.id, conn());
+    expect(resumed.sandboxId).toBe(s.sandboxId);
+    const info = await s.getInfo();
+    expect(info.state).toBe('running');
+    expect(info.expiresAt!.getTime() - Date.now()).toBeGreaterThan(500_000);
+    expect(await s.files.read('/workspace/last')).toBe('unsynced\n');
+    expect(await counter(s, pid)).toBeGreaterThanOrEqual(before);
+    const clock = Number((await s.commands.run('date +%s.%N')).stdout) * 1000;
+    expect(Math.abs(clock - Date.now())).toBeLessThan(1000);
+    expect((await s.commands.run('hostname')).stdout.trim()).toBe(s.sandboxId);
+    // resuming a running sandbox returns it unchanged
+    expect((await Sandbox.resume(hib.id, conn())).sandboxId).toBe(s.sandboxId);
+  });
+
+  it('Sandbox.connect resumes a paused sandbox from its latest hibernation; lineage is enforced', async () => {
+    const s = await sandbox();
+    await s.files.write('/workspace/gen', '1');
+    const h1 = await s.pause();
+    const again = await Sandbox.connect(s.sandboxId, conn());
+    expect(await again.files.read('/workspace/gen')).toBe('1');
+    await s.files.write('/workspace/gen', '2');
+    const h2 = await s.hibernate();
+    expect(h2.id).not.toBe(h1.id);
+    const err = await Sandbox.resume(h1.id, conn()).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'snapshot_not_latest', status: 409 });
+    expect((await s.getInfo()).state).toBe('paused');
+    await Sandbox.resume(h2.id, conn());
+    expect(await s.files.read('/workspace/gen')).toBe('2');
+    const hibs: string[] = [];
+    for await (const x of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, kind: 'hibernate' })) hibs.push(x.id);
+    expect(hibs).toEqual([h1.id, h2.id]);
+    // a reusable snapshot is not resumed: it starts new sandboxes
+    const reusable = await s.createSnapshot();
+    const bad = await Sandbox.resume(reusable.id, conn()).catch((e: unknown) => e);
+    expect(bad).toBeInstanceOf(InvalidArgumentError);
+    expect((bad as Error).message).toMatch(/Sandbox\.create/);
+    await Snapshot.delete(reusable.id, conn());
+    // a hibernation snapshot does not start new sandboxes
+    await expect(Sandbox.create({ ...conn(), snapshotId: h2.id })).rejects.toMatchObject({ status: 400 });
+  });
+
+  it('10 cycles of write, change memory, hibernate, resume lose nothing', async () => {
+    const s = await sandbox();
+    const pid = await startCounter(s);
+    let last = await counter(s, pid);
+    for (let i = 0; i < 10; i++) {
+      // written just before hibernating, never synced
+      await s.commands.run(`echo ${i} > /workspace/cycle-${i}`);
+      await s.hibernate();
+      expect(qemuPid(s.sandboxId)).toBeUndefined();
+      await Sandbox.connect(s.sandboxId, conn());
+      const n = await counter(s, pid);
+      expect(n).toBeGreaterThan(last);
+      last = n;
+    }
+    const ls = (await s.commands.run('cat /workspace/cycle-* | tr "\\n" ,')).stdout;
+    expect(ls).toBe('0,1,2,3,4,5,6,7,8,9,');
+  });
+
+  it('lifecycle onTimeout hibernate: the timeout hibernates instead of killing; connect resumes', async () => {
+    const s = await sandbox({ timeoutMs: 2000, lifecycle: { onTimeout: 'hibernate' } });
+    await s.files.write('/workspace/keep', 'kept');
+    const info = await waitFor('hibernated by timeout', async () => {
+      const i = await s.getInfo();
+      return i.state === 'paused' ? i : undefined;
+    });
+    expect(info.lifecycle.onTimeout).toBe('hibernate');
+    const back = await Sandbox.connect(s.sandboxId, conn());
+    expect(await back.files.read('/workspace/keep')).toBe('kept');
+    await back.setTimeout(120_000);
+  });
+
+  it('refuses unknown and killed sandboxes; serializes concurrent hibernate, fork, snapshot and kill', async () => {
+    expect((await api('POST', '/v1/sandboxes/sbx_0000000000000000/hibernate')).status).toBe(404);
+    const k = await sandbox();
+    await k.kill();
+    await expect(k.hibernate()).rejects.toMatchObject({ code: 'sandbox_not_running', status: 409 });
+    await expect(Sandbox.connect(k.sandboxId, conn())).resolves.toBeDefined(); // connect to a killed one: a handle, no resume
+    const s = await sandbox();
+    // the server serializes them in whatever order they arrive: each completes or is refused (409)
+    const [hib, fork, snap, kill] = await Promise.allSettled([s.hibernate(), s.fork(), s.createSnapshot(), s.kill()]);
+    for (const r of [hib, fork, snap]) {
+      if (r.status === 'rejected') expect(r.reason).toMatchObject({ status: 409 });
+    }
+    if (fork.status === 'fulfilled') await fork.value.kill();
+    if (snap.status === 'fulfilled') await Snapshot.delete(snap.value.id, conn());
+    expect(kill.status).toBe('fulfilled');
+    expect(qemuPid(s.sandboxId)).toBeUndefined();
+    expect((await s.getInfo()).state).toBe('killed');
+    const left: string[] = [];
+    for await (const x of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, kind: ['hibernate', 'reusable', 'fork'] })) left.push(x.id);
+    expect(left).toEqual([]);
+  });
+});
+
+describe('hibernation across server crashes', () => {
+  it('a paused sandbox survives kill -9 of the server; interrupted hibernate and resume end in a defined state', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const key = 'hib-restart-key-0123456789';
+    const port = freePort();
+    // 1. a paused sandbox survives kill -9
+    let srv = await serverProcess(dataDir, key, port);
+    let c = { apiUrl: srv.url, apiKey: key };
+    const s = await Sandbox.create(c);
+    await s.files.write('/workspace/a', 'A');
+    await s.hibernate();
+    srv.child.kill('SIGKILL');
+    await new Promise((r) => srv.child.once('exit', r));
+    srv = await serverProcess(dataDir, key, port);
+    expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
+    const back = await Sandbox.connect(s.sandboxId, c);
+    expect(await back.files.read('/workspace/a')).toBe('A');
+    srv.child.kill('SIGKILL');
+    await new Promise((r) => srv.child.once('exit', r));
+
+    // 2. the server dies right after the hibernation was recorded, before the VM stopped: paused
+    srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-after-hibernate-capture' });
+    await back.files.write('/workspace/b', 'B').catch(() => {});
+    await expect(back.hibernate()).rejects.toBeDefined();
+    await new Promise((r) => srv.child.once('exit', r));
+    srv = await serverProcess(dataDir, key, port);
+    c = { apiUrl: srv.url, apiKey: key };
+    expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
+    expect(qemuPid(s.sandboxId)).toBeUndefined();
+    srv.child.kill('SIGKILL');
+    await new Promise((r) => srv.child.once('exit', r));
+
+    // 3. the server dies in the middle of a resume: paused again, and a later resume works
+    srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-during-resume' });
+    await expect(Sandbox.connect(s.sandboxId, c)).rejects.toBeDefined();
+    await new Promise((r) => srv.child.once('exit', r));
+    srv = await serverProcess(dataDir, key, port);
+    expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
+    const finalSbx = await Sandbox.connect(s.sandboxId, c);
+    expect(await finalSbx.files.read('/workspace/b')).toBe('B');
+    await finalSbx.kill();
+  });
+
+  it('QEMU dying during hibernation ends the sandbox failed with a reason, never silently running', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const key = 'hib-fault-key-0123456789';
+    const srv = await serverProcess(dataDir, key, freePort(), { NULLSPACE_FAULT_INJECTION: 'kill-vm-during-hibernate' });
+    const c = { apiUrl: srv.url, apiKey: key };
+    const s = await Sandbox.create(c);
+    await expect(s.hibernate()).rejects.toMatchObject({ code: 'vm_exited' });
+    const info = await waitFor('failed', async () => {
+      const i = await s.getInfo();
+      return i.state === 'failed' ? i : undefined;
+    });
+    expect(info.endReason).toMatch(/exited/);
+  });
+});
