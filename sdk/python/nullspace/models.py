@@ -70,6 +70,12 @@ class SandboxInfo:
     error_code: Optional[str]
     forked_from: Optional[str] = None
     """The sandbox it was forked from (``None`` unless it is a fork child)."""
+    on_timeout: str = "kill"
+    """What its timeout does: ``"kill"`` or ``"hibernate"``."""
+    paused_at: Optional[datetime] = None
+    """When it was hibernated (paused sandboxes)."""
+    remaining_timeout_ms: Optional[int] = None
+    """While paused: the timeout it resumes with."""
 
     @classmethod
     def from_json(cls, r: Mapping[str, Any]) -> "SandboxInfo":
@@ -91,6 +97,9 @@ class SandboxInfo:
             end_reason=r.get("endReason"),
             error_code=r.get("errorCode"),
             forked_from=r.get("forkedFrom"),
+            on_timeout=(r.get("lifecycle") or {}).get("onTimeout", "kill"),
+            paused_at=parse_datetime(r.get("pausedAt")),
+            remaining_timeout_ms=r.get("remainingTimeoutMs"),
         )
 
 

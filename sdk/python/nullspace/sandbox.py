@@ -74,6 +74,7 @@ class Sandbox:
         envs: Optional[Mapping[str, str]] = None,
         timeout_ms: Optional[int] = None,
         allow_internet_access: Optional[bool] = None,
+        lifecycle: Optional[Mapping[str, str]] = None,
         api_key: Optional[str] = None,
         api_url: Optional[str] = None,
         request_timeout: Optional[float] = None,
@@ -91,6 +92,8 @@ class Sandbox:
             timeout_ms: The sandbox is killed after this long unless :meth:`set_timeout` is
                 called again (server default 300000).
             allow_internet_access: ``False`` cuts all outbound network traffic (default ``True``).
+            lifecycle: ``{"on_timeout": "hibernate"}`` makes the timeout hibernate the sandbox
+                instead of killing it (:meth:`connect` resumes it); default ``"kill"``.
 
         Raises:
             ValueError: both ``template`` and ``snapshot_id`` were given.
@@ -113,6 +116,9 @@ class Sandbox:
             body["timeoutMs"] = timeout_ms
         if allow_internet_access is not None:
             body["allowInternetAccess"] = allow_internet_access
+        if lifecycle is not None:
+            on_timeout = lifecycle.get("on_timeout", lifecycle.get("onTimeout", "kill"))
+            body["lifecycle"] = {"onTimeout": on_timeout}
         info = api.json("POST", "/v1/sandboxes", json=body)
         return cls(info["sandboxId"], api)
 
@@ -125,13 +131,40 @@ class Sandbox:
         api_url: Optional[str] = None,
         request_timeout: Optional[float] = None,
     ) -> "Sandbox":
-        """A handle on an existing sandbox.
+        """A handle on an existing sandbox: a running one as it is, a paused (hibernated) one
+        resumed from its latest hibernation first.
 
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
         api = _client(api_key, api_url, request_timeout)
         info = api.json("GET", f"/v1/sandboxes/{_quote(sandbox_id)}")
+        if info["state"] == "paused":
+            info = api.json("POST", f"/v1/sandboxes/{_quote(sandbox_id)}/resume", json={})
+        return cls(info["sandboxId"], api)
+
+    @classmethod
+    def resume(
+        cls,
+        snapshot_id: str,
+        *,
+        api_key: Optional[str] = None,
+        api_url: Optional[str] = None,
+        request_timeout: Optional[float] = None,
+    ) -> "Sandbox":
+        """Resumes the sandbox a hibernation snapshot belongs to, as the same sandbox (same id),
+        from that snapshot: its processes continue with their memory, its files are there, its
+        clock is current. A sandbox that already runs is returned as it is.
+
+        Raises:
+            SnapshotNotFoundError: no such snapshot.
+            ConflictError: code ``snapshot_not_latest`` when the snapshot is not the sandbox's
+                latest hibernation.
+            InvalidArgumentError: the snapshot is a reusable one: start a new sandbox from it with
+                ``Sandbox.create(snapshot_id=...)`` instead.
+        """
+        api = _client(api_key, api_url, request_timeout)
+        info = api.json("POST", f"/v1/snapshots/{_quote(snapshot_id)}/resume", json={})
         return cls(info["sandboxId"], api)
 
     @classmethod
@@ -261,6 +294,23 @@ class Sandbox:
             body["timeoutMs"] = timeout_ms
         info = self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/fork", json=body)
         return type(self)(info["sandboxId"], self._api)
+
+    def hibernate(self) -> Snapshot:
+        """Hibernates the sandbox: its memory and disk are persisted at one instant and its VM
+        stops (no RAM used). It keeps its id, metadata and remaining timeout, and is ``paused``
+        until :meth:`connect` or :meth:`resume` brings it back. On a paused sandbox, returns its
+        latest hibernation snapshot.
+
+        Raises:
+            SandboxNotRunningError: the sandbox is killed or failed.
+            NotEnoughSpaceError: the server's data disk is too full (the sandbox keeps running).
+        """
+        raw = self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/hibernate", json={})
+        return Snapshot.from_json(raw, self._api)
+
+    def pause(self) -> Snapshot:
+        """Alias of :meth:`hibernate`."""
+        return self.hibernate()
 
     def create_snapshot(self, metadata: Optional[Mapping[str, str]] = None) -> Snapshot:
         """Captures this sandbox's memory and disk at one instant into a reusable snapshot.
