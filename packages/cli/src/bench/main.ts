@@ -144,6 +144,20 @@ async function main(): Promise<void> {
     }
     await new Promise((r) => setTimeout(r, quick ? 2000 : 5000));
     const childPss = children.map((ch) => pss(qemuPid(ch.sandboxId)!));
+    for (const ch of children) await ch.kill();
+
+    // hibernate / resume of a sandbox holding 64 MiB of live process memory
+    const hibMs: number[] = [];
+    const resumeMs: number[] = [];
+    const freedMiB: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const before = pss(qemuPid(snapSrc.sandboxId)!);
+      const [hms] = await time(() => snapSrc.hibernate());
+      hibMs.push(hms);
+      freedMiB.push(before - (qemuPid(snapSrc.sandboxId) === undefined ? 0 : before));
+      const [rms] = await time(() => Sandbox.connect(snapSrc.sandboxId, c));
+      resumeMs.push(rms);
+    }
 
     const rows: Row[] = [
       { name: 'create from template -> agent answering', unit: 'ms', samples: createMs, ref: { value: template.bootMs, label: 'cold boot of the template' }, target: '<= 500 ms' },
@@ -160,6 +174,9 @@ async function main(): Promise<void> {
       { name: 'fork: source pause window', unit: 'ms', samples: forkPause, target: 'tens of ms, flat in RAM size' },
       { name: 'fork() -> child answering a command', unit: 'ms', samples: forkMs, target: '<= 500 ms' },
       { name: 'idle fork child memory (QEMU PSS)', unit: 'MiB', samples: childPss, ref: { value: idlePss[0]!, label: 'idle sandbox from the template' } },
+      { name: 'hibernate (64 MiB live in the guest)', unit: 'ms', samples: hibMs },
+      { name: 'resume (connect) -> agent answering', unit: 'ms', samples: resumeMs, ref: { value: median(createMs), label: 'create from template' } },
+      { name: 'host RAM freed per hibernated sandbox', unit: 'MiB', samples: freedMiB, ref: { value: template.memoryMiB, label: 'nominal guest RAM' } },
     ];
     process.stdout.write('\n' + formatTable(rows) + '\n');
     process.stdout.write(`\ncreate median ${median(createMs).toFixed(0)} ms vs cold boot ${template.bootMs} ms: ${(template.bootMs / median(createMs)).toFixed(1)}x faster\n`);
