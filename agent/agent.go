@@ -78,6 +78,8 @@ func init() {
 		"sys.init":    {handler: opSysInit},
 		"sys.freeze":  {handler: opSysFreeze},
 		"sys.thaw":    {handler: opSysThaw},
+		"vol.mount":   {handler: opVolMount},
+		"vol.unmount": {handler: opVolUnmount},
 		"fs.read":     {handler: opFsRead},
 		"fs.write":    {handler: opFsWrite, input: true},
 		"fs.list":     {handler: opFsList},

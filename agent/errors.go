@@ -28,6 +28,7 @@ const (
 	CodeNotRunning       ErrCode = "not_running"
 	CodeCancelled        ErrCode = "cancelled"
 	CodeIOError          ErrCode = "io_error"
+	CodeVolumeBusy       ErrCode = "volume_busy"
 )
 
 // allErrorCodes lists every ErrCode constant.
@@ -35,7 +36,7 @@ var allErrorCodes = []ErrCode{
 	CodeBadRequest, CodeUnknownOp, CodeNotFound, CodeAlreadyExists,
 	CodeNotADirectory, CodeIsADirectory, CodeNotEmpty, CodePermissionDenied,
 	CodeNoSpace, CodeInvalidPath, CodeProcessFailed, CodeNotRunning,
-	CodeCancelled, CodeIOError,
+	CodeCancelled, CodeIOError, CodeVolumeBusy,
 }
 
 // OpError is the payload of an ERROR frame.

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import { Command, Option } from 'commander';
 import { loadConfig, startServer, VERSION, type Config } from '@nullspace/server';
-import { ConnectionConfig, errorFromResponse, Sandbox, SandboxError, Snapshot, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
+import { ConnectionConfig, errorFromResponse, Sandbox, SandboxError, Snapshot, Volume, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
 import { templateBuild, templateList } from './template.js';
 
 /** Errors end the process here, and only here. */
@@ -132,8 +132,15 @@ sandbox
   .option('--timeout-ms <ms>', 'kill after this long without a timeout refresh', int)
   .option('--no-internet', 'cut outbound network access')
   .addOption(new Option('--on-timeout <action>', 'what the timeout does').choices(['kill', 'hibernate']).default('kill'))
+  .option('-v, --volume <name:/path>', 'mount a shared volume at a guest path (repeatable)', collect)
   .option('--json', 'print JSON')
-  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; onTimeout: 'kill' | 'hibernate'; json?: boolean }) => {
+  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; onTimeout: 'kill' | 'hibernate'; volume?: string[]; json?: boolean }) => {
+    const volumes: Record<string, string> = {};
+    for (const v of o.volume ?? []) {
+      const i = v.indexOf(':');
+      if (i <= 0) throw new SandboxError(`--volume "${v}" must be NAME:/guest/path`, { code: 'bad_argument' });
+      volumes[v.slice(i + 1)] = v.slice(0, i);
+    }
     const sbx = await Sandbox.create({
       ...(o.snapshot ? { snapshotId: o.snapshot } : { template: o.template ?? 'base' }),
       metadata: pairs(o.metadata, 'metadata'),
@@ -141,6 +148,7 @@ sandbox
       ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
       allowInternetAccess: o.internet,
       lifecycle: { onTimeout: o.onTimeout },
+      ...(o.volume ? { volumes } : {}),
     });
     const info = await sbx.getInfo();
     if (o.json) printJson(info);
@@ -282,6 +290,41 @@ snapshot
   .description('delete a snapshot (sandboxes started from it keep running)')
   .action(async (id: string) => {
     if (!(await Snapshot.delete(id))) throw new SandboxError(`snapshot ${id} not found`, { code: 'snapshot_not_found' });
+  });
+
+const volume = program.command('volume').description('shared volumes: durable storage mounted into sandboxes');
+volume
+  .command('create')
+  .argument('<name>')
+  .option('--json', 'print JSON')
+  .action(async (name: string, o: { json?: boolean }) => {
+    const v = await Volume.create(name);
+    if (o.json) printJson(v);
+    else process.stdout.write(`${v.name}\n`);
+  });
+volume
+  .command('list')
+  .option('--json', 'print JSON')
+  .action(async (o: { json?: boolean }) => {
+    const list = await Volume.list();
+    if (o.json) return printJson(list);
+    for (const v of list) process.stdout.write(`${v.name}  ${(v.sizeBytes / 1048576).toFixed(1)} MiB  ${v.createdAt.toISOString()}  ${v.mountedBy.join(',')}\n`);
+  });
+volume
+  .command('info')
+  .argument('<name>')
+  .option('--json', 'print JSON')
+  .action(async (name: string, o: { json?: boolean }) => {
+    const v = await Volume.get(name);
+    if (o.json) return printJson(v);
+    process.stdout.write(`${v.name}  ${(v.sizeBytes / 1048576).toFixed(1)} MiB  mounted by: ${v.mountedBy.join(', ') || 'none'}\n`);
+  });
+volume
+  .command('delete')
+  .argument('<name>')
+  .description('delete a volume and its data (refused while a sandbox mounts it)')
+  .action(async (name: string) => {
+    if (!(await Volume.delete(name))) throw new SandboxError(`volume ${name} not found`, { code: 'volume_not_found' });
   });
 
 program

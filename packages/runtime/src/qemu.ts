@@ -35,6 +35,34 @@ export interface VmSpec {
   allowInternetAccess: boolean;
   /** Unprivileged uid (= gid) QEMU switches to once it has opened its files; undefined: stay root. */
   runAsUid?: number | undefined;
+  /** Group QEMU switches to (default: the uid): the shared-volumes group when it mounts volumes. */
+  runAsGid?: number | undefined;
+  /** Shared volumes: host directories exported over virtio-9p. */
+  volumes?: VolumeDevice[] | undefined;
+}
+
+/**
+ * A shared volume as a VM device: a 9p export of `hostPath` with mount tag `tag` at a fixed PCI slot.
+ * `onCmdline`: the device exists from the start (a restore of a snapshot taken with it); otherwise
+ * only its backend does and the device is hot-plugged after the restore (`Vm.plugVolume`).
+ */
+export interface VolumeDevice {
+  tag: string;
+  hostPath: string;
+  slot: number;
+  onCmdline: boolean;
+}
+
+/** First PCI slot used by volume devices (the base device set ends well before it). */
+export const VOLUME_FIRST_SLOT = 0x10;
+
+/** The device set of a VM with these volumes (recorded in snapshots). */
+export function deviceSetWith(volumes: readonly VolumeDevice[] | undefined): string {
+  return volumes?.length ? `${DEVICE_SET};9p@${volumes.map((v) => v.slot.toString(16)).join(',')}` : DEVICE_SET;
+}
+
+export function volumeDeviceArgs(v: VolumeDevice): Record<string, string> {
+  return { driver: 'virtio-9p-pci', id: `dev-${v.tag}`, fsdev: `fs-${v.tag}`, mount_tag: v.tag, bus: 'pci.0', addr: `0x${v.slot.toString(16)}` };
 }
 
 export function vmPaths(runDir: string) {
@@ -84,7 +112,15 @@ export function qemuArgs(profile: HostProfile, spec: VmSpec, incoming: boolean):
     '-pidfile', p.pid,
     '-msg', 'timestamp=on',
   ];
-  if (spec.runAsUid !== undefined) args.push('-runas', `${spec.runAsUid}:${spec.runAsUid}`);
+  for (const v of spec.volumes ?? []) {
+    // mapped-xattr: guest ownership and modes live in xattrs; host files are group-shared (0660/0770)
+    args.push('-fsdev', `local,id=fs-${v.tag},path=${v.hostPath},security_model=mapped-xattr,fmode=0660,dmode=0770`);
+    if (v.onCmdline) {
+      const d = volumeDeviceArgs(v);
+      args.push('-device', `${d.driver},id=${d.id},fsdev=${d.fsdev},mount_tag=${d.mount_tag},bus=${d.bus},addr=${d.addr}`);
+    }
+  }
+  if (spec.runAsUid !== undefined) args.push('-runas', `${spec.runAsUid}:${spec.runAsGid ?? spec.runAsUid}`);
   if (incoming) args.push('-incoming', 'defer');
   return args;
 }

@@ -8,7 +8,7 @@ import { NsError, wrapError } from './errors.js';
 import { pidAlive } from './fsutil.js';
 import type { HostProfile } from './host.js';
 import { QmpClient } from './qmp.js';
-import { checkRunDir, processVmId, qemuArgs, vmPaths, type VmSpec } from './qemu.js';
+import { checkRunDir, processVmId, qemuArgs, vmPaths, volumeDeviceArgs, type VolumeDevice, type VmSpec } from './qemu.js';
 
 export interface VmExit {
   /** 'quit': we stopped it. 'died': it went away on its own (killed from outside, crashed, guest powered off). */
@@ -81,7 +81,9 @@ export class Vm extends EventEmitter {
     const logFd = fs.openSync(paths.log, 'a', 0o600);
     let child: ChildProcess;
     try {
-      child = spawn(profile.qemuBinary, qemuArgs(profile, spec, incoming), {
+      // umask 007: files QEMU creates in shared volumes must stay writable by the volume group
+      // (9p fmode/dmode are subject to it); nothing it creates is for other users
+      child = spawn('/bin/sh', ['-c', 'umask 007 && exec "$0" "$@"', profile.qemuBinary, ...qemuArgs(profile, spec, incoming)], {
         detached: true,
         stdio: ['ignore', logFd, logFd],
       });
@@ -217,6 +219,12 @@ export class Vm extends EventEmitter {
     await this.qmp.execute('block-stream', { 'job-id': jobId, device: node, base });
     const ev = await done;
     if (ev.data?.error) throw new NsError('disk_failed', `block-stream ${jobId}: ${String(ev.data.error)}`);
+  }
+
+  /** Hot-plugs a volume's virtio-9p device (its backend exists since the start). */
+  async plugVolume(v: VolumeDevice): Promise<void> {
+    await this.qmp.execute('device_add', volumeDeviceArgs(v));
+    v.onCmdline = true; // from now on part of the VM: snapshots record it and restores start with it
   }
 
   /** Whether the guest's vCPUs run (false after `stop`, or when a snapshot was interrupted). */

@@ -27,6 +27,7 @@ export class TemplateNotFoundError extends NotFoundError {}
 export class FileNotFoundError extends NotFoundError {}
 export class ProcessNotFoundError extends NotFoundError {}
 export class SnapshotNotFoundError extends NotFoundError {}
+export class VolumeNotFoundError extends NotFoundError {}
 /** 409: the sandbox (or target) is not in a state that allows the operation. */
 export class ConflictError extends SandboxError {}
 export class SandboxNotRunningError extends ConflictError {}
@@ -50,6 +51,7 @@ const BY_CODE: Record<string, typeof SandboxError> = {
   file_not_found: FileNotFoundError,
   process_not_found: ProcessNotFoundError,
   snapshot_not_found: SnapshotNotFoundError,
+  volume_not_found: VolumeNotFoundError,
   sandbox_not_running: SandboxNotRunningError,
 };
 

@@ -1,6 +1,7 @@
 export { Sandbox, SandboxPaginator } from './sandbox/index.js';
 export type { SandboxInfo, SandboxOpts, SandboxListOpts, SandboxState } from './sandbox/index.js';
 export { Snapshot, SnapshotPaginator } from './snapshot.js';
+export { Volume } from './volume.js';
 export type { SnapshotKind, SnapshotListOpts, Compatibility } from './snapshot.js';
 export { Filesystem } from './sandbox/filesystem.js';
 export type { EntryInfo, EntryType, FileData, WriteInfo } from './sandbox/filesystem.js';
@@ -18,6 +19,7 @@ export {
   FileNotFoundError,
   ProcessNotFoundError,
   SnapshotNotFoundError,
+  VolumeNotFoundError,
   ConflictError,
   SandboxNotRunningError,
   PermissionDeniedError,

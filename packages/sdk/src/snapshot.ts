@@ -11,6 +11,7 @@ interface RawSnapshot {
   createdAt: string;
   pauseMs: number | null;
   sizeBytes: number;
+  volumes: Record<string, string>;
 }
 
 export interface SnapshotListOpts extends ConnectionOpts {
@@ -44,6 +45,8 @@ export class Snapshot {
   /** How long the source sandbox was paused for the capture. */
   readonly pauseMs: number | null;
   readonly sizeBytes: number;
+  /** Volumes it expects (not copied into it): guest path -> volume name. */
+  readonly volumes: Record<string, string>;
 
   /** @internal */
   constructor(raw: RawSnapshot, private readonly api: ApiClient) {
@@ -55,6 +58,7 @@ export class Snapshot {
     this.createdAt = new Date(raw.createdAt);
     this.pauseMs = raw.pauseMs;
     this.sizeBytes = raw.sizeBytes;
+    this.volumes = raw.volumes ?? {};
   }
 
   static async get(snapshotId: string, opts: ConnectionOpts = {}): Promise<Snapshot> {

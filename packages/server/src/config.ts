@@ -24,6 +24,8 @@ export interface Config {
   /** Each sandbox's QEMU runs as its own uid from this range (see docs/ARCHITECTURE.md). */
   vmUidBase: number;
   vmUidCount: number;
+  /** Group of shared-volume directories; QEMU of sandboxes that mount volumes runs in it. */
+  volumeGid: number;
   /** 'nft': firewall rules keep sandboxes off the host (requires root). 'off': unsafe, for development only. */
   networkIsolation: 'nft' | 'off';
   limits: {
@@ -108,6 +110,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     runDir: path.resolve(env.NULLSPACE_RUN_DIR || '/run/nullspace'),
     vmUidBase: int(env, 'NULLSPACE_VM_UID_BASE', 2_000_000, 1000),
     vmUidCount: int(env, 'NULLSPACE_VM_UID_COUNT', 1_000_000, 1),
+    volumeGid: int(env, 'NULLSPACE_VOLUME_GID', 1_999_999, 1000),
     networkIsolation,
     limits: {
       maxSandboxes: int(env, 'NULLSPACE_MAX_SANDBOXES', 200, 0),

@@ -10,6 +10,8 @@ import { SandboxManager } from './sandboxes.js';
 import { openDb } from './store/db.js';
 import { SandboxStore } from './store/sandboxes.js';
 import { SnapshotStore } from './store/snapshots.js';
+import { VolumeStore } from './store/volumes.js';
+import { VolumeService } from './volumes.js';
 import { Gc } from './gc.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
@@ -40,12 +42,14 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const host = await HostContext.init(config, log);
   const sandboxStore = new SandboxStore(db);
   const snapshotStore = new SnapshotStore(db);
-  const sandboxes = new SandboxManager(config, sandboxStore, snapshotStore, host, log);
+  const volumes = new VolumeService(config, new VolumeStore(db), log);
+  volumes.init();
+  const sandboxes = new SandboxManager(config, sandboxStore, snapshotStore, volumes, host, log);
   const gc = new Gc(snapshotStore, sandboxStore, sandboxes.layersLock, sandboxes.layersDir, log);
   sandboxes.onLayersReleased = () => gc.schedule();
   await sandboxes.start();
   gc.schedule(0);
-  const app = await buildApp({ config, apiKey: key, sandboxes, gc, host, log, version: VERSION });
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, gc, host, log, version: VERSION });
   try {
     await app.listen({ host: config.host, port: config.port });
   } catch (err) {

@@ -30,7 +30,9 @@ import { isTerminal, recoveryTarget, type SandboxState } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { SandboxStore, type ListQuery, type SandboxRecord } from './store/sandboxes.js';
 import { SnapshotStore, type SnapshotKind, type SnapshotQuery, type SnapshotRecord, type VmConfig } from './store/snapshots.js';
+import type { VolumeAttachment } from './store/volumes.js';
 import { KeyedMutex, newId, RwLock, SANDBOX_ID_RE } from './util.js';
+import type { VolumeService } from './volumes.js';
 
 export interface CreateSandboxRequest {
   /** A template name, or (with `snapshotId`) ignored. */
@@ -44,6 +46,10 @@ export interface CreateSandboxRequest {
   allowInternetAccess: boolean;
   /** What happens when the timeout expires (default kill). */
   onTimeout?: 'kill' | 'hibernate' | undefined;
+  /** Shared volumes: guest path -> volume name. From a snapshot: its volumes (this must match or be absent). */
+  volumes?: Record<string, string> | undefined;
+  /** From a snapshot whose volume was deleted: start with an empty placeholder instead of refusing. */
+  allowMissingVolumes?: boolean | undefined;
 }
 
 /** What a new sandbox is restored from: a template snapshot or a snapshot of a sandbox. */
@@ -58,6 +64,9 @@ interface RestoreSource {
   vm: VmConfig;
   requirements: RestoreRequirements;
   envs: Record<string, string>;
+  volumes: VolumeAttachment[];
+  /** The volumes' devices exist in the saved state (snapshots) rather than being plugged after. */
+  volumesInState: boolean;
 }
 
 export const SNAPSHOT_ID_RE = /^snap_[0-9a-z]{16}$/;
@@ -99,6 +108,7 @@ export class SandboxManager {
     private readonly config: Config,
     private readonly store: SandboxStore,
     private readonly snapshots: SnapshotStore,
+    private readonly volumes: VolumeService,
     private readonly host: HostContext,
     private readonly log: Logger,
   ) {
@@ -295,6 +305,8 @@ export class SandboxManager {
         },
         requirements: t.requirements,
         envs: {},
+        volumes: this.volumes.attachments(req.volumes ?? {}),
+        volumesInState: false,
       };
     }
     const snap = this.getSnapshot(req.snapshotId);
@@ -322,6 +334,11 @@ export class SandboxManager {
       if (!l || !fs.existsSync(l.path)) throw new NsError('internal', `snapshot ${snap.id}: layer ${id} is missing`);
       return l;
     };
+    if (req.volumes !== undefined && !sameVolumes(req.volumes, snap.volumes)) {
+      throw new NsError('bad_request', `a sandbox started from snapshot ${snap.id} mounts the snapshot's volumes (${describeVolumes(snap.volumes)}); leave volumes out`, {
+        details: { field: 'volumes' },
+      });
+    }
     return {
       template: snap.template,
       snapshotId: snap.id,
@@ -332,6 +349,8 @@ export class SandboxManager {
       vm: snap.vmConfig,
       requirements: snap.requirements,
       envs: snap.envs,
+      volumes: snap.volumes,
+      volumesInState: true,
     };
   }
 
@@ -371,6 +390,7 @@ export class SandboxManager {
         onTimeout: req.onTimeout ?? 'kill',
         remainingMs: null,
         pausedAt: null,
+        volumes: src.volumes,
         updatedAt: now,
       });
       return this.locks.run(id, async () => {
@@ -379,11 +399,14 @@ export class SandboxManager {
         cleanup.defer('release admission', reservation.release);
         const phases: Record<string, number> = {};
         try {
-          const vm = await this.restore(id, src, req.allowInternetAccess, cleanup, phases);
+          const { vm, missing } = await this.restore(id, src, req.allowInternetAccess, cleanup, phases, req.allowMissingVolumes === true);
           const rec = this.store.get(id)!;
           let t = Date.now();
           const agent = await vm.connectAgent(15_000);
           phases.agentMs = Date.now() - t;
+          t = Date.now();
+          await this.mountVolumes(rec, agent, missing);
+          phases.volumesMs = Date.now() - t;
           t = Date.now();
           await this.initAgent(rec, agent);
           phases.initMs = Date.now() - t;
@@ -412,7 +435,14 @@ export class SandboxManager {
   }
 
   /** Prepares the sandbox's RAM file and disk from `src` and restores its device state. */
-  private async restore(id: string, src: RestoreSource, allowInternetAccess: boolean, cleanup: CleanupStack, phases: Record<string, number>): Promise<Vm> {
+  private async restore(
+    id: string,
+    src: RestoreSource,
+    allowInternetAccess: boolean,
+    cleanup: CleanupStack,
+    phases: Record<string, number>,
+    allowMissingVolumes = false,
+  ): Promise<{ vm: Vm; missing: string[] }> {
     let t = Date.now();
     const lap = (name: string) => {
       phases[name] = Date.now() - t;
@@ -435,11 +465,15 @@ export class SandboxManager {
       consoleLog: false,
       allowInternetAccess,
     };
+    const { devices, missing } = this.volumes.devices(src.volumes, src.volumesInState, { allowMissing: allowMissingVolumes, placeholderDir: dir });
+    if (devices.length) spec.volumes = devices;
     await Promise.all([cloneFile(src.memFile, spec.ramFile), createOverlay(src.diskBacking, spec.disk)]);
     if (this.host.uids) {
       const uid = this.host.uids.allocate(this.uidOwner(id));
       cleanup.defer('release uid', () => this.host.uids?.release(uid, this.uidOwner(id)));
       spec.runAsUid = uid;
+      // the shared-volumes group reaches the volume directories (2770 root:group)
+      if (devices.length) spec.runAsGid = this.config.volumeGid;
       fs.mkdirSync(spec.runDir, { mode: 0o700 });
       chownTree(dir, uid);
     }
@@ -450,7 +484,13 @@ export class SandboxManager {
     lap('launchMs');
     await vm.restoreState(src.stateFile);
     lap('restoreMs');
-    return vm;
+    // a template has no volume devices in its saved state: they are hot-plugged now
+    for (const d of spec.volumes ?? []) if (!d.onCmdline) await vm.plugVolume(d);
+    if (spec.volumes?.length) {
+      this.store.patch(id, { vmSpec: spec });
+      lap('plugMs');
+    }
+    return { vm, missing };
   }
 
   getSnapshot(id: string): SnapshotRecord {
@@ -512,7 +552,7 @@ export class SandboxManager {
     const switchRecorded = () => {
       this.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
     };
-    const agent = await this.agent(id).catch((err: unknown) => {
+    const agent = await this.liveAgent(rec).catch((err: unknown) => {
       this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'capture without freezing user processes: the agent is unavailable');
       return undefined;
     });
@@ -529,6 +569,21 @@ export class SandboxManager {
       if (frozen && !vm.gone) {
         frozen = false;
         await agent?.call('sys.thaw', {}, 10_000).catch((err: unknown) => this.log.error({ sandboxId: id, err: errorMessage(err) }, 'thawing user processes failed'));
+      }
+    };
+    if (rec.volumes.length) {
+      if (!agent) throw new NsError('agent_unavailable', `sandbox ${id}: its volumes cannot be unmounted for the capture: the agent is unavailable`);
+      try {
+        await this.unmountVolumes(rec, agent);
+      } catch (err) {
+        fs.rmSync(staging, { recursive: true, force: true });
+        await thaw();
+        throw err;
+      }
+    }
+    const remount = async () => {
+      if (rec.volumes.length && agent && !vm.gone) {
+        await this.mountVolumes(rec, agent).catch((err: unknown) => this.log.error({ sandboxId: id, err: errorMessage(err) }, 'remounting volumes after a capture failed'));
       }
     };
     let ok = false;
@@ -554,7 +609,10 @@ export class SandboxManager {
         },
       );
       switchRecorded();
-      if (keepRunning) await thaw();
+      if (keepRunning) {
+        await remount();
+        await thaw();
+      }
       fs.renameSync(path.join(staging, 'mem'), finalPath.mem);
       fs.renameSync(path.join(staging, 'state'), finalPath.state);
       if (!keepRunning) fsyncDir(this.layersDir);
@@ -579,6 +637,7 @@ export class SandboxManager {
         },
         requirements: rec.requirements!,
         pauseMs: res.pauseMs,
+        volumes: rec.volumes,
         createdAt: Date.now(),
       };
       this.snapshots.transaction(() => {
@@ -598,6 +657,7 @@ export class SandboxManager {
     } finally {
       // a failed capture leaves the source running, whatever it was for
       if (!ok && !keepRunning && !vm.gone) await vm.qmp.execute('cont').catch(() => {});
+      if (!ok) await remount();
       if (keepRunning || !ok) await thaw();
       fs.rmSync(staging, { recursive: true, force: true });
     }
@@ -713,12 +773,15 @@ export class SandboxManager {
             vm: latest.vmConfig,
             requirements: latest.requirements,
             envs: latest.envs,
+            volumes: latest.volumes,
+            volumesInState: true,
           };
           this.store.patch(id, { diskParentLayer: latest.diskLayer });
-          return this.restore(id, src, rec.allowInternetAccess, cleanup, phases);
+          return (await this.restore(id, src, rec.allowInternetAccess, cleanup, phases)).vm;
         });
         this.crashPoint('crash-during-resume');
         const agent = await vm.connectAgent(15_000);
+        await this.mountVolumes(this.get(id), agent);
         await this.initAgent(this.get(id), agent);
         const now = Date.now();
         const running = this.store.transition(id, 'resuming', 'running', 'resumed', {
@@ -825,6 +888,40 @@ export class SandboxManager {
     this.onLayersReleased();
   }
 
+  /** Mounts a sandbox's volumes in the guest (before its user processes may run). */
+  private async mountVolumes(rec: SandboxRecord, agent: AgentClient, missing: string[] = []): Promise<void> {
+    for (const v of rec.volumes) {
+      if (missing.includes(v.name)) continue;
+      try {
+        await agent.call('vol.mount', { tag: v.tag, path: v.path, timeoutMs: 20_000 }, 30_000);
+      } catch (err) {
+        throw wrapError(err, `mounting volume ${v.name} at ${v.path}`, 'vm_start_failed');
+      }
+    }
+  }
+
+  /**
+   * Unmounts a sandbox's volumes before a capture (QEMU cannot migrate a mounted 9p share). If one
+   * is busy, the others are mounted again and the capture is refused with 409 `volume_busy`.
+   */
+  private async unmountVolumes(rec: SandboxRecord, agent: AgentClient): Promise<void> {
+    const done: VolumeAttachment[] = [];
+    for (const v of rec.volumes) {
+      try {
+        await agent.call('vol.unmount', { path: v.path }, 30_000);
+        done.push(v);
+      } catch (err) {
+        for (const d of done) await agent.call('vol.mount', { tag: d.tag, path: d.path }, 30_000).catch(() => {});
+        if (err instanceof NsError && err.code === 'volume_busy') {
+          throw new NsError('volume_busy', `sandbox ${rec.id}: ${err.message.replace(/^vol\.unmount: /, '')}; close the files on the volume and retry`, {
+            details: { volume: v.name, path: v.path },
+          });
+        }
+        throw err;
+      }
+    }
+  }
+
   /** Connects to the agent and applies the sandbox's identity, clock, entropy and environment. */
   private async connectAndInit(rec: SandboxRecord, vm: Vm, timeoutMs: number): Promise<AgentClient> {
     const agent = await vm.connectAgent(timeoutMs);
@@ -879,6 +976,12 @@ export class SandboxManager {
     if (rec.state !== 'running') {
       throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}`, { details: { state: rec.state } });
     }
+    return this.liveAgent(rec);
+  }
+
+  /** The agent of a sandbox's live VM, whatever its state (lifecycle operations in progress use it). */
+  private async liveAgent(rec: SandboxRecord): Promise<AgentClient> {
+    const id = rec.id;
     const live = this.live.get(id);
     if (!live) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
     const current = live.vm.agent;
@@ -955,4 +1058,13 @@ export class SandboxManager {
   private removeFiles(id: string): void {
     fs.rmSync(this.sandboxDir(id), { recursive: true, force: true });
   }
+}
+
+function sameVolumes(requested: Record<string, string>, attached: VolumeAttachment[]): boolean {
+  const r = Object.entries(requested);
+  return r.length === attached.length && r.every(([p, name]) => attached.some((a) => a.path === p && a.name === name));
+}
+
+function describeVolumes(attached: VolumeAttachment[]): string {
+  return attached.length ? attached.map((a) => `${a.name} at ${a.path}`).join(', ') : 'none';
 }

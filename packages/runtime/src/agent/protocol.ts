@@ -27,6 +27,8 @@ export const AGENT_OPS = [
   'sys.init',
   'sys.freeze',
   'sys.thaw',
+  'vol.mount',
+  'vol.unmount',
   'fs.read',
   'fs.write',
   'fs.list',
@@ -57,6 +59,7 @@ export const AGENT_ERROR_CODES = [
   'not_running',
   'cancelled',
   'io_error',
+  'volume_busy',
 ] as const;
 
 export interface Frame {

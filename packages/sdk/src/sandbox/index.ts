@@ -25,6 +25,8 @@ export interface SandboxInfo {
   endReason: string | null;
   errorCode: string | null;
   lifecycle: { onTimeout: 'kill' | 'hibernate' };
+  /** Mounted volumes: guest path -> volume name. */
+  volumes: Record<string, string>;
   /** When it was hibernated (paused sandboxes). */
   pausedAt: Date | null;
   /** While paused: the timeout it resumes with. */
@@ -45,6 +47,10 @@ export interface SandboxOpts extends ConnectionOpts {
   allowInternetAccess?: boolean;
   /** `onTimeout: 'hibernate'`: the timeout hibernates the sandbox instead of killing it; `connect` resumes it. */
   lifecycle?: { onTimeout: 'kill' | 'hibernate' };
+  /** Shared volumes to mount: absolute guest path -> volume name (see `Volume`). */
+  volumes?: Record<string, string>;
+  /** From a snapshot whose volume was deleted: start without it (an empty placeholder) instead of 409 `volume_missing`. */
+  allowMissingVolumes?: boolean;
 }
 
 export interface SandboxListOpts extends ConnectionOpts {
@@ -153,6 +159,8 @@ export class Sandbox {
         timeoutMs: opts.timeoutMs,
         allowInternetAccess: opts.allowInternetAccess,
         lifecycle: opts.lifecycle,
+        volumes: opts.volumes,
+        allowMissingVolumes: opts.allowMissingVolumes,
       },
     });
     return new this(info.sandboxId, api);

@@ -10,17 +10,20 @@ import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
 import type { Gc } from '../gc.js';
 import type { SandboxManager } from '../sandboxes.js';
+import type { VolumeService } from '../volumes.js';
 import { commandRoutes } from './commands.js';
 import { fileRoutes } from './files.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
 import { ErrorBody } from './schemas.js';
 import { systemRoutes } from './system.js';
+import { volumeRoutes } from './volumes.js';
 
 export interface AppDeps {
   config: Config;
   apiKey: string;
   sandboxes: SandboxManager;
+  volumes: VolumeService;
   gc: Gc;
   host: HostContext;
   log: Logger;
@@ -95,6 +98,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(fileRoutes(deps));
       await v1.register(commandRoutes(deps));
       await v1.register(snapshotRoutes(deps));
+      await v1.register(volumeRoutes(deps));
     },
     { prefix: '/v1' },
   );

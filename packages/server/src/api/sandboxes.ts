@@ -29,6 +29,7 @@ export function sandboxView(r: SandboxRecord): SandboxT {
     endReason: r.endReason,
     errorCode: r.errorCode,
     lifecycle: { onTimeout: r.onTimeout },
+    volumes: Object.fromEntries(r.volumes.map((v) => [v.path, v.name])),
     pausedAt: iso(r.pausedAt),
     remainingTimeoutMs: r.state === 'paused' ? r.remainingMs : null,
   };
@@ -75,6 +76,8 @@ export const sandboxRoutes =
           timeoutMs: checkTimeout(deps, body.timeoutMs ?? deps.config.defaultTimeoutMs),
           allowInternetAccess: body.allowInternetAccess ?? true,
           onTimeout: body.lifecycle?.onTimeout ?? 'kill',
+          volumes: body.volumes,
+          allowMissingVolumes: body.allowMissingVolumes,
         });
         return reply.status(201).send(sandboxView(rec));
       },

@@ -45,6 +45,7 @@ export const Sandbox = Type.Object(
     endReason: Type.Union([Type.String(), Type.Null()]),
     errorCode: Type.Union([Type.String(), Type.Null()]),
     lifecycle: Type.Object({ onTimeout: Type.Union([Type.Literal('kill'), Type.Literal('hibernate')]) }),
+    volumes: Type.Record(Type.String(), Type.String(), { description: 'Mounted volumes: guest path -> volume name' }),
     pausedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     remainingTimeoutMs: Type.Union([Type.Integer(), Type.Null()], { description: 'While paused: the timeout it resumes with' }),
   },
@@ -68,6 +69,14 @@ export const CreateSandboxBody = Type.Object(
         { additionalProperties: false },
       ),
     ),
+    volumes: Type.Optional(
+      Type.Record(Type.String({ pattern: '^/.{0,1023}$' }), Type.String({ maxLength: 63 }), {
+        maxProperties: 8,
+        additionalProperties: false,
+        description: 'Shared volumes to mount: absolute guest path -> volume name',
+      }),
+    ),
+    allowMissingVolumes: Type.Optional(Type.Boolean({ description: "From a snapshot: start even if one of its volumes was deleted (an empty placeholder is exported, not mounted)" })),
   },
   { additionalProperties: false },
 );
@@ -206,6 +215,7 @@ export const Snapshot = Type.Object(
     metadata: Metadata,
     createdAt: Type.String({ format: 'date-time' }),
     pauseMs: Type.Union([Type.Integer(), Type.Null()], { description: 'How long the source was paused for the capture' }),
+    volumes: Type.Record(Type.String(), Type.String(), { description: 'Volumes it expects (never copied into it): guest path -> volume name' }),
     sizeBytes: Type.Integer({ description: 'Bytes allocated by its layers (shared blocks counted in each)' }),
   },
   { $id: 'Snapshot' },
@@ -258,3 +268,17 @@ export const ResumeBody = Type.Object(
   { snapshotId: Type.Optional(Type.String({ maxLength: 64, description: 'Must be its latest hibernation snapshot; default that one' })) },
   { additionalProperties: false },
 );
+
+export const Volume = Type.Object(
+  {
+    name: Type.String(),
+    volumeId: Type.String(),
+    createdAt: Type.String({ format: 'date-time' }),
+    sizeBytes: Type.Integer(),
+    mountedBy: Type.Array(Type.String(), { description: 'Sandboxes (running or paused) that mount it' }),
+  },
+  { $id: 'Volume' },
+);
+
+export const CreateVolumeBody = Type.Object({ name: Type.String({ maxLength: 300 }) }, { additionalProperties: false });
+export const VolumeParams = Type.Object({ name: Type.String({ maxLength: 300 }) });

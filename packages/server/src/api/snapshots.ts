@@ -19,6 +19,7 @@ export function snapshotView(deps: AppDeps, s: SnapshotRecord): Static<typeof Sn
     createdAt: new Date(s.createdAt).toISOString(),
     pauseMs: s.pauseMs,
     sizeBytes: deps.sandboxes.snapshotBytes(s),
+    volumes: Object.fromEntries(s.volumes.map((v) => [v.path, v.name])),
   };
 }
 

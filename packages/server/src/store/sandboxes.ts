@@ -3,6 +3,7 @@ import type { RestoreRequirements, VmSpec } from '@nullspace/runtime';
 import { assertTransition, type SandboxState } from '../lifecycle.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
 import type { Db } from './db.js';
+import type { VolumeAttachment } from './volumes.js';
 
 export interface SandboxIdentity {
   machineId: string;
@@ -39,6 +40,8 @@ export interface SandboxRecord {
   /** While paused: the timeout left when it was hibernated. */
   remainingMs: number | null;
   pausedAt: number | null;
+  /** Shared volumes it mounts. */
+  volumes: VolumeAttachment[];
   updatedAt: number;
 }
 
@@ -68,6 +71,7 @@ interface Row {
   on_timeout: string;
   remaining_ms: number | null;
   paused_at: number | null;
+  volumes: string;
   updated_at: number;
 }
 
@@ -98,6 +102,7 @@ function fromRow(r: Row): SandboxRecord {
     onTimeout: r.on_timeout === 'hibernate' ? 'hibernate' : 'kill',
     remainingMs: r.remaining_ms,
     pausedAt: r.paused_at,
+    volumes: JSON.parse(r.volumes) as VolumeAttachment[],
     updatedAt: r.updated_at,
   };
 }
@@ -150,9 +155,9 @@ export class SandboxStore {
     this.db
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
-           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, updated_at)
+           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
-           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @updated_at)`,
+           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -178,6 +183,7 @@ export class SandboxStore {
         disk_parent_layer: rec.diskParentLayer,
         forked_from: rec.forkedFrom,
         on_timeout: rec.onTimeout,
+        volumes: JSON.stringify(rec.volumes),
         updated_at: rec.updatedAt,
       });
     this.event(rec.id, null, rec.state, 'created');

@@ -1,6 +1,7 @@
 import type { RestoreRequirements } from '@nullspace/runtime';
 import { decodeCursor, encodeCursor } from './cursor.js';
 import type { Db } from './db.js';
+import type { VolumeAttachment } from './volumes.js';
 
 export type LayerKind = 'disk' | 'mem' | 'state';
 
@@ -38,6 +39,8 @@ export interface SnapshotRecord {
   vmConfig: VmConfig;
   requirements: RestoreRequirements;
   pauseMs: number | null;
+  /** The shared volumes it expects (never copied into it). */
+  volumes: VolumeAttachment[];
   createdAt: number;
 }
 
@@ -54,6 +57,7 @@ interface SnapRow {
   vm_config: string;
   requirements: string;
   pause_ms: number | null;
+  volumes: string;
   created_at: number;
 }
 
@@ -79,6 +83,7 @@ const snap = (r: SnapRow): SnapshotRecord => ({
   vmConfig: JSON.parse(r.vm_config) as VmConfig,
   requirements: JSON.parse(r.requirements) as RestoreRequirements,
   pauseMs: r.pause_ms,
+  volumes: JSON.parse(r.volumes) as VolumeAttachment[],
   createdAt: r.created_at,
 });
 
@@ -141,8 +146,8 @@ export class SnapshotStore {
   insert(s: SnapshotRecord): void {
     this.db
       .prepare(
-        `INSERT INTO snapshots (id, sandbox_id, kind, template, metadata, envs, mem_layer, state_layer, disk_layer, vm_config, requirements, pause_ms, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO snapshots (id, sandbox_id, kind, template, metadata, envs, mem_layer, state_layer, disk_layer, vm_config, requirements, pause_ms, volumes, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
         s.id,
@@ -157,6 +162,7 @@ export class SnapshotStore {
         JSON.stringify(s.vmConfig),
         JSON.stringify(s.requirements),
         s.pauseMs,
+        JSON.stringify(s.volumes),
         s.createdAt,
       );
   }

@@ -1,0 +1,117 @@
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { ConflictError, Sandbox, Snapshot, Volume, VolumeNotFoundError } from 'nullspace';
+import { api, conn, sandbox } from './helpers.js';
+
+/** A volume deleted when the test ends (after the test's sandboxes are killed). */
+async function volume(): Promise<Volume> {
+  const v = await Volume.create(`t-${randomBytes(4).toString('hex')}`, conn());
+  onTestFinished(async () => {
+    await Volume.delete(v.name, conn()).catch(() => {});
+  });
+  return v;
+}
+
+describe('shared volumes', () => {
+  it('two sandboxes share a volume and see each other\'s writes; its data survives their kill', async () => {
+    const v = await volume();
+    const a = await sandbox({ volumes: { '/mnt/data': v.name } });
+    const b = await sandbox({ volumes: { '/srv/shared': v.name } });
+    expect((await a.getInfo()).volumes).toEqual({ '/mnt/data': v.name });
+    await a.files.write('/mnt/data/from-a.txt', 'written by a');
+    expect(await b.files.read('/srv/shared/from-a.txt')).toBe('written by a');
+    await b.commands.run('mkdir -p /srv/shared/dir && echo b > /srv/shared/dir/from-b.txt');
+    expect((await a.commands.run('cat /mnt/data/dir/from-b.txt')).stdout).toBe('b\n');
+    // a file of one sandbox can be appended to by the other (host side they run as different users)
+    expect((await b.commands.run('echo more >> /srv/shared/from-a.txt && cat /srv/shared/from-a.txt')).stdout).toBe('written by amore\n');
+    const info = await Volume.get(v.name, conn());
+    expect(info.mountedBy.sort()).toEqual([a.sandboxId, b.sandboxId].sort());
+    await expect(Volume.delete(v.name, conn())).rejects.toMatchObject({ code: 'volume_in_use', status: 409 });
+    await a.kill();
+    await b.kill();
+    const c = await sandbox({ volumes: { '/data': v.name } });
+    expect(await c.files.read('/data/from-a.txt')).toBe('written by amore\n');
+  });
+
+  it('snapshot, fork and hibernate never copy a volume: restores remount its current content', async () => {
+    const v = await volume();
+    const s = await sandbox({ volumes: { '/mnt/v': v.name } });
+    await s.files.write('/mnt/v/state', 'at snapshot');
+    await s.files.write('/workspace/disk', 'root disk at snapshot');
+    const snap = await s.createSnapshot();
+    expect(snap.volumes).toEqual({ '/mnt/v': v.name });
+    // the source keeps its volume mounted after the capture
+    await s.files.write('/mnt/v/state', 'after snapshot');
+
+    const child = await sandbox({ snapshotId: snap.id });
+    expect(await child.files.read('/workspace/disk')).toBe('root disk at snapshot');
+    expect(await child.files.read('/mnt/v/state')).toBe('after snapshot');
+
+    await s.files.write('/mnt/v/state', 'before fork');
+    const forked = await s.fork();
+    onTestFinished(async () => {
+      await forked.kill().catch(() => {});
+    });
+    expect(await forked.files.read('/mnt/v/state')).toBe('before fork');
+    await forked.files.write('/mnt/v/state', 'written by the fork');
+    expect(await s.files.read('/mnt/v/state')).toBe('written by the fork');
+
+    await s.hibernate();
+    await child.files.write('/mnt/v/state', 'written while the source was paused');
+    const resumed = await Sandbox.connect(s.sandboxId, conn());
+    expect(await resumed.files.read('/mnt/v/state')).toBe('written while the source was paused');
+    await Snapshot.delete(snap.id, conn());
+  });
+
+  it('a snapshot records its volumes: a deleted one is a clear 409 volume_missing, or restores without it on request', async () => {
+    const v = await volume();
+    const s = await sandbox({ volumes: { '/mnt/gone': v.name } });
+    const snap = await s.createSnapshot();
+    onTestFinished(async () => {
+      await Snapshot.delete(snap.id, conn()).catch(() => {});
+    });
+    await s.kill();
+    await Volume.delete(v.name, conn());
+    const err = await Sandbox.create({ ...conn(), snapshotId: snap.id }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConflictError);
+    expect(err).toMatchObject({ code: 'volume_missing' });
+    const without = await sandbox({ snapshotId: snap.id, allowMissingVolumes: true });
+    expect((await without.commands.run('mountpoint -q /mnt/gone && echo mounted || echo not mounted')).stdout).toBe('not mounted\n');
+  });
+
+  it('a process holding a file open on a volume makes the capture fail with volume_busy naming it; the volume is intact', async () => {
+    const v = await volume();
+    const s = await sandbox({ volumes: { '/mnt/busy': v.name } });
+    await s.files.write('/mnt/busy/log', 'line\n');
+    const holder = await s.commands.run('exec 3>>/mnt/busy/log; sleep 300', { background: true, timeoutMs: 0 });
+    await new Promise((r) => setTimeout(r, 500));
+    const err = await s.createSnapshot().catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'volume_busy', status: 409 });
+    expect((err as Error).message).toMatch(/sleep \(pid \d+\)/);
+    expect(await s.files.read('/mnt/busy/log')).toBe('line\n');
+    await s.files.write('/mnt/busy/log', 'still writable\n', { append: true });
+    await holder.kill();
+    await holder.wait().catch(() => {});
+    const snap = await s.createSnapshot();
+    await Snapshot.delete(snap.id, conn());
+  });
+
+  it('refuses bad names, unknown volumes and bad mount paths', async () => {
+    for (const name of ['../x', '', 'x'.repeat(300), 'UPPER', 'a/b', '.hidden']) {
+      const res = await api('POST', '/v1/volumes', { name });
+      expect(res.status, JSON.stringify(name)).toBe(400);
+    }
+    expect((await api('GET', '/v1/volumes/..%2F..%2Fetc')).status).toBe(404);
+    await expect(Volume.get('no-such-volume', conn())).rejects.toBeInstanceOf(VolumeNotFoundError);
+    await expect(Volume.delete('no-such-volume', conn())).resolves.toBe(false);
+    const v = await volume();
+    await expect(Volume.create(v.name, conn())).rejects.toMatchObject({ code: 'already_exists', status: 409 });
+    await expect(Sandbox.create({ ...conn(), volumes: { '/mnt/x': 'no-such-volume' } })).rejects.toMatchObject({ code: 'volume_not_found' });
+    for (const p of ['relative', '/', '/proc/x', '/mnt/../etc', '/etc']) {
+      const res = await api('POST', '/v1/sandboxes', { volumes: { [p]: v.name } });
+      expect(res.status, p).toBe(400);
+    }
+    const list = await Volume.list(conn());
+    expect(list.map((x) => x.name)).toContain(v.name);
+  });
+});
