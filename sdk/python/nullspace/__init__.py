@@ -37,6 +37,7 @@ from .errors import (
     ServiceUnavailableError,
     SnapshotNotFoundError,
     TemplateNotFoundError,
+    VolumeNotFoundError,
     TimeoutError,
     error_from_response,
 )
@@ -54,6 +55,7 @@ from .models import (
 from .pagination import Paginator
 from .sandbox import Sandbox, SandboxPaginator
 from .snapshot import Snapshot, SnapshotPaginator
+from .volume import Volume
 
 __version__ = "0.1.0"
 
@@ -63,6 +65,7 @@ __all__ = [
     "SandboxInfo",
     "Snapshot",
     "SnapshotPaginator",
+    "Volume",
     "Compatibility",
     "CompatibilityMismatch",
     "Paginator",
@@ -87,6 +90,7 @@ __all__ = [
     "FileNotFoundError",
     "ProcessNotFoundError",
     "SnapshotNotFoundError",
+    "VolumeNotFoundError",
     "ConflictError",
     "SandboxNotRunningError",
     "PermissionDeniedError",

@@ -24,6 +24,7 @@ __all__ = [
     "FileNotFoundError",
     "ProcessNotFoundError",
     "SnapshotNotFoundError",
+    "VolumeNotFoundError",
     "ConflictError",
     "SandboxNotRunningError",
     "PermissionDeniedError",
@@ -98,6 +99,10 @@ class SnapshotNotFoundError(NotFoundError):
     """No snapshot with this id."""
 
 
+class VolumeNotFoundError(NotFoundError):
+    """No volume with this name."""
+
+
 class ConflictError(SandboxError):
     """409: the sandbox (or target) is not in a state that allows the operation."""
 
@@ -152,6 +157,7 @@ _BY_CODE: dict[str, type[SandboxError]] = {
     "file_not_found": FileNotFoundError,
     "process_not_found": ProcessNotFoundError,
     "snapshot_not_found": SnapshotNotFoundError,
+    "volume_not_found": VolumeNotFoundError,
     "sandbox_not_running": SandboxNotRunningError,
 }
 

@@ -76,6 +76,8 @@ class SandboxInfo:
     """When it was hibernated (paused sandboxes)."""
     remaining_timeout_ms: Optional[int] = None
     """While paused: the timeout it resumes with."""
+    volumes: Optional[dict[str, str]] = None
+    """Mounted shared volumes: guest path -> volume name."""
 
     @classmethod
     def from_json(cls, r: Mapping[str, Any]) -> "SandboxInfo":
@@ -100,6 +102,7 @@ class SandboxInfo:
             on_timeout=(r.get("lifecycle") or {}).get("onTimeout", "kill"),
             paused_at=parse_datetime(r.get("pausedAt")),
             remaining_timeout_ms=r.get("remainingTimeoutMs"),
+            volumes=dict(r.get("volumes") or {}),
         )
 
 

@@ -75,6 +75,8 @@ class Sandbox:
         timeout_ms: Optional[int] = None,
         allow_internet_access: Optional[bool] = None,
         lifecycle: Optional[Mapping[str, str]] = None,
+        volumes: Optional[Mapping[str, str]] = None,
+        allow_missing_volumes: Optional[bool] = None,
         api_key: Optional[str] = None,
         api_url: Optional[str] = None,
         request_timeout: Optional[float] = None,
@@ -94,6 +96,10 @@ class Sandbox:
             allow_internet_access: ``False`` cuts all outbound network traffic (default ``True``).
             lifecycle: ``{"on_timeout": "hibernate"}`` makes the timeout hibernate the sandbox
                 instead of killing it (:meth:`connect` resumes it); default ``"kill"``.
+            volumes: Shared volumes to mount: ``{"/guest/path": "volume-name"}`` (see
+                :class:`~nullspace.Volume`). From a snapshot, its volumes are remounted.
+            allow_missing_volumes: From a snapshot whose volume was deleted: start without it
+                instead of raising ``ConflictError`` (code ``volume_missing``).
 
         Raises:
             ValueError: both ``template`` and ``snapshot_id`` were given.
@@ -119,6 +125,10 @@ class Sandbox:
         if lifecycle is not None:
             on_timeout = lifecycle.get("on_timeout", lifecycle.get("onTimeout", "kill"))
             body["lifecycle"] = {"onTimeout": on_timeout}
+        if volumes is not None:
+            body["volumes"] = dict(volumes)
+        if allow_missing_volumes is not None:
+            body["allowMissingVolumes"] = allow_missing_volumes
         info = api.json("POST", "/v1/sandboxes", json=body)
         return cls(info["sandboxId"], api)
 
