@@ -22,7 +22,8 @@ describe('fork', () => {
       background: true,
       timeoutMs: 0,
     });
-    await new Promise((r) => setTimeout(r, 800));
+    // python starts slowly under emulation: fork once its counter is running
+    await src.commands.run('while [ ! -s /workspace/n ]; do sleep 0.1; done', { timeoutMs: 60_000 });
     const before = await src.getInfo();
     const child = await tracked(await src.fork());
     const info = await child.getInfo();
@@ -36,8 +37,8 @@ describe('fork', () => {
     expect(await child.files.read('/workspace/shared.txt')).toBe('before fork');
     expect((await child.commands.list()).find((p) => p.pid === bg.pid)?.running).toBe(true);
     const n1 = Number(await child.files.read('/workspace/n'));
-    await new Promise((r) => setTimeout(r, 500));
-    expect(Number(await child.files.read('/workspace/n'))).toBeGreaterThan(n1);
+    // the process runs on in the child: its counter moves
+    await child.commands.run(`while [ "$(cat /workspace/n)" -le ${n1} ]; do sleep 0.1; done`, { timeoutMs: 60_000 });
     // they diverge
     await child.files.write('/workspace/shared.txt', 'child');
     await src.files.write('/workspace/shared.txt', 'source');
@@ -127,7 +128,7 @@ describe('every clone is unique and current', () => {
       ].join('\n'),
     );
     await src.commands.run('python3 /workspace/sampler.py', { background: true, timeoutMs: 0 });
-    await new Promise((r) => setTimeout(r, 500));
+    await src.commands.run('while [ ! -s /workspace/samples ]; do sleep 0.1; done', { timeoutMs: 60_000 });
     const snap = await src.createSnapshot();
     const snapAt = Date.now();
     await new Promise((r) => setTimeout(r, 3000)); // the snapshot ages

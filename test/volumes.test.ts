@@ -83,8 +83,8 @@ describe('shared volumes', () => {
     const v = await volume();
     const s = await sandbox({ volumes: { '/mnt/busy': v.name } });
     await s.files.write('/mnt/busy/log', 'line\n');
-    const holder = await s.commands.run('exec 3>>/mnt/busy/log; sleep 300', { background: true, timeoutMs: 0 });
-    await new Promise((r) => setTimeout(r, 500));
+    const holder = await s.commands.run('exec 3>>/mnt/busy/log; exec sleep 300', { background: true, timeoutMs: 0 });
+    await s.commands.run('until pgrep -x sleep >/dev/null; do sleep 0.1; done', { timeoutMs: 60_000 });
     const err = await s.createSnapshot().catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'volume_busy', status: 409 });
     expect((err as Error).message).toMatch(/sleep \(pid \d+\)/);
