@@ -16,7 +16,8 @@ export interface VmExit {
   detail: string;
 }
 
-const MIGRATION_CAPS = [{ capability: 'x-ignore-shared', state: true }];
+/** x-ignore-shared: the RAM is the shared file, only device state travels (the fast path). */
+const migrationCaps = (includeRam: boolean) => [{ capability: 'x-ignore-shared', state: !includeRam }];
 
 /**
  * One QEMU process. It is started detached (its own session), so it outlives the server; a restarted
@@ -125,10 +126,10 @@ export class Vm extends EventEmitter {
   }
 
   /** Loads device state (saved with x-ignore-shared: the RAM is the mapped file) and starts the vCPUs. */
-  async restoreState(stateFile: string, opts: { start?: boolean } = {}): Promise<void> {
+  async restoreState(stateFile: string, opts: { start?: boolean; includeRam?: boolean } = {}): Promise<void> {
     const sock = vmPaths(this.spec.runDir).migrationIn;
     try {
-      await this.qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPS });
+      await this.qmp.execute('migrate-set-capabilities', { capabilities: migrationCaps(opts.includeRam === true) });
       await this.qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
       await new Promise<void>((resolve, reject) => {
         const conn = net.createConnection({ path: sock });
@@ -147,9 +148,9 @@ export class Vm extends EventEmitter {
 
   /**
    * Writes the device state to `stateFile` (the VM must be stopped; RAM is not included: it is the
-   * RAM file itself). fsyncs the result.
+   * RAM file itself, unless `includeRam`: a full migration stream, QEMU's standard save). fsyncs it.
    */
-  async saveState(stateFile: string): Promise<void> {
+  async saveState(stateFile: string, opts: { includeRam?: boolean } = {}): Promise<void> {
     const sock = vmPaths(this.spec.runDir).migrationOut;
     fs.rmSync(sock, { force: true });
     const out = fs.createWriteStream(stateFile, { mode: 0o600 });
@@ -166,7 +167,7 @@ export class Vm extends EventEmitter {
       });
       // QEMU may run under the sandbox's own uid: let it connect
       if (this.spec.runAsUid !== undefined) fs.chownSync(sock, this.spec.runAsUid, this.spec.runAsUid);
-      await this.qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPS });
+      await this.qmp.execute('migrate-set-capabilities', { capabilities: migrationCaps(opts.includeRam === true) });
       await this.qmp.execute('migrate', { uri: `unix:${sock}` });
       await this.waitMigration('outgoing');
       await outDone;

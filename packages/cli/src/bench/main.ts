@@ -1,31 +1,35 @@
 #!/usr/bin/env node
 /**
- * nullspace benchmark: `npm run bench` (or `-- --quick` for a short run that proves it works).
- * Starts its own server on a temporary data dir, measures, prints a table of medians, p95 and
- * ratios, and cleans up. Times are measured, never asserted.
+ * nullspace benchmark: `npm run bench` (full) or `npm run bench -- --quick` (a short run that proves
+ * it works; the test suite runs it). Starts its own server on a temporary data dir, measures
+ * nullspace's operations side by side with what a user would otherwise do on the same QEMU and image
+ * (cold boot, QEMU's full-stream save/restore, libvirt) and with the floor of any restore, prints
+ * tables of medians, p95 and ratios, and cleans up. Times are measured, never asserted.
  */
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadConfig, startServer } from '@nullspace/server';
-import { findTemplate } from '@nullspace/runtime';
-import { execFileSync } from 'node:child_process';
-import { Sandbox, Snapshot } from 'nullspace';
+import { findTemplate, type TemplateInfo } from '@nullspace/runtime';
+import { loadConfig, startServer, type RunningServer } from '@nullspace/server';
+import { Sandbox, type SandboxOpts, type Snapshot } from 'nullspace';
+import { templateBuild } from '../template.js';
+import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js';
+import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
 import { formatTable, median, type Row } from './stats.js';
 
-const quick = process.argv.includes('--quick');
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
 const N = quick ? 3 : 10;
+const DENSITY = quick ? 0 : Number(args.find((a) => a.startsWith('--density='))?.split('=')[1] ?? 100);
 
-function pss(pid: number): number {
+const MiB = 1048576;
+const log = (m: string) => process.stderr.write(`[bench] ${m}\n`);
+
+function pss(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
   const m = /Pss:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
   return m?.[1] ? Number(m[1]) / 1024 : NaN;
-}
-
-/** Bytes in use on the file system holding `dir` (after a sync, so that writeback is counted). */
-function usedBytes(dir: string): number {
-  execFileSync('sync');
-  const st = fs.statfsSync(dir);
-  return (st.blocks - st.bfree) * st.bsize;
 }
 
 function qemuPid(id: string): number | undefined {
@@ -40,10 +44,37 @@ function qemuPid(id: string): number | undefined {
   return undefined;
 }
 
+/** Bytes in use on the file system holding `dir` (after a sync, so that writeback is counted). */
+function usedBytes(dir: string): number {
+  execFileSync('sync');
+  const st = fs.statfsSync(dir);
+  return (st.blocks - st.bfree) * st.bsize;
+}
+
+function availableMiB(): number {
+  const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+  return Number(m?.[1] ?? 0) / 1024;
+}
+
 async function time<T>(fn: () => Promise<T>): Promise<[number, T]> {
   const t0 = performance.now();
   const v = await fn();
   return [performance.now() - t0, v];
+}
+
+async function repeat(n: number, fn: () => Promise<number>): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) out.push(await fn());
+  return out;
+}
+
+/** A guest that holds 64 MiB of random data in a live process and wrote 16 MiB of files. */
+async function dirty(s: Sandbox): Promise<void> {
+  await s.commands.run(
+    "python3 -c 'import os,time; b=bytearray(os.urandom(64<<20)); open(\"/tmp/ready\",\"w\").close(); time.sleep(86400)'",
+    { background: true, timeoutMs: 0 },
+  );
+  await s.commands.run('while [ ! -e /tmp/ready ]; do sleep 0.2; done; head -c 16M /dev/urandom > /workspace/blob', { timeoutMs: 300_000 });
 }
 
 async function main(): Promise<void> {
@@ -51,140 +82,260 @@ async function main(): Promise<void> {
   const dataDir = path.join(home, 'tmp', `bench-${randomBytes(3).toString('hex')}`);
   const key = `bench-${randomBytes(12).toString('hex')}`;
   const config = loadConfig({ ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn' }, { dataDir, port: 0 });
-  const server = await startServer(config);
-  const c = { apiUrl: server.url, apiKey: key };
   const created: Sandbox[] = [];
+  const snapshots: Snapshot[] = [];
+  let server: RunningServer | undefined;
   try {
+    server = await startServer(config);
+    const c = { apiUrl: server.url, apiKey: key };
     const template = findTemplate(config.cacheDir, 'base');
     if (!template) throw new Error('template base is not built: run nullspace template build base');
-    process.stderr.write(`benchmark (${quick ? 'quick' : 'full'}, n=${N}) on ${server.host.profile.accel}, cpu ${server.host.profile.cpuModel}, ${template.memoryMiB} MiB guests\n`);
+    const profile = server.host.profile;
+    log(`${quick ? 'quick' : 'full'} run, n=${N}, ${profile.accel} (cpu ${profile.cpuModel}), ${template.memoryMiB} MiB guests, QEMU ${profile.qemuVersion}`);
+    const create = async (opts: SandboxOpts = {}) => {
+      const s = await Sandbox.create({ ...c, ...opts });
+      created.push(s);
+      return s;
+    };
+    const kill = async (s: Sandbox) => {
+      await s.kill();
+      created.splice(created.indexOf(s), 1);
+    };
 
-    const createMs: number[] = [];
-    for (let i = 0; i < N; i++) {
-      const [ms, sbx] = await time(() => Sandbox.create({ ...c, template: 'base' }));
-      createMs.push(ms);
-      if (i < N - 1) await sbx.kill();
-      else created.push(sbx);
-    }
-    const sbx = created[0]!;
-    // the first command of a fresh sandbox pays for QEMU's empty translation cache under TCG
+    // --- the floor and the alternatives on the same QEMU and image
+    const ctx: BaselineCtx = { profile, template, dir: path.join(dataDir, 'baselines') };
+    log('floor: QEMU spawn (-incoming defer) to QMP ready + device state');
+    const floors = [];
+    for (let i = 0; i < N; i++) floors.push(await floor(ctx));
+    const floorMs = median(floors.map((f) => f.totalMs));
+    log('cold boot of the same image');
+    const boots = await repeat(quick ? 1 : 3, () => coldBoot(ctx));
+    log("QEMU's standard save/restore (full migration stream)");
+    const migs = [];
+    for (let i = 0; i < (quick ? 1 : 3); i++) migs.push(await fullMigration(ctx));
+
+    // --- nullspace: create, commands, files, memory
+    log('create from template');
+    const createMs = await repeat(N, async () => {
+      const [ms, s] = await time(() => create({ template: 'base' }));
+      await kill(s);
+      return ms;
+    });
+    const sbx = await create({ template: 'base' });
     const [firstCmd] = await time(() => sbx.commands.run('true'));
-    const rtt: number[] = [];
-    for (let i = 0; i < N * 2; i++) rtt.push((await time(() => sbx.commands.run('true')))[0]);
-    const python: number[] = [];
-    for (let i = 0; i < N; i++) python.push((await time(() => sbx.commands.run("python3 -c 'print(6*7)'")))[0]);
-    const mib = randomBytes(1024 * 1024);
-    const fileRtt: number[] = [];
-    for (let i = 0; i < N; i++) {
-      fileRtt.push(
-        (
-          await time(async () => {
-            await sbx.files.write('/workspace/bench.bin', mib);
-            const back = await sbx.files.read('/workspace/bench.bin', { format: 'bytes' });
-            if (back.length !== mib.length) throw new Error('short read');
-          })
-        )[0],
-      );
-    }
-    // idle memory: a fresh sandbox left alone for a while
-    const idle = await Sandbox.create({ ...c, template: 'base' });
-    created.push(idle);
+    const rtt = await repeat(N * 2, async () => (await time(() => sbx.commands.run('true')))[0]);
+    const python = await repeat(N, async () => (await time(() => sbx.commands.run("python3 -c 'print(6*7)'")))[0]);
+    const mib = randomBytes(MiB);
+    const fileRtt = await repeat(N, async () => {
+      const [ms] = await time(async () => {
+        await sbx.files.write('/workspace/bench.bin', mib);
+        if ((await sbx.files.read('/workspace/bench.bin', { format: 'bytes' })).length !== MiB) throw new Error('short read');
+      });
+      return ms;
+    });
+    // memory: a fresh sandbox left idle, and the one above after its work
+    const fresh = await create({ template: 'base' });
     await new Promise((r) => setTimeout(r, quick ? 2000 : 5000));
-    const idlePss = [pss(qemuPid(idle.sandboxId)!)];
+    const idlePss = pss(qemuPid(fresh.sandboxId));
+    const workedPss = pss(qemuPid(sbx.sandboxId));
+    await kill(fresh);
 
-    // snapshots: pause window and wall time, restore time, bytes stored
-    const snapSrc = await Sandbox.create({ ...c, template: 'base' });
-    created.push(snapSrc);
-    // make the guest dirty some memory and disk first (64 MiB in a live process, 16 MiB of files)
-    await snapSrc.commands.run(
-      "python3 -c 'import os,time; b=bytearray(os.urandom(64<<20)); open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'",
-      { background: true, timeoutMs: 0 },
-    );
-    await snapSrc.commands.run('while [ ! -e /tmp/ready ]; do sleep 0.2; done; head -c 16M /dev/urandom > /workspace/blob', { timeoutMs: 120_000 });
+    // --- snapshots of a guest that changed 64 MiB of RAM and 16 MiB of disk
+    log('snapshots');
+    const src = await create({ template: 'base' });
+    await dirty(src);
     const pauses: number[] = [];
     const snapWall: number[] = [];
     const storedDelta: number[] = [];
-    const snaps: Snapshot[] = [];
     for (let i = 0; i < N; i++) {
       const before = usedBytes(dataDir);
-      const [ms, snap] = await time(() => snapSrc.createSnapshot());
-      storedDelta.push((usedBytes(dataDir) - before) / 1048576);
+      const [ms, snap] = await time(() => src.createSnapshot());
+      storedDelta.push((usedBytes(dataDir) - before) / MiB);
       snapWall.push(ms);
       pauses.push(snap.pauseMs ?? NaN);
-      snaps.push(snap);
+      snapshots.push(snap);
     }
-    const restoreMs: number[] = [];
-    for (let i = 0; i < N; i++) {
-      const [ms, child] = await time(() => Sandbox.create({ ...c, snapshotId: snaps[0]!.id }));
-      restoreMs.push(ms);
-      await child.kill();
-    }
-    const layerMiB = snaps.map((x) => x.sizeBytes / 1048576);
-    for (const x of snaps) await x.delete();
+    const restoreMs = await repeat(N, async () => {
+      const [ms, child] = await time(() => create({ snapshotId: snapshots[0]!.id }));
+      await kill(child);
+      return ms;
+    });
+    const layerMiB = snapshots.map((x) => x.sizeBytes / MiB);
+    for (const x of snapshots.splice(0)) await x.delete();
 
-    // fork: source pause window, fork() -> child answering, memory added per idle child
+    // --- fork
+    log('fork');
     const forkPause: number[] = [];
     const forkMs: number[] = [];
+    const forkAnswerMs: number[] = [];
     const children: Sandbox[] = [];
     for (let i = 0; i < N; i++) {
       const t0 = performance.now();
-      const res = await fetch(`${c.apiUrl}/v1/sandboxes/${snapSrc.sandboxId}/fork`, {
+      const res = await fetch(`${c.apiUrl}/v1/sandboxes/${src.sandboxId}/fork`, {
         method: 'POST',
         headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
         body: '{}',
       });
       if (res.status !== 201) throw new Error(`fork: HTTP ${res.status}: ${await res.text()}`);
+      forkMs.push(performance.now() - t0);
       const { sandboxId } = (await res.json()) as { sandboxId: string };
       const child = await Sandbox.connect(sandboxId, c);
+      created.push(child);
       await child.commands.run('true');
-      forkMs.push(performance.now() - t0);
+      forkAnswerMs.push(performance.now() - t0);
       forkPause.push(Number(res.headers.get('x-nullspace-pause-ms')));
       children.push(child);
-      created.push(child);
     }
     await new Promise((r) => setTimeout(r, quick ? 2000 : 5000));
-    const childPss = children.map((ch) => pss(qemuPid(ch.sandboxId)!));
-    for (const ch of children) await ch.kill();
+    const childPss = children.map((ch) => pss(qemuPid(ch.sandboxId)));
+    for (const ch of children) await kill(ch);
 
-    // hibernate / resume of a sandbox holding 64 MiB of live process memory
+    // --- hibernate / resume
+    log('hibernate and resume');
     const hibMs: number[] = [];
     const resumeMs: number[] = [];
     const freedMiB: number[] = [];
+    const hibWritten: number[] = [];
     for (let i = 0; i < N; i++) {
-      const before = pss(qemuPid(snapSrc.sandboxId)!);
-      const [hms] = await time(() => snapSrc.hibernate());
-      hibMs.push(hms);
-      freedMiB.push(before - (qemuPid(snapSrc.sandboxId) === undefined ? 0 : before));
-      const [rms] = await time(() => Sandbox.connect(snapSrc.sandboxId, c));
-      resumeMs.push(rms);
+      const before = pss(qemuPid(src.sandboxId));
+      const used = usedBytes(dataDir);
+      hibMs.push((await time(() => src.hibernate()))[0]);
+      hibWritten.push((usedBytes(dataDir) - used) / MiB);
+      freedMiB.push(qemuPid(src.sandboxId) === undefined ? before : 0);
+      resumeMs.push((await time(() => Sandbox.connect(src.sandboxId, c)))[0]);
     }
 
+    // --- libvirt on the same image (full runs; installed by scripts/bench.sh)
+    let lv: Awaited<ReturnType<typeof libvirtBaselines>> | undefined;
+    const lvWhy = quick ? 'skipped in --quick runs' : libvirtUnavailable();
+    if (!lvWhy) {
+      log('libvirt: boot, virsh save/restore, snapshot-create-as --memspec');
+      lv = await libvirtBaselines(template, dataDir);
+    } else log(`libvirt: ${lvWhy}`);
+
+    const vsFloor = { value: floorMs, label: 'floor' };
     const rows: Row[] = [
-      { name: 'create from template -> agent answering', unit: 'ms', samples: createMs, ref: { value: template.bootMs, label: 'cold boot of the template' }, target: '<= 500 ms' },
-      { name: 'first command in a fresh sandbox', unit: 'ms', samples: [firstCmd] },
+      { name: 'floor: QEMU spawn + device state load', unit: 'ms', samples: floors.map((f) => f.totalMs), ref: vsFloor },
+      { name: '  of which QEMU spawn to QMP ready', unit: 'ms', samples: floors.map((f) => f.spawnMs) },
+      { name: 'create from template -> agent answering', unit: 'ms', samples: createMs, ref: vsFloor, target: '<= 2x floor' },
+      { name: 'create from snapshot -> agent answering', unit: 'ms', samples: restoreMs, ref: vsFloor, target: '<= 2x floor' },
+      { name: 'fork() -> child created', unit: 'ms', samples: forkMs, ref: vsFloor, target: '<= 2x floor' },
+      { name: 'fork() -> child answering a command', unit: 'ms', samples: forkAnswerMs, ref: vsFloor },
+      { name: 'resume (connect) -> agent answering', unit: 'ms', samples: resumeMs, ref: vsFloor },
+      { name: 'alt: cold boot -> agent answering', unit: 'ms', samples: boots, ref: vsFloor },
+      { name: 'alt: QEMU full-stream restore -> agent', unit: 'ms', samples: migs.map((m) => m.restoreMs), ref: vsFloor },
+      ...(lv
+        ? [
+            { name: 'alt: libvirt boot -> agent answering', unit: 'ms' as const, samples: [lv.bootMs], ref: vsFloor },
+            { name: 'alt: libvirt virsh restore -> agent', unit: 'ms' as const, samples: [lv.restoreMs], ref: vsFloor },
+          ]
+        : []),
+      { name: 'snapshot: source pause window', unit: 'ms', samples: pauses, target: '<= 50 ms' },
+      { name: 'snapshot: wall time (API call)', unit: 'ms', samples: snapWall },
+      { name: 'fork: source pause window', unit: 'ms', samples: forkPause, target: '<= 50 ms' },
+      { name: 'hibernate (64 MiB live in the guest)', unit: 'ms', samples: hibMs },
+      { name: 'alt: QEMU full-stream save (VM stopped)', unit: 'ms', samples: migs.map((m) => m.saveMs), ref: { value: median(pauses), label: 'snapshot pause' } },
+      ...(lv
+        ? [
+            { name: 'alt: libvirt virsh save', unit: 'ms' as const, samples: [lv.saveMs], ref: { value: median(hibMs), label: 'hibernate' } },
+            { name: 'alt: libvirt snapshot --memspec (paused)', unit: 'ms' as const, samples: [lv.snapshotMs], ref: { value: median(pauses), label: 'snapshot pause' } },
+          ]
+        : []),
       { name: 'command round trip (true)', unit: 'ms', samples: rtt },
+      { name: 'first command in a fresh sandbox', unit: 'ms', samples: [firstCmd] },
       { name: "python3 -c 'print(6*7)'", unit: 'ms', samples: python },
       { name: '1 MiB file write + read', unit: 'ms', samples: fileRtt },
-      { name: 'idle sandbox memory (QEMU PSS)', unit: 'MiB', samples: idlePss, ref: { value: template.memoryMiB, label: 'nominal guest RAM' }, target: '<= 100 MiB' },
-      { name: 'snapshot: source pause window', unit: 'ms', samples: pauses, target: '<= 50 ms, flat in RAM size' },
-      { name: 'snapshot: wall time (API call)', unit: 'ms', samples: snapWall },
-      { name: 'create from snapshot -> agent answering', unit: 'ms', samples: restoreMs, ref: { value: median(createMs), label: 'create from template' }, target: '<= 500 ms' },
-      { name: 'snapshot: new disk space used (reflinked)', unit: 'MiB', samples: storedDelta, ref: { value: 80, label: 'guest dirtied 64 MiB RAM + 16 MiB disk' } },
-      { name: 'snapshot: layer blocks (shared counted)', unit: 'MiB', samples: layerMiB, ref: { value: template.memoryMiB, label: 'nominal guest RAM' } },
-      { name: 'fork: source pause window', unit: 'ms', samples: forkPause, target: 'tens of ms, flat in RAM size' },
-      { name: 'fork() -> child answering a command', unit: 'ms', samples: forkMs, target: '<= 500 ms' },
-      { name: 'idle fork child memory (QEMU PSS)', unit: 'MiB', samples: childPss, ref: { value: idlePss[0]!, label: 'idle sandbox from the template' } },
-      { name: 'hibernate (64 MiB live in the guest)', unit: 'ms', samples: hibMs },
-      { name: 'resume (connect) -> agent answering', unit: 'ms', samples: resumeMs, ref: { value: median(createMs), label: 'create from template' } },
-      { name: 'host RAM freed per hibernated sandbox', unit: 'MiB', samples: freedMiB, ref: { value: template.memoryMiB, label: 'nominal guest RAM' } },
+      { name: 'idle sandbox memory (QEMU PSS)', unit: 'MiB', samples: [idlePss], ref: { value: template.memoryMiB, label: 'nominal RAM' }, target: '<= 100 MiB' },
+      { name: 'same after python + file work', unit: 'MiB', samples: [workedPss], ref: { value: template.memoryMiB, label: 'nominal RAM' } },
+      { name: 'idle fork child memory (QEMU PSS)', unit: 'MiB', samples: childPss, ref: { value: idlePss, label: 'idle sandbox' } },
+      { name: 'host RAM freed per hibernated sandbox', unit: 'MiB', samples: freedMiB },
+      { name: 'disk used per snapshot (+ source divergence)', unit: 'MiB', samples: storedDelta, ref: { value: 80, label: 'guest changed 80 MiB' } },
+      { name: 'disk written per hibernation', unit: 'MiB', samples: hibWritten, ref: { value: 80, label: 'guest changed 80 MiB' } },
+      { name: 'snapshot layer blocks (shared counted)', unit: 'MiB', samples: layerMiB, ref: { value: template.memoryMiB, label: 'nominal RAM' } },
+      { name: 'alt: full migration stream size', unit: 'MiB', samples: migs.map((m) => m.bytes / MiB), ref: { value: median(storedDelta), label: 'per snapshot' } },
+      ...(lv ? [{ name: 'alt: libvirt memspec file size', unit: 'MiB' as const, samples: [lv.snapshotBytes / MiB], ref: { value: median(storedDelta), label: 'per snapshot' } }] : []),
     ];
     process.stdout.write('\n' + formatTable(rows) + '\n');
-    process.stdout.write(`\ncreate median ${median(createMs).toFixed(0)} ms vs cold boot ${template.bootMs} ms: ${(template.bootMs / median(createMs)).toFixed(1)}x faster\n`);
+    if (lvWhy) process.stdout.write(`(libvirt rows: ${lvWhy})\n`);
+
+    // --- pause window against RAM size, and density (full runs)
+    if (!quick) {
+      const sizeRows: Row[] = [];
+      for (const mem of [256, 512, 2048]) {
+        const name = mem === template.memoryMiB ? 'base' : `bench-${mem}m`;
+        if (name !== 'base') await templateBuild(config, { recipe: 'base', name, memoryMiB: mem }, log);
+        const s = await create({ template: name });
+        await dirty(s);
+        const p: number[] = [];
+        for (let i = 0; i < N; i++) {
+          const snap = await s.createSnapshot();
+          p.push(snap.pauseMs ?? NaN);
+          await snap.delete();
+        }
+        await kill(s);
+        sizeRows.push({ name: `snapshot pause window, ${mem} MiB guest`, unit: 'ms', samples: p, ref: { value: median(pauses), label: '512 MiB' }, target: '<= 50 ms, flat' });
+      }
+      process.stdout.write('\n' + formatTable(sizeRows) + '\n');
+    }
+    if (DENSITY > 0) await density(c, DENSITY, created, kill);
   } finally {
     await Promise.all(created.map((s) => s.kill().catch(() => {})));
-    await server.close();
+    for (const s of snapshots) await s.delete().catch(() => {});
+    await server?.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
+}
+
+/** How many idle sandboxes from one snapshot fit and stay responsive, and their memory. */
+async function density(c: { apiUrl: string; apiKey: string }, target: number, created: Sandbox[], kill: (s: Sandbox) => Promise<void>): Promise<void> {
+  log(`density: up to ${target} idle sandboxes from one snapshot`);
+  const base = await Sandbox.create(c);
+  created.push(base);
+  const snap = await base.createSnapshot();
+  await kill(base);
+  const availBefore = availableMiB();
+  const fleet: Sandbox[] = [];
+  let stopped = '';
+  for (let i = 0; i < target; i++) {
+    try {
+      const s = await Sandbox.create({ ...c, snapshotId: snap.id, timeoutMs: 3_600_000 });
+      created.push(s);
+      fleet.push(s);
+    } catch (err) {
+      stopped = `stopped at ${i}: ${(err as Error).message}`;
+      break;
+    }
+  }
+  await new Promise((r) => setTimeout(r, 10_000));
+  const rtts: number[] = [];
+  let responsive = 0;
+  for (let i = 0; i < fleet.length; i += 10) {
+    await Promise.all(
+      fleet.slice(i, i + 10).map(async (s) => {
+        const t0 = performance.now();
+        try {
+          await s.commands.run('true', { timeoutMs: 10_000 });
+          rtts.push(performance.now() - t0);
+          responsive++;
+        } catch {
+          /* not responsive */
+        }
+      }),
+    );
+  }
+  const psss = fleet.map((s) => pss(qemuPid(s.sandboxId)));
+  const availAfter = availableMiB();
+  const rows: Row[] = [
+    { name: `idle sandboxes started (of ${target})`, unit: 'count', samples: [fleet.length] },
+    { name: 'responsive (command within 10 s)', unit: 'count', samples: [responsive] },
+    { name: 'command round trip with all of them idle', unit: 'ms', samples: rtts },
+    { name: 'QEMU PSS per idle sandbox', unit: 'MiB', samples: psss },
+    { name: 'host MemAvailable used per sandbox', unit: 'MiB', samples: [(availBefore - availAfter) / Math.max(1, fleet.length)] },
+  ];
+  process.stdout.write('\n' + formatTable(rows) + '\n');
+  if (stopped) process.stdout.write(`(${stopped})\n`);
+  await Promise.all(fleet.map((s) => kill(s).catch(() => {})));
+  await snap.delete();
 }
 
 main().then(
