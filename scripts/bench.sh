@@ -16,6 +16,7 @@ fi
 mkdir -p /var/run/libvirt /var/log/libvirt /var/lib/libvirt/qemu /var/cache/libvirt
 getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || useradd --system -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+pgrep -x virtlogd >/dev/null || virtlogd -d
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   step "starting libvirtd"
   libvirtd -d

@@ -208,9 +208,14 @@ async function main(): Promise<void> {
     // --- libvirt on the same image (full runs; installed by scripts/bench.sh)
     let lv: Awaited<ReturnType<typeof libvirtBaselines>> | undefined;
     const lvWhy = quick ? 'skipped in --quick runs' : libvirtUnavailable();
+    let lvFailed: string | undefined;
     if (!lvWhy) {
       log('libvirt: boot, virsh save/restore, snapshot-create-as --memspec');
-      lv = await libvirtBaselines(template, dataDir);
+      lv = await libvirtBaselines(template, dataDir).catch((err: unknown) => {
+        lvFailed = `libvirt failed: ${(err as Error).message.split('\n')[0]}`;
+        log(lvFailed);
+        return undefined;
+      });
     } else log(`libvirt: ${lvWhy}`);
 
     const vsFloor = { value: floorMs, label: 'floor' };
@@ -256,7 +261,7 @@ async function main(): Promise<void> {
       ...(lv ? [{ name: 'alt: libvirt memspec file size', unit: 'MiB' as const, samples: [lv.snapshotBytes / MiB], ref: { value: median(storedDelta), label: 'per snapshot' } }] : []),
     ];
     process.stdout.write('\n' + formatTable(rows) + '\n');
-    if (lvWhy) process.stdout.write(`(libvirt rows: ${lvWhy})\n`);
+    if (lvWhy ?? lvFailed) process.stdout.write(`(libvirt rows: ${lvWhy ?? lvFailed})\n`);
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {
