@@ -312,28 +312,48 @@ async function density(c: { apiUrl: string; apiKey: string }, target: number, cr
     }
   }
   await new Promise((r) => setTimeout(r, 10_000));
-  const rtts: number[] = [];
+  // CPU the idle fleet costs the host
+  const pids = fleet.map((s) => qemuPid(s.sandboxId)).filter((p): p is number => p !== undefined);
+  const ticks = () => pids.reduce((sum, pid) => {
+    try {
+      const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+      return sum + Number(f[11]) + Number(f[12]);
+    } catch {
+      return sum;
+    }
+  }, 0);
+  const t0 = ticks();
+  await new Promise((r) => setTimeout(r, 10_000));
+  const idleCpuPct = ((ticks() - t0) / 100 / 10) * 100;
+  // each sandbox answers (its first command pays for the empty translation cache), then round trips
   let responsive = 0;
-  for (let i = 0; i < fleet.length; i += 10) {
-    await Promise.all(
-      fleet.slice(i, i + 10).map(async (s) => {
-        const t0 = performance.now();
-        try {
-          await s.commands.run('true', { timeoutMs: 10_000 });
-          rtts.push(performance.now() - t0);
-          responsive++;
-        } catch {
-          /* not responsive */
-        }
-      }),
-    );
+  const firstMs: number[] = [];
+  const rtts: number[] = [];
+  for (const pass of ['first', 'warm'] as const) {
+    for (let i = 0; i < fleet.length; i += 10) {
+      await Promise.all(
+        fleet.slice(i, i + 10).map(async (s) => {
+          const t = performance.now();
+          try {
+            await s.commands.run('true', { timeoutMs: 30_000 });
+            (pass === 'first' ? firstMs : rtts).push(performance.now() - t);
+            if (pass === 'first') responsive++;
+          } catch {
+            /* not responsive */
+          }
+        }),
+      );
+    }
   }
   const psss = fleet.map((s) => pss(qemuPid(s.sandboxId)));
   const availAfter = availableMiB();
   const rows: Row[] = [
     { name: `idle sandboxes started (of ${target})`, unit: 'count', samples: [fleet.length] },
-    { name: 'responsive (command within 10 s)', unit: 'count', samples: [responsive] },
-    { name: 'command round trip with all of them idle', unit: 'ms', samples: rtts },
+    { name: 'responsive (a command within 30 s)', unit: 'count', samples: [responsive] },
+    { name: 'first command, 10 at a time', unit: 'ms', samples: firstMs },
+    { name: 'command round trip, 10 at a time', unit: 'ms', samples: rtts },
+    { name: 'host CPU of the idle fleet', unit: '%', samples: [idleCpuPct], ref: { value: 200, label: 'this host (2 cores)' } },
     { name: 'QEMU PSS per idle sandbox', unit: 'MiB', samples: psss },
     { name: 'host MemAvailable used per sandbox', unit: 'MiB', samples: [(availBefore - availAfter) / Math.max(1, fleet.length)] },
   ];
