@@ -1,4 +1,5 @@
 import { ApiClient, ConnectionConfig, type ConnectionOpts } from './connection.js';
+import { falseOn, Paginator } from './paginator.js';
 
 export type SnapshotKind = 'reusable' | 'hibernate' | 'fork';
 
@@ -73,13 +74,7 @@ export class Snapshot {
   /** Deletes a snapshot. Sandboxes started from it keep running; its storage is freed when unused. */
   static async delete(snapshotId: string, opts: ConnectionOpts = {}): Promise<boolean> {
     const api = new ApiClient(new ConnectionConfig(opts));
-    try {
-      await api.json(`/v1/snapshots/${encodeURIComponent(snapshotId)}`, { method: 'DELETE' });
-      return true;
-    } catch (err) {
-      if ((err as { code?: string }).code === 'snapshot_not_found') return false;
-      throw err;
-    }
+    return falseOn('snapshot_not_found', () => api.json(`/v1/snapshots/${encodeURIComponent(snapshotId)}`, { method: 'DELETE' }));
   }
 
   /** Whether this server's host can restore the snapshot, and why not. */
@@ -98,43 +93,21 @@ export class Snapshot {
   }
 }
 
-/** Pages of snapshots; iterate with `for await` for every item. */
-export class SnapshotPaginator implements AsyncIterable<Snapshot> {
-  private token: string | undefined;
-  private started = false;
-
-  constructor(private readonly api: ApiClient, private readonly opts: SnapshotListOpts) {
-    this.token = opts.nextToken;
-  }
-
-  get hasNext(): boolean {
-    return !this.started || this.token !== undefined;
-  }
-
-  get nextToken(): string | undefined {
-    return this.token;
-  }
-
-  async nextItems(): Promise<Snapshot[]> {
-    if (!this.hasNext) return [];
-    this.started = true;
-    const kinds = this.opts.kind === undefined ? undefined : Array.isArray(this.opts.kind) ? this.opts.kind : [this.opts.kind];
-    const r = await this.api.json<{ snapshots: RawSnapshot[]; nextToken: string | null }>('/v1/snapshots', {
-      query: {
-        sandboxId: this.opts.sandboxId,
-        kind: kinds?.join(','),
-        metadata: Object.entries(this.opts.metadata ?? {}).map(([k, v]) => `${k}=${v}`),
-        limit: this.opts.limit,
-        nextToken: this.token,
-      },
-    });
-    this.token = r.nextToken ?? undefined;
-    return r.snapshots.map((s) => new Snapshot(s, this.api));
-  }
-
-  async *[Symbol.asyncIterator](): AsyncIterator<Snapshot> {
-    while (this.hasNext) {
-      for (const item of await this.nextItems()) yield item;
-    }
+/** Pages of snapshots (see `Paginator`). */
+export class SnapshotPaginator extends Paginator<Snapshot> {
+  constructor(api: ApiClient, opts: SnapshotListOpts) {
+    super(async (token) => {
+      const kinds = opts.kind === undefined ? undefined : Array.isArray(opts.kind) ? opts.kind : [opts.kind];
+      const r = await api.json<{ snapshots: RawSnapshot[]; nextToken: string | null }>('/v1/snapshots', {
+        query: {
+          sandboxId: opts.sandboxId,
+          kind: kinds?.join(','),
+          metadata: Object.entries(opts.metadata ?? {}).map(([k, v]) => `${k}=${v}`),
+          limit: opts.limit,
+          nextToken: token,
+        },
+      });
+      return { items: r.snapshots.map((x) => new Snapshot(x, api)), nextToken: r.nextToken ?? undefined };
+    }, opts.nextToken);
   }
 }

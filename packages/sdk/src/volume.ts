@@ -1,4 +1,5 @@
 import { ApiClient, ConnectionConfig, type ConnectionOpts } from './connection.js';
+import { falseOn } from './paginator.js';
 
 interface RawVolume {
   name: string;
@@ -49,12 +50,6 @@ export class Volume {
   /** Deletes a volume and its data; 409 `volume_in_use` while a sandbox mounts it. False when there is none. */
   static async delete(name: string, opts: ConnectionOpts = {}): Promise<boolean> {
     const api = new ApiClient(new ConnectionConfig(opts));
-    try {
-      await api.json(`/v1/volumes/${encodeURIComponent(name)}`, { method: 'DELETE' });
-      return true;
-    } catch (err) {
-      if ((err as { code?: string }).code === 'volume_not_found') return false;
-      throw err;
-    }
+    return falseOn('volume_not_found', () => api.json(`/v1/volumes/${encodeURIComponent(name)}`, { method: 'DELETE' }));
   }
 }

@@ -72,7 +72,3 @@ export function recoveryTarget(state: SandboxState, vmAlive: boolean, hibernatio
       return state;
   }
 }
-
-export function isState(s: string): s is SandboxState {
-  return (STATES as readonly string[]).includes(s);
-}

@@ -1,4 +1,5 @@
 import { ApiClient, ConnectionConfig, type ConnectionOpts } from '../connection.js';
+import { falseOn, Paginator } from '../paginator.js';
 import { Snapshot } from '../snapshot.js';
 import { Commands } from './commands.js';
 import { Filesystem } from './filesystem.js';
@@ -81,43 +82,21 @@ export function toInfo(r: RawInfo): SandboxInfo {
   };
 }
 
-/** Pages of sandboxes. Iterate it (`for await`) for every item, or call `nextItems()` page by page. */
-export class SandboxPaginator implements AsyncIterable<SandboxInfo> {
-  private token: string | undefined;
-  private started = false;
-
-  constructor(private readonly api: ApiClient, private readonly opts: SandboxListOpts) {
-    this.token = opts.nextToken;
-  }
-
-  get hasNext(): boolean {
-    return !this.started || this.token !== undefined;
-  }
-
-  get nextToken(): string | undefined {
-    return this.token;
-  }
-
-  async nextItems(): Promise<SandboxInfo[]> {
-    if (!this.hasNext) return [];
-    this.started = true;
-    const q = this.opts.query ?? {};
-    const r = await this.api.json<{ sandboxes: RawInfo[]; nextToken: string | null }>('/v1/sandboxes', {
-      query: {
-        state: q.state?.join(','),
-        metadata: Object.entries(q.metadata ?? {}).map(([k, v]) => `${k}=${v}`),
-        limit: this.opts.limit,
-        nextToken: this.token,
-      },
-    });
-    this.token = r.nextToken ?? undefined;
-    return r.sandboxes.map(toInfo);
-  }
-
-  async *[Symbol.asyncIterator](): AsyncIterator<SandboxInfo> {
-    while (this.hasNext) {
-      for (const item of await this.nextItems()) yield item;
-    }
+/** Pages of sandboxes (see `Paginator`). */
+export class SandboxPaginator extends Paginator<SandboxInfo> {
+  constructor(api: ApiClient, opts: SandboxListOpts) {
+    super(async (token) => {
+      const q = opts.query ?? {};
+      const r = await api.json<{ sandboxes: RawInfo[]; nextToken: string | null }>('/v1/sandboxes', {
+        query: {
+          state: q.state?.join(','),
+          metadata: Object.entries(q.metadata ?? {}).map(([k, v]) => `${k}=${v}`),
+          limit: opts.limit,
+          nextToken: token,
+        },
+      });
+      return { items: r.sandboxes.map(toInfo), nextToken: r.nextToken ?? undefined };
+    }, opts.nextToken);
   }
 }
 
@@ -198,13 +177,7 @@ export class Sandbox {
   /** Kills a sandbox by id. Resolves false when there is no such sandbox. */
   static async kill(sandboxId: string, opts: ConnectionOpts = {}): Promise<boolean> {
     const api = new ApiClient(new ConnectionConfig(opts));
-    try {
-      await api.json(`/v1/sandboxes/${encodeURIComponent(sandboxId)}`, { method: 'DELETE' });
-      return true;
-    } catch (err) {
-      if ((err as { code?: string }).code === 'sandbox_not_found') return false;
-      throw err;
-    }
+    return falseOn('sandbox_not_found', () => api.json(`/v1/sandboxes/${encodeURIComponent(sandboxId)}`, { method: 'DELETE' }));
   }
 
   async getInfo(): Promise<SandboxInfo> {

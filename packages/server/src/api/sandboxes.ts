@@ -2,7 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from '@sinclair/typebox';
 import { NsError } from '@nullspace/runtime';
-import { isState, type SandboxState } from '../lifecycle.js';
+import { STATES, type SandboxState } from '../lifecycle.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
 import type { AppDeps } from './app.js';
 import { CreateSandboxBody, ForkBody, IdParams, ListSandboxesQuery, ResumeBody, Sandbox, SandboxList, Snapshot, TimeoutBody, type SandboxT } from './schemas.js';
@@ -36,6 +36,16 @@ export function sandboxView(r: SandboxRecord): SandboxT {
 }
 
 const LIVE_STATES: SandboxState[] = ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'];
+
+/** A comma-separated query value of allowed words (`state=running,paused`), or `fallback` when absent. */
+export function parseList<T extends string>(raw: string | undefined, allowed: readonly T[], field: string, fallback: T[]): T[] {
+  if (!raw) return fallback;
+  const wanted = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const w of wanted) {
+    if (!(allowed as readonly string[]).includes(w)) throw new NsError('bad_request', `unknown ${field} "${w}"`, { details: { field } });
+  }
+  return wanted as T[];
+}
 
 export function parseMetadataFilter(raw: string | string[] | undefined): Record<string, string> {
   const out: Record<string, string> = {};
@@ -88,12 +98,7 @@ export const sandboxRoutes =
       { schema: { summary: 'List sandboxes (paginated, oldest first)', querystring: ListSandboxesQuery, response: { 200: SandboxList } } },
       async (req) => {
         const q = req.query as Static<typeof ListSandboxesQuery>;
-        let states = LIVE_STATES;
-        if (q.state) {
-          const wanted = q.state.split(',').map((s) => s.trim()).filter(Boolean);
-          for (const s of wanted) if (!isState(s)) throw new NsError('bad_request', `unknown state "${s}"`, { details: { field: 'state' } });
-          states = wanted as SandboxState[];
-        }
+        const states = parseList(q.state, STATES, 'state', LIVE_STATES);
         const page = sandboxes.list({ states, metadata: parseMetadataFilter(q.metadata), limit: q.limit ?? 100, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
         return { sandboxes: page.items.map(sandboxView), nextToken: page.nextToken ?? null };
       },

@@ -1,10 +1,9 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from '@sinclair/typebox';
-import { NsError } from '@nullspace/runtime';
 import type { SnapshotKind, SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from './app.js';
-import { parseMetadataFilter, sandboxView } from './sandboxes.js';
+import { parseList, parseMetadataFilter, sandboxView } from './sandboxes.js';
 import { Compatibility, CreateSnapshotBody, GcReport, IdParams, ListSnapshotsQuery, Sandbox, Snapshot, SnapshotParams } from './schemas.js';
 
 const KINDS: SnapshotKind[] = ['reusable', 'hibernate', 'fork'];
@@ -52,11 +51,7 @@ export const snapshotRoutes =
       { schema: { summary: 'List snapshots (paginated, oldest first)', querystring: ListSnapshotsQuery, response: { 200: Type.Object({ snapshots: Type.Array(Snapshot), nextToken: Type.Union([Type.String(), Type.Null()]) }) } } },
       async (req) => {
         const q = req.query;
-        let kinds: SnapshotKind[] = ['reusable', 'hibernate'];
-        if (q.kind) {
-          kinds = q.kind.split(',').map((k) => k.trim()) as SnapshotKind[];
-          for (const k of kinds) if (!KINDS.includes(k)) throw new NsError('bad_request', `unknown snapshot kind "${k}"`, { details: { field: 'kind' } });
-        }
+        const kinds = parseList(q.kind, KINDS, 'kind', ['reusable', 'hibernate']);
         const page = sandboxes.listSnapshots({
           sandboxId: q.sandboxId,
           kinds,
