@@ -47,6 +47,9 @@ describe('hibernate and resume', () => {
     expect(qemuPid(s.sandboxId)).toBeUndefined();
     expect(fs.existsSync(path.join(inject('dataDir'), 'sandboxes', s.sandboxId))).toBe(false);
     await expect(s.commands.run('true')).rejects.toMatchObject({ code: 'sandbox_not_running' });
+    // a hibernated sandbox cannot be forked or snapshotted: it has no running VM
+    await expect(s.fork()).rejects.toMatchObject({ code: 'sandbox_not_running', status: 409 });
+    await expect(s.createSnapshot()).rejects.toMatchObject({ code: 'sandbox_not_running', status: 409 });
     // hibernating a paused sandbox: harmless, returns the latest hibernation
     expect((await s.hibernate()).id).toBe(hib.id);
 
