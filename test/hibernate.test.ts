@@ -80,6 +80,8 @@ describe('hibernate and resume', () => {
     expect(h2.id).not.toBe(h1.id);
     const err = await Sandbox.resume(h1.id, conn()).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'snapshot_not_latest', status: 409 });
+    // the hibernation it resumes from cannot be deleted from under it (older ones can)
+    await expect(Snapshot.delete(h2.id, conn())).rejects.toMatchObject({ code: 'snapshot_in_use', status: 409 });
     expect((await s.getInfo()).state).toBe('paused');
     await Sandbox.resume(h2.id, conn());
     expect(await s.files.read('/workspace/gen')).toBe('2');
@@ -122,6 +124,8 @@ describe('hibernate and resume', () => {
       return i.state === 'paused' ? i : undefined;
     });
     expect(info.lifecycle.onTimeout).toBe('hibernate');
+    // hibernated by its timeout: it comes back with its whole timeout
+    expect(info.remainingTimeoutMs).toBe(2000);
     const back = await Sandbox.connect(s.sandboxId, conn());
     expect(await back.files.read('/workspace/keep')).toBe('kept');
     await back.setTimeout(120_000);
@@ -191,6 +195,18 @@ describe('hibernation across server crashes', () => {
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
     const finalSbx = await Sandbox.connect(s.sandboxId, c);
     expect(await finalSbx.files.read('/workspace/b')).toBe('B');
+    await finalSbx.files.write('/workspace/c', 'C');
+    srv.child.kill('SIGKILL');
+    await new Promise((r) => srv.child.once('exit', r));
+
+    // 4. the server dies before a hibernation was recorded (older ones exist): it runs on, nothing lost
+    srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-before-hibernate-capture' });
+    await expect(finalSbx.hibernate()).rejects.toBeDefined();
+    await new Promise((r) => srv.child.once('exit', r));
+    srv = await serverProcess(dataDir, key, port);
+    expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('running');
+    expect(await finalSbx.files.read('/workspace/c')).toBe('C');
+    expect((await finalSbx.commands.run('echo alive')).stdout).toBe('alive\n');
     await finalSbx.kill();
   });
 

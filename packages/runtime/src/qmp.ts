@@ -104,7 +104,12 @@ export class QmpClient extends EventEmitter {
           s.once('error', reject);
         });
         const client = new QmpClient(socket);
-        await client.greeting;
+        const greetTimer = setTimeout(() => socket.destroy(new Error('no QMP greeting')), Math.max(1000, deadline - Date.now()));
+        try {
+          await client.greeting;
+        } finally {
+          clearTimeout(greetTimer);
+        }
         await client.execute('qmp_capabilities');
         return client;
       } catch (err) {
@@ -120,11 +125,27 @@ export class QmpClient extends EventEmitter {
     return this.closedErr !== undefined;
   }
 
-  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+  /** Runs a QMP command; a QEMU that does not answer within `timeoutMs` is reported, not waited for forever. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 60_000): Promise<T> {
     if (this.closedErr) return Promise.reject(new NsError('vm_exited', `qmp ${command}: ${this.closedErr.message}`));
     const id = String(this.nextId++);
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject });
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new NsError('timeout', `qmp ${command}: QEMU did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      timer.unref();
+      this.pending.set(id, {
+        command,
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v as T);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
       this.socket.write(JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id }) + '\n');
     });
   }

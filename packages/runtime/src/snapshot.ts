@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { NsError, wrapError } from './errors.js';
 import { run } from './exec.js';
 import path from 'node:path';
-import { fsyncDir, fsyncFile } from './storage.js';
+import { cloneRegularFile, fsyncDir, fsyncFile } from './storage.js';
 import type { Vm } from './vm.js';
 
 export interface CaptureTargets {
@@ -79,11 +79,20 @@ export async function captureSnapshot(
   try {
     await step(vm, 'flushing guest RAM before the pause', async () => fsyncFile(vm.spec.ramFile));
     await step(vm, 'creating the next overlay', async () => {
-      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', to.disk, to.nextOverlay, String(opts.virtualSizeBytes)], {
+      // made in a directory of root's, owned through its descriptor, then moved into the sandbox's
+      // directory: nothing the sandbox's uid planted there is followed
+      const staged = path.join(path.dirname(to.mem), 'next.qcow2');
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', to.disk, staged, String(opts.virtualSizeBytes)], {
         errorCode: 'snapshot_failed',
       });
-      if (opts.ownerUid !== undefined) fs.chownSync(to.nextOverlay, opts.ownerUid, opts.ownerUid);
-      fs.chmodSync(to.nextOverlay, 0o600);
+      const fd = fs.openSync(staged, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      try {
+        if (opts.ownerUid !== undefined) fs.fchownSync(fd, opts.ownerUid, opts.ownerUid);
+        fs.fchmodSync(fd, 0o600);
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(staged, to.nextOverlay);
     });
     pauseStart = Date.now();
     await step(vm, 'pausing the VM', () => vm.qmp.execute('stop'));
@@ -93,14 +102,8 @@ export async function captureSnapshot(
       await vm.saveState(to.state);
       fs.chmodSync(to.state, 0o444);
     });
-    await step(vm, 'copying guest RAM', async () => {
-      fs.copyFileSync(vm.spec.ramFile, to.mem, fs.constants.COPYFILE_FICLONE);
-      fs.chmodSync(to.mem, 0o444);
-    });
-    await step(vm, 'copying the disk layer', async () => {
-      fs.copyFileSync(vm.spec.disk, to.disk, fs.constants.COPYFILE_FICLONE);
-      fs.chmodSync(to.disk, 0o444);
-    });
+    await step(vm, 'copying guest RAM', async () => cloneRegularFile(vm.spec.ramFile, to.mem, 0o444));
+    await step(vm, 'copying the disk layer', async () => cloneRegularFile(vm.spec.disk, to.disk, 0o444));
     const node = `disk${Date.now().toString(36)}`;
     opts.beforeSwitch?.();
     recorded = true;
@@ -135,8 +138,10 @@ export async function captureSnapshot(
     if (!switched) {
       if (recorded) opts.switchFailed?.();
       cleanupFiles();
+    } else {
+      // the VM's overlay now backs onto to.disk (its header names it): it stays
+      for (const f of [to.mem, to.state]) fs.rmSync(f, { force: true });
     }
-    else for (const f of [to.mem, to.state, to.disk]) fs.rmSync(f, { force: true });
     throw err;
   }
 }

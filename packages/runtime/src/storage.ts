@@ -40,14 +40,37 @@ export async function cloneFile(src: string, dst: string, mode = 0o600): Promise
   return 'copy';
 }
 
-/** Flushes a file's data to disk. */
-export function fsyncFile(file: string): void {
-  const fd = fs.openSync(file, 'r');
+/**
+ * Opens an existing regular file without following a symlink in its last component and without
+ * blocking on a FIFO, and runs `fn` with its descriptor and a `/proc/self/fd` path to the same open
+ * file. For root's work in directories that a sandbox's (possibly compromised) QEMU uid owns: a name
+ * swapped for a link or a FIFO is refused, never followed.
+ */
+export function withRegularFile<T>(file: string, fn: (fd: number, procPath: string) => T): T {
+  let fd: number;
   try {
-    fs.fsyncSync(fd);
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new NsError('internal', `${file} is a symbolic link: refused`);
+    throw err;
+  }
+  try {
+    if (!fs.fstatSync(fd).isFile()) throw new NsError('internal', `${file} is not a regular file: refused`);
+    return fn(fd, `/proc/self/fd/${fd}`);
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** Reflink (or copy) a regular file that may sit in a sandbox-owned directory (see withRegularFile). */
+export function cloneRegularFile(src: string, dst: string, mode: number): void {
+  withRegularFile(src, (_fd, procPath) => fs.copyFileSync(procPath, dst, fs.constants.COPYFILE_FICLONE));
+  fs.chmodSync(dst, mode);
+}
+
+/** Flushes a file's data to disk. */
+export function fsyncFile(file: string): void {
+  withRegularFile(file, (fd) => fs.fsyncSync(fd));
 }
 
 /** Makes a directory's entries (new or renamed files) durable. */

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from './agent/client.js';
 import { NsError, wrapError } from './errors.js';
 import { pidAlive } from './fsutil.js';
+import { withRegularFile } from './storage.js';
 import type { HostProfile } from './host.js';
 import { QmpClient } from './qmp.js';
 import { checkRunDir, processVmId, qemuArgs, vmPaths, volumeDeviceArgs, type VolumeDevice, type VmSpec } from './qemu.js';
@@ -159,14 +160,20 @@ export class Vm extends EventEmitter {
       out.once('error', reject);
     });
     outDone.catch(() => {}); // awaited below on success; a failure is reported through the QMP steps
-    const server = net.createServer((conn) => conn.pipe(out));
+    // a failed write (a full disk) ends the connection, so that QEMU fails the migration at once
+    // instead of blocking with the guest stopped
+    const server = net.createServer((conn) => {
+      out.once('error', () => conn.destroy());
+      conn.pipe(out);
+    });
     try {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(sock, resolve);
       });
-      // QEMU may run under the sandbox's own uid: let it connect
-      if (this.spec.runAsUid !== undefined) fs.chownSync(sock, this.spec.runAsUid, this.spec.runAsUid);
+      // QEMU may run under the sandbox's own uid: let it connect (lchown: a link planted in its
+      // place is not followed)
+      if (this.spec.runAsUid !== undefined) fs.lchownSync(sock, this.spec.runAsUid, this.spec.runAsUid);
       await this.qmp.execute('migrate-set-capabilities', { capabilities: migrationCaps(opts.includeRam === true) });
       await this.qmp.execute('migrate', { uri: `unix:${sock}` });
       await this.waitMigration('outgoing');
@@ -179,6 +186,11 @@ export class Vm extends EventEmitter {
       }
     } catch (err) {
       out.destroy();
+      const outErr = await outDone.then(
+        () => undefined,
+        (e: unknown) => e as NodeJS.ErrnoException,
+      );
+      if (outErr?.code === 'ENOSPC' || outErr?.code === 'EDQUOT') throw new NsError('no_space', `saving device state: no space left on the data disk`, { cause: outErr });
       throw wrapError(err, 'saving device state', 'snapshot_failed');
     } finally {
       server.close();
@@ -300,7 +312,8 @@ function isZombie(pid: number): boolean {
 /** The last lines of a QEMU log, for error messages. */
 export function logTail(file: string, lines = 5): string {
   try {
-    return fs.readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
+    // the log is in a directory the sandbox's uid owns: never follow a link planted there
+    return withRegularFile(file, (fd) => fs.readFileSync(fd, 'utf8')).trim().split('\n').slice(-lines).join(' | ');
   } catch {
     return '';
   }

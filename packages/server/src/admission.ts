@@ -14,8 +14,9 @@ export class Admission {
 
   constructor(private readonly limits: Config['limits'], private readonly availableMiB: () => number = hostAvailableMiB) {}
 
-  reserve(memoryMiB: number): { release: () => void } {
-    this.check(memoryMiB);
+  /** `force`: count it without checking (a VM that already runs, re-adopted after a restart). */
+  reserve(memoryMiB: number, opts: { force?: boolean } = {}): { release: () => void } {
+    if (!opts.force) this.check(memoryMiB);
     this.count += 1;
     this.memoryMiB += memoryMiB;
     let released = false;

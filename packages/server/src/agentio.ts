@@ -19,19 +19,21 @@ export function checkPath(p: unknown, field = 'path'): string {
  * more, and the agent gets credit back only then.
  */
 class Feed extends Readable {
-  private waiting: (() => void) | undefined;
+  /** Every producer waiting for room (output data and event lines may wait at the same time). */
+  private waiting: Array<() => void> = [];
+  private wake(): void {
+    for (const w of this.waiting.splice(0)) w();
+  }
   override _read(): void {
-    const w = this.waiting;
-    this.waiting = undefined;
-    w?.();
+    this.wake();
   }
   feed(chunk: Buffer | string): Promise<void> {
     if (this.destroyed) return Promise.resolve();
     if (this.push(chunk)) return Promise.resolve();
-    return new Promise((resolve) => (this.waiting = resolve));
+    return new Promise((resolve) => this.waiting.push(resolve));
   }
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.waiting?.();
+    this.wake();
     cb(err);
   }
 }

@@ -32,6 +32,7 @@ const STATUS: Record<string, number> = {
   template_incompatible: 409,
   snapshot_incompatible: 409,
   snapshot_not_latest: 409,
+  snapshot_in_use: 409,
   volume_in_use: 409,
   volume_missing: 409,
   volume_busy: 409,
@@ -52,6 +53,10 @@ const STATUS: Record<string, number> = {
   qmp_error: 500,
   vm_exited: 500,
   network_isolation_failed: 500,
+  snapshot_failed: 500,
+  disk_failed: 500,
+  artifact_missing: 500,
+  timeout: 500,
 };
 
 export function httpStatusFor(code: string): number {

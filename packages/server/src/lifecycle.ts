@@ -22,9 +22,10 @@ export type SandboxState = (typeof STATES)[number];
 const TRANSITIONS: Record<SandboxState, readonly SandboxState[]> = {
   creating: ['running', 'killing', 'failed'],
   running: ['killing', 'hibernating', 'failed'],
-  hibernating: ['paused', 'running', 'failed'],
+  // killing from a transitional state: only reachable once its operation failed and let go of the lock
+  hibernating: ['paused', 'running', 'failed', 'killing'],
   paused: ['resuming', 'killing', 'failed'],
-  resuming: ['running', 'paused', 'failed'],
+  resuming: ['running', 'paused', 'failed', 'killing'],
   killing: ['killed'],
   killed: [],
   failed: [],

@@ -159,7 +159,11 @@ export class SandboxManager {
     const adoptedUids = new Set<number>();
     for (const rec of this.store.inStates(['creating', 'running', 'hibernating', 'resuming', 'killing'])) {
       const vm = rec.vmSpec && rec.pid ? await Vm.adopt(this.host.profile, rec.vmSpec, rec.pid) : undefined;
-      const target = recoveryTarget(rec.state, vm !== undefined, this.snapshots.hibernations(rec.id).length > 0);
+      // a hibernation of *this* attempt: newer than the sandbox's move into `hibernating` (older ones
+      // are kept after resumes and must not count)
+      const since = rec.state === 'hibernating' ? this.store.lastTransitionAt(rec.id, 'hibernating') : undefined;
+      const recorded = since !== undefined && this.snapshots.hibernations(rec.id).some((h) => h.createdAt >= since);
+      const target = recoveryTarget(rec.state, vm !== undefined, recorded);
       if (target === 'adopt' && vm) {
         if (rec.state === 'hibernating') {
           // interrupted before its hibernation was recorded: it runs on (reconcile resumes the vCPUs)
@@ -171,7 +175,8 @@ export class SandboxManager {
           adoptedUids.add(rec.vmSpec.runAsUid);
           this.host.uids?.claim(rec.vmSpec.runAsUid, this.uidOwner(rec.id));
         }
-        const reservation = this.admission.reserve(rec.memoryMiB);
+        // already running: counted, never refused (a full host must not stop the server from starting)
+        const reservation = this.admission.reserve(rec.memoryMiB, { force: true });
         await this.reconcile(rec, vm);
         this.attach(rec.id, vm, reservation.release);
         this.log.info({ sandboxId: rec.id, pid: vm.pid }, 're-adopted running sandbox');
@@ -202,8 +207,11 @@ export class SandboxManager {
         pid: null,
         diskParentLayer: null,
       });
+      if (target === 'failed' || target === 'killed') this.dropHibernations(rec.id);
       this.log.warn({ sandboxId: rec.id, from: rec.state, to: target }, 'recovered sandbox after restart');
     }
+    // internal fork captures live only while their child starts: any found now were interrupted
+    for (const s of this.snapshots.all()) if (s.kind === 'fork') this.snapshots.delete(s.id);
     this.killOrphans(adopted);
     this.host.uids?.sweep(`${this.config.dataDir} `, adoptedUids);
     this.reaper = setInterval(() => void this.reap(), this.config.reaperIntervalMs);
@@ -247,7 +255,8 @@ export class SandboxManager {
       } catch {
         continue;
       }
-      if (!cmdline.includes(sandboxesDir)) continue;
+      // exactly this data dir's sandbox of that id (not a data dir whose path merely contains ours)
+      if (!cmdline.split('\0').some((a) => a.includes(`mem-path=${sandboxesDir}${id}/mem,`))) continue;
       const rec = this.store.get(id);
       if (rec && this.live.has(id)) continue;
       this.log.warn({ sandboxId: id, pid }, 'killing an orphaned QEMU process of this data dir');
@@ -356,8 +365,10 @@ export class SandboxManager {
 
   async create(req: CreateSandboxRequest): Promise<SandboxRecord> {
     if (this.closing) throw new NsError('shutting_down', 'the server is shutting down');
-    // the garbage collector waits while the source's layers are being cloned
-    return this.layersLock.read(async () => {
+    // the garbage collector waits while the source's layers are resolved and cloned (not longer:
+    // the agent connection and sys.init that follow may take a while)
+    const releaseLayers = await this.layersLock.acquireRead();
+    try {
       const src = await this.restoreSource(req);
       checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, 'creating a sandbox');
       const reservation = this.admission.reserve(src.vm.memoryMiB);
@@ -399,7 +410,13 @@ export class SandboxManager {
         cleanup.defer('release admission', reservation.release);
         const phases: Record<string, number> = {};
         try {
-          const { vm, missing } = await this.restore(id, src, req.allowInternetAccess, cleanup, phases, req.allowMissingVolumes === true);
+          let restored: Awaited<ReturnType<SandboxManager['restore']>>;
+          try {
+            restored = await this.restore(id, src, req.allowInternetAccess, cleanup, phases, req.allowMissingVolumes === true);
+          } finally {
+            releaseLayers();
+          }
+          const { vm, missing } = restored;
           const rec = this.store.get(id)!;
           let t = Date.now();
           const agent = await vm.connectAgent(15_000);
@@ -431,7 +448,9 @@ export class SandboxManager {
           throw wrapped;
         }
       });
-    });
+    } finally {
+      releaseLayers();
+    }
   }
 
   /** Prepares the sandbox's RAM file and disk from `src` and restores its device state. */
@@ -514,21 +533,20 @@ export class SandboxManager {
    */
   async snapshot(id: string, opts: { kind: SnapshotKind; metadata: Record<string, string> }): Promise<SnapshotRecord> {
     this.get(id);
-    return this.locks.run(id, () =>
-      this.layersLock.read(async () => {
-        const rec = this.get(id);
-        if (rec.state !== 'running') {
-          throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: only a running sandbox can be snapshotted`, { details: { state: rec.state } });
-        }
-        const live = this.live.get(id);
-        if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
-        const snap = await this.capture(rec, live.vm, opts.kind, opts.metadata, true);
-        await this.boundChain(id, live.vm, snap.diskLayer).catch((err: unknown) =>
-          this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
-        );
-        return snap;
-      }),
-    );
+    return this.locks.run(id, async () => {
+      const rec = this.get(id);
+      if (rec.state !== 'running') {
+        throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: only a running sandbox can be snapshotted`, { details: { state: rec.state } });
+      }
+      const live = this.live.get(id);
+      if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
+      const snap = await this.layersLock.read(() => this.capture(rec, live.vm, opts.kind, opts.metadata, true));
+      // outside the layer lock: a long stream must not hold up the collector (and, behind it, everyone)
+      await this.boundChain(id, live.vm, snap.diskLayer).catch((err: unknown) =>
+        this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
+      );
+      return snap;
+    });
   }
 
   /**
@@ -669,7 +687,7 @@ export class SandboxManager {
    * sandbox keeps its id, metadata and remaining timeout, and is `paused` until resumed.
    * Hibernating a paused sandbox returns its latest hibernation snapshot.
    */
-  async hibernate(id: string, reason = 'hibernated by request'): Promise<SnapshotRecord> {
+  async hibernate(id: string, reason = 'hibernated by request', opts: { byTimeout?: boolean } = {}): Promise<SnapshotRecord> {
     this.get(id);
     return this.locks.run(id, async () => {
       const rec = this.get(id);
@@ -682,14 +700,22 @@ export class SandboxManager {
       }
       const live = this.live.get(id);
       if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
-      const remainingMs = Math.max(1000, (rec.expiresAt ?? Date.now() + rec.timeoutMs) - Date.now());
+      // hibernated by its timeout: it resumes with its whole timeout again; otherwise with what was left
+      const remainingMs = opts.byTimeout ? rec.timeoutMs : Math.max(1000, (rec.expiresAt ?? Date.now() + rec.timeoutMs) - Date.now());
       this.store.transition(id, 'running', 'hibernating', reason);
+      this.crashPoint('crash-before-hibernate-capture');
       let snap: SnapshotRecord;
       try {
         snap = await this.layersLock.read(() => this.capture(this.get(id), live.vm, 'hibernate', {}, false));
       } catch (err) {
         if (live.vm.gone) {
-          // the exit watcher records the death once this operation releases the lock
+          this.live.delete(id);
+          live.release();
+          this.removeFiles(id);
+          this.releaseUid(id, rec.vmSpec);
+          const why = `the VM exited during hibernation: ${errorMessage(err)}`;
+          this.store.transition(id, 'hibernating', 'failed', why, { endedAt: Date.now(), endReason: why, errorCode: 'vm_exited', pid: null, diskParentLayer: null });
+          this.dropHibernations(id);
           throw err;
         }
         this.store.transition(id, 'hibernating', 'running', `hibernation failed, still running: ${errorMessage(err)}`);
@@ -753,6 +779,13 @@ export class SandboxManager {
           `sandbox ${id} cannot be resumed on this host: ${compat.mismatches.map((m) => `${m.field} is ${m.snapshot} in its snapshot but ${m.host} here`).join('; ')}`,
           { details: { snapshotId: latest.id, mismatches: compat.mismatches } },
         );
+      }
+      if (this.snapshots.depth(latest.diskLayer) > MAX_CHAIN_DEPTH) {
+        // hibernate/resume cycles add a layer each: bound the chain like any restore
+        const flat = await this.layersLock.read(() => this.flatten(latest.diskLayer));
+        this.snapshots.setDiskLayer(latest.id, flat);
+        latest.diskLayer = flat;
+        this.onLayersReleased();
       }
       const reservation = this.admission.reserve(rec.memoryMiB);
       this.store.transition(id, 'paused', 'resuming', 'resume requested');
@@ -880,9 +913,23 @@ export class SandboxManager {
     }
   }
 
+  /** A sandbox that ended can never resume: its hibernation snapshots go (and their layers with the next collection). */
+  private dropHibernations(id: string): void {
+    for (const h of this.snapshots.hibernations(id)) this.snapshots.delete(h.id);
+  }
+
   /** Deletes a snapshot's record at once; its layers are freed by the collector when unreferenced. */
   deleteSnapshot(id: string): void {
     const snap = this.getSnapshot(id);
+    if (snap.kind === 'hibernate') {
+      const owner = this.store.get(snap.sandboxId);
+      const latest = this.snapshots.hibernations(snap.sandboxId)[0];
+      if (owner && !isTerminal(owner.state) && latest?.id === snap.id) {
+        throw new NsError('snapshot_in_use', `snapshot ${id} is the latest hibernation of sandbox ${snap.sandboxId}, which resumes from it; kill the sandbox to drop it`, {
+          details: { snapshotId: id, sandboxId: snap.sandboxId },
+        });
+      }
+    }
     if (!this.snapshots.delete(snap.id)) throw notFound('snapshot', id);
     this.log.info({ snapshotId: id }, 'snapshot deleted');
     this.onLayersReleased();
@@ -925,6 +972,8 @@ export class SandboxManager {
   /** Connects to the agent and applies the sandbox's identity, clock, entropy and environment. */
   private async connectAndInit(rec: SandboxRecord, vm: Vm, timeoutMs: number): Promise<AgentClient> {
     const agent = await vm.connectAgent(timeoutMs);
+    // a reconnection may follow an interrupted capture: volumes back (idempotent) before any thaw
+    await this.mountVolumes(rec, agent);
     await this.initAgent(rec, agent);
     return agent;
   }
@@ -948,7 +997,7 @@ export class SandboxManager {
     this.live.set(id, live);
     void vm.exited.then((exit) => {
       if (exit.kind !== 'died' || this.closing) return;
-      void this.locks.run(id, async () => {
+      this.locks.run(id, async () => {
         if (this.live.get(id) !== live) return;
         this.live.delete(id);
         live.release();
@@ -964,9 +1013,10 @@ export class SandboxManager {
           pid: null,
           diskParentLayer: null,
         });
+        this.dropHibernations(id);
         this.log.warn({ sandboxId: id, detail: exit.detail }, 'sandbox VM died');
         this.onLayersReleased();
-      });
+      }).catch((err: unknown) => this.log.error({ sandboxId: id, err: errorMessage(err) }, 'recording a dead VM failed'));
     });
   }
 
@@ -1003,7 +1053,7 @@ export class SandboxManager {
       const rec = this.get(id);
       if (isTerminal(rec.state)) return rec;
       this.store.transition(id, rec.state, 'killing', reason);
-      for (const h of this.snapshots.hibernations(id)) this.snapshots.delete(h.id);
+      this.dropHibernations(id);
       const live = this.live.get(id);
       if (live) {
         this.live.delete(id);
@@ -1031,17 +1081,30 @@ export class SandboxManager {
   }
 
   private async reap(): Promise<void> {
+    try {
+      await this.reapOnce();
+    } catch (err) {
+      if (!this.closing) this.log.error({ err: errorMessage(err) }, 'timeout reaper failed');
+    }
+  }
+
+  /** Sandboxes whose timeout-hibernation failed, and when to try again. */
+  private readonly hibernateRetryAt = new Map<string, number>();
+
+  private async reapOnce(): Promise<void> {
     const now = Date.now();
     for (const rec of this.store.expired(now)) {
       if (this.locks.busy(rec.id)) continue;
       const why = `timeout: no setTimeout within ${rec.timeoutMs} ms`;
+      if ((this.hibernateRetryAt.get(rec.id) ?? 0) > now) continue;
       try {
-        if (rec.onTimeout === 'hibernate') await this.hibernate(rec.id, why);
+        if (rec.onTimeout === 'hibernate') await this.hibernate(rec.id, why, { byTimeout: true });
         else await this.kill(rec.id, why);
+        this.hibernateRetryAt.delete(rec.id);
       } catch (err) {
+        // a failed hibernation (volume busy, disk full) keeps the sandbox and its state: retried later
+        if (rec.onTimeout === 'hibernate') this.hibernateRetryAt.set(rec.id, now + 30_000);
         this.log.error({ sandboxId: rec.id, err: errorMessage(err) }, `${rec.onTimeout === 'hibernate' ? 'hibernating' : 'killing'} an expired sandbox failed`);
-        // never leave an expired sandbox running because hibernation failed
-        if (rec.onTimeout === 'hibernate') await this.kill(rec.id, `${why}; hibernation failed: ${errorMessage(err)}`).catch(() => {});
       }
     }
     if (this.config.pausedRetentionMs > 0) {

@@ -61,13 +61,24 @@ export class RwLock {
   }
 
   async read<T>(fn: () => Promise<T>): Promise<T> {
-    await this.acquire(false);
+    const release = await this.acquireRead();
     try {
       return await fn();
     } finally {
+      release();
+    }
+  }
+
+  /** Takes the read side; the returned function releases it (once, whatever the number of calls). */
+  async acquireRead(): Promise<() => void> {
+    await this.acquire(false);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
       this.readers--;
       this.pump();
-    }
+    };
   }
 
   async write<T>(fn: () => Promise<T>): Promise<T> {

@@ -35,6 +35,8 @@ export class AgentStream {
   private resolveResult!: (v: Json) => void;
   private rejectResult!: (e: Error) => void;
   private credit = INITIAL_WINDOW_BYTES;
+  /** Bytes received and not yet handed back as credit. */
+  private unacked = 0;
   private creditWaiters: Array<() => void> = [];
   private settled = false;
   /** Serializes onData deliveries so that output stays in order. */
@@ -98,10 +100,17 @@ export class AgentStream {
       case FrameType.DATA: {
         const channel = frame.payload[0] ?? 0;
         const chunk = frame.payload.subarray(1);
+        // the agent may send only what it has credit for: more is a broken or hostile guest
+        this.unacked += chunk.length;
+        if (this.unacked > INITIAL_WINDOW_BYTES) {
+          this.client.abort(`agent ${this.op}: sent ${this.unacked} bytes beyond its ${INITIAL_WINDOW_BYTES}-byte window`);
+          return;
+        }
         this.delivery = this.delivery.then(async () => {
           try {
             await this.handlers.onData?.(channel, chunk);
           } finally {
+            this.unacked -= chunk.length;
             if (!this.settled) void this.client.sendWindow(this.id, chunk.length);
           }
         });
@@ -293,7 +302,19 @@ export class AgentClient extends EventEmitter {
     if (this.closed) return Promise.reject(new NsError('agent_unavailable', 'connection to the agent closed'));
     const ok = this.socket.write(encodeFrame(type, stream, payload));
     if (ok) return Promise.resolve();
-    return new Promise((resolve) => this.socket.once('drain', resolve));
+    // wait for the buffer to drain, or for the session to end (the VM may be gone)
+    return new Promise((resolve, reject) => {
+      const onDrain = () => {
+        this.removeListener('close', onClose);
+        resolve();
+      };
+      const onClose = () => {
+        this.socket.removeListener('drain', onDrain);
+        reject(new NsError('agent_unavailable', 'connection to the agent closed'));
+      };
+      this.socket.once('drain', onDrain);
+      this.once('close', onClose);
+    });
   }
 
   /** @internal */
@@ -312,5 +333,11 @@ export class AgentClient extends EventEmitter {
   close(): void {
     this.socket.end();
     this.socket.destroy();
+  }
+
+  /** @internal Ends the session because the agent broke the protocol. */
+  abort(reason: string): void {
+    this.emit('protocol-error', reason);
+    this.socket.destroy(new Error(reason));
   }
 }

@@ -52,7 +52,9 @@ export function parseMetadataFilter(raw: string | string[] | undefined): Record<
   for (const pair of raw === undefined ? [] : Array.isArray(raw) ? raw : [raw]) {
     const eq = pair.indexOf('=');
     if (eq <= 0) throw new NsError('bad_request', `metadata filter "${pair}" must be key=value`, { details: { field: 'metadata' } });
-    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+    const key = pair.slice(0, eq);
+    if (!/^[A-Za-z0-9_.:/-]{1,128}$/.test(key)) throw new NsError('bad_request', `metadata filter key "${key}" is not a metadata key`, { details: { field: 'metadata' } });
+    out[key] = pair.slice(eq + 1);
   }
   return out;
 }

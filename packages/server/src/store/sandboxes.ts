@@ -283,6 +283,12 @@ export class SandboxStore {
     })();
   }
 
+  /** When the sandbox last moved into `state` (ms), from its event log. */
+  lastTransitionAt(id: string, state: SandboxState): number | undefined {
+    const r = this.db.prepare('SELECT MAX(at) AS at FROM sandbox_events WHERE sandbox_id = ? AND to_state = ?').get(id, state) as { at: number | null };
+    return r.at ?? undefined;
+  }
+
   events(id: string): Array<{ at: number; from: string | null; to: string; reason: string | null }> {
     return (this.db.prepare('SELECT at, from_state, to_state, reason FROM sandbox_events WHERE sandbox_id = ? ORDER BY seq').all(id) as Array<{
       at: number;
