@@ -96,6 +96,12 @@ func setFrozen(frozen bool) (int64, error) {
 	if frozen {
 		want = "1"
 	}
+	// already there (the common case of sys.init: nothing was frozen): skip the write and the wait
+	if cur, err := os.ReadFile(userCgroup + "/cgroup.freeze"); err == nil && strings.TrimSpace(string(cur)) == want {
+		if ev, err := os.ReadFile(userCgroup + "/cgroup.events"); err == nil && strings.Contains(string(ev), "frozen "+want) {
+			return time.Since(start).Microseconds(), nil
+		}
+	}
 	if err := os.WriteFile(userCgroup+"/cgroup.freeze", []byte(want), 0); err != nil {
 		return 0, toOpError("write cgroup.freeze", err)
 	}

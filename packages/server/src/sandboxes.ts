@@ -20,6 +20,7 @@ import {
   wrapError,
   type RequirementMismatch,
   type RestoreRequirements,
+  type TemplateInfo,
   type VmSpec,
 } from '@nullspace/runtime';
 import { Admission, checkFreeDisk } from './admission.js';
@@ -216,6 +217,7 @@ export class SandboxManager {
     this.host.uids?.sweep(`${this.config.dataDir} `, adoptedUids);
     this.reaper = setInterval(() => void this.reap(), this.config.reaperIntervalMs);
     this.reaper.unref();
+    this.refillWarm();
   }
 
   /**
@@ -273,6 +275,9 @@ export class SandboxManager {
   async close(): Promise<void> {
     this.closing = true;
     if (this.reaper) clearInterval(this.reaper);
+    // warm VMs are not sandboxes: they go with the server
+    await Promise.all(this.warm.splice(0).map((slot) => slot.cleanup.run()));
+    for (let i = 0; i < 100 && this.warming > 0; i++) await new Promise((r) => setTimeout(r, 50));
     for (const l of this.live.values()) {
       l.vm.removeAllListeners();
       l.vm.qmp.removeAllListeners('close');
@@ -293,31 +298,32 @@ export class SandboxManager {
   }
 
   /** Where a new sandbox comes from: the template's snapshot, or a snapshot (checked against this host). */
+  private templateSource(t: TemplateInfo, volumes: Record<string, string>): RestoreSource {
+    return {
+      template: t.name,
+      snapshotId: null,
+      memFile: t.memFile,
+      stateFile: t.stateFile,
+      diskBacking: t.disk,
+      diskParentLayer: null,
+      vm: {
+        kernel: t.image.kernel,
+        initrd: t.image.initrd,
+        cmdline: t.image.cmdline,
+        memoryMiB: t.memoryMiB,
+        vcpus: t.vcpus,
+        diskSizeBytes: t.image.diskSizeMiB * 1024 * 1024,
+        allowInternetAccess: true,
+      },
+      requirements: t.requirements,
+      envs: {},
+      volumes: this.volumes.attachments(volumes),
+      volumesInState: false,
+    };
+  }
+
   private async restoreSource(req: CreateSandboxRequest): Promise<RestoreSource> {
-    if (req.snapshotId === undefined) {
-      const t = this.host.template(req.template);
-      return {
-        template: t.name,
-        snapshotId: null,
-        memFile: t.memFile,
-        stateFile: t.stateFile,
-        diskBacking: t.disk,
-        diskParentLayer: null,
-        vm: {
-          kernel: t.image.kernel,
-          initrd: t.image.initrd,
-          cmdline: t.image.cmdline,
-          memoryMiB: t.memoryMiB,
-          vcpus: t.vcpus,
-          diskSizeBytes: t.image.diskSizeMiB * 1024 * 1024,
-          allowInternetAccess: true,
-        },
-        requirements: t.requirements,
-        envs: {},
-        volumes: this.volumes.attachments(req.volumes ?? {}),
-        volumesInState: false,
-      };
-    }
+    if (req.snapshotId === undefined) return this.templateSource(this.host.template(req.template), req.volumes ?? {});
     const snap = this.getSnapshot(req.snapshotId);
     const compat = this.compatibility(snap);
     if (!compat.compatible) {
@@ -372,7 +378,8 @@ export class SandboxManager {
       const src = await this.restoreSource(req);
       checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, 'creating a sandbox');
       const reservation = this.admission.reserve(src.vm.memoryMiB);
-      const id = newId('sbx');
+      const slot = this.takeWarm(src, req.allowInternetAccess);
+      const id = slot?.id ?? newId('sbx');
       const now = Date.now();
       const envs = { ...src.envs, ...req.envs };
       this.store.insert({
@@ -412,7 +419,14 @@ export class SandboxManager {
         try {
           let restored: Awaited<ReturnType<SandboxManager['restore']>>;
           try {
-            restored = await this.restore(id, src, req.allowInternetAccess, cleanup, phases, req.allowMissingVolumes === true);
+            if (slot) {
+              cleanup.defer('warm slot', () => slot.cleanup.run());
+              phases.warm = 1;
+              await this.finishRestore(id, slot.vm, slot.spec, src, phases);
+              restored = { vm: slot.vm, missing: [] };
+            } else {
+              restored = await this.restore(id, src, req.allowInternetAccess, cleanup, phases, req.allowMissingVolumes === true);
+            }
           } finally {
             releaseLayers();
           }
@@ -462,11 +476,23 @@ export class SandboxManager {
     phases: Record<string, number>,
     allowMissingVolumes = false,
   ): Promise<{ vm: Vm; missing: string[] }> {
-    let t = Date.now();
-    const lap = (name: string) => {
-      phases[name] = Date.now() - t;
-      t = Date.now();
-    };
+    const t0 = Date.now();
+    const { vm, spec, missing } = await this.prepareVm(id, src, allowInternetAccess, cleanup, allowMissingVolumes, phases);
+    phases.launchMs = Date.now() - t0 - (phases.prepareMs ?? 0);
+    await this.finishRestore(id, vm, spec, src, phases);
+    return { vm, missing };
+  }
+
+  /** The sandbox's directory, RAM file, overlay and uid, and its QEMU started waiting for a migration. */
+  private async prepareVm(
+    id: string,
+    src: RestoreSource,
+    allowInternetAccess: boolean,
+    cleanup: CleanupStack,
+    allowMissingVolumes: boolean,
+    phases: Record<string, number> = {},
+  ): Promise<{ vm: Vm; spec: VmSpec; missing: string[] }> {
+    const t0 = Date.now();
     const dir = this.sandboxDir(id);
     fs.mkdirSync(dir, { mode: 0o700 });
     cleanup.defer('remove sandbox files', () => fs.rmSync(dir, { recursive: true, force: true }));
@@ -496,20 +522,76 @@ export class SandboxManager {
       fs.mkdirSync(spec.runDir, { mode: 0o700 });
       chownTree(dir, uid);
     }
-    lap('prepareMs');
+    phases.prepareMs = Date.now() - t0;
     const vm = await Vm.launch(this.host.profile, spec, true);
     cleanup.defer('kill vm', () => vm.kill());
+    return { vm, spec, missing };
+  }
+
+  /** Loads the saved state into a prepared VM and runs it; plugs volumes a template's state lacks. */
+  private async finishRestore(id: string, vm: Vm, spec: VmSpec, src: RestoreSource, phases: Record<string, number>): Promise<void> {
     this.store.patch(id, { pid: vm.pid, vmSpec: spec });
-    lap('launchMs');
+    let t = Date.now();
     await vm.restoreState(src.stateFile);
-    lap('restoreMs');
+    phases.restoreMs = Date.now() - t;
+    t = Date.now();
     // a template has no volume devices in its saved state: they are hot-plugged now
     for (const d of spec.volumes ?? []) if (!d.onCmdline) await vm.plugVolume(d);
     if (spec.volumes?.length) {
       this.store.patch(id, { vmSpec: spec });
-      lap('plugMs');
+      phases.plugMs = Date.now() - t;
     }
-    return { vm, missing };
+  }
+
+  /**
+   * Warm slots: QEMU processes already started (-incoming defer) on a reflinked copy of the default
+   * template, so that a create from it skips preparing files and spawning QEMU. Only plain creates
+   * use them (template `base`, network on, no volumes); they are not sandboxes until taken.
+   */
+  private readonly warm: Array<{ id: string; memFile: string; vm: Vm; spec: VmSpec; cleanup: CleanupStack }> = [];
+  private warming = 0;
+
+  private refillWarm(): void {
+    if (this.closing || this.config.warmPoolSize <= 0) return;
+    let template: TemplateInfo;
+    try {
+      template = this.host.template('base');
+    } catch {
+      return; // no usable base template on this host
+    }
+    while (this.warm.length + this.warming < this.config.warmPoolSize) {
+      this.warming++;
+      const id = newId('sbx');
+      const cleanup = new CleanupStack();
+      const src = this.templateSource(template, {});
+      this.prepareVm(id, src, true, cleanup, false)
+        .then(
+          async ({ vm, spec }) => {
+            if (this.closing) await cleanup.run();
+            else this.warm.push({ id, memFile: src.memFile, vm, spec, cleanup });
+          },
+          async (err: unknown) => {
+            await cleanup.run();
+            this.log.warn({ err: errorMessage(err) }, 'preparing a warm VM failed');
+          },
+        )
+        .finally(() => this.warming--);
+    }
+  }
+
+  /** A warm slot for `src`, or undefined (the create then prepares its own VM). */
+  private takeWarm(src: RestoreSource, allowInternetAccess: boolean): (typeof this.warm)[number] | undefined {
+    if (src.snapshotId !== null || src.volumes.length || !allowInternetAccess) return undefined;
+    while (this.warm.length) {
+      const slot = this.warm.shift()!;
+      if (!slot.vm.gone && slot.memFile === src.memFile) {
+        this.refillWarm();
+        return slot;
+      }
+      void slot.cleanup.run(); // its QEMU died, or the template was rebuilt since
+    }
+    this.refillWarm();
+    return undefined;
   }
 
   getSnapshot(id: string): SnapshotRecord {
