@@ -24,6 +24,19 @@ export function cleanupDataDir(dataDir: string): void {
   });
 }
 
+/**
+ * Frees the sandbox uid claims of a data dir's servers: what a server killed with SIGKILL cannot do
+ * itself (a restart on its data dir would). In-process servers release theirs when closed, and the
+ * suite's leak check catches those that do not.
+ */
+function releaseUidClaims(dataDir: string): void {
+  const claims = path.join(process.env.NULLSPACE_RUN_DIR ?? '/run/nullspace', 'vm-uids');
+  for (const f of fs.existsSync(claims) ? fs.readdirSync(claims) : []) {
+    const file = path.join(claims, f);
+    if (fs.readFileSync(file, 'utf8').startsWith(`${dataDir} `)) fs.rmSync(file, { force: true });
+  }
+}
+
 /** An in-process server on its own data dir, with extra environment (limits, CPU model, ...). */
 export async function ownServer(dataDir: string, env: Record<string, string> = {}): Promise<RunningServer & { key: string }> {
   const key = `own-${randomBytes(12).toString('hex')}`;
@@ -39,8 +52,13 @@ export async function serverProcess(dataDir: string, key: string, port: number, 
     env: { ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  onTestFinished(() => {
-    child.kill('SIGKILL');
+  onTestFinished(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+    }
+    releaseUidClaims(dataDir);
   });
   let out = '';
   await new Promise<void>((resolve, reject) => {

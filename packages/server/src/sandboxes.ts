@@ -277,7 +277,9 @@ export class SandboxManager {
     if (this.reaper) clearInterval(this.reaper);
     // warm VMs are not sandboxes: they go with the server
     await Promise.all(this.warm.splice(0).map((slot) => slot.cleanup.run()));
-    for (let i = 0; i < 100 && this.warming > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    // ones still being prepared clean up when they finish (their steps have timeouts): wait for them,
+    // so that nothing of theirs (a QEMU, a uid claim) outlives the server
+    await Promise.allSettled([...this.warming]);
     for (const l of this.live.values()) {
       l.vm.removeAllListeners();
       l.vm.qmp.removeAllListeners('close');
@@ -549,7 +551,7 @@ export class SandboxManager {
    * use them (template `base`, network on, no volumes); they are not sandboxes until taken.
    */
   private readonly warm: Array<{ id: string; memFile: string; vm: Vm; spec: VmSpec; cleanup: CleanupStack }> = [];
-  private warming = 0;
+  private readonly warming = new Set<Promise<void>>();
 
   private refillWarm(): void {
     if (this.closing || this.config.warmPoolSize <= 0) return;
@@ -559,12 +561,11 @@ export class SandboxManager {
     } catch {
       return; // no usable base template on this host
     }
-    while (this.warm.length + this.warming < this.config.warmPoolSize) {
-      this.warming++;
+    while (this.warm.length + this.warming.size < this.config.warmPoolSize) {
       const id = newId('sbx');
       const cleanup = new CleanupStack();
       const src = this.templateSource(template, {});
-      this.prepareVm(id, src, true, cleanup, false)
+      const preparing: Promise<void> = this.prepareVm(id, src, true, cleanup, false)
         .then(
           async ({ vm, spec }) => {
             if (this.closing) await cleanup.run();
@@ -575,7 +576,8 @@ export class SandboxManager {
             this.log.warn({ err: errorMessage(err) }, 'preparing a warm VM failed');
           },
         )
-        .finally(() => this.warming--);
+        .finally(() => this.warming.delete(preparing));
+      this.warming.add(preparing);
     }
   }
 
