@@ -78,6 +78,7 @@ func init() {
 		"sys.init":    {handler: opSysInit},
 		"sys.freeze":  {handler: opSysFreeze},
 		"sys.thaw":    {handler: opSysThaw},
+		"sys.warmup":  {handler: opSysWarmup},
 		"vol.mount":   {handler: opVolMount},
 		"vol.unmount": {handler: opVolUnmount},
 		"fs.read":     {handler: opFsRead},

@@ -99,6 +99,34 @@ func TestSysInfoAndInit(t *testing.T) {
 	}
 }
 
+func TestSysWarmup(t *testing.T) {
+	ta := startTestAgent(t)
+	c := ta.dial()
+	marker := filepath.Join(t.TempDir(), "ran")
+	r := c.call("sys.warmup", map[string]interface{}{"cmd": "echo hi > " + marker + "; echo out; echo err >&2; exit 3"})
+	if num(r["exitCode"]) != 3 || num(r["tookUs"]) <= 0 {
+		t.Fatalf("sys.warmup: %v", r)
+	}
+	if b, err := os.ReadFile(marker); err != nil || string(b) != "hi\n" {
+		t.Fatalf("the warm-up command did not run: %q %v", b, err)
+	}
+	// recorded nowhere
+	if procs := c.call("proc.list", nil)["processes"].([]interface{}); len(procs) != 0 {
+		t.Fatalf("the warm-up process is listed: %v", procs)
+	}
+	// killed at its timeout
+	start := time.Now()
+	r = c.call("sys.warmup", map[string]interface{}{"cmd": "sleep 30", "timeoutMs": 200})
+	if num(r["exitCode"]) != -1 || time.Since(start) > 10*time.Second {
+		t.Fatalf("sys.warmup past its timeout: %v after %v", r, time.Since(start))
+	}
+	for _, bad := range []map[string]interface{}{{}, {"cmd": "true", "timeoutMs": 0}, {"cmd": "a\x00b"}} {
+		if code := c.callErr("sys.warmup", bad); code != CodeBadRequest {
+			t.Errorf("sys.warmup %v: %s", bad, code)
+		}
+	}
+}
+
 func TestSysInitPrivilegedWithoutRoot(t *testing.T) {
 	if os.Geteuid() == 0 {
 		t.Skip("as root the privileged calls would change this machine")

@@ -9,17 +9,15 @@ package main
 // current. No user code therefore ever runs in a clone with the source's
 // clock, random state or identity.
 //
-// A process enters the cgroup before it runs any user code: the agent starts
-// itself as a trampoline ("spawn"), which moves itself into the cgroup as
-// root, drops to the target user and execs the command.
+// A process is in the cgroup before it runs any user code: it is forked
+// while the agent itself is in the cgroup (see startInCgroup).
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
-	"strconv"
+	"path/filepath"
 	"strings"
-	"syscall"
+	"sync"
 	"time"
 )
 
@@ -35,61 +33,79 @@ func userCgroupProcs() string {
 	return p
 }
 
-// runSpawn is the trampoline: spawn PROCS UID GID GROUPS -- ARGV...
-// PROCS may be "-" (no cgroup), UID "-" (keep the current user).
-func runSpawn(args []string) int {
-	if len(args) < 6 || args[4] != "--" {
-		fmt.Fprintln(os.Stderr, "usage: nullspace-agent spawn PROCS UID GID GROUPS -- ARGV...")
-		return 127
+// spawnMu serializes starting user processes with freezing and thawing:
+// while a process starts, the agent itself is in the user cgroup.
+var spawnMu sync.Mutex
+
+var homeCgroup struct {
+	once  sync.Once
+	procs string
+	err   error
+}
+
+// ownCgroupProcs is the cgroup.procs file of the cgroup the agent started
+// in (read once: later the agent may be in the user cgroup for an instant).
+func ownCgroupProcs() (string, error) {
+	homeCgroup.once.Do(func() {
+		homeCgroup.procs, homeCgroup.err = currentCgroupProcs()
+	})
+	return homeCgroup.procs, homeCgroup.err
+}
+
+// currentCgroupProcs is the cgroup.procs file of the agent's current cgroup.
+func currentCgroupProcs() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", toOpError("read /proc/self/cgroup", err)
 	}
-	procs, uid, gid, groups, argv := args[0], args[1], args[2], args[3], args[5:]
-	if procs != "-" {
-		if err := os.WriteFile(procs, []byte("0"), 0); err != nil {
-			fmt.Fprintf(os.Stderr, "nullspace-agent spawn: join %s: %v\n", procs, err)
-			return 127
-		}
-	}
-	if uid != "-" {
-		var gids []int
-		for _, g := range strings.Split(groups, ",") {
-			if g == "" {
-				continue
-			}
-			n, err := strconv.Atoi(g)
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "nullspace-agent spawn: bad group %q\n", g)
-				return 127
-			}
-			gids = append(gids, n)
-		}
-		u, err1 := strconv.Atoi(uid)
-		g, err2 := strconv.Atoi(gid)
-		if err1 != nil || err2 != nil {
-			fmt.Fprintln(os.Stderr, "nullspace-agent spawn: bad uid or gid")
-			return 127
-		}
-		if err := syscall.Setgroups(gids); err != nil {
-			fmt.Fprintf(os.Stderr, "nullspace-agent spawn: setgroups: %v\n", err)
-			return 127
-		}
-		if err := syscall.Setgid(g); err != nil {
-			fmt.Fprintf(os.Stderr, "nullspace-agent spawn: setgid: %v\n", err)
-			return 127
-		}
-		if err := syscall.Setuid(u); err != nil {
-			fmt.Fprintf(os.Stderr, "nullspace-agent spawn: setuid: %v\n", err)
-			return 127
+	for _, line := range strings.Split(string(b), "\n") {
+		if rel := strings.TrimPrefix(line, "0::"); rel != line {
+			return filepath.Join("/sys/fs/cgroup", filepath.Clean("/"+rel), "cgroup.procs"), nil
 		}
 	}
-	err := syscall.Exec(argv[0], argv, os.Environ())
-	fmt.Fprintf(os.Stderr, "nullspace-agent spawn: exec %s: %v\n", argv[0], err)
-	return 127
+	return "", opErrorf(CodeIOError, "no cgroup v2 entry in /proc/self/cgroup")
+}
+
+// startInCgroup starts a process inside the cgroup whose cgroup.procs file
+// is procs, so that it never runs anything outside it: a child starts in its
+// parent's cgroup, so the agent moves itself there for the instant of the
+// fork and back right after (about 2 ms under TCG, where re-executing a
+// trampoline that joins the cgroup costs about 50).
+func startInCgroup(procs string, start func() (*os.Process, error)) (*os.Process, error) {
+	home, err := ownCgroupProcs()
+	if err != nil {
+		return nil, err
+	}
+	spawnMu.Lock()
+	defer spawnMu.Unlock()
+	if err := os.WriteFile(procs, []byte("0"), 0); err != nil {
+		return nil, toOpError("join the user cgroup", err)
+	}
+	p, startErr := start()
+	if err := os.WriteFile(home, []byte("0"), 0); err != nil {
+		// the agent must never stay where a freeze would stop it
+		if p != nil {
+			_ = p.Kill()
+			_, _ = p.Wait()
+		}
+		return nil, toOpError("leave the user cgroup", err)
+	}
+	return p, startErr
 }
 
 // setFrozen writes cgroup.freeze and waits until cgroup.events agrees.
 func setFrozen(frozen bool) (int64, error) {
 	if userCgroupProcs() == "" {
 		return 0, nil // no user cgroup: nothing to freeze
+	}
+	spawnMu.Lock()
+	defer spawnMu.Unlock()
+	// never freeze the agent itself (it would never thaw): it is in the user
+	// cgroup only while starting a process, under spawnMu
+	if cur, err := currentCgroupProcs(); err != nil {
+		return 0, err
+	} else if cur == userCgroupProcs() {
+		return 0, opErrorf(CodeIOError, "the agent is in the user cgroup: refusing to freeze it")
 	}
 	start := time.Now()
 	want := "0"

@@ -40,8 +40,6 @@ func main() {
 		runInit()
 	case "serve":
 		os.Exit(runServe(args[1:]))
-	case "spawn":
-		os.Exit(runSpawn(args[1:]))
 	case "version", "--version", "-v":
 		fmt.Println(version)
 	default:

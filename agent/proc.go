@@ -18,7 +18,6 @@ import (
 	"io"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -499,34 +498,22 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 		parentEnds = append(parentEnds, stdinW)
 	}
 
-	// In a VM, start through the trampoline so that the process joins the
-	// freezable user cgroup before it runs anything (see freeze.go).
-	path, argv := shell, []string{shell, "-c", *req.Cmd}
-	if procs := userCgroupProcs(); procs != "" {
-		uid, gid, groups := "-", "-", ""
-		if attr.Credential != nil {
-			uid, gid = strconv.FormatUint(uint64(u.Uid), 10), strconv.FormatUint(uint64(u.Gid), 10)
-			gs := make([]string, len(u.Groups))
-			for i, g := range u.Groups {
-				gs[i] = strconv.FormatUint(uint64(g), 10)
-			}
-			groups = strings.Join(gs, ",")
-			attr.Credential = nil // the trampoline drops privileges after joining the cgroup
-		}
-		self, err := os.Executable()
-		if err != nil {
-			self = "/proc/self/exe"
-		}
-		path, argv = self, append([]string{"nullspace-agent", "spawn", procs, uid, gid, groups, "--"}, argv...)
-	}
-
 	started := time.Now()
-	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
-		Dir:   cwd,
-		Env:   env,
-		Files: []*os.File{stdinChild, outW, errW},
-		Sys:   attr,
-	})
+	startIt := func() (*os.Process, error) {
+		return os.StartProcess(shell, []string{shell, "-c", *req.Cmd}, &os.ProcAttr{
+			Dir:   cwd,
+			Env:   env,
+			Files: []*os.File{stdinChild, outW, errW},
+			Sys:   attr,
+		})
+	}
+	var proc *os.Process
+	if procs := userCgroupProcs(); procs != "" {
+		// in a VM: in the freezable user cgroup from its first instruction (see freeze.go)
+		proc, err = startInCgroup(procs, startIt)
+	} else {
+		proc, err = startIt()
+	}
 	closeAll(childEnds)
 	if err != nil {
 		closeAll(parentEnds)

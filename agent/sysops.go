@@ -347,3 +347,58 @@ func unescapeMountinfo(s string) string {
 	}
 	return b.String()
 }
+
+// opSysWarmup runs a host-internal command once and waits for it, recording
+// nothing (see spec/agent.json): a restored guest's first process start runs
+// cold, and the host pays that before a user's first command does.
+func opSysWarmup(st *stream, raw json.RawMessage) (interface{}, error) {
+	var req struct {
+		Cmd       *string  `json:"cmd"`
+		TimeoutMs *float64 `json:"timeoutMs"`
+	}
+	if err := decodeRequest(raw, &req); err != nil {
+		return nil, err
+	}
+	if req.Cmd == nil {
+		return nil, missing("cmd")
+	}
+	if strings.IndexByte(*req.Cmd, 0) >= 0 {
+		return nil, opErrorf(CodeBadRequest, "cmd contains a NUL byte")
+	}
+	timeout := 60 * time.Second
+	if req.TimeoutMs != nil {
+		if *req.TimeoutMs <= 0 {
+			return nil, opErrorf(CodeBadRequest, "timeoutMs must be positive")
+		}
+		timeout = time.Duration(*req.TimeoutMs * float64(time.Millisecond))
+	}
+	shell := "/bin/bash"
+	if _, err := os.Stat(shell); err != nil {
+		shell = "/bin/sh"
+	}
+	start := func() (*os.Process, error) {
+		return os.StartProcess(shell, []string{shell, "-c", *req.Cmd}, &os.ProcAttr{
+			Dir: "/",
+			Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"},
+			Sys: &syscall.SysProcAttr{Setsid: true},
+		})
+	}
+	began := time.Now()
+	var p *os.Process
+	var err error
+	if procs := userCgroupProcs(); procs != "" {
+		p, err = startInCgroup(procs, start)
+	} else {
+		p, err = start()
+	}
+	if err != nil {
+		return nil, opErrorf(CodeProcessFailed, "start %s: %v", shell, err)
+	}
+	timer := time.AfterFunc(timeout, func() { _ = syscall.Kill(-p.Pid, syscall.SIGKILL) })
+	state, err := p.Wait()
+	timer.Stop()
+	if err != nil {
+		return nil, opErrorf(CodeProcessFailed, "wait: %v", err)
+	}
+	return map[string]interface{}{"exitCode": state.ExitCode(), "tookUs": time.Since(began).Microseconds()}, nil
+}

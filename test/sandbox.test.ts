@@ -11,6 +11,8 @@ import {
   TimeoutError,
 } from 'nullspace';
 import { conn, killAll, sandbox } from './helpers.js';
+import { leftoverQemu } from './env.js';
+import { cleanupDataDir, ownServer, tempDataDir, waitFor } from './servers.js';
 
 describe('TypeScript SDK against real sandboxes', () => {
   let sbx: Sandbox;
@@ -189,5 +191,47 @@ describe('TypeScript SDK errors', () => {
     await expect(s.files.read('/etc/hostname')).rejects.toBeInstanceOf(SandboxNotRunningError);
     await expect(s.commands.run('true')).rejects.toMatchObject({ code: 'sandbox_not_running', status: 409 });
     await expect(s.setTimeout(10_000)).rejects.toBeInstanceOf(SandboxNotRunningError);
+  });
+});
+
+describe('warm pool', () => {
+  it('hands out prepared sandboxes that are fresh: own identity, randomness, clock and environment, no processes', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '2' });
+    const c = { apiUrl: server.url, apiKey: server.key };
+    const health = async () => (await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as { warmPool: { size: number; ready: number } };
+    await waitFor('a full warm pool', async () => ((await health()).warmPool.ready === 2 ? true : undefined), 60_000);
+    // the prepared VMs are running already; each create takes one of them (its QEMU process)
+    const prepared = new Set(leftoverQemu(dataDir));
+    expect(prepared.size).toBe(2);
+    const [a, b] = await Promise.all([0, 1].map((i) => Sandbox.create({ ...c, template: 'base', envs: { WHO: `sandbox-${i}` } })));
+    try {
+      for (const s of [a!, b!]) {
+        const pid = leftoverQemu(`nullspace-${s.sandboxId}`)[0];
+        expect(prepared.has(pid!)).toBe(true);
+        // the warm-up process start of its preparation is not listed, and nothing runs
+        expect(await s.commands.list()).toEqual([]);
+      }
+      const probe = 'head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; cat /proc/sys/kernel/random/boot_id /etc/machine-id; hostname; date +%s; echo "$WHO"';
+      const [ra, rb] = await Promise.all([a!.commands.run(probe), b!.commands.run(probe)]);
+      const [randA, bootA, machineA, hostA, clockA, whoA] = ra.stdout.trim().split('\n');
+      const [randB, bootB, machineB, hostB, clockB, whoB] = rb.stdout.trim().split('\n');
+      expect(randA).toMatch(/^[0-9a-f]{32}$/);
+      expect(randA).not.toBe(randB);
+      expect(bootA).not.toBe(bootB);
+      expect(machineA).toMatch(/^[0-9a-f]{32}$/);
+      expect(machineA).not.toBe(machineB);
+      expect([hostA, hostB]).toEqual([a!.sandboxId, b!.sandboxId]);
+      for (const clock of [clockA, clockB]) expect(Math.abs(Number(clock) - Date.now() / 1000)).toBeLessThan(5);
+      expect([whoA, whoB]).toEqual(['sandbox-0', 'sandbox-1']);
+      // the pool refills in the background
+      await waitFor('the warm pool refilled', async () => ((await health()).warmPool.ready === 2 ? true : undefined), 60_000);
+    } finally {
+      await Promise.all([a!.kill(), b!.kill()]);
+    }
+    // prepared VMs are not sandboxes: they go with the server
+    await server.close();
+    expect(leftoverQemu(dataDir)).toEqual([]);
   });
 });

@@ -114,6 +114,8 @@ export interface TemplateBuildOptions {
   force?: boolean;
 }
 
+const SNAPSHOT_RECIPE = 2; // 2: warm-up through sys.warmup (nothing recorded in the agent's process table)
+
 /**
  * Boots the image once and saves a template snapshot (RAM file + device state + disk layer), so that
  * creating a sandbox is a copy-on-write restore instead of a boot. Cached by image, host profile and
@@ -122,7 +124,8 @@ export interface TemplateBuildOptions {
 export async function buildTemplate(opts: TemplateBuildOptions): Promise<TemplateInfo> {
   const { image, profile, progress } = opts;
   const requirements = requirementsFor(profile, image, opts.memoryMiB, opts.vcpus, opts.name);
-  const key = new Hasher().add('image', image.hash).add('disk', image.diskSizeMiB).add('req', { ...requirements, template: '' }).hex();
+  // SNAPSHOT_RECIPE: bump when what is done between boot and snapshot changes
+  const key = new Hasher().add('recipe', SNAPSHOT_RECIPE).add('image', image.hash).add('disk', image.diskSizeMiB).add('req', { ...requirements, template: '' }).hex();
   const dir = path.join(opts.cacheDir, 'templates', `${opts.name}-${key}`);
   const manifest = path.join(dir, 'template.json');
   fs.mkdirSync(path.dirname(dir), { recursive: true });
@@ -185,9 +188,9 @@ async function bootAndSnapshot(opts: TemplateBuildOptions, dir: string, key: str
     await progress.step('warm up and snapshot', async () => {
       const agent = bootedVm.agent;
       if (!agent) throw new NsError('template_boot_failed', 'agent connection lost during the template build');
-      // Bring what most first commands touch into the guest page cache, which the snapshot keeps.
-      const warm = agent.open('proc.start', { cmd: "python3 -c 'import json, os, subprocess, sys' && bash -c true && sync", timeoutMs: 120_000 });
-      const info = await warm.result;
+      // Bring what most first commands touch into the guest page cache, which the snapshot keeps
+      // (sys.warmup: unlike proc.start, nothing of it is recorded for sandboxes to list).
+      const info = await agent.call<{ exitCode: number }>('sys.warmup', { cmd: "python3 -c 'import json, os, subprocess, sys' && bash -c true && sync", timeoutMs: 120_000 }, 150_000);
       if (info.exitCode !== 0) throw new NsError('template_boot_failed', `warm-up command failed: ${JSON.stringify(info)}`);
       bootedVm.disconnectAgent();
       await new Promise((r) => setTimeout(r, 100));

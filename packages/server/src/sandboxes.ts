@@ -424,7 +424,7 @@ export class SandboxManager {
             if (slot) {
               cleanup.defer('warm slot', () => slot.cleanup.run());
               phases.warm = 1;
-              await this.finishRestore(id, slot.vm, slot.spec, src, phases);
+              this.store.patch(id, { pid: slot.vm.pid, vmSpec: slot.spec });
               restored = { vm: slot.vm, missing: [] };
             } else {
               restored = await this.restore(id, src, req.allowInternetAccess, cleanup, phases, req.allowMissingVolumes === true);
@@ -546,12 +546,22 @@ export class SandboxManager {
   }
 
   /**
-   * Warm slots: QEMU processes already started (-incoming defer) on a reflinked copy of the default
-   * template, so that a create from it skips preparing files and spawning QEMU. Only plain creates
-   * use them (template `base`, network on, no volumes); they are not sandboxes until taken.
+   * Warm slots: sandboxes-to-be of the `base` template, restored and running ahead of demand, so that
+   * a create from it skips preparing files, spawning QEMU, loading the state and the guest's first
+   * (cold) run of the agent's paths, which under TCG costs more than all the rest: each slot has
+   * answered one `sys.init` (a fresh entropy reseed, throwaway identity) and started one (unrecorded)
+   * shell already, and a create only applies its own `sys.init`. No user code runs in a slot before it is taken, and everything a user could see
+   * (clock, entropy, hostname, machine id, boot id, environment) is set again by the create's
+   * `sys.init` before anything of theirs runs. Only plain creates use them (network on, no volumes);
+   * they are not sandboxes until taken (not listed, not counted by admission; NULLSPACE_WARM_POOL=0
+   * turns them off).
    */
   private readonly warm: Array<{ id: string; memFile: string; vm: Vm; spec: VmSpec; cleanup: CleanupStack }> = [];
   private readonly warming = new Set<Promise<void>>();
+
+  get warmPool(): { size: number; ready: number; preparing: number } {
+    return { size: this.config.warmPoolSize, ready: this.warm.length, preparing: this.warming.size };
+  }
 
   private refillWarm(): void {
     if (this.closing || this.config.warmPoolSize <= 0) return;
@@ -565,7 +575,7 @@ export class SandboxManager {
       const id = newId('sbx');
       const cleanup = new CleanupStack();
       const src = this.templateSource(template, {});
-      const preparing: Promise<void> = this.prepareVm(id, src, true, cleanup, false)
+      const preparing: Promise<void> = this.prepareWarm(id, src, cleanup)
         .then(
           async ({ vm, spec }) => {
             if (this.closing) await cleanup.run();
@@ -581,12 +591,29 @@ export class SandboxManager {
     }
   }
 
+  private async prepareWarm(id: string, src: RestoreSource, cleanup: CleanupStack): Promise<{ vm: Vm; spec: VmSpec }> {
+    const { vm, spec } = await this.prepareVm(id, src, true, cleanup, false);
+    await vm.restoreState(src.stateFile);
+    const agent = await vm.connectAgent(15_000);
+    await agent.call('sys.init', {
+      timeMs: Date.now(),
+      entropy: randomBytes(64).toString('base64'),
+      hostname: id,
+      machineId: randomBytes(16).toString('hex'),
+      bootId: randomUUID(),
+      envs: {},
+    });
+    // the guest's first process start runs cold: paid here, not by the user's first command
+    await agent.call('sys.warmup', { cmd: 'true', timeoutMs: 20_000 }, 30_000);
+    return { vm, spec };
+  }
+
   /** A warm slot for `src`, or undefined (the create then prepares its own VM). */
   private takeWarm(src: RestoreSource, allowInternetAccess: boolean): (typeof this.warm)[number] | undefined {
     if (src.snapshotId !== null || src.volumes.length || !allowInternetAccess) return undefined;
     while (this.warm.length) {
       const slot = this.warm.shift()!;
-      if (!slot.vm.gone && slot.memFile === src.memFile) {
+      if (!slot.vm.gone && slot.vm.agent && slot.memFile === src.memFile) {
         this.refillWarm();
         return slot;
       }

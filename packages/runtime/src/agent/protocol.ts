@@ -27,6 +27,7 @@ export const AGENT_OPS = [
   'sys.init',
   'sys.freeze',
   'sys.thaw',
+  'sys.warmup',
   'vol.mount',
   'vol.unmount',
   'fs.read',

@@ -36,6 +36,10 @@ export const systemRoutes =
               reflink: Type.Boolean(),
               running: Type.Integer(),
               memoryMiB: Type.Integer(),
+              warmPool: Type.Object(
+                { size: Type.Integer(), ready: Type.Integer(), preparing: Type.Integer() },
+                { description: 'sandboxes of `base` prepared ahead of demand (NULLSPACE_WARM_POOL)' },
+              ),
             }),
           },
         },
@@ -50,6 +54,7 @@ export const systemRoutes =
         reflink: deps.host.reflink,
         running: deps.sandboxes.usage.sandboxes,
         memoryMiB: deps.sandboxes.usage.memoryMiB,
+        warmPool: deps.sandboxes.warmPool,
       }),
     );
 
