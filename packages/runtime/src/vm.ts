@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from './agent/client.js';
@@ -75,7 +76,7 @@ export class Vm extends EventEmitter {
   }
 
   /** Starts QEMU. With `incoming`, it waits for a migration stream (see `restoreState`). */
-  static async launch(profile: HostProfile, spec: VmSpec, incoming: boolean): Promise<Vm> {
+  static async launch(profile: HostProfile, spec: VmSpec, incoming: boolean, opts: { nice?: number } = {}): Promise<Vm> {
     checkRunDir(spec.runDir);
     const paths = vmPaths(spec.runDir);
     fs.mkdirSync(spec.runDir, { recursive: true, mode: 0o700 });
@@ -85,7 +86,9 @@ export class Vm extends EventEmitter {
     try {
       // umask 007: files QEMU creates in shared volumes must stay writable by the volume group
       // (9p fmode/dmode are subject to it); nothing it creates is for other users
-      child = spawn('/bin/sh', ['-c', 'umask 007 && exec "$0" "$@"', profile.qemuBinary, ...qemuArgs(profile, spec, incoming)], {
+      // `nice`: work done ahead of demand yields the CPU to sandboxes in use (see setNice)
+      const nice = opts.nice ? `nice -n ${Math.trunc(opts.nice)} ` : '';
+      child = spawn('/bin/sh', ['-c', `umask 007 && exec ${nice}"$0" "$@"`, profile.qemuBinary, ...qemuArgs(profile, spec, incoming)], {
         detached: true,
         stdio: ['ignore', logFd, logFd],
       });
@@ -255,6 +258,23 @@ export class Vm extends EventEmitter {
       if (this._agent === agent) this._agent = undefined;
     });
     return agent;
+  }
+
+  /** Sets the nice value of every QEMU thread (Linux nice values are per thread). Best effort. */
+  setNice(nice: number): void {
+    let tids: string[] = [];
+    try {
+      tids = fs.readdirSync(`/proc/${this.pid}/task`);
+    } catch {
+      return; // gone
+    }
+    for (const tid of tids) {
+      try {
+        os.setPriority(Number(tid), nice);
+      } catch {
+        /* exited meanwhile */
+      }
+    }
   }
 
   /** Drops the agent session (e.g. before a snapshot, so that no stream is captured half-way). */

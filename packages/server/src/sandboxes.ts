@@ -78,6 +78,8 @@ export const SNAPSHOT_ID_RE = /^snap_[0-9a-z]{16}$/;
  * sandbox whose own chain grew past it streams its layers into its overlay.
  */
 export const MAX_CHAIN_DEPTH = 8;
+/** Nice value of warm slots until taken: preparing them ahead of demand yields to sandboxes in use. */
+const WARM_NICE = 10;
 
 /** Hibernation snapshots kept per sandbox (the latest is the one it resumes from). */
 export const KEEP_HIBERNATIONS = 3;
@@ -424,6 +426,7 @@ export class SandboxManager {
             if (slot) {
               cleanup.defer('warm slot', () => slot.cleanup.run());
               phases.warm = 1;
+              slot.vm.setNice(0); // prepared at a low priority; a sandbox now
               this.store.patch(id, { pid: slot.vm.pid, vmSpec: slot.spec });
               restored = { vm: slot.vm, missing: [] };
             } else {
@@ -493,6 +496,7 @@ export class SandboxManager {
     cleanup: CleanupStack,
     allowMissingVolumes: boolean,
     phases: Record<string, number> = {},
+    warm = false,
   ): Promise<{ vm: Vm; spec: VmSpec; missing: string[] }> {
     const t0 = Date.now();
     const dir = this.sandboxDir(id);
@@ -525,7 +529,7 @@ export class SandboxManager {
       chownTree(dir, uid);
     }
     phases.prepareMs = Date.now() - t0;
-    const vm = await Vm.launch(this.host.profile, spec, true);
+    const vm = await Vm.launch(this.host.profile, spec, true, { nice: warm ? WARM_NICE : 0 });
     cleanup.defer('kill vm', () => vm.kill());
     return { vm, spec, missing };
   }
@@ -592,7 +596,7 @@ export class SandboxManager {
   }
 
   private async prepareWarm(id: string, src: RestoreSource, cleanup: CleanupStack): Promise<{ vm: Vm; spec: VmSpec }> {
-    const { vm, spec } = await this.prepareVm(id, src, true, cleanup, false);
+    const { vm, spec } = await this.prepareVm(id, src, true, cleanup, false, {}, true);
     await vm.restoreState(src.stateFile);
     const agent = await vm.connectAgent(15_000);
     await agent.call('sys.init', {

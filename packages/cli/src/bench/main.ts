@@ -102,6 +102,18 @@ async function main(): Promise<void> {
       created.splice(created.indexOf(s), 1);
     };
 
+    // the warm pool fills after the start: measure nothing while it does (it takes CPU)
+    const poolReady = async () => {
+      for (let i = 0; i < 600; i++) {
+        const res = await fetch(`${c.apiUrl}/v1/health`, { headers: { authorization: `Bearer ${key}` } });
+        const { warmPool } = (await res.json()) as { warmPool: { size: number; ready: number } };
+        if (warmPool.ready >= warmPool.size) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error('the warm pool did not fill within 60 s');
+    };
+    await poolReady();
+
     // --- the floor and the alternatives on the same QEMU and image
     const ctx: BaselineCtx = { profile, template, dir: path.join(dataDir, 'baselines') };
     log('floor: QEMU spawn (-incoming defer) to QMP ready + device state');
@@ -115,12 +127,33 @@ async function main(): Promise<void> {
     for (let i = 0; i < (quick ? 1 : 3); i++) migs.push(await fullMigration(ctx));
 
     // --- nullspace: create, commands, files, memory
-    log('create from template');
+    // with the warm pool (the default): measured when it is ready, as it is for creates that do not
+    // come in bursts faster than it refills (~1 s per slot here)
+    log(`create from template (warm pool of ${config.warmPoolSize}, ready before each)`);
     const createMs = await repeat(N, async () => {
+      await poolReady();
       const [ms, s] = await time(() => create({ template: 'base' }));
       await kill(s);
       return ms;
     });
+    // and every step on the request's path: a second server without a pool
+    log('create from template without a warm pool (a second server, NULLSPACE_WARM_POOL=0)');
+    const noPoolDir = `${dataDir}-nopool`;
+    let noPool: RunningServer | undefined;
+    let noPoolCreateMs: number[];
+    try {
+      noPool = await startServer(loadConfig({ ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn', NULLSPACE_WARM_POOL: '0' }, { dataDir: noPoolDir, port: 0 }));
+      const c2 = { apiUrl: noPool.url, apiKey: key };
+      noPoolCreateMs = await repeat(N, async () => {
+        const [ms, s] = await time(() => Sandbox.create({ ...c2, template: 'base' }));
+        await s.kill();
+        return ms;
+      });
+    } finally {
+      await noPool?.close();
+      fs.rmSync(noPoolDir, { recursive: true, force: true });
+    }
+    await poolReady();
     const sbx = await create({ template: 'base' });
     const [firstCmd] = await time(() => sbx.commands.run('true'));
     const rtt = await repeat(N * 2, async () => (await time(() => sbx.commands.run('true')))[0]);
@@ -184,6 +217,9 @@ async function main(): Promise<void> {
       await child.commands.run('true');
       forkAnswerMs.push(performance.now() - t0);
       forkPause.push(Number(res.headers.get('x-nullspace-pause-ms')));
+      // at most 3 children live (their idle memory is measured below): a growing crowd of running
+      // children would measure the host's contention, not the fork
+      if (children.length === 3) await kill(children.shift()!);
       children.push(child);
     }
     await new Promise((r) => setTimeout(r, quick ? 2000 : 5000));
@@ -223,6 +259,7 @@ async function main(): Promise<void> {
       { name: 'floor: QEMU spawn + device state load', unit: 'ms', samples: floors.map((f) => f.totalMs), ref: vsFloor },
       { name: '  of which QEMU spawn to QMP ready', unit: 'ms', samples: floors.map((f) => f.spawnMs) },
       { name: 'create from template -> agent answering', unit: 'ms', samples: createMs, ref: vsFloor, target: '<= 2x floor' },
+      { name: '  same without the warm pool', unit: 'ms', samples: noPoolCreateMs, ref: vsFloor },
       { name: 'create from snapshot -> agent answering', unit: 'ms', samples: restoreMs, ref: vsFloor, target: '<= 2x floor' },
       { name: 'fork() -> child created', unit: 'ms', samples: forkMs, ref: vsFloor, target: '<= 2x floor' },
       { name: 'fork() -> child answering a command', unit: 'ms', samples: forkAnswerMs, ref: vsFloor },
