@@ -85,6 +85,33 @@ async function main(): Promise<void> {
   const created: Sandbox[] = [];
   const snapshots: Snapshot[] = [];
   let server: RunningServer | undefined;
+  // everything the run started lives in its temporary data dirs: killing their QEMU processes,
+  // freeing their uid claims and removing the dirs leaves nothing behind
+  const removeAll = () => {
+    for (const dir of [dataDir, `${dataDir}-nopool`]) {
+      killQemuOf(dir);
+      server?.host.uids?.sweep(`${dir} `, new Set());
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  const cleanup = async () => {
+    await Promise.all(created.map((s) => s.kill().catch(() => {})));
+    for (const s of snapshots) await s.delete().catch(() => {});
+    await server?.close().catch(() => {});
+    removeAll();
+  };
+  // interrupted: no graceful shutdown (the run's requests are still in flight), straight to the end
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      log(`${sig}: removing everything the run started`);
+      removeAll();
+      process.exit(130);
+    });
+  }
+  // a reader that went away (`npm run bench | head`) must not kill the run before its clean-up
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
   try {
     server = await startServer(config);
     const c = { apiUrl: server.url, apiKey: key };
@@ -321,10 +348,20 @@ async function main(): Promise<void> {
     }
     if (DENSITY > 0) await density(c, DENSITY, created, kill);
   } finally {
-    await Promise.all(created.map((s) => s.kill().catch(() => {})));
-    for (const s of snapshots) await s.delete().catch(() => {});
-    await server?.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
+    await cleanup();
+  }
+}
+
+/** Kills every QEMU process whose command line mentions `dir` (the bench's own temporary data dirs). */
+function killQemuOf(dir: string): void {
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      if (cmd.startsWith('qemu-system') && cmd.includes(`${dir}/`)) process.kill(Number(p), 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   }
 }
 
