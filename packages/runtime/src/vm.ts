@@ -296,11 +296,25 @@ export class Vm extends EventEmitter {
           /* gone */
         }
       }, 3000);
-      await this.exited;
+      await this.waitExited();
       clearTimeout(t);
     }
     this.qmp.close();
     return this.exited;
+  }
+
+  /**
+   * `exited`, keeping the event loop alive meanwhile: the child process handle is unref'd (QEMU
+   * outlives the server by design), so a caller awaiting only this (a shutdown) would otherwise see
+   * Node exit before the exit event arrives, skipping whatever was to follow.
+   */
+  private async waitExited(): Promise<VmExit> {
+    const keepAlive = setInterval(() => {}, 1000);
+    try {
+      return await this.exited;
+    } finally {
+      clearInterval(keepAlive);
+    }
   }
 
   /** Kills QEMU at once (SIGKILL). */
@@ -313,7 +327,7 @@ export class Vm extends EventEmitter {
       } catch {
         /* gone */
       }
-      await this.exited;
+      await this.waitExited();
     }
     this.qmp.close();
     return this.exited;
