@@ -4,6 +4,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$NS_REPO"
+claim_test_area
 missing=()
 for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

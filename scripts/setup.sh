@@ -83,3 +83,24 @@ step "template base (cached by recipe hash under $NS_HOME/cache)"
 node packages/cli/dist/main.js template build base >&2
 
 step "set-up done"
+
+# Test and benchmark runs put their servers' data dirs under $NS_HOME/tmp. One run at a time (a lock
+# held until the calling script exits): whoever holds the lock knows that anything already there is
+# what an earlier run left when it was killed (a machine restart, a timeout), so it clears that away
+# before it starts and its own leak check then judges only itself.
+claim_test_area() {
+  local tmp="$NS_HOME/tmp"
+  mkdir -p "$tmp"
+  exec 9>"$NS_HOME/tmp.lock"
+  if ! flock -n 9; then
+    step "waiting for another test or benchmark run on this machine to finish"
+    flock 9
+  fi
+  if [ -n "$(ls -A "$tmp")" ] || grep -rlsq "$tmp/" /run/nullspace/vm-uids 2>/dev/null; then
+    step "clearing what an interrupted earlier run left in $tmp: $(ls "$tmp" | tr '\n' ' ')"
+    pkill -KILL -f -- "$tmp/" || true
+    for _ in $(seq 1 50); do pgrep -f -- "$tmp/" >/dev/null || break; sleep 0.1; done
+    grep -rls "$tmp/" /run/nullspace/vm-uids 2>/dev/null | xargs -r rm -f
+    rm -rf "${tmp:?}"/*
+  fi
+}

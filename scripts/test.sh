@@ -5,6 +5,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$NS_REPO"
+claim_test_area
 
 step "typecheck (tests included)"
 npm run -s typecheck
