@@ -17,10 +17,11 @@ fi
 mkdir -p /var/run/libvirt /var/log/libvirt /var/lib/libvirt/qemu /var/cache/libvirt
 getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || useradd --system -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
-pgrep -x virtlogd >/dev/null || virtlogd -d
+# the daemons outlive this script: they must not inherit the test-area lock (fd 9)
+pgrep -x virtlogd >/dev/null || virtlogd -d 9>&-
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   step "starting libvirtd"
-  libvirtd -d
+  libvirtd -d 9>&-
   for _ in $(seq 1 50); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 step "benchmark"

@@ -88,13 +88,21 @@ step "set-up done"
 # held until the calling script exits): whoever holds the lock knows that anything already there is
 # what an earlier run left when it was killed (a machine restart, a timeout), so it clears that away
 # before it starts and its own leak check then judges only itself.
+lock_holders() {
+  local p
+  for p in /proc/[0-9]*; do
+    case "${p#/proc/}" in "$$" | "$BASHPID") continue ;; esac
+    ls -l "$p/fd" 2>/dev/null | grep -q "$NS_HOME/tmp.lock" && printf '%s(%s) ' "${p#/proc/}" "$(tr '\0' ' ' <"$p/cmdline" | cut -c1-60)"
+  done
+}
+# (the lock is fd 9 of the calling script: a daemon it starts must be started with 9>&-)
 claim_test_area() {
   local tmp="$NS_HOME/tmp"
   mkdir -p "$tmp"
   exec 9>"$NS_HOME/tmp.lock"
   if ! flock -n 9; then
-    step "waiting for another test or benchmark run on this machine to finish"
-    flock 9
+    step "waiting for another test or benchmark run on this machine to finish (lock held by: $(lock_holders))"
+    flock -w 3600 9 || { echo "gave up waiting for $NS_HOME/tmp.lock, held by: $(lock_holders)" >&2; exit 1; }
   fi
   if [ -n "$(ls -A "$tmp")" ] || grep -rlsq "$tmp/" /run/nullspace/vm-uids 2>/dev/null; then
     step "clearing what an interrupted earlier run left in $tmp: $(ls "$tmp" | tr '\n' ' ')"
