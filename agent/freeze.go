@@ -78,6 +78,11 @@ func startInCgroup(procs string, start func() (*os.Process, error)) (*os.Process
 	}
 	spawnMu.Lock()
 	defer spawnMu.Unlock()
+	// joining a frozen cgroup would freeze the agent itself, for good (nothing
+	// could then thaw it): refuse until the host thaws the user processes
+	if cur, err := os.ReadFile(filepath.Join(filepath.Dir(procs), "cgroup.freeze")); err == nil && strings.TrimSpace(string(cur)) == "1" {
+		return nil, opErrorf(CodeIOError, "user processes are frozen (a snapshot was interrupted?): thaw them first (sys.thaw)")
+	}
 	if err := os.WriteFile(procs, []byte("0"), 0); err != nil {
 		return nil, toOpError("join the user cgroup", err)
 	}

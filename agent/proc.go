@@ -517,6 +517,9 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 	closeAll(childEnds)
 	if err != nil {
 		closeAll(parentEnds)
+		if oe, ok := err.(*OpError); ok {
+			return nil, oe // the agent's own refusal (e.g. frozen user processes), not the shell's
+		}
 		return nil, opErrorf(CodeProcessFailed, "start %s: %v", shell, err)
 	}
 

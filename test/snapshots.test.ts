@@ -221,7 +221,29 @@ describe('snapshot errors', () => {
     expect(qemuPid(s.sandboxId)).toBeUndefined();
   });
 
-  it('a full data disk during a snapshot or a hibernation: a clear error, the source keeps running, nothing half-written remains', async () => {
+  it('user processes a capture could not thaw are thawed before the sandbox serves anything again', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const server = await ownServer(dataDir, { NULLSPACE_FAULT_INJECTION: 'thaw-fails-after-capture', NULLSPACE_WARM_POOL: '0' });
+    const c = { apiUrl: server.url, apiKey: server.key };
+    const s = await Sandbox.create(c);
+    try {
+      await s.commands.run('i=0; while :; do i=$((i+1)); echo $i > /tmp/ticks; sleep 0.05; done', { background: true, timeoutMs: 0 });
+      await s.commands.run('while [ ! -s /tmp/ticks ]; do sleep 0.05; done');
+      // the capture froze the user processes and its thaw "failed": the snapshot itself is good
+      const snap = await s.createSnapshot();
+      expect(snap.id).toMatch(/^snap_/);
+      // a command would otherwise be refused (the agent never joins a frozen cgroup) or hang
+      const before = Number((await s.commands.run('cat /tmp/ticks')).stdout);
+      await new Promise((r) => setTimeout(r, 1000));
+      const after = Number((await s.files.read('/tmp/ticks')).trim());
+      expect(after).toBeGreaterThan(before);
+    } finally {
+      await s.kill();
+    }
+  });
+
+  it('a full data disk: a snapshot or a hibernation fails clearly, a guest write waits until space is freed; the source keeps running, nothing is lost or half-written', async () => {
     const dataDir = tempDataDir();
     const image = `${dataDir}.img`;
     cleanupDataDir(dataDir);
@@ -255,8 +277,20 @@ describe('snapshot errors', () => {
         expect(listed).toEqual([]);
         expect(fs.readdirSync(path.join(dataDir, 'layers')).filter((f) => f !== '.staging')).toEqual([]);
         expect(fs.readdirSync(path.join(dataDir, 'layers', '.staging'))).toEqual([]);
-        fs.rmSync(filler);
+        // a guest write that finds the host disk full: QEMU stops the VM and keeps the write (the
+        // guest sees no error); the server resumes it once space is freed, and nothing is lost
+        let done = false;
+        const write = s.commands
+          .run('head -c 4M /dev/urandom > /workspace/late && sync && sha256sum /workspace/late', { timeoutMs: 120_000 })
+          .finally(() => (done = true));
+        await new Promise((r) => setTimeout(r, 3000));
+        expect(done).toBe(false);
         expect((await s.getInfo()).state).toBe('running');
+        fs.rmSync(filler);
+        const written = await write;
+        expect(written.exitCode).toBe(0);
+        expect(written.stdout).toMatch(/^[0-9a-f]{64} /);
+        expect((await s.commands.run('sha256sum /workspace/late')).stdout).toBe(written.stdout);
         expect((await s.commands.run('echo still running')).stdout).toBe('still running\n');
         const snap = await s.createSnapshot();
         const child = await Sandbox.create({ ...c, snapshotId: snap.id });

@@ -64,6 +64,19 @@ describe('agent inside a VM', () => {
     expect(Buffer.concat(out).toString()).toMatch(/^inside\d+\.\d+/);
   });
 
+  it('refuses to start a process while user processes are frozen, instead of freezing itself', async () => {
+    const agent = await vm!.connectAgent(15_000);
+    await agent.call('sys.freeze', {});
+    try {
+      await expect(agent.open('proc.start', { cmd: 'true' }).result).rejects.toMatchObject({ code: 'io_error', message: expect.stringMatching(/frozen/) });
+      // it still answers
+      expect(await agent.call('sys.info', {})).toBeTruthy();
+    } finally {
+      await agent.call('sys.thaw', {});
+    }
+    expect((await agent.open('proc.start', { cmd: 'true' }).result).exitCode).toBe(0);
+  });
+
   it('survives the host disconnecting and reconnecting, many times', async () => {
     for (let i = 0; i < 5; i++) {
       vm!.disconnectAgent();

@@ -34,6 +34,9 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** How long `close` waits for requests in flight before it cuts their connections. */
+const CLOSE_GRACE_MS = 2000;
+
 export async function startServer(config: Config, opts: { log?: Logger } = {}): Promise<RunningServer> {
   const log = opts.log ?? createLogger(config.logLevel);
   fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
@@ -70,7 +73,11 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     log,
     close: () =>
       (closed ??= (async () => {
+        // requests in flight get a moment to finish; streams that would not end on their own (a
+        // background command's output) are then cut: the sandboxes themselves keep running
+        const force = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
         await app.close();
+        clearTimeout(force);
         gc.cancel();
         await sandboxes.close();
         db.close();

@@ -18,6 +18,7 @@ import {
   processVmId,
   Vm,
   wrapError,
+  type QmpEvent,
   type RequirementMismatch,
   type RestoreRequirements,
   type TemplateInfo,
@@ -89,7 +90,14 @@ interface Live {
   vm: Vm;
   release: () => void;
   agent?: Promise<AgentClient> | undefined;
+  /** A capture froze the user processes and could not thaw them: thawed before the next use. */
+  needsThaw?: boolean;
+  /** Set while QEMU holds the VM stopped on a full host disk (see `watchDiskFull`). */
+  diskFullTimer?: NodeJS.Timeout | undefined;
 }
+
+/** How often a VM that QEMU stopped on a full host disk is tried again. */
+const DISK_FULL_RETRY_MS = 1000;
 
 /**
  * Owns every sandbox's VM: creates them from template snapshots, serializes lifecycle operations
@@ -283,6 +291,7 @@ export class SandboxManager {
     // so that nothing of theirs (a QEMU, a uid claim) outlives the server
     await Promise.allSettled([...this.warming]);
     for (const l of this.live.values()) {
+      clearInterval(l.diskFullTimer);
       l.vm.removeAllListeners();
       l.vm.qmp.removeAllListeners('close');
       l.vm.disconnectAgent();
@@ -701,7 +710,16 @@ export class SandboxManager {
     const thaw = async () => {
       if (frozen && !vm.gone) {
         frozen = false;
-        await agent?.call('sys.thaw', {}, 10_000).catch((err: unknown) => this.log.error({ sandboxId: id, err: errorMessage(err) }, 'thawing user processes failed'));
+        const thawed =
+          this.config.faultInjection === 'thaw-fails-after-capture'
+            ? Promise.reject(new Error('fault injection: the thaw was lost'))
+            : agent?.call('sys.thaw', {}, 10_000);
+        await thawed?.catch((err: unknown) => {
+          // the next use of the sandbox thaws them (liveAgent); a frozen sandbox never serves commands
+          const live = this.live.get(id);
+          if (live?.vm === vm) live.needsThaw = true;
+          this.log.error({ sandboxId: id, err: errorMessage(err) }, 'thawing user processes failed; retried on the next use');
+        });
       }
     };
     if (rec.volumes.length) {
@@ -1110,6 +1128,7 @@ export class SandboxManager {
   private attach(id: string, vm: Vm, release: () => void): void {
     const live: Live = { vm, release };
     this.live.set(id, live);
+    this.watchDiskFull(id, live);
     void vm.exited.then((exit) => {
       if (exit.kind !== 'died' || this.closing) return;
       this.locks.run(id, async () => {
@@ -1135,6 +1154,54 @@ export class SandboxManager {
     });
   }
 
+  /**
+   * A guest write that finds the host disk full stops the VM (QEMU's `werror=enospc`: the request is
+   * kept and retried on `cont`, so the guest sees no error and loses nothing). Such a VM is resumed
+   * as soon as the write can succeed: tried every second (a retry that fails again just stops it
+   * again), under the sandbox's lock so that it never meets a capture's own pause. Also checked at
+   * attach time, for a VM that a restarted server re-adopts in that state.
+   */
+  private watchDiskFull(id: string, live: Live): void {
+    const { vm } = live;
+    const stopTimer = () => {
+      clearInterval(live.diskFullTimer);
+      live.diskFullTimer = undefined;
+    };
+    // the episode ends once the VM has stayed running for a whole period (a resumed write that
+    // fails again stops it again at once)
+    let runningSince = 0;
+    const retry = () =>
+      this.locks.run(id, async () => {
+        if (this.closing || this.live.get(id) !== live || vm.gone) return stopTimer();
+        const { status } = await vm.qmp.execute<{ status: string }>('query-status');
+        if (status === 'io-error') {
+          runningSince = 0;
+          await vm.qmp.execute('cont');
+        } else if (!runningSince) {
+          runningSince = Date.now();
+        } else {
+          stopTimer();
+          this.log.info({ sandboxId: id }, 'VM running again after a full host disk');
+        }
+      });
+    const start = () => {
+      runningSince = 0;
+      if (live.diskFullTimer || this.closing) return;
+      this.log.warn({ sandboxId: id }, 'the host disk is full: QEMU stopped the VM on a guest write; it resumes when space is freed');
+      live.diskFullTimer = setInterval(() => {
+        retry().catch((err: unknown) => this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'resuming a VM stopped on a full disk failed'));
+      }, DISK_FULL_RETRY_MS);
+      live.diskFullTimer.unref();
+    };
+    vm.qmp.on('event', (e: QmpEvent) => {
+      if (e.event === 'BLOCK_IO_ERROR' && e.data?.action === 'stop') start();
+    });
+    vm.qmp
+      .execute<{ status: string }>('query-status')
+      .then(({ status }) => status === 'io-error' && start())
+      .catch(() => {});
+  }
+
   /** The agent of a running sandbox, reconnecting (and re-initializing) when the session was lost. */
   async agent(id: string): Promise<AgentClient> {
     const rec = this.get(id);
@@ -1150,10 +1217,21 @@ export class SandboxManager {
     const live = this.live.get(id);
     if (!live) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
     const current = live.vm.agent;
-    if (current) return current;
-    live.agent ??= this.connectAndInit(rec, live.vm, 10_000).finally(() => {
-      live.agent = undefined;
-    });
+    if (current && !live.needsThaw) return current;
+    live.agent ??= (async () => {
+      if (!current) return this.connectAndInit(rec, live.vm, 10_000); // sys.init thaws too
+      await current.call('sys.thaw', {}, 10_000).catch((err: unknown) => {
+        throw new NsError('agent_unavailable', `its processes are still frozen after an interrupted snapshot and did not thaw: ${errorMessage(err)}`);
+      });
+      return current;
+    })()
+      .then((agent) => {
+        live.needsThaw = false;
+        return agent;
+      })
+      .finally(() => {
+        live.agent = undefined;
+      });
     try {
       return await live.agent;
     } catch (err) {
