@@ -45,6 +45,8 @@ const STATUS: Record<string, number> = {
   agent_unavailable: 503,
   shutting_down: 503,
   no_space: 507,
+  // the guest reported an I/O failure it could not map to a more precise code
+  guest_io_error: 500,
   // failures of the host side, reported with their own code
   internal: 500,
   vm_start_failed: 500,
@@ -92,6 +94,7 @@ export function fromAgentError(err: unknown, subject: string): NsError {
     process_failed: 'bad_request',
     not_running: 'process_not_running',
     volume_busy: 'volume_busy',
+    io_error: 'guest_io_error',
     agent_unavailable: 'agent_unavailable',
     cancelled: 'agent_unavailable',
   };
