@@ -207,7 +207,13 @@ async function main(): Promise<void> {
     const pauses: number[] = [];
     const snapWall: number[] = [];
     const storedDelta: number[] = [];
+    // what earlier steps released is collected first: the disk usage deltas then count this step only
+    const collect = async () => {
+      const res = await fetch(`${c.apiUrl}/v1/gc`, { method: 'POST', headers: { authorization: `Bearer ${key}` } });
+      if (res.status !== 200) throw new Error(`gc: HTTP ${res.status}: ${await res.text()}`);
+    };
     for (let i = 0; i < N; i++) {
+      await collect();
       const before = usedBytes(dataDir);
       const [ms, snap] = await time(() => src.createSnapshot());
       storedDelta.push((usedBytes(dataDir) - before) / MiB);
@@ -261,6 +267,7 @@ async function main(): Promise<void> {
     const hibWritten: number[] = [];
     for (let i = 0; i < N; i++) {
       const before = pss(qemuPid(src.sandboxId));
+      await collect();
       const used = usedBytes(dataDir);
       hibMs.push((await time(() => src.hibernate()))[0]);
       hibWritten.push((usedBytes(dataDir) - used) / MiB);
