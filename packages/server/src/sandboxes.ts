@@ -189,7 +189,7 @@ export class SandboxManager {
         // already running: counted, never refused (a full host must not stop the server from starting)
         const reservation = this.admission.reserve(rec.memoryMiB, { force: true });
         await this.reconcile(rec, vm);
-        this.attach(rec.id, vm, reservation.release);
+        this.attach(rec.id, vm, reservation.release, { adopted: true });
         this.log.info({ sandboxId: rec.id, pid: vm.pid }, 're-adopted running sandbox');
         // reconnect now: sys.init also thaws user processes an interrupted snapshot left frozen
         void this.agent(rec.id).catch((err: unknown) => this.log.warn({ sandboxId: rec.id, err: errorMessage(err) }, 'agent of a re-adopted sandbox unavailable'));
@@ -351,22 +351,22 @@ export class SandboxManager {
         details: { snapshotId: snap.id, kind: snap.kind },
       });
     }
-    if (this.snapshots.depth(snap.diskLayer) > MAX_CHAIN_DEPTH) {
-      const flat = await this.flatten(snap.diskLayer);
-      this.snapshots.setDiskLayer(snap.id, flat);
-      snap.diskLayer = flat;
-      this.onLayersReleased();
-    }
-    const layer = (id: string) => {
-      const l = this.snapshots.layer(id);
-      if (!l || !fs.existsSync(l.path)) throw new NsError('internal', `snapshot ${snap.id}: layer ${id} is missing`);
-      return l;
-    };
+    await this.boundSnapshotChain(snap);
     if (req.volumes !== undefined && !sameVolumes(req.volumes, snap.volumes)) {
       throw new NsError('bad_request', `a sandbox started from snapshot ${snap.id} mounts the snapshot's volumes (${describeVolumes(snap.volumes)}); leave volumes out`, {
         details: { field: 'volumes' },
       });
     }
+    return this.snapshotSource(snap);
+  }
+
+  /** A snapshot's layers as what a sandbox is restored from (the caller holds the layer lock). */
+  private snapshotSource(snap: SnapshotRecord): RestoreSource {
+    const layer = (id: string) => {
+      const l = this.snapshots.layer(id);
+      if (!l || !fs.existsSync(l.path)) throw new NsError('internal', `snapshot ${snap.id}: layer ${id} is missing`);
+      return l;
+    };
     return {
       template: snap.template,
       snapshotId: snap.id,
@@ -380,6 +380,19 @@ export class SandboxManager {
       volumes: snap.volumes,
       volumesInState: true,
     };
+  }
+
+  /**
+   * Flattens a snapshot's disk chain once it is deeper than MAX_CHAIN_DEPTH (snapshots of restored
+   * sandboxes, hibernate/resume cycles each add a layer), so that every restore stays bounded. The
+   * caller holds the layer lock.
+   */
+  private async boundSnapshotChain(snap: SnapshotRecord): Promise<void> {
+    if (this.snapshots.depth(snap.diskLayer) <= MAX_CHAIN_DEPTH) return;
+    const flat = await this.flatten(snap.diskLayer);
+    this.snapshots.setDiskLayer(snap.id, flat);
+    snap.diskLayer = flat;
+    this.onLayersReleased();
   }
 
   async create(req: CreateSandboxRequest): Promise<SandboxRecord> {
@@ -608,14 +621,7 @@ export class SandboxManager {
     const { vm, spec } = await this.prepareVm(id, src, true, cleanup, false, {}, true);
     await vm.restoreState(src.stateFile);
     const agent = await vm.connectAgent(15_000);
-    await agent.call('sys.init', {
-      timeMs: Date.now(),
-      entropy: randomBytes(64).toString('base64'),
-      hostname: id,
-      machineId: randomBytes(16).toString('hex'),
-      bootId: randomUUID(),
-      envs: {},
-    });
+    await sysInit(agent, { hostname: id, machineId: randomBytes(16).toString('hex'), bootId: randomUUID(), envs: {} });
     // the guest's first process start runs cold: paid here, not by the user's first command
     await agent.call('sys.warmup', { cmd: 'true', timeoutMs: 20_000 }, 30_000);
     return { vm, spec };
@@ -913,13 +919,7 @@ export class SandboxManager {
           { details: { snapshotId: latest.id, mismatches: compat.mismatches } },
         );
       }
-      if (this.snapshots.depth(latest.diskLayer) > MAX_CHAIN_DEPTH) {
-        // hibernate/resume cycles add a layer each: bound the chain like any restore
-        const flat = await this.layersLock.read(() => this.flatten(latest.diskLayer));
-        this.snapshots.setDiskLayer(latest.id, flat);
-        latest.diskLayer = flat;
-        this.onLayersReleased();
-      }
+      await this.layersLock.read(() => this.boundSnapshotChain(latest));
       const reservation = this.admission.reserve(rec.memoryMiB);
       this.store.transition(id, 'paused', 'resuming', 'resume requested');
       const cleanup = new CleanupStack();
@@ -928,20 +928,7 @@ export class SandboxManager {
       const t0 = Date.now();
       try {
         const vm = await this.layersLock.read(async () => {
-          const layer = (lid: string) => this.snapshots.layer(lid)!.path;
-          const src: RestoreSource = {
-            template: latest.template,
-            snapshotId: latest.id,
-            memFile: layer(latest.memLayer),
-            stateFile: layer(latest.stateLayer),
-            diskBacking: layer(latest.diskLayer),
-            diskParentLayer: latest.diskLayer,
-            vm: latest.vmConfig,
-            requirements: latest.requirements,
-            envs: latest.envs,
-            volumes: latest.volumes,
-            volumesInState: true,
-          };
+          const src = this.snapshotSource(latest);
           this.store.patch(id, { diskParentLayer: latest.diskLayer });
           return (await this.restore(id, src, rec.allowInternetAccess, cleanup, phases)).vm;
         });
@@ -1113,22 +1100,15 @@ export class SandboxManager {
 
   /** sys.init: clock, entropy, identity, default environment; then the user processes run. */
   private async initAgent(rec: SandboxRecord, agent: AgentClient): Promise<void> {
-    const r = await agent.call<{ timingsUs?: Record<string, number> }>('sys.init', {
-      timeMs: Date.now(),
-      entropy: randomBytes(64).toString('base64'),
-      hostname: rec.id,
-      machineId: rec.identity.machineId,
-      bootId: rec.identity.bootId,
-      envs: rec.envs,
-    });
+    const r = await sysInit(agent, { hostname: rec.id, machineId: rec.identity.machineId, bootId: rec.identity.bootId, envs: rec.envs });
     this.log.debug({ sandboxId: rec.id, timingsUs: r.timingsUs }, 'sys.init');
   }
 
   /** Starts watching a running VM. */
-  private attach(id: string, vm: Vm, release: () => void): void {
+  private attach(id: string, vm: Vm, release: () => void, opts: { adopted?: boolean } = {}): void {
     const live: Live = { vm, release };
     this.live.set(id, live);
-    this.watchDiskFull(id, live);
+    this.watchDiskFull(id, live, opts.adopted === true);
     void vm.exited.then((exit) => {
       if (exit.kind !== 'died' || this.closing) return;
       this.locks.run(id, async () => {
@@ -1158,10 +1138,10 @@ export class SandboxManager {
    * A guest write that finds the host disk full stops the VM (QEMU's `werror=enospc`: the request is
    * kept and retried on `cont`, so the guest sees no error and loses nothing). Such a VM is resumed
    * as soon as the write can succeed: tried every second (a retry that fails again just stops it
-   * again), under the sandbox's lock so that it never meets a capture's own pause. Also checked at
-   * attach time, for a VM that a restarted server re-adopts in that state.
+   * again), under the sandbox's lock so that it never meets a capture's own pause. A VM that a
+   * restarted server re-adopts (`adopted`) is checked at once: it may have stopped meanwhile.
    */
-  private watchDiskFull(id: string, live: Live): void {
+  private watchDiskFull(id: string, live: Live, adopted: boolean): void {
     const { vm } = live;
     const stopTimer = () => {
       clearInterval(live.diskFullTimer);
@@ -1196,10 +1176,12 @@ export class SandboxManager {
     vm.qmp.on('event', (e: QmpEvent) => {
       if (e.event === 'BLOCK_IO_ERROR' && e.data?.action === 'stop') start();
     });
-    vm.qmp
-      .execute<{ status: string }>('query-status')
-      .then(({ status }) => status === 'io-error' && start())
-      .catch(() => {});
+    if (adopted) {
+      vm.qmp
+        .execute<{ status: string }>('query-status')
+        .then(({ status }) => status === 'io-error' && start())
+        .catch(() => {});
+    }
   }
 
   /** The agent of a running sandbox, reconnecting (and re-initializing) when the session was lost. */
@@ -1314,6 +1296,14 @@ export class SandboxManager {
   private removeFiles(id: string): void {
     fs.rmSync(this.sandboxDir(id), { recursive: true, force: true });
   }
+}
+
+/** sys.init: the host's clock and fresh host entropy, with the given identity and default environment. */
+function sysInit(
+  agent: AgentClient,
+  identity: { hostname: string; machineId: string; bootId: string; envs: Record<string, string> },
+): Promise<{ timingsUs?: Record<string, number> }> {
+  return agent.call('sys.init', { timeMs: Date.now(), entropy: randomBytes(64).toString('base64'), ...identity });
 }
 
 function sameVolumes(requested: Record<string, string>, attached: VolumeAttachment[]): boolean {
