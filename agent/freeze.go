@@ -98,6 +98,16 @@ func startInCgroup(procs string, start func() (*os.Process, error)) (*os.Process
 	return p, startErr
 }
 
+// startUserProcess starts a process the way every user-visible process
+// starts: in a VM inside the freezable user cgroup from its first
+// instruction; on a host (tests), where there is none, directly.
+func startUserProcess(start func() (*os.Process, error)) (*os.Process, error) {
+	if procs := userCgroupProcs(); procs != "" {
+		return startInCgroup(procs, start)
+	}
+	return start()
+}
+
 // setFrozen writes cgroup.freeze and waits until cgroup.events agrees.
 func setFrozen(frozen bool) (int64, error) {
 	if userCgroupProcs() == "" {

@@ -453,10 +453,7 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 		}
 		timeout = time.Duration(*req.TimeoutMs * float64(time.Millisecond))
 	}
-	shell := "/bin/bash"
-	if _, err := os.Stat(shell); err != nil {
-		shell = "/bin/sh"
-	}
+	shell := userShell()
 
 	attr := &syscall.SysProcAttr{Setsid: true} // own session and process group
 	if euid := os.Geteuid(); euid == 0 || uint32(euid) != u.Uid {
@@ -507,13 +504,7 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 			Sys:   attr,
 		})
 	}
-	var proc *os.Process
-	if procs := userCgroupProcs(); procs != "" {
-		// in a VM: in the freezable user cgroup from its first instruction (see freeze.go)
-		proc, err = startInCgroup(procs, startIt)
-	} else {
-		proc, err = startIt()
-	}
+	proc, err := startUserProcess(startIt)
 	closeAll(childEnds)
 	if err != nil {
 		closeAll(parentEnds)
@@ -787,4 +778,12 @@ func opProcSignal(st *stream, raw json.RawMessage) (interface{}, error) {
 
 func opProcList(st *stream, raw json.RawMessage) (interface{}, error) {
 	return map[string]interface{}{"processes": st.agent.procs.list()}, nil
+}
+
+// userShell is the shell commands run with: bash, or sh where there is none.
+func userShell() string {
+	if _, err := os.Stat("/bin/bash"); err == nil {
+		return "/bin/bash"
+	}
+	return "/bin/sh"
 }

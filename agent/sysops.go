@@ -372,25 +372,15 @@ func opSysWarmup(st *stream, raw json.RawMessage) (interface{}, error) {
 		}
 		timeout = time.Duration(*req.TimeoutMs * float64(time.Millisecond))
 	}
-	shell := "/bin/bash"
-	if _, err := os.Stat(shell); err != nil {
-		shell = "/bin/sh"
-	}
-	start := func() (*os.Process, error) {
+	shell := userShell()
+	began := time.Now()
+	p, err := startUserProcess(func() (*os.Process, error) {
 		return os.StartProcess(shell, []string{shell, "-c", *req.Cmd}, &os.ProcAttr{
 			Dir: "/",
-			Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"},
+			Env: []string{"PATH=" + defaultPATH, "HOME=/root", "LANG=C.UTF-8"},
 			Sys: &syscall.SysProcAttr{Setsid: true},
 		})
-	}
-	began := time.Now()
-	var p *os.Process
-	var err error
-	if procs := userCgroupProcs(); procs != "" {
-		p, err = startInCgroup(procs, start)
-	} else {
-		p, err = start()
-	}
+	})
 	if err != nil {
 		return nil, opErrorf(CodeProcessFailed, "start %s: %v", shell, err)
 	}
