@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { HostProfile } from './host.js';
+import { isZombie } from './fsutil.js';
 
 /**
  * The guest's device set. A memory snapshot restores only into a VM with exactly the same devices,
@@ -131,6 +132,21 @@ export function checkRunDir(runDir: string): void {
   if (Buffer.byteLength(longest) > 100) {
     throw new Error(`run directory ${runDir} is too long for unix sockets (${Buffer.byteLength(longest)} > 100 bytes); use a shorter data dir`);
   }
+}
+
+/** Pids of running (not zombie) QEMU processes whose command line contains `needle` (e.g. a data dir). */
+export function qemuPidsMatching(needle: string): number[] {
+  const out: number[] = [];
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      if (cmd.startsWith('qemu-system') && cmd.includes(needle) && !isZombie(Number(p))) out.push(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
 }
 
 /** Reads the -name argument of a running process, to recognise our own QEMU after a restart. */

@@ -6,7 +6,7 @@ import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from './agent/client.js';
 import { NsError, wrapError } from './errors.js';
-import { pidAlive } from './fsutil.js';
+import { isZombie, pidAlive } from './fsutil.js';
 import { withRegularFile } from './storage.js';
 import type { HostProfile } from './host.js';
 import { QmpClient } from './qmp.js';
@@ -331,15 +331,6 @@ export class Vm extends EventEmitter {
     }
     this.qmp.close();
     return this.exited;
-  }
-}
-
-function isZombie(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return true;
   }
 }
 

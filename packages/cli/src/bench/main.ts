@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { findTemplate, type TemplateInfo } from '@nullspace/runtime';
+import { findTemplate, qemuPidsMatching, type TemplateInfo } from '@nullspace/runtime';
 import { loadConfig, startServer, type RunningServer } from '@nullspace/server';
 import { Sandbox, type SandboxOpts, type Snapshot } from 'nullspace';
 import { templateBuild } from '../template.js';
@@ -361,11 +361,9 @@ async function main(): Promise<void> {
 
 /** Kills every QEMU process whose command line mentions `dir` (the bench's own temporary data dirs). */
 function killQemuOf(dir: string): void {
-  for (const p of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
+  for (const pid of qemuPidsMatching(`${dir}/`)) {
     try {
-      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      if (cmd.startsWith('qemu-system') && cmd.includes(`${dir}/`)) process.kill(Number(p), 'SIGKILL');
+      process.kill(pid, 'SIGKILL');
     } catch {
       /* gone */
     }
