@@ -1,15 +1,12 @@
 """Fork against a real server (skipped without NULLSPACE_TEST_API_URL)."""
 
-import os
 import unittest
 
 from nullspace import Sandbox, SandboxNotRunningError
-
-URL = os.environ.get("NULLSPACE_TEST_API_URL")
-KEY = os.environ.get("NULLSPACE_TEST_API_KEY")
+from _live import KEY, URL, needs_server
 
 
-@unittest.skipUnless(URL, "NULLSPACE_TEST_API_URL is not set: no server to test against")
+@needs_server
 class ForkTest(unittest.TestCase):
     def test_fork_gives_an_independent_live_child(self):
         source = Sandbox.create(api_url=URL, api_key=KEY, metadata={"suite": "python-fork"})

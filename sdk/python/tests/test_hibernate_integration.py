@@ -1,16 +1,12 @@
 """Hibernate / resume against a real server (skipped without NULLSPACE_TEST_API_URL)."""
 
-import os
 import unittest
 
 from nullspace import ConflictError, InvalidArgumentError, Sandbox, Snapshot
-
-URL = os.environ.get("NULLSPACE_TEST_API_URL")
-KEY = os.environ.get("NULLSPACE_TEST_API_KEY")
-CONN = {"api_url": URL, "api_key": KEY}
+from _live import CONN, needs_server
 
 
-@unittest.skipUnless(URL, "NULLSPACE_TEST_API_URL is not set: no server to test against")
+@needs_server
 class HibernateTest(unittest.TestCase):
     def test_hibernate_resume_connect_and_lineage(self):
         sandbox = Sandbox.create(metadata={"suite": "python-hibernate"}, **CONN)

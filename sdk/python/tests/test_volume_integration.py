@@ -1,17 +1,13 @@
 """Shared volumes against a real server (skipped without NULLSPACE_TEST_API_URL)."""
 
-import os
 import secrets
 import unittest
 
 from nullspace import ConflictError, InvalidArgumentError, Sandbox, Volume, VolumeNotFoundError
-
-URL = os.environ.get("NULLSPACE_TEST_API_URL")
-KEY = os.environ.get("NULLSPACE_TEST_API_KEY")
-CONN = {"api_url": URL, "api_key": KEY}
+from _live import CONN, needs_server
 
 
-@unittest.skipUnless(URL, "NULLSPACE_TEST_API_URL is not set: no server to test against")
+@needs_server
 class VolumeTest(unittest.TestCase):
     def test_share_and_manage(self):
         name = "py-" + secrets.token_hex(4)
