@@ -1228,6 +1228,7 @@ export class SandboxManager {
       const rec = this.get(id);
       if (isTerminal(rec.state)) return rec;
       this.store.transition(id, rec.state, 'killing', reason);
+      this.hibernateRetryAt.delete(id);
       this.dropHibernations(id);
       const live = this.live.get(id);
       if (live) {
