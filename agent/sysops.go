@@ -96,6 +96,7 @@ func opSysInfo(st *stream, raw json.RawMessage) (interface{}, error) {
 	return map[string]interface{}{
 		"version":     a.version,
 		"protocol":    protocolVersion,
+		"features":    agentFeatures,
 		"bootId":      bootID,
 		"timeMs":      time.Now().UnixMilli(),
 		"uptimeMs":    uptime().Milliseconds(),
@@ -117,7 +118,16 @@ type sysInitRequest struct {
 	MachineID *string            `json:"machineId"`
 	BootID    *string            `json:"bootId"`
 	Envs      *map[string]string `json:"envs"`
+	// Thaw (default true) lets user processes frozen by a capture run
+	// again once the identity is set. False leaves them frozen: a restored
+	// VM prepared ahead of demand, whose real sys.init comes later.
+	Thaw *bool `json:"thaw"`
 }
+
+// agentFeatures lists request options that an older agent would ignore
+// silently (unknown JSON fields are not errors): the host checks for them in
+// sys.info before relying on one.
+var agentFeatures = []string{"sys.init.thaw"}
 
 func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 	a := st.agent
@@ -218,13 +228,14 @@ func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 	a.sys.mu.Unlock()
 	// Last: user processes frozen for a snapshot may run again, now that
 	// clock, entropy and identity are current.
-	if privileged {
+	thaw := boolOr(req.Thaw, true)
+	if privileged && thaw {
 		if _, err := setFrozen(false); err != nil {
 			return nil, err
 		}
 		lap("thaw")
 	}
-	return map[string]interface{}{"timeMs": time.Now().UnixMilli(), "timingsUs": timings}, nil
+	return map[string]interface{}{"timeMs": time.Now().UnixMilli(), "timingsUs": timings, "thawed": privileged && thaw}, nil
 }
 
 // addEntropy credits bytes to the kernel's entropy pool (RNDADDENTROPY on
