@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { ConflictError, InvalidArgumentError, Sandbox, SandboxNotFoundError, Snapshot, SnapshotNotFoundError } from 'nullspace';
 import { api, conn, killAll, sandbox } from './helpers.js';
+import { leftoverQemu } from './env.js';
 import { cleanupDataDir, ownServer, qemuPid, tempDataDir, waitFor } from './servers.js';
 
 const layersDir = () => path.join(inject('dataDir'), 'layers');
@@ -224,7 +225,7 @@ describe('snapshot errors', () => {
   it('user processes a capture could not thaw are thawed before the sandbox serves anything again', async () => {
     const dataDir = tempDataDir();
     cleanupDataDir(dataDir);
-    const server = await ownServer(dataDir, { NULLSPACE_FAULT_INJECTION: 'thaw-fails-after-capture', NULLSPACE_WARM_POOL: '0' });
+    const server = await ownServer(dataDir, { NULLSPACE_FAULT_INJECTION: 'thaw-fails-after-capture', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
     const c = { apiUrl: server.url, apiKey: server.key };
     const s = await Sandbox.create(c);
     try {
@@ -253,8 +254,8 @@ describe('snapshot errors', () => {
     execFileSync('mount', ['-o', 'loop', image, dataDir]);
     const filler = path.join(dataDir, 'filler');
     try {
-      // no warm pool: its background copies would change the free space the test measures
-      const server = await ownServer(dataDir, { NULLSPACE_MIN_FREE_DISK_MIB: '0', NULLSPACE_WARM_POOL: '0' });
+      // no warm pools: their background copies would change the free space the test measures
+      const server = await ownServer(dataDir, { NULLSPACE_MIN_FREE_DISK_MIB: '0', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
       const c = { apiUrl: server.url, apiKey: server.key };
       const s = await Sandbox.create(c);
       try {
@@ -336,5 +337,76 @@ describe('compatibility', () => {
     const all: string[] = [];
     for await (const x of Sandbox.list({ ...c2, query: { state: ['creating', 'running', 'failed'] } })) all.push(x.sandboxId);
     expect(all).toEqual([]);
+  });
+});
+
+describe('snapshot pool', () => {
+  it('keeps recent snapshots warm: a create takes a prepared sandbox whose processes stayed frozen until then', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '1' });
+    const c = { apiUrl: server.url, apiKey: server.key };
+    type Pool = { size: number; ready: number; preparing: number; snapshots: string[] };
+    const pool = async () =>
+      ((await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as { snapshotPool: Pool }).snapshotPool;
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const src = await Sandbox.create({ ...c, template: 'base' });
+    const kids: Sandbox[] = [];
+    try {
+      expect(await pool()).toEqual({ size: 1, ready: 0, preparing: 0, snapshots: [] });
+      // a process that stamps the guest clock (ms) every 100 ms
+      await src.commands.run('while :; do date +%s%3N >> /tmp/ticks; sleep 0.1; done', { background: true, timeoutMs: 0 });
+      await src.commands.run('while [ ! -s /tmp/ticks ]; do sleep 0.05; done');
+      const snap = await src.createSnapshot();
+      const snapped = Date.now();
+      await waitFor('a warm sandbox of the snapshot', async () => {
+        const p = await pool();
+        return p.ready === 1 && p.snapshots.join() === snap.id ? true : undefined;
+      }, 60_000);
+      const srcPid = leftoverQemu(`nullspace-${src.sandboxId}`)[0];
+      const prepared = leftoverQemu(dataDir).filter((p) => p !== srcPid);
+      expect(prepared).toHaveLength(1);
+      // it waits, restored and running: the snapshot's processes must not run meanwhile
+      await sleep(1500);
+      const before = Date.now();
+      const kid = await Sandbox.create({ ...c, snapshotId: snap.id, envs: { WHO: 'kid' } });
+      kids.push(kid);
+      expect(leftoverQemu(`nullspace-${kid.sandboxId}`)).toEqual(prepared);
+      await sleep(500);
+      const ticks = (await kid.files.read('/tmp/ticks')).trim().split('\n').map(Number);
+      // no tick between the capture and the create (a slot that ran them would have ~20 there)
+      expect(ticks.filter((t) => t > snapped + 300 && t < before - 100)).toEqual([]);
+      expect(ticks.filter((t) => t < snapped).length).toBeGreaterThan(0);
+      expect(ticks.filter((t) => t >= before - 100).length).toBeGreaterThan(0);
+      // the create's own identity and environment
+      const probe = await kid.commands.run('hostname; cat /etc/machine-id /proc/sys/kernel/random/boot_id; echo "$WHO"');
+      const [host, machine, boot, who] = probe.stdout.trim().split('\n');
+      const srcProbe = (await src.commands.run('cat /etc/machine-id /proc/sys/kernel/random/boot_id')).stdout.trim().split('\n');
+      expect([host, who]).toEqual([kid.sandboxId, 'kid']);
+      expect(machine).toMatch(/^[0-9a-f]{32}$/);
+      expect(machine).not.toBe(srcProbe[0]);
+      expect(boot).not.toBe(srcProbe[1]);
+      expect((await kid.getInfo()).snapshotId).toBe(snap.id);
+      // taken slots are replaced; a newer snapshot takes the only place, a deleted one leaves
+      await waitFor('the pool refilled', async () => ((await pool()).ready === 1 ? true : undefined), 60_000);
+      const snap2 = await src.createSnapshot();
+      await waitFor('the newer snapshot warm instead', async () => {
+        const p = await pool();
+        return p.ready === 1 && p.snapshots.join() === snap2.id ? true : undefined;
+      }, 60_000);
+      expect(await Snapshot.delete(snap2.id, c)).toBe(true);
+      expect(await pool()).toMatchObject({ ready: 0, snapshots: [] });
+      await waitFor('no warm VM left', async () => (leftoverQemu(dataDir).length === 2 ? true : undefined), 10_000);
+      // a create from the older snapshot, no longer warm, restores its own VM and puts it back first
+      const cold = await Sandbox.create({ ...c, snapshotId: snap.id });
+      kids.push(cold);
+      expect((await cold.commands.run('hostname')).stdout.trim()).toBe(cold.sandboxId);
+      expect((await pool()).snapshots).toEqual([snap.id]);
+    } finally {
+      await Promise.all([...kids, src].map((s) => s.kill()));
+    }
+    // prepared VMs are not sandboxes: they go with the server
+    await server.close();
+    expect(leftoverQemu(dataDir)).toEqual([]);
   });
 });

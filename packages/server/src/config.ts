@@ -43,6 +43,11 @@ export interface Config {
   defaultTimeoutMs: number;
   /** QEMU processes kept started for the next plain creates from `base` (0: none). */
   warmPoolSize: number;
+  /**
+   * Reusable snapshots kept warm (0: none): the most recently created or used ones each have one
+   * sandbox-to-be restored from them ahead of demand.
+   */
+  snapshotPoolSize: number;
   /** How often expired sandboxes are looked for. */
   reaperIntervalMs: number;
   /** Killed/failed sandbox records are kept this long for inspection. */
@@ -126,6 +131,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000),
     reaperIntervalMs: int(env, 'NULLSPACE_REAPER_INTERVAL_MS', 1000, 50),
     warmPoolSize: int(env, 'NULLSPACE_WARM_POOL', 2, 0),
+    snapshotPoolSize: int(env, 'NULLSPACE_SNAPSHOT_POOL', 2, 0),
     endedRetentionMs: int(env, 'NULLSPACE_ENDED_RETENTION_MS', 24 * 3600_000, 0),
     pausedRetentionMs: int(env, 'NULLSPACE_PAUSED_RETENTION_MS', 0, 0),
     logLevel: env.NULLSPACE_LOG_LEVEL || 'info',

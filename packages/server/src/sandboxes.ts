@@ -58,6 +58,7 @@ export interface CreateSandboxRequest {
 interface RestoreSource {
   template: string;
   snapshotId: string | null;
+  snapshotKind: SnapshotKind | null;
   memFile: string;
   stateFile: string;
   /** The file the sandbox's first overlay backs onto. */
@@ -84,6 +85,18 @@ const WARM_NICE = 10;
 
 /** Hibernation snapshots kept per sandbox (the latest is the one it resumes from). */
 export const KEEP_HIBERNATIONS = 3;
+
+/** A sandbox-to-be restored ahead of demand (see `SandboxManager.warm`). */
+interface WarmSlot {
+  id: string;
+  /** What it was restored from: a reusable snapshot, or (null) the `base` template. */
+  snapshotId: string | null;
+  memFile: string;
+  diskBacking: string;
+  vm: Vm;
+  spec: VmSpec;
+  cleanup: CleanupStack;
+}
 
 /** A sandbox whose VM this server drives. */
 interface Live {
@@ -289,7 +302,7 @@ export class SandboxManager {
     await Promise.all(this.warm.splice(0).map((slot) => slot.cleanup.run()));
     // ones still being prepared clean up when they finish (their steps have timeouts): wait for them,
     // so that nothing of theirs (a QEMU, a uid claim) outlives the server
-    await Promise.allSettled([...this.warming]);
+    await Promise.allSettled([...this.warming.keys()]);
     for (const l of this.live.values()) {
       clearInterval(l.diskFullTimer);
       l.vm.removeAllListeners();
@@ -315,6 +328,7 @@ export class SandboxManager {
     return {
       template: t.name,
       snapshotId: null,
+      snapshotKind: null,
       memFile: t.memFile,
       stateFile: t.stateFile,
       diskBacking: t.disk,
@@ -335,7 +349,7 @@ export class SandboxManager {
     };
   }
 
-  private async restoreSource(req: CreateSandboxRequest): Promise<RestoreSource> {
+  private async restoreSource(req: Pick<CreateSandboxRequest, 'template' | 'snapshotId' | 'volumes'>): Promise<RestoreSource> {
     if (req.snapshotId === undefined) return this.templateSource(this.host.template(req.template), req.volumes ?? {});
     const snap = this.getSnapshot(req.snapshotId);
     const compat = this.compatibility(snap);
@@ -370,6 +384,7 @@ export class SandboxManager {
     return {
       template: snap.template,
       snapshotId: snap.id,
+      snapshotKind: snap.kind,
       memFile: layer(snap.memLayer).path,
       stateFile: layer(snap.stateLayer).path,
       diskBacking: layer(snap.diskLayer).path,
@@ -572,74 +587,157 @@ export class SandboxManager {
   }
 
   /**
-   * Warm slots: sandboxes-to-be of the `base` template, restored and running ahead of demand, so that
-   * a create from it skips preparing files, spawning QEMU, loading the state and the guest's first
-   * (cold) run of the agent's paths, which under TCG costs more than all the rest: each slot has
-   * answered one `sys.init` (a fresh entropy reseed, throwaway identity) and started one (unrecorded)
-   * shell already, and a create only applies its own `sys.init`. No user code runs in a slot before it is taken, and everything a user could see
-   * (clock, entropy, hostname, machine id, boot id, environment) is set again by the create's
-   * `sys.init` before anything of theirs runs. Only plain creates use them (network on, no volumes);
-   * they are not sandboxes until taken (not listed, not counted by admission; NULLSPACE_WARM_POOL=0
-   * turns them off).
+   * Warm slots: sandboxes-to-be, restored and running ahead of demand, so that a create skips
+   * preparing files, spawning QEMU, loading the state and the guest's first (cold) run of the agent's
+   * paths, which under TCG costs more than all the rest. Two kinds:
+   *  - of the `base` template (NULLSPACE_WARM_POOL of them): each has answered one `sys.init` (a fresh
+   *    entropy reseed, throwaway identity) and started one (unrecorded) shell already;
+   *  - of reusable snapshots (NULLSPACE_SNAPSHOT_POOL snapshots, one slot each): the most recently
+   *    created or used ones. Each has answered one `sys.init` that leaves the snapshot's user
+   *    processes frozen (they stay as captured until the slot is taken).
+   * A create only applies its own `sys.init`. No user code runs in a slot before it is taken, and
+   * everything a user could see (clock, entropy, hostname, machine id, boot id, environment) is set by
+   * the create's `sys.init` before anything of theirs runs. Only creates with the network on and
+   * without volumes use them (snapshots with volumes are not kept warm); they are not sandboxes until
+   * taken (not listed, not counted by admission).
    */
-  private readonly warm: Array<{ id: string; memFile: string; vm: Vm; spec: VmSpec; cleanup: CleanupStack }> = [];
-  private readonly warming = new Set<Promise<void>>();
+  private readonly warm: WarmSlot[] = [];
+  /** Slots being prepared, by what they are of (a snapshot id; null: the `base` template). */
+  private readonly warming = new Map<Promise<void>, string | null>();
+  /** Reusable snapshots kept warm, most recently created or used first. */
+  private readonly hotSnapshots: string[] = [];
 
   get warmPool(): { size: number; ready: number; preparing: number } {
-    return { size: this.config.warmPoolSize, ready: this.warm.length, preparing: this.warming.size };
+    return { size: this.config.warmPoolSize, ready: this.warmCount(null, false), preparing: this.warmCount(null, true) - this.warmCount(null, false) };
+  }
+
+  get snapshotPool(): { size: number; ready: number; preparing: number; snapshots: string[] } {
+    const ready = this.warm.filter((s) => s.snapshotId !== null).length;
+    const preparing = [...this.warming.values()].filter((k) => k !== null).length;
+    return { size: this.config.snapshotPoolSize, ready, preparing, snapshots: [...this.hotSnapshots] };
+  }
+
+  /** Slots of `key` that are ready (and, with `preparing`, being prepared). */
+  private warmCount(key: string | null, preparing: boolean): number {
+    const ready = this.warm.filter((s) => s.snapshotId === key).length;
+    return preparing ? ready + [...this.warming.values()].filter((k) => k === key).length : ready;
   }
 
   private refillWarm(): void {
-    if (this.closing || this.config.warmPoolSize <= 0) return;
-    let template: TemplateInfo;
-    try {
-      template = this.host.template('base');
-    } catch {
-      return; // no usable base template on this host
+    if (this.closing) return;
+    if (this.config.warmPoolSize > 0) {
+      let template: TemplateInfo | undefined;
+      try {
+        template = this.host.template('base');
+      } catch {
+        // no usable base template on this host
+      }
+      while (template && this.warmCount(null, true) < this.config.warmPoolSize) {
+        const src = this.templateSource(template, {});
+        this.startWarm(null, (id, cleanup) => this.prepareWarm(id, src, cleanup));
+      }
     }
-    while (this.warm.length + this.warming.size < this.config.warmPoolSize) {
-      const id = newId('sbx');
-      const cleanup = new CleanupStack();
-      const src = this.templateSource(template, {});
-      const preparing: Promise<void> = this.prepareWarm(id, src, cleanup)
-        .then(
-          async ({ vm, spec }) => {
-            if (this.closing) await cleanup.run();
-            else this.warm.push({ id, memFile: src.memFile, vm, spec, cleanup });
-          },
-          async (err: unknown) => {
-            await cleanup.run();
-            this.log.warn({ err: errorMessage(err) }, 'preparing a warm VM failed');
-          },
-        )
-        .finally(() => this.warming.delete(preparing));
-      this.warming.add(preparing);
+    for (const snapId of this.hotSnapshots) {
+      if (this.warmCount(snapId, true) === 0) this.startWarm(snapId, (id, cleanup) => this.prepareSnapshotWarm(id, snapId, cleanup));
     }
   }
 
-  private async prepareWarm(id: string, src: RestoreSource, cleanup: CleanupStack): Promise<{ vm: Vm; spec: VmSpec }> {
+  private startWarm(key: string | null, prepare: (id: string, cleanup: CleanupStack) => Promise<WarmSlot>): void {
+    const id = newId('sbx');
+    const cleanup = new CleanupStack();
+    const preparing: Promise<void> = prepare(id, cleanup)
+      .then(
+        async (slot) => {
+          // a snapshot that was deleted or fell out of the pool meanwhile has no use for it
+          if (this.closing || (key !== null && !this.hotSnapshots.includes(key))) await cleanup.run();
+          else this.warm.push(slot);
+        },
+        async (err: unknown) => {
+          await cleanup.run();
+          if (key !== null) this.unhot(key);
+          this.log.warn({ snapshotId: key ?? undefined, err: errorMessage(err) }, 'preparing a warm VM failed');
+        },
+      )
+      .finally(() => this.warming.delete(preparing));
+    this.warming.set(preparing, key);
+  }
+
+  private async prepareWarm(id: string, src: RestoreSource, cleanup: CleanupStack): Promise<WarmSlot> {
     const { vm, spec } = await this.prepareVm(id, src, true, cleanup, false, {}, true);
     await vm.restoreState(src.stateFile);
     const agent = await vm.connectAgent(15_000);
     await sysInit(agent, { hostname: id, machineId: randomBytes(16).toString('hex'), bootId: randomUUID(), envs: {} });
     // the guest's first process start runs cold: paid here, not by the user's first command
     await agent.call('sys.warmup', { cmd: 'true', timeoutMs: 20_000 }, 30_000);
-    return { vm, spec };
+    return { id, snapshotId: null, memFile: src.memFile, diskBacking: src.diskBacking, vm, spec, cleanup };
+  }
+
+  /** A slot of a reusable snapshot: restored, agent connected, identity set, user processes still frozen. */
+  private async prepareSnapshotWarm(id: string, snapId: string, cleanup: CleanupStack): Promise<WarmSlot> {
+    let src: RestoreSource;
+    let vm: Vm;
+    let spec: VmSpec;
+    // the collector waits while the layers are cloned and opened (as for a create)
+    const releaseLayers = await this.layersLock.acquireRead();
+    try {
+      src = await this.restoreSource({ template: '', snapshotId: snapId });
+      if (src.volumes.length) throw new NsError('bad_request', `snapshot ${snapId} mounts volumes: not kept warm`);
+      ({ vm, spec } = await this.prepareVm(id, src, true, cleanup, false, {}, true));
+      await vm.restoreState(src.stateFile);
+    } finally {
+      releaseLayers();
+    }
+    const agent = await vm.connectAgent(15_000);
+    // an agent that predates `thaw: false` would ignore it and run the user's processes now
+    const info = await agent.call<{ features?: string[] }>('sys.info');
+    if (!info.features?.includes('sys.init.thaw')) throw new NsError('internal', `the agent in snapshot ${snapId} cannot keep user processes frozen: not kept warm`);
+    const r = await agent.call<{ thawed?: boolean }>('sys.init', {
+      timeMs: Date.now(),
+      entropy: randomBytes(64).toString('base64'),
+      hostname: id,
+      machineId: randomBytes(16).toString('hex'),
+      bootId: randomUUID(),
+      envs: {},
+      thaw: false,
+    });
+    if (r.thawed !== false) throw new NsError('internal', `snapshot ${snapId}: the agent thawed the user processes of a warm slot`);
+    return { id, snapshotId: snapId, memFile: src.memFile, diskBacking: src.diskBacking, vm, spec, cleanup };
+  }
+
+  /** Puts a reusable snapshot first among those kept warm (the least recently used one may drop out). */
+  private touchSnapshot(snapId: string): void {
+    if (this.config.snapshotPoolSize <= 0) return;
+    const i = this.hotSnapshots.indexOf(snapId);
+    if (i >= 0) this.hotSnapshots.splice(i, 1);
+    this.hotSnapshots.unshift(snapId);
+    for (const old of this.hotSnapshots.splice(this.config.snapshotPoolSize)) this.unhot(old);
+  }
+
+  /** Stops keeping a snapshot warm; its ready slot goes (one being prepared goes when it is done). */
+  private unhot(snapId: string): void {
+    const i = this.hotSnapshots.indexOf(snapId);
+    if (i >= 0) this.hotSnapshots.splice(i, 1);
+    for (let j = this.warm.length - 1; j >= 0; j--) {
+      if (this.warm[j]!.snapshotId === snapId) void this.warm.splice(j, 1)[0]!.cleanup.run();
+    }
   }
 
   /** A warm slot for `src`, or undefined (the create then prepares its own VM). */
-  private takeWarm(src: RestoreSource, allowInternetAccess: boolean): (typeof this.warm)[number] | undefined {
-    if (src.snapshotId !== null || src.volumes.length || !allowInternetAccess) return undefined;
-    while (this.warm.length) {
-      const slot = this.warm.shift()!;
-      if (!slot.vm.gone && slot.vm.agent && slot.memFile === src.memFile) {
-        this.refillWarm();
-        return slot;
+  private takeWarm(src: RestoreSource, allowInternetAccess: boolean): WarmSlot | undefined {
+    if (src.snapshotId !== null && src.snapshotKind === 'reusable' && !src.volumes.length) this.touchSnapshot(src.snapshotId);
+    let found: WarmSlot | undefined;
+    if (!src.volumes.length && allowInternetAccess) {
+      for (let i = 0; i < this.warm.length && !found; i++) {
+        const slot = this.warm[i]!;
+        if (slot.snapshotId !== src.snapshotId) continue;
+        this.warm.splice(i--, 1);
+        // the same files: the template was not rebuilt, the snapshot's chain not flattened since
+        if (!slot.vm.gone && slot.vm.agent && slot.memFile === src.memFile && slot.diskBacking === src.diskBacking) found = slot;
+        else void slot.cleanup.run(); // its QEMU died, or its source changed
       }
-      void slot.cleanup.run(); // its QEMU died, or the template was rebuilt since
     }
     this.refillWarm();
-    return undefined;
+    return found;
   }
 
   getSnapshot(id: string): SnapshotRecord {
@@ -675,6 +773,11 @@ export class SandboxManager {
       await this.boundChain(id, live.vm, snap.diskLayer).catch((err: unknown) =>
         this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
       );
+      // a new reusable snapshot is likely to be started from soon: one sandbox of it is prepared now
+      if (snap.kind === 'reusable' && !snap.volumes.length) {
+        this.touchSnapshot(snap.id);
+        this.refillWarm();
+      }
       return snap;
     });
   }
@@ -1051,6 +1154,7 @@ export class SandboxManager {
       }
     }
     if (!this.snapshots.delete(snap.id)) throw notFound('snapshot', id);
+    this.unhot(snap.id);
     this.log.info({ snapshotId: id }, 'snapshot deleted');
     this.onLayersReleased();
   }

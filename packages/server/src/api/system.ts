@@ -40,6 +40,15 @@ export const systemRoutes =
                 { size: Type.Integer(), ready: Type.Integer(), preparing: Type.Integer() },
                 { description: 'sandboxes of `base` prepared ahead of demand (NULLSPACE_WARM_POOL)' },
               ),
+              snapshotPool: Type.Object(
+                {
+                  size: Type.Integer({ description: 'how many snapshots are kept warm at most' }),
+                  ready: Type.Integer(),
+                  preparing: Type.Integer(),
+                  snapshots: Type.Array(Type.String(), { description: 'the snapshots kept warm, most recently used first' }),
+                },
+                { description: 'sandboxes-to-be restored ahead of demand from recently created or used reusable snapshots (NULLSPACE_SNAPSHOT_POOL)' },
+              ),
             }),
           },
         },
@@ -55,6 +64,7 @@ export const systemRoutes =
         running: deps.sandboxes.usage.sandboxes,
         memoryMiB: deps.sandboxes.usage.memoryMiB,
         warmPool: deps.sandboxes.warmPool,
+        snapshotPool: deps.sandboxes.snapshotPool,
       }),
     );
 
