@@ -129,15 +129,17 @@ async function main(): Promise<void> {
       created.splice(created.indexOf(s), 1);
     };
 
-    // the warm pool fills after the start: measure nothing while it does (it takes CPU)
+    // the warm pools fill after the start and after each snapshot: measure nothing while they do (it
+    // takes CPU), as for calls that do not come in bursts faster than they refill (~1 s per slot here)
+    type Pools = { warmPool: { size: number; ready: number }; snapshotPool: { ready: number; preparing: number; snapshots: string[] } };
     const poolReady = async () => {
       for (let i = 0; i < 600; i++) {
         const res = await fetch(`${c.apiUrl}/v1/health`, { headers: { authorization: `Bearer ${key}` } });
-        const { warmPool } = (await res.json()) as { warmPool: { size: number; ready: number } };
-        if (warmPool.ready >= warmPool.size) return;
+        const { warmPool, snapshotPool } = (await res.json()) as Pools;
+        if (warmPool.ready >= warmPool.size && snapshotPool.preparing === 0 && snapshotPool.ready >= snapshotPool.snapshots.length) return;
         await new Promise((r) => setTimeout(r, 100));
       }
-      throw new Error('the warm pool did not fill within 60 s');
+      throw new Error('the warm pools did not fill within 60 s');
     };
     await poolReady();
 
@@ -163,23 +165,28 @@ async function main(): Promise<void> {
       await kill(s);
       return ms;
     });
-    // and every step on the request's path: a second server without a pool
-    log('create from template without a warm pool (a second server, NULLSPACE_WARM_POOL=0)');
+    // and every step on the request's path: a second server without pools (template and snapshots)
     const noPoolDir = `${dataDir}-nopool`;
-    let noPool: RunningServer | undefined;
-    let noPoolCreateMs: number[];
-    try {
-      noPool = await startServer(loadConfig({ ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn', NULLSPACE_WARM_POOL: '0' }, { dataDir: noPoolDir, port: 0 }));
-      const c2 = { apiUrl: noPool.url, apiKey: key };
-      noPoolCreateMs = await repeat(N, async () => {
+    const withoutPools = async <T>(what: string, fn: (c2: { apiUrl: string; apiKey: string }) => Promise<T>): Promise<T> => {
+      log(`${what} without warm pools (a second server, NULLSPACE_WARM_POOL=0 NULLSPACE_SNAPSHOT_POOL=0)`);
+      let noPool: RunningServer | undefined;
+      try {
+        const env = { ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' };
+        noPool = await startServer(loadConfig(env, { dataDir: noPoolDir, port: 0 }));
+        return await fn({ apiUrl: noPool.url, apiKey: key });
+      } finally {
+        await noPool?.close();
+        killQemuOf(noPoolDir);
+        fs.rmSync(noPoolDir, { recursive: true, force: true });
+      }
+    };
+    const noPoolCreateMs = await withoutPools('create from template', (c2) =>
+      repeat(N, async () => {
         const [ms, s] = await time(() => Sandbox.create({ ...c2, template: 'base' }));
         await s.kill();
         return ms;
-      });
-    } finally {
-      await noPool?.close();
-      fs.rmSync(noPoolDir, { recursive: true, force: true });
-    }
+      }),
+    );
     await poolReady();
     const sbx = await create({ template: 'base' });
     const [firstCmd] = await time(() => sbx.commands.run('true'));
@@ -213,6 +220,7 @@ async function main(): Promise<void> {
       if (res.status !== 200) throw new Error(`gc: HTTP ${res.status}: ${await res.text()}`);
     };
     for (let i = 0; i < N; i++) {
+      await poolReady();
       await collect();
       const before = usedBytes(dataDir);
       const [ms, snap] = await time(() => src.createSnapshot());
@@ -221,10 +229,27 @@ async function main(): Promise<void> {
       pauses.push(snap.pauseMs ?? NaN);
       snapshots.push(snap);
     }
+    // from the latest snapshot, kept warm (NULLSPACE_SNAPSHOT_POOL), ready before each
     const restoreMs = await repeat(N, async () => {
-      const [ms, child] = await time(() => create({ snapshotId: snapshots[0]!.id }));
+      await poolReady();
+      const [ms, child] = await time(() => create({ snapshotId: snapshots[snapshots.length - 1]!.id }));
       await kill(child);
       return ms;
+    });
+    // every step on the request's path: the same guest, snapshotted on a server without pools
+    const noPoolRestoreMs = await withoutPools('create from snapshot', async (c2) => {
+      const s = await Sandbox.create({ ...c2, template: 'base' });
+      try {
+        await dirty(s);
+        const snap = await s.createSnapshot();
+        return await repeat(N, async () => {
+          const [ms, child] = await time(() => Sandbox.create({ ...c2, snapshotId: snap.id }));
+          await child.kill();
+          return ms;
+        });
+      } finally {
+        await s.kill();
+      }
     });
     const layerMiB = snapshots.map((x) => x.sizeBytes / MiB);
     for (const x of snapshots.splice(0)) await x.delete();
@@ -236,6 +261,7 @@ async function main(): Promise<void> {
     const forkAnswerMs: number[] = [];
     const children: Sandbox[] = [];
     for (let i = 0; i < N; i++) {
+      await poolReady();
       const t0 = performance.now();
       const res = await fetch(`${c.apiUrl}/v1/sandboxes/${src.sandboxId}/fork`, {
         method: 'POST',
@@ -295,6 +321,7 @@ async function main(): Promise<void> {
       { name: 'create from template -> agent answering', unit: 'ms', samples: createMs, ref: vsFloor, target: '<= 2x floor' },
       { name: '  same without the warm pool', unit: 'ms', samples: noPoolCreateMs, ref: vsFloor },
       { name: 'create from snapshot -> agent answering', unit: 'ms', samples: restoreMs, ref: vsFloor, target: '<= 2x floor' },
+      { name: '  same without the snapshot pool', unit: 'ms', samples: noPoolRestoreMs, ref: vsFloor },
       { name: 'fork() -> child created', unit: 'ms', samples: forkMs, ref: vsFloor, target: '<= 2x floor' },
       { name: 'fork() -> child answering a command', unit: 'ms', samples: forkAnswerMs, ref: vsFloor },
       { name: 'resume (connect) -> agent answering', unit: 'ms', samples: resumeMs, ref: vsFloor },
