@@ -155,6 +155,33 @@ describe('snapshot storage, lifetime and garbage collection', () => {
     await Snapshot.delete(b.id, conn());
   });
 
+  it('a source snapshotted many times keeps a bounded disk chain (compacted in the background); every snapshot restores its own instant', async () => {
+    const s = await sandbox();
+    const snaps: Snapshot[] = [];
+    try {
+      for (let i = 0; i < 12; i++) {
+        await s.files.write(`/workspace/gen-${i}`, String(i));
+        snaps.push(await s.createSnapshot());
+      }
+      const dir = path.join(inject('dataDir'), 'sandboxes', s.sandboxId);
+      const chainLen = () => {
+        const overlay = execFileSync('sh', ['-c', `ls -t ${dir}/disk-*.qcow2 | head -1`]).toString().trim();
+        return (JSON.parse(execFileSync('qemu-img', ['info', '-U', '--backing-chain', '--output=json', overlay]).toString()) as unknown[]).length;
+      };
+      // 12 frozen layers under the overlay unless compacted: overlay + at most 8 + template disk + image root
+      await waitFor('the source chain compacted', async () => (chainLen() <= 11 ? true : undefined), 120_000);
+      for (const i of [0, 8, 11]) {
+        const child = await sandbox({ snapshotId: snaps[i]!.id });
+        expect((await child.commands.run('ls /workspace | grep -c gen-')).stdout.trim()).toBe(String(i + 1));
+        expect(await child.files.read(`/workspace/gen-${i}`)).toBe(String(i));
+        await child.kill();
+      }
+      expect((await s.commands.run('ls /workspace | grep -c gen-')).stdout.trim()).toBe('12');
+    } finally {
+      for (const x of snaps) await x.delete().catch(() => {});
+    }
+  });
+
   it('lists with filters and pages', async () => {
     const s = await sandbox();
     const snaps = [];

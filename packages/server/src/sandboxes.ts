@@ -769,10 +769,9 @@ export class SandboxManager {
       const live = this.live.get(id);
       if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
       const snap = await this.layersLock.read(() => this.capture(rec, live.vm, opts.kind, opts.metadata, true));
-      // outside the layer lock: a long stream must not hold up the collector (and, behind it, everyone)
-      await this.boundChain(id, live.vm, snap.diskLayer).catch((err: unknown) =>
-        this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
-      );
+      // the source's chain is compacted in the background, next under its lock: a long stream holds
+      // up neither this call (nor a fork's child) nor, outside the layer lock, the collector
+      void this.locks.run(id, () => this.compactChain(id, live.vm));
       // a new reusable snapshot is likely to be started from soon: one sandbox of it is prepared now
       if (snap.kind === 'reusable' && !snap.volumes.length) {
         this.touchSnapshot(snap.id);
@@ -1087,6 +1086,15 @@ export class SandboxManager {
     this.snapshots.insertLayer({ id, kind: 'disk', path: out, parentId: null, bytes: allocatedBytes(out), createdAt: Date.now() });
     this.log.info({ layer: layerId, flat: id, ms: Date.now() - t0 }, 'flattened a deep disk layer chain');
     return id;
+  }
+
+  /** `boundChain` for a sandbox that is still running on `vm` (callers hold its lock); failures are logged. */
+  private async compactChain(id: string, vm: Vm): Promise<void> {
+    const rec = this.store.get(id);
+    if (rec?.state !== 'running' || this.live.get(id)?.vm !== vm || !rec.diskParentLayer) return;
+    await this.boundChain(id, vm, rec.diskParentLayer).catch((err: unknown) =>
+      this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
+    );
   }
 
   /** Keeps a running sandbox's own chain short: streams its layers into its overlay when too deep. */
