@@ -108,6 +108,18 @@ func startUserProcess(start func() (*os.Process, error)) (*os.Process, error) {
 	return start()
 }
 
+// userFrozen reports whether the user cgroup exists and is frozen.
+func userFrozen() (bool, error) {
+	if userCgroupProcs() == "" {
+		return false, nil
+	}
+	ev, err := os.ReadFile(userCgroup + "/cgroup.events")
+	if err != nil {
+		return false, toOpError("read cgroup.events", err)
+	}
+	return strings.Contains(string(ev), "frozen 1"), nil
+}
+
 // setFrozen writes cgroup.freeze and waits until cgroup.events agrees.
 func setFrozen(frozen bool) (int64, error) {
 	if userCgroupProcs() == "" {

@@ -235,7 +235,13 @@ func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 		}
 		lap("thaw")
 	}
-	return map[string]interface{}{"timeMs": time.Now().UnixMilli(), "timingsUs": timings, "thawed": privileged && thaw}, nil
+	// whether user processes are (still) frozen: a host that asked for no
+	// thaw relies on it
+	frozen, err := userFrozen()
+	if err != nil {
+		return nil, err
+	}
+	return map[string]interface{}{"timeMs": time.Now().UnixMilli(), "timingsUs": timings, "thawed": privileged && thaw, "frozen": frozen}, nil
 }
 
 // addEntropy credits bytes to the kernel's entropy pool (RNDADDENTROPY on

@@ -436,4 +436,34 @@ describe('snapshot pool', () => {
     await server.close();
     expect(leftoverQemu(dataDir)).toEqual([]);
   });
+
+  it('does not keep warm a snapshot whose user processes could not be frozen (they would run in the slot), nor try again on each create', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '1', NULLSPACE_FAULT_INJECTION: 'freeze-fails' });
+    const c = { apiUrl: server.url, apiKey: server.key };
+    type Pool = { size: number; ready: number; preparing: number; snapshots: string[] };
+    const pool = async () =>
+      ((await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as { snapshotPool: Pool }).snapshotPool;
+    const src = await Sandbox.create({ ...c, template: 'base' });
+    const kids: Sandbox[] = [];
+    try {
+      await src.commands.run('sleep 3600', { background: true, timeoutMs: 0 });
+      const snap = await src.createSnapshot();
+      expect((await pool()).snapshots).toEqual([snap.id]);
+      // its slot is prepared, found to hold running user processes, and killed
+      await waitFor('the slot refused', async () => {
+        const p = await pool();
+        return p.preparing === 0 && p.snapshots.length === 0 ? p : undefined;
+      }, 60_000);
+      await waitFor('no warm VM left', async () => (leftoverQemu(dataDir).length === 1 ? true : undefined), 10_000);
+      // creates from it restore their own VM and do not put it back
+      const kid = await Sandbox.create({ ...c, snapshotId: snap.id });
+      kids.push(kid);
+      expect((await kid.commands.run('hostname')).stdout.trim()).toBe(kid.sandboxId);
+      expect(await pool()).toMatchObject({ ready: 0, preparing: 0, snapshots: [] });
+    } finally {
+      await Promise.all([...kids, src].map((s) => s.kill()));
+    }
+  });
 });

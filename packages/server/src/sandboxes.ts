@@ -86,6 +86,13 @@ const WARM_NICE = 10;
 /** Hibernation snapshots kept per sandbox (the latest is the one it resumes from). */
 export const KEEP_HIBERNATIONS = 3;
 
+/** Why a snapshot is not kept warm, for good (see `SandboxManager.warm`). */
+class NotWarmable extends Error {
+  constructor(why: string) {
+    super(`${why}: not kept warm`);
+  }
+}
+
 /** A sandbox-to-be restored ahead of demand (see `SandboxManager.warm`). */
 interface WarmSlot {
   id: string;
@@ -606,6 +613,8 @@ export class SandboxManager {
   private readonly warming = new Map<Promise<void>, string | null>();
   /** Reusable snapshots kept warm, most recently created or used first. */
   private readonly hotSnapshots: string[] = [];
+  /** Snapshots found unfit to be kept warm (their agent cannot keep user processes frozen, ...). */
+  private readonly unwarmable = new Set<string>();
 
   get warmPool(): { size: number; ready: number; preparing: number } {
     return { size: this.config.warmPoolSize, ready: this.warmCount(null, false), preparing: this.warmCount(null, true) - this.warmCount(null, false) };
@@ -654,7 +663,11 @@ export class SandboxManager {
         },
         async (err: unknown) => {
           await cleanup.run();
-          if (key !== null) this.unhot(key);
+          if (key !== null) {
+            this.unhot(key);
+            // not tried again on every create from it (another failure is tried again on the next)
+            if (err instanceof NotWarmable) this.unwarmable.add(key);
+          }
           this.log.warn({ snapshotId: key ?? undefined, err: errorMessage(err) }, 'preparing a warm VM failed');
         },
       )
@@ -681,7 +694,7 @@ export class SandboxManager {
     const releaseLayers = await this.layersLock.acquireRead();
     try {
       src = await this.restoreSource({ template: '', snapshotId: snapId });
-      if (src.volumes.length) throw new NsError('bad_request', `snapshot ${snapId} mounts volumes: not kept warm`);
+      if (src.volumes.length) throw new NotWarmable(`snapshot ${snapId} mounts volumes`);
       ({ vm, spec } = await this.prepareVm(id, src, true, cleanup, false, {}, true));
       await vm.restoreState(src.stateFile);
     } finally {
@@ -690,8 +703,8 @@ export class SandboxManager {
     const agent = await vm.connectAgent(15_000);
     // an agent that predates `thaw: false` would ignore it and run the user's processes now
     const info = await agent.call<{ features?: string[] }>('sys.info');
-    if (!info.features?.includes('sys.init.thaw')) throw new NsError('internal', `the agent in snapshot ${snapId} cannot keep user processes frozen: not kept warm`);
-    const r = await agent.call<{ thawed?: boolean }>('sys.init', {
+    if (!info.features?.includes('sys.init.thaw')) throw new NotWarmable(`the agent in snapshot ${snapId} cannot keep user processes frozen`);
+    const r = await agent.call<{ thawed?: boolean; frozen?: boolean }>('sys.init', {
       timeMs: Date.now(),
       entropy: randomBytes(64).toString('base64'),
       hostname: id,
@@ -700,13 +713,15 @@ export class SandboxManager {
       envs: {},
       thaw: false,
     });
-    if (r.thawed !== false) throw new NsError('internal', `snapshot ${snapId}: the agent thawed the user processes of a warm slot`);
+    // a capture whose freeze failed holds running processes: they would run in the slot now
+    if (r.thawed !== false || r.frozen !== true) throw new NotWarmable(`snapshot ${snapId} was captured with its user processes running`);
     return { id, snapshotId: snapId, memFile: src.memFile, diskBacking: src.diskBacking, vm, spec, cleanup };
   }
 
   /** Puts a reusable snapshot first among those kept warm (the least recently used one may drop out). */
   private touchSnapshot(snapId: string): void {
-    if (this.config.snapshotPoolSize <= 0) return;
+    // (a create that resolved it before a concurrent delete must not bring it back)
+    if (this.config.snapshotPoolSize <= 0 || this.unwarmable.has(snapId) || !this.snapshots.get(snapId)) return;
     const i = this.hotSnapshots.indexOf(snapId);
     if (i >= 0) this.hotSnapshots.splice(i, 1);
     this.hotSnapshots.unshift(snapId);
@@ -724,9 +739,10 @@ export class SandboxManager {
 
   /** A warm slot for `src`, or undefined (the create then prepares its own VM). */
   private takeWarm(src: RestoreSource, allowInternetAccess: boolean): WarmSlot | undefined {
-    if (src.snapshotId !== null && src.snapshotKind === 'reusable' && !src.volumes.length) this.touchSnapshot(src.snapshotId);
     let found: WarmSlot | undefined;
+    // slots have the network on and no volumes: other creates neither use nor refresh them
     if (!src.volumes.length && allowInternetAccess) {
+      if (src.snapshotId !== null && src.snapshotKind === 'reusable') this.touchSnapshot(src.snapshotId);
       for (let i = 0; i < this.warm.length && !found; i++) {
         const slot = this.warm[i]!;
         if (slot.snapshotId !== src.snapshotId) continue;
@@ -809,6 +825,7 @@ export class SandboxManager {
     let frozen = false;
     if (agent) {
       try {
+        if (this.config.faultInjection === 'freeze-fails') throw new Error('fault injection: the freeze failed');
         await agent.call('sys.freeze', {}, 10_000);
         frozen = true;
       } catch (err) {
@@ -1163,6 +1180,7 @@ export class SandboxManager {
     }
     if (!this.snapshots.delete(snap.id)) throw notFound('snapshot', id);
     this.unhot(snap.id);
+    this.unwarmable.delete(snap.id);
     this.log.info({ snapshotId: id }, 'snapshot deleted');
     this.onLayersReleased();
   }

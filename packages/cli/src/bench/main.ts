@@ -371,6 +371,7 @@ async function main(): Promise<void> {
         await dirty(s);
         const p: number[] = [];
         for (let i = 0; i < N; i++) {
+          await poolReady();
           const snap = await s.createSnapshot();
           p.push(snap.pauseMs ?? NaN);
           await snap.delete();
