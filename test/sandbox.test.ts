@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AuthenticationError,
@@ -233,5 +234,42 @@ describe('warm pool', () => {
     // prepared VMs are not sandboxes: they go with the server
     await server.close();
     expect(leftoverQemu(dataDir)).toEqual([]);
+  });
+});
+
+describe('TCG translation buffer', () => {
+  it('NULLSPACE_TCG_BUFFER_MIB caps each VM\'s translation buffer (under TCG); the sandbox works as usual', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0', NULLSPACE_TCG_BUFFER_MIB: '48' });
+    const c = { apiUrl: server.url, apiKey: server.key };
+    const s = await Sandbox.create(c);
+    try {
+      expect((await s.commands.run("python3 -c 'import json, email, http.client; print(6*7)'")).stdout).toBe('42\n');
+      const pid = leftoverQemu(`nullspace-${s.sandboxId}`)[0]!;
+      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      const accel = argv[argv.indexOf('-accel') + 1]!;
+      if (server.host.profile.accel === 'kvm') {
+        expect(accel).toBe('kvm');
+        return;
+      }
+      expect(accel).toBe('tcg,thread=multi,tb-size=48');
+      // the buffer is QEMU's one anonymous executable mapping: 48 MiB instead of 1 GiB
+      const exec = fs
+        .readFileSync(`/proc/${pid}/maps`, 'utf8')
+        .split('\n')
+        .filter((l) => / rwxp 00000000 00:00 0\s*$/.test(l))
+        .map((l) => l.split(' ')[0]!.split('-').map((h) => parseInt(h, 16)))
+        .map(([a, b]) => (b! - a!) / 2 ** 20);
+      expect(exec.length).toBeGreaterThan(0);
+      expect(Math.max(...exec)).toBeLessThanOrEqual(48);
+    } finally {
+      await s.kill();
+    }
+  });
+
+  it('refuses a buffer too small to be useful, clearly', async () => {
+    const { loadConfig } = await import('@nullspace/server');
+    expect(() => loadConfig({ ...process.env, NULLSPACE_API_KEY: 'k'.repeat(20), NULLSPACE_TCG_BUFFER_MIB: '4' }, { dataDir: tempDataDir() })).toThrow(/NULLSPACE_TCG_BUFFER_MIB/);
   });
 });

@@ -22,6 +22,11 @@ export interface HostProfile {
   cpuModel: string;
   /** For cpuModel "host": the host CPU's model name and flags hash (snapshots then need the same CPU). */
   hostCpu: string;
+  /**
+   * TCG only: the translation buffer of each VM in MiB (QEMU's `tb-size`); undefined: QEMU's default.
+   * Not part of a snapshot's requirements (it is not guest state).
+   */
+  tcgBufferMiB?: number | undefined;
 }
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
@@ -139,7 +144,12 @@ function probeKvm(binary: string, probe: ProbeKernel, deadlineMs: number): Promi
   });
 }
 
-export async function hostProfile(opts: { accel: Accel; cpuModel?: string | undefined; qemuBinary?: string }): Promise<HostProfile> {
+export async function hostProfile(opts: {
+  accel: Accel;
+  cpuModel?: string | undefined;
+  qemuBinary?: string;
+  tcgBufferMiB?: number | undefined;
+}): Promise<HostProfile> {
   const qemuBinary = opts.qemuBinary ?? QEMU_BINARY;
   const cpuModel = opts.cpuModel ?? (opts.accel === 'kvm' ? 'host' : 'max');
   return {
@@ -149,5 +159,6 @@ export async function hostProfile(opts: { accel: Accel; cpuModel?: string | unde
     accel: opts.accel,
     cpuModel,
     hostCpu: cpuModel === 'host' ? hostCpuIdentity() : '',
+    ...(opts.tcgBufferMiB ? { tcgBufferMiB: opts.tcgBufferMiB } : {}),
   };
 }

@@ -81,7 +81,7 @@ export function vmPaths(runDir: string) {
 /** The QEMU command line of a VM. `incoming`: wait for a migration stream instead of booting. */
 export function qemuArgs(profile: HostProfile, spec: VmSpec, incoming: boolean): string[] {
   const p = vmPaths(spec.runDir);
-  const accel = profile.accel === 'kvm' ? 'kvm' : 'tcg,thread=multi';
+  const accel = profile.accel === 'kvm' ? 'kvm' : `tcg,thread=multi${profile.tcgBufferMiB ? `,tb-size=${profile.tcgBufferMiB}` : ''}`;
   const args = [
     '-name', `nullspace-${spec.id}`,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',

@@ -41,6 +41,11 @@ export interface Config {
     minFreeDiskMiB: number;
   };
   defaultTimeoutMs: number;
+  /**
+   * TCG only: each VM's translation buffer in MiB (0: QEMU's default, which grows up to 1 GiB as the
+   * guest runs new code). A cap bounds a busy sandbox's memory at the cost of re-translating.
+   */
+  tcgBufferMiB: number;
   /** QEMU processes kept started for the next plain creates from `base` (0: none). */
   warmPoolSize: number;
   /**
@@ -70,6 +75,12 @@ function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): n
   if (raw === undefined || raw === '') return fallback;
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min) throw new NsError('invalid_config', `${name} must be an integer >= ${min}, got "${raw}"`);
+  return n;
+}
+
+function tcgBuffer(env: NodeJS.ProcessEnv): number {
+  const n = int(env, 'NULLSPACE_TCG_BUFFER_MIB', 0, 0);
+  if (n !== 0 && n < 16) throw new NsError('invalid_config', `NULLSPACE_TCG_BUFFER_MIB must be 0 (QEMU's default) or at least 16, got ${n}`);
   return n;
 }
 
@@ -131,6 +142,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000),
     reaperIntervalMs: int(env, 'NULLSPACE_REAPER_INTERVAL_MS', 1000, 50),
     warmPoolSize: int(env, 'NULLSPACE_WARM_POOL', 2, 0),
+    tcgBufferMiB: tcgBuffer(env),
     snapshotPoolSize: int(env, 'NULLSPACE_SNAPSHOT_POOL', 2, 0),
     endedRetentionMs: int(env, 'NULLSPACE_ENDED_RETENTION_MS', 24 * 3600_000, 0),
     pausedRetentionMs: int(env, 'NULLSPACE_PAUSED_RETENTION_MS', 0, 0),

@@ -42,7 +42,7 @@ export class HostContext {
     } else {
       log.info({ accel: 'kvm', reason: accel.reason }, `accelerator: KVM (${accel.reason})`);
     }
-    const profile = await hostProfile({ accel: accel.accel, cpuModel: config.cpuModel });
+    const profile = await hostProfile({ accel: accel.accel, cpuModel: config.cpuModel, tcgBufferMiB: config.tcgBufferMiB || undefined });
     const reflink = canReflink(config.dataDir) && canReflink(config.cacheDir);
     if (!reflink) {
       log.warn(
