@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { Command, Option } from 'commander';
 import { loadConfig, startServer, VERSION, type Config } from '@nullspace/server';
 import { ConnectionConfig, errorFromResponse, Sandbox, SandboxError, Snapshot, Volume, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
+import { pruneCache } from '@nullspace/runtime';
 import { templateBuild, templateList } from './template.js';
 
 /** Errors end the process here, and only here. */
@@ -347,6 +348,25 @@ program
     for (const l of r.freed) process.stdout.write(`  ${l.layerId}  ${l.kind.padEnd(5)}  ${mib(l.bytes)}\n`);
     process.stdout.write(`retained ${r.retained.length} layer(s), ${mib(r.retainedBytes)}\n`);
     for (const l of r.retained) process.stdout.write(`  ${l.layerId}  ${l.kind.padEnd(5)}  ${mib(l.bytes)}  held by ${l.heldBy.join(', ')}\n`);
+  });
+
+program
+  .command('cache')
+  .description('the build cache of templates and images on this machine')
+  .command('prune')
+  .option('--dry-run', 'only show what would be removed and why the rest stays')
+  .option('--data-dir <dir>', 'a data dir whose snapshots and sandboxes must stay restorable (repeatable; default: the server\'s)', collect)
+  .option('--json', 'print JSON')
+  .description('remove template and image builds that nothing can use any more (not current, not being built, no snapshot or sandbox disk rests on them)')
+  .action(async (o: { dryRun?: boolean; dataDir?: string[]; json?: boolean }) => {
+    const cfg = config();
+    const r = await pruneCache(cfg.cacheDir, o.dataDir ?? [cfg.dataDir], { dryRun: o.dryRun ?? false });
+    if (o.json) return printJson(r);
+    const gib = (b: number) => `${(b / 1024 ** 3).toFixed(2)} GiB`;
+    process.stdout.write(`${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} build(s), ${gib(r.freedBytes)}\n`);
+    for (const e of r.removed) process.stdout.write(`  ${e.dir}  ${gib(e.bytes)}\n`);
+    process.stdout.write(`kept ${r.kept.length}\n`);
+    for (const e of r.kept) process.stdout.write(`  ${e.dir}  ${gib(e.bytes)}  ${e.why}\n`);
   });
 
 const files = program.command('files').description('read and write files in a sandbox');

@@ -12,6 +12,7 @@ export * from './snapshot.js';
 export * from './isolation.js';
 export * from './vm.js';
 export * from './template.js';
+export * from './cache.js';
 export * from './agent/protocol.js';
 export * from './agent/client.js';
 export * from './image/kernel.js';
