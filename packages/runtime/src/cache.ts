@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pidAlive } from './fsutil.js';
 import { allocatedBytes, backingChain } from './storage.js';
-import { listTemplates, type TemplateInfo } from './template.js';
+import type { TemplateInfo } from './template.js';
 
 /**
  * Pruning the build cache: every rebuild of a template (a new agent, kernel or recipe) leaves the
@@ -67,8 +67,16 @@ export async function pruneCache(cacheDir: string, dataDirs: string[], opts: { d
   const report: PruneReport = { removed: [], kept: [], freedBytes: 0, dryRun: opts.dryRun };
   const held = await cacheFilesInUse(cacheDir, dataDirs);
   const heldIn = (dir: string) => [...held].find(([f]) => f.startsWith(dir + '/'))?.[1];
-  const current = new Map(listTemplates(cacheDir).map((t) => [path.resolve(t.dir), t] as const));
+  const templatesDir = path.join(cacheDir, 'templates');
+  // what each registry file names is current, even if its build turned out broken
+  const current = new Map<string, string>();
+  for (const f of listDir(templatesDir).filter((f) => f.endsWith('.json'))) {
+    const dir = readManifest<{ dir: string }>(path.join(templatesDir, f))?.dir;
+    if (typeof dir === 'string') current.set(path.resolve(dir), f.slice(0, -5));
+  }
   const keepImages = new Map<string, string>();
+  // a template build in progress boots from an image that nothing else names yet
+  const templateBuilding = listDir(templatesDir).some((f) => f.endsWith('.lock') && building(path.join(templatesDir, f.slice(0, -5))));
   const visit = (dir: string, keep: string | undefined) => {
     const entry = { dir, bytes: dirBytes(dir) };
     if (keep) return void report.kept.push({ ...entry, why: keep });
@@ -79,7 +87,6 @@ export async function pruneCache(cacheDir: string, dataDirs: string[], opts: { d
       fs.rmSync(`${dir}.lock`, { recursive: true, force: true }); // a stale one (its holder is gone)
     }
   };
-  const templatesDir = path.join(cacheDir, 'templates');
   for (const dir of subdirs(templatesDir)) {
     const manifest = readManifest<TemplateInfo>(path.join(dir, 'template.json'));
     const cur = current.get(dir);
@@ -87,7 +94,7 @@ export async function pruneCache(cacheDir: string, dataDirs: string[], opts: { d
     const keep = building(dir)
       ? 'being built'
       : cur
-        ? `current build of template ${cur.name}`
+        ? `current build of template ${cur}`
         : holder
           ? `a disk chain rests on it (${holder})`
           : undefined;
@@ -96,7 +103,12 @@ export async function pruneCache(cacheDir: string, dataDirs: string[], opts: { d
   }
   for (const dir of subdirs(path.join(cacheDir, 'images'))) {
     const holder = heldIn(dir);
-    visit(dir, building(dir) ? 'being built' : (keepImages.get(dir) ?? (holder ? `a disk chain rests on it (${holder})` : undefined)));
+    visit(
+      dir,
+      building(dir)
+        ? 'being built'
+        : (keepImages.get(dir) ?? (holder ? `a disk chain rests on it (${holder})` : templateBuilding ? 'a template build is in progress' : undefined)),
+    );
   }
   return report;
 }
