@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { NsError, wrapError } from './errors.js';
 import { run } from './exec.js';
 import path from 'node:path';
-import { cloneRegularFile, fsyncDir, fsyncFile } from './storage.js';
+import { cloneRegularFile, fsyncDir, fsyncFile, fsyncFileAsync } from './storage.js';
 import type { Vm } from './vm.js';
 
 export interface CaptureTargets {
@@ -24,6 +24,8 @@ export interface CaptureResult {
   pauseMs: number;
   /** The whole capture, pre-flush included. */
   totalMs: number;
+  /** Milliseconds per step (diagnostic). */
+  phases: Record<string, number>;
 }
 
 /** Runs `fn`; if it throws, also records the failure (the VM may be gone: fail with its exit reason). */
@@ -76,24 +78,38 @@ export async function captureSnapshot(
   let switched = false;
   let recorded = false;
   let pauseStart = 0;
+  const phases: Record<string, number> = {};
+  let mark = Date.now();
+  const lap = (name: string) => {
+    const now = Date.now();
+    phases[name] = now - mark;
+    mark = now;
+  };
   try {
-    await step(vm, 'flushing guest RAM before the pause', async () => fsyncFile(vm.spec.ramFile));
-    await step(vm, 'creating the next overlay', async () => {
-      // made in a directory of root's, owned through its descriptor, then moved into the sandbox's
-      // directory: nothing the sandbox's uid planted there is followed
-      const staged = path.join(path.dirname(to.mem), 'next.qcow2');
-      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', to.disk, staged, String(opts.virtualSizeBytes)], {
-        errorCode: 'snapshot_failed',
-      });
-      const fd = fs.openSync(staged, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-      try {
-        if (opts.ownerUid !== undefined) fs.fchownSync(fd, opts.ownerUid, opts.ownerUid);
-        fs.fchmodSync(fd, 0o600);
-      } finally {
-        fs.closeSync(fd);
-      }
-      fs.renameSync(staged, to.nextOverlay);
-    });
+    // both while the guest runs, side by side: the RAM file's dirty pages written back (so that
+    // the reflink in the pause has little left to write) and the next overlay created; both settle
+    // before a failure is reported (the clean-up must not race the other)
+    const prepared = await Promise.allSettled([
+      step(vm, 'flushing guest RAM before the pause', () => fsyncFileAsync(vm.spec.ramFile)),
+      step(vm, 'creating the next overlay', async () => {
+        // made in a directory of root's, owned through its descriptor, then moved into the sandbox's
+        // directory: nothing the sandbox's uid planted there is followed
+        const staged = path.join(path.dirname(to.mem), 'next.qcow2');
+        await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', to.disk, staged, String(opts.virtualSizeBytes)], {
+          errorCode: 'snapshot_failed',
+        });
+        const fd = fs.openSync(staged, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+        try {
+          if (opts.ownerUid !== undefined) fs.fchownSync(fd, opts.ownerUid, opts.ownerUid);
+          fs.fchmodSync(fd, 0o600);
+        } finally {
+          fs.closeSync(fd);
+        }
+        fs.renameSync(staged, to.nextOverlay);
+      }),
+    ]);
+    for (const r of prepared) if (r.status === 'rejected') throw r.reason;
+    lap('flushAndOverlayMs');
     pauseStart = Date.now();
     await step(vm, 'pausing the VM', () => vm.qmp.execute('stop'));
     stopped = true;
@@ -102,8 +118,10 @@ export async function captureSnapshot(
       await vm.saveState(to.state);
       fs.chmodSync(to.state, 0o444);
     });
+    lap('stopAndStateMs');
     await step(vm, 'copying guest RAM', async () => cloneRegularFile(vm.spec.ramFile, to.mem, 0o444));
     await step(vm, 'copying the disk layer', async () => cloneRegularFile(vm.spec.disk, to.disk, 0o444));
+    lap('cloneMs');
     const node = `disk${Date.now().toString(36)}`;
     opts.beforeSwitch?.();
     recorded = true;
@@ -127,12 +145,14 @@ export async function captureSnapshot(
         fsyncDir(path.dirname(to.mem));
       });
     }
+    lap('switchMs');
     if (opts.resume) {
       await step(vm, 'resuming the VM', () => vm.qmp.execute('cont'));
       stopped = false;
     }
+    lap('contMs');
     const pauseMs = Date.now() - pauseStart;
-    return { pauseMs, totalMs: Date.now() - t0 };
+    return { pauseMs, totalMs: Date.now() - t0, phases };
   } catch (err) {
     if (stopped && opts.resume && !vm.gone) await vm.qmp.execute('cont').catch(() => {});
     if (!switched) {

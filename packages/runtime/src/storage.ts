@@ -73,6 +73,26 @@ export function fsyncFile(file: string): void {
   withRegularFile(file, (fd) => fs.fsyncSync(fd));
 }
 
+/**
+ * `fsyncFile` off the event loop (libuv's thread pool): for long flushes on the request path, which
+ * must neither block the server nor keep work that could overlap from starting.
+ */
+export async function fsyncFileAsync(file: string): Promise<void> {
+  let fh: fs.promises.FileHandle;
+  try {
+    fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new NsError('internal', `${file} is a symbolic link: refused`);
+    throw err;
+  }
+  try {
+    if (!(await fh.stat()).isFile()) throw new NsError('internal', `${file} is not a regular file: refused`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Makes a directory's entries (new or renamed files) durable. */
 export function fsyncDir(dir: string): void {
   const fd = fs.openSync(dir, 'r');

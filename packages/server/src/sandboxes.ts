@@ -818,6 +818,8 @@ export class SandboxManager {
     const switchRecorded = () => {
       this.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
     };
+    const phases: Record<string, number> = {};
+    const freezeStart = Date.now();
     const agent = await this.liveAgent(rec).catch((err: unknown) => {
       this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'capture without freezing user processes: the agent is unavailable');
       return undefined;
@@ -832,6 +834,7 @@ export class SandboxManager {
         this.log.warn({ sandboxId: id, err: errorMessage(err) }, 'capture without freezing user processes');
       }
     }
+    phases.freezeMs = Date.now() - freezeStart;
     const thaw = async () => {
       if (frozen && !vm.gone) {
         frozen = false;
@@ -886,8 +889,10 @@ export class SandboxManager {
       );
       switchRecorded();
       if (keepRunning) {
+        const thawStart = Date.now();
         await remount();
         await thaw();
+        phases.thawMs = Date.now() - thawStart;
       }
       fs.renameSync(path.join(staging, 'mem'), finalPath.mem);
       fs.renameSync(path.join(staging, 'state'), finalPath.state);
@@ -923,7 +928,7 @@ export class SandboxManager {
         this.snapshots.insert(snap);
       });
       ok = true;
-      this.log.info({ sandboxId: id, snapshotId: snapId, kind, pauseMs: res.pauseMs, ms: res.totalMs }, 'snapshot created');
+      this.log.info({ sandboxId: id, snapshotId: snapId, kind, pauseMs: res.pauseMs, ms: res.totalMs, ...res.phases, ...phases }, 'snapshot created');
       return snap;
     } catch (err) {
       // the VM may have moved to its next overlay before the failure: keep the record true
