@@ -787,7 +787,9 @@ export class SandboxManager {
       const snap = await this.layersLock.read(() => this.capture(rec, live.vm, opts.kind, opts.metadata, true));
       // the source's chain is compacted in the background, next under its lock: a long stream holds
       // up neither this call (nor a fork's child) nor, outside the layer lock, the collector
-      void this.locks.run(id, () => this.compactChain(id, live.vm));
+      void this.locks
+        .run(id, () => this.compactChain(id, live.vm))
+        .catch((err: unknown) => this.log.error({ sandboxId: id, err: errorMessage(err) }, 'compacting the disk chain failed'));
       // a new reusable snapshot is likely to be started from soon: one sandbox of it is prepared now
       if (snap.kind === 'reusable' && !snap.volumes.length) {
         this.touchSnapshot(snap.id);
