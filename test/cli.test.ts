@@ -63,7 +63,7 @@ describe('nullspace CLI', () => {
 });
 
 describe('nullspace cache prune', () => {
-  it('removes template and image builds nothing can use, and keeps current ones, those being built and those a snapshot rests on', async () => {
+  it('removes builds nothing can use; keeps current ones and those a snapshot or a running sandbox rests on; refuses during a build or without a data dir', async () => {
     const realCache = loadConfig({ ...process.env, NULLSPACE_API_KEY: 'x'.repeat(20) }).cacheDir;
     const current = findTemplate(realCache, 'base')!;
     // a cache of its own: copies (reflinks) of the current base template and its image
@@ -71,83 +71,114 @@ describe('nullspace cache prune', () => {
     const dataDir = tempDataDir();
     cleanupDataDir(cache);
     cleanupDataDir(dataDir);
-    const image = path.join(cache, 'images', path.basename(current.image.dir));
-    const copyTemplate = (key: string, pointer: boolean) => {
-      const dir = path.join(cache, 'templates', `base-${key}`);
-      execFileSync('cp', ['-a', '--reflink=always', current.dir, dir]);
-      const manifest = fs.readFileSync(path.join(dir, 'template.json'), 'utf8').split(realCache).join(cache).split(current.dir.replace(realCache, cache)).join(dir);
-      fs.chmodSync(path.join(dir, 'template.json'), 0o644);
-      fs.writeFileSync(path.join(dir, 'template.json'), manifest);
-      fs.chmodSync(path.join(dir, 'disk.qcow2'), 0o644);
-      execFileSync('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', path.join(image, 'rootfs.qcow2'), '-F', 'qcow2', path.join(dir, 'disk.qcow2')]);
-      if (pointer) fs.writeFileSync(path.join(cache, 'templates', 'base.json'), JSON.stringify({ dir }));
+    const templates = path.join(cache, 'templates');
+    const images = path.join(cache, 'images');
+    fs.mkdirSync(templates, { recursive: true });
+    fs.mkdirSync(images, { recursive: true });
+    fs.copyFileSync(path.join(realCache, 'accel-probe.json'), path.join(cache, 'accel-probe.json'));
+    const rewrite = (file: string, pairs: Array<[string, string]>) => {
+      let text = fs.readFileSync(file, 'utf8');
+      for (const [from, to] of pairs) text = text.split(from).join(to);
+      fs.chmodSync(file, 0o644);
+      fs.writeFileSync(file, text);
+    };
+    const copyImage = (name: string) => {
+      const dir = path.join(images, name);
+      execFileSync('cp', ['-a', '--reflink=always', current.image.dir, dir]);
+      rewrite(path.join(dir, 'image.json'), [[current.image.dir, dir]]);
       return dir;
     };
-    fs.mkdirSync(path.join(cache, 'templates'), { recursive: true });
-    fs.mkdirSync(path.join(cache, 'images'), { recursive: true });
-    execFileSync('cp', ['-a', '--reflink=always', current.image.dir, image]);
-    const imageJson = path.join(image, 'image.json');
-    fs.chmodSync(imageJson, 0o644);
-    fs.writeFileSync(imageJson, fs.readFileSync(imageJson, 'utf8').split(realCache).join(cache));
-    fs.copyFileSync(path.join(realCache, 'accel-probe.json'), path.join(cache, 'accel-probe.json'));
-    const t1 = copyTemplate('1111111111111111', true);
-    // stale builds: an older template, an unused image, an interrupted build; and one being built
-    const stale = copyTemplate('0000000000000000', false);
-    const staleImage = path.join(cache, 'images', 'base-0000000000000000-4096m');
-    execFileSync('cp', ['-a', '--reflink=always', image, staleImage]);
-    const interrupted = path.join(cache, 'templates', 'base-2222222222222222');
-    fs.mkdirSync(interrupted);
-    fs.writeFileSync(path.join(interrupted, 'mem'), 'partial');
-    const building = path.join(cache, 'templates', 'base-3333333333333333');
-    fs.mkdirSync(building);
-    fs.mkdirSync(`${building}.lock`);
-    fs.writeFileSync(path.join(`${building}.lock`, 'pid'), String(process.pid));
+    const copyTemplate = (key: string, image: string, pointer: boolean) => {
+      const dir = path.join(templates, `base-${key}`);
+      execFileSync('cp', ['-a', '--reflink=always', current.dir, dir]);
+      rewrite(path.join(dir, 'template.json'), [
+        [current.image.dir, image],
+        [current.dir, dir],
+      ]);
+      fs.chmodSync(path.join(dir, 'disk.qcow2'), 0o644);
+      execFileSync('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', path.join(image, 'rootfs.qcow2'), '-F', 'qcow2', path.join(dir, 'disk.qcow2')]);
+      if (pointer) fs.writeFileSync(path.join(templates, 'base.json'), JSON.stringify({ dir }));
+      return dir;
+    };
+    const i1 = copyImage('base-1111111111111111-4096m');
+    const t1 = copyTemplate('1111111111111111', i1, true);
+    // stale: an older template and image, the staging dir of an interrupted build and its dead lock, a half-made dir
+    const t0 = copyTemplate('0000000000000000', i1, false);
+    const i0 = copyImage('base-0000000000000000-4096m');
+    const staging = path.join(templates, 'base-2222222222222222.tmp');
+    fs.mkdirSync(staging);
+    fs.writeFileSync(path.join(staging, 'mem'), 'partial');
+    const deadLock = path.join(templates, 'base-2222222222222222.lock');
+    fs.mkdirSync(deadLock);
+    fs.writeFileSync(path.join(deadLock, 'pid'), '999999999');
+    const halfMade = path.join(templates, 'base-5555555555555555');
+    fs.mkdirSync(halfMade);
 
     const server = await ownServer(dataDir, { NULLSPACE_CACHE_DIR: cache, NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
     const c = { apiUrl: server.url, apiKey: server.key };
+    // on t1: a sandbox that keeps running (its overlay rests on t1's disk) and a snapshot of another
+    const running = await Sandbox.create(c);
     const src = await Sandbox.create(c);
     await src.files.write('/workspace/kept.txt', 'from t1\n');
     const snap = await src.createSnapshot();
     await src.kill();
-    // an upgrade: base is rebuilt (same image here); the snapshot still rests on t1
-    const t2 = copyTemplate('4444444444444444', true);
+    // an upgrade: base is rebuilt on a new image
+    const i2 = copyImage('base-4444444444444444-4096m');
+    const t2 = copyTemplate('4444444444444444', i2, true);
 
-    const prune = (...extra: string[]) => {
-      const r = spawnSync(process.execPath, [CLI, 'cache', 'prune', '--data-dir', dataDir, '--json', ...extra], {
+    const prune = (...extra: string[]) =>
+      spawnSync(process.execPath, [CLI, 'cache', 'prune', '--json', ...extra], {
         env: { ...process.env, NULLSPACE_CACHE_DIR: cache },
         encoding: 'utf8',
         timeout: 120_000,
       });
+    const pruned = (...extra: string[]) => {
+      const r = prune('--data-dir', dataDir, ...extra);
       expect(r.status, r.stderr).toBe(0);
-      return JSON.parse(r.stdout) as { removed: Array<{ dir: string }>; kept: Array<{ dir: string; why: string }>; dryRun: boolean };
+      return JSON.parse(r.stdout) as { removed: Array<{ dir: string }>; kept: Array<{ dir: string; why: string }> };
     };
-    const dry = prune('--dry-run');
-    expect(dry.removed.map((e) => e.dir).sort()).toEqual([stale, interrupted].sort());
-    const why = Object.fromEntries(dry.kept.map((e) => [e.dir, e.why]));
-    expect(why[t1]).toMatch(/disk chain rests on it \(layer lyr_/);
-    expect(why[t2]).toBe('current build of template base');
-    expect(why[building]).toBe('being built');
-    expect(why[image]).toMatch(/used by template directory/);
-    // the build in progress may be booting from any image nothing names yet
-    expect(why[staleImage]).toBe('a template build is in progress');
-    for (const d of [stale, interrupted, staleImage]) expect(fs.existsSync(d)).toBe(true);
+    // fails closed: no data dir, or a build in progress, and nothing is removed
+    const noData = prune('--data-dir', `${dataDir}-missing`);
+    expect(noData.status).toBe(1);
+    expect(noData.stderr).toMatch(/not a nullspace data dir/);
+    const building = path.join(images, 'base-3333333333333333-4096m.lock');
+    fs.mkdirSync(building);
+    fs.writeFileSync(path.join(building, 'pid'), String(process.pid));
+    const busy = prune('--data-dir', dataDir);
+    expect(busy.status).toBe(1);
+    expect(busy.stderr).toMatch(/\[busy\].*build is in progress/);
+    fs.rmSync(building, { recursive: true });
+    for (const d of [t0, i0, staging, halfMade]) expect(fs.existsSync(d)).toBe(true);
 
-    // that build is interrupted (its lock's process is gone): it goes too, and the unused image
-    fs.writeFileSync(path.join(`${building}.lock`, 'pid'), '999999999');
-    expect(prune().removed.map((e) => e.dir).sort()).toEqual([stale, interrupted, building, staleImage].sort());
-    for (const d of [stale, interrupted, staleImage, building, `${building}.lock`]) expect(fs.existsSync(d)).toBe(false);
-    // what stayed works: a restore from the snapshot (on t1) and a create from the current template (t2)
+    const dry = pruned('--dry-run');
+    expect(dry.removed.map((e) => e.dir).sort()).toEqual([t0, i0, staging, halfMade].sort());
+    const why = Object.fromEntries(dry.kept.map((e) => [e.dir, e.why]));
+    expect(why[t1]).toMatch(/disk chain rests on it \((layer lyr_|sandbox sbx_)/);
+    expect(why[i1]).toBe('used by template directory base-1111111111111111');
+    expect(why[t2]).toBe('current build of template base');
+    expect(why[i2]).toBe('used by template directory base-4444444444444444');
+    for (const d of [t0, i0, staging, halfMade]) expect(fs.existsSync(d)).toBe(true);
+
+    expect(pruned().removed).toHaveLength(4);
+    for (const d of [t0, i0, staging, halfMade, deadLock]) expect(fs.existsSync(d)).toBe(false);
+    // what stayed works: a restore from the snapshot (t1 on i1) and a create from the current build
     const child = await Sandbox.create({ ...c, snapshotId: snap.id });
     expect(await child.files.read('/workspace/kept.txt')).toBe('from t1\n');
     await child.kill();
-    // once nothing rests on t1 any more, it goes too; the image stays (t2 uses it)
+    // without the snapshot, the running sandbox alone keeps t1 (and so i1)
     await snap.delete();
-    const gc = await fetch(`${server.url}/v1/gc`, { method: 'POST', headers: { authorization: `Bearer ${server.key}` } });
-    expect(gc.status).toBe(200);
-    expect(prune().removed.map((e) => e.dir)).toEqual([t1]);
+    const gc = async () => expect((await fetch(`${server.url}/v1/gc`, { method: 'POST', headers: { authorization: `Bearer ${server.key}` } })).status).toBe(200);
+    await gc();
+    const afterDelete = pruned();
+    expect(afterDelete.removed).toEqual([]);
+    expect(Object.fromEntries(afterDelete.kept.map((e) => [e.dir, e.why]))[t1]).toBe(`a disk chain rests on it (sandbox ${running.sandboxId} in ${dataDir})`);
+    // once nothing rests on them, the old template and its image go
+    await running.kill();
+    await gc();
+    expect(pruned().removed.map((e) => e.dir).sort()).toEqual([t1, i1].sort());
     const fresh = await Sandbox.create(c);
     expect((await fresh.commands.run('cat /etc/hostname')).stdout.trim()).toBe(fresh.sandboxId);
     await fresh.kill();
-    expect(fs.existsSync(image)).toBe(true);
+    expect(fs.existsSync(t2) && fs.existsSync(i2)).toBe(true);
   });
 });

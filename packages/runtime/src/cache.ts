@@ -1,16 +1,25 @@
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pidAlive } from './fsutil.js';
+import { NsError } from './errors.js';
+import { acquireDirLock, pidAlive } from './fsutil.js';
 import { allocatedBytes, backingChain } from './storage.js';
 import type { TemplateInfo } from './template.js';
 
 /**
  * Pruning the build cache: every rebuild of a template (a new agent, kernel or recipe) leaves the
  * previous template and image directories behind (~0.4 GiB each). A directory can go when nothing
- * can use it any more: it is not the current build of a template, it is not being built, and no
- * disk chain of the given data dirs (snapshot layers, sandbox overlays, prepared VMs) rests on a
- * file in it. Snapshot and hibernation restores only need their chain (which goes down to the image's
- * root disk) and the image's kernel and initrd, which live next to that root disk.
+ * can use it any more: it is not the current build of a template, and no disk chain of the given
+ * data dirs (snapshot layers, sandbox overlays, prepared VMs) rests on a file in it. Snapshot and
+ * hibernation restores only need their chain (which goes down to the image's root disk) and the
+ * image's kernel and initrd, which live next to that root disk.
+ *
+ * Builds and prunes exclude each other: a prune holds `<cache>/prune.lock` and refuses to start while
+ * a build holds its lock; a build takes its own lock first, then waits for any prune to finish
+ * (`waitForPrune`), so that neither can start unseen by the other.
+ *
+ * It fails closed: a data dir that is not one, or a chain it cannot read, stops it before anything
+ * is removed.
  */
 
 export interface PruneEntry {
@@ -27,31 +36,54 @@ export interface PruneReport {
   dryRun: boolean;
 }
 
+const PRUNE_LOCK = 'prune.lock';
+
+/** Called by builds right after they took their own lock: waits while a prune runs. */
+export async function waitForPrune(cacheDir: string, onWait?: () => void): Promise<void> {
+  const lock = path.join(cacheDir, PRUNE_LOCK);
+  const deadline = Date.now() + 30 * 60_000;
+  let waited = false;
+  while (lockHeld(lock)) {
+    if (Date.now() > deadline) throw new NsError('busy', `${lock} held for more than 30 minutes`);
+    if (!waited) {
+      waited = true;
+      onWait?.();
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 /** Files under `cacheDir` that a disk chain of one of `dataDirs` rests on, with one holder each. */
 export async function cacheFilesInUse(cacheDir: string, dataDirs: string[]): Promise<Map<string, string>> {
-  const inCache = path.resolve(cacheDir) + '/';
+  const inCache = fs.realpathSync(cacheDir) + '/';
   const held = new Map<string, string>();
-  const seen = new Set<string>();
+  const hold = (file: string, holder: string) => {
+    const f = realpathOr(file);
+    if (f.startsWith(inCache) && !held.has(f)) held.set(f, holder);
+  };
   for (const dataDir of dataDirs) {
-    const tops: Array<{ file: string; holder: string }> = [];
+    if (!fs.existsSync(path.join(dataDir, 'nullspace.db'))) {
+      throw new NsError('bad_request', `${dataDir} is not a nullspace data dir (no nullspace.db): nothing removed`);
+    }
+    // layers are the server's own files: their chains are followed whole
     const layers = path.join(dataDir, 'layers');
-    for (const f of listDir(layers)) if (f.endsWith('.qcow2')) tops.push({ file: path.join(layers, f), holder: `layer ${f.slice(0, -6)}` });
+    for (const f of listDir(layers).filter((f) => f.endsWith('.qcow2'))) {
+      const file = path.join(layers, f);
+      const chain = await backingChain(file).catch((err: unknown) => {
+        if (!fs.existsSync(file)) return []; // collected meanwhile
+        throw new NsError('disk_failed', `reading the backing chain of ${file}: ${(err as Error).message}: nothing removed`);
+      });
+      for (const c of chain) hold(c.filename, `layer ${f.slice(0, -'.qcow2'.length)} in ${dataDir}`);
+    }
+    // a sandbox's overlay sits in a directory its QEMU's uid owns: only its header is read, through a
+    // descriptor of a regular file (never a link or a FIFO planted there), without opening what it
+    // names; what it backs onto is a layer (above) or a template disk
     const sandboxes = path.join(dataDir, 'sandboxes');
     for (const id of listDir(sandboxes)) {
-      for (const f of listDir(path.join(sandboxes, id))) if (f.endsWith('.qcow2')) tops.push({ file: path.join(sandboxes, id, f), holder: `sandbox ${id}` });
-    }
-    for (const { file, holder } of tops) {
-      if (seen.has(file)) continue;
-      let chain;
-      try {
-        chain = await backingChain(file);
-      } catch {
-        continue; // removed meanwhile, or a chain already broken: nothing to keep for it
-      }
-      for (const c of chain) {
-        seen.add(c.filename);
-        const f = path.resolve(c.filename);
-        if (f.startsWith(inCache) && !held.has(f)) held.set(f, `${holder} in ${dataDir}`);
+      if (!fs.lstatSync(path.join(sandboxes, id)).isDirectory()) continue;
+      for (const f of listDir(path.join(sandboxes, id)).filter((f) => f.endsWith('.qcow2'))) {
+        const backing = await overlayBacking(path.join(sandboxes, id, f));
+        if (backing) hold(backing, `sandbox ${id} in ${dataDir}`);
       }
     }
   }
@@ -60,68 +92,113 @@ export async function cacheFilesInUse(cacheDir: string, dataDirs: string[]): Pro
 
 /**
  * Removes (or with `dryRun` only lists) the template and image directories of `cacheDir` that
- * nothing can use any more (see above). Directories being built (their lock is held by a live
- * process) are kept; those of an interrupted build go.
+ * nothing can use any more (see above); leftovers of interrupted builds (`.tmp` staging directories,
+ * locks of dead processes) go too.
  */
 export async function pruneCache(cacheDir: string, dataDirs: string[], opts: { dryRun: boolean }): Promise<PruneReport> {
-  const report: PruneReport = { removed: [], kept: [], freedBytes: 0, dryRun: opts.dryRun };
-  const held = await cacheFilesInUse(cacheDir, dataDirs);
-  const heldIn = (dir: string) => [...held].find(([f]) => f.startsWith(dir + '/'))?.[1];
-  const templatesDir = path.join(cacheDir, 'templates');
-  // what each registry file names is current, even if its build turned out broken
-  const current = new Map<string, string>();
-  for (const f of listDir(templatesDir).filter((f) => f.endsWith('.json'))) {
-    const dir = readManifest<{ dir: string }>(path.join(templatesDir, f))?.dir;
-    if (typeof dir === 'string') current.set(path.resolve(dir), f.slice(0, -5));
+  let release: () => void;
+  try {
+    release = await acquireDirLock(path.join(cacheDir, PRUNE_LOCK), 2000);
+  } catch (err) {
+    throw new NsError('busy', `another cache prune is running (${(err as Error).message})`);
   }
-  const keepImages = new Map<string, string>();
-  // a template build in progress boots from an image that nothing else names yet
-  const templateBuilding = listDir(templatesDir).some((f) => f.endsWith('.lock') && building(path.join(templatesDir, f.slice(0, -5))));
-  const visit = (dir: string, keep: string | undefined) => {
-    const entry = { dir, bytes: dirBytes(dir) };
-    if (keep) return void report.kept.push({ ...entry, why: keep });
-    report.removed.push(entry);
-    report.freedBytes += entry.bytes;
-    if (!opts.dryRun) {
-      fs.rmSync(dir, { recursive: true, force: true });
-      fs.rmSync(`${dir}.lock`, { recursive: true, force: true }); // a stale one (its holder is gone)
+  try {
+    const templatesDir = path.join(cacheDir, 'templates');
+    const imagesDir = path.join(cacheDir, 'images');
+    const live = [templatesDir, imagesDir].flatMap((d) => listDir(d).filter((f) => f.endsWith('.lock') && lockHeld(path.join(d, f))).map((f) => path.join(d, f)));
+    if (live.length) throw new NsError('busy', `a build is in progress (${live.join(', ')}): prune when it has finished`);
+    const report: PruneReport = { removed: [], kept: [], freedBytes: 0, dryRun: opts.dryRun };
+    const held = await cacheFilesInUse(cacheDir, dataDirs);
+    const heldIn = (dir: string) => [...held].find(([f]) => f.startsWith(dir + '/'))?.[1];
+    // what each registry file names is current, even if its build turned out broken
+    const current = new Map<string, string>();
+    for (const f of listDir(templatesDir).filter((f) => f.endsWith('.json'))) {
+      const dir = readJson<{ dir: string }>(path.join(templatesDir, f))?.dir;
+      if (typeof dir === 'string') current.set(realpathOr(dir), f.slice(0, -'.json'.length));
     }
-  };
-  for (const dir of subdirs(templatesDir)) {
-    const manifest = readManifest<TemplateInfo>(path.join(dir, 'template.json'));
-    const cur = current.get(dir);
-    const holder = heldIn(dir);
-    const keep = building(dir)
-      ? 'being built'
-      : cur
-        ? `current build of template ${cur}`
-        : holder
-          ? `a disk chain rests on it (${holder})`
-          : undefined;
-    if (keep && manifest?.image?.dir) keepImages.set(path.resolve(manifest.image.dir), `used by template directory ${path.basename(dir)}`);
-    visit(dir, keep);
+    const keepImages = new Map<string, string>();
+    const visit = (dir: string, keep: string | undefined) => {
+      const entry = { dir, bytes: dirBytes(dir) };
+      if (keep) return void report.kept.push({ ...entry, why: keep });
+      report.removed.push(entry);
+      report.freedBytes += entry.bytes;
+      if (!opts.dryRun) fs.rmSync(dir, { recursive: true, force: true });
+    };
+    for (const dir of subdirs(templatesDir)) {
+      const real = realpathOr(dir);
+      const name = current.get(real);
+      const holder = heldIn(real);
+      const keep = name ? `current build of template ${name}` : holder ? `a disk chain rests on it (${holder})` : undefined;
+      const image = readJson<TemplateInfo>(path.join(dir, 'template.json'))?.image?.dir;
+      if (keep && image) keepImages.set(realpathOr(image), `used by template directory ${path.basename(dir)}`);
+      visit(dir, keep);
+    }
+    for (const dir of subdirs(imagesDir)) {
+      const real = realpathOr(dir);
+      const holder = heldIn(real);
+      visit(dir, keepImages.get(real) ?? (holder ? `a disk chain rests on it (${holder})` : undefined));
+    }
+    // locks their builders left behind (none is held: checked above, and new builds wait for us)
+    if (!opts.dryRun) for (const d of [templatesDir, imagesDir]) for (const f of listDir(d).filter((f) => f.endsWith('.lock'))) fs.rmSync(path.join(d, f), { recursive: true, force: true });
+    return report;
+  } finally {
+    release();
   }
-  for (const dir of subdirs(path.join(cacheDir, 'images'))) {
-    const holder = heldIn(dir);
-    visit(
-      dir,
-      building(dir)
-        ? 'being built'
-        : (keepImages.get(dir) ?? (holder ? `a disk chain rests on it (${holder})` : templateBuilding ? 'a template build is in progress' : undefined)),
-    );
+}
+
+/** The backing file named in a (possibly untrusted) qcow2 header, or undefined. */
+async function overlayBacking(file: string): Promise<string | undefined> {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined; // removed meanwhile
+    if (code === 'ELOOP') throw new NsError('internal', `${file} is a symbolic link: nothing removed`);
+    throw err;
   }
-  return report;
+  try {
+    if (!fs.fstatSync(fd).isFile()) throw new NsError('internal', `${file} is not a regular file: nothing removed`);
+    // qemu-img info opens no backing file without --backing-chain
+    const out = await new Promise<string>((resolve, reject) => {
+      const child = spawn('qemu-img', ['info', '-U', '--output=json', '/dev/fd/3'], { stdio: ['ignore', 'pipe', 'pipe', fd] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+      child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+      child.once('error', reject);
+      child.once('exit', (code) => (code === 0 ? resolve(stdout) : reject(new Error(stderr.trim() || `qemu-img exited with ${code}`))));
+    }).catch((err: unknown) => {
+      throw new NsError('disk_failed', `reading the header of ${file}: ${(err as Error).message}: nothing removed`);
+    });
+    const info = JSON.parse(out) as { 'backing-filename'?: string };
+    return info['backing-filename'];
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** A lock directory of acquireDirLock whose holder is alive (or that is being taken this instant). */
+function lockHeld(lock: string): boolean {
+  let pid: string;
+  try {
+    pid = fs.readFileSync(path.join(lock, 'pid'), 'utf8');
+  } catch {
+    return fs.existsSync(lock) && Date.now() - fs.statSync(lock).mtimeMs < 10_000;
+  }
+  return pidAlive(Number(pid));
 }
 
 function listDir(dir: string): string[] {
   try {
     return fs.readdirSync(dir);
-  } catch {
-    return [];
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw new NsError('internal', `listing ${dir}: ${(err as Error).message}: nothing removed`);
   }
 }
 
-/** Build directories (not their `.lock` siblings), as absolute paths. */
+/** Build directories and the staging (`.tmp`) directories of interrupted builds, as absolute paths. */
 function subdirs(dir: string): string[] {
   return listDir(dir)
     .filter((f) => !f.endsWith('.lock'))
@@ -135,17 +212,15 @@ function subdirs(dir: string): string[] {
     });
 }
 
-/** A build of `dir` holds its lock (acquireDirLock) and is alive. */
-function building(dir: string): boolean {
+function realpathOr(file: string): string {
   try {
-    return pidAlive(Number(fs.readFileSync(path.join(`${dir}.lock`, 'pid'), 'utf8')));
+    return fs.realpathSync(file);
   } catch {
-    // no lock, or one being created this instant: a lock dir without a pid yet counts as held
-    return fs.existsSync(`${dir}.lock`) && !fs.existsSync(path.join(`${dir}.lock`, 'pid'));
+    return path.resolve(file);
   }
 }
 
-function readManifest<T>(file: string): Partial<T> | undefined {
+function readJson<T>(file: string): Partial<T> | undefined {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<T>;
   } catch {

@@ -9,6 +9,7 @@ import type { ImageInfo } from './image/build.js';
 import type { Progress } from './progress.js';
 import { DEVICE_SET } from './qemu.js';
 import { createOverlay, fsyncFile } from './storage.js';
+import { waitForPrune } from './cache.js';
 import { Vm } from './vm.js';
 
 /**
@@ -131,6 +132,11 @@ export async function buildTemplate(opts: TemplateBuildOptions): Promise<Templat
   fs.mkdirSync(path.dirname(dir), { recursive: true });
   const release = await acquireDirLock(`${dir}.lock`, 30 * 60_000, () => progress.info('waiting for another build of this template'));
   try {
+    await waitForPrune(opts.cacheDir, () => progress.info('waiting for a cache prune to finish'));
+    // found in the cache before the lock: a prune may have removed it since
+    if (!fs.existsSync(image.rootDisk) || !fs.existsSync(image.kernel)) {
+      throw new NsError('template_boot_failed', `image ${image.dir} was removed (a cache prune?) while this build started: run the build again`);
+    }
     if (opts.force) fs.rmSync(dir, { recursive: true, force: true });
     if (fs.existsSync(manifest)) {
       progress.info(`template snapshot ${path.basename(dir)} is cached`);

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { NsError } from '../errors.js';
 import { run } from '../exec.js';
+import { waitForPrune } from '../cache.js';
 import { acquireDirLock, readJson, writeFileAtomic } from '../fsutil.js';
 import { listTree } from '../hash.js';
 import type { Progress } from '../progress.js';
@@ -54,6 +55,7 @@ export async function buildImage(opts: ImageBuildOptions): Promise<ImageInfo> {
   fs.mkdirSync(path.dirname(imageDir), { recursive: true });
   const release = await acquireDirLock(`${imageDir}.lock`, 30 * 60_000, () => progress.info('waiting for another build of this image'));
   try {
+    await waitForPrune(opts.cacheDir, () => progress.info('waiting for a cache prune to finish'));
     if (fs.existsSync(manifest)) return readJson<ImageInfo>(manifest);
     const staging = `${imageDir}.tmp`;
     fs.rmSync(staging, { recursive: true, force: true });
