@@ -43,6 +43,7 @@ export class HostContext {
       log.info({ accel: 'kvm', reason: accel.reason }, `accelerator: KVM (${accel.reason})`);
     }
     const profile = await hostProfile({ accel: accel.accel, cpuModel: config.cpuModel, tcgBufferMiB: config.tcgBufferMiB || undefined });
+    if (config.tcgBufferMiB && accel.accel === 'kvm') log.warn({ tcgBufferMiB: config.tcgBufferMiB }, 'NULLSPACE_TCG_BUFFER_MIB is ignored: VMs run under KVM');
     const reflink = canReflink(config.dataDir) && canReflink(config.cacheDir);
     if (!reflink) {
       log.warn(
