@@ -1,9 +1,9 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { NsError } from './errors.js';
+import { NsError, wrapError } from './errors.js';
+import { run } from './exec.js';
 import { acquireDirLock, pidAlive } from './fsutil.js';
-import { allocatedBytes, backingChain } from './storage.js';
+import { allocatedBytes, backingChain, withRegularFileAsync } from './storage.js';
 import type { TemplateInfo } from './template.js';
 
 /**
@@ -148,33 +148,13 @@ export async function pruneCache(cacheDir: string, dataDirs: string[], opts: { d
 
 /** The backing file named in a (possibly untrusted) qcow2 header, or undefined. */
 async function overlayBacking(file: string): Promise<string | undefined> {
-  let fd: number;
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return undefined; // removed meanwhile
-    if (code === 'ELOOP') throw new NsError('internal', `${file} is a symbolic link: nothing removed`);
-    throw err;
-  }
-  try {
-    if (!fs.fstatSync(fd).isFile()) throw new NsError('internal', `${file} is not a regular file: nothing removed`);
     // qemu-img info opens no backing file without --backing-chain
-    const out = await new Promise<string>((resolve, reject) => {
-      const child = spawn('qemu-img', ['info', '-U', '--output=json', '/dev/fd/3'], { stdio: ['ignore', 'pipe', 'pipe', fd] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
-      child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-      child.once('error', reject);
-      child.once('exit', (code) => (code === 0 ? resolve(stdout) : reject(new Error(stderr.trim() || `qemu-img exited with ${code}`))));
-    }).catch((err: unknown) => {
-      throw new NsError('disk_failed', `reading the header of ${file}: ${(err as Error).message}: nothing removed`);
-    });
-    const info = JSON.parse(out) as { 'backing-filename'?: string };
-    return info['backing-filename'];
-  } finally {
-    fs.closeSync(fd);
+    const { stdout } = await withRegularFileAsync(file, (fd) => run('qemu-img', ['info', '-U', '--output=json', '/dev/fd/3'], { fds: [fd], errorCode: 'disk_failed' }));
+    return (JSON.parse(stdout) as { 'backing-filename'?: string })['backing-filename'];
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // removed meanwhile
+    throw wrapError(err, `reading the header of ${file} (nothing removed)`, 'disk_failed');
   }
 }
 

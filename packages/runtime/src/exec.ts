@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { NsError } from './errors.js';
 
 export interface RunOptions {
@@ -12,6 +12,8 @@ export interface RunOptions {
   onOutput?: (chunk: string) => void;
   /** Error code used when the command fails. */
   errorCode?: string;
+  /** Open descriptors handed to the command as its fds 3, 4, ... */
+  fds?: number[];
 }
 
 export interface RunResult {
@@ -22,7 +24,7 @@ export interface RunResult {
 /** Runs a host command without a shell; throws an NsError carrying the tail of its stderr on failure. */
 export function run(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe', ...(opts.fds ?? [])] }) as ChildProcessWithoutNullStreams; // 0-2 are pipes
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let timedOut = false;

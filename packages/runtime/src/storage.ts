@@ -47,6 +47,25 @@ export async function cloneFile(src: string, dst: string, mode = 0o600): Promise
  * swapped for a link or a FIFO is refused, never followed.
  */
 export function withRegularFile<T>(file: string, fn: (fd: number, procPath: string) => T): T {
+  const fd = openRegularFile(file);
+  try {
+    return fn(fd, `/proc/self/fd/${fd}`);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** `withRegularFile` for work that outlives the call (the descriptor stays open until `fn` settles). */
+export async function withRegularFileAsync<T>(file: string, fn: (fd: number) => Promise<T>): Promise<T> {
+  const fd = openRegularFile(file);
+  try {
+    return await fn(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function openRegularFile(file: string): number {
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
@@ -56,10 +75,11 @@ export function withRegularFile<T>(file: string, fn: (fd: number, procPath: stri
   }
   try {
     if (!fs.fstatSync(fd).isFile()) throw new NsError('internal', `${file} is not a regular file: refused`);
-    return fn(fd, `/proc/self/fd/${fd}`);
-  } finally {
+  } catch (err) {
     fs.closeSync(fd);
+    throw err;
   }
+  return fd;
 }
 
 /** Reflink (or copy) a regular file that may sit in a sandbox-owned directory (see withRegularFile). */
@@ -78,19 +98,7 @@ export function fsyncFile(file: string): void {
  * must neither block the server nor keep work that could overlap from starting.
  */
 export async function fsyncFileAsync(file: string): Promise<void> {
-  let fh: fs.promises.FileHandle;
-  try {
-    fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new NsError('internal', `${file} is a symbolic link: refused`);
-    throw err;
-  }
-  try {
-    if (!(await fh.stat()).isFile()) throw new NsError('internal', `${file} is not a regular file: refused`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await withRegularFileAsync(file, (fd) => new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve()))));
 }
 
 /** Makes a directory's entries (new or renamed files) durable. */
