@@ -617,19 +617,22 @@ export class SandboxManager {
   private readonly unwarmable = new Set<string>();
 
   get warmPool(): { size: number; ready: number; preparing: number } {
-    return { size: this.config.warmPoolSize, ready: this.warmCount(null, false), preparing: this.warmCount(null, true) - this.warmCount(null, false) };
+    return { size: this.config.warmPoolSize, ...this.slotCounts((key) => key === null) };
   }
 
   get snapshotPool(): { size: number; ready: number; preparing: number; snapshots: string[] } {
-    const ready = this.warm.filter((s) => s.snapshotId !== null).length;
-    const preparing = [...this.warming.values()].filter((k) => k !== null).length;
-    return { size: this.config.snapshotPoolSize, ready, preparing, snapshots: [...this.hotSnapshots] };
+    return { size: this.config.snapshotPoolSize, ...this.slotCounts((key) => key !== null), snapshots: [...this.hotSnapshots] };
   }
 
-  /** Slots of `key` that are ready (and, with `preparing`, being prepared). */
-  private warmCount(key: string | null, preparing: boolean): number {
-    const ready = this.warm.filter((s) => s.snapshotId === key).length;
-    return preparing ? ready + [...this.warming.values()].filter((k) => k === key).length : ready;
+  /** Slots ready and being prepared, of the keys (snapshot ids; null: the template) that `of` accepts. */
+  private slotCounts(of: (key: string | null) => boolean): { ready: number; preparing: number } {
+    return { ready: this.warm.filter((s) => of(s.snapshotId)).length, preparing: [...this.warming.values()].filter(of).length };
+  }
+
+  /** Slots of `key`, ready or being prepared. */
+  private slotsOf(key: string | null): number {
+    const { ready, preparing } = this.slotCounts((k) => k === key);
+    return ready + preparing;
   }
 
   private refillWarm(): void {
@@ -641,13 +644,13 @@ export class SandboxManager {
       } catch {
         // no usable base template on this host
       }
-      while (template && this.warmCount(null, true) < this.config.warmPoolSize) {
+      while (template && this.slotsOf(null) < this.config.warmPoolSize) {
         const src = this.templateSource(template, {});
         this.startWarm(null, (id, cleanup) => this.prepareWarm(id, src, cleanup));
       }
     }
     for (const snapId of this.hotSnapshots) {
-      if (this.warmCount(snapId, true) === 0) this.startWarm(snapId, (id, cleanup) => this.prepareSnapshotWarm(id, snapId, cleanup));
+      if (this.slotsOf(snapId) === 0) this.startWarm(snapId, (id, cleanup) => this.prepareSnapshotWarm(id, snapId, cleanup));
     }
   }
 
@@ -704,15 +707,7 @@ export class SandboxManager {
     // an agent that predates `thaw: false` would ignore it and run the user's processes now
     const info = await agent.call<{ features?: string[] }>('sys.info');
     if (!info.features?.includes('sys.init.thaw')) throw new NotWarmable(`the agent in snapshot ${snapId} cannot keep user processes frozen`);
-    const r = await agent.call<{ thawed?: boolean; frozen?: boolean }>('sys.init', {
-      timeMs: Date.now(),
-      entropy: randomBytes(64).toString('base64'),
-      hostname: id,
-      machineId: randomBytes(16).toString('hex'),
-      bootId: randomUUID(),
-      envs: {},
-      thaw: false,
-    });
+    const r = await sysInit(agent, { hostname: id, machineId: randomBytes(16).toString('hex'), bootId: randomUUID(), envs: {} }, { thaw: false });
     // a capture whose freeze failed holds running processes: they would run in the slot now
     if (r.thawed !== false || r.frozen !== true) throw new NotWarmable(`snapshot ${snapId} was captured with its user processes running`);
     return { id, snapshotId: snapId, memFile: src.memFile, diskBacking: src.diskBacking, vm, spec, cleanup };
@@ -1436,12 +1431,17 @@ export class SandboxManager {
   }
 }
 
-/** sys.init: the host's clock and fresh host entropy, with the given identity and default environment. */
+/**
+ * sys.init: the host's clock and fresh host entropy, with the given identity and default environment;
+ * then the user processes run, unless `thaw: false` (the answer says whether they were thawed and
+ * whether they are frozen).
+ */
 function sysInit(
   agent: AgentClient,
   identity: { hostname: string; machineId: string; bootId: string; envs: Record<string, string> },
-): Promise<{ timingsUs?: Record<string, number> }> {
-  return agent.call('sys.init', { timeMs: Date.now(), entropy: randomBytes(64).toString('base64'), ...identity });
+  opts: { thaw?: false } = {},
+): Promise<{ timingsUs?: Record<string, number>; thawed?: boolean; frozen?: boolean }> {
+  return agent.call('sys.init', { timeMs: Date.now(), entropy: randomBytes(64).toString('base64'), ...identity, ...opts });
 }
 
 function sameVolumes(requested: Record<string, string>, attached: VolumeAttachment[]): boolean {
