@@ -13,7 +13,7 @@ import {
 } from 'nullspace';
 import { conn, killAll, sandbox } from './helpers.js';
 import { leftoverQemu } from './env.js';
-import { cleanupDataDir, ownServer, tempDataDir, waitFor } from './servers.js';
+import { cleanupDataDir, ownServer, pools, tempDataDir, waitFor } from './servers.js';
 
 describe('TypeScript SDK against real sandboxes', () => {
   let sbx: Sandbox;
@@ -201,7 +201,7 @@ describe('warm pool', () => {
     cleanupDataDir(dataDir);
     const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '2' });
     const c = { apiUrl: server.url, apiKey: server.key };
-    const health = async () => (await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as { warmPool: { size: number; ready: number } };
+    const health = () => pools(server);
     await waitFor('a full warm pool', async () => ((await health()).warmPool.ready === 2 ? true : undefined), 60_000);
     // the prepared VMs are running already; each create takes one of them (its QEMU process)
     const prepared = new Set(leftoverQemu(dataDir));

@@ -46,6 +46,15 @@ export async function ownServer(dataDir: string, env: Record<string, string> = {
   return Object.assign(server, { key });
 }
 
+/** A server's warm pools, as `GET /v1/health` reports them. */
+export interface Pools {
+  warmPool: { size: number; ready: number; preparing: number };
+  snapshotPool: { size: number; ready: number; preparing: number; snapshots: string[] };
+}
+export async function pools(server: { url: string; key: string }): Promise<Pools> {
+  return (await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as Pools;
+}
+
 /** `nullspace serve` as a separate process (so that it can be killed with SIGKILL). */
 export async function serverProcess(dataDir: string, key: string, port: number, env: Record<string, string> = {}): Promise<{ child: ChildProcess; url: string }> {
   const child = spawn(process.execPath, [CLI, 'serve', '--port', String(port), '--data-dir', dataDir], {

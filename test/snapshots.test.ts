@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { ConflictError, InvalidArgumentError, Sandbox, SandboxNotFoundError, Snapshot, SnapshotNotFoundError } from 'nullspace';
 import { api, conn, killAll, sandbox } from './helpers.js';
 import { leftoverQemu } from './env.js';
-import { cleanupDataDir, ownServer, qemuPid, tempDataDir, waitFor } from './servers.js';
+import { cleanupDataDir, ownServer, pools, qemuPid, tempDataDir, waitFor } from './servers.js';
 
 const layersDir = () => path.join(inject('dataDir'), 'layers');
 
@@ -373,9 +373,7 @@ describe('snapshot pool', () => {
     cleanupDataDir(dataDir);
     const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '1' });
     const c = { apiUrl: server.url, apiKey: server.key };
-    type Pool = { size: number; ready: number; preparing: number; snapshots: string[] };
-    const pool = async () =>
-      ((await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as { snapshotPool: Pool }).snapshotPool;
+    const pool = async () => (await pools(server)).snapshotPool;
     const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const src = await Sandbox.create({ ...c, template: 'base' });
     const kids: Sandbox[] = [];
@@ -442,9 +440,7 @@ describe('snapshot pool', () => {
     cleanupDataDir(dataDir);
     const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '1', NULLSPACE_FAULT_INJECTION: 'freeze-fails' });
     const c = { apiUrl: server.url, apiKey: server.key };
-    type Pool = { size: number; ready: number; preparing: number; snapshots: string[] };
-    const pool = async () =>
-      ((await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as { snapshotPool: Pool }).snapshotPool;
+    const pool = async () => (await pools(server)).snapshotPool;
     const src = await Sandbox.create({ ...c, template: 'base' });
     const kids: Sandbox[] = [];
     try {
