@@ -155,6 +155,29 @@ describe('snapshot storage, lifetime and garbage collection', () => {
     await Snapshot.delete(b.id, conn());
   });
 
+  it('commands started while snapshots are taken wait for the capture and run (none refused by the frozen user processes)', async () => {
+    const s = await sandbox();
+    let capturing = true;
+    const results: Array<'ok' | string> = [];
+    const starter = (async () => {
+      for (let i = 0; capturing || i < 3; i++) {
+        try {
+          await s.commands.run(`echo ${i} >> /workspace/started`, { timeoutMs: 60_000 });
+          results.push('ok');
+        } catch (err) {
+          results.push(`${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`);
+        }
+      }
+    })();
+    const snaps = [];
+    for (let i = 0; i < 3; i++) snaps.push(await s.createSnapshot());
+    capturing = false;
+    await starter;
+    expect(results.filter((r) => r !== 'ok')).toEqual([]);
+    expect((await s.commands.run('wc -l < /workspace/started')).stdout.trim()).toBe(String(results.length));
+    for (const snap of snaps) await Snapshot.delete(snap.id, conn());
+  });
+
   it('a source snapshotted many times keeps a bounded disk chain (compacted in the background); every snapshot restores its own instant', async () => {
     const s = await sandbox();
     const snaps: Snapshot[] = [];

@@ -96,6 +96,37 @@ describe('shared volumes', () => {
     await Snapshot.delete(snap.id, conn());
   });
 
+  it('file writes under a volume while it is unmounted for a snapshot wait and land in the volume, never on the root disk', async () => {
+    const v = await volume();
+    const s = await sandbox({ volumes: { '/mnt/w': v.name } });
+    let capturing = true;
+    const written: string[] = [];
+    const failed: string[] = [];
+    const writer = (async () => {
+      for (let i = 0; capturing || i < 3; i++) {
+        try {
+          await s.files.write(`/mnt/w/f${i}`, `file ${i}`);
+          written.push(`f${i}`);
+        } catch (err) {
+          failed.push(`${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`);
+        }
+      }
+    })();
+    const snaps = [];
+    for (let i = 0; i < 2; i++) snaps.push(await s.createSnapshot());
+    capturing = false;
+    await writer;
+    expect(failed).toEqual([]);
+    // every file is in the volume (seen by another sandbox) ...
+    const other = await sandbox({ volumes: { '/v': v.name } });
+    const listed = (await other.commands.run('ls /v')).stdout.split('\n').filter(Boolean).sort();
+    expect(listed).toEqual([...written].sort());
+    // ... and nothing under the mount point on the source's root disk
+    const under = await s.commands.run('mkdir -p /tmp/rootfs && mount --bind / /tmp/rootfs && ls -A /tmp/rootfs/mnt/w; umount /tmp/rootfs');
+    expect(under.stdout).toBe('');
+    for (const snap of snaps) await Snapshot.delete(snap.id, conn());
+  });
+
   it('refuses bad names, unknown volumes and bad mount paths', async () => {
     for (const name of ['../x', '', 'x'.repeat(300), 'UPPER', 'a/b', '.hidden']) {
       const res = await api('POST', '/v1/volumes', { name });

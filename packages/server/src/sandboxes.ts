@@ -33,7 +33,7 @@ import type { Logger } from './log.js';
 import { SandboxStore, type ListQuery, type SandboxRecord } from './store/sandboxes.js';
 import { SnapshotStore, type SnapshotKind, type SnapshotQuery, type SnapshotRecord, type VmConfig } from './store/snapshots.js';
 import type { VolumeAttachment } from './store/volumes.js';
-import { KeyedMutex, newId, RwLock, SANDBOX_ID_RE } from './util.js';
+import { KeyedGate, KeyedMutex, newId, RwLock, SANDBOX_ID_RE } from './util.js';
 import type { VolumeService } from './volumes.js';
 
 export interface CreateSandboxRequest {
@@ -118,6 +118,8 @@ interface Live {
 
 /** How often a VM that QEMU stopped on a full host disk is tried again. */
 const DISK_FULL_RETRY_MS = 1000;
+/** How long a capture waits for process starts and file work under volumes already under way. */
+const CAPTURE_DRAIN_MS = 10_000;
 
 /**
  * Owns every sandbox's VM: creates them from template snapshots, serializes lifecycle operations
@@ -127,6 +129,8 @@ const DISK_FULL_RETRY_MS = 1000;
 export class SandboxManager {
   private readonly live = new Map<string, Live>();
   private readonly locks = new KeyedMutex();
+  /** Closed while a sandbox is captured (see agentFor). */
+  private readonly gate = new KeyedGate();
   private readonly admission: Admission;
   private reaper: NodeJS.Timeout | undefined;
   private closing = false;
@@ -804,6 +808,21 @@ export class SandboxManager {
   private async capture(rec: SandboxRecord, vm: Vm, kind: SnapshotKind, metadata: Record<string, string>, keepRunning: boolean): Promise<SnapshotRecord> {
     const id = rec.id;
     checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, `capturing sandbox ${id}`);
+    // process starts and file work under volumes wait until the capture is over; those under way end first
+    const drained = await this.gate.close(id, CAPTURE_DRAIN_MS);
+    try {
+      if (!drained && rec.volumes.length) {
+        throw new NsError('volume_busy', `sandbox ${id}: a file operation under one of its volumes is still under way after ${CAPTURE_DRAIN_MS / 1000} s`);
+      }
+      if (!drained) this.log.warn({ sandboxId: id }, 'capturing while a process start is still under way');
+      return await this.captureGated(rec, vm, kind, metadata, keepRunning);
+    } finally {
+      this.gate.open(id);
+    }
+  }
+
+  private async captureGated(rec: SandboxRecord, vm: Vm, kind: SnapshotKind, metadata: Record<string, string>, keepRunning: boolean): Promise<SnapshotRecord> {
+    const id = rec.id;
     const snapId = newId('snap');
     const staging = path.join(this.layersDir, '.staging', snapId);
     fs.mkdirSync(staging, { mode: 0o700 });
@@ -848,7 +867,10 @@ export class SandboxManager {
       }
     };
     if (rec.volumes.length) {
-      if (!agent) throw new NsError('agent_unavailable', `sandbox ${id}: its volumes cannot be unmounted for the capture: the agent is unavailable`);
+      if (!agent) {
+        fs.rmSync(staging, { recursive: true, force: true });
+        throw new NsError('agent_unavailable', `sandbox ${id}: its volumes cannot be unmounted for the capture: the agent is unavailable`);
+      }
       try {
         await this.unmountVolumes(rec, agent);
       } catch (err) {
@@ -1323,6 +1345,29 @@ export class SandboxManager {
       throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}`, { details: { state: rec.state } });
     }
     return this.liveAgent(rec);
+  }
+
+  /**
+   * The agent for starting a process or for file work on `paths`, once no capture of the sandbox is
+   * under way: a capture freezes user processes (the agent refuses new ones) and unmounts volumes (a
+   * file written under one would land on the root disk, hidden once it is mounted again). Such a
+   * request waits for the capture; one already under way counts until `done` and the capture waits
+   * for it first. File work that does not touch a volume's mount point is not held up.
+   */
+  async agentFor(id: string, use: { start: true } | { paths: string[] }): Promise<{ agent: AgentClient; done: () => void }> {
+    const rec = this.get(id);
+    const crosses = (p: string, mount: string) => {
+      const a = path.posix.resolve(p);
+      return a === mount || a.startsWith(mount + '/') || mount.startsWith(a === '/' ? '/' : a + '/');
+    };
+    const gated = 'start' in use || use.paths.some((p) => rec.volumes.some((v) => crosses(p, v.path)));
+    const done = gated ? await this.gate.enter(id) : () => {};
+    try {
+      return { agent: await this.agent(id), done };
+    } catch (err) {
+      done();
+      throw err;
+    }
   }
 
   /** The agent of a sandbox's live VM, whatever its state (lifecycle operations in progress use it). */

@@ -91,3 +91,70 @@ export class RwLock {
     }
   }
 }
+
+/**
+ * Keeps short operations and exclusive phases of one key apart, phases first: `close` makes new
+ * `enter` calls wait and waits (at most `drainMs`) for those already inside to leave; `open` lets
+ * the waiting ones in. A sandbox's captures close its gate: process starts and file work under its
+ * volumes enter it (a frozen cgroup refuses new processes, an unmounted volume would take writes
+ * on the root disk).
+ */
+export class KeyedGate {
+  private readonly gates = new Map<string, { inside: number; closed?: Promise<void>; reopen?: () => void; drained?: () => void }>();
+
+  /** Waits while `key` is closed, then counts an operation in; the returned function counts it out (once). */
+  async enter(key: string): Promise<() => void> {
+    for (let g = this.gates.get(key); g?.closed; g = this.gates.get(key)) await g.closed;
+    const g = this.gates.get(key) ?? { inside: 0 };
+    this.gates.set(key, g);
+    g.inside++;
+    let inside = true;
+    return () => {
+      if (!inside) return;
+      inside = false;
+      g.inside--;
+      if (g.inside > 0) return;
+      g.drained?.();
+      if (!g.closed) this.gates.delete(key);
+    };
+  }
+
+  /** Waits while `key` is closed (without entering). */
+  async passed(key: string): Promise<void> {
+    for (let g = this.gates.get(key); g?.closed; g = this.gates.get(key)) await g.closed;
+  }
+
+  /**
+   * Closes `key` and resolves once nothing is inside (true) or after `drainMs` (false); either way
+   * the caller must `open` it again. One phase at a time per key (its callers hold the key's lock).
+   */
+  async close(key: string, drainMs: number): Promise<boolean> {
+    const g = this.gates.get(key) ?? { inside: 0 };
+    this.gates.set(key, g);
+    if (g.closed) throw new Error(`gate ${key} is already closed`);
+    g.closed = new Promise<void>((resolve) => (g.reopen = resolve));
+    if (g.inside === 0) return true;
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        g.drained = undefined;
+        resolve(false);
+      }, drainMs);
+      g.drained = () => {
+        clearTimeout(timer);
+        g.drained = undefined;
+        resolve(true);
+      };
+    });
+  }
+
+  open(key: string): void {
+    const g = this.gates.get(key);
+    if (!g?.closed) return;
+    const reopen = g.reopen;
+    g.closed = undefined;
+    g.reopen = undefined;
+    g.drained = undefined;
+    if (g.inside === 0) this.gates.delete(key);
+    reopen?.();
+  }
+}

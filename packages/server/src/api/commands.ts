@@ -28,12 +28,18 @@ export const commandRoutes =
       async (req, reply) => {
         const b = req.body;
         if (b.cwd !== undefined) checkPath(b.cwd, 'cwd');
-        const agent = await sandboxes.agent(req.params.id);
-        const started = await startCommand(
-          agent,
-          { cmd: b.cmd, cwd: b.cwd, envs: b.envs, user: b.user, timeoutMs: b.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, stdin: b.stdin, input: b.input, tag: b.tag },
-          b.background === true,
-        );
+        // (a start waits out a snapshot in progress: see agentFor)
+        const { agent, done } = await sandboxes.agentFor(req.params.id, { start: true });
+        let started: Awaited<ReturnType<typeof startCommand>>;
+        try {
+          started = await startCommand(
+            agent,
+            { cmd: b.cmd, cwd: b.cwd, envs: b.envs, user: b.user, timeoutMs: b.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, stdin: b.stdin, input: b.input, tag: b.tag },
+            b.background === true,
+          );
+        } finally {
+          done();
+        }
         if (!started.events) return reply.status(201).send({ pid: started.pid });
         return reply.type('application/x-ndjson').send(started.events);
       },

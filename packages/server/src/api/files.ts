@@ -3,6 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { IncomingMessage } from 'node:http';
 import { callFs, checkPath, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
+import type { AgentClient } from '@nullspace/runtime';
 import type { AppDeps } from './app.js';
 import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
 
@@ -11,14 +12,31 @@ export const fileRoutes =
   async (plain) => {
     const app = plain.withTypeProvider<TypeBoxTypeProvider>();
     const { sandboxes } = deps;
+    /** Runs file work on `paths` with the sandbox's agent (waiting out a snapshot that unmounts a volume there). */
+    const withAgent = async <T>(id: string, paths: string[], fn: (agent: AgentClient) => Promise<T>): Promise<T> => {
+      const { agent, done } = await sandboxes.agentFor(id, { paths });
+      try {
+        return await fn(agent);
+      } finally {
+        done();
+      }
+    };
 
     app.get(
       '/sandboxes/:id/files',
       { schema: { summary: 'Read a file (streamed bytes)', params: IdParams, querystring: PathQuery } },
       async (req, reply) => {
         const path = checkPath(req.query.path);
-        const agent = await sandboxes.agent(req.params.id);
-        const body = await readFile(agent, path);
+        // (file work under a volume waits out a snapshot in progress: see agentFor)
+        const { agent, done } = await sandboxes.agentFor(req.params.id, { paths: [path] });
+        let body: Awaited<ReturnType<typeof readFile>>;
+        try {
+          body = await readFile(agent, path);
+        } catch (err) {
+          done();
+          throw err;
+        }
+        body.once('close', done);
         return reply.type('application/octet-stream').send(body);
       },
     );
@@ -39,13 +57,17 @@ export const fileRoutes =
         },
         async (req) => {
           const path = checkPath(req.query.path);
-          const agent = await sandboxes.agent(req.params.id);
+          const { agent, done } = await sandboxes.agentFor(req.params.id, { paths: [path] });
           const source = (req.body as IncomingMessage | undefined) ?? req.raw;
-          return writeFile(agent, path, source, {
-            ...(req.query.mode !== undefined ? { mode: req.query.mode } : {}),
-            append: req.query.append ?? false,
-            maxBytes: deps.config.limits.maxUploadBytes,
-          });
+          try {
+            return await writeFile(agent, path, source, {
+              ...(req.query.mode !== undefined ? { mode: req.query.mode } : {}),
+              append: req.query.append ?? false,
+              maxBytes: deps.config.limits.maxUploadBytes,
+            });
+          } finally {
+            done();
+          }
         },
       );
     });
@@ -54,8 +76,8 @@ export const fileRoutes =
       '/sandboxes/:id/files/list',
       { schema: { summary: 'List a directory', params: IdParams, querystring: ListQuery, response: { 200: Type.Object({ entries: Type.Array(Entry) }) } } },
       async (req) => {
-        const agent = await sandboxes.agent(req.params.id);
-        return { entries: await listDir(agent, checkPath(req.query.path), req.query.depth ?? 1) };
+        const path = checkPath(req.query.path);
+        return withAgent(req.params.id, [path], (agent) => listDir(agent, path, req.query.depth ?? 1).then((entries) => ({ entries })));
       },
     );
 
@@ -64,8 +86,7 @@ export const fileRoutes =
       { schema: { summary: 'Information about a path (lstat)', params: IdParams, querystring: PathQuery, response: { 200: Entry } } },
       async (req) => {
         const path = checkPath(req.query.path);
-        const agent = await sandboxes.agent(req.params.id);
-        return callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`);
+        return withAgent(req.params.id, [path], (agent) => callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`));
       },
     );
 
@@ -74,8 +95,8 @@ export const fileRoutes =
       { schema: { summary: 'Create a directory', params: IdParams, body: MkdirBody, response: { 200: Type.Object({ created: Type.Boolean() }) } } },
       async (req) => {
         const path = checkPath(req.body.path);
-        const agent = await sandboxes.agent(req.params.id);
-        return callFs<{ created: boolean }>(agent, 'fs.mkdir', { path, parents: req.body.parents ?? true, ...(req.body.mode !== undefined ? { mode: req.body.mode } : {}) }, `mkdir ${path}`);
+        const args = { path, parents: req.body.parents ?? true, ...(req.body.mode !== undefined ? { mode: req.body.mode } : {}) };
+        return withAgent(req.params.id, [path], (agent) => callFs<{ created: boolean }>(agent, 'fs.mkdir', args, `mkdir ${path}`));
       },
     );
 
@@ -85,8 +106,7 @@ export const fileRoutes =
       async (req, reply) => {
         const from = checkPath(req.body.from, 'from');
         const to = checkPath(req.body.to, 'to');
-        const agent = await sandboxes.agent(req.params.id);
-        await callFs(agent, 'fs.rename', { from, to, overwrite: req.body.overwrite ?? true }, `rename ${from}`);
+        await withAgent(req.params.id, [from, to], (agent) => callFs(agent, 'fs.rename', { from, to, overwrite: req.body.overwrite ?? true }, `rename ${from}`));
         return reply.status(204).send();
       },
     );
@@ -96,8 +116,7 @@ export const fileRoutes =
       { schema: { summary: 'Remove a file or directory', params: IdParams, querystring: RemoveQuery } },
       async (req, reply) => {
         const path = checkPath(req.query.path);
-        const agent = await sandboxes.agent(req.params.id);
-        await callFs(agent, 'fs.remove', { path, recursive: req.query.recursive ?? false }, `remove ${path}`);
+        await withAgent(req.params.id, [path], (agent) => callFs(agent, 'fs.remove', { path, recursive: req.query.recursive ?? false }, `remove ${path}`));
         return reply.status(204).send();
       },
     );
