@@ -249,6 +249,27 @@ describe('snapshot errors', () => {
     await expect(Sandbox.connect('sbx_0000000000000000', conn())).rejects.toBeInstanceOf(SandboxNotFoundError);
   });
 
+  it('an overlay whose header was rewritten by its (compromised) QEMU uid to name a host file is refused before root opens it', async () => {
+    const s = await sandbox();
+    await s.files.write('/workspace/x', 'x');
+    const dir = path.join(inject('dataDir'), 'sandboxes', s.sandboxId);
+    const disk = path.join(dir, 'disk-0.qcow2');
+    expect(fs.existsSync(disk)).toBe(true);
+    // what an escaped QEMU could do in the directory it owns: swap in an overlay backed by the server's database
+    const evil = path.join(dir, 'evil.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'raw', '-b', path.join(inject('dataDir'), 'nullspace.db'), evil, '4G']);
+    fs.renameSync(evil, disk);
+    const err = await s.createSnapshot().catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'disk_invalid', status: 500 });
+    expect((err as Error).message).toMatch(/backing format is "raw"/);
+    await expect(s.fork()).rejects.toMatchObject({ code: 'disk_invalid' });
+    const listed = [];
+    for await (const item of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, kind: ['reusable', 'fork'] })) listed.push(item.id);
+    expect(listed).toEqual([]);
+    // the sandbox itself runs on (its QEMU has its real overlay open)
+    expect(await s.files.read('/workspace/x')).toBe('x');
+  });
+
   it('a QEMU killed in the middle of a snapshot: the error is reported, nothing is listed, no artifact remains', async () => {
     const dataDir = tempDataDir();
     cleanupDataDir(dataDir);

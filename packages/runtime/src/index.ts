@@ -8,6 +8,7 @@ export * from './qmp.js';
 export * from './host.js';
 export * from './qemu.js';
 export * from './storage.js';
+export * from './qcow2.js';
 export * from './snapshot.js';
 export * from './isolation.js';
 export * from './vm.js';

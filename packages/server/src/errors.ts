@@ -57,6 +57,8 @@ const STATUS: Record<string, number> = {
   network_isolation_failed: 500,
   snapshot_failed: 500,
   disk_failed: 500,
+  // a disk image names a backing or data file it must not (a tampered sandbox overlay)
+  disk_invalid: 500,
   artifact_missing: 500,
   timeout: 500,
 };

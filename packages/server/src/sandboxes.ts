@@ -8,6 +8,7 @@ import {
   flattenLayer,
   fsyncDir,
   captureSnapshot,
+  checkQcow2Backing,
   chownTree,
   CleanupStack,
   cloneFile,
@@ -261,7 +262,11 @@ export class SandboxManager {
   private async reconcile(rec: SandboxRecord, vm: Vm): Promise<void> {
     try {
       const active = await vm.activeDisk();
-      if (rec.vmSpec && active.file !== rec.vmSpec.disk) {
+      // (what QEMU reports is only taken for one of this sandbox's own overlays: its uid may lie)
+      const own = path.dirname(active.file) === this.sandboxDir(rec.id) && /^disk-[0-9a-z]+\.qcow2$/.test(path.basename(active.file));
+      if (rec.vmSpec && active.file !== rec.vmSpec.disk && !own) {
+        this.log.error({ sandboxId: rec.id, disk: active.file }, 'QEMU reports a disk that is not one of the sandbox\'s overlays: not recorded');
+      } else if (rec.vmSpec && active.file !== rec.vmSpec.disk) {
         const parent = active.backingFile ? this.snapshots.layerByPath(active.backingFile) : undefined;
         vm.spec.disk = active.file;
         vm.spec.diskNode = active.node;
@@ -894,8 +899,12 @@ export class SandboxManager {
           durable: !keepRunning,
           virtualSizeBytes: rec.vmSpec!.diskSizeBytes,
           ownerUid: vm.spec.runAsUid,
-          beforeSwitch: () =>
-            this.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() }),
+          beforeSwitch: () => {
+            // the layer is a copy of an overlay the sandbox's uid could write: before anything of
+            // root's opens its chain, its header must name only what this sandbox's disk rests on
+            checkQcow2Backing(diskLayerPath, (b) => this.mayBack(rec, b));
+            this.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() });
+          },
           switchFailed: () => this.snapshots.deleteLayer(ids.disk),
           onPaused: async () => {
             if (this.config.faultInjection === `kill-vm-during-${kind === 'hibernate' ? 'hibernate' : 'snapshot'}`) {
@@ -1136,6 +1145,23 @@ export class SandboxManager {
     await this.boundChain(id, vm, rec.diskParentLayer).catch((err: unknown) =>
       this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
     );
+  }
+
+  /**
+   * Whether `file` may back a disk layer captured from sandbox `rec`: exactly its recorded parent
+   * layer, or (none recorded: the overlay rests on its template) a template build's disk, which is
+   * public. Anything else in a layer's header is a tampered overlay.
+   */
+  private mayBack(rec: SandboxRecord, file: string): boolean {
+    if (rec.diskParentLayer) return this.snapshots.layer(rec.diskParentLayer)?.path === file;
+    const templates = path.join(this.config.cacheDir, 'templates');
+    if (path.normalize(file) !== file || path.basename(file) !== 'disk.qcow2' || path.dirname(path.dirname(file)) !== templates) return false;
+    if (!/^[a-z0-9][a-z0-9-]*-[0-9a-f]{16}$/.test(path.basename(path.dirname(file)))) return false;
+    try {
+      return fs.lstatSync(file).isFile();
+    } catch {
+      return false;
+    }
   }
 
   /** Keeps a running sandbox's own chain short: streams its layers into its overlay when too deep. */
