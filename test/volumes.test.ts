@@ -76,7 +76,24 @@ describe('shared volumes', () => {
     expect(err).toBeInstanceOf(ConflictError);
     expect(err).toMatchObject({ code: 'volume_missing' });
     const without = await sandbox({ snapshotId: snap.id, allowMissingVolumes: true });
-    expect((await without.commands.run('mountpoint -q /mnt/gone && echo mounted || echo not mounted')).stdout).toBe('not mounted\n');
+    const mounted = async (sbx: Sandbox) => (await sbx.commands.run('mountpoint -q /mnt/gone && echo mounted || echo not mounted')).stdout;
+    expect(await mounted(without)).toBe('not mounted\n');
+    // such a sandbox lives on without it: its snapshots, forks and hibernation never mount the placeholder
+    const again = await without.createSnapshot();
+    onTestFinished(async () => {
+      await Snapshot.delete(again.id, conn()).catch(() => {});
+    });
+    expect(await mounted(without)).toBe('not mounted\n');
+    const child = await without.fork();
+    onTestFinished(async () => {
+      await child.kill().catch(() => {});
+    });
+    expect(await mounted(child)).toBe('not mounted\n');
+    await without.hibernate();
+    const resumed = await Sandbox.connect(without.sandboxId, conn());
+    expect(await mounted(resumed)).toBe('not mounted\n');
+    // a create from its snapshot still asks for the choice
+    await expect(Sandbox.create({ ...conn(), snapshotId: again.id })).rejects.toMatchObject({ code: 'volume_missing' });
   });
 
   it('a process holding a file open on a volume makes the capture fail with volume_busy naming it; the volume is intact', async () => {

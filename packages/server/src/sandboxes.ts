@@ -481,20 +481,20 @@ export class SandboxManager {
               phases.warm = 1;
               slot.vm.setNice(0); // prepared at a low priority; a sandbox now
               this.store.patch(id, { pid: slot.vm.pid, vmSpec: slot.spec });
-              restored = { vm: slot.vm, missing: [] };
+              restored = { vm: slot.vm };
             } else {
               restored = await this.restore(id, src, req.allowInternetAccess, cleanup, phases, req.allowMissingVolumes === true);
             }
           } finally {
             releaseLayers();
           }
-          const { vm, missing } = restored;
+          const { vm } = restored;
           const rec = this.store.get(id)!;
           let t = Date.now();
           const agent = await vm.connectAgent(15_000);
           phases.agentMs = Date.now() - t;
           t = Date.now();
-          await this.mountVolumes(rec, agent, missing);
+          await this.mountVolumes(rec, agent);
           phases.volumesMs = Date.now() - t;
           t = Date.now();
           await this.initAgent(rec, agent);
@@ -533,12 +533,12 @@ export class SandboxManager {
     cleanup: CleanupStack,
     phases: Record<string, number>,
     allowMissingVolumes = false,
-  ): Promise<{ vm: Vm; missing: string[] }> {
+  ): Promise<{ vm: Vm }> {
     const t0 = Date.now();
-    const { vm, spec, missing } = await this.prepareVm(id, src, allowInternetAccess, cleanup, allowMissingVolumes, phases);
+    const { vm, spec } = await this.prepareVm(id, src, allowInternetAccess, cleanup, allowMissingVolumes, phases);
     phases.launchMs = Date.now() - t0 - (phases.prepareMs ?? 0);
     await this.finishRestore(id, vm, spec, src, phases);
-    return { vm, missing };
+    return { vm };
   }
 
   /** The sandbox's directory, RAM file, overlay and uid, and its QEMU started waiting for a migration. */
@@ -550,7 +550,7 @@ export class SandboxManager {
     allowMissingVolumes: boolean,
     phases: Record<string, number> = {},
     warm = false,
-  ): Promise<{ vm: Vm; spec: VmSpec; missing: string[] }> {
+  ): Promise<{ vm: Vm; spec: VmSpec }> {
     const t0 = Date.now();
     const dir = this.sandboxDir(id);
     fs.mkdirSync(dir, { mode: 0o700 });
@@ -569,7 +569,7 @@ export class SandboxManager {
       consoleLog: false,
       allowInternetAccess,
     };
-    const { devices, missing } = this.volumes.devices(src.volumes, src.volumesInState, { allowMissing: allowMissingVolumes, placeholderDir: dir });
+    const { devices } = this.volumes.devices(src.volumes, src.volumesInState, { allowMissing: allowMissingVolumes, placeholderDir: dir });
     if (devices.length) spec.volumes = devices;
     await Promise.all([cloneFile(src.memFile, spec.ramFile), createOverlay(src.diskBacking, spec.disk)]);
     if (this.host.uids) {
@@ -584,7 +584,7 @@ export class SandboxManager {
     phases.prepareMs = Date.now() - t0;
     const vm = await Vm.launch(this.host.profile, spec, true, { nice: warm ? WARM_NICE : 0 });
     cleanup.defer('kill vm', () => vm.kill());
-    return { vm, spec, missing };
+    return { vm, spec };
   }
 
   /** Loads the saved state into a prepared VM and runs it; plugs volumes a template's state lacks. */
@@ -1082,7 +1082,9 @@ export class SandboxManager {
         const vm = await this.layersLock.read(async () => {
           const src = this.snapshotSource(latest);
           this.store.patch(id, { diskParentLayer: latest.diskLayer });
-          return (await this.restore(id, src, rec.allowInternetAccess, cleanup, phases)).vm;
+          // (a volume of its own can only be missing if it was at its creation: a volume a running or
+          // paused sandbox mounts cannot be deleted)
+          return (await this.restore(id, src, rec.allowInternetAccess, cleanup, phases, true)).vm;
         });
         this.crashPoint('crash-during-resume');
         const agent = await vm.connectAgent(15_000);
@@ -1203,6 +1205,8 @@ export class SandboxManager {
         envs: opts.envs ?? {},
         timeoutMs: opts.timeoutMs ?? src.timeoutMs,
         allowInternetAccess: src.allowInternetAccess,
+        // the source runs without the volumes that were already gone when it was created: so does the child
+        allowMissingVolumes: true,
       });
       return { child, pauseMs: snap.pauseMs };
     } finally {
@@ -1236,9 +1240,10 @@ export class SandboxManager {
   }
 
   /** Mounts a sandbox's volumes in the guest (before its user processes may run). */
-  private async mountVolumes(rec: SandboxRecord, agent: AgentClient, missing: string[] = []): Promise<void> {
+  /** Mounts a sandbox's volumes (those deleted before it was created from its snapshot have a placeholder device and stay unmounted). */
+  private async mountVolumes(rec: SandboxRecord, agent: AgentClient): Promise<void> {
     for (const v of rec.volumes) {
-      if (missing.includes(v.name)) continue;
+      if (!this.volumes.exists(v)) continue;
       try {
         await agent.call('vol.mount', { tag: v.tag, path: v.path, timeoutMs: 20_000 }, 30_000);
       } catch (err) {

@@ -135,8 +135,13 @@ export class VolumeService {
    * The VM devices for `attachments`. A volume deleted since they were recorded is refused with
    * 409 `volume_missing`, or, with `allowMissing`, exported as an empty placeholder and not mounted.
    */
+  /** Whether the volume an attachment names still exists (one deleted is exported as a placeholder, never mounted). */
+  exists(a: VolumeAttachment): boolean {
+    return this.store.byId(a.volumeId) !== undefined;
+  }
+
   devices(attachments: VolumeAttachment[], onCmdline: boolean, opts: { allowMissing: boolean; placeholderDir: string }): { devices: VolumeDevice[]; missing: string[] } {
-    const missing = attachments.filter((a) => !this.store.byId(a.volumeId)).map((a) => a.name);
+    const missing = attachments.filter((a) => !this.exists(a)).map((a) => a.name);
     if (missing.length && !opts.allowMissing) {
       throw new NsError('volume_missing', `volume(s) ${missing.join(', ')} no longer exist; restore with allowMissingVolumes to start without them`, {
         details: { volumes: missing },
