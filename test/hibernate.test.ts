@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, inject, it, onTestFinished } from 'vitest';
 import { InvalidArgumentError, Sandbox, Snapshot } from 'nullspace';
 import { api, conn, sandbox } from './helpers.js';
-import { cleanupDataDir, freePort, qemuPid, serverProcess, tempDataDir, waitFor } from './servers.js';
+import { cleanupDataDir, freePort, ownServer, qemuPid, serverProcess, tempDataDir, waitFor } from './servers.js';
 
 const COUNTER = [
   'import signal, time',
@@ -129,6 +129,29 @@ describe('hibernate and resume', () => {
     const back = await Sandbox.connect(s.sandboxId, conn());
     expect(await back.files.read('/workspace/keep')).toBe('kept');
     await back.setTimeout(120_000);
+  });
+
+  it('the reaper checks each expired sandbox again when it gets to it: a timeout extended meanwhile is kept', async () => {
+    const dataDir = tempDataDir();
+    const server = await ownServer(dataDir, { NULLSPACE_REAPER_INTERVAL_MS: '1500', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
+    onTestFinished(() => cleanupDataDir(dataDir));
+    const c = { apiUrl: server.url, apiKey: server.key };
+    const a = await Sandbox.create({ ...c, lifecycle: { onTimeout: 'hibernate' } });
+    const b = await Sandbox.create(c);
+    onTestFinished(async () => {
+      await Promise.all([a.kill().catch(() => {}), b.kill().catch(() => {})]);
+    });
+    // a's hibernation takes a while (much memory to write back), so that the reaper is busy with it
+    await a.commands.run("python3 -c 'import os,time; b=bytearray(os.urandom(200<<20)); open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'", { background: true, timeoutMs: 0 });
+    await a.commands.run('until [ -e /tmp/ready ]; do sleep 0.2; done', { timeoutMs: 120_000 });
+    // both expire at once: one pass of the reaper lists both, a first
+    await a.setTimeout(1000);
+    await b.setTimeout(1000);
+    await waitFor('a hibernating', async () => ((await a.getInfo()).state === 'hibernating' ? true : undefined), 10_000);
+    await b.setTimeout(120_000);
+    await waitFor('a paused', async () => ((await a.getInfo()).state === 'paused' ? true : undefined), 60_000);
+    await new Promise((r) => setTimeout(r, 2000)); // the reaper has moved past b
+    expect((await b.getInfo()).state).toBe('running');
   });
 
   it('refuses unknown and killed sandboxes; serializes concurrent hibernate, fork, snapshot and kill', async () => {

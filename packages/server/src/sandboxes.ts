@@ -980,57 +980,60 @@ export class SandboxManager {
    */
   async hibernate(id: string, reason = 'hibernated by request', opts: { byTimeout?: boolean } = {}): Promise<SnapshotRecord> {
     this.get(id);
-    return this.locks.run(id, async () => {
-      const rec = this.get(id);
-      if (rec.state === 'paused') {
-        const latest = this.snapshots.hibernations(id)[0];
-        if (latest) return latest;
-      }
-      if (rec.state !== 'running') {
-        throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: only a running sandbox can be hibernated`, { details: { state: rec.state } });
-      }
-      const live = this.live.get(id);
-      if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
-      // hibernated by its timeout: it resumes with its whole timeout again; otherwise with what was left
-      const remainingMs = opts.byTimeout ? rec.timeoutMs : Math.max(1000, (rec.expiresAt ?? Date.now() + rec.timeoutMs) - Date.now());
-      this.store.transition(id, 'running', 'hibernating', reason);
-      this.crashPoint('crash-before-hibernate-capture');
-      let snap: SnapshotRecord;
-      try {
-        snap = await this.layersLock.read(() => this.capture(this.get(id), live.vm, 'hibernate', {}, false));
-      } catch (err) {
-        if (live.vm.gone) {
-          this.live.delete(id);
-          live.release();
-          this.removeFiles(id);
-          this.releaseUid(id, rec.vmSpec);
-          const why = `the VM exited during hibernation: ${errorMessage(err)}`;
-          this.store.transition(id, 'hibernating', 'failed', why, { endedAt: Date.now(), endReason: why, errorCode: 'vm_exited', pid: null, diskParentLayer: null });
-          this.dropHibernations(id);
-          throw err;
-        }
-        this.store.transition(id, 'hibernating', 'running', `hibernation failed, still running: ${errorMessage(err)}`);
+    return this.locks.run(id, () => this.hibernateHeld(id, reason, opts));
+  }
+
+  /** `hibernate`, for a caller that holds the sandbox's lock. */
+  private async hibernateHeld(id: string, reason: string, opts: { byTimeout?: boolean }): Promise<SnapshotRecord> {
+    const rec = this.get(id);
+    if (rec.state === 'paused') {
+      const latest = this.snapshots.hibernations(id)[0];
+      if (latest) return latest;
+    }
+    if (rec.state !== 'running') {
+      throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: only a running sandbox can be hibernated`, { details: { state: rec.state } });
+    }
+    const live = this.live.get(id);
+    if (!live || !rec.vmSpec) throw new NsError('sandbox_not_running', `sandbox ${id} has no VM on this server`, { details: { state: rec.state } });
+    // hibernated by its timeout: it resumes with its whole timeout again; otherwise with what was left
+    const remainingMs = opts.byTimeout ? rec.timeoutMs : Math.max(1000, (rec.expiresAt ?? Date.now() + rec.timeoutMs) - Date.now());
+    this.store.transition(id, 'running', 'hibernating', reason);
+    this.crashPoint('crash-before-hibernate-capture');
+    let snap: SnapshotRecord;
+    try {
+      snap = await this.layersLock.read(() => this.capture(this.get(id), live.vm, 'hibernate', {}, false));
+    } catch (err) {
+      if (live.vm.gone) {
+        this.live.delete(id);
+        live.release();
+        this.removeFiles(id);
+        this.releaseUid(id, rec.vmSpec);
+        const why = `the VM exited during hibernation: ${errorMessage(err)}`;
+        this.store.transition(id, 'hibernating', 'failed', why, { endedAt: Date.now(), endReason: why, errorCode: 'vm_exited', pid: null, diskParentLayer: null });
+        this.dropHibernations(id);
         throw err;
       }
-      this.crashPoint('crash-after-hibernate-capture');
-      this.live.delete(id);
-      await live.vm.kill();
-      live.release();
-      this.removeFiles(id);
-      this.releaseUid(id, rec.vmSpec);
-      this.store.transition(id, 'hibernating', 'paused', reason, {
-        pid: null,
-        expiresAt: null,
-        remainingMs,
-        pausedAt: Date.now(),
-        diskParentLayer: null,
-      });
-      // a sandbox's history keeps its last few hibernations (older ones: snapshot_not_latest anyway)
-      for (const old of this.snapshots.hibernations(id).slice(KEEP_HIBERNATIONS)) this.snapshots.delete(old.id);
-      this.onLayersReleased();
-      this.log.info({ sandboxId: id, snapshotId: snap.id, reason }, 'sandbox hibernated');
-      return snap;
+      this.store.transition(id, 'hibernating', 'running', `hibernation failed, still running: ${errorMessage(err)}`);
+      throw err;
+    }
+    this.crashPoint('crash-after-hibernate-capture');
+    this.live.delete(id);
+    await live.vm.kill();
+    live.release();
+    this.removeFiles(id);
+    this.releaseUid(id, rec.vmSpec);
+    this.store.transition(id, 'hibernating', 'paused', reason, {
+      pid: null,
+      expiresAt: null,
+      remainingMs,
+      pausedAt: Date.now(),
+      diskParentLayer: null,
     });
+    // a sandbox's history keeps its last few hibernations (older ones: snapshot_not_latest anyway)
+    for (const old of this.snapshots.hibernations(id).slice(KEEP_HIBERNATIONS)) this.snapshots.delete(old.id);
+    this.onLayersReleased();
+    this.log.info({ sandboxId: id, snapshotId: snap.id, reason }, 'sandbox hibernated');
+    return snap;
   }
 
   /**
@@ -1432,29 +1435,32 @@ export class SandboxManager {
 
   async kill(id: string, reason = 'killed by request'): Promise<SandboxRecord> {
     this.get(id);
-    return this.locks.run(id, async () => {
-      const rec = this.get(id);
-      if (isTerminal(rec.state)) return rec;
-      this.store.transition(id, rec.state, 'killing', reason);
-      this.hibernateRetryAt.delete(id);
-      this.dropHibernations(id);
-      const live = this.live.get(id);
-      if (live) {
-        this.live.delete(id);
-        await live.vm.kill();
-        live.release();
-      } else if (rec.pid && rec.vmSpec) {
-        // a VM this server does not drive (should not happen): make sure it is gone
-        const vm = await Vm.adopt(this.host.profile, rec.vmSpec, rec.pid);
-        await vm?.kill();
-      }
-      this.removeFiles(id);
-      this.releaseUid(id, rec.vmSpec);
-      const done = this.store.transition(id, 'killing', 'killed', reason, { endedAt: Date.now(), endReason: reason, pid: null, diskParentLayer: null });
-      this.log.info({ sandboxId: id, reason }, 'sandbox killed');
-      this.onLayersReleased();
-      return done;
-    });
+    return this.locks.run(id, () => this.killHeld(id, reason));
+  }
+
+  /** `kill`, for a caller that holds the sandbox's lock. */
+  private async killHeld(id: string, reason: string): Promise<SandboxRecord> {
+    const rec = this.get(id);
+    if (isTerminal(rec.state)) return rec;
+    this.store.transition(id, rec.state, 'killing', reason);
+    this.hibernateRetryAt.delete(id);
+    this.dropHibernations(id);
+    const live = this.live.get(id);
+    if (live) {
+      this.live.delete(id);
+      await live.vm.kill();
+      live.release();
+    } else if (rec.pid && rec.vmSpec) {
+      // a VM this server does not drive (should not happen): make sure it is gone
+      const vm = await Vm.adopt(this.host.profile, rec.vmSpec, rec.pid);
+      await vm?.kill();
+    }
+    this.removeFiles(id);
+    this.releaseUid(id, rec.vmSpec);
+    const done = this.store.transition(id, 'killing', 'killed', reason, { endedAt: Date.now(), endReason: reason, pid: null, diskParentLayer: null });
+    this.log.info({ sandboxId: id, reason }, 'sandbox killed');
+    this.onLayersReleased();
+    return done;
   }
 
   setTimeout(id: string, timeoutMs: number): SandboxRecord {
@@ -1482,8 +1488,14 @@ export class SandboxManager {
       const why = `timeout: no setTimeout within ${rec.timeoutMs} ms`;
       if ((this.hibernateRetryAt.get(rec.id) ?? 0) > now) continue;
       try {
-        if (rec.onTimeout === 'hibernate') await this.hibernate(rec.id, why, { byTimeout: true });
-        else await this.kill(rec.id, why);
+        // checked again under the lock: an earlier sandbox of the list may have taken seconds, during
+        // which this one's timeout may have been extended (or it was killed, or hibernated)
+        await this.locks.run(rec.id, async () => {
+          const cur = this.store.get(rec.id);
+          if (cur?.state !== 'running' || cur.expiresAt === null || cur.expiresAt > Date.now()) return;
+          if (cur.onTimeout === 'hibernate') await this.hibernateHeld(rec.id, why, { byTimeout: true });
+          else await this.killHeld(rec.id, why);
+        });
         this.hibernateRetryAt.delete(rec.id);
       } catch (err) {
         // a failed hibernation (volume busy, disk full) keeps the sandbox and its state: retried later
@@ -1494,9 +1506,14 @@ export class SandboxManager {
     if (this.config.pausedRetentionMs > 0) {
       for (const rec of this.store.pausedBefore(now - this.config.pausedRetentionMs)) {
         if (this.locks.busy(rec.id)) continue;
-        await this.kill(rec.id, `paused for longer than the retention of ${this.config.pausedRetentionMs} ms`).catch((err: unknown) =>
-          this.log.error({ sandboxId: rec.id, err: errorMessage(err) }, 'killing a paused sandbox past its retention failed'),
-        );
+        const why = `paused for longer than the retention of ${this.config.pausedRetentionMs} ms`;
+        await this.locks
+          .run(rec.id, async () => {
+            const cur = this.store.get(rec.id);
+            if (cur?.state !== 'paused' || cur.pausedAt === null || cur.pausedAt > Date.now() - this.config.pausedRetentionMs) return;
+            await this.killHeld(rec.id, why);
+          })
+          .catch((err: unknown) => this.log.error({ sandboxId: rec.id, err: errorMessage(err) }, 'killing a paused sandbox past its retention failed'));
       }
     }
     if (this.config.endedRetentionMs > 0 && Math.random() < 0.01) this.store.pruneEnded(now - this.config.endedRetentionMs);
