@@ -1,6 +1,7 @@
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, inject, it, onTestFinished } from 'vitest';
 import { RateLimitError, Sandbox } from 'nullspace';
 import { conn, sandbox } from './helpers.js';
 import { cleanupDataDir, freePort, ownServer, qemuPid, serverProcess, tempDataDir, waitFor } from './servers.js';
@@ -125,6 +126,39 @@ describe('network', () => {
     expect(host.stdout.split('\n').slice(0, 2)).toEqual(['000', '000']);
     const out = await s.commands.run(probe('http://deb.debian.org/debian/'));
     expect(out.stdout).toMatch(/^[23]\d\d$/);
+  });
+
+  it('puts the firewall rules back when they are flushed while sandboxes run (an nftables reload)', async () => {
+    const dataDir = tempDataDir();
+    // a uid range (and so a table) of its own: the suite's other servers keep their rules meanwhile
+    const table = 'nullspace_3100000_1000';
+    onTestFinished(() => {
+      execFileSync('nft', ['delete', 'table', 'inet', table], { stdio: 'ignore' });
+    });
+    const server = await ownServer(dataDir, {
+      NULLSPACE_VM_UID_BASE: '3100000',
+      NULLSPACE_VM_UID_COUNT: '1000',
+      NULLSPACE_FIREWALL_CHECK_MS: '300',
+      NULLSPACE_WARM_POOL: '0',
+      NULLSPACE_SNAPSHOT_POOL: '0',
+    });
+    onTestFinished(() => cleanupDataDir(dataDir));
+    const s = await Sandbox.create({ apiUrl: server.url, apiKey: server.key });
+    onTestFinished(async () => {
+      await s.kill().catch(() => {});
+    });
+    const port = new URL(server.url).port;
+    const probe = `curl -s -m 5 -o /dev/null -w '%{http_code}' http://10.0.2.2:${port}/v1/health || true`;
+    expect((await s.commands.run(probe)).stdout).toBe('000');
+    execFileSync('nft', ['delete', 'table', 'inet', table]);
+    await waitFor('rules back', async () => {
+      try {
+        return execFileSync('nft', ['list', 'table', 'inet', table], { encoding: 'utf8' }).includes('reject') ? true : undefined;
+      } catch {
+        return undefined;
+      }
+    }, 10_000);
+    expect((await s.commands.run(probe)).stdout).toBe('000');
   });
 
   it('cuts all outbound traffic with allowInternetAccess: false', async () => {

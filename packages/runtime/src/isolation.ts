@@ -72,7 +72,14 @@ export class UidAllocator {
   }
 }
 
-export const NFT_TABLE = 'nullspace';
+/**
+ * The nftables table of one sandbox uid range (`inet nullspace_<base>_<count>`). One per range, so
+ * that servers with different ranges on one host each keep their own rules (one fixed table would
+ * be replaced by whichever server started last).
+ */
+export function nftTable(base: number, count: number): string {
+  return `nullspace_${Math.trunc(base)}_${Math.trunc(count)}`;
+}
 
 /**
  * Installs (atomically replaces) the host firewall rules that keep sandboxes off the host: packets
@@ -83,10 +90,11 @@ export const NFT_TABLE = 'nullspace';
  */
 export async function installNetworkGuard(base: number, count: number): Promise<void> {
   const range = `${base}-${base + count - 1}`;
+  const table = nftTable(base, count);
   const script = [
-    `table inet ${NFT_TABLE}`,
-    `delete table inet ${NFT_TABLE}`,
-    `table inet ${NFT_TABLE} {`,
+    `table inet ${table}`,
+    `delete table inet ${table}`,
+    `table inet ${table} {`,
     `  chain sandbox_egress {`,
     `    type filter hook output priority 0; policy accept;`,
     `    meta skuid ${range} fib daddr type local udp dport 53 accept`,
@@ -106,6 +114,16 @@ export async function installNetworkGuard(base: number, count: number): Promise<
         'Install nftables and run the server as root, or set NULLSPACE_NETWORK_ISOLATION=off to run without them (sandboxes could then reach this host).',
       { cause: err },
     );
+  }
+}
+
+/** Whether the rules of `installNetworkGuard` are in place (a ruleset flush, e.g. an nftables reload, removes them). */
+export async function networkGuardPresent(base: number, count: number): Promise<boolean> {
+  try {
+    const out = (await run('nft', ['list', 'table', 'inet', nftTable(base, count)], { errorCode: 'network_isolation_failed' })).stdout;
+    return out.includes('sandbox_egress') && out.includes('reject');
+  } catch {
+    return false;
   }
 }
 

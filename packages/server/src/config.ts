@@ -55,6 +55,8 @@ export interface Config {
   snapshotPoolSize: number;
   /** How often expired sandboxes are looked for. */
   reaperIntervalMs: number;
+  /** How often the firewall rules are checked (and put back when gone): NULLSPACE_FIREWALL_CHECK_MS. */
+  networkGuardCheckMs: number;
   /** Killed/failed sandbox records are kept this long for inspection. */
   endedRetentionMs: number;
   /** Paused (hibernated) sandboxes are killed after this long; 0 keeps them until killed. */
@@ -141,6 +143,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     },
     defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000),
     reaperIntervalMs: int(env, 'NULLSPACE_REAPER_INTERVAL_MS', 1000, 50),
+    networkGuardCheckMs: int(env, 'NULLSPACE_FIREWALL_CHECK_MS', 10_000, 100),
     warmPoolSize: int(env, 'NULLSPACE_WARM_POOL', 2, 0),
     tcgBufferMiB: tcgBuffer(env),
     snapshotPoolSize: int(env, 'NULLSPACE_SNAPSHOT_POOL', 2, 0),

@@ -3,6 +3,8 @@ import path from 'node:path';
 import {
   canReflink,
   installNetworkGuard,
+  networkGuardPresent,
+  nftTable,
   UidAllocator,
   compareRequirements,
   detectAccel,
@@ -27,6 +29,30 @@ export class HostContext {
     readonly uids: UidAllocator | undefined,
     private readonly cacheDir: string,
   ) {}
+
+  /**
+   * Checks every `intervalMs` that the firewall rules are still in place and installs them again
+   * when they are not (an nftables reload or `nft flush ruleset` removes them while sandboxes run),
+   * with an error in the log. Returns the function that stops the checks. Nothing without isolation.
+   */
+  watchNetworkGuard(log: Logger, intervalMs = 10_000): () => void {
+    const uids = this.uids;
+    if (!uids) return () => {};
+    let checking = false;
+    const timer = setInterval(() => {
+      if (checking) return;
+      checking = true;
+      void (async () => {
+        if (await networkGuardPresent(uids.base, uids.count)) return;
+        log.error({ table: `inet ${nftTable(uids.base, uids.count)}` }, 'the sandbox firewall rules were gone (an nftables reload?): installing them again');
+        await installNetworkGuard(uids.base, uids.count);
+      })()
+        .catch((err: unknown) => log.error({ err: (err as Error).message }, 'reinstalling the sandbox firewall rules failed: sandboxes may reach this host'))
+        .finally(() => (checking = false));
+    }, intervalMs);
+    timer.unref();
+    return () => clearInterval(timer);
+  }
 
   static async init(config: Config, log: Logger): Promise<HostContext> {
     fs.mkdirSync(config.cacheDir, { recursive: true });

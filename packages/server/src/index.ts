@@ -43,6 +43,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const { key, source } = resolveApiKey(config.dataDir, config.apiKey);
   const db = openDb(path.join(config.dataDir, 'nullspace.db'));
   const host = await HostContext.init(config, log);
+  const stopGuardWatch = host.watchNetworkGuard(log, config.networkGuardCheckMs);
   const sandboxStore = new SandboxStore(db);
   const snapshotStore = new SnapshotStore(db);
   const volumes = new VolumeService(config, new VolumeStore(db), log);
@@ -56,6 +57,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   try {
     await app.listen({ host: config.host, port: config.port });
   } catch (err) {
+    stopGuardWatch();
     await sandboxes.close();
     db.close();
     throw err;
@@ -79,6 +81,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
         await app.close();
         clearTimeout(force);
         gc.cancel();
+        stopGuardWatch();
         await sandboxes.close();
         db.close();
       })()),
