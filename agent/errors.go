@@ -69,6 +69,12 @@ func errnoCode(errno syscall.Errno) (ErrCode, bool) {
 		return CodePermissionDenied, true
 	case syscall.ENOSPC, syscall.EDQUOT:
 		return CodeNoSpace, true
+	case syscall.ENAMETOOLONG, syscall.ELOOP:
+		// a name or path too long, or a loop of symbolic links: the request's path
+		return CodeInvalidPath, true
+	case syscall.EXDEV, syscall.EINVAL, syscall.EBUSY:
+		// e.g. a rename across file systems, of a directory into itself, or of a mount point
+		return CodeBadRequest, true
 	}
 	return "", false
 }

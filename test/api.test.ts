@@ -94,5 +94,12 @@ describe('API: authentication and bad input', () => {
     expect(((await mk.json()) as { error: { code: string } }).error.code).toBe('invalid_path');
     const cmd = await api('POST', `/v1/sandboxes/${sbx.sandboxId}/commands`, { cmd: 'true', cwd: 'tmp' });
     expect(cmd.status).toBe(400);
+    // paths the guest's file system refuses are the request's fault too (4xx with a code, not a 500)
+    const code = async (res: Response) => [res.status, ((await res.json()) as { error: { code: string } }).error.code];
+    expect(await code(await api('GET', `/v1/sandboxes/${sbx.sandboxId}/files?path=/${'n'.repeat(300)}`))).toEqual([400, 'invalid_path']);
+    await sbx.commands.run('mkdir -p /workspace/loop && ln -sfn a /workspace/loop/b && ln -sfn b /workspace/loop/a');
+    expect(await code(await api('GET', `/v1/sandboxes/${sbx.sandboxId}/files?path=/workspace/loop/a`))).toEqual([400, 'invalid_path']);
+    expect(await code(await api('POST', `/v1/sandboxes/${sbx.sandboxId}/files/rename`, { from: '/workspace/loop', to: '/workspace/loop/inside' }))).toEqual([400, 'bad_request']);
+    expect(await code(await api('POST', `/v1/sandboxes/${sbx.sandboxId}/files/rename`, { from: '/tmp', to: '/workspace/tmp-moved' }))).toEqual([400, 'bad_request']);
   });
 });
