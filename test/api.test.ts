@@ -81,6 +81,17 @@ describe('API: authentication and bad input', () => {
     expect((await api('GET', '/v1/sandboxes?limit=0')).status).toBe(400);
     expect((await api('GET', '/v1/sandboxes?nextToken=garbage')).status).toBe(400);
     expect((await api('GET', '/v1/sandboxes?metadata=novalue')).status).toBe(400);
+    // an empty list of states is the default filter (live sandboxes), not "every state"
+    const ended = await sandbox();
+    await ended.kill();
+    for (const q of ['state=,', 'state=']) {
+      const res = await api('GET', `/v1/sandboxes?${q}&limit=1000`);
+      expect(res.status).toBe(200);
+      const ids = ((await res.json()) as { sandboxes: Array<{ sandboxId: string }> }).sandboxes.map((x) => x.sandboxId);
+      expect(ids, q).not.toContain(ended.sandboxId);
+    }
+    const all = ((await (await api('GET', '/v1/sandboxes?state=killed&limit=1000')).json()) as { sandboxes: Array<{ sandboxId: string }> }).sandboxes;
+    expect(all.map((x) => x.sandboxId)).toContain(ended.sandboxId);
   });
 
   it('rejects relative and malformed paths in a running sandbox with 400', async () => {

@@ -1442,7 +1442,8 @@ export class SandboxManager {
   private async killHeld(id: string, reason: string): Promise<SandboxRecord> {
     const rec = this.get(id);
     if (isTerminal(rec.state)) return rec;
-    this.store.transition(id, rec.state, 'killing', reason);
+    // (already killing: an earlier kill failed half-way; this one finishes it)
+    if (rec.state !== 'killing') this.store.transition(id, rec.state, 'killing', reason);
     this.hibernateRetryAt.delete(id);
     this.dropHibernations(id);
     const live = this.live.get(id);

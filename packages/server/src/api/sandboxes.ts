@@ -41,6 +41,7 @@ const LIVE_STATES: SandboxState[] = ['creating', 'running', 'hibernating', 'paus
 export function parseList<T extends string>(raw: string | undefined, allowed: readonly T[], field: string, fallback: T[]): T[] {
   if (!raw) return fallback;
   const wanted = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (!wanted.length) return fallback; // (`state=,` is no filter word at all: the default, not everything)
   for (const w of wanted) {
     if (!(allowed as readonly string[]).includes(w)) throw new NsError('bad_request', `unknown ${field} "${w}"`, { details: { field } });
   }
