@@ -119,6 +119,8 @@ interface Live {
 
 /** How often a VM that QEMU stopped on a full host disk is tried again. */
 const DISK_FULL_RETRY_MS = 1000;
+/** How long closing the server waits for lifecycle operations under way. */
+const CLOSE_WAIT_MS = 15_000;
 /** How long a capture waits for process starts and file work under volumes already under way. */
 const CAPTURE_DRAIN_MS = 10_000;
 
@@ -135,6 +137,8 @@ export class SandboxManager {
   private readonly admission: Admission;
   private reaper: NodeJS.Timeout | undefined;
   private closing = false;
+  /** close() is done: nothing is attached any more. */
+  private closed = false;
   /** Snapshot captures and restores read the layer store; the garbage collector writes it. */
   readonly layersLock = new RwLock();
   /** Called when layers may have lost their last reference (a sandbox ended, a snapshot was deleted). */
@@ -319,6 +323,10 @@ export class SandboxManager {
     // ones still being prepared clean up when they finish (their steps have timeouts): wait for them,
     // so that nothing of theirs (a QEMU, a uid claim) outlives the server
     await Promise.allSettled([...this.warming.keys()]);
+    // lifecycle operations under way (a create, a resume, the reaper's hibernation) finish first, so
+    // that their records are not left half-way for the next start to repair; a long one (a disk
+    // chain streamed in the background) is not waited for beyond CLOSE_WAIT_MS
+    await this.locks.idle(CLOSE_WAIT_MS);
     for (const l of this.live.values()) {
       clearInterval(l.diskFullTimer);
       l.vm.removeAllListeners();
@@ -327,6 +335,7 @@ export class SandboxManager {
       l.vm.qmp.close();
     }
     this.live.clear();
+    this.closed = true;
   }
 
   get(id: string): SandboxRecord {
@@ -1294,6 +1303,12 @@ export class SandboxManager {
 
   /** Starts watching a running VM. */
   private attach(id: string, vm: Vm, release: () => void, opts: { adopted?: boolean } = {}): void {
+    if (this.closed) {
+      // an operation that outlived close(): the VM runs on, the next server re-adopts it
+      vm.disconnectAgent();
+      vm.qmp.close();
+      return;
+    }
     const live: Live = { vm, release };
     this.live.set(id, live);
     this.watchDiskFull(id, live, opts.adopted === true);

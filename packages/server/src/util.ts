@@ -15,6 +15,16 @@ export class KeyedMutex {
     return next;
   }
 
+  /** Resolves once no operation holds or waits for any key, or after `timeoutMs`. */
+  async idle(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.tails.size && Date.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.allSettled([...this.tails.values()]), new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
+      clearTimeout(timer);
+    }
+  }
+
   /** True while an operation holds or waits for `key`. */
   busy(key: string): boolean {
     return this.tails.has(key);

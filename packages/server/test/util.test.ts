@@ -63,3 +63,26 @@ describe('KeyedGate', () => {
     gate.open('s');
   });
 });
+
+describe('KeyedMutex.idle', () => {
+  it('resolves once every key is free, or at the deadline', async () => {
+    const { KeyedMutex } = await import('../src/util.js');
+    const locks = new KeyedMutex();
+    let release = () => {};
+    const held = locks.run('a', () => new Promise<void>((r) => (release = r)));
+    void locks.run('b', async () => {});
+    const t0 = Date.now();
+    await locks.idle(50); // 'a' still held: the deadline
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(45);
+    expect(locks.busy('a')).toBe(true);
+    let idle = false;
+    const waiting = locks.idle(10_000).then(() => (idle = true));
+    await tick();
+    expect(idle).toBe(false);
+    release();
+    await held;
+    await waiting;
+    expect(idle).toBe(true);
+    expect(locks.busy('a')).toBe(false);
+  });
+});
