@@ -151,10 +151,11 @@ export class QmpClient extends EventEmitter {
   }
 
   /** Resolves with the first event named `name` that satisfies `match`, or rejects after `timeoutMs`. */
-  waitEvent(name: string, timeoutMs: number, match: (e: QmpEvent) => boolean = () => true): Promise<QmpEvent> {
+  waitEvent(name: string | string[], timeoutMs: number, match: (e: QmpEvent) => boolean = () => true): Promise<QmpEvent> {
+    const names = Array.isArray(name) ? name : [name];
     return new Promise((resolve, reject) => {
       const onEvent = (e: QmpEvent) => {
-        if (e.event === name && match(e)) {
+        if (names.includes(e.event) && match(e)) {
           cleanup();
           resolve(e);
         }

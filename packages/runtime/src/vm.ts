@@ -31,6 +31,8 @@ export class Vm extends EventEmitter {
   private quitting = false;
   private isGone = false;
   private _agent: AgentClient | undefined;
+  /** The block-stream job under way (streamDisk), if any. */
+  private streamJob: string | undefined;
 
   private constructor(
     readonly profile: HostProfile,
@@ -230,11 +232,22 @@ export class Vm extends EventEmitter {
   async streamDisk(base: string): Promise<void> {
     const node = this.spec.diskNode ?? 'root';
     const jobId = `stream-${Date.now().toString(36)}`;
-    const done = this.qmp.waitEvent('BLOCK_JOB_COMPLETED', 600_000, (e) => e.data?.device === jobId);
+    const done = this.qmp.waitEvent(['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'], 600_000, (e) => e.data?.device === jobId);
     done.catch(() => {}); // awaited below; unobserved if the command itself fails
     await this.qmp.execute('block-stream', { 'job-id': jobId, device: node, base });
-    const ev = await done;
-    if (ev.data?.error) throw new NsError('disk_failed', `block-stream ${jobId}: ${String(ev.data.error)}`);
+    this.streamJob = jobId;
+    try {
+      const ev = await done;
+      if (ev.event === 'BLOCK_JOB_CANCELLED') throw new NsError('cancelled', `block-stream ${jobId} was cancelled (the chain stays as it was)`);
+      if (ev.data?.error) throw new NsError('disk_failed', `block-stream ${jobId}: ${String(ev.data.error)}`);
+    } finally {
+      this.streamJob = undefined;
+    }
+  }
+
+  /** Cancels a `streamDisk` under way (its chain stays valid: what was copied up is the same data). */
+  async cancelStream(): Promise<void> {
+    if (this.streamJob && !this.gone) await this.qmp.execute('block-job-cancel', { device: this.streamJob, force: true }).catch(() => {});
   }
 
   /** Hot-plugs a volume's virtio-9p device (its backend exists since the start). */

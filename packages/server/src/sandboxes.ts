@@ -1156,9 +1156,10 @@ export class SandboxManager {
   private async compactChain(id: string, vm: Vm): Promise<void> {
     const rec = this.store.get(id);
     if (rec?.state !== 'running' || this.live.get(id)?.vm !== vm || !rec.diskParentLayer) return;
-    await this.boundChain(id, vm, rec.diskParentLayer).catch((err: unknown) =>
-      this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)'),
-    );
+    await this.boundChain(id, vm, rec.diskParentLayer).catch((err: unknown) => {
+      if (err instanceof NsError && err.code === 'cancelled') this.log.info({ sandboxId: id }, 'streaming the disk chain was cancelled (the sandbox is being killed)');
+      else this.log.error({ sandboxId: id, err: errorMessage(err) }, 'bounding the disk chain failed (the sandbox keeps its deeper chain)');
+    });
   }
 
   /**
@@ -1450,6 +1451,8 @@ export class SandboxManager {
 
   async kill(id: string, reason = 'killed by request'): Promise<SandboxRecord> {
     this.get(id);
+    // a disk chain streamed in the background holds the sandbox's lock: a kill does not wait for it
+    await this.live.get(id)?.vm.cancelStream();
     return this.locks.run(id, () => this.killHeld(id, reason));
   }
 
