@@ -122,7 +122,7 @@ claim_test_area() {
     step "clearing what an interrupted earlier run left in $tmp: $(ls "$tmp" | tr '\n' ' ')"
     pkill -KILL -f -- "$tmp/" || true
     for _ in $(seq 1 50); do pgrep -f -- "$tmp/" >/dev/null || break; sleep 0.1; done
-    grep -rls "$tmp/" /run/nullspace/vm-uids 2>/dev/null | xargs -r rm -f
+    { grep -rls "$tmp/" /run/nullspace/vm-uids 2>/dev/null || true; } | xargs -r rm -f
     rm -rf "${tmp:?}"/*
   fi
 }

@@ -130,6 +130,7 @@ describe('network', () => {
 
   it('puts the firewall rules back when they are flushed while sandboxes run (an nftables reload)', async () => {
     const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
     // a uid range (and so a table) of its own: the suite's other servers keep their rules meanwhile
     const table = 'nullspace_3100000_1000';
     onTestFinished(() => {
@@ -142,7 +143,6 @@ describe('network', () => {
       NULLSPACE_WARM_POOL: '0',
       NULLSPACE_SNAPSHOT_POOL: '0',
     });
-    onTestFinished(() => cleanupDataDir(dataDir));
     const s = await Sandbox.create({ apiUrl: server.url, apiKey: server.key });
     onTestFinished(async () => {
       await s.kill().catch(() => {});

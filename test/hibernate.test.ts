@@ -133,8 +133,8 @@ describe('hibernate and resume', () => {
 
   it('the reaper checks each expired sandbox again when it gets to it: a timeout extended meanwhile is kept', async () => {
     const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
     const server = await ownServer(dataDir, { NULLSPACE_REAPER_INTERVAL_MS: '1500', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
-    onTestFinished(() => cleanupDataDir(dataDir));
     const c = { apiUrl: server.url, apiKey: server.key };
     const a = await Sandbox.create({ ...c, lifecycle: { onTimeout: 'hibernate' } });
     const b = await Sandbox.create(c);
