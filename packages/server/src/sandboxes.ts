@@ -83,6 +83,8 @@ export const SNAPSHOT_ID_RE = /^snap_[0-9a-z]{16}$/;
 export const MAX_CHAIN_DEPTH = 8;
 /** Nice value of warm slots until taken: preparing them ahead of demand yields to sandboxes in use. */
 const WARM_NICE = 10;
+/** The template whose sandboxes the warm pool prepares ahead of demand. */
+const WARM_TEMPLATE = 'base';
 
 /** Hibernation snapshots kept per sandbox (the latest is the one it resumes from). */
 export const KEEP_HIBERNATIONS = 3;
@@ -658,7 +660,7 @@ export class SandboxManager {
     if (this.config.warmPoolSize > 0) {
       let template: TemplateInfo | undefined;
       try {
-        template = this.host.template('base');
+        template = this.host.template(WARM_TEMPLATE);
       } catch {
         // no usable base template on this host
       }
@@ -753,8 +755,9 @@ export class SandboxManager {
   /** A warm slot for `src`, or undefined (the create then prepares its own VM). */
   private takeWarm(src: RestoreSource, allowInternetAccess: boolean): WarmSlot | undefined {
     let found: WarmSlot | undefined;
-    // slots have the network on and no volumes: other creates neither use nor refresh them
-    if (!src.volumes.length && allowInternetAccess) {
+    // slots have the network on and no volumes: other creates neither use nor refresh them; the
+    // template slots are of `base` only (a create from another template leaves them alone)
+    if (!src.volumes.length && allowInternetAccess && (src.snapshotId !== null || src.template === WARM_TEMPLATE)) {
       if (src.snapshotId !== null && src.snapshotKind === 'reusable') this.touchSnapshot(src.snapshotId);
       for (let i = 0; i < this.warm.length && !found; i++) {
         const slot = this.warm[i]!;

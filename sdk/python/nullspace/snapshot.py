@@ -48,6 +48,8 @@ class Snapshot:
         pause_ms: How long the source sandbox was paused for the capture (``None`` if unknown).
         size_bytes: Bytes allocated by its layers (blocks shared with other snapshots counted in
             each).
+        volumes: The shared volumes the source mounted, guest path -> volume name (their content
+            is never in the snapshot: a sandbox started from it mounts them again).
     """
 
     id: str
@@ -58,6 +60,7 @@ class Snapshot:
     created_at: datetime
     pause_ms: Optional[int]
     size_bytes: int
+    volumes: dict[str, str] = field(default_factory=dict)
     _api: Optional[ApiClient] = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -73,6 +76,7 @@ class Snapshot:
             created_at=parse_datetime(r["createdAt"]),  # type: ignore[arg-type]
             pause_ms=r.get("pauseMs"),
             size_bytes=r.get("sizeBytes", 0),
+            volumes=dict(r.get("volumes") or {}),
             _api=api,
         )
 

@@ -3,7 +3,7 @@
 import secrets
 import unittest
 
-from nullspace import ConflictError, InvalidArgumentError, Sandbox, Volume, VolumeNotFoundError
+from nullspace import ConflictError, InvalidArgumentError, Sandbox, Snapshot, Volume, VolumeNotFoundError
 from _live import CONN, needs_server
 
 
@@ -26,6 +26,11 @@ class VolumeTest(unittest.TestCase):
             Volume.delete(name, **CONN)
         self.assertEqual(ctx.exception.code, "volume_in_use")
         self.assertIn(name, [v.name for v in Volume.list(**CONN)])
+        # a snapshot records which volumes it mounts (never their content)
+        snap = a.create_snapshot()
+        self.addCleanup(snap.delete)
+        self.assertEqual(snap.volumes, {"/mnt/data": name})
+        self.assertEqual(Snapshot.get(snap.id, **CONN).volumes, {"/mnt/data": name})
 
     def test_bad_names(self):
         for bad in ["../x", "", "x" * 300]:
