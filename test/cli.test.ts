@@ -1,5 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { findTemplate } from '@nullspace/runtime';
@@ -37,8 +38,23 @@ describe('nullspace CLI', () => {
     const exec = cli(['sandbox', 'exec', id, '--', 'echo hello $WHO; echo oops >&2; exit 4']);
     expect(exec).toMatchObject({ code: 4, stdout: 'hello cli\n', stderr: 'oops\n' });
 
+    // ended by a signal: 128 + its number, as in a shell; killed by its timeout: 124 (and --json says so)
+    expect(cli(['sandbox', 'exec', id, '--', 'kill -TERM $$']).code).toBe(143);
+    const late = cli(['sandbox', 'exec', '--timeout-ms', '1000', '--json', id, '--', 'echo started; sleep 30']);
+    expect(late.code).toBe(124);
+    expect(JSON.parse(late.stdout)).toMatchObject({ timedOut: true, stdout: 'started\n' });
+
     const w = cli(['files', 'write', id, '/workspace/from-cli.txt', '-'], 'piped content\n');
     expect(w.code, w.stderr).toBe(0);
+    // a local file that is not there is said so (not a server problem)
+    const missing = cli(['files', 'write', id, '/workspace/x', '/nonexistent/file']);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('cannot read /nonexistent/file');
+    const local = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ns-cli-')), 'big.bin');
+    onTestFinished(() => fs.rmSync(path.dirname(local), { recursive: true, force: true }));
+    fs.writeFileSync(local, Buffer.alloc(3 * 1024 * 1024, 7));
+    expect(cli(['files', 'write', id, '/workspace/big.bin', local]).code).toBe(0);
+    expect(cli(['sandbox', 'exec', id, '--', "wc -c < /workspace/big.bin; tr -d '\\007' < /workspace/big.bin | wc -c"]).stdout).toBe('3145728\n0\n');
     expect(cli(['files', 'read', id, '/workspace/from-cli.txt'])).toMatchObject({ code: 0, stdout: 'piped content\n' });
 
     const info = cli(['sandbox', 'info', id, '--json']);

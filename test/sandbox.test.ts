@@ -125,6 +125,27 @@ describe('TypeScript SDK against real sandboxes', () => {
     expect(chunks[0]![1]).toBeLessThan(chunks[chunks.length - 1]![1] - 700);
   });
 
+  it('says how much output it lost when the client fell behind (the rest is intact)', async () => {
+    const total = 30_000_000;
+    let blocked = false;
+    const r = await sbx.commands.run(`head -c ${total} /dev/zero | tr '\\0' a`, {
+      timeoutMs: 120_000,
+      onStdout: () => {
+        // a consumer that stops reading for a while: the server keeps at most 4 MiB for it
+        if (!blocked) {
+          blocked = true;
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 8000);
+        }
+      },
+    });
+    expect(r.exitCode).toBe(0);
+    expect(r.lostBytes).toBeGreaterThan(0);
+    expect(r.stdout.length + r.lostBytes).toBe(total);
+    expect(/^a*$/.test(r.stdout)).toBe(true);
+    // a client that keeps up loses nothing
+    expect((await sbx.commands.run('head -c 100000 /dev/zero | wc -c')).lostBytes).toBe(0);
+  });
+
   it('kills a command that outlives its timeout and says so', async () => {
     const t0 = Date.now();
     const err = await sbx.commands.run('echo started; sleep 30', { timeoutMs: 1500 }).catch((e: unknown) => e);

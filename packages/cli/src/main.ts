@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
+import os from 'node:os';
 import { Command, Option } from 'commander';
 import { loadConfig, startServer, VERSION, type Config } from '@nullspace/server';
-import { ConnectionConfig, errorFromResponse, Sandbox, SandboxError, Snapshot, Volume, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
+import { ConnectionConfig, errorFromResponse, Sandbox, SandboxError, Snapshot, TimeoutError, Volume, type CommandResult, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
 import { pruneCache } from '@nullspace/runtime';
 import { templateBuild, templateList } from './template.js';
 
@@ -108,12 +109,20 @@ template
 /** Calls an API route that the SDK does not wrap (operator routes such as /v1/gc). */
 async function apiCall(method: string, route: string): Promise<unknown> {
   const c = new ConnectionConfig();
-  const res = await fetch(c.apiUrl + route, {
-    method,
-    headers: { authorization: `Bearer ${c.apiKey}`, ...(method === 'POST' ? { 'content-type': 'application/json' } : {}) },
-    ...(method === 'POST' ? { body: '{}' } : {}),
-  });
-  const body: unknown = res.status === 204 ? undefined : await res.json();
+  let res: Response;
+  try {
+    res = await fetch(c.apiUrl + route, {
+      method,
+      headers: { authorization: `Bearer ${c.apiKey}`, ...(method === 'POST' ? { 'content-type': 'application/json' } : {}) },
+      ...(method === 'POST' ? { body: '{}' } : {}),
+      signal: AbortSignal.timeout(c.requestTimeoutMs),
+    });
+  } catch (err) {
+    const e = err as Error & { cause?: { code?: string } };
+    if (e.name === 'TimeoutError') throw new TimeoutError(`${method} ${route}: no answer within ${c.requestTimeoutMs} ms`, { code: 'request_timeout' });
+    throw new SandboxError(`cannot reach the nullspace server at ${c.apiUrl}: ${e.cause?.code ?? e.message}`, { code: 'connection_failed' });
+  }
+  const body: unknown = res.status === 204 ? undefined : await res.json().catch(() => undefined);
   if (!res.ok) throw errorFromResponse(res.status, body);
   return body;
 }
@@ -225,17 +234,28 @@ sandbox
   .option('-e, --env <KEY=VALUE>', 'environment (repeatable)', collect)
   .option('--timeout-ms <ms>', 'kill the command after this long (0 = never)', int)
   .option('--json', 'print the result as JSON instead of streaming')
-  .description('run a command, streaming its output; exits with its exit code')
+  .description('run a command, streaming its output; exits with its exit code (128 + the signal number when a signal ended it, 124 when its timeout killed it)')
   .action(async (id: string, command: string[], o: { cwd?: string; env?: string[]; timeoutMs?: number; json?: boolean }) => {
     const sbx = await Sandbox.connect(id);
-    const result = await sbx.commands.run(command.join(' '), {
-      ...(o.cwd ? { cwd: o.cwd } : {}),
-      envs: pairs(o.env, 'env'),
-      ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
-      ...(o.json ? {} : { onStdout: (d: string) => process.stdout.write(d), onStderr: (d: string) => process.stderr.write(d) }),
-    });
+    let result: CommandResult;
+    try {
+      result = await sbx.commands.run(command.join(' '), {
+        ...(o.cwd ? { cwd: o.cwd } : {}),
+        envs: pairs(o.env, 'env'),
+        ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+        ...(o.json ? {} : { onStdout: (d: string) => process.stdout.write(d), onStderr: (d: string) => process.stderr.write(d) }),
+      });
+    } catch (err) {
+      // killed by its timeout: what it printed, and 124 (as coreutils `timeout`)
+      if (!(err instanceof TimeoutError && err.result)) throw err;
+      if (o.json) printJson(err.result);
+      process.stderr.write(`the command was killed after its timeout\n`);
+      process.exitCode = 124;
+      return;
+    }
     if (o.json) printJson(result);
-    process.exitCode = result.exitCode ?? 128;
+    // a signal ends it as in a shell: 128 + the signal's number
+    process.exitCode = result.exitCode !== null && result.exitCode >= 0 ? result.exitCode : 128 + ((result.signal && os.constants.signals[result.signal as NodeJS.Signals]) || 0);
   });
 
 const snapshot = program.command('snapshot').description('reusable snapshots: memory + disk of a sandbox at one instant');
@@ -277,7 +297,7 @@ snapshot
   .action(async (id: string, o: { json?: boolean }) => {
     const snap = await Snapshot.get(id);
     const compatibility = await Snapshot.compatibility(id);
-    if (o.json) return printJson({ ...snap, compatibility });
+    if (o.json) return printJson({ ...snap.toJSON(), compatibility });
     process.stdout.write(describeSnapshot(snap) + '\n');
     process.stdout.write(
       compatibility.compatible
@@ -389,12 +409,27 @@ files
   .argument('[source]', 'local file, or - for stdin', '-')
   .description('write a local file (or stdin) to the sandbox')
   .action(async (id: string, path: string, source: string) => {
+    // the local file first: a missing one is that, not a server problem
+    let fd: number | undefined;
+    if (source !== '-') {
+      try {
+        fd = fs.openSync(source, 'r');
+      } catch (err) {
+        throw new SandboxError(`cannot read ${source}: ${(err as Error).message}`, { code: 'bad_request' });
+      }
+    }
     const sbx = await Sandbox.connect(id);
-    const input = source === '-' ? process.stdin : fs.createReadStream(source);
+    const input = fd === undefined ? process.stdin : fs.createReadStream('', { fd });
+    // pulled as the upload goes (never the whole file in memory)
+    const chunks = input[Symbol.asyncIterator]();
     const body = new ReadableStream<Uint8Array>({
-      async start(controller) {
-        for await (const chunk of input) controller.enqueue(chunk as Uint8Array);
-        controller.close();
+      async pull(controller) {
+        const next = await chunks.next();
+        if (next.done) controller.close();
+        else controller.enqueue(next.value as Uint8Array);
+      },
+      async cancel() {
+        await chunks.return?.();
       },
     });
     const info = await sbx.files.write(path, body);

@@ -11,26 +11,32 @@ export interface ConnectionOpts {
   apiUrl?: string;
   /** API key; default NULLSPACE_API_KEY, else the key in the local server's data dir. */
   apiKey?: string;
-  /** Limit for each API request (not for command output streams). Default 120000. */
+  /**
+   * Limit for each API request until the response starts, and then for each wait for more of its
+   * body (a large file keeps flowing however long it takes; command output streams have no limit).
+   * Default 120000.
+   */
   requestTimeoutMs?: number;
 }
 
 /** Resolves where the server is and how to authenticate, once per client. */
 export class ConnectionConfig {
   readonly apiUrl: string;
-  readonly apiKey: string;
+  declare readonly apiKey: string;
   readonly requestTimeoutMs: number;
 
   constructor(opts: ConnectionOpts = {}) {
-    this.apiUrl = (opts.apiUrl ?? process.env.NULLSPACE_API_URL ?? DEFAULT_API_URL).replace(/\/+$/, '');
-    const key = opts.apiKey ?? process.env.NULLSPACE_API_KEY ?? readLocalKey();
+    // (an empty variable counts as unset)
+    this.apiUrl = (opts.apiUrl || process.env.NULLSPACE_API_URL || DEFAULT_API_URL).replace(/\/+$/, '');
+    const key = opts.apiKey || process.env.NULLSPACE_API_KEY || readLocalKey();
     if (!key) {
       throw new SandboxError(
         `no API key: set NULLSPACE_API_KEY or pass apiKey (the local server keeps its key in ${localKeyFile()})`,
         { code: 'missing_api_key' },
       );
     }
-    this.apiKey = key;
+    // not enumerable: logging or serializing an SDK object never prints the key
+    Object.defineProperty(this, 'apiKey', { value: key, enumerable: false, writable: false });
     this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   }
 }
@@ -79,22 +85,31 @@ export class ApiClient {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(opts.json);
     }
-    const init: RequestInit & { duplex?: 'half' } = { method: opts.method ?? 'GET', headers, body };
+    const abort = new AbortController();
+    const init: RequestInit & { duplex?: 'half' } = { method: opts.method ?? 'GET', headers, body, signal: abort.signal };
     if (body instanceof ReadableStream) init.duplex = 'half';
-    if (timeoutMs !== false) init.signal = AbortSignal.timeout(timeoutMs);
-    let res: Response;
-    try {
-      res = await fetch(this.url(p, opts.query), init);
-    } catch (err) {
+    const what = `${init.method} ${p}`;
+    const failure = (err: unknown): SandboxError => {
+      if (err instanceof SandboxError) return err;
       const e = err as Error & { cause?: { code?: string } };
-      if (e.name === 'TimeoutError' || e.name === 'AbortError') {
-        throw new TimeoutError(`request ${init.method} ${p} timed out after ${String(timeoutMs)} ms`, { code: 'request_timeout', cause: err });
+      if (abort.signal.aborted || e.name === 'TimeoutError' || e.name === 'AbortError') {
+        return new TimeoutError(`request ${what}: no answer from the server within ${String(timeoutMs)} ms`, { code: 'request_timeout', cause: err });
       }
-      throw new SandboxError(`cannot reach the nullspace server at ${this.config.apiUrl}: ${e.cause?.code ?? e.message}`, {
+      return new SandboxError(`request ${what}: the connection to the nullspace server at ${this.config.apiUrl} failed: ${e.cause?.code ?? e.message}`, {
         code: 'connection_failed',
         cause: err,
       });
+    };
+    let res: Response;
+    const timer = timeoutMs === false ? undefined : setTimeout(() => abort.abort(), timeoutMs);
+    try {
+      res = await fetch(this.url(p, opts.query), init);
+    } catch (err) {
+      throw failure(err);
+    } finally {
+      clearTimeout(timer);
     }
+    res = guardBody(res, timeoutMs, abort, failure);
     if (!res.ok) {
       let parsed: unknown;
       try {
@@ -110,8 +125,40 @@ export class ApiClient {
   async json<T>(p: string, opts: RequestOpts = {}): Promise<T> {
     const res = await this.request(p, opts);
     if (res.status === 204) return undefined as T;
-    return (await res.json()) as T;
+    const text = await res.text();
+    try {
+      return JSON.parse(text) as T;
+    } catch (err) {
+      throw new SandboxError(`${p}: the server's answer is not JSON: ${text.slice(0, 100)}`, { code: 'invalid_response', cause: err });
+    }
   }
+}
+
+/**
+ * The response with a body whose every wait for data is limited to `timeoutMs` (a slow but steady
+ * transfer goes on) and whose failures (connection cut, timeout) are SandboxErrors.
+ */
+function guardBody(res: Response, timeoutMs: number | false, abort: AbortController, failure: (err: unknown) => SandboxError): Response {
+  if (!res.body) return res;
+  const reader = res.body.getReader();
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const timer = timeoutMs === false ? undefined : setTimeout(() => abort.abort(), timeoutMs);
+      try {
+        const { done, value } = await reader.read();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      } catch (err) {
+        controller.error(failure(err));
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+  return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
 }
 
 /** Reads an NDJSON response line by line. */
@@ -125,9 +172,17 @@ export async function* ndjson(res: Response): AsyncGenerator<Record<string, unkn
     while ((nl = buf.indexOf('\n')) >= 0) {
       const line = buf.slice(0, nl).trim();
       buf = buf.slice(nl + 1);
-      if (line) yield JSON.parse(line) as Record<string, unknown>;
+      if (line) yield parseLine(line);
     }
   }
   buf += decoder.decode();
-  if (buf.trim()) yield JSON.parse(buf) as Record<string, unknown>;
+  if (buf.trim()) yield parseLine(buf.trim());
+}
+
+function parseLine(line: string): Record<string, unknown> {
+  try {
+    return JSON.parse(line) as Record<string, unknown>;
+  } catch (err) {
+    throw new SandboxError(`the server sent a line that is not JSON: ${line.slice(0, 100)}`, { code: 'invalid_response', cause: err });
+  }
 }

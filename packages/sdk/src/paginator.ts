@@ -24,8 +24,9 @@ export class Paginator<T> implements AsyncIterable<T> {
 
   async nextItems(): Promise<T[]> {
     if (!this.hasNext) return [];
-    this.started = true;
+    // (started only once a page came: a failed first request can be tried again)
     const page = await this.fetchPage(this.token);
+    this.started = true;
     this.token = page.nextToken;
     return page.items;
   }

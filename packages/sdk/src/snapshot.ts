@@ -84,7 +84,18 @@ export class Snapshot {
   }
 
   delete(): Promise<boolean> {
-    return Snapshot.delete(this.id, { apiUrl: this.api.config.apiUrl, apiKey: this.api.config.apiKey });
+    return falseOn('snapshot_not_found', () => this.api.json(`/v1/snapshots/${encodeURIComponent(this.id)}`, { method: 'DELETE' }));
+  }
+
+  /** Whether this server's host can restore the snapshot, and why not. */
+  compatibility(): Promise<Compatibility> {
+    return this.api.json<Compatibility>(`/v1/snapshots/${encodeURIComponent(this.id)}/compatibility`);
+  }
+
+  /** Its public fields (what `JSON.stringify` prints: never the client it came with). */
+  toJSON(): Record<string, unknown> {
+    const { id, sandboxId, kind, template, metadata, createdAt, pauseMs, sizeBytes, volumes } = this;
+    return { id, sandboxId, kind, template, metadata, createdAt, pauseMs, sizeBytes, volumes };
   }
 
   /** @internal */

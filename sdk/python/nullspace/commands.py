@@ -86,6 +86,7 @@ def consume_events(events: Iterable[Mapping[str, Any]], out: CommandOutput, pid_
             ended without an exit status (sandbox killed?).
     """
     pid = pid_hint
+    lost = 0
     for ev in events:
         kind = ev.get("type")
         if kind in ("stdout", "stderr"):
@@ -101,13 +102,17 @@ def consume_events(events: Iterable[Mapping[str, Any]], out: CommandOutput, pid_
                 stdout=out.stdout,
                 stderr=out.stderr,
                 timed_out=ev.get("timedOut") is True,
+                lost_bytes=lost,
             )
             if result.timed_out:
                 raise TimeoutError(f"command (pid {result.pid}) was killed after its timeout", code="command_timeout", result=result)
             return result
         elif kind == "error":
             raise error_from_response(503, {"error": {"code": str(ev.get("code")), "message": str(ev.get("message"))}})
-        # "lost" (output dropped by the sandbox under pressure) and unknown events are ignored
+        elif kind == "lost":
+            # output the server dropped while this client was more than 4 MiB behind
+            lost += int(ev.get("bytes") or 0)
+        # unknown events are ignored
     out.finish()
     raise SandboxError("the command output stream ended without an exit status (sandbox killed?)", code="stream_ended")
 

@@ -151,6 +151,8 @@ class Response:
 
     def iter_bytes(self, chunk_size: int = _CHUNK) -> Iterator[bytes]:
         """Body chunks as they arrive (each at most ``chunk_size`` bytes); closes at the end."""
+        expected = self.raw.length  # the Content-Length, when the answer had one (else None)
+        received = 0
         try:
             while True:
                 try:
@@ -163,7 +165,13 @@ class Response:
                         code="connection_failed",
                     ) from e
                 if not chunk:
+                    if expected is not None and received < expected:
+                        raise SandboxError(
+                            f"{self._what}: the connection to {self._client.config.api_url} closed after {received} of {expected} bytes",
+                            code="connection_failed",
+                        )
                     return
+                received += len(chunk)
                 yield chunk
         finally:
             self.close()

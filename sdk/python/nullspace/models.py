@@ -163,6 +163,9 @@ class CommandResult:
     stdout: str
     stderr: str
     timed_out: bool = False
+    lost_bytes: int = 0
+    """Output bytes the server dropped because this client fell more than 4 MiB behind (stdout and
+    stderr together); 0 when :attr:`stdout` and :attr:`stderr` are complete."""
 
 
 @dataclass(frozen=True)

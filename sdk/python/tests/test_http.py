@@ -255,6 +255,15 @@ class FilesTest(HttpTestCase):
         with self.assertRaises(ValueError):
             f.read("/r", format="json")
 
+    def test_body_cut_short(self):
+        # a reply that announced more bytes than came before the connection closed is an error,
+        # never a silently truncated file
+        self.route("GET", self.BASE)(lambda r: (200, {"Content-Type": "application/octet-stream", "Content-Length": "1000"}, b"1234567"))
+        with self.assertRaises(SandboxError) as cm:
+            self.sandbox.files.read("/short", format="bytes")
+        self.assertEqual(cm.exception.code, "connection_failed")
+        self.assertIn("7 of 1000 bytes", str(cm.exception))
+
     def test_fs_operations(self):
         entry = {"name": "d", "path": "/w/d", "type": "dir", "size": 4096, "mode": 0o755, "mtimeMs": 1700000000123.5}
         self.route("GET", self.BASE + "/list")(lambda r: json_reply(200, {"entries": [entry, dict(entry, name="l", path="/w/l", type="symlink", symlinkTarget="/x")]}))

@@ -114,7 +114,8 @@ class ConsumeEventsTest(unittest.TestCase):
             {"type": "end", "pid": 12, "exitCode": 3, "signal": None, "timedOut": False, "running": False},
         ]
         r = consume_events(events, CommandOutput())
-        self.assertEqual(r, CommandResult(pid=12, exit_code=3, signal=None, stdout="42\n", stderr="warn\n", timed_out=False))
+        # the lost bytes are counted (the output has a hole the caller can see)
+        self.assertEqual(r, CommandResult(pid=12, exit_code=3, signal=None, stdout="42\n", stderr="warn\n", timed_out=False, lost_bytes=10))
 
     def test_pid_from_start_event(self):
         r = consume_events([{"type": "start", "pid": 5}, {"type": "end", "exitCode": None, "signal": "SIGKILL"}], CommandOutput())

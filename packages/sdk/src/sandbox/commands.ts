@@ -9,6 +9,11 @@ export interface CommandResult {
   stdout: string;
   stderr: string;
   timedOut: boolean;
+  /**
+   * Output bytes the server dropped because this client fell more than 4 MiB behind (stdout and
+   * stderr together); 0 when `stdout`/`stderr` are complete.
+   */
+  lostBytes: number;
 }
 
 export interface ProcessInfo {
@@ -42,10 +47,18 @@ export interface CommandStartOpts {
 class Output {
   stdout = '';
   stderr = '';
+  lostBytes = 0;
   private dec = { stdout: new TextDecoder(), stderr: new TextDecoder() };
   constructor(private readonly opts: CommandStartOpts) {}
   add(kind: 'stdout' | 'stderr', base64: string): void {
-    const text = this.dec[kind].decode(Buffer.from(base64, 'base64'), { stream: true });
+    this.emit(kind, this.dec[kind].decode(Buffer.from(base64, 'base64'), { stream: true }));
+  }
+  /** At the end: an incomplete UTF-8 sequence left in a decoder becomes U+FFFD rather than vanish. */
+  flush(): void {
+    this.emit('stdout', this.dec.stdout.decode());
+    this.emit('stderr', this.dec.stderr.decode());
+  }
+  private emit(kind: 'stdout' | 'stderr', text: string): void {
     if (!text) return;
     this[kind] += text;
     (kind === 'stdout' ? this.opts.onStdout : this.opts.onStderr)?.(text);
@@ -59,7 +72,11 @@ async function consume(res: Response, out: Output, pidHint: number): Promise<Com
       case 'stderr':
         out.add(ev.type, String(ev.data));
         break;
+      case 'lost':
+        out.lostBytes += Number(ev.bytes ?? 0);
+        break;
       case 'end': {
+        out.flush();
         const result: CommandResult = {
           pid: Number(ev.pid ?? pidHint),
           exitCode: (ev.exitCode as number | null) ?? null,
@@ -67,6 +84,7 @@ async function consume(res: Response, out: Output, pidHint: number): Promise<Com
           stdout: out.stdout,
           stderr: out.stderr,
           timedOut: ev.timedOut === true,
+          lostBytes: out.lostBytes,
         };
         if (result.timedOut) {
           const err = new TimeoutError(`command (pid ${result.pid}) was killed after its timeout`, { code: 'command_timeout' });

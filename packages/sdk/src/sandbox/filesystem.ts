@@ -67,15 +67,15 @@ export class Filesystem {
 
   /** Writes one file (parents are created), or several when given a list. */
   write(path: string, data: FileData, opts?: { mode?: number; append?: boolean }): Promise<WriteInfo>;
-  write(files: Array<{ path: string; data: FileData }>): Promise<WriteInfo[]>;
+  write(files: Array<{ path: string; data: FileData; mode?: number; append?: boolean }>): Promise<WriteInfo[]>;
   async write(
-    pathOrFiles: string | Array<{ path: string; data: FileData }>,
+    pathOrFiles: string | Array<{ path: string; data: FileData; mode?: number; append?: boolean }>,
     data?: FileData,
     opts: { mode?: number; append?: boolean } = {},
   ): Promise<WriteInfo | WriteInfo[]> {
     if (Array.isArray(pathOrFiles)) {
       const out: WriteInfo[] = [];
-      for (const f of pathOrFiles) out.push(await this.write(f.path, f.data));
+      for (const f of pathOrFiles) out.push(await this.write(f.path, f.data, { ...(f.mode !== undefined ? { mode: f.mode } : {}), ...(f.append !== undefined ? { append: f.append } : {}) }));
       return out;
     }
     const body = data ?? '';

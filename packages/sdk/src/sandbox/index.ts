@@ -1,4 +1,5 @@
 import { ApiClient, ConnectionConfig, type ConnectionOpts } from '../connection.js';
+import { InvalidArgumentError } from '../errors.js';
 import { falseOn, Paginator } from '../paginator.js';
 import { Snapshot } from '../snapshot.js';
 import { Commands } from './commands.js';
@@ -127,6 +128,9 @@ export class Sandbox {
   static async create(template: string, opts?: SandboxOpts): Promise<Sandbox>;
   static async create(templateOrOpts?: string | SandboxOpts, maybeOpts: SandboxOpts = {}): Promise<Sandbox> {
     const opts = typeof templateOrOpts === 'string' ? { ...maybeOpts, template: templateOrOpts } : (templateOrOpts ?? {});
+    if (opts.snapshotId !== undefined && opts.template !== undefined) {
+      throw new InvalidArgumentError('pass either a template or a snapshotId, not both (a sandbox from a snapshot has its template)', { code: 'bad_request' });
+    }
     const api = new ApiClient(new ConnectionConfig(opts));
     const info = await api.json<RawInfo>('/v1/sandboxes', {
       method: 'POST',
