@@ -13,8 +13,8 @@ export interface ConnectionOpts {
   apiKey?: string;
   /**
    * Limit for each API request until the response starts, and then for each wait for more of its
-   * body (a large file keeps flowing however long it takes; command output streams have no limit).
-   * Default 120000.
+   * body (a large file keeps flowing however long it takes). Command output streams and uploads
+   * given as a stream or larger than 8 MiB have no limit. Default 120000.
    */
   requestTimeoutMs?: number;
 }

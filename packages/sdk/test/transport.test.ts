@@ -73,6 +73,22 @@ describe('TS SDK transport', () => {
     expect(stalled).toMatchObject({ code: 'request_timeout' });
   });
 
+  it('an upload over 8 MiB may take longer than the request timeout; a small one may not', async () => {
+    routes.set(`PUT /v1/sandboxes/${SBX}/files`, (req, res) => {
+      // a slow reader: the upload takes ~1 s whatever the client's limit
+      let size = 0;
+      req.on('data', (c: Buffer) => {
+        size += c.length;
+        req.pause();
+        setTimeout(() => req.resume(), 5);
+      });
+      req.on('end', () => setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ path: '/x', size })), 600));
+    });
+    const sbx = await Sandbox.connect(SBX, { apiUrl, apiKey, requestTimeoutMs: 300 });
+    expect(await sbx.files.write('/x', new Uint8Array(9 * 1024 * 1024))).toEqual({ path: '/x', size: 9 * 1024 * 1024 });
+    await expect(sbx.files.write('/x', 'small')).rejects.toMatchObject({ code: 'request_timeout' });
+  });
+
   it('a list whose first page failed can be listed again', async () => {
     let calls = 0;
     routes.set('GET /v1/snapshots', (_req, res) => {

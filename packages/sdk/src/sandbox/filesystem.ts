@@ -79,7 +79,10 @@ export class Filesystem {
       return out;
     }
     const body = data ?? '';
-    const streaming = body instanceof ReadableStream;
+    // the server answers an upload once it is all written: one that may take a while (a stream, or
+    // more than 8 MiB) is not limited by the request timeout
+    const size = typeof body === 'string' ? Buffer.byteLength(body) : body instanceof Blob ? body.size : ArrayBuffer.isView(body) || body instanceof ArrayBuffer ? body.byteLength : Infinity;
+    const streaming = body instanceof ReadableStream || size > 8 * 1024 * 1024;
     return this.api.json<WriteInfo>(this.base, {
       method: 'PUT',
       query: { path: pathOrFiles, mode: opts.mode, append: opts.append },
