@@ -72,11 +72,21 @@ func errnoCode(errno syscall.Errno) (ErrCode, bool) {
 	case syscall.ENAMETOOLONG, syscall.ELOOP:
 		// a name or path too long, or a loop of symbolic links: the request's path
 		return CodeInvalidPath, true
-	case syscall.EXDEV, syscall.EINVAL, syscall.EBUSY:
-		// e.g. a rename across file systems, of a directory into itself, or of a mount point
-		return CodeBadRequest, true
 	}
 	return "", false
+}
+
+// pathOpError is toOpError for a rename or remove of paths the request
+// names, where EXDEV (across file systems), EINVAL (a directory into itself)
+// and EBUSY (a mount point) are the request's fault. (Elsewhere, in mounts,
+// cgroups or the clock, they are faults of the guest and stay io_error.)
+func pathOpError(what string, err error) *OpError {
+	var errno syscall.Errno
+	if errors.As(err, &errno) && (errno == syscall.EXDEV || errno == syscall.EINVAL || errno == syscall.EBUSY) {
+		oe := toOpError(what, err)
+		return &OpError{Code: CodeBadRequest, Message: oe.Message}
+	}
+	return toOpError(what, err)
 }
 
 // toOpError converts any error into an OpError. what describes the failed

@@ -476,17 +476,17 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 	}
 	fi, err := os.Lstat(p)
 	if err != nil {
-		return nil, toOpError("remove "+p, err)
+		return nil, pathOpError("remove "+p, err)
 	}
 	if !fi.IsDir() {
 		if err := syscall.Unlink(p); err != nil {
-			return nil, toOpError("remove "+p, &os.PathError{Op: "unlink", Path: p, Err: err})
+			return nil, pathOpError("remove "+p, &os.PathError{Op: "unlink", Path: p, Err: err})
 		}
 		return struct{}{}, nil
 	}
 	if req.Recursive {
 		if err := os.RemoveAll(p); err != nil {
-			return nil, toOpError("remove "+p, err)
+			return nil, pathOpError("remove "+p, err)
 		}
 		return struct{}{}, nil
 	}
@@ -494,7 +494,7 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 		if err == syscall.ENOTEMPTY || err == syscall.EEXIST {
 			return nil, opErrorf(CodeNotEmpty, "remove %s: directory not empty", p)
 		}
-		return nil, toOpError("remove "+p, &os.PathError{Op: "rmdir", Path: p, Err: err})
+		return nil, pathOpError("remove "+p, &os.PathError{Op: "rmdir", Path: p, Err: err})
 	}
 	return struct{}{}, nil
 }
@@ -519,7 +519,7 @@ func opFsRename(st *stream, raw json.RawMessage) (interface{}, error) {
 		return nil, err
 	}
 	linkErr := func(err error) error {
-		return toOpError("", &os.LinkError{Op: "rename", Old: from, New: to, Err: err})
+		return pathOpError("", &os.LinkError{Op: "rename", Old: from, New: to, Err: err})
 	}
 	if boolOr(req.Overwrite, true) {
 		// rename(2) directly: os.Rename refuses to replace a directory.

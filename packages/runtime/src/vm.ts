@@ -234,9 +234,10 @@ export class Vm extends EventEmitter {
     const jobId = `stream-${Date.now().toString(36)}`;
     const done = this.qmp.waitEvent(['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'], 600_000, (e) => e.data?.device === jobId);
     done.catch(() => {}); // awaited below; unobserved if the command itself fails
-    await this.qmp.execute('block-stream', { 'job-id': jobId, device: node, base });
+    // (named before the job starts: a cancel right after must find it)
     this.streamJob = jobId;
     try {
+      await this.qmp.execute('block-stream', { 'job-id': jobId, device: node, base });
       const ev = await done;
       if (ev.event === 'BLOCK_JOB_CANCELLED') throw new NsError('cancelled', `block-stream ${jobId} was cancelled (the chain stays as it was)`);
       if (ev.data?.error) throw new NsError('disk_failed', `block-stream ${jobId}: ${String(ev.data.error)}`);

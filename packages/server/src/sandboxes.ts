@@ -847,7 +847,7 @@ export class SandboxManager {
     const finalPath = { mem: path.join(this.layersDir, `${ids.mem}.mem`), state: path.join(this.layersDir, `${ids.state}.state`) };
     const diskLayerPath = path.join(this.layersDir, `${ids.disk}.qcow2`);
     const nextOverlay = path.join(this.sandboxDir(id), `disk-${Date.now().toString(36)}.qcow2`);
-    const parent = rec.diskParentLayer;
+    let parent = rec.diskParentLayer;
     const switchRecorded = () => {
       this.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
     };
@@ -914,7 +914,10 @@ export class SandboxManager {
           beforeSwitch: () => {
             // the layer is a copy of an overlay the sandbox's uid could write: before anything of
             // root's opens its chain, its header must name only what this sandbox's disk rests on
-            checkQcow2Backing(diskLayerPath, (b) => this.mayBack(rec, b));
+            const header = checkQcow2Backing(diskLayerPath, (b) => this.mayBack(rec, b));
+            // its parent is the layer its header names (null: the template), which a background
+            // stream may have moved down from the recorded one
+            parent = this.lineageLayer(rec, header.backingFile!) ?? null;
             this.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() });
           },
           switchFailed: () => this.snapshots.deleteLayer(ids.disk),
@@ -1166,12 +1169,29 @@ export class SandboxManager {
   }
 
   /**
-   * Whether `file` may back a disk layer captured from sandbox `rec`: exactly its recorded parent
-   * layer, or (none recorded: the overlay rests on its template) a template build's disk, which is
-   * public. Anything else in a layer's header is a tampered overlay.
+   * Whether `file` may back a disk layer captured from sandbox `rec`: its recorded parent layer or
+   * one of that layer's ancestors (its own lineage), or a template build's disk (public). Anything
+   * else in a layer's header (a host file, another sandbox's layer or disk) is a tampered overlay.
    */
   private mayBack(rec: SandboxRecord, file: string): boolean {
-    if (rec.diskParentLayer) return this.snapshots.layer(rec.diskParentLayer)?.path === file;
+    return this.lineageLayer(rec, file) !== undefined || this.isTemplateDisk(file);
+  }
+
+  /**
+   * The layer of the sandbox's recorded parent or of one of its ancestors at `file` (a disk chain
+   * streamed in the background leaves the overlay on an older layer or on the template; a server
+   * stopped or crashed before it recorded that leaves the record behind the header).
+   */
+  private lineageLayer(rec: SandboxRecord, file: string): string | undefined {
+    for (let id = rec.diskParentLayer, n = 0; id && n < 1000; n++) {
+      const layer = this.snapshots.layer(id);
+      if (layer?.path === file) return id;
+      id = layer?.parentId ?? null;
+    }
+    return undefined;
+  }
+
+  private isTemplateDisk(file: string): boolean {
     const templates = path.join(this.config.cacheDir, 'templates');
     if (path.normalize(file) !== file || path.basename(file) !== 'disk.qcow2' || path.dirname(path.dirname(file)) !== templates) return false;
     if (!/^[a-z0-9][a-z0-9-]*-[0-9a-f]{16}$/.test(path.basename(path.dirname(file)))) return false;
@@ -1404,8 +1424,10 @@ export class SandboxManager {
    * The agent for starting a process or for file work on `paths`, once no capture of the sandbox is
    * under way: a capture freezes user processes (the agent refuses new ones) and unmounts volumes (a
    * file written under one would land on the root disk, hidden once it is mounted again). Such a
-   * request waits for the capture; one already under way counts until `done` and the capture waits
-   * for it first. File work that does not touch a volume's mount point is not held up.
+   * request waits for the capture; one already under way on a volume's path counts until `done`
+   * and the capture waits for it first. Other file work of a sandbox with volumes waits for a capture
+   * too (a guest symlink may lead into a volume) but does not hold one back; that of a sandbox
+   * without volumes is never held up.
    */
   async agentFor(id: string, use: { start: true } | { paths: string[] }): Promise<{ agent: AgentClient; done: () => void }> {
     const rec = this.get(id);
@@ -1413,8 +1435,11 @@ export class SandboxManager {
       const a = path.posix.resolve(p);
       return a === mount || a.startsWith(mount + '/') || mount.startsWith(a === '/' ? '/' : a + '/');
     };
-    const gated = 'start' in use || use.paths.some((p) => rec.volumes.some((v) => crosses(p, v.path)));
-    const done = gated ? await this.gate.enter(id) : () => {};
+    let done = () => {};
+    if ('start' in use || use.paths.some((p) => rec.volumes.some((v) => crosses(p, v.path)))) done = await this.gate.enter(id);
+    // any other file work of a sandbox with volumes waits too (a guest symlink may lead into one),
+    // without holding a capture back
+    else if (rec.volumes.length) await this.gate.passed(id);
     try {
       return { agent: await this.agent(id), done };
     } catch (err) {
@@ -1506,6 +1531,7 @@ export class SandboxManager {
   private async reapOnce(): Promise<void> {
     const now = Date.now();
     for (const rec of this.store.expired(now)) {
+      if (this.closing) return;
       if (this.locks.busy(rec.id)) continue;
       const why = `timeout: no setTimeout within ${rec.timeoutMs} ms`;
       if ((this.hibernateRetryAt.get(rec.id) ?? 0) > now) continue;
@@ -1527,6 +1553,7 @@ export class SandboxManager {
     }
     if (this.config.pausedRetentionMs > 0) {
       for (const rec of this.store.pausedBefore(now - this.config.pausedRetentionMs)) {
+        if (this.closing) return;
         if (this.locks.busy(rec.id)) continue;
         const why = `paused for longer than the retention of ${this.config.pausedRetentionMs} ms`;
         await this.locks
