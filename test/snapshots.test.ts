@@ -1,7 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
+import Database from 'better-sqlite3';
 import { ConflictError, InvalidArgumentError, Sandbox, SandboxNotFoundError, Snapshot, SnapshotNotFoundError } from 'nullspace';
 import { api, conn, killAll, sandbox } from './helpers.js';
 import { leftoverQemu } from './env.js';
@@ -203,6 +204,34 @@ describe('snapshot storage, lifetime and garbage collection', () => {
     } finally {
       for (const x of snaps) await x.delete().catch(() => {});
     }
+  });
+
+  it('a background chain stream the record missed (a server stopped or crashed meanwhile) does not block later captures', async () => {
+    const s = await sandbox();
+    const snaps: Snapshot[] = [];
+    onTestFinished(async () => {
+      for (const x of snaps) await x.delete().catch(() => {});
+    });
+    // (the 9th capture makes the chain deeper than MAX_CHAIN_DEPTH: it is streamed after it)
+    for (let i = 0; i < 9; i++) {
+      await s.files.write(`/workspace/g-${i}`, String(i));
+      snaps.push(await s.createSnapshot());
+    }
+    // the background stream moves the overlay onto the template disk and the record with it
+    const db = new Database(path.join(inject('dataDir'), 'nullspace.db'));
+    onTestFinished(() => {
+      db.close();
+    });
+    const parentOf = () => (db.prepare('SELECT disk_parent_layer AS p FROM sandboxes WHERE id = ?').get(s.sandboxId) as { p: string | null }).p;
+    await waitFor('the chain streamed', async () => (parentOf() === null ? true : undefined), 120_000);
+    // as if the stream had completed in QEMU after the server stopped: the record names a deep layer
+    const deep = (db.prepare('SELECT disk_layer AS l FROM snapshots WHERE id = ?').get(snaps[snaps.length - 1]!.id) as { l: string }).l;
+    db.prepare('UPDATE sandboxes SET disk_parent_layer = ? WHERE id = ?').run(deep, s.sandboxId);
+    const snap = await s.createSnapshot();
+    const child = await sandbox({ snapshotId: snap.id });
+    expect(await child.files.read('/workspace/g-8')).toBe('8');
+    await child.kill();
+    await snap.delete();
   });
 
   it('lists with filters and pages', async () => {
