@@ -38,6 +38,8 @@ describe('nullspace CLI', () => {
     const exec = cli(['sandbox', 'exec', id, '--', 'echo hello $WHO; echo oops >&2; exit 4']);
     expect(exec).toMatchObject({ code: 4, stdout: 'hello cli\n', stderr: 'oops\n' });
 
+    // without `--`, words after the id that look like options are the command's
+    expect(cli(['sandbox', 'exec', id, 'ls', '-d', '/workspace'])).toMatchObject({ code: 0, stdout: '/workspace\n' });
     // ended by a signal: 128 + its number, as in a shell; killed by its timeout: 124 (and --json says so)
     expect(cli(['sandbox', 'exec', id, '--', 'kill -TERM $$']).code).toBe(143);
     const late = cli(['sandbox', 'exec', '--timeout-ms', '1000', '--json', id, '--', 'echo started; sleep 30']);

@@ -46,6 +46,8 @@ function config(): Config {
 
 const program = new Command();
 program.name('nullspace').description('Disposable Linux sandboxes (real VMs) with snapshots').version(VERSION);
+// (so that `sandbox exec <id> ls -la` hands `-la` to the command: see passThroughOptions below)
+program.enablePositionalOptions();
 
 program
   .command('serve')
@@ -234,8 +236,13 @@ sandbox
   .option('-e, --env <KEY=VALUE>', 'environment (repeatable)', collect)
   .option('--timeout-ms <ms>', 'kill the command after this long (0 = never)', int)
   .option('--json', 'print the result as JSON instead of streaming')
-  .description('run a command, streaming its output; exits with its exit code (128 + the signal number when a signal ended it, 124 when its timeout killed it)')
-  .action(async (id: string, command: string[], o: { cwd?: string; env?: string[]; timeoutMs?: number; json?: boolean }) => {
+  .description(
+    'run a command, streaming its output; exits with its exit code (128 + the signal number when a signal ended it, 124 when its timeout killed it). Options go before <id>: everything after it is the command',
+  )
+  .passThroughOptions()
+  .action(async (id: string, words: string[], o: { cwd?: string; env?: string[]; timeoutMs?: number; json?: boolean }) => {
+    const command = words[0] === '--' ? words.slice(1) : words;
+    if (!command.length) throw new SandboxError('no command given', { code: 'bad_request' });
     const sbx = await Sandbox.connect(id);
     let result: CommandResult;
     try {
