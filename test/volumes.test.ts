@@ -116,6 +116,8 @@ describe('shared volumes', () => {
   it('file writes under a volume while it is unmounted for a snapshot wait and land in the volume, never on the root disk', async () => {
     const v = await volume();
     const s = await sandbox({ volumes: { '/mnt/w': v.name } });
+    // also through a symbolic link whose path does not say it leads into the volume
+    await s.commands.run('ln -s /mnt/w /workspace/vlink');
     let capturing = true;
     const written: string[] = [];
     const failed: string[] = [];
@@ -124,6 +126,8 @@ describe('shared volumes', () => {
         try {
           await s.files.write(`/mnt/w/f${i}`, `file ${i}`);
           written.push(`f${i}`);
+          await s.files.write(`/workspace/vlink/s${i}`, `via link ${i}`);
+          written.push(`s${i}`);
         } catch (err) {
           failed.push(`${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`);
         }

@@ -829,7 +829,7 @@ export class SandboxManager {
     const drained = await this.gate.close(id, CAPTURE_DRAIN_MS);
     try {
       if (!drained && rec.volumes.length) {
-        throw new NsError('volume_busy', `sandbox ${id}: a file operation under one of its volumes is still under way after ${CAPTURE_DRAIN_MS / 1000} s`);
+        throw new NsError('volume_busy', `sandbox ${id}: a file transfer is still under way after ${CAPTURE_DRAIN_MS / 1000} s (its volumes cannot be unmounted for the capture meanwhile); retry when it is done`);
       }
       if (!drained) this.log.warn({ sandboxId: id }, 'capturing while a process start is still under way');
       return await this.captureGated(rec, vm, kind, metadata, keepRunning);
@@ -1424,22 +1424,15 @@ export class SandboxManager {
    * The agent for starting a process or for file work on `paths`, once no capture of the sandbox is
    * under way: a capture freezes user processes (the agent refuses new ones) and unmounts volumes (a
    * file written under one would land on the root disk, hidden once it is mounted again). Such a
-   * request waits for the capture; one already under way on a volume's path counts until `done`
-   * and the capture waits for it first. Other file work of a sandbox with volumes waits for a capture
-   * too (a guest symlink may lead into a volume) but does not hold one back; that of a sandbox
-   * without volumes is never held up.
+   * request waits for the capture; one already under way counts until `done` and the capture waits
+   * for it first. In a sandbox with volumes that is every file request (a guest symlink may lead
+   * into a volume, whatever the path says); in one without, file work is never held up.
    */
-  async agentFor(id: string, use: { start: true } | { paths: string[] }): Promise<{ agent: AgentClient; done: () => void }> {
+  async agentFor(id: string, use: 'start' | 'files'): Promise<{ agent: AgentClient; done: () => void }> {
     const rec = this.get(id);
-    const crosses = (p: string, mount: string) => {
-      const a = path.posix.resolve(p);
-      return a === mount || a.startsWith(mount + '/') || mount.startsWith(a === '/' ? '/' : a + '/');
-    };
-    let done = () => {};
-    if ('start' in use || use.paths.some((p) => rec.volumes.some((v) => crosses(p, v.path)))) done = await this.gate.enter(id);
-    // any other file work of a sandbox with volumes waits too (a guest symlink may lead into one),
-    // without holding a capture back
-    else if (rec.volumes.length) await this.gate.passed(id);
+    // (in a sandbox with volumes every file request counts: a guest symlink may lead into one)
+    const gated = use === 'start' || rec.volumes.length > 0;
+    const done = gated ? await this.gate.enter(id) : () => {};
     try {
       return { agent: await this.agent(id), done };
     } catch (err) {

@@ -29,7 +29,7 @@ export const commandRoutes =
         const b = req.body;
         if (b.cwd !== undefined) checkPath(b.cwd, 'cwd');
         // (a start waits out a snapshot in progress: see agentFor)
-        const { agent, done } = await sandboxes.agentFor(req.params.id, { start: true });
+        const { agent, done } = await sandboxes.agentFor(req.params.id, 'start');
         let started: Awaited<ReturnType<typeof startCommand>>;
         try {
           started = await startCommand(

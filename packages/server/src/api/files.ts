@@ -12,9 +12,9 @@ export const fileRoutes =
   async (plain) => {
     const app = plain.withTypeProvider<TypeBoxTypeProvider>();
     const { sandboxes } = deps;
-    /** Runs file work on `paths` with the sandbox's agent (waiting out a snapshot that unmounts a volume there). */
-    const withAgent = async <T>(id: string, paths: string[], fn: (agent: AgentClient) => Promise<T>): Promise<T> => {
-      const { agent, done } = await sandboxes.agentFor(id, { paths });
+    /** Runs file work with the sandbox's agent (waiting out a snapshot that unmounts its volumes). */
+    const withAgent = async <T>(id: string, fn: (agent: AgentClient) => Promise<T>): Promise<T> => {
+      const { agent, done } = await sandboxes.agentFor(id, 'files');
       try {
         return await fn(agent);
       } finally {
@@ -28,7 +28,7 @@ export const fileRoutes =
       async (req, reply) => {
         const path = checkPath(req.query.path);
         // (file work under a volume waits out a snapshot in progress: see agentFor)
-        const { agent, done } = await sandboxes.agentFor(req.params.id, { paths: [path] });
+        const { agent, done } = await sandboxes.agentFor(req.params.id, 'files');
         let body: Awaited<ReturnType<typeof readFile>>;
         try {
           body = await readFile(agent, path);
@@ -57,7 +57,7 @@ export const fileRoutes =
         },
         async (req) => {
           const path = checkPath(req.query.path);
-          const { agent, done } = await sandboxes.agentFor(req.params.id, { paths: [path] });
+          const { agent, done } = await sandboxes.agentFor(req.params.id, 'files');
           const source = (req.body as IncomingMessage | undefined) ?? req.raw;
           try {
             return await writeFile(agent, path, source, {
@@ -77,7 +77,7 @@ export const fileRoutes =
       { schema: { summary: 'List a directory', params: IdParams, querystring: ListQuery, response: { 200: Type.Object({ entries: Type.Array(Entry) }) } } },
       async (req) => {
         const path = checkPath(req.query.path);
-        return withAgent(req.params.id, [path], (agent) => listDir(agent, path, req.query.depth ?? 1).then((entries) => ({ entries })));
+        return withAgent(req.params.id, (agent) => listDir(agent, path, req.query.depth ?? 1).then((entries) => ({ entries })));
       },
     );
 
@@ -86,7 +86,7 @@ export const fileRoutes =
       { schema: { summary: 'Information about a path (lstat)', params: IdParams, querystring: PathQuery, response: { 200: Entry } } },
       async (req) => {
         const path = checkPath(req.query.path);
-        return withAgent(req.params.id, [path], (agent) => callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`));
+        return withAgent(req.params.id, (agent) => callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`));
       },
     );
 
@@ -96,7 +96,7 @@ export const fileRoutes =
       async (req) => {
         const path = checkPath(req.body.path);
         const args = { path, parents: req.body.parents ?? true, ...(req.body.mode !== undefined ? { mode: req.body.mode } : {}) };
-        return withAgent(req.params.id, [path], (agent) => callFs<{ created: boolean }>(agent, 'fs.mkdir', args, `mkdir ${path}`));
+        return withAgent(req.params.id, (agent) => callFs<{ created: boolean }>(agent, 'fs.mkdir', args, `mkdir ${path}`));
       },
     );
 
@@ -106,7 +106,7 @@ export const fileRoutes =
       async (req, reply) => {
         const from = checkPath(req.body.from, 'from');
         const to = checkPath(req.body.to, 'to');
-        await withAgent(req.params.id, [from, to], (agent) => callFs(agent, 'fs.rename', { from, to, overwrite: req.body.overwrite ?? true }, `rename ${from}`));
+        await withAgent(req.params.id, (agent) => callFs(agent, 'fs.rename', { from, to, overwrite: req.body.overwrite ?? true }, `rename ${from}`));
         return reply.status(204).send();
       },
     );
@@ -116,7 +116,7 @@ export const fileRoutes =
       { schema: { summary: 'Remove a file or directory', params: IdParams, querystring: RemoveQuery } },
       async (req, reply) => {
         const path = checkPath(req.query.path);
-        await withAgent(req.params.id, [path], (agent) => callFs(agent, 'fs.remove', { path, recursive: req.query.recursive ?? false }, `remove ${path}`));
+        await withAgent(req.params.id, (agent) => callFs(agent, 'fs.remove', { path, recursive: req.query.recursive ?? false }, `remove ${path}`));
         return reply.status(204).send();
       },
     );
