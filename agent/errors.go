@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
+	"time"
 )
 
 // ErrCode is one of spec/agent.json "errorCodes". Every code the agent can
@@ -113,4 +114,15 @@ func toOpError(what string, err error) *OpError {
 		}
 	}
 	return &OpError{Code: CodeIOError, Message: msg}
+}
+
+// msDuration is a request's milliseconds as a Duration, capped at 100 days
+// (a larger float would overflow into a negative Duration: no limit, or
+// none at all).
+func msDuration(ms float64) time.Duration {
+	const max = 100 * 24 * time.Hour
+	if ms >= float64(max/time.Millisecond) {
+		return max
+	}
+	return time.Duration(ms * float64(time.Millisecond))
 }

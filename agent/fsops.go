@@ -28,6 +28,7 @@ type Entry struct {
 
 const (
 	listChunkEntries = 500
+	listChunkBytes   = 256 << 10
 	listMaxDepth     = 32
 )
 
@@ -110,7 +111,7 @@ func opFsRead(st *stream, raw json.RawMessage) (interface{}, error) {
 	}
 	// O_NONBLOCK so that opening a FIFO does not hang; it has no effect on
 	// regular files, the only kind that is read.
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
 		return nil, toOpError("open "+p, err)
 	}
@@ -169,6 +170,11 @@ func opFsWrite(st *stream, raw json.RawMessage) (interface{}, error) {
 			target = r
 		}
 	}
+	// a device node, FIFO or socket is neither replaced by a file nor written into (a FIFO without
+	// a reader would block the op for good)
+	if ti, err := os.Lstat(target); err == nil && !ti.Mode().IsRegular() && !ti.IsDir() {
+		return nil, opErrorf(CodeBadRequest, "write %s: not a regular file (%s)", p, ti.Mode().Type())
+	}
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return nil, toOpError("create parent directories of "+p, err)
 	}
@@ -206,7 +212,8 @@ func receiveInto(st *stream, f *os.File, what string) (int64, error) {
 
 func writeAppend(st *stream, target string, mode uint32) (int64, error) {
 	_, statErr := os.Lstat(target)
-	f, err := os.OpenFile(target, os.O_WRONLY|os.O_APPEND|os.O_CREATE, os.FileMode(mode&0o777))
+	// (non-blocking, no controlling terminal: whatever the path turned into since it was checked)
+	f, err := os.OpenFile(target, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NONBLOCK|syscall.O_NOCTTY, os.FileMode(mode&0o777))
 	if err != nil {
 		return 0, toOpError("open "+target, err)
 	}
@@ -219,6 +226,9 @@ func writeAppend(st *stream, target string, mode uint32) (int64, error) {
 	fi, err := f.Stat()
 	if err == nil && fi.IsDir() {
 		return 0, opErrorf(CodeIsADirectory, "write %s: is a directory", target)
+	}
+	if err == nil && !fi.Mode().IsRegular() {
+		return 0, opErrorf(CodeBadRequest, "write %s: not a regular file (%s)", target, fi.Mode().Type())
 	}
 	n, err := receiveInto(st, f, "write "+target)
 	if err != nil {
@@ -335,6 +345,7 @@ type lister struct {
 	st    *stream
 	depth int
 	batch []Entry
+	bytes int // roughly, what the batch encodes to
 	count int
 }
 
@@ -391,7 +402,12 @@ func (l *lister) walk(dir string, level int) error {
 func (l *lister) add(e Entry) error {
 	l.batch = append(l.batch, e)
 	l.count++
-	if len(l.batch) >= listChunkEntries {
+	// (names and paths of up to 4 KiB each: a batch flushes well before a frame's 1 MiB)
+	l.bytes += len(e.Name) + len(e.Path) + 160
+	if e.SymlinkTarget != nil {
+		l.bytes += len(*e.SymlinkTarget)
+	}
+	if len(l.batch) >= listChunkEntries || l.bytes >= listChunkBytes {
 		return l.flush()
 	}
 	return nil
@@ -403,6 +419,7 @@ func (l *lister) flush() error {
 	}
 	err := l.st.event(map[string]interface{}{"type": "entries", "entries": l.batch})
 	l.batch = l.batch[:0]
+	l.bytes = 0
 	return err
 }
 
@@ -485,6 +502,11 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 		return struct{}{}, nil
 	}
 	if req.Recursive {
+		// never into another file system (a shared volume's share would lose its files):
+		// refused before anything is removed
+		if mp := mountUnder(p); mp != "" {
+			return nil, opErrorf(CodeBadRequest, "remove %s: a file system is mounted at %s (a shared volume?): nothing removed", p, mp)
+		}
 		if err := os.RemoveAll(p); err != nil {
 			return nil, pathOpError("remove "+p, err)
 		}
@@ -560,4 +582,26 @@ func renameat2(from, to string, flags uint) error {
 		return e
 	}
 	return nil
+}
+
+// mountUnder returns a mount point at dir or below it (dir's real path), or
+// "" when there is none (or the mount table cannot be read: then os.RemoveAll
+// meets the mount and fails there, as before).
+func mountUnder(dir string) string {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		real = dir
+	}
+	mps, err := mountPoints()
+	if err != nil {
+		return ""
+	}
+	prefix := strings.TrimSuffix(real, "/") + "/"
+	found := ""
+	for mp := range mps {
+		if (mp == real || strings.HasPrefix(mp, prefix)) && (found == "" || mp < found) {
+			found = mp
+		}
+	}
+	return found
 }

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -153,10 +154,27 @@ func (p *Process) info() ProcessInfo {
 	return p.infoLocked()
 }
 
+// infoCmdMax bounds the command line a ProcessInfo carries: proc.list
+// answers with up to 256 ended processes and must stay far below a frame.
+const infoCmdMax = 2048
+
+// shortCmd is cmd, or its first infoCmdMax bytes (at a UTF-8 boundary) and
+// an ellipsis when longer.
+func shortCmd(cmd string) string {
+	if len(cmd) <= infoCmdMax {
+		return cmd
+	}
+	cut := infoCmdMax
+	for cut > 0 && !utf8.RuneStart(cmd[cut]) {
+		cut--
+	}
+	return cmd[:cut] + "…"
+}
+
 func (p *Process) infoLocked() ProcessInfo {
 	return ProcessInfo{
 		Pid:         p.pid,
-		Cmd:         p.cmd,
+		Cmd:         shortCmd(p.cmd),
 		Cwd:         p.cwd,
 		Tag:         p.tag,
 		StartedAtMs: p.startedAt.UnixMilli(),
@@ -451,7 +469,7 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 		if *req.TimeoutMs < 0 {
 			return nil, opErrorf(CodeBadRequest, "timeoutMs must not be negative")
 		}
-		timeout = time.Duration(*req.TimeoutMs * float64(time.Millisecond))
+		timeout = msDuration(*req.TimeoutMs)
 	}
 	shell := userShell()
 

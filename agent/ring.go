@@ -44,6 +44,14 @@ func (r *outputRing) append(ch byte, p []byte) {
 			r.end += int64(k)
 			p = p[k:]
 		} else {
+			// the chunk before is done growing: its spare capacity is given back, so that
+			// interleaved small writes cannot hold far more memory than the limit accounts for
+			if n := len(live); n > 0 {
+				last := &r.chunks[len(r.chunks)-1]
+				if cap(last.data)-len(last.data) > ringChunkOverhead {
+					last.data = append([]byte(nil), last.data...)
+				}
+			}
 			k := len(p)
 			if k > ringMaxChunk {
 				k = ringMaxChunk

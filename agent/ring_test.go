@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"runtime"
 	"testing"
 )
 
@@ -51,5 +52,28 @@ func TestOutputRing(t *testing.T) {
 	}
 	if r2.held > r2.limit || len(r2.chunks)-r2.head > r2.limit/ringChunkOverhead {
 		t.Fatalf("tiny writes: held %d, chunks %d", r2.held, len(r2.chunks)-r2.head)
+	}
+}
+
+// The memory a ring holds stays near its limit whatever the write pattern
+// (interleaved tiny writes used to hold several times the limit in spare
+// chunk capacity).
+func TestRingMemoryStaysNearItsLimit(t *testing.T) {
+	for _, size := range []int{1, 80, 4096} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		r := newOutputRing(4 << 20)
+		p := make([]byte, size)
+		for i := 0; i < (16<<20)/size; i++ {
+			r.append(byte(1+i%2), p)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		held := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+		if held > 3*(4<<20) {
+			t.Errorf("%d-byte interleaved writes: the 4 MiB ring holds %.1f MiB", size, float64(held)/(1<<20))
+		}
+		runtime.KeepAlive(&r)
 	}
 }

@@ -8,6 +8,7 @@ package main
 // writer goroutine (frameWriter), so frames never interleave.
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -297,7 +298,7 @@ func (s *session) dispatch(f Frame) {
 
 // sendError answers a stream with ERROR from the reader goroutine (no wait).
 func (s *session) sendError(id uint32, e *OpError) {
-	b, _ := json.Marshal(e)
+	b, _ := marshalJSON(e)
 	_ = s.fw.send(encodeFrame(id, FrameError, b), false)
 }
 
@@ -398,20 +399,37 @@ func (st *stream) run(h opHandler, req json.RawMessage) {
 		return // cancelled: no answer
 	}
 	if err != nil {
-		b, _ := json.Marshal(toOpError(st.op, err))
+		b, _ := marshalJSON(toOpError(st.op, err))
 		_ = st.s.fw.send(encodeFrame(st.id, FrameError, b), true)
 		return
 	}
 	if res == nil {
 		res = struct{}{}
 	}
-	b, merr := json.Marshal(res)
+	b, merr := marshalJSON(res)
 	if merr != nil {
-		b, _ = json.Marshal(opErrorf(CodeIOError, "%s: encoding result: %v", st.op, merr))
+		b, _ = marshalJSON(opErrorf(CodeIOError, "%s: encoding result: %v", st.op, merr))
 		_ = st.s.fw.send(encodeFrame(st.id, FrameError, b), true)
 		return
 	}
 	_ = st.s.fw.send(encodeFrame(st.id, FrameResult, b), true)
+}
+
+// marshalJSON encodes a frame payload: without Go's HTML escaping (which
+// makes <, > and & six bytes each), and never over maxPayloadBytes (the host
+// would end the whole session): an answer that large is an io_error instead.
+func marshalJSON(v interface{}) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	b := bytes.TrimRight(buf.Bytes(), "\n")
+	if len(b) > maxPayloadBytes {
+		return nil, fmt.Errorf("the answer is %d bytes, over the frame limit of %d", len(b), maxPayloadBytes)
+	}
+	return b, nil
 }
 
 // callHandler runs h, turning a panic into an io_error so one bad request
@@ -438,7 +456,7 @@ func (st *stream) sendFrame(buf []byte) error {
 
 // event sends an EVENT frame with v as JSON.
 func (st *stream) event(v interface{}) error {
-	b, err := json.Marshal(v)
+	b, err := marshalJSON(v)
 	if err != nil {
 		return fmt.Errorf("encoding event: %w", err)
 	}

@@ -387,15 +387,22 @@ func opSysWarmup(st *stream, raw json.RawMessage) (interface{}, error) {
 		if *req.TimeoutMs <= 0 {
 			return nil, opErrorf(CodeBadRequest, "timeoutMs must be positive")
 		}
-		timeout = time.Duration(*req.TimeoutMs * float64(time.Millisecond))
+		timeout = msDuration(*req.TimeoutMs)
 	}
 	shell := userShell()
 	began := time.Now()
 	p, err := startUserProcess(func() (*os.Process, error) {
+		// (standard streams on /dev/null: closed ones would fail the command's first echo)
+		null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		defer null.Close()
 		return os.StartProcess(shell, []string{shell, "-c", *req.Cmd}, &os.ProcAttr{
-			Dir: "/",
-			Env: []string{"PATH=" + defaultPATH, "HOME=/root", "LANG=C.UTF-8"},
-			Sys: &syscall.SysProcAttr{Setsid: true},
+			Files: []*os.File{null, null, null},
+			Dir:   "/",
+			Env:   []string{"PATH=" + defaultPATH, "HOME=/root", "LANG=C.UTF-8"},
+			Sys:   &syscall.SysProcAttr{Setsid: true},
 		})
 	})
 	if err != nil {

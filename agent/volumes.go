@@ -77,7 +77,7 @@ func opVolMount(st *stream, raw json.RawMessage) (interface{}, error) {
 	}
 	wait := 10 * time.Second
 	if req.TimeoutMs != nil && *req.TimeoutMs > 0 {
-		wait = time.Duration(*req.TimeoutMs) * time.Millisecond
+		wait = msDuration(float64(*req.TimeoutMs))
 	}
 	start := time.Now()
 	for !tagPresent(*req.Tag) {

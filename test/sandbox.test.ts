@@ -146,6 +146,24 @@ describe('TypeScript SDK against real sandboxes', () => {
     expect((await sbx.commands.run('head -c 100000 /dev/zero | wc -c')).lostBytes).toBe(0);
   });
 
+  it('keeps the agent\'s answers within a frame: long command lines are listed shortened', async () => {
+    const long = `true # ${'<&>'.repeat(40_000)}`;
+    for (let i = 0; i < 3; i++) expect((await sbx.commands.run(long)).exitCode).toBe(0);
+    const listed = (await sbx.commands.list()).filter((p) => p.cmd.startsWith('true # <&>'));
+    expect(listed.length).toBeGreaterThanOrEqual(3);
+    for (const p of listed) expect(Buffer.byteLength(p.cmd)).toBeLessThanOrEqual(2048 + 3);
+    // and the agent still answers
+    expect((await sbx.commands.run('echo alive')).stdout).toBe('alive\n');
+  });
+
+  it('never turns a device node or a FIFO into a file, nor blocks on one', async () => {
+    await expect(sbx.files.write('/dev/null', 'x')).rejects.toMatchObject({ code: 'bad_request', status: 400 });
+    await sbx.commands.run('rm -f /tmp/fifo && mkfifo /tmp/fifo');
+    await expect(sbx.files.write('/tmp/fifo', 'x', { append: true })).rejects.toMatchObject({ code: 'bad_request' });
+    await expect(sbx.files.write('/tmp/fifo', 'x')).rejects.toMatchObject({ code: 'bad_request' });
+    expect((await sbx.commands.run('test -c /dev/null && test -p /tmp/fifo && echo intact')).stdout).toBe('intact\n');
+  });
+
   it('kills a command that outlives its timeout and says so', async () => {
     const t0 = Date.now();
     const err = await sbx.commands.run('echo started; sleep 30', { timeoutMs: 1500 }).catch((e: unknown) => e);

@@ -148,6 +148,18 @@ describe('shared volumes', () => {
     for (const snap of snaps) await Snapshot.delete(snap.id, conn());
   });
 
+  it('a recursive remove never crosses into a mounted volume: refused before anything is removed', async () => {
+    const v = await volume();
+    const s = await sandbox({ volumes: { '/workspace/proj/data': v.name } });
+    await s.files.write('/workspace/proj/data/keep.txt', 'kept');
+    await s.files.write('/workspace/proj/src.txt', 'src');
+    const err = await s.files.remove('/workspace/proj', { recursive: true }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'bad_request', status: 400 });
+    expect((err as Error).message).toMatch(/mounted at \/workspace\/proj\/data/);
+    expect(await s.files.read('/workspace/proj/data/keep.txt')).toBe('kept');
+    expect(await s.files.read('/workspace/proj/src.txt')).toBe('src');
+  });
+
   it('refuses bad names, unknown volumes and bad mount paths', async () => {
     for (const name of ['../x', '', 'x'.repeat(300), 'UPPER', 'a/b', '.hidden']) {
       const res = await api('POST', '/v1/volumes', { name });
