@@ -105,6 +105,12 @@ describe('API: authentication and bad input', () => {
     expect(((await mk.json()) as { error: { code: string } }).error.code).toBe('invalid_path');
     const cmd = await api('POST', `/v1/sandboxes/${sbx.sandboxId}/commands`, { cmd: 'true', cwd: 'tmp' });
     expect(cmd.status).toBe(400);
+    // a command line longer than exec takes (128 KiB, counted in bytes) is refused up front
+    for (const long of ['x'.repeat(131_072), 'é'.repeat(70_000)]) {
+      const res = await api('POST', `/v1/sandboxes/${sbx.sandboxId}/commands`, { cmd: long });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe('validation_failed');
+    }
     // paths the guest's file system refuses are the request's fault too (4xx with a code, not a 500)
     const code = async (res: Response) => [res.status, ((await res.json()) as { error: { code: string } }).error.code];
     expect(await code(await api('GET', `/v1/sandboxes/${sbx.sandboxId}/files?path=/${'n'.repeat(300)}`))).toEqual([400, 'invalid_path']);

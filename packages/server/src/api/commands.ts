@@ -2,7 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import { attachCommand, checkPath, startCommand } from '../agentio.js';
-import { fromAgentError } from '../errors.js';
+import { fromAgentError, NsError } from '../errors.js';
 import type { AppDeps } from './app.js';
 import { CommandBody, IdParams, PidParams, ProcessInfo, SignalBody, StdinBody } from './schemas.js';
 
@@ -28,6 +28,10 @@ export const commandRoutes =
       async (req, reply) => {
         const b = req.body;
         if (b.cwd !== undefined) checkPath(b.cwd, 'cwd');
+        // (the schema counts characters; exec counts bytes)
+        if (Buffer.byteLength(b.cmd) > 131071) {
+          throw new NsError('validation_failed', 'cmd is longer than 128 KiB, the most the kernel takes as one argument: put a long script in a file and run that', { details: { field: 'cmd' } });
+        }
         // (a start waits out a snapshot in progress: see agentFor)
         const { agent, done } = await sandboxes.agentFor(req.params.id, 'start');
         let started: Awaited<ReturnType<typeof startCommand>>;

@@ -146,7 +146,7 @@ export const RenameBody = Type.Object(
 
 export const CommandBody = Type.Object(
   {
-    cmd: Type.String({ minLength: 1, maxLength: 262144, description: 'Run with /bin/bash -c' }),
+    cmd: Type.String({ minLength: 1, maxLength: 131071, description: 'Run with /bin/bash -c (at most 128 KiB: the kernel takes no longer single argument)' }),
     cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     envs: Type.Optional(Envs),
     user: Type.Optional(Type.String({ pattern: '^[a-z_][a-z0-9_-]{0,31}$' })),
