@@ -123,7 +123,7 @@ interface Live {
 const DISK_FULL_RETRY_MS = 1000;
 /** How long closing the server waits for lifecycle operations under way. */
 const CLOSE_WAIT_MS = 15_000;
-/** How long a capture waits for process starts and file work under volumes already under way. */
+/** How long a capture waits for process starts (and file work, with volumes) already under way. */
 const CAPTURE_DRAIN_MS = 10_000;
 
 /**
@@ -269,15 +269,17 @@ export class SandboxManager {
     try {
       const active = await vm.activeDisk();
       // (what QEMU reports is only taken for one of this sandbox's own overlays: its uid may lie)
-      const own = path.dirname(active.file) === this.sandboxDir(rec.id) && /^disk-[0-9a-z]+\.qcow2$/.test(path.basename(active.file));
-      if (rec.vmSpec && active.file !== rec.vmSpec.disk && !own) {
-        this.log.error({ sandboxId: rec.id, disk: active.file }, 'QEMU reports a disk that is not one of the sandbox\'s overlays: not recorded');
-      } else if (rec.vmSpec && active.file !== rec.vmSpec.disk) {
-        const parent = active.backingFile ? this.snapshots.layerByPath(active.backingFile) : undefined;
-        vm.spec.disk = active.file;
-        vm.spec.diskNode = active.node;
-        this.store.patch(rec.id, { vmSpec: vm.spec, ...(parent ? { diskParentLayer: parent.id } : {}) });
-        this.log.warn({ sandboxId: rec.id, disk: active.file }, 'recorded the overlay an interrupted snapshot had switched to');
+      if (rec.vmSpec && active.file !== rec.vmSpec.disk) {
+        const own = path.dirname(active.file) === this.sandboxDir(rec.id) && /^disk-[0-9a-z]+\.qcow2$/.test(path.basename(active.file));
+        if (!own) {
+          this.log.error({ sandboxId: rec.id, disk: active.file }, 'QEMU reports a disk that is not one of the sandbox\'s overlays: not recorded');
+        } else {
+          const parent = active.backingFile ? this.snapshots.layerByPath(active.backingFile) : undefined;
+          vm.spec.disk = active.file;
+          vm.spec.diskNode = active.node;
+          this.store.patch(rec.id, { vmSpec: vm.spec, ...(parent ? { diskParentLayer: parent.id } : {}) });
+          this.log.warn({ sandboxId: rec.id, disk: active.file }, 'recorded the overlay an interrupted snapshot had switched to');
+        }
       }
       if (rec.state === 'running' && !(await vm.isRunning())) {
         await vm.qmp.execute('cont');
@@ -825,7 +827,7 @@ export class SandboxManager {
   private async capture(rec: SandboxRecord, vm: Vm, kind: SnapshotKind, metadata: Record<string, string>, keepRunning: boolean): Promise<SnapshotRecord> {
     const id = rec.id;
     checkFreeDisk(this.config.dataDir, this.config.limits.minFreeDiskMiB, `capturing sandbox ${id}`);
-    // process starts and file work under volumes wait until the capture is over; those under way end first
+    // process starts (and file work, with volumes) wait until the capture is over; those under way end first
     const drained = await this.gate.close(id, CAPTURE_DRAIN_MS);
     try {
       if (!drained && rec.volumes.length) {
@@ -913,11 +915,15 @@ export class SandboxManager {
           ownerUid: vm.spec.runAsUid,
           beforeSwitch: () => {
             // the layer is a copy of an overlay the sandbox's uid could write: before anything of
-            // root's opens its chain, its header must name only what this sandbox's disk rests on
-            const header = checkQcow2Backing(diskLayerPath, (b) => this.mayBack(rec, b));
-            // its parent is the layer its header names (null: the template), which a background
-            // stream may have moved down from the recorded one
-            parent = this.lineageLayer(rec, header.backingFile!) ?? null;
+            // root's opens its chain, its header must name only what this sandbox's disk rests on:
+            // its own lineage, or a template build's disk (public). Its parent is the layer the
+            // header names (null: a template), which a background stream may have moved down from
+            // the recorded one.
+            checkQcow2Backing(diskLayerPath, (backing) => {
+              const layer = this.lineageLayer(rec, backing);
+              parent = layer ?? null;
+              return layer !== undefined || this.isTemplateDisk(backing);
+            });
             this.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() });
           },
           switchFailed: () => this.snapshots.deleteLayer(ids.disk),
@@ -1169,15 +1175,6 @@ export class SandboxManager {
   }
 
   /**
-   * Whether `file` may back a disk layer captured from sandbox `rec`: its recorded parent layer or
-   * one of that layer's ancestors (its own lineage), or a template build's disk (public). Anything
-   * else in a layer's header (a host file, another sandbox's layer or disk) is a tampered overlay.
-   */
-  private mayBack(rec: SandboxRecord, file: string): boolean {
-    return this.lineageLayer(rec, file) !== undefined || this.isTemplateDisk(file);
-  }
-
-  /**
    * The layer of the sandbox's recorded parent or of one of its ancestors at `file` (a disk chain
    * streamed in the background leaves the overlay on an older layer or on the template; a server
    * stopped or crashed before it recorded that leaves the record behind the header).
@@ -1275,8 +1272,10 @@ export class SandboxManager {
     this.onLayersReleased();
   }
 
-  /** Mounts a sandbox's volumes in the guest (before its user processes may run). */
-  /** Mounts a sandbox's volumes (those deleted before it was created from its snapshot have a placeholder device and stay unmounted). */
+  /**
+   * Mounts a sandbox's volumes in the guest (before its user processes may run); those deleted before
+   * it was created from its snapshot have a placeholder device and stay unmounted.
+   */
   private async mountVolumes(rec: SandboxRecord, agent: AgentClient): Promise<void> {
     for (const v of rec.volumes) {
       if (!this.volumes.exists(v)) continue;
@@ -1421,9 +1420,9 @@ export class SandboxManager {
   }
 
   /**
-   * The agent for starting a process or for file work on `paths`, once no capture of the sandbox is
-   * under way: a capture freezes user processes (the agent refuses new ones) and unmounts volumes (a
-   * file written under one would land on the root disk, hidden once it is mounted again). Such a
+   * The agent for starting a process or for file work, once no capture of the sandbox is under way:
+   * a capture freezes user processes (the agent refuses new ones) and unmounts volumes (a file
+   * written under one would land on the root disk, hidden once it is mounted again). Such a
    * request waits for the capture; one already under way counts until `done` and the capture waits
    * for it first. In a sandbox with volumes that is every file request (a guest symlink may lead
    * into a volume, whatever the path says); in one without, file work is never held up.

@@ -105,9 +105,9 @@ export class RwLock {
 /**
  * Keeps short operations and exclusive phases of one key apart, phases first: `close` makes new
  * `enter` calls wait and waits (at most `drainMs`) for those already inside to leave; `open` lets
- * the waiting ones in. A sandbox's captures close its gate: process starts and file work under its
- * volumes enter it (a frozen cgroup refuses new processes, an unmounted volume would take writes
- * on the root disk).
+ * the waiting ones in. A sandbox's captures close its gate: process starts, and the file work of a
+ * sandbox with volumes, enter it (a frozen cgroup refuses new processes, an unmounted volume would
+ * take writes on the root disk).
  */
 export class KeyedGate {
   private readonly gates = new Map<string, { inside: number; closed?: Promise<void>; reopen?: () => void; drained?: () => void }>();
@@ -127,11 +127,6 @@ export class KeyedGate {
       g.drained?.();
       if (!g.closed) this.gates.delete(key);
     };
-  }
-
-  /** Waits while `key` is closed (without entering). */
-  async passed(key: string): Promise<void> {
-    for (let g = this.gates.get(key); g?.closed; g = this.gates.get(key)) await g.closed;
   }
 
   /**

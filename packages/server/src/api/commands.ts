@@ -4,7 +4,7 @@ import { Type } from '@sinclair/typebox';
 import { attachCommand, checkPath, startCommand } from '../agentio.js';
 import { fromAgentError, NsError } from '../errors.js';
 import type { AppDeps } from './app.js';
-import { CommandBody, IdParams, PidParams, ProcessInfo, SignalBody, StdinBody } from './schemas.js';
+import { CommandBody, IdParams, MAX_CMD_BYTES, PidParams, ProcessInfo, SignalBody, StdinBody } from './schemas.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 60_000;
 
@@ -29,7 +29,7 @@ export const commandRoutes =
         const b = req.body;
         if (b.cwd !== undefined) checkPath(b.cwd, 'cwd');
         // (the schema counts characters; exec counts bytes)
-        if (Buffer.byteLength(b.cmd) > 131071) {
+        if (Buffer.byteLength(b.cmd) > MAX_CMD_BYTES) {
           throw new NsError('validation_failed', 'cmd is longer than 128 KiB, the most the kernel takes as one argument: put a long script in a file and run that', { details: { field: 'cmd' } });
         }
         // (a start waits out a snapshot in progress: see agentFor)

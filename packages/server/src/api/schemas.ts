@@ -144,9 +144,12 @@ export const RenameBody = Type.Object(
   { additionalProperties: false },
 );
 
+/** The longest command line: what exec takes as one argument (MAX_ARG_STRLEN, 128 KiB, with its NUL). */
+export const MAX_CMD_BYTES = 131071;
+
 export const CommandBody = Type.Object(
   {
-    cmd: Type.String({ minLength: 1, maxLength: 131071, description: 'Run with /bin/bash -c (at most 128 KiB: the kernel takes no longer single argument)' }),
+    cmd: Type.String({ minLength: 1, maxLength: MAX_CMD_BYTES, description: 'Run with /bin/bash -c (at most 128 KiB: the kernel takes no longer single argument)' }),
     cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     envs: Type.Optional(Envs),
     user: Type.Optional(Type.String({ pattern: '^[a-z_][a-z0-9_-]{0,31}$' })),
