@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
 import os from 'node:os';
+import { Readable } from 'node:stream';
 import { Command, Option } from 'commander';
 import { loadConfig, startServer, VERSION, type Config } from '@nullspace/server';
-import { ConnectionConfig, errorFromResponse, Sandbox, SandboxError, Snapshot, TimeoutError, Volume, type CommandResult, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
+import { ApiClient, ConnectionConfig, Sandbox, SandboxError, Snapshot, TimeoutError, Volume, type CommandResult, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
 import { pruneCache } from '@nullspace/runtime';
 import { templateBuild, templateList } from './template.js';
 
@@ -109,24 +110,8 @@ template
   });
 
 /** Calls an API route that the SDK does not wrap (operator routes such as /v1/gc). */
-async function apiCall(method: string, route: string): Promise<unknown> {
-  const c = new ConnectionConfig();
-  let res: Response;
-  try {
-    res = await fetch(c.apiUrl + route, {
-      method,
-      headers: { authorization: `Bearer ${c.apiKey}`, ...(method === 'POST' ? { 'content-type': 'application/json' } : {}) },
-      ...(method === 'POST' ? { body: '{}' } : {}),
-      signal: AbortSignal.timeout(c.requestTimeoutMs),
-    });
-  } catch (err) {
-    const e = err as Error & { cause?: { code?: string } };
-    if (e.name === 'TimeoutError') throw new TimeoutError(`${method} ${route}: no answer within ${c.requestTimeoutMs} ms`, { code: 'request_timeout' });
-    throw new SandboxError(`cannot reach the nullspace server at ${c.apiUrl}: ${e.cause?.code ?? e.message}`, { code: 'connection_failed' });
-  }
-  const body: unknown = res.status === 204 ? undefined : await res.json().catch(() => undefined);
-  if (!res.ok) throw errorFromResponse(res.status, body);
-  return body;
+function apiCall(method: string, route: string): Promise<unknown> {
+  return new ApiClient(new ConnectionConfig()).json(route, { method, ...(method === 'POST' ? { json: {} } : {}) });
 }
 
 function describeSnapshot(s: Snapshot): string {
@@ -427,18 +412,8 @@ files
     }
     const sbx = await Sandbox.connect(id);
     const input = fd === undefined ? process.stdin : fs.createReadStream('', { fd });
-    // pulled as the upload goes (never the whole file in memory)
-    const chunks = input[Symbol.asyncIterator]();
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        const next = await chunks.next();
-        if (next.done) controller.close();
-        else controller.enqueue(next.value as Uint8Array);
-      },
-      async cancel() {
-        await chunks.return?.();
-      },
-    });
+    // read as the upload goes (never the whole file in memory)
+    const body = Readable.toWeb(input) as ReadableStream<Uint8Array>;
     const info = await sbx.files.write(path, body);
     process.stderr.write(`wrote ${info.size} bytes to ${info.path}\n`);
   });

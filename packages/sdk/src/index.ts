@@ -8,7 +8,8 @@ export { Filesystem } from './sandbox/filesystem.js';
 export type { EntryInfo, EntryType, FileData, WriteInfo } from './sandbox/filesystem.js';
 export { Commands, CommandHandle } from './sandbox/commands.js';
 export type { CommandResult, CommandStartOpts, ProcessInfo } from './sandbox/commands.js';
-export { ConnectionConfig, DEFAULT_API_URL } from './connection.js';
+// ApiClient: the low-level client (auth, timeouts, errors) for routes no class wraps, e.g. operator ones
+export { ApiClient, ConnectionConfig, DEFAULT_API_URL } from './connection.js';
 export type { ConnectionOpts } from './connection.js';
 export {
   SandboxError,

@@ -73,23 +73,21 @@ export class Snapshot {
 
   /** Deletes a snapshot. Sandboxes started from it keep running; its storage is freed when unused. */
   static async delete(snapshotId: string, opts: ConnectionOpts = {}): Promise<boolean> {
-    const api = new ApiClient(new ConnectionConfig(opts));
-    return falseOn('snapshot_not_found', () => api.json(`/v1/snapshots/${encodeURIComponent(snapshotId)}`, { method: 'DELETE' }));
+    return deleteSnapshot(new ApiClient(new ConnectionConfig(opts)), snapshotId);
   }
 
   /** Whether this server's host can restore the snapshot, and why not. */
   static async compatibility(snapshotId: string, opts: ConnectionOpts = {}): Promise<Compatibility> {
-    const api = new ApiClient(new ConnectionConfig(opts));
-    return api.json<Compatibility>(`/v1/snapshots/${encodeURIComponent(snapshotId)}/compatibility`);
+    return compatibilityOf(new ApiClient(new ConnectionConfig(opts)), snapshotId);
   }
 
   delete(): Promise<boolean> {
-    return falseOn('snapshot_not_found', () => this.api.json(`/v1/snapshots/${encodeURIComponent(this.id)}`, { method: 'DELETE' }));
+    return deleteSnapshot(this.api, this.id);
   }
 
   /** Whether this server's host can restore the snapshot, and why not. */
   compatibility(): Promise<Compatibility> {
-    return this.api.json<Compatibility>(`/v1/snapshots/${encodeURIComponent(this.id)}/compatibility`);
+    return compatibilityOf(this.api, this.id);
   }
 
   /** Its public fields (what `JSON.stringify` prints: never the client it came with). */
@@ -102,6 +100,14 @@ export class Snapshot {
   static fromRaw(raw: unknown, api: ApiClient): Snapshot {
     return new Snapshot(raw as RawSnapshot, api);
   }
+}
+
+function deleteSnapshot(api: ApiClient, snapshotId: string): Promise<boolean> {
+  return falseOn('snapshot_not_found', () => api.json(`/v1/snapshots/${encodeURIComponent(snapshotId)}`, { method: 'DELETE' }));
+}
+
+function compatibilityOf(api: ApiClient, snapshotId: string): Promise<Compatibility> {
+  return api.json<Compatibility>(`/v1/snapshots/${encodeURIComponent(snapshotId)}/compatibility`);
 }
 
 /** Pages of snapshots (see `Paginator`). */
