@@ -1,5 +1,5 @@
 import { inject, onTestFinished } from 'vitest';
-import { Sandbox, type SandboxOpts } from 'nullspace';
+import { Sandbox, Snapshot, type SandboxOpts } from 'nullspace';
 
 export const apiUrl = () => inject('apiUrl');
 export const apiKey = () => inject('apiKey');
@@ -26,4 +26,35 @@ export async function sandbox(opts: SandboxOpts = {}): Promise<Sandbox> {
 /** Kills sandboxes created in a beforeAll (for afterAll). */
 export async function killAll(...sbxs: Array<Sandbox | undefined>): Promise<void> {
   await Promise.all(sbxs.map((s) => s?.kill().catch(() => {})));
+}
+
+/**
+ * Runs `step(i)` over and over (at least 3 times) while `count` snapshots of `sbx` are taken one
+ * after the other; resolves with how many steps ran and the failures ("code: message"). The
+ * snapshots are deleted when the test ends.
+ */
+export async function duringSnapshots(sbx: Sandbox, count: number, step: (i: number) => Promise<void>): Promise<{ ran: number; failed: string[] }> {
+  let capturing = true;
+  let ran = 0;
+  const failed: string[] = [];
+  const loop = (async () => {
+    for (let i = 0; capturing || i < 3; i++, ran++) {
+      try {
+        await step(i);
+      } catch (err) {
+        failed.push(`${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`);
+      }
+    }
+  })();
+  const snaps: Snapshot[] = [];
+  onTestFinished(async () => {
+    for (const snap of snaps) await snap.delete().catch(() => {});
+  });
+  try {
+    for (let i = 0; i < count; i++) snaps.push(await sbx.createSnapshot());
+  } finally {
+    capturing = false;
+    await loop;
+  }
+  return { ran, failed };
 }

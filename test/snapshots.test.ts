@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import Database from 'better-sqlite3';
 import { ConflictError, InvalidArgumentError, Sandbox, SandboxNotFoundError, Snapshot, SnapshotNotFoundError } from 'nullspace';
-import { api, conn, killAll, sandbox } from './helpers.js';
+import { api, conn, duringSnapshots, killAll, sandbox } from './helpers.js';
 import { leftoverQemu } from './env.js';
 import { cleanupDataDir, ownServer, pools, qemuPid, tempDataDir, waitFor } from './servers.js';
 
@@ -158,25 +158,11 @@ describe('snapshot storage, lifetime and garbage collection', () => {
 
   it('commands started while snapshots are taken wait for the capture and run (none refused by the frozen user processes)', async () => {
     const s = await sandbox();
-    let capturing = true;
-    const results: Array<'ok' | string> = [];
-    const starter = (async () => {
-      for (let i = 0; capturing || i < 3; i++) {
-        try {
-          await s.commands.run(`echo ${i} >> /workspace/started`, { timeoutMs: 60_000 });
-          results.push('ok');
-        } catch (err) {
-          results.push(`${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`);
-        }
-      }
-    })();
-    const snaps = [];
-    for (let i = 0; i < 3; i++) snaps.push(await s.createSnapshot());
-    capturing = false;
-    await starter;
-    expect(results.filter((r) => r !== 'ok')).toEqual([]);
-    expect((await s.commands.run('wc -l < /workspace/started')).stdout.trim()).toBe(String(results.length));
-    for (const snap of snaps) await Snapshot.delete(snap.id, conn());
+    const { ran, failed } = await duringSnapshots(s, 3, async (i) => {
+      await s.commands.run(`echo ${i} >> /workspace/started`, { timeoutMs: 60_000 });
+    });
+    expect(failed).toEqual([]);
+    expect((await s.commands.run('wc -l < /workspace/started')).stdout.trim()).toBe(String(ran));
   });
 
   it('a source snapshotted many times keeps a bounded disk chain (compacted in the background); every snapshot restores its own instant', async () => {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { ConflictError, Sandbox, Snapshot, Volume, VolumeNotFoundError } from 'nullspace';
-import { api, conn, sandbox } from './helpers.js';
+import { api, conn, duringSnapshots, sandbox } from './helpers.js';
 
 /** A volume deleted when the test ends (after the test's sandboxes are killed). */
 async function volume(): Promise<Volume> {
@@ -118,25 +118,13 @@ describe('shared volumes', () => {
     const s = await sandbox({ volumes: { '/mnt/w': v.name } });
     // also through a symbolic link whose path does not say it leads into the volume
     await s.commands.run('ln -s /mnt/w /workspace/vlink');
-    let capturing = true;
     const written: string[] = [];
-    const failed: string[] = [];
-    const writer = (async () => {
-      for (let i = 0; capturing || i < 3; i++) {
-        try {
-          await s.files.write(`/mnt/w/f${i}`, `file ${i}`);
-          written.push(`f${i}`);
-          await s.files.write(`/workspace/vlink/s${i}`, `via link ${i}`);
-          written.push(`s${i}`);
-        } catch (err) {
-          failed.push(`${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`);
-        }
-      }
-    })();
-    const snaps = [];
-    for (let i = 0; i < 2; i++) snaps.push(await s.createSnapshot());
-    capturing = false;
-    await writer;
+    const { failed } = await duringSnapshots(s, 2, async (i) => {
+      await s.files.write(`/mnt/w/f${i}`, `file ${i}`);
+      written.push(`f${i}`);
+      await s.files.write(`/workspace/vlink/s${i}`, `via link ${i}`);
+      written.push(`s${i}`);
+    });
     expect(failed).toEqual([]);
     // every file is in the volume (seen by another sandbox) ...
     const other = await sandbox({ volumes: { '/v': v.name } });
@@ -145,7 +133,6 @@ describe('shared volumes', () => {
     // ... and nothing under the mount point on the source's root disk
     const under = await s.commands.run('mkdir -p /tmp/rootfs && mount --bind / /tmp/rootfs && ls -A /tmp/rootfs/mnt/w; umount /tmp/rootfs');
     expect(under.stdout).toBe('');
-    for (const snap of snaps) await Snapshot.delete(snap.id, conn());
   });
 
   it('a recursive remove never crosses into a mounted volume: refused before anything is removed', async () => {
