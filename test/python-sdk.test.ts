@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { expect, it } from 'vitest';
@@ -7,16 +7,33 @@ import { unittestCounts, writeLayerReport } from './report.js';
 
 const repo = path.resolve(__dirname, '..');
 
+/** Runs a command to its end (killed after `timeoutMs`), without blocking this process's event loop. */
+function run(cmd: string, args: string[], opts: { cwd: string; env: NodeJS.ProcessEnv; timeoutMs: number }): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
+    child.once('error', reject);
+    child.once('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
 it('Python SDK: its unit and integration tests pass against a real server, and leave no sandbox alive', async () => {
   // a server of its own: whatever is alive on it afterwards was left by the Python tests
   const dataDir = tempDataDir();
   cleanupDataDir(dataDir);
   const server = await ownServer(dataDir);
-  const r = spawnSync('python3', ['-m', 'unittest', 'discover', '-s', 'sdk/python/tests', '-v'], {
+  // (not spawnSync: the server runs in this process and must keep answering meanwhile)
+  const r = await run('python3', ['-m', 'unittest', 'discover', '-s', 'sdk/python/tests', '-v'], {
     cwd: repo,
     env: { ...process.env, PYTHONPATH: path.join(repo, 'sdk/python'), NULLSPACE_TEST_API_URL: server.url, NULLSPACE_TEST_API_KEY: server.key },
-    encoding: 'utf8',
-    timeout: 900_000,
+    timeoutMs: 900_000,
   });
   const output = `${r.stdout}\n${r.stderr}`;
   const counts = unittestCounts(output);
