@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for nullspace (idempotent; quick when everything is there):
+#   0. checks Node.js >= 20 and npm (scripts/check-node.sh; Debian 12's own nodejs is too old)
 #   1. Debian packages: QEMU, the standard kernel, debootstrap, Go, nftables, ...
 #   2. a reflink-capable filesystem (XFS) at /var/lib/nullspace, for copy-on-write RAM and disk images
 #   3. npm dependencies and the TypeScript build
@@ -17,6 +18,9 @@ if [ "$(id -u)" != 0 ]; then
   echo "nullspace needs root (QEMU per-sandbox uids, firewall rules, loop-mounted storage): run with sudo" >&2
   exit 1
 fi
+
+# Node.js and npm come from outside Debian 12 (its nodejs is 18): checked before anything is done
+bash "$NS_REPO/scripts/check-node.sh"
 
 PACKAGES=(qemu-system-x86 qemu-utils linux-image-amd64 debootstrap e2fsprogs cpio busybox-static golang-go
   xz-utils xfsprogs nftables kmod curl ca-certificates python3 make g++)
@@ -118,11 +122,9 @@ claim_test_area() {
     step "waiting for another test or benchmark run on this machine to finish (lock held by: $(lock_holders))"
     flock -w 3600 9 || { echo "gave up waiting for $NS_HOME/tmp.lock, held by: $(lock_holders)" >&2; exit 1; }
   fi
-  if [ -n "$(ls -A "$tmp")" ] || grep -rlsq "$tmp/" /run/nullspace/vm-uids 2>/dev/null; then
+  # (only what runs in $tmp made: processes naming a path under it, uid claims of its data dirs)
+  if ! bash "$NS_REPO/scripts/leaks.sh" check "$tmp" >/dev/null; then
     step "clearing what an interrupted earlier run left in $tmp: $(ls "$tmp" | tr '\n' ' ')"
-    pkill -KILL -f -- "$tmp/" || true
-    for _ in $(seq 1 50); do pgrep -f -- "$tmp/" >/dev/null || break; sleep 0.1; done
-    { grep -rls "$tmp/" /run/nullspace/vm-uids 2>/dev/null || true; } | xargs -r rm -f
-    rm -rf "${tmp:?}"/*
+    bash "$NS_REPO/scripts/leaks.sh" clear "$tmp"
   fi
 }

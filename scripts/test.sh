@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
 # Quick start, tests: set up everything, then run the whole suite (real VMs, real server, both SDKs,
 # the CLI, the agent's own tests, typechecks, the benchmark in --quick mode), then check that nothing
-# of ours is left behind.
+# this run made is left behind. Every step runs even when an earlier one failed; the closing lines
+# show each step's result and each layer's test counts (Go, TypeScript, Python), and the run fails
+# when any step failed or any layer ran no test.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$NS_REPO"
 claim_test_area
 
-step "typecheck (tests included)"
-npm run -s typecheck
+REPORT=$(mktemp -d /tmp/nullspace-test-report.XXXXXX)
+trap 'rm -rf "$REPORT"' EXIT
+export NULLSPACE_TEST_REPORT_DIR="$REPORT"
+bash scripts/leaks.sh rundirs >"$REPORT/rundirs-before"
+: >"$REPORT/steps"
+# runs a step, records "name<TAB>ok|FAILED" whatever its outcome
+run_step() {
+  local name="$1"
+  shift
+  step "$name"
+  if "$@"; then printf '%s\tok\n' "$name" >>"$REPORT/steps"; else printf '%s\tFAILED\n' "$name" >>"$REPORT/steps"; fi
+}
 
-step "agent: go vet + go test (on the host, no VM)"
-(cd agent && test -z "$(gofmt -l .)" && go vet ./... && go test -count=1 ./...)
+typecheck() { npm run -s typecheck; }
+go_tests() {
+  (
+    cd agent
+    local unformatted
+    unformatted=$(gofmt -l .)
+    if [ -n "$unformatted" ]; then echo "gofmt: not formatted: $unformatted" >&2; return 1; fi
+    go vet ./... && go test -count=1 -json ./... >"$REPORT/go.json"
+  ) || { node scripts/test-summary.mjs --go-failures "$REPORT/go.json" >&2 || true; return 1; }
+}
+vitest_suite() { npx vitest run --reporter=default --reporter=json --outputFile.json="$REPORT/vitest.json"; }
+leak_check() { bash scripts/leaks.sh check "$NS_HOME/tmp" "$REPORT/rundirs-before" >&2 && echo "no leftovers" >&2; }
 
-step "test suite (vitest: real VMs)"
-status=0
-npx vitest run || status=$?
+run_step "typecheck (tests included)" typecheck
+run_step "agent: gofmt, go vet, go test (on the host, no VM)" go_tests
+run_step "test suite (vitest: real VMs; the Python SDK's tests inside it)" vitest_suite
+run_step "leak check (what this run made: $NS_HOME/tmp)" leak_check
 
-step "leak check"
-leaks=0
-if pgrep -af 'qemu-system.*-name nullspace-' >&2; then echo "QEMU processes of nullspace are still running" >&2; leaks=1; fi
-if [ -n "$(ls -A "$NS_HOME/tmp" 2>/dev/null)" ]; then echo "test data dirs left in $NS_HOME/tmp:" >&2; ls "$NS_HOME/tmp" >&2; leaks=1; fi
-if grep -rls "$NS_HOME/tmp/" /run/nullspace/vm-uids >/dev/null 2>&1; then echo "sandbox uid claims of test servers left in /run/nullspace/vm-uids" >&2; leaks=1; fi
-if [ -n "$(ls -A "$NS_HOME/cache/run" 2>/dev/null)" ]; then echo "template build run dirs left in $NS_HOME/cache/run" >&2; leaks=1; fi
-[ "$leaks" = 0 ] && echo "no leftovers" >&2
-
-step "done (tests: $([ $status = 0 ] && echo passed || echo FAILED))"
-[ "$status" = 0 ] && [ "$leaks" = 0 ]
+step "summary"
+node scripts/test-summary.mjs "$REPORT"

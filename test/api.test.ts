@@ -6,7 +6,8 @@ describe('API: authentication and bad input', () => {
   it('requires the API key on every route', async () => {
     for (const [method, path] of [
       ['GET', '/v1/health'],
-      ['GET', '/v1/openapi.json'],
+      ['POST', '/v1/openapi.json'],
+      ['GET', '/v1/sandboxes?path=/v1/openapi.json'],
       ['GET', '/v1/sandboxes'],
       ['POST', '/v1/sandboxes'],
       ['DELETE', '/v1/sandboxes/sbx_0000000000000000'],
@@ -20,8 +21,8 @@ describe('API: authentication and bad input', () => {
     }
   });
 
-  it('serves its OpenAPI document', async () => {
-    const res = await api('GET', '/v1/openapi.json');
+  it('serves its OpenAPI document, without the key (an API description is public)', async () => {
+    const res = await fetch(apiUrl() + '/v1/openapi.json');
     expect(res.status).toBe(200);
     const doc = (await res.json()) as { openapi: string; paths: Record<string, unknown> };
     expect(doc.openapi).toMatch(/^3\./);

@@ -93,7 +93,6 @@ describe('nullspace cache prune', () => {
     const images = path.join(cache, 'images');
     fs.mkdirSync(templates, { recursive: true });
     fs.mkdirSync(images, { recursive: true });
-    fs.copyFileSync(path.join(realCache, 'accel-probe.json'), path.join(cache, 'accel-probe.json'));
     const rewrite = (file: string, pairs: Array<[string, string]>) => {
       let text = fs.readFileSync(file, 'utf8');
       for (const [from, to] of pairs) text = text.split(from).join(to);
@@ -132,8 +131,12 @@ describe('nullspace cache prune', () => {
     const halfMade = path.join(templates, 'base-5555555555555555');
     fs.mkdirSync(halfMade);
 
-    const server = await ownServer(dataDir, { NULLSPACE_CACHE_DIR: cache, NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
+    // as on a host without /dev/kvm (a laptop VM, a container): no KVM verdict in this cache, none needed
+    const server = await ownServer(dataDir, { NULLSPACE_CACHE_DIR: cache, NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0', NULLSPACE_KVM_DEVICE: '/nonexistent/kvm' });
     const c = { apiUrl: server.url, apiKey: server.key };
+    const health = (await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as { accel: string; accelReason: string };
+    expect(health).toMatchObject({ accel: 'tcg', accelReason: '/nonexistent/kvm is not available' });
+    expect(fs.existsSync(path.join(cache, 'accel-probe.json'))).toBe(false);
     // on t1: a sandbox that keeps running (its overlay rests on t1's disk) and a snapshot of another
     const running = await Sandbox.create(c);
     const src = await Sandbox.create(c);
@@ -146,7 +149,7 @@ describe('nullspace cache prune', () => {
 
     const prune = (...extra: string[]) =>
       spawnSync(process.execPath, [CLI, 'cache', 'prune', '--json', ...extra], {
-        env: { ...process.env, NULLSPACE_CACHE_DIR: cache },
+        env: { ...process.env, NULLSPACE_CACHE_DIR: cache, NULLSPACE_KVM_DEVICE: '/nonexistent/kvm' },
         encoding: 'utf8',
         timeout: 120_000,
       });

@@ -35,16 +35,26 @@ export async function setup(project: TestProject): Promise<void> {
   project.provide('dataDir', dataDir);
 }
 
+/**
+ * Fails the run when sandboxes of the suite's server are still alive at its end (a test that did not
+ * kill what it made: test/leak-guard.ts names the test for those made through fetch; this catches
+ * the rest, e.g. made by the CLI), after killing them; and when QEMU processes of its data dir
+ * survived the server.
+ */
 export async function teardown(): Promise<void> {
   if (!server) return;
   const headers = { authorization: `Bearer ${server.apiKey}` };
-  const res = await fetch(`${server.url}/v1/sandboxes?limit=1000`, { headers });
-  const { sandboxes } = (await res.json()) as { sandboxes: Array<{ sandboxId: string }> };
+  const res = await fetch(`${server.url}/v1/sandboxes?limit=1000&state=creating,running,hibernating,paused,resuming,killing`, { headers });
+  const { sandboxes } = (await res.json()) as { sandboxes: Array<{ sandboxId: string; state: string; metadata: Record<string, string> }> };
   for (const s of sandboxes) await fetch(`${server.url}/v1/sandboxes/${s.sandboxId}`, { method: 'DELETE', headers });
   await server.close();
   const left = leftoverQemu(dataDir);
   for (const pid of left) process.kill(pid, 'SIGKILL');
   fs.rmSync(dataDir, { recursive: true, force: true });
-  if (sandboxes.length) process.stderr.write(`global teardown: tests left ${sandboxes.length} sandbox(es) running: ${sandboxes.map((s) => s.sandboxId).join(', ')}\n`);
-  if (left.length) throw new Error(`QEMU processes survived the suite: ${left.join(', ')}`);
+  const problems: string[] = [];
+  if (sandboxes.length) {
+    problems.push(`tests left ${sandboxes.length} sandbox(es) alive: ${sandboxes.map((s) => `${s.sandboxId} (${s.state}, metadata ${JSON.stringify(s.metadata)})`).join('; ')}`);
+  }
+  if (left.length) problems.push(`QEMU processes survived the suite's server: ${left.join(', ')}`);
+  if (problems.length) throw new Error(`leak: ${problems.join('; ')}`);
 }

@@ -58,3 +58,25 @@ export async function duringSnapshots(sbx: Sandbox, count: number, step: (i: num
   }
   return { ran, failed };
 }
+
+/** The Debian archive: what tests that need a guest on the internet reach (NULLSPACE_DEBIAN_MIRROR, as the image build). */
+export const ARCHIVE = (process.env.NULLSPACE_DEBIAN_MIRROR || 'http://deb.debian.org/debian').replace(/\/$/, '');
+
+/**
+ * Passes when the guest reaches the Debian archive over HTTP. Tests that need the internet use it,
+ * so that a host without it fails them clearly: when the guest cannot reach the archive, it says
+ * whether this host can (then the guest's network is at fault) or cannot either (then the test
+ * cannot run here).
+ */
+export async function expectGuestReachesArchive(sbx: Sandbox): Promise<void> {
+  const r = await sbx.commands.run(`curl -s -m 10 -o /dev/null -w '%{http_code}' ${ARCHIVE}/ || true`, { timeoutMs: 60_000 });
+  if (/^[23]\d\d$/.test(r.stdout)) return;
+  const host = await fetch(`${ARCHIVE}/`, { signal: AbortSignal.timeout(10_000) }).then(
+    (res) => res.status,
+    (err: Error) => `${err.message}${err.cause instanceof Error ? `: ${err.cause.message}` : ''}`,
+  );
+  if (typeof host !== 'number' || host >= 400) {
+    throw new Error(`this test needs the internet: a guest must reach the Debian archive (${ARCHIVE}), and this host cannot reach it either (${host})`);
+  }
+  throw new Error(`the guest cannot reach the Debian archive (${ARCHIVE}: curl answered "${r.stdout}"), which this host reaches (HTTP ${host})`);
+}

@@ -34,7 +34,7 @@ export async function templateBuild(config: Config, args: TemplateBuildArgs, log
     progress,
   });
   const accel = await progress.step('accelerator', () =>
-    detectAccel({ forced: config.accel, cacheDir: config.cacheDir, probe: { kernel: image.kernel, initrd: image.initrd }, log }),
+    detectAccel({ forced: config.accel, cacheDir: config.cacheDir, kvmDevice: config.kvmDevice, probe: { kernel: image.kernel, initrd: image.initrd }, log }),
   );
   progress.info(`accelerator: ${accel.accel} (${accel.reason})`);
   const profile = await hostProfile({ accel: accel.accel, cpuModel: config.cpuModel });

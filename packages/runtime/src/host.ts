@@ -86,16 +86,22 @@ interface ProbeVerdict {
 export async function detectAccel(opts: {
   forced?: Accel | undefined;
   cacheDir: string;
+  /**
+   * The KVM device looked for (default /dev/kvm). A path that does not exist makes this host count
+   * as one without KVM (a laptop VM, a container): NULLSPACE_KVM_DEVICE, used by tests.
+   */
+  kvmDevice?: string | undefined;
   probe?: ProbeKernel | undefined;
   log: (msg: string) => void;
   qemuBinary?: string;
   deadlineMs?: number;
 }): Promise<{ accel: Accel; reason: string }> {
   if (opts.forced) return { accel: opts.forced, reason: 'forced by NULLSPACE_ACCEL' };
+  const device = opts.kvmDevice ?? '/dev/kvm';
   try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+    fs.accessSync(device, fs.constants.R_OK | fs.constants.W_OK);
   } catch {
-    return { accel: 'tcg', reason: '/dev/kvm is not available' };
+    return { accel: 'tcg', reason: `${device} is not available` };
   }
   const binary = opts.qemuBinary ?? QEMU_BINARY;
   const key = `${os.release()} qemu ${await qemuVersion(binary)}`;

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient, buildAgent, Channel, Progress } from '@nullspace/runtime';
+import { CACHE_DIR } from '../../../test/env.js';
 
 /**
  * The real agent binary, run on the host (no VM) with --listen, driven by the real TypeScript
@@ -18,7 +19,7 @@ let client: AgentClient;
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ns-agent-'));
-  const { binary } = await buildAgent(path.join(repo, 'agent'), process.env.NULLSPACE_CACHE_DIR ?? '/var/lib/nullspace/cache', new Progress('agent', () => {}));
+  const { binary } = await buildAgent(path.join(repo, 'agent'), CACHE_DIR, new Progress('agent', () => {}));
   sock = path.join(dir, 'agent.sock');
   agentProc = spawn(binary, ['serve', '--listen', `unix:${sock}`], {
     env: { ...process.env, NULLSPACE_AGENT_TEST_ROOT: path.join(dir, 'root') },

@@ -3,13 +3,14 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cloneFile, createOverlay, findTemplate, hostProfile, Vm } from '@nullspace/runtime';
+import { CACHE_DIR, TEST_ROOT } from '../../../test/env.js';
 
 /**
  * The agent inside a real VM restored from the base template, driven directly through the runtime
  * (no server): reconnects, and an idle VM with nobody connected does not spin its vCPU.
  */
-const cacheDir = process.env.NULLSPACE_CACHE_DIR ?? '/var/lib/nullspace/cache';
-const root = path.join(process.env.NULLSPACE_TEST_ROOT ?? '/var/lib/nullspace/tmp', `vm-${randomBytes(3).toString('hex')}`);
+const cacheDir = CACHE_DIR;
+const root = path.join(TEST_ROOT, `vm-${randomBytes(3).toString('hex')}`);
 let vm: Vm | undefined;
 
 function cpuTicks(pid: number): number {

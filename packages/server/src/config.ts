@@ -18,6 +18,8 @@ export interface Config {
   /** NULLSPACE_API_KEY; when unset the server generates one and keeps it in dataDir/api-key. */
   apiKey: string | undefined;
   accel: Accel | undefined;
+  /** The KVM device looked for (NULLSPACE_KVM_DEVICE); a path that does not exist: a host without KVM. */
+  kvmDevice: string;
   cpuModel: string | undefined;
   /** Host-wide runtime state (sandbox uid claims); on tmpfs. */
   runDir: string;
@@ -126,6 +128,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     debianMirror: env.NULLSPACE_DEBIAN_MIRROR || 'http://deb.debian.org/debian',
     apiKey,
     accel,
+    kvmDevice: env.NULLSPACE_KVM_DEVICE || '/dev/kvm',
     cpuModel,
     runDir: path.resolve(env.NULLSPACE_RUN_DIR || '/run/nullspace'),
     vmUidBase: int(env, 'NULLSPACE_VM_UID_BASE', 2_000_000, 1000),

@@ -60,6 +60,7 @@ export class HostContext {
     const accel = await detectAccel({
       forced: config.accel,
       cacheDir: config.cacheDir,
+      kvmDevice: config.kvmDevice,
       probe: probeTemplate ? { kernel: probeTemplate.image.kernel, initrd: probeTemplate.image.initrd } : undefined,
       log: (m) => log.info(m),
     });

@@ -35,9 +35,18 @@ export function debootstrapHash(recipe: Recipe): string {
   return new Hasher().add('builder', IMAGE_BUILDER_VERSION).add('debootstrap', recipe.debootstrap).hex();
 }
 
-/** Identity of the agent binary: its sources. */
+/**
+ * Identity of the agent binary: exactly what `go build` compiles (the Go sources outside tests, and
+ * go.mod/go.sum). Build outputs, test files and docs lying in the directory do not count.
+ */
 export function agentHash(agentDir: string): string {
-  return new Hasher().addTree('agent', agentDir, (rel) => rel.startsWith('bin/') || rel.endsWith('_test.go') || rel.startsWith('testdata/')).hex(12);
+  return new Hasher().addTree('agent', agentDir, (rel) => !isAgentSource(rel)).hex(12);
+}
+
+export function isAgentSource(rel: string): boolean {
+  if (rel === 'go.mod' || rel === 'go.sum') return true;
+  if (rel.split('/').some((part) => part === 'testdata' || part === 'bin' || part.startsWith('.') || part.startsWith('_'))) return false;
+  return rel.endsWith('.go') && !rel.endsWith('_test.go');
 }
 
 /** Identity of a whole image: recipe dir (recipe, init, overlay), agent, kernel. */

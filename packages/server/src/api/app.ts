@@ -30,6 +30,9 @@ export interface AppDeps {
   version: string;
 }
 
+/** The one route that answers without the API key. */
+const PUBLIC_DOCUMENT = '/v1/openapi.json';
+
 export type App = FastifyInstance<any, any, any, any, TypeBoxTypeProvider>;
 
 function digest(s: string): Buffer {
@@ -55,7 +58,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       info: {
         title: 'nullspace API',
         version: deps.version,
-        description: 'Disposable Linux sandboxes (real VMs): create, files, commands. Every route needs `Authorization: Bearer <API key>`.',
+        description: 'Disposable Linux sandboxes (real VMs): create, files, commands. Every route but this document needs `Authorization: Bearer <API key>`.',
       },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
@@ -65,6 +68,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
 
   const key = digest(deps.apiKey);
   app.addHook('onRequest', async (req) => {
+    // the API's description is public, by convention (it holds no data); everything else needs the key
+    if (req.method === 'GET' && req.url.split('?')[0] === PUBLIC_DOCUMENT) return;
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(header);
     if (!m?.[1] || !timingSafeEqual(digest(m[1]), key)) {

@@ -1,0 +1,81 @@
+/**
+ * Set-up file of every test file: a test that leaves a sandbox of the suite's server alive (not
+ * killed, not failed) fails, naming itself, and the sandbox is killed so that it cannot disturb
+ * the rest of the run. The check runs once the test's own cleanups (onTestFinished, afterEach) ran.
+ *
+ * It watches the HTTP answers of the suite's server to what creates a sandbox (create, create from
+ * a snapshot, fork) and charges each new sandbox to the test that was running (or, for a
+ * `beforeAll`, to its file). After each test, and after each file, the sandboxes charged to it must
+ * be ended. Sandboxes of a test's own servers are not watched: those tests kill the QEMU processes
+ * of their data dirs in their teardown (test/servers.ts `cleanupDataDir`). Processes the suite does
+ * not see (the CLI, the Python SDK) are covered by the global teardown, which fails the run on any
+ * sandbox left alive (test/global-setup.ts), and by the Python test's own server.
+ */
+import { afterAll, beforeEach, expect, inject } from 'vitest';
+
+const CREATES = [/^\/v1\/sandboxes$/, /^\/v1\/sandboxes\/sbx_[0-9a-z]{16}\/fork$/];
+const LIVE = new Set(['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing']);
+
+const apiUrl = inject('apiUrl');
+const apiKey = inject('apiKey');
+const origin = new URL(apiUrl).origin;
+/** Sandbox id -> who made it (a test's full name, or the file for hooks outside tests). */
+const made = new Map<string, string>();
+let current: string | undefined;
+
+const realFetch = globalThis.fetch;
+globalThis.fetch = async function watchedFetch(input: string | URL | Request, init?: RequestInit): Promise<Response> {
+  const res = await realFetch(input, init);
+  try {
+    const url = new URL(input instanceof Request ? input.url : String(input));
+    const method = (init?.method ?? (input instanceof Request ? input.method : 'GET')).toUpperCase();
+    if (url.origin === origin && method === 'POST' && res.status === 201 && CREATES.some((re) => re.test(url.pathname))) {
+      const body = (await res.clone().json()) as { sandboxId?: string };
+      if (body.sandboxId) made.set(body.sandboxId, current ?? `${expect.getState().testPath ?? 'a test file'} (outside a test: beforeAll)`);
+    }
+  } catch {
+    /* not ours to judge */
+  }
+  return res;
+};
+
+async function state(id: string): Promise<string | undefined> {
+  const res = await realFetch(`${apiUrl}/v1/sandboxes/${id}`, { headers: { authorization: `Bearer ${apiKey}` } });
+  if (res.status === 404) return undefined;
+  return ((await res.json()) as { state?: string }).state;
+}
+
+/** Fails (after killing them) when sandboxes charged to `owner` are still alive. */
+async function check(owner: (by: string) => boolean): Promise<void> {
+  const leaked: string[] = [];
+  for (const [id, by] of [...made]) {
+    if (!owner(by)) continue;
+    made.delete(id);
+    const s = await state(id);
+    if (s === undefined || !LIVE.has(s)) continue;
+    leaked.push(`${id} (${s}, made by "${by}")`);
+    await realFetch(`${apiUrl}/v1/sandboxes/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${apiKey}` } }).catch(() => {});
+  }
+  if (leaked.length) throw new Error(`leak: the test left ${leaked.length} sandbox(es) alive: ${leaked.join('; ')}`);
+}
+
+beforeEach((ctx) => {
+  const name = fullName(ctx.task);
+  current = name;
+  // registered before anything of the test's own: onTestFinished hooks run last-registered first,
+  // so this runs after the test's cleanups (and after afterEach hooks, which run before them)
+  ctx.onTestFinished(async () => {
+    current = undefined;
+    await check((by) => by === name);
+  });
+});
+
+afterAll(async () => {
+  await check(() => true);
+});
+
+function fullName(task: { name: string; suite?: { name: string; suite?: unknown } | undefined }): string {
+  const parts = [task.name];
+  for (let s = task.suite; s?.name; s = s.suite as typeof s) parts.unshift(s.name);
+  return parts.join(' > ');
+}
