@@ -161,13 +161,39 @@ describe('hibernate and resume', () => {
     await expect(k.hibernate()).rejects.toMatchObject({ code: 'sandbox_not_running', status: 409 });
     await expect(Sandbox.connect(k.sandboxId, conn())).resolves.toBeDefined(); // connect to a killed one: a handle, no resume
     const s = await sandbox();
+    await s.files.write('/workspace/marker', 'before');
     // the server serializes them in whatever order they arrive: each completes or is refused (409)
     const [hib, fork, snap, kill] = await Promise.allSettled([s.hibernate(), s.fork(), s.createSnapshot(), s.kill()]);
-    for (const r of [hib, fork, snap]) {
-      if (r.status === 'rejected') expect(r.reason).toMatchObject({ status: 409 });
+    if (fork.status === 'fulfilled') {
+      onTestFinished(async () => {
+        await fork.value.kill().catch(() => {});
+      });
     }
-    if (fork.status === 'fulfilled') await fork.value.kill();
-    if (snap.status === 'fulfilled') await Snapshot.delete(snap.value.id, conn());
+    for (const r of [hib, fork, snap]) {
+      // refused because another of them ran first: busy, or no longer running (paused or killed)
+      if (r.status === 'rejected') expect(r.reason).toMatchObject({ status: 409, code: expect.stringMatching(/^(sandbox_busy|sandbox_not_running)$/) });
+    }
+    // each one that completed did what it says
+    if (hib.status === 'fulfilled') expect(hib.value).toMatchObject({ kind: 'hibernate', sandboxId: s.sandboxId });
+    if (fork.status === 'fulfilled') {
+      const child = fork.value;
+      expect(child.sandboxId).not.toBe(s.sandboxId);
+      const info = await child.getInfo();
+      expect(info).toMatchObject({ state: 'running', forkedFrom: s.sandboxId });
+      expect(await child.files.read('/workspace/marker')).toBe('before');
+      await child.kill();
+      if (hib.status === 'fulfilled') expect(info.createdAt.getTime()).toBeLessThanOrEqual(hib.value.createdAt.getTime());
+    }
+    if (snap.status === 'fulfilled') {
+      expect(snap.value).toMatchObject({ kind: 'reusable', sandboxId: s.sandboxId });
+      // a reusable snapshot outlives its source: it restores after the kill
+      const restored = await sandbox({ snapshotId: snap.value.id });
+      expect(await restored.files.read('/workspace/marker')).toBe('before');
+      await restored.kill();
+      await Snapshot.delete(snap.value.id, conn());
+    }
+    // nothing runs on a paused sandbox: what completed besides the hibernation came before it
+    if (hib.status === 'fulfilled' && snap.status === 'fulfilled') expect(snap.value.createdAt.getTime()).toBeLessThanOrEqual(hib.value.createdAt.getTime());
     expect(kill.status).toBe('fulfilled');
     expect(qemuPid(s.sandboxId)).toBeUndefined();
     expect((await s.getInfo()).state).toBe('killed');
@@ -189,43 +215,39 @@ describe('hibernation across server crashes', () => {
     const s = await Sandbox.create(c);
     await s.files.write('/workspace/a', 'A');
     await s.hibernate();
-    srv.child.kill('SIGKILL');
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.kill();
     srv = await serverProcess(dataDir, key, port);
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
     const back = await Sandbox.connect(s.sandboxId, c);
     expect(await back.files.read('/workspace/a')).toBe('A');
-    srv.child.kill('SIGKILL');
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.kill();
 
     // 2. the server dies right after the hibernation was recorded, before the VM stopped: paused
     srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-after-hibernate-capture' });
     await back.files.write('/workspace/b', 'B').catch(() => {});
     await expect(back.hibernate()).rejects.toBeDefined();
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.exited();
     srv = await serverProcess(dataDir, key, port);
     c = { apiUrl: srv.url, apiKey: key };
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
     expect(qemuPid(s.sandboxId)).toBeUndefined();
-    srv.child.kill('SIGKILL');
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.kill();
 
     // 3. the server dies in the middle of a resume: paused again, and a later resume works
     srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-during-resume' });
     await expect(Sandbox.connect(s.sandboxId, c)).rejects.toBeDefined();
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.exited();
     srv = await serverProcess(dataDir, key, port);
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
     const finalSbx = await Sandbox.connect(s.sandboxId, c);
     expect(await finalSbx.files.read('/workspace/b')).toBe('B');
     await finalSbx.files.write('/workspace/c', 'C');
-    srv.child.kill('SIGKILL');
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.kill();
 
     // 4. the server dies before a hibernation was recorded (older ones exist): it runs on, nothing lost
     srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-before-hibernate-capture' });
     await expect(finalSbx.hibernate()).rejects.toBeDefined();
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.exited();
     srv = await serverProcess(dataDir, key, port);
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('running');
     expect(await finalSbx.files.read('/workspace/c')).toBe('C');

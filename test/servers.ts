@@ -55,33 +55,79 @@ export async function pools(server: { url: string; key: string }): Promise<Pools
   return (await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as Pools;
 }
 
+/** A `nullspace serve` child process (see `serverProcess`). */
+export interface ServerProcess {
+  child: ChildProcess;
+  url: string;
+  /** Everything it printed so far (stdout and stderr). */
+  output(): string;
+  /** Resolves when the process has exited (at once if it already has): the test expects it to exit. */
+  exited(): Promise<void>;
+  /** kill -9, resolved once it has exited. */
+  kill(): Promise<void>;
+}
+
+/** Resolves when `child` has exited: at once if it already has (an `exit` listener added late never fires). */
+export function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => child.once('exit', () => r()));
+}
+
 /** `nullspace serve` as a separate process (so that it can be killed with SIGKILL). */
-export async function serverProcess(dataDir: string, key: string, port: number, env: Record<string, string> = {}): Promise<{ child: ChildProcess; url: string }> {
+export async function serverProcess(dataDir: string, key: string, port: number, env: Record<string, string> = {}): Promise<ServerProcess> {
   const child = spawn(process.execPath, [CLI, 'serve', '--port', String(port), '--data-dir', dataDir], {
     env: { ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   onTestFinished(async () => {
     if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGKILL');
-      await exited;
+      await exited(child);
     }
     releaseUidClaims(dataDir);
   });
   let out = '';
-  await new Promise<void>((resolve, reject) => {
-    const onData = (b: Buffer) => {
-      out += b.toString();
-      if (out.includes('serving http')) resolve();
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${out}`)));
-    setTimeout(() => reject(new Error(`server did not start: ${out}`)), 60_000);
+  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+  const srv: ServerProcess = {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    output: () => out,
+    exited: () => {
+      serverProcesses.delete(srv);
+      return exited(child);
+    },
+    kill: () => {
+      serverProcesses.delete(srv);
+      child.kill('SIGKILL');
+      return exited(child);
+    },
+  };
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const onData = () => {
+        if (out.includes('serving http')) resolve();
+      };
+      child.stdout!.on('data', onData);
+      child.once('exit', (code, signal) => reject(new Error(`server exited with ${code ?? signal}: ${out}`)));
+      timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 60_000);
+    });
+  } finally {
+    clearTimeout(timer);
+  }
+  serverProcesses.add(srv);
+  onTestFinished(() => {
+    serverProcesses.delete(srv);
   });
-  return { child, url: `http://127.0.0.1:${port}` };
+  return srv;
 }
+
+/**
+ * The server processes of the running test that are expected to keep running: a `waitFor` fails at
+ * once when one of them exits (`kill` and `exited` take a server off this list).
+ */
+const serverProcesses = new Set<ServerProcess>();
 
 /** The pid of a sandbox's QEMU process. */
 export function qemuPid(sandboxId: string): number | undefined {
@@ -96,9 +142,17 @@ export function qemuPid(sandboxId: string): number | undefined {
   return undefined;
 }
 
+/**
+ * Polls `fn` until it returns something other than undefined. Fails at once, with the server's
+ * output, when a server process of the test (`serverProcess`) exits unexpectedly meanwhile, instead
+ * of at the deadline.
+ */
 export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
+  const dead = () => [...serverProcesses].find((s) => s.child.exitCode !== null || s.child.signalCode !== null);
   for (;;) {
+    const gone = dead();
+    if (gone) throw new Error(`waiting for ${what}: the server process exited (${gone.child.exitCode ?? gone.child.signalCode}): ${gone.output()}`);
     const v = await fn();
     if (v !== undefined) return v;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
