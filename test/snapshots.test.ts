@@ -8,8 +8,6 @@ import { api, conn, duringSnapshots, killAll, sandbox } from './helpers.js';
 import { leftoverQemu } from './env.js';
 import { cleanupDataDir, ownServer, pools, qemuPid, tempDataDir, waitFor } from './servers.js';
 
-const layersDir = () => path.join(inject('dataDir'), 'layers');
-
 describe('reusable snapshots: the product page, in TypeScript', () => {
   it('creates a snapshot, spawns independent children, manages it', async () => {
     const sbx = await sandbox({ template: 'base' });
@@ -59,7 +57,11 @@ describe('what a snapshot captures', () => {
         'n = 0',
         'def dump(*_):',
         '    open("/workspace/dump", "w").write(str(n))',
+        'def jump(*_):',
+        '    global n',
+        '    n += 1000000',
         'signal.signal(signal.SIGUSR1, dump)',
+        'signal.signal(signal.SIGUSR2, jump)',
         'while True:',
         '    n += 1',
         '    open("/workspace/counter", "w").write(str(n))',
@@ -78,17 +80,28 @@ describe('what a snapshot captures', () => {
     child = await Sandbox.create({ ...conn(), snapshotId: snap.id, metadata: { suite: 'nullspace-tests' } });
     const procs = await child.commands.list();
     expect(procs.find((p) => p.pid === proc.pid)).toMatchObject({ running: true });
-    const r = await child.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump; echo; cat /workspace/last-moment; ls /workspace`);
-    const [dumped, lastMoment, ...files] = r.stdout.trim().split('\n');
+    // the in-memory counter, as the process dumps it on SIGUSR1 (waits for the dump, however slow the guest)
+    // (with `above`: the first value above it)
+    const counter = async (s: Sandbox, above = -1) => {
+      const dump = `rm -f /workspace/dump; kill -USR1 ${proc.pid}; while [ ! -s /workspace/dump ]; do sleep 0.05; done`;
+      return Number((await s.commands.run(`${dump}; while [ "$(cat /workspace/dump)" -le ${above} ]; do sleep 0.1; ${dump}; done; cat /workspace/dump`, { timeoutMs: 60_000 })).stdout);
+    };
+    const dumped = await counter(child);
+    const r = await child.commands.run('cat /workspace/last-moment; ls /workspace');
+    const [lastMoment, ...files] = r.stdout.trim().split('\n');
     // the process kept its memory: its counter continues from the snapshot, not from zero
-    expect(Number(dumped)).toBeGreaterThanOrEqual(before);
+    expect(dumped).toBeGreaterThanOrEqual(before);
     expect(lastMoment).toMatch(/^\d+$/);
     expect(files).not.toContain('after.txt');
-    // source and child diverge from the instant of the snapshot
-    const srcNow = Number((await source.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump`)).stdout);
-    const childNow = Number((await child.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump`)).stdout);
-    expect(srcNow).toBeGreaterThan(before);
-    expect(childNow).toBeGreaterThanOrEqual(before);
+    // and it runs on in the child
+    expect(await counter(child, dumped)).toBeGreaterThan(dumped);
+    // source and child diverge from the instant of the snapshot: a change to the source process's
+    // memory (its counter jumps by a million) is not in the child's copy, and the source counts on
+    await source.commands.run(`kill -USR2 ${proc.pid}`);
+    const srcNow = await counter(source);
+    const childNow = await counter(child);
+    expect(srcNow).toBeGreaterThan(before + 1_000_000);
+    expect(childNow).toBeLessThan(1_000_000);
     expect(await source.files.read('/workspace/after.txt')).toBe('written after the snapshot');
     await Snapshot.delete(snap.id, conn());
   });
@@ -96,12 +109,19 @@ describe('what a snapshot captures', () => {
   it('keeps the source running through the snapshot (its processes, files, network)', async () => {
     const s = await sandbox();
     const bg = await s.commands.run('for i in $(seq 1 30); do echo $i >> /workspace/ticks; sleep 0.1; done', { background: true });
-    await new Promise((r) => setTimeout(r, 500));
+    await s.commands.run('while [ ! -s /workspace/ticks ]; do sleep 0.05; done');
+    const asked = Date.now();
     const snap = await s.createSnapshot();
-    expect(snap.pauseMs).toBeGreaterThanOrEqual(0);
+    const answered = Date.now();
+    // the source was paused, and only within the request (a whole number of milliseconds)
+    expect(Number.isInteger(snap.pauseMs)).toBe(true);
+    expect(snap.pauseMs).toBeGreaterThan(0);
+    expect(snap.pauseMs).toBeLessThanOrEqual(answered - asked);
+    expect((await Snapshot.get(snap.id, conn())).pauseMs).toBe(snap.pauseMs);
+    // its loop ran on through the capture: every tick, in order
     const done = await bg.wait();
     expect(done.exitCode).toBe(0);
-    expect((await s.commands.run('wc -l < /workspace/ticks')).stdout.trim()).toBe('30');
+    expect(await s.files.read('/workspace/ticks')).toBe(Array.from({ length: 30 }, (_, i) => `${i + 1}\n`).join(''));
     expect((await s.commands.run("curl -s -m 10 -o /dev/null -w '%{http_code}' http://deb.debian.org/debian/ || true")).stdout).toMatch(/^[23]\d\d$/);
     expect((await s.getInfo()).state).toBe('running');
     await Snapshot.delete(snap.id, conn());
@@ -128,17 +148,32 @@ describe('snapshot storage, lifetime and garbage collection', () => {
     const grandchild = await sandbox({ snapshotId: snap2.id });
     expect(await grandchild.files.read('/workspace/gen')).toBe('two');
 
-    // once nothing holds them, the layers and their files go
-    const before = new Set(fs.readdirSync(layersDir()));
+    // once nothing holds them, the layers and their files go: every layer of either snapshot
+    const db = new Database(path.join(inject('dataDir'), 'nullspace.db'));
+    onTestFinished(() => {
+      db.close();
+    });
+    const layersOf = (id: string) => {
+      const r = db.prepare('SELECT mem_layer AS m, state_layer AS s, disk_layer AS d FROM snapshots WHERE id = ?').get(id) as { m: string; s: string; d: string };
+      return [r.m, r.s, r.d];
+    };
+    const ours = layersOf(snap2.id);
+    const pathOf = (id: string) => (db.prepare('SELECT path FROM layers WHERE id = ?').get(id) as { path: string } | undefined)?.path;
+    const files = ours.map(pathOf);
+    for (const f of files) expect(f !== undefined && fs.existsSync(f)).toBe(true);
+    // (snap1 is deleted already: its RAM and state layers may be gone; its disk layer is under snap2's)
+    const diskChain: string[] = [];
+    for (let cur: string | null = ours[2]!; cur; cur = (db.prepare('SELECT parent_id AS p FROM layers WHERE id = ?').get(cur) as { p: string | null } | undefined)?.p ?? null) diskChain.push(cur);
+    expect(diskChain.length).toBeGreaterThanOrEqual(2);
+    const chainFiles = diskChain.map(pathOf);
     await Snapshot.delete(snap2.id, conn());
     await child.kill();
     await grandchild.kill();
-    const run = (await (await api('POST', '/v1/gc')).json()) as { freed: Array<{ layerId: string }>; retained: Array<{ heldBy: string[] }> };
-    const after = new Set(fs.readdirSync(layersDir()));
-    const gone = [...before].filter((f) => !after.has(f));
-    // the two snapshots' RAM and state layers and their disk layers are gone (by this run or by the automatic one)
-    expect(gone.length + run.freed.length).toBeGreaterThanOrEqual(2);
+    const run = (await (await api('POST', '/v1/gc')).json()) as { freed: Array<{ layerId: string }>; retained: Array<{ layerId: string; heldBy: string[] }> };
+    for (const id of [...ours, ...diskChain]) expect(pathOf(id), id).toBeUndefined();
+    for (const f of [...files, ...chainFiles]) expect(fs.existsSync(f!), f).toBe(false);
     for (const l of run.retained) {
+      expect([...ours, ...diskChain]).not.toContain(l.layerId);
       expect(l.heldBy.some((h) => h.includes(snap1.id) || h.includes(snap2.id) || h.includes(child.sandboxId))).toBe(false);
     }
   });
