@@ -8,6 +8,26 @@ import { leftoverQemu, TEST_ROOT } from './env.js';
 
 const CLI = path.resolve(__dirname, '../packages/cli/dist/main.js');
 
+/**
+ * Runs the `nullspace` CLI against `server` (its URL and key); its exit code and output. Never
+ * blocks this process: the server may be an in-process one (`ownServer`).
+ */
+export async function cli(server: { url: string; key: string }, args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { ...process.env, NULLSPACE_API_URL: server.url, NULLSPACE_API_KEY: server.key, ...opts.env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  child.stdin.end(opts.input ?? '');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+  const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
 export function tempDataDir(): string {
   fs.mkdirSync(TEST_ROOT, { recursive: true });
   return path.join(TEST_ROOT, `x-${randomBytes(3).toString('hex')}`);

@@ -6,7 +6,8 @@ import Database from 'better-sqlite3';
 import { ConflictError, InvalidArgumentError, Sandbox, SandboxNotFoundError, Snapshot, SnapshotNotFoundError } from 'nullspace';
 import { api, conn, duringSnapshots, killAll, sandbox } from './helpers.js';
 import { leftoverQemu } from './env.js';
-import { cleanupDataDir, ownServer, pools, qemuPid, tempDataDir, waitFor } from './servers.js';
+import { DEVICE_SET } from '@nullspace/runtime';
+import { cleanupDataDir, cli, ownServer, pools, qemuPid, tempDataDir, waitFor } from './servers.js';
 
 describe('reusable snapshots: the product page, in TypeScript', () => {
   it('creates a snapshot, spawns independent children, manages it', async () => {
@@ -431,33 +432,112 @@ describe('snapshot errors', () => {
 });
 
 describe('compatibility', () => {
-  it('records what a restore needs, and refuses a host that differs (another CPU model), naming the field', async () => {
+  it('records everything a restore needs, and refuses each kind of mismatch naming its field (create, resume, API, SDK, CLI)', async () => {
     const dataDir = tempDataDir();
     cleanupDataDir(dataDir);
-    const first = await ownServer(dataDir);
+    const first = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
     const c1 = { apiUrl: first.url, apiKey: first.key };
     const s = await Sandbox.create(c1);
     const snap = await s.createSnapshot();
+    const profile = first.host.profile;
+    const template = first.host.template('base');
+    // every field, with what it must be
     const ok = await Snapshot.compatibility(snap.id, c1);
-    expect(ok).toMatchObject({ compatible: true, mismatches: [] });
-    expect(ok.requirements).toMatchObject({ accel: first.host.profile.accel, cpuModel: first.host.profile.cpuModel, memoryMiB: 512, vcpus: 1 });
-    await s.kill();
-    await first.close();
+    expect(ok).toEqual({
+      snapshotId: snap.id,
+      compatible: true,
+      mismatches: [],
+      requirements: {
+        qemuVersion: profile.qemuVersion,
+        machine: profile.machine,
+        accel: profile.accel,
+        cpuModel: profile.cpuModel,
+        hostCpu: profile.hostCpu,
+        memoryMiB: 512,
+        vcpus: 1,
+        deviceSet: DEVICE_SET,
+        kernelRelease: template.image.kernelRelease,
+        agentVersion: template.image.agentVersion,
+        template: 'base',
+      },
+    });
+    expect(profile.machine).toMatch(/^pc-i440fx-\d+\.\d+$/);
+    const hib = await s.hibernate();
 
-    const other = first.host.profile.cpuModel === 'qemu64' ? 'max' : 'qemu64';
-    const second = await ownServer(dataDir, { NULLSPACE_CPU_MODEL: other });
-    const c2 = { apiUrl: second.url, apiKey: second.key };
-    const no = await Snapshot.compatibility(snap.id, c2);
-    expect(no.compatible).toBe(false);
-    expect(no.mismatches).toContainEqual({ field: 'cpuModel', snapshot: first.host.profile.cpuModel, host: other });
-    const err = await Sandbox.create({ ...c2, snapshotId: snap.id }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(ConflictError);
-    expect(err).toMatchObject({ code: 'snapshot_incompatible' });
-    expect((err as Error).message).toContain('cpuModel');
+    // each kind of mismatch, made in the stored record where no setting of the host can make it
+    const db = new Database(path.join(dataDir, 'nullspace.db'));
+    onTestFinished(() => {
+      db.close();
+    });
+    const requirements = (id: string) => (db.prepare('SELECT requirements AS r FROM snapshots WHERE id = ?').get(id) as { r: string }).r;
+    const setRequirement = (id: string, field: string, value: string | number) =>
+      db.prepare("UPDATE snapshots SET requirements = json_set(requirements, '$.' || ?, ?) WHERE id = ?").run(field, value, id);
+    const refused = async (id: string, field: string, snapshotValue: string | number, hostValue: string | number) => {
+      const no = await Snapshot.compatibility(id, c1);
+      expect(no.compatible, field).toBe(false);
+      expect(no.mismatches, field).toEqual([{ field, snapshot: snapshotValue, host: hostValue }]);
+      const err = await (id === hib.id ? Sandbox.resume(id, c1) : Sandbox.create({ ...c1, snapshotId: id })).catch((e: unknown) => e);
+      expect(err, field).toBeInstanceOf(ConflictError);
+      expect(err, field).toMatchObject({ code: 'snapshot_incompatible', status: 409, details: { snapshotId: id, mismatches: [{ field, snapshot: snapshotValue, host: hostValue }] } });
+      expect((err as Error).message, field).toContain(`${field} is ${snapshotValue} in ${id === hib.id ? 'its' : 'the'} snapshot but ${hostValue} here`);
+    };
+    const cases: Array<[field: string, snapshotValue: string | number, hostValue: string | number]> = [
+      ['qemuVersion', '1.0.0', profile.qemuVersion],
+      ['machine', 'pc-i440fx-1.0', profile.machine],
+      ['accel', profile.accel === 'kvm' ? 'tcg' : 'kvm', profile.accel],
+      ['cpuModel', 'Skylake-Server', profile.cpuModel],
+      ['hostCpu', 'Another CPU [flags 0123456789ab]', profile.hostCpu],
+      ['memoryMiB', 1024, 512],
+      ['vcpus', 2, 1],
+      ['deviceSet', 'pc/virtio-blk;v0', DEVICE_SET],
+    ];
+    const original = requirements(snap.id);
+    for (const [field, snapshotValue, hostValue] of cases) {
+      setRequirement(snap.id, field, snapshotValue);
+      await refused(snap.id, field, snapshotValue, hostValue);
+      db.prepare('UPDATE snapshots SET requirements = ? WHERE id = ?').run(original, snap.id);
+    }
+    // a resume is checked the same way
+    setRequirement(hib.id, 'qemuVersion', '1.0.0');
+    await refused(hib.id, 'qemuVersion', '1.0.0', profile.qemuVersion);
+    expect((await s.getInfo()).state).toBe('paused');
+    // the kernel and initramfs files the snapshot boots with must exist
+    const vmConfig = (db.prepare('SELECT vm_config AS v FROM snapshots WHERE id = ?').get(snap.id) as { v: string }).v;
+    const gone = path.join(dataDir, 'no-such-kernel');
+    db.prepare("UPDATE snapshots SET vm_config = json_set(vm_config, '$.kernel', ?) WHERE id = ?").run(gone, snap.id);
+    await refused(snap.id, 'kernelRelease', gone, 'missing');
+    // the CLI says so, naming the field
+    const info = await cli(first, ['snapshot', 'info', snap.id]);
+    expect(info.code, info.stderr).toBe(0);
+    expect(info.stdout).toContain(`NOT restorable on this host: kernelRelease ${gone} (host: missing)`);
+    const infoJson = JSON.parse((await cli(first, ['snapshot', 'info', snap.id, '--json'])).stdout) as { id: string; compatibility: { compatible: boolean } };
+    expect(infoJson).toMatchObject({ id: snap.id, compatibility: { compatible: false, mismatches: [{ field: 'kernelRelease' }] } });
+    db.prepare('UPDATE snapshots SET vm_config = ? WHERE id = ?').run(vmConfig, snap.id);
     // refused before anything started
     const all: string[] = [];
-    for await (const x of Sandbox.list({ ...c2, query: { state: ['creating', 'running', 'failed'] } })) all.push(x.sandboxId);
+    for await (const x of Sandbox.list({ ...c1, query: { state: ['creating', 'running', 'failed'] } })) all.push(x.sandboxId);
     expect(all).toEqual([]);
+
+    // informative only: the agent version and the template name
+    setRequirement(snap.id, 'agentVersion', 'an older agent');
+    setRequirement(snap.id, 'template', 'renamed');
+    expect(await Snapshot.compatibility(snap.id, c1)).toMatchObject({ compatible: true, mismatches: [], requirements: { agentVersion: 'an older agent', template: 'renamed' } });
+    expect((await cli(first, ['snapshot', 'info', snap.id])).stdout).toMatch(/\nrestorable on this host\n$/);
+    const child = await Sandbox.create({ ...c1, snapshotId: snap.id });
+    expect((await child.commands.run('echo restored')).stdout).toBe('restored\n');
+    await child.kill();
+    await Sandbox.kill(s.sandboxId, c1);
+    await first.close();
+
+    // a host that really differs: another CPU model
+    const other = profile.cpuModel === 'qemu64' ? 'max' : 'qemu64';
+    const second = await ownServer(dataDir, { NULLSPACE_CPU_MODEL: other, NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
+    const c2 = { apiUrl: second.url, apiKey: second.key };
+    const no = await Snapshot.compatibility(snap.id, c2);
+    expect(no).toMatchObject({ compatible: false, mismatches: [{ field: 'cpuModel', snapshot: profile.cpuModel, host: other }] });
+    const err = await Sandbox.create({ ...c2, snapshotId: snap.id }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'snapshot_incompatible', status: 409 });
+    expect((err as Error).message).toContain('cpuModel');
   });
 });
 

@@ -782,7 +782,7 @@ export class SandboxManager {
 
   /** Whether this host can restore `snap`, and if not which requirements differ. */
   compatibility(snap: SnapshotRecord): { compatible: boolean; mismatches: RequirementMismatch[] } {
-    const mismatches = compareRequirements(snap.requirements, this.host.profile);
+    const mismatches = compareRequirements(snap.requirements, { ...this.host.profile, memoryMiB: snap.vmConfig.memoryMiB, vcpus: snap.vmConfig.vcpus });
     for (const f of [snap.vmConfig.kernel, snap.vmConfig.initrd]) {
       if (!fs.existsSync(f)) mismatches.push({ field: 'kernelRelease', snapshot: f, host: 'missing' });
     }
