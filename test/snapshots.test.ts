@@ -179,6 +179,82 @@ describe('snapshot storage, lifetime and garbage collection', () => {
     }
   });
 
+  it('a GC dry run (GET /v1/gc, nullspace gc --dry-run) reports exactly what the real run then frees, and deletes nothing', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    // the collector runs only when asked: nothing frees layers between the dry run and the real one
+    const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0', NULLSPACE_FAULT_INJECTION: 'gc-on-request-only' });
+    const c = { apiUrl: server.url, apiKey: server.key };
+    const db = new Database(path.join(dataDir, 'nullspace.db'));
+    onTestFinished(() => {
+      db.close();
+    });
+    type Report = { dryRun: boolean; freed: Array<{ layerId: string; kind: string; bytes: number }>; freedBytes: number; orphanFiles: string[]; retained: Array<{ layerId: string; heldBy: string[] }>; retainedBytes: number };
+    const gcApi = async (method: 'GET' | 'POST') => (await (await fetch(`${server.url}/v1/gc`, { method, headers: { authorization: `Bearer ${server.key}` } })).json()) as Report;
+    const gcCli = async (...args: string[]) => {
+      const r = await cli(server, ['gc', ...args]);
+      expect(r.code, r.stderr).toBe(0);
+      return r.stdout;
+    };
+    const layerRow = (id: string) => db.prepare('SELECT path, bytes FROM layers WHERE id = ?').get(id) as { path: string; bytes: number } | undefined;
+
+    // a snapshot whose child and the child's snapshot rest on its disk layer; then it is deleted
+    const src = await Sandbox.create(c);
+    await src.files.write('/workspace/gen', 'one');
+    const snap1 = await src.createSnapshot();
+    const snap1Layers = db.prepare('SELECT mem_layer AS m, state_layer AS s, disk_layer AS d FROM snapshots WHERE id = ?').get(snap1.id) as { m: string; s: string; d: string };
+    const child = await Sandbox.create({ ...c, snapshotId: snap1.id });
+    await child.files.write('/workspace/gen', 'two');
+    const snap2 = await child.createSnapshot();
+    await src.kill();
+    await snap1.delete();
+    // and a file in the layer store that no record knows (as a crash leaves)
+    const stray = path.join(dataDir, 'layers', 'lyr_strayfile00000000.mem');
+    fs.writeFileSync(stray, 'left by a crash');
+
+    const dry = await gcApi('GET');
+    expect(dry.dryRun).toBe(true);
+    // what nothing holds any more: the deleted snapshot's RAM and state (its disk layer is under snap2 and the child)
+    expect(dry.freed.map((l) => l.layerId).sort()).toEqual([snap1Layers.m, snap1Layers.s].sort());
+    for (const l of dry.freed) expect(l.bytes).toBe(layerRow(l.layerId)!.bytes);
+    expect(dry.freedBytes).toBe(dry.freed.reduce((a, l) => a + l.bytes, 0));
+    expect(dry.freedBytes).toBeGreaterThan(0);
+    expect(dry.orphanFiles).toEqual([stray]);
+    expect([...(dry.retained.find((l) => l.layerId === snap1Layers.d)?.heldBy ?? [])].sort()).toEqual([`sandbox ${child.sandboxId} (running)`, `snapshot ${snap2.id} (reusable)`].sort());
+    // the CLI's dry run says the same, in JSON and in words
+    const dryCli = JSON.parse(await gcCli('--dry-run', '--json')) as Report;
+    expect(dryCli).toEqual(dry);
+    const words = await gcCli('--dry-run');
+    expect(words).toContain(`would free 2 layer(s), ${(dry.freedBytes / 1048576).toFixed(1)} MiB and 1 orphan file(s)\n`);
+    for (const l of dry.freed) expect(words).toContain(`  ${l.layerId}  `);
+
+    // nothing was deleted: rows, files, and what depends on them restores
+    for (const l of dry.freed) expect(fs.existsSync(layerRow(l.layerId)!.path)).toBe(true);
+    expect(fs.existsSync(stray)).toBe(true);
+    const grandchild = await Sandbox.create({ ...c, snapshotId: snap2.id });
+    expect(await grandchild.files.read('/workspace/gen')).toBe('two');
+    await grandchild.kill();
+    expect(await gcApi('GET')).toEqual(dry);
+
+    // the real run frees exactly that: the same layers, the same bytes, the same orphan file
+    const paths = dry.freed.map((l) => layerRow(l.layerId)!.path);
+    const real = JSON.parse(await gcCli('--json')) as Report;
+    expect(real.dryRun).toBe(false);
+    expect(real.freed).toEqual(dry.freed);
+    expect(real.freedBytes).toBe(dry.freedBytes);
+    expect(real.orphanFiles).toEqual(dry.orphanFiles);
+    expect(real.retained.map((l) => l.layerId).sort()).toEqual(dry.retained.map((l) => l.layerId).sort());
+    for (const l of dry.freed) expect(layerRow(l.layerId)).toBeUndefined();
+    for (const p of [...paths, stray]) expect(fs.existsSync(p), p).toBe(false);
+    // and nothing that is held
+    for (const l of real.retained) expect(fs.existsSync(layerRow(l.layerId)!.path)).toBe(true);
+    const again = await Sandbox.create({ ...c, snapshotId: snap2.id });
+    expect(await again.files.read('/workspace/gen')).toBe('two');
+    expect(await child.files.read('/workspace/gen')).toBe('two');
+    expect(await gcApi('GET')).toMatchObject({ freed: [], freedBytes: 0, orphanFiles: [] });
+    await Promise.all([again.kill(), child.kill()]);
+  });
+
   it('takes two snapshots of one sandbox requested at once: both complete and restore', async () => {
     const s = await sandbox();
     await s.files.write('/workspace/x', 'x');
