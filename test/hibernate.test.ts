@@ -134,24 +134,26 @@ describe('hibernate and resume', () => {
   it('the reaper checks each expired sandbox again when it gets to it: a timeout extended meanwhile is kept', async () => {
     const dataDir = tempDataDir();
     cleanupDataDir(dataDir);
-    const server = await ownServer(dataDir, { NULLSPACE_REAPER_INTERVAL_MS: '1500', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
+    // (fault injection: a reaper pass that found expired sandboxes waits until the test releases it)
+    const server = await ownServer(dataDir, { NULLSPACE_REAPER_INTERVAL_MS: '300', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0', NULLSPACE_FAULT_INJECTION: 'reaper-waits' });
     const c = { apiUrl: server.url, apiKey: server.key };
     const a = await Sandbox.create({ ...c, lifecycle: { onTimeout: 'hibernate' } });
     const b = await Sandbox.create(c);
     onTestFinished(async () => {
       await Promise.all([a.kill().catch(() => {}), b.kill().catch(() => {})]);
     });
-    // a's hibernation takes a while (much memory to write back), so that the reaper is busy with it
-    await a.commands.run("python3 -c 'import os,time; b=bytearray(os.urandom(200<<20)); open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'", { background: true, timeoutMs: 0 });
-    await a.commands.run('until [ -e /tmp/ready ]; do sleep 0.2; done', { timeoutMs: 120_000 });
-    // both expire at once: one pass of the reaper lists both, a first
-    await a.setTimeout(1000);
+    // both expire; b first, so that every pass that lists a lists b too
     await b.setTimeout(1000);
-    await waitFor('a hibernating', async () => ((await a.getInfo()).state === 'hibernating' ? true : undefined), 10_000);
+    await a.setTimeout(1000);
+    // a pass has listed them and waits: b's timeout is extended meanwhile, then the pass goes on
+    await waitFor('a reaper pass with expired sandboxes', async () => (fs.existsSync(path.join(dataDir, 'fault-reaper.waiting')) ? true : undefined), 30_000);
     await b.setTimeout(120_000);
-    await waitFor('a paused', async () => ((await a.getInfo()).state === 'paused' ? true : undefined), 60_000);
-    await new Promise((r) => setTimeout(r, 2000)); // the reaper has moved past b
-    expect((await b.getInfo()).state).toBe('running');
+    fs.writeFileSync(path.join(dataDir, 'fault-reaper.go'), '');
+    await waitFor('a hibernated by its timeout', async () => ((await a.getInfo()).state === 'paused' ? true : undefined), 60_000);
+    // (a wrong kill of b would follow a's hibernation at once: give it the time to show)
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await b.getInfo()).toMatchObject({ state: 'running', timeoutMs: 120_000 });
+    expect(await b.commands.run('echo alive')).toMatchObject({ stdout: 'alive\n' });
   });
 
   it('refuses unknown and killed sandboxes; serializes concurrent hibernate, fork, snapshot and kill', async () => {

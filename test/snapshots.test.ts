@@ -434,9 +434,8 @@ describe('snapshot errors', () => {
       expect(snap.id).toMatch(/^snap_/);
       // a command would otherwise be refused (the agent never joins a frozen cgroup) or hang
       const before = Number((await s.commands.run('cat /tmp/ticks')).stdout);
-      await new Promise((r) => setTimeout(r, 1000));
-      const after = Number((await s.files.read('/tmp/ticks')).trim());
-      expect(after).toBeGreaterThan(before);
+      // and the loop runs again (frozen, it would never move on)
+      await waitFor('the loop to tick again', async () => (Number((await s.files.read('/tmp/ticks')).trim()) > before ? true : undefined), 60_000);
     } finally {
       await s.kill();
     }
@@ -629,11 +628,12 @@ describe('snapshot pool', () => {
     const kids: Sandbox[] = [];
     try {
       expect(await pool()).toEqual({ size: 1, ready: 0, preparing: 0, snapshots: [] });
-      // a process that stamps the guest clock (ms) every 100 ms
-      await src.commands.run('while :; do date +%s%3N >> /tmp/ticks; sleep 0.1; done', { background: true, timeoutMs: 0 });
+      // a process that stamps, every 100 ms, the boot id it runs under (each restore gets its own:
+      // the source's, a slot's throwaway one, the create's)
+      await src.commands.run('while :; do cat /proc/sys/kernel/random/boot_id >> /tmp/ticks; sleep 0.1; done', { background: true, timeoutMs: 0 });
       await src.commands.run('while [ ! -s /tmp/ticks ]; do sleep 0.05; done');
+      const srcBoot = (await src.files.read('/proc/sys/kernel/random/boot_id')).trim();
       const snap = await src.createSnapshot();
-      const snapped = Date.now();
       await waitFor('a warm sandbox of the snapshot', async () => {
         const p = await pool();
         return p.ready === 1 && p.snapshots.join() === snap.id ? true : undefined;
@@ -641,18 +641,19 @@ describe('snapshot pool', () => {
       const srcPid = leftoverQemu(`nullspace-${src.sandboxId}`)[0];
       const prepared = leftoverQemu(dataDir).filter((p) => p !== srcPid);
       expect(prepared).toHaveLength(1);
-      // it waits, restored and running: the snapshot's processes must not run meanwhile
+      // it waits, restored and running: the snapshot's processes must not run meanwhile (a slot
+      // that ran them would stamp its throwaway boot id ~15 times here)
       await sleep(1500);
-      const before = Date.now();
       const kid = await Sandbox.create({ ...c, snapshotId: snap.id, envs: { WHO: 'kid' } });
       kids.push(kid);
       expect(leftoverQemu(`nullspace-${kid.sandboxId}`)).toEqual(prepared);
-      await sleep(500);
-      const ticks = (await kid.files.read('/tmp/ticks')).trim().split('\n').map(Number);
-      // no tick between the capture and the create (a slot that ran them would have ~20 there)
-      expect(ticks.filter((t) => t > snapped + 300 && t < before - 100)).toEqual([]);
-      expect(ticks.filter((t) => t < snapped).length).toBeGreaterThan(0);
-      expect(ticks.filter((t) => t >= before - 100).length).toBeGreaterThan(0);
+      const kidBoot = (await kid.files.read('/proc/sys/kernel/random/boot_id')).trim();
+      // the kid's stamps: the source's up to the capture, then its own (waited for), nothing between
+      await kid.commands.run(`until grep -q ${kidBoot} /tmp/ticks; do sleep 0.05; done`, { timeoutMs: 60_000 });
+      const ticks = (await kid.files.read('/tmp/ticks')).trim().split('\n');
+      const fromSource = ticks.findIndex((t) => t !== srcBoot);
+      expect(fromSource).toBeGreaterThan(0);
+      expect(new Set(ticks.slice(fromSource))).toEqual(new Set([kidBoot]));
       // the create's own identity and environment
       const probe = await kid.commands.run('hostname; cat /etc/machine-id /proc/sys/kernel/random/boot_id; echo "$WHO"');
       const [host, machine, boot, who] = probe.stdout.trim().split('\n');
