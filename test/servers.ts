@@ -53,7 +53,13 @@ function releaseUidClaims(dataDir: string): void {
   const claims = path.join(process.env.NULLSPACE_RUN_DIR ?? '/run/nullspace', 'vm-uids');
   for (const f of fs.existsSync(claims) ? fs.readdirSync(claims) : []) {
     const file = path.join(claims, f);
-    if (fs.readFileSync(file, 'utf8').startsWith(`${dataDir} `)) fs.rmSync(file, { force: true });
+    let owner: string;
+    try {
+      owner = fs.readFileSync(file, 'utf8');
+    } catch {
+      continue; // released meanwhile (the claims are host-wide: other servers come and go)
+    }
+    if (owner.startsWith(`${dataDir} `)) fs.rmSync(file, { force: true });
   }
 }
 
