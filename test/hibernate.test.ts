@@ -162,46 +162,58 @@ describe('hibernate and resume', () => {
     await k.kill();
     await expect(k.hibernate()).rejects.toMatchObject({ code: 'sandbox_not_running', status: 409 });
     await expect(Sandbox.connect(k.sandboxId, conn())).resolves.toBeDefined(); // connect to a killed one: a handle, no resume
-    const s = await sandbox();
-    await s.files.write('/workspace/marker', 'before');
-    // the server serializes them in whatever order they arrive: each completes or is refused (409)
-    const [hib, fork, snap, kill] = await Promise.allSettled([s.hibernate(), s.fork(), s.createSnapshot(), s.kill()]);
-    if (fork.status === 'fulfilled') {
-      onTestFinished(async () => {
-        await fork.value.kill().catch(() => {});
-      });
+    // twice: all four at once (the kill wins over what waits for the sandbox), then fork, snapshot
+    // and hibernate at once and the kill after them; each completed one is checked for what it claims
+    const orders: Array<Array<'hibernate' | 'fork' | 'snapshot' | 'kill'>> = [
+      ['hibernate', 'fork', 'snapshot', 'kill'],
+      ['fork', 'snapshot', 'hibernate'],
+    ];
+    for (const order of orders) {
+      const s = await sandbox();
+      await s.files.write('/workspace/marker', 'before');
+      // the server serializes them in whatever order they arrive: each completes or is refused (409)
+      const calls = { hibernate: () => s.hibernate(), fork: () => s.fork(), snapshot: () => s.createSnapshot(), kill: () => s.kill() };
+      const settled = await Promise.allSettled(order.map((op) => calls[op]()));
+      const result = <K extends keyof typeof calls>(op: K) => settled[order.indexOf(op)] as PromiseSettledResult<Awaited<ReturnType<(typeof calls)[K]>>>;
+      const [hib, fork, snap] = [result('hibernate'), result('fork'), result('snapshot')];
+      const kill = order.includes('kill') ? result('kill') : await s.kill().then((value) => ({ status: 'fulfilled' as const, value }));
+      if (fork.status === 'fulfilled') {
+        onTestFinished(async () => {
+          await fork.value.kill().catch(() => {});
+        });
+      }
+      for (const r of [hib, fork, snap]) {
+        // refused because another of them ran first: busy, or no longer running (paused or killed)
+        if (r.status === 'rejected') expect(r.reason).toMatchObject({ status: 409, code: expect.stringMatching(/^(sandbox_busy|sandbox_not_running)$/) });
+      }
+      // each one that completed did what it says
+      if (hib.status === 'fulfilled') expect(hib.value).toMatchObject({ kind: 'hibernate', sandboxId: s.sandboxId });
+      if (fork.status === 'fulfilled') {
+        const child = fork.value;
+        expect(child.sandboxId).not.toBe(s.sandboxId);
+        const info = await child.getInfo();
+        expect(info).toMatchObject({ state: 'running', forkedFrom: s.sandboxId });
+        expect(await child.files.read('/workspace/marker')).toBe('before');
+        await child.kill();
+        if (hib.status === 'fulfilled') expect(info.createdAt.getTime()).toBeLessThanOrEqual(hib.value.createdAt.getTime());
+      }
+      if (snap.status === 'fulfilled') {
+        expect(snap.value).toMatchObject({ kind: 'reusable', sandboxId: s.sandboxId });
+        // a reusable snapshot outlives its source: it restores after the kill
+        const restored = await sandbox({ snapshotId: snap.value.id });
+        expect(await restored.files.read('/workspace/marker')).toBe('before');
+        await restored.kill();
+        await Snapshot.delete(snap.value.id, conn());
+      }
+      // nothing runs on a paused sandbox: what completed besides the hibernation came before it
+      if (hib.status === 'fulfilled' && snap.status === 'fulfilled') expect(snap.value.createdAt.getTime()).toBeLessThanOrEqual(hib.value.createdAt.getTime());
+      expect(kill.status).toBe('fulfilled');
+      expect(qemuPid(s.sandboxId)).toBeUndefined();
+      expect((await s.getInfo()).state).toBe('killed');
+      const left: string[] = [];
+      for await (const x of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, kind: ['hibernate', 'reusable', 'fork'] })) left.push(x.id);
+      expect(left).toEqual([]);
     }
-    for (const r of [hib, fork, snap]) {
-      // refused because another of them ran first: busy, or no longer running (paused or killed)
-      if (r.status === 'rejected') expect(r.reason).toMatchObject({ status: 409, code: expect.stringMatching(/^(sandbox_busy|sandbox_not_running)$/) });
-    }
-    // each one that completed did what it says
-    if (hib.status === 'fulfilled') expect(hib.value).toMatchObject({ kind: 'hibernate', sandboxId: s.sandboxId });
-    if (fork.status === 'fulfilled') {
-      const child = fork.value;
-      expect(child.sandboxId).not.toBe(s.sandboxId);
-      const info = await child.getInfo();
-      expect(info).toMatchObject({ state: 'running', forkedFrom: s.sandboxId });
-      expect(await child.files.read('/workspace/marker')).toBe('before');
-      await child.kill();
-      if (hib.status === 'fulfilled') expect(info.createdAt.getTime()).toBeLessThanOrEqual(hib.value.createdAt.getTime());
-    }
-    if (snap.status === 'fulfilled') {
-      expect(snap.value).toMatchObject({ kind: 'reusable', sandboxId: s.sandboxId });
-      // a reusable snapshot outlives its source: it restores after the kill
-      const restored = await sandbox({ snapshotId: snap.value.id });
-      expect(await restored.files.read('/workspace/marker')).toBe('before');
-      await restored.kill();
-      await Snapshot.delete(snap.value.id, conn());
-    }
-    // nothing runs on a paused sandbox: what completed besides the hibernation came before it
-    if (hib.status === 'fulfilled' && snap.status === 'fulfilled') expect(snap.value.createdAt.getTime()).toBeLessThanOrEqual(hib.value.createdAt.getTime());
-    expect(kill.status).toBe('fulfilled');
-    expect(qemuPid(s.sandboxId)).toBeUndefined();
-    expect((await s.getInfo()).state).toBe('killed');
-    const left: string[] = [];
-    for await (const x of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, kind: ['hibernate', 'reusable', 'fork'] })) left.push(x.id);
-    expect(left).toEqual([]);
   });
 });
 
