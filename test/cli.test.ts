@@ -1,4 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,76 +8,164 @@ import { findTemplate } from '@nullspace/runtime';
 import { loadConfig } from '@nullspace/server';
 import { Sandbox } from 'nullspace';
 import { apiKey, apiUrl } from './helpers.js';
-import { cleanupDataDir, ownServer, tempDataDir } from './servers.js';
+import { cleanupDataDir, cli, ownServer, tempDataDir } from './servers.js';
 
 const CLI = path.resolve(__dirname, '../packages/cli/dist/main.js');
 
-function cli(args: string[], input?: string) {
-  const r = spawnSync(process.execPath, [CLI, ...args], {
-    env: { ...process.env, NULLSPACE_API_URL: apiUrl(), NULLSPACE_API_KEY: apiKey() },
-    input,
-    encoding: 'utf8',
-    timeout: 120_000,
-  });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+/** The CLI against the suite's server. */
+const run = (args: string[], input?: string) => cli({ url: apiUrl(), key: apiKey() }, args, input === undefined ? {} : { input });
 
 describe('nullspace CLI', () => {
-  it('creates, lists, runs commands, moves files and kills', () => {
-    const created = cli(['sandbox', 'create', '--metadata', 'suite=cli-test', '--env', 'WHO=cli', '--json']);
+  it('creates, lists, runs commands, moves files and kills', async () => {
+    const created = await run(['sandbox', 'create', '--metadata', 'suite=cli-test', '--env', 'WHO=cli', '--json']);
     expect(created.code, created.stderr).toBe(0);
     const id = (JSON.parse(created.stdout) as { sandboxId: string }).sandboxId;
-    onTestFinished(() => {
-      cli(['sandbox', 'kill', id]);
+    onTestFinished(async () => {
+      await run(['sandbox', 'kill', id]);
     });
     expect(id).toMatch(/^sbx_/);
 
-    const list = cli(['sandbox', 'list', '--metadata', 'suite=cli-test', '--json']);
+    const list = await run(['sandbox', 'list', '--metadata', 'suite=cli-test', '--json']);
     expect((JSON.parse(list.stdout) as Array<{ sandboxId: string }>).map((s) => s.sandboxId)).toContain(id);
-    expect(cli(['sandbox', 'list']).stdout).toContain(id);
+    expect((await run(['sandbox', 'list'])).stdout).toContain(id);
 
-    const exec = cli(['sandbox', 'exec', id, '--', 'echo hello $WHO; echo oops >&2; exit 4']);
+    const exec = await run(['sandbox', 'exec', id, '--', 'echo hello $WHO; echo oops >&2; exit 4']);
     expect(exec).toMatchObject({ code: 4, stdout: 'hello cli\n', stderr: 'oops\n' });
 
     // without `--`, words after the id that look like options are the command's
-    expect(cli(['sandbox', 'exec', id, 'ls', '-d', '/workspace'])).toMatchObject({ code: 0, stdout: '/workspace\n' });
+    expect(await run(['sandbox', 'exec', id, 'ls', '-d', '/workspace'])).toMatchObject({ code: 0, stdout: '/workspace\n' });
     // ended by a signal: 128 + its number, as in a shell; killed by its timeout: 124 (and --json says so)
-    expect(cli(['sandbox', 'exec', id, '--', 'kill -TERM $$']).code).toBe(143);
-    const late = cli(['sandbox', 'exec', '--timeout-ms', '1000', '--json', id, '--', 'echo started; sleep 30']);
+    expect((await run(['sandbox', 'exec', id, '--', 'kill -TERM $$'])).code).toBe(143);
+    const late = await run(['sandbox', 'exec', '--timeout-ms', '1000', '--json', id, '--', 'echo started; sleep 30']);
     expect(late.code).toBe(124);
     expect(JSON.parse(late.stdout)).toMatchObject({ timedOut: true, stdout: 'started\n' });
 
-    const w = cli(['files', 'write', id, '/workspace/from-cli.txt', '-'], 'piped content\n');
+    const w = await run(['files', 'write', id, '/workspace/from-cli.txt', '-'], 'piped content\n');
     expect(w.code, w.stderr).toBe(0);
     // a local file that is not there is said so (not a server problem)
-    const missing = cli(['files', 'write', id, '/workspace/x', '/nonexistent/file']);
+    const missing = await run(['files', 'write', id, '/workspace/x', '/nonexistent/file']);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('cannot read /nonexistent/file');
     const local = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ns-cli-')), 'big.bin');
     onTestFinished(() => fs.rmSync(path.dirname(local), { recursive: true, force: true }));
     fs.writeFileSync(local, Buffer.alloc(3 * 1024 * 1024, 7));
-    expect(cli(['files', 'write', id, '/workspace/big.bin', local]).code).toBe(0);
-    expect(cli(['sandbox', 'exec', id, '--', "wc -c < /workspace/big.bin; tr -d '\\007' < /workspace/big.bin | wc -c"]).stdout).toBe('3145728\n0\n');
-    expect(cli(['files', 'read', id, '/workspace/from-cli.txt'])).toMatchObject({ code: 0, stdout: 'piped content\n' });
+    expect((await run(['files', 'write', id, '/workspace/big.bin', local])).code).toBe(0);
+    expect((await run(['sandbox', 'exec', id, '--', "wc -c < /workspace/big.bin; tr -d '\\007' < /workspace/big.bin | wc -c"])).stdout).toBe('3145728\n0\n');
+    expect(await run(['files', 'read', id, '/workspace/from-cli.txt'])).toMatchObject({ code: 0, stdout: 'piped content\n' });
 
-    const info = cli(['sandbox', 'info', id, '--json']);
+    const info = await run(['sandbox', 'info', id, '--json']);
     expect(JSON.parse(info.stdout)).toMatchObject({ sandboxId: id, state: 'running' });
 
-    expect(cli(['sandbox', 'kill', id]).code).toBe(0);
-    expect(JSON.parse(cli(['sandbox', 'info', id, '--json']).stdout)).toMatchObject({ state: 'killed' });
+    expect((await run(['sandbox', 'kill', id])).code).toBe(0);
+    expect(JSON.parse((await run(['sandbox', 'info', id, '--json'])).stdout)).toMatchObject({ state: 'killed' });
   });
 
-  it('prints errors with their code and exits non-zero', () => {
-    const r = cli(['sandbox', 'info', 'sbx_0000000000000000']);
+  it('prints errors with their code and exits non-zero', async () => {
+    const r = await run(['sandbox', 'info', 'sbx_0000000000000000']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('[sandbox_not_found]');
-    expect(cli(['files', 'read', 'sbx_0000000000000000', 'relative']).code).toBe(1);
+    expect((await run(['files', 'read', 'sbx_0000000000000000', 'relative'])).code).toBe(1);
   });
 
-  it('lists templates', () => {
-    const r = cli(['template', 'list', '--json']);
+  it('lists templates', async () => {
+    const r = await run(['template', 'list', '--json']);
     expect(r.code, r.stderr).toBe(0);
     expect((JSON.parse(r.stdout) as Array<{ name: string }>).map((t) => t.name)).toContain('base');
+  });
+});
+
+describe('nullspace CLI command groups, end to end', () => {
+  const ok = async (args: string[]) => {
+    const r = await run(args);
+    expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+    return r.stdout;
+  };
+  const json = async <T>(args: string[]) => JSON.parse(await ok([...args, '--json'])) as T;
+  /** `sandbox create` with `args`; killed when the test ends. */
+  const create = async (...args: string[]) => {
+    const id = (await json<{ sandboxId: string }>(['sandbox', 'create', '--metadata', 'suite=cli-test', ...args])).sandboxId;
+    killAtEnd(id);
+    return id;
+  };
+  const killAtEnd = (id: string) =>
+    onTestFinished(async () => {
+      await run(['sandbox', 'kill', id]);
+    });
+
+  it('snapshot create, list, info, delete; sandbox create --snapshot', async () => {
+    const id = await create();
+    await ok(['sandbox', 'exec', id, '--', 'echo one > /workspace/gen']);
+    const snap = await json<{ id: string; kind: string; sandboxId: string; metadata: Record<string, string> }>(['snapshot', 'create', id, '--metadata', 'step=cli']);
+    expect(snap).toMatchObject({ id: expect.stringMatching(/^snap_/), kind: 'reusable', sandboxId: id, metadata: { step: 'cli' } });
+    expect((await json<Array<{ id: string }>>(['snapshot', 'list', '--sandbox', id])).map((x) => x.id)).toEqual([snap.id]);
+    expect(await ok(['snapshot', 'list', '--sandbox', id, '--metadata', 'step=cli'])).toMatch(new RegExp(`^${snap.id}  reusable +${id}  .*  step=cli\n$`));
+    expect(await json(['snapshot', 'info', snap.id])).toMatchObject({ id: snap.id, compatibility: { compatible: true, mismatches: [] } });
+    expect(await ok(['snapshot', 'info', snap.id])).toMatch(/\nrestorable on this host\n$/);
+    const fromSnap = await create('--snapshot', snap.id);
+    expect(await ok(['sandbox', 'exec', fromSnap, '--', 'cat /workspace/gen'])).toBe('one\n');
+    expect(await json(['sandbox', 'info', fromSnap])).toMatchObject({ snapshotId: snap.id, state: 'running' });
+    await ok(['snapshot', 'delete', snap.id]);
+    const gone = await run(['snapshot', 'delete', snap.id]);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toContain('[snapshot_not_found]');
+  });
+
+  it('sandbox fork, hibernate, pause, resume', async () => {
+    const id = await create();
+    await ok(['sandbox', 'exec', id, '--', 'echo one > /workspace/gen']);
+    // fork: a running child with the source's files
+    const forked = await json<{ sandboxId: string; forkedFrom: string; state: string }>(['sandbox', 'fork', id, '--metadata', 'role=child']);
+    killAtEnd(forked.sandboxId);
+    expect(forked).toMatchObject({ forkedFrom: id, state: 'running', metadata: { role: 'child' } });
+    expect(await ok(['sandbox', 'exec', forked.sandboxId, '--', 'cat /workspace/gen'])).toBe('one\n');
+    const plain = (await ok(['sandbox', 'fork', id])).trim();
+    killAtEnd(plain);
+    expect(await json(['sandbox', 'info', plain])).toMatchObject({ sandboxId: plain, forkedFrom: id, state: 'running' });
+    // hibernate (and its alias pause) and resume: the same sandbox, with its unsynced writes
+    await ok(['sandbox', 'exec', id, '--', 'echo unsynced > /workspace/late']);
+    const hib = await json<{ snapshotId: string; kind: string; sandboxId: string }>(['sandbox', 'hibernate', id]);
+    expect(hib).toMatchObject({ snapshotId: expect.stringMatching(/^snap_/), kind: 'hibernate', sandboxId: id });
+    expect(await json(['sandbox', 'info', id])).toMatchObject({ state: 'paused' });
+    expect((await ok(['sandbox', 'pause', id])).trim()).toBe(hib.snapshotId);
+    expect(await ok(['sandbox', 'resume', id])).toBe(`${id} running\n`);
+    expect(await ok(['sandbox', 'exec', id, '--', 'cat /workspace/gen /workspace/late; hostname'])).toBe(`one\nunsynced\n${id}\n`);
+  });
+
+  it('volume create, list, info, delete; sandbox create --volume', async () => {
+    const name = `cli-vol-${randomBytes(4).toString('hex')}`;
+    onTestFinished(async () => {
+      await run(['volume', 'delete', name]);
+    });
+    expect(await ok(['volume', 'create', name])).toBe(`${name}\n`);
+    expect((await json<Array<{ name: string }>>(['volume', 'list'])).map((v) => v.name)).toContain(name);
+    const user = await create('--volume', `${name}:/mnt/shared`);
+    await ok(['sandbox', 'exec', user, '--', 'echo in the volume > /mnt/shared/note']);
+    expect(await json(['volume', 'info', name])).toMatchObject({ name, mountedBy: [user] });
+    expect(await ok(['volume', 'info', name])).toContain(`mounted by: ${user}`);
+    const busy = await run(['volume', 'delete', name]);
+    expect(busy.code).toBe(1);
+    expect(busy.stderr).toContain('[volume_in_use]');
+    const reader = await create('--volume', `${name}:/data`);
+    expect(await ok(['sandbox', 'exec', reader, '--', 'cat /data/note'])).toBe('in the volume\n');
+    for (const s of [user, reader]) await ok(['sandbox', 'kill', s]);
+    await ok(['volume', 'delete', name]);
+    const noVolume = await run(['volume', 'info', name]);
+    expect(noVolume.code).toBe(1);
+    expect(noVolume.stderr).toContain('[volume_not_found]');
+  });
+
+  it('gc --dry-run and gc (what they report is checked against a real run in snapshots.test.ts)', async () => {
+    const id = await create();
+    const snap = await json<{ id: string }>(['snapshot', 'create', id]);
+    onTestFinished(async () => {
+      await run(['snapshot', 'delete', snap.id]);
+    });
+    const dry = await json<{ dryRun: boolean; retained: Array<{ heldBy: string[] }> }>(['gc', '--dry-run']);
+    expect(dry.dryRun).toBe(true);
+    expect(dry.retained.filter((l) => l.heldBy.includes(`snapshot ${snap.id} (reusable)`)).length).toBe(3);
+    expect(await ok(['gc', '--dry-run'])).toMatch(new RegExp(`^would free \\d+ layer\\(s\\), [\\d.]+ MiB.*\\nretained \\d+ layer\\(s\\), [\\d.]+ MiB\\n.*held by .*snapshot ${snap.id} \\(reusable\\)`, 's'));
+    expect(await json(['gc'])).toMatchObject({ dryRun: false });
+    expect(await json(['snapshot', 'info', snap.id])).toMatchObject({ compatibility: { compatible: true } });
   });
 });
 

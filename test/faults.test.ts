@@ -1,9 +1,8 @@
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, expect, inject, it, onTestFinished } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { RateLimitError, Sandbox } from 'nullspace';
-import { ARCHIVE, conn, expectGuestReachesArchive, sandbox } from './helpers.js';
+import { conn, sandbox } from './helpers.js';
 import { cleanupDataDir, freePort, ownServer, qemuPid, serverProcess, tempDataDir, waitFor } from './servers.js';
 
 describe('faults', () => {
@@ -49,11 +48,14 @@ describe('faults', () => {
 
   it('fails a command stream cleanly when its sandbox is killed mid-command', async () => {
     const s = await sandbox();
-    const run = s.commands.run('echo begin; sleep 30').then(
+    let begun!: () => void;
+    const begin = new Promise<void>((r) => (begun = r));
+    const run = s.commands.run('echo begin; sleep 30', { onStdout: (d) => d.includes('begin') && begun() }).then(
       () => undefined,
       (e: unknown) => e,
     );
-    await new Promise((r) => setTimeout(r, 1500));
+    // killed once the command has surely started (it printed), however slow the guest
+    await begin;
     await s.kill();
     expect(await run).toMatchObject({ code: expect.stringMatching(/agent_unavailable|stream_ended/) });
   });
@@ -99,8 +101,7 @@ describe('server restart', () => {
     const lose = await Sandbox.create(c);
     await keep.files.write('/workspace/note.txt', 'survives');
     const bg = await keep.commands.run('sleep 600', { background: true });
-    first.child.kill('SIGKILL');
-    await new Promise((r) => first.child.once('exit', r));
+    await first.kill();
     // QEMU outlives the server; one of them dies while no server runs
     expect(qemuPid(keep.sandboxId)).toBeGreaterThan(0);
     process.kill(qemuPid(lose.sandboxId)!, 'SIGKILL');
@@ -114,56 +115,5 @@ describe('server restart', () => {
     expect(await Sandbox.getInfo(lose.sandboxId, { apiUrl: second.url, apiKey: key })).toMatchObject({ state: 'failed', errorCode: 'vm_exited' });
     await again.kill();
     expect(qemuPid(keep.sandboxId)).toBeUndefined();
-  });
-});
-
-describe('network', () => {
-  it('reaches the internet but never this host (server port, host addresses)', async () => {
-    const s = await sandbox();
-    const port = new URL(conn().apiUrl).port;
-    const probe = (url: string) => `curl -s -m 5 -o /dev/null -w '%{http_code}' ${url} || true`;
-    const host = await s.commands.run(`${probe(`http://10.0.2.2:${port}/v1/health`)}; echo; ${probe(`http://10.0.2.2:22/`)}`);
-    expect(host.stdout.split('\n').slice(0, 2)).toEqual(['000', '000']);
-    await expectGuestReachesArchive(s);
-  });
-
-  it('puts the firewall rules back when they are flushed while sandboxes run (an nftables reload)', async () => {
-    const dataDir = tempDataDir();
-    cleanupDataDir(dataDir);
-    // a uid range (and so a table) of its own: the suite's other servers keep their rules meanwhile
-    const table = 'nullspace_3100000_1000';
-    onTestFinished(() => {
-      execFileSync('nft', ['delete', 'table', 'inet', table], { stdio: 'ignore' });
-    });
-    const server = await ownServer(dataDir, {
-      NULLSPACE_VM_UID_BASE: '3100000',
-      NULLSPACE_VM_UID_COUNT: '1000',
-      NULLSPACE_FIREWALL_CHECK_MS: '300',
-      NULLSPACE_WARM_POOL: '0',
-      NULLSPACE_SNAPSHOT_POOL: '0',
-    });
-    const s = await Sandbox.create({ apiUrl: server.url, apiKey: server.key });
-    onTestFinished(async () => {
-      await s.kill().catch(() => {});
-    });
-    const port = new URL(server.url).port;
-    const probe = `curl -s -m 5 -o /dev/null -w '%{http_code}' http://10.0.2.2:${port}/v1/health || true`;
-    expect((await s.commands.run(probe)).stdout).toBe('000');
-    execFileSync('nft', ['delete', 'table', 'inet', table]);
-    await waitFor('rules back', async () => {
-      try {
-        return execFileSync('nft', ['list', 'table', 'inet', table], { encoding: 'utf8' }).includes('reject') ? true : undefined;
-      } catch {
-        return undefined;
-      }
-    }, 10_000);
-    expect((await s.commands.run(probe)).stdout).toBe('000');
-  });
-
-  it('cuts all outbound traffic with allowInternetAccess: false', async () => {
-    const s = await sandbox({ allowInternetAccess: false });
-    expect((await s.getInfo()).allowInternetAccess).toBe(false);
-    const out = await s.commands.run(`curl -s -m 5 -o /dev/null -w '%{http_code}' ${ARCHIVE}/ || true`);
-    expect(out.stdout).toBe('000');
   });
 });

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, inject, it, onTestFinished } from 'vitest';
 import { RateLimitError, Sandbox, Snapshot } from 'nullspace';
 import { api, conn, expectGuestReachesArchive, sandbox } from './helpers.js';
 import { cleanupDataDir, ownServer, qemuPid, tempDataDir } from './servers.js';
@@ -112,57 +112,107 @@ describe('fork', () => {
   });
 });
 
-describe('every clone is unique and current', () => {
-  it('two children of one snapshot differ in randomness, boot id, machine id and hostname, and have the current clock, even for processes that ran at the snapshot instant', async () => {
-    const src = await sandbox();
-    // a process that keeps sampling the clock and the kernel RNG, before and after the snapshot
-    await src.files.write(
-      '/workspace/sampler.py',
-      [
-        'import os, time',
-        'f = open("/workspace/samples", "a", buffering=1)',
-        'while True:',
-        '    f.write("%.3f %s\\n" % (time.time(), os.urandom(8).hex()))',
-        '    time.sleep(0.02)',
-        '',
-      ].join('\n'),
-    );
-    await src.commands.run('python3 /workspace/sampler.py', { background: true, timeoutMs: 0 });
-    await src.commands.run('while [ ! -s /workspace/samples ]; do sleep 0.1; done', { timeoutMs: 60_000 });
-    const snap = await src.createSnapshot();
-    const snapAt = Date.now();
-    await new Promise((r) => setTimeout(r, 3000)); // the snapshot ages
-    const restoredAt = Date.now();
-    const [c1, c2] = await Promise.all([sandbox({ snapshotId: snap.id }), sandbox({ snapshotId: snap.id })]);
-    const probe = 'head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; cat /proc/sys/kernel/random/uuid /proc/sys/kernel/random/boot_id /etc/machine-id; hostname; date +%s.%N';
-    const probeStart = Date.now();
-    const [o1, o2, os] = await Promise.all([c1.commands.run(probe), c2.commands.run(probe), src.commands.run(probe)]);
-    const probeEnd = Date.now();
-    const [r1, u1, b1, m1, h1, t1] = o1.stdout.trim().split('\n');
-    const [r2, u2, b2, m2, h2] = o2.stdout.trim().split('\n');
-    const [, , bs, ms, hs] = os.stdout.trim().split('\n');
-    expect(r1).not.toBe(r2);
-    expect(u1).not.toBe(u2);
-    expect(new Set([b1, b2, bs]).size).toBe(3);
-    expect(new Set([m1, m2, ms]).size).toBe(3);
-    expect(m1).toMatch(/^[0-9a-f]{32}$/);
-    expect([h1, h2, hs]).toEqual([c1.sandboxId, c2.sandboxId, src.sandboxId]);
-    // the guest clock read during the probe is the host's, within 1 s
-    expect(Number(t1) * 1000).toBeGreaterThan(probeStart - 1000);
-    expect(Number(t1) * 1000).toBeLessThan(probeEnd + 1000);
+/** Samples the clock and the kernel RNG every 20 ms: "<epoch seconds> <8 random bytes, hex>" per line. */
+const SAMPLER = [
+  'import os, time',
+  'f = open("/workspace/samples", "a", buffering=1)',
+  'while True:',
+  '    f.write("%.3f %s\\n" % (time.time(), os.urandom(8).hex()))',
+  '    time.sleep(0.02)',
+  '',
+].join('\n');
 
-    // the sampler in each child: no sample taken after the restore shows the snapshot's clock, and
-    // the two children's first samples after the restore differ
-    const parse = (text: string) => text.trim().split('\n').map((l) => l.split(' ')).map(([t, r]) => ({ t: Number(t) * 1000, r: r! }));
-    const s1 = parse(await c1.files.read('/workspace/samples'));
-    const s2 = parse(await c2.files.read('/workspace/samples'));
-    const post1 = s1.filter((x) => x.t > snapAt + 500);
-    const post2 = s2.filter((x) => x.t > snapAt + 500);
-    expect(post1.length).toBeGreaterThan(0);
-    for (const x of s1) expect(x.t <= snapAt + 100 || x.t >= restoredAt - 1000, `sample at ${x.t} (snapshot ${snapAt}, restore ${restoredAt})`).toBe(true);
-    for (const x of s2) expect(x.t <= snapAt + 100 || x.t >= restoredAt - 1000).toBe(true);
-    expect(post1[0]!.r).not.toBe(post2[0]!.r);
-    await Snapshot.delete(snap.id, conn());
+/** Starts the sampler in `src` and waits until it has written. */
+async function startSampler(src: Sandbox): Promise<void> {
+  await src.files.write('/workspace/sampler.py', SAMPLER);
+  await src.commands.run('python3 /workspace/sampler.py', { background: true, timeoutMs: 0 });
+  await src.commands.run('while [ ! -s /workspace/samples ]; do sleep 0.1; done', { timeoutMs: 60_000 });
+}
+
+/** Run after the clone, in new processes: /dev/urandom, Python's os.urandom and random module, a UUID, boot id, machine id, hostname, clock. */
+const PROBE =
+  'head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; python3 -c "import os, random; print(os.urandom(16).hex()); print(random.getrandbits(128))"; ' +
+  'cat /proc/sys/kernel/random/uuid /proc/sys/kernel/random/boot_id /etc/machine-id; hostname; date +%s.%N';
+
+/**
+ * Every clone is unique and current: `children` were cloned from `src` (whose sampler ran at the
+ * clone instant) by requests sent at `clonedAt` (host ms) or later. Checks new processes (random
+ * bytes from every source, UUID, boot id, machine id, hostname, clock) and the sampler that ran
+ * through the clone: each child's samples file is the source's up to the clone instant, then its
+ * own; what a child sampled after the clone differs from the other children's and the source's
+ * and carries the current clock.
+ */
+async function expectUniqueClones(src: Sandbox, children: Sandbox[], clonedAt: number): Promise<void> {
+  const all = [...children, src];
+  const probeStart = Date.now();
+  const outs = await Promise.all(all.map((s) => s.commands.run(PROBE)));
+  const probeEnd = Date.now();
+  const rows = outs.map((o) => {
+    const [dev, pyOs, pyRandom, uuid, boot, machine, host, clock] = o.stdout.trim().split('\n');
+    return { dev, pyOs, pyRandom, uuid, boot, machine, host, clock: Number(clock) * 1000 };
+  });
+  for (const field of ['dev', 'pyOs', 'pyRandom', 'uuid', 'boot', 'machine'] as const) {
+    const values = rows.map((r) => r[field]);
+    expect(values.every((v) => v && v.length >= 16), `${field}: ${values.join(', ')}`).toBe(true);
+    expect(new Set(values).size, `${field} differs in every clone and the source: ${values.join(', ')}`).toBe(all.length);
+  }
+  for (const r of rows) expect(r.machine).toMatch(/^[0-9a-f]{32}$/);
+  expect(rows.map((r) => r.host)).toEqual(all.map((s) => s.sandboxId));
+  // the guest clock read during the probe is the host's, within 1 s
+  for (const r of rows.slice(0, children.length)) {
+    expect(r.clock).toBeGreaterThan(probeStart - 1000);
+    expect(r.clock).toBeLessThan(probeEnd + 1000);
+  }
+
+  // the sampler: a child's file is the source's up to the clone instant (the longest common
+  // prefix), then its own samples
+  const parse = (text: string) => text.split('\n').filter((l) => /^\d+\.\d+ [0-9a-f]{16}$/.test(l));
+  const samplesOf = async (s: Sandbox, min: number) =>
+    parse((await s.commands.run(`while [ "$(wc -l < /workspace/samples)" -lt ${min} ]; do sleep 0.05; done; cat /workspace/samples`, { timeoutMs: 60_000 })).stdout);
+  const source = await samplesOf(src, 1);
+  const firstAfter: string[] = [];
+  for (const child of children) {
+    let own = await samplesOf(child, 1);
+    let shared = 0;
+    while (shared < own.length && shared < source.length && own[shared] === source[shared]) shared++;
+    expect(shared, 'samples from before the clone').toBeGreaterThan(0);
+    // (wait until it sampled after the clone, and the source too)
+    own = await samplesOf(child, shared + 1);
+    const sourceNow = await samplesOf(src, shared + 1);
+    const after = own.slice(shared).map((l) => ({ t: Number(l.split(' ')[0]) * 1000, r: l.split(' ')[1]! }));
+    for (const x of after) {
+      expect(x.t, `a sample after the clone shows the clock of ${new Date(x.t).toISOString()}, the clone was asked for at ${new Date(clonedAt).toISOString()}`).toBeGreaterThan(clonedAt - 1000);
+      expect(x.t).toBeLessThan(Date.now() + 1000);
+    }
+    // what the child's sampler drew first after the clone is not what the source drew next
+    expect(after[0]!.r).not.toBe(sourceNow[shared]!.split(' ')[1]);
+    firstAfter.push(after[0]!.r);
+  }
+  expect(new Set(firstAfter).size, `first draws after the clone: ${firstAfter.join(', ')}`).toBe(children.length);
+}
+
+describe('every clone is unique and current', () => {
+  it('children of one snapshot differ in randomness, boot id, machine id and hostname, and have the current clock, even for processes that ran at the snapshot instant', async () => {
+    const src = await sandbox();
+    await startSampler(src);
+    const snap = await src.createSnapshot();
+    onTestFinished(async () => {
+      await snap.delete().catch(() => {});
+    });
+    // the snapshot ages: a child that kept the snapshot's clock would be 3 s behind
+    await new Promise((r) => setTimeout(r, 3000));
+    const restoredAt = Date.now();
+    const children = await Promise.all([sandbox({ snapshotId: snap.id }), sandbox({ snapshotId: snap.id }), sandbox({ snapshotId: snap.id })]);
+    await expectUniqueClones(src, children, restoredAt);
+  });
+
+  it('fork children differ in the same way from each other and from their source', async () => {
+    const src = await sandbox();
+    await startSampler(src);
+    const forkedAt = Date.now();
+    const children: Sandbox[] = [];
+    for (let i = 0; i < 3; i++) children.push(await tracked(await src.fork()));
+    await expectUniqueClones(src, children, forkedAt);
   });
 
   it('networking works in every child independently', async () => {

@@ -134,24 +134,26 @@ describe('hibernate and resume', () => {
   it('the reaper checks each expired sandbox again when it gets to it: a timeout extended meanwhile is kept', async () => {
     const dataDir = tempDataDir();
     cleanupDataDir(dataDir);
-    const server = await ownServer(dataDir, { NULLSPACE_REAPER_INTERVAL_MS: '1500', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
+    // (fault injection: a reaper pass that found expired sandboxes waits until the test releases it)
+    const server = await ownServer(dataDir, { NULLSPACE_REAPER_INTERVAL_MS: '300', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0', NULLSPACE_FAULT_INJECTION: 'reaper-waits' });
     const c = { apiUrl: server.url, apiKey: server.key };
     const a = await Sandbox.create({ ...c, lifecycle: { onTimeout: 'hibernate' } });
     const b = await Sandbox.create(c);
     onTestFinished(async () => {
       await Promise.all([a.kill().catch(() => {}), b.kill().catch(() => {})]);
     });
-    // a's hibernation takes a while (much memory to write back), so that the reaper is busy with it
-    await a.commands.run("python3 -c 'import os,time; b=bytearray(os.urandom(200<<20)); open(\"/tmp/ready\",\"w\").close(); time.sleep(3600)'", { background: true, timeoutMs: 0 });
-    await a.commands.run('until [ -e /tmp/ready ]; do sleep 0.2; done', { timeoutMs: 120_000 });
-    // both expire at once: one pass of the reaper lists both, a first
-    await a.setTimeout(1000);
+    // both expire; b first, so that every pass that lists a lists b too
     await b.setTimeout(1000);
-    await waitFor('a hibernating', async () => ((await a.getInfo()).state === 'hibernating' ? true : undefined), 10_000);
+    await a.setTimeout(1000);
+    // a pass has listed them and waits: b's timeout is extended meanwhile, then the pass goes on
+    await waitFor('a reaper pass with expired sandboxes', async () => (fs.existsSync(path.join(dataDir, 'fault-reaper.waiting')) ? true : undefined), 30_000);
     await b.setTimeout(120_000);
-    await waitFor('a paused', async () => ((await a.getInfo()).state === 'paused' ? true : undefined), 60_000);
-    await new Promise((r) => setTimeout(r, 2000)); // the reaper has moved past b
-    expect((await b.getInfo()).state).toBe('running');
+    fs.writeFileSync(path.join(dataDir, 'fault-reaper.go'), '');
+    await waitFor('a hibernated by its timeout', async () => ((await a.getInfo()).state === 'paused' ? true : undefined), 60_000);
+    // (a wrong kill of b would follow a's hibernation at once: give it the time to show)
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await b.getInfo()).toMatchObject({ state: 'running', timeoutMs: 120_000 });
+    expect(await b.commands.run('echo alive')).toMatchObject({ stdout: 'alive\n' });
   });
 
   it('refuses unknown and killed sandboxes; serializes concurrent hibernate, fork, snapshot and kill', async () => {
@@ -160,20 +162,58 @@ describe('hibernate and resume', () => {
     await k.kill();
     await expect(k.hibernate()).rejects.toMatchObject({ code: 'sandbox_not_running', status: 409 });
     await expect(Sandbox.connect(k.sandboxId, conn())).resolves.toBeDefined(); // connect to a killed one: a handle, no resume
-    const s = await sandbox();
-    // the server serializes them in whatever order they arrive: each completes or is refused (409)
-    const [hib, fork, snap, kill] = await Promise.allSettled([s.hibernate(), s.fork(), s.createSnapshot(), s.kill()]);
-    for (const r of [hib, fork, snap]) {
-      if (r.status === 'rejected') expect(r.reason).toMatchObject({ status: 409 });
+    // twice: all four at once (the kill wins over what waits for the sandbox), then fork, snapshot
+    // and hibernate at once and the kill after them; each completed one is checked for what it claims
+    const orders: Array<Array<'hibernate' | 'fork' | 'snapshot' | 'kill'>> = [
+      ['hibernate', 'fork', 'snapshot', 'kill'],
+      ['fork', 'snapshot', 'hibernate'],
+    ];
+    for (const order of orders) {
+      const s = await sandbox();
+      await s.files.write('/workspace/marker', 'before');
+      // the server serializes them in whatever order they arrive: each completes or is refused (409)
+      const calls = { hibernate: () => s.hibernate(), fork: () => s.fork(), snapshot: () => s.createSnapshot(), kill: () => s.kill() };
+      const settled = await Promise.allSettled(order.map((op) => calls[op]()));
+      const result = <K extends keyof typeof calls>(op: K) => settled[order.indexOf(op)] as PromiseSettledResult<Awaited<ReturnType<(typeof calls)[K]>>>;
+      const [hib, fork, snap] = [result('hibernate'), result('fork'), result('snapshot')];
+      const kill = order.includes('kill') ? result('kill') : await s.kill().then((value) => ({ status: 'fulfilled' as const, value }));
+      if (fork.status === 'fulfilled') {
+        onTestFinished(async () => {
+          await fork.value.kill().catch(() => {});
+        });
+      }
+      for (const r of [hib, fork, snap]) {
+        // refused because another of them ran first: busy, or no longer running (paused or killed)
+        if (r.status === 'rejected') expect(r.reason).toMatchObject({ status: 409, code: expect.stringMatching(/^(sandbox_busy|sandbox_not_running)$/) });
+      }
+      // each one that completed did what it says
+      if (hib.status === 'fulfilled') expect(hib.value).toMatchObject({ kind: 'hibernate', sandboxId: s.sandboxId });
+      if (fork.status === 'fulfilled') {
+        const child = fork.value;
+        expect(child.sandboxId).not.toBe(s.sandboxId);
+        const info = await child.getInfo();
+        expect(info).toMatchObject({ state: 'running', forkedFrom: s.sandboxId });
+        expect(await child.files.read('/workspace/marker')).toBe('before');
+        await child.kill();
+        if (hib.status === 'fulfilled') expect(info.createdAt.getTime()).toBeLessThanOrEqual(hib.value.createdAt.getTime());
+      }
+      if (snap.status === 'fulfilled') {
+        expect(snap.value).toMatchObject({ kind: 'reusable', sandboxId: s.sandboxId });
+        // a reusable snapshot outlives its source: it restores after the kill
+        const restored = await sandbox({ snapshotId: snap.value.id });
+        expect(await restored.files.read('/workspace/marker')).toBe('before');
+        await restored.kill();
+        await Snapshot.delete(snap.value.id, conn());
+      }
+      // nothing runs on a paused sandbox: what completed besides the hibernation came before it
+      if (hib.status === 'fulfilled' && snap.status === 'fulfilled') expect(snap.value.createdAt.getTime()).toBeLessThanOrEqual(hib.value.createdAt.getTime());
+      expect(kill.status).toBe('fulfilled');
+      expect(qemuPid(s.sandboxId)).toBeUndefined();
+      expect((await s.getInfo()).state).toBe('killed');
+      const left: string[] = [];
+      for await (const x of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, kind: ['hibernate', 'reusable', 'fork'] })) left.push(x.id);
+      expect(left).toEqual([]);
     }
-    if (fork.status === 'fulfilled') await fork.value.kill();
-    if (snap.status === 'fulfilled') await Snapshot.delete(snap.value.id, conn());
-    expect(kill.status).toBe('fulfilled');
-    expect(qemuPid(s.sandboxId)).toBeUndefined();
-    expect((await s.getInfo()).state).toBe('killed');
-    const left: string[] = [];
-    for await (const x of Snapshot.list({ ...conn(), sandboxId: s.sandboxId, kind: ['hibernate', 'reusable', 'fork'] })) left.push(x.id);
-    expect(left).toEqual([]);
   });
 });
 
@@ -189,43 +229,39 @@ describe('hibernation across server crashes', () => {
     const s = await Sandbox.create(c);
     await s.files.write('/workspace/a', 'A');
     await s.hibernate();
-    srv.child.kill('SIGKILL');
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.kill();
     srv = await serverProcess(dataDir, key, port);
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
     const back = await Sandbox.connect(s.sandboxId, c);
     expect(await back.files.read('/workspace/a')).toBe('A');
-    srv.child.kill('SIGKILL');
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.kill();
 
     // 2. the server dies right after the hibernation was recorded, before the VM stopped: paused
     srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-after-hibernate-capture' });
     await back.files.write('/workspace/b', 'B').catch(() => {});
     await expect(back.hibernate()).rejects.toBeDefined();
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.exited();
     srv = await serverProcess(dataDir, key, port);
     c = { apiUrl: srv.url, apiKey: key };
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
     expect(qemuPid(s.sandboxId)).toBeUndefined();
-    srv.child.kill('SIGKILL');
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.kill();
 
     // 3. the server dies in the middle of a resume: paused again, and a later resume works
     srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-during-resume' });
     await expect(Sandbox.connect(s.sandboxId, c)).rejects.toBeDefined();
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.exited();
     srv = await serverProcess(dataDir, key, port);
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('paused');
     const finalSbx = await Sandbox.connect(s.sandboxId, c);
     expect(await finalSbx.files.read('/workspace/b')).toBe('B');
     await finalSbx.files.write('/workspace/c', 'C');
-    srv.child.kill('SIGKILL');
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.kill();
 
     // 4. the server dies before a hibernation was recorded (older ones exist): it runs on, nothing lost
     srv = await serverProcess(dataDir, key, port, { NULLSPACE_FAULT_INJECTION: 'crash-before-hibernate-capture' });
     await expect(finalSbx.hibernate()).rejects.toBeDefined();
-    await new Promise((r) => srv.child.once('exit', r));
+    await srv.exited();
     srv = await serverProcess(dataDir, key, port);
     expect((await Sandbox.getInfo(s.sandboxId, c)).state).toBe('running');
     expect(await finalSbx.files.read('/workspace/c')).toBe('C');

@@ -198,9 +198,20 @@ describe('TypeScript SDK against real sandboxes', () => {
     const none: string[] = [];
     for await (const s of Sandbox.list({ ...conn(), query: { metadata: { role: 'no-such-role' } } })) none.push(s.sandboxId);
     expect(none).toEqual([]);
-    const pager = Sandbox.list({ ...conn(), limit: 1 });
-    const first = await pager.nextItems();
-    expect(first.length).toBeLessThanOrEqual(1);
+    // pages of one: two sandboxes of their own (other tests' sandboxes come and go meanwhile)
+    const tag = randomBytes(6).toString('hex');
+    const a = await sandbox({ metadata: { page: tag } });
+    const b = await sandbox({ metadata: { page: tag } });
+    const pager = Sandbox.list({ ...conn(), limit: 1, query: { metadata: { page: tag } } });
+    const page1 = await pager.nextItems();
+    expect(page1).toHaveLength(1);
+    expect(pager.hasNext).toBe(true);
+    const page2 = await pager.nextItems();
+    expect(page2).toHaveLength(1);
+    const page3 = pager.hasNext ? await pager.nextItems() : [];
+    expect(page3).toEqual([]);
+    expect(pager.hasNext).toBe(false);
+    expect([...page1, ...page2].map((s) => s.sandboxId).sort()).toEqual([a.sandboxId, b.sandboxId].sort());
   });
 
   it('extends the timeout', async () => {

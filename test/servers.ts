@@ -8,6 +8,26 @@ import { leftoverQemu, TEST_ROOT } from './env.js';
 
 const CLI = path.resolve(__dirname, '../packages/cli/dist/main.js');
 
+/**
+ * Runs the `nullspace` CLI against `server` (its URL and key); its exit code and output. Never
+ * blocks this process: the server may be an in-process one (`ownServer`).
+ */
+export async function cli(server: { url: string; key: string }, args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { ...process.env, NULLSPACE_API_URL: server.url, NULLSPACE_API_KEY: server.key, ...opts.env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  child.stdin.end(opts.input ?? '');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+  const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
 export function tempDataDir(): string {
   fs.mkdirSync(TEST_ROOT, { recursive: true });
   return path.join(TEST_ROOT, `x-${randomBytes(3).toString('hex')}`);
@@ -33,7 +53,13 @@ function releaseUidClaims(dataDir: string): void {
   const claims = path.join(process.env.NULLSPACE_RUN_DIR ?? '/run/nullspace', 'vm-uids');
   for (const f of fs.existsSync(claims) ? fs.readdirSync(claims) : []) {
     const file = path.join(claims, f);
-    if (fs.readFileSync(file, 'utf8').startsWith(`${dataDir} `)) fs.rmSync(file, { force: true });
+    let owner: string;
+    try {
+      owner = fs.readFileSync(file, 'utf8');
+    } catch {
+      continue; // released meanwhile (the claims are host-wide: other servers come and go)
+    }
+    if (owner.startsWith(`${dataDir} `)) fs.rmSync(file, { force: true });
   }
 }
 
@@ -55,33 +81,79 @@ export async function pools(server: { url: string; key: string }): Promise<Pools
   return (await (await fetch(`${server.url}/v1/health`, { headers: { authorization: `Bearer ${server.key}` } })).json()) as Pools;
 }
 
+/** A `nullspace serve` child process (see `serverProcess`). */
+export interface ServerProcess {
+  child: ChildProcess;
+  url: string;
+  /** Everything it printed so far (stdout and stderr). */
+  output(): string;
+  /** Resolves when the process has exited (at once if it already has): the test expects it to exit. */
+  exited(): Promise<void>;
+  /** kill -9, resolved once it has exited. */
+  kill(): Promise<void>;
+}
+
+/** Resolves when `child` has exited: at once if it already has (an `exit` listener added late never fires). */
+export function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => child.once('exit', () => r()));
+}
+
 /** `nullspace serve` as a separate process (so that it can be killed with SIGKILL). */
-export async function serverProcess(dataDir: string, key: string, port: number, env: Record<string, string> = {}): Promise<{ child: ChildProcess; url: string }> {
+export async function serverProcess(dataDir: string, key: string, port: number, env: Record<string, string> = {}): Promise<ServerProcess> {
   const child = spawn(process.execPath, [CLI, 'serve', '--port', String(port), '--data-dir', dataDir], {
     env: { ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   onTestFinished(async () => {
     if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGKILL');
-      await exited;
+      await exited(child);
     }
     releaseUidClaims(dataDir);
   });
   let out = '';
-  await new Promise<void>((resolve, reject) => {
-    const onData = (b: Buffer) => {
-      out += b.toString();
-      if (out.includes('serving http')) resolve();
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${out}`)));
-    setTimeout(() => reject(new Error(`server did not start: ${out}`)), 60_000);
+  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+  const srv: ServerProcess = {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    output: () => out,
+    exited: () => {
+      serverProcesses.delete(srv);
+      return exited(child);
+    },
+    kill: () => {
+      serverProcesses.delete(srv);
+      child.kill('SIGKILL');
+      return exited(child);
+    },
+  };
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const onData = () => {
+        if (out.includes('serving http')) resolve();
+      };
+      child.stdout!.on('data', onData);
+      child.once('exit', (code, signal) => reject(new Error(`server exited with ${code ?? signal}: ${out}`)));
+      timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 60_000);
+    });
+  } finally {
+    clearTimeout(timer);
+  }
+  serverProcesses.add(srv);
+  onTestFinished(() => {
+    serverProcesses.delete(srv);
   });
-  return { child, url: `http://127.0.0.1:${port}` };
+  return srv;
 }
+
+/**
+ * The server processes of the running test that are expected to keep running: a `waitFor` fails at
+ * once when one of them exits (`kill` and `exited` take a server off this list).
+ */
+const serverProcesses = new Set<ServerProcess>();
 
 /** The pid of a sandbox's QEMU process. */
 export function qemuPid(sandboxId: string): number | undefined {
@@ -96,9 +168,17 @@ export function qemuPid(sandboxId: string): number | undefined {
   return undefined;
 }
 
+/**
+ * Polls `fn` until it returns something other than undefined. Fails at once, with the server's
+ * output, when a server process of the test (`serverProcess`) exits unexpectedly meanwhile, instead
+ * of at the deadline.
+ */
 export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
+  const dead = () => [...serverProcesses].find((s) => s.child.exitCode !== null || s.child.signalCode !== null);
   for (;;) {
+    const gone = dead();
+    if (gone) throw new Error(`waiting for ${what}: the server process exited (${gone.child.exitCode ?? gone.child.signalCode}): ${gone.output()}`);
     const v = await fn();
     if (v !== undefined) return v;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);

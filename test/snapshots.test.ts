@@ -6,9 +6,8 @@ import Database from 'better-sqlite3';
 import { ConflictError, InvalidArgumentError, Sandbox, SandboxNotFoundError, Snapshot, SnapshotNotFoundError } from 'nullspace';
 import { api, conn, duringSnapshots, expectGuestReachesArchive, killAll, sandbox } from './helpers.js';
 import { leftoverQemu } from './env.js';
-import { cleanupDataDir, ownServer, pools, qemuPid, tempDataDir, waitFor } from './servers.js';
-
-const layersDir = () => path.join(inject('dataDir'), 'layers');
+import { DEVICE_SET } from '@nullspace/runtime';
+import { cleanupDataDir, cli, ownServer, pools, qemuPid, tempDataDir, waitFor } from './servers.js';
 
 describe('reusable snapshots: the product page, in TypeScript', () => {
   it('creates a snapshot, spawns independent children, manages it', async () => {
@@ -59,7 +58,11 @@ describe('what a snapshot captures', () => {
         'n = 0',
         'def dump(*_):',
         '    open("/workspace/dump", "w").write(str(n))',
+        'def jump(*_):',
+        '    global n',
+        '    n += 1000000',
         'signal.signal(signal.SIGUSR1, dump)',
+        'signal.signal(signal.SIGUSR2, jump)',
         'while True:',
         '    n += 1',
         '    open("/workspace/counter", "w").write(str(n))',
@@ -78,17 +81,28 @@ describe('what a snapshot captures', () => {
     child = await Sandbox.create({ ...conn(), snapshotId: snap.id, metadata: { suite: 'nullspace-tests' } });
     const procs = await child.commands.list();
     expect(procs.find((p) => p.pid === proc.pid)).toMatchObject({ running: true });
-    const r = await child.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump; echo; cat /workspace/last-moment; ls /workspace`);
-    const [dumped, lastMoment, ...files] = r.stdout.trim().split('\n');
+    // the in-memory counter, as the process dumps it on SIGUSR1 (waits for the dump, however slow the guest)
+    // (with `above`: the first value above it)
+    const counter = async (s: Sandbox, above = -1) => {
+      const dump = `rm -f /workspace/dump; kill -USR1 ${proc.pid}; while [ ! -s /workspace/dump ]; do sleep 0.05; done`;
+      return Number((await s.commands.run(`${dump}; while [ "$(cat /workspace/dump)" -le ${above} ]; do sleep 0.1; ${dump}; done; cat /workspace/dump`, { timeoutMs: 60_000 })).stdout);
+    };
+    const dumped = await counter(child);
+    const r = await child.commands.run('cat /workspace/last-moment; ls /workspace');
+    const [lastMoment, ...files] = r.stdout.trim().split('\n');
     // the process kept its memory: its counter continues from the snapshot, not from zero
-    expect(Number(dumped)).toBeGreaterThanOrEqual(before);
+    expect(dumped).toBeGreaterThanOrEqual(before);
     expect(lastMoment).toMatch(/^\d+$/);
     expect(files).not.toContain('after.txt');
-    // source and child diverge from the instant of the snapshot
-    const srcNow = Number((await source.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump`)).stdout);
-    const childNow = Number((await child.commands.run(`kill -USR1 ${proc.pid}; sleep 0.3; cat /workspace/dump`)).stdout);
-    expect(srcNow).toBeGreaterThan(before);
-    expect(childNow).toBeGreaterThanOrEqual(before);
+    // and it runs on in the child
+    expect(await counter(child, dumped)).toBeGreaterThan(dumped);
+    // source and child diverge from the instant of the snapshot: a change to the source process's
+    // memory (its counter jumps by a million) is not in the child's copy, and the source counts on
+    await source.commands.run(`kill -USR2 ${proc.pid}`);
+    const srcNow = await counter(source);
+    const childNow = await counter(child);
+    expect(srcNow).toBeGreaterThan(before + 1_000_000);
+    expect(childNow).toBeLessThan(1_000_000);
     expect(await source.files.read('/workspace/after.txt')).toBe('written after the snapshot');
     await Snapshot.delete(snap.id, conn());
   });
@@ -96,12 +110,19 @@ describe('what a snapshot captures', () => {
   it('keeps the source running through the snapshot (its processes, files, network)', async () => {
     const s = await sandbox();
     const bg = await s.commands.run('for i in $(seq 1 30); do echo $i >> /workspace/ticks; sleep 0.1; done', { background: true });
-    await new Promise((r) => setTimeout(r, 500));
+    await s.commands.run('while [ ! -s /workspace/ticks ]; do sleep 0.05; done');
+    const asked = Date.now();
     const snap = await s.createSnapshot();
-    expect(snap.pauseMs).toBeGreaterThanOrEqual(0);
+    const answered = Date.now();
+    // the source was paused, and only within the request (a whole number of milliseconds)
+    expect(Number.isInteger(snap.pauseMs)).toBe(true);
+    expect(snap.pauseMs).toBeGreaterThan(0);
+    expect(snap.pauseMs).toBeLessThanOrEqual(answered - asked);
+    expect((await Snapshot.get(snap.id, conn())).pauseMs).toBe(snap.pauseMs);
+    // its loop ran on through the capture: every tick, in order
     const done = await bg.wait();
     expect(done.exitCode).toBe(0);
-    expect((await s.commands.run('wc -l < /workspace/ticks')).stdout.trim()).toBe('30');
+    expect(await s.files.read('/workspace/ticks')).toBe(Array.from({ length: 30 }, (_, i) => `${i + 1}\n`).join(''));
     await expectGuestReachesArchive(s);
     expect((await s.getInfo()).state).toBe('running');
     await Snapshot.delete(snap.id, conn());
@@ -128,19 +149,110 @@ describe('snapshot storage, lifetime and garbage collection', () => {
     const grandchild = await sandbox({ snapshotId: snap2.id });
     expect(await grandchild.files.read('/workspace/gen')).toBe('two');
 
-    // once nothing holds them, the layers and their files go
-    const before = new Set(fs.readdirSync(layersDir()));
+    // once nothing holds them, the layers and their files go: every layer of either snapshot
+    const db = new Database(path.join(inject('dataDir'), 'nullspace.db'));
+    onTestFinished(() => {
+      db.close();
+    });
+    const layersOf = (id: string) => {
+      const r = db.prepare('SELECT mem_layer AS m, state_layer AS s, disk_layer AS d FROM snapshots WHERE id = ?').get(id) as { m: string; s: string; d: string };
+      return [r.m, r.s, r.d];
+    };
+    const ours = layersOf(snap2.id);
+    const pathOf = (id: string) => (db.prepare('SELECT path FROM layers WHERE id = ?').get(id) as { path: string } | undefined)?.path;
+    const files = ours.map(pathOf);
+    for (const f of files) expect(f !== undefined && fs.existsSync(f)).toBe(true);
+    // (snap1 is deleted already: its RAM and state layers may be gone; its disk layer is under snap2's)
+    const diskChain: string[] = [];
+    for (let cur: string | null = ours[2]!; cur; cur = (db.prepare('SELECT parent_id AS p FROM layers WHERE id = ?').get(cur) as { p: string | null } | undefined)?.p ?? null) diskChain.push(cur);
+    expect(diskChain.length).toBeGreaterThanOrEqual(2);
+    const chainFiles = diskChain.map(pathOf);
     await Snapshot.delete(snap2.id, conn());
     await child.kill();
     await grandchild.kill();
-    const run = (await (await api('POST', '/v1/gc')).json()) as { freed: Array<{ layerId: string }>; retained: Array<{ heldBy: string[] }> };
-    const after = new Set(fs.readdirSync(layersDir()));
-    const gone = [...before].filter((f) => !after.has(f));
-    // the two snapshots' RAM and state layers and their disk layers are gone (by this run or by the automatic one)
-    expect(gone.length + run.freed.length).toBeGreaterThanOrEqual(2);
+    const run = (await (await api('POST', '/v1/gc')).json()) as { freed: Array<{ layerId: string }>; retained: Array<{ layerId: string; heldBy: string[] }> };
+    for (const id of [...ours, ...diskChain]) expect(pathOf(id), id).toBeUndefined();
+    for (const f of [...files, ...chainFiles]) expect(fs.existsSync(f!), f).toBe(false);
     for (const l of run.retained) {
+      expect([...ours, ...diskChain]).not.toContain(l.layerId);
       expect(l.heldBy.some((h) => h.includes(snap1.id) || h.includes(snap2.id) || h.includes(child.sandboxId))).toBe(false);
     }
+  });
+
+  it('a GC dry run (GET /v1/gc, nullspace gc --dry-run) reports exactly what the real run then frees, and deletes nothing', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    // the collector runs only when asked: nothing frees layers between the dry run and the real one
+    const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0', NULLSPACE_FAULT_INJECTION: 'gc-on-request-only' });
+    const c = { apiUrl: server.url, apiKey: server.key };
+    const db = new Database(path.join(dataDir, 'nullspace.db'));
+    onTestFinished(() => {
+      db.close();
+    });
+    type Report = { dryRun: boolean; freed: Array<{ layerId: string; kind: string; bytes: number }>; freedBytes: number; orphanFiles: string[]; retained: Array<{ layerId: string; heldBy: string[] }>; retainedBytes: number };
+    const gcApi = async (method: 'GET' | 'POST') => (await (await fetch(`${server.url}/v1/gc`, { method, headers: { authorization: `Bearer ${server.key}` } })).json()) as Report;
+    const gcCli = async (...args: string[]) => {
+      const r = await cli(server, ['gc', ...args]);
+      expect(r.code, r.stderr).toBe(0);
+      return r.stdout;
+    };
+    const layerRow = (id: string) => db.prepare('SELECT path, bytes FROM layers WHERE id = ?').get(id) as { path: string; bytes: number } | undefined;
+
+    // a snapshot whose child and the child's snapshot rest on its disk layer; then it is deleted
+    const src = await Sandbox.create(c);
+    await src.files.write('/workspace/gen', 'one');
+    const snap1 = await src.createSnapshot();
+    const snap1Layers = db.prepare('SELECT mem_layer AS m, state_layer AS s, disk_layer AS d FROM snapshots WHERE id = ?').get(snap1.id) as { m: string; s: string; d: string };
+    const child = await Sandbox.create({ ...c, snapshotId: snap1.id });
+    await child.files.write('/workspace/gen', 'two');
+    const snap2 = await child.createSnapshot();
+    await src.kill();
+    await snap1.delete();
+    // and a file in the layer store that no record knows (as a crash leaves)
+    const stray = path.join(dataDir, 'layers', 'lyr_strayfile00000000.mem');
+    fs.writeFileSync(stray, 'left by a crash');
+
+    const dry = await gcApi('GET');
+    expect(dry.dryRun).toBe(true);
+    // what nothing holds any more: the deleted snapshot's RAM and state (its disk layer is under snap2 and the child)
+    expect(dry.freed.map((l) => l.layerId).sort()).toEqual([snap1Layers.m, snap1Layers.s].sort());
+    for (const l of dry.freed) expect(l.bytes).toBe(layerRow(l.layerId)!.bytes);
+    expect(dry.freedBytes).toBe(dry.freed.reduce((a, l) => a + l.bytes, 0));
+    expect(dry.freedBytes).toBeGreaterThan(0);
+    expect(dry.orphanFiles).toEqual([stray]);
+    expect([...(dry.retained.find((l) => l.layerId === snap1Layers.d)?.heldBy ?? [])].sort()).toEqual([`sandbox ${child.sandboxId} (running)`, `snapshot ${snap2.id} (reusable)`].sort());
+    // the CLI's dry run says the same, in JSON and in words
+    const dryCli = JSON.parse(await gcCli('--dry-run', '--json')) as Report;
+    expect(dryCli).toEqual(dry);
+    const words = await gcCli('--dry-run');
+    expect(words).toContain(`would free 2 layer(s), ${(dry.freedBytes / 1048576).toFixed(1)} MiB and 1 orphan file(s)\n`);
+    for (const l of dry.freed) expect(words).toContain(`  ${l.layerId}  `);
+
+    // nothing was deleted: rows, files, and what depends on them restores
+    for (const l of dry.freed) expect(fs.existsSync(layerRow(l.layerId)!.path)).toBe(true);
+    expect(fs.existsSync(stray)).toBe(true);
+    const grandchild = await Sandbox.create({ ...c, snapshotId: snap2.id });
+    expect(await grandchild.files.read('/workspace/gen')).toBe('two');
+    await grandchild.kill();
+    expect(await gcApi('GET')).toEqual(dry);
+
+    // the real run frees exactly that: the same layers, the same bytes, the same orphan file
+    const paths = dry.freed.map((l) => layerRow(l.layerId)!.path);
+    const real = JSON.parse(await gcCli('--json')) as Report;
+    expect(real.dryRun).toBe(false);
+    expect(real.freed).toEqual(dry.freed);
+    expect(real.freedBytes).toBe(dry.freedBytes);
+    expect(real.orphanFiles).toEqual(dry.orphanFiles);
+    expect(real.retained.map((l) => l.layerId).sort()).toEqual(dry.retained.map((l) => l.layerId).sort());
+    for (const l of dry.freed) expect(layerRow(l.layerId)).toBeUndefined();
+    for (const p of [...paths, stray]) expect(fs.existsSync(p), p).toBe(false);
+    // and nothing that is held
+    for (const l of real.retained) expect(fs.existsSync(layerRow(l.layerId)!.path)).toBe(true);
+    const again = await Sandbox.create({ ...c, snapshotId: snap2.id });
+    expect(await again.files.read('/workspace/gen')).toBe('two');
+    expect(await child.files.read('/workspace/gen')).toBe('two');
+    expect(await gcApi('GET')).toMatchObject({ freed: [], freedBytes: 0, orphanFiles: [] });
+    await Promise.all([again.kill(), child.kill()]);
   });
 
   it('takes two snapshots of one sandbox requested at once: both complete and restore', async () => {
@@ -322,9 +434,8 @@ describe('snapshot errors', () => {
       expect(snap.id).toMatch(/^snap_/);
       // a command would otherwise be refused (the agent never joins a frozen cgroup) or hang
       const before = Number((await s.commands.run('cat /tmp/ticks')).stdout);
-      await new Promise((r) => setTimeout(r, 1000));
-      const after = Number((await s.files.read('/tmp/ticks')).trim());
-      expect(after).toBeGreaterThan(before);
+      // and the loop runs again (frozen, it would never move on)
+      await waitFor('the loop to tick again', async () => (Number((await s.files.read('/tmp/ticks')).trim()) > before ? true : undefined), 60_000);
     } finally {
       await s.kill();
     }
@@ -396,33 +507,112 @@ describe('snapshot errors', () => {
 });
 
 describe('compatibility', () => {
-  it('records what a restore needs, and refuses a host that differs (another CPU model), naming the field', async () => {
+  it('records everything a restore needs, and refuses each kind of mismatch naming its field (create, resume, API, SDK, CLI)', async () => {
     const dataDir = tempDataDir();
     cleanupDataDir(dataDir);
-    const first = await ownServer(dataDir);
+    const first = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
     const c1 = { apiUrl: first.url, apiKey: first.key };
     const s = await Sandbox.create(c1);
     const snap = await s.createSnapshot();
+    const profile = first.host.profile;
+    const template = first.host.template('base');
+    // every field, with what it must be
     const ok = await Snapshot.compatibility(snap.id, c1);
-    expect(ok).toMatchObject({ compatible: true, mismatches: [] });
-    expect(ok.requirements).toMatchObject({ accel: first.host.profile.accel, cpuModel: first.host.profile.cpuModel, memoryMiB: 512, vcpus: 1 });
-    await s.kill();
-    await first.close();
+    expect(ok).toEqual({
+      snapshotId: snap.id,
+      compatible: true,
+      mismatches: [],
+      requirements: {
+        qemuVersion: profile.qemuVersion,
+        machine: profile.machine,
+        accel: profile.accel,
+        cpuModel: profile.cpuModel,
+        hostCpu: profile.hostCpu,
+        memoryMiB: 512,
+        vcpus: 1,
+        deviceSet: DEVICE_SET,
+        kernelRelease: template.image.kernelRelease,
+        agentVersion: template.image.agentVersion,
+        template: 'base',
+      },
+    });
+    expect(profile.machine).toMatch(/^pc-i440fx-\d+\.\d+$/);
+    const hib = await s.hibernate();
 
-    const other = first.host.profile.cpuModel === 'qemu64' ? 'max' : 'qemu64';
-    const second = await ownServer(dataDir, { NULLSPACE_CPU_MODEL: other });
-    const c2 = { apiUrl: second.url, apiKey: second.key };
-    const no = await Snapshot.compatibility(snap.id, c2);
-    expect(no.compatible).toBe(false);
-    expect(no.mismatches).toContainEqual({ field: 'cpuModel', snapshot: first.host.profile.cpuModel, host: other });
-    const err = await Sandbox.create({ ...c2, snapshotId: snap.id }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(ConflictError);
-    expect(err).toMatchObject({ code: 'snapshot_incompatible' });
-    expect((err as Error).message).toContain('cpuModel');
+    // each kind of mismatch, made in the stored record where no setting of the host can make it
+    const db = new Database(path.join(dataDir, 'nullspace.db'));
+    onTestFinished(() => {
+      db.close();
+    });
+    const requirements = (id: string) => (db.prepare('SELECT requirements AS r FROM snapshots WHERE id = ?').get(id) as { r: string }).r;
+    const setRequirement = (id: string, field: string, value: string | number) =>
+      db.prepare("UPDATE snapshots SET requirements = json_set(requirements, '$.' || ?, ?) WHERE id = ?").run(field, value, id);
+    const refused = async (id: string, field: string, snapshotValue: string | number, hostValue: string | number) => {
+      const no = await Snapshot.compatibility(id, c1);
+      expect(no.compatible, field).toBe(false);
+      expect(no.mismatches, field).toEqual([{ field, snapshot: snapshotValue, host: hostValue }]);
+      const err = await (id === hib.id ? Sandbox.resume(id, c1) : Sandbox.create({ ...c1, snapshotId: id })).catch((e: unknown) => e);
+      expect(err, field).toBeInstanceOf(ConflictError);
+      expect(err, field).toMatchObject({ code: 'snapshot_incompatible', status: 409, details: { snapshotId: id, mismatches: [{ field, snapshot: snapshotValue, host: hostValue }] } });
+      expect((err as Error).message, field).toContain(`${field} is ${snapshotValue} in ${id === hib.id ? 'its' : 'the'} snapshot but ${hostValue} here`);
+    };
+    const cases: Array<[field: string, snapshotValue: string | number, hostValue: string | number]> = [
+      ['qemuVersion', '1.0.0', profile.qemuVersion],
+      ['machine', 'pc-i440fx-1.0', profile.machine],
+      ['accel', profile.accel === 'kvm' ? 'tcg' : 'kvm', profile.accel],
+      ['cpuModel', 'Skylake-Server', profile.cpuModel],
+      ['hostCpu', 'Another CPU [flags 0123456789ab]', profile.hostCpu],
+      ['memoryMiB', 1024, 512],
+      ['vcpus', 2, 1],
+      ['deviceSet', 'pc/virtio-blk;v0', DEVICE_SET],
+    ];
+    const original = requirements(snap.id);
+    for (const [field, snapshotValue, hostValue] of cases) {
+      setRequirement(snap.id, field, snapshotValue);
+      await refused(snap.id, field, snapshotValue, hostValue);
+      db.prepare('UPDATE snapshots SET requirements = ? WHERE id = ?').run(original, snap.id);
+    }
+    // a resume is checked the same way
+    setRequirement(hib.id, 'qemuVersion', '1.0.0');
+    await refused(hib.id, 'qemuVersion', '1.0.0', profile.qemuVersion);
+    expect((await s.getInfo()).state).toBe('paused');
+    // the kernel and initramfs files the snapshot boots with must exist
+    const vmConfig = (db.prepare('SELECT vm_config AS v FROM snapshots WHERE id = ?').get(snap.id) as { v: string }).v;
+    const gone = path.join(dataDir, 'no-such-kernel');
+    db.prepare("UPDATE snapshots SET vm_config = json_set(vm_config, '$.kernel', ?) WHERE id = ?").run(gone, snap.id);
+    await refused(snap.id, 'kernelRelease', gone, 'missing');
+    // the CLI says so, naming the field
+    const info = await cli(first, ['snapshot', 'info', snap.id]);
+    expect(info.code, info.stderr).toBe(0);
+    expect(info.stdout).toContain(`NOT restorable on this host: kernelRelease ${gone} (host: missing)`);
+    const infoJson = JSON.parse((await cli(first, ['snapshot', 'info', snap.id, '--json'])).stdout) as { id: string; compatibility: { compatible: boolean } };
+    expect(infoJson).toMatchObject({ id: snap.id, compatibility: { compatible: false, mismatches: [{ field: 'kernelRelease' }] } });
+    db.prepare('UPDATE snapshots SET vm_config = ? WHERE id = ?').run(vmConfig, snap.id);
     // refused before anything started
     const all: string[] = [];
-    for await (const x of Sandbox.list({ ...c2, query: { state: ['creating', 'running', 'failed'] } })) all.push(x.sandboxId);
+    for await (const x of Sandbox.list({ ...c1, query: { state: ['creating', 'running', 'failed'] } })) all.push(x.sandboxId);
     expect(all).toEqual([]);
+
+    // informative only: the agent version and the template name
+    setRequirement(snap.id, 'agentVersion', 'an older agent');
+    setRequirement(snap.id, 'template', 'renamed');
+    expect(await Snapshot.compatibility(snap.id, c1)).toMatchObject({ compatible: true, mismatches: [], requirements: { agentVersion: 'an older agent', template: 'renamed' } });
+    expect((await cli(first, ['snapshot', 'info', snap.id])).stdout).toMatch(/\nrestorable on this host\n$/);
+    const child = await Sandbox.create({ ...c1, snapshotId: snap.id });
+    expect((await child.commands.run('echo restored')).stdout).toBe('restored\n');
+    await child.kill();
+    await Sandbox.kill(s.sandboxId, c1);
+    await first.close();
+
+    // a host that really differs: another CPU model
+    const other = profile.cpuModel === 'qemu64' ? 'max' : 'qemu64';
+    const second = await ownServer(dataDir, { NULLSPACE_CPU_MODEL: other, NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
+    const c2 = { apiUrl: second.url, apiKey: second.key };
+    const no = await Snapshot.compatibility(snap.id, c2);
+    expect(no).toMatchObject({ compatible: false, mismatches: [{ field: 'cpuModel', snapshot: profile.cpuModel, host: other }] });
+    const err = await Sandbox.create({ ...c2, snapshotId: snap.id }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'snapshot_incompatible', status: 409 });
+    expect((err as Error).message).toContain('cpuModel');
   });
 });
 
@@ -438,11 +628,12 @@ describe('snapshot pool', () => {
     const kids: Sandbox[] = [];
     try {
       expect(await pool()).toEqual({ size: 1, ready: 0, preparing: 0, snapshots: [] });
-      // a process that stamps the guest clock (ms) every 100 ms
-      await src.commands.run('while :; do date +%s%3N >> /tmp/ticks; sleep 0.1; done', { background: true, timeoutMs: 0 });
+      // a process that stamps, every 100 ms, the boot id it runs under (each restore gets its own:
+      // the source's, a slot's throwaway one, the create's)
+      await src.commands.run('while :; do cat /proc/sys/kernel/random/boot_id >> /tmp/ticks; sleep 0.1; done', { background: true, timeoutMs: 0 });
       await src.commands.run('while [ ! -s /tmp/ticks ]; do sleep 0.05; done');
+      const srcBoot = (await src.files.read('/proc/sys/kernel/random/boot_id')).trim();
       const snap = await src.createSnapshot();
-      const snapped = Date.now();
       await waitFor('a warm sandbox of the snapshot', async () => {
         const p = await pool();
         return p.ready === 1 && p.snapshots.join() === snap.id ? true : undefined;
@@ -450,18 +641,19 @@ describe('snapshot pool', () => {
       const srcPid = leftoverQemu(`nullspace-${src.sandboxId}`)[0];
       const prepared = leftoverQemu(dataDir).filter((p) => p !== srcPid);
       expect(prepared).toHaveLength(1);
-      // it waits, restored and running: the snapshot's processes must not run meanwhile
+      // it waits, restored and running: the snapshot's processes must not run meanwhile (a slot
+      // that ran them would stamp its throwaway boot id ~15 times here)
       await sleep(1500);
-      const before = Date.now();
       const kid = await Sandbox.create({ ...c, snapshotId: snap.id, envs: { WHO: 'kid' } });
       kids.push(kid);
       expect(leftoverQemu(`nullspace-${kid.sandboxId}`)).toEqual(prepared);
-      await sleep(500);
-      const ticks = (await kid.files.read('/tmp/ticks')).trim().split('\n').map(Number);
-      // no tick between the capture and the create (a slot that ran them would have ~20 there)
-      expect(ticks.filter((t) => t > snapped + 300 && t < before - 100)).toEqual([]);
-      expect(ticks.filter((t) => t < snapped).length).toBeGreaterThan(0);
-      expect(ticks.filter((t) => t >= before - 100).length).toBeGreaterThan(0);
+      const kidBoot = (await kid.files.read('/proc/sys/kernel/random/boot_id')).trim();
+      // the kid's stamps: the source's up to the capture, then its own (waited for), nothing between
+      await kid.commands.run(`until grep -q ${kidBoot} /tmp/ticks; do sleep 0.05; done`, { timeoutMs: 60_000 });
+      const ticks = (await kid.files.read('/tmp/ticks')).trim().split('\n');
+      const fromSource = ticks.findIndex((t) => t !== srcBoot);
+      expect(fromSource).toBeGreaterThan(0);
+      expect(new Set(ticks.slice(fromSource))).toEqual(new Set([kidBoot]));
       // the create's own identity and environment
       const probe = await kid.commands.run('hostname; cat /etc/machine-id /proc/sys/kernel/random/boot_id; echo "$WHO"');
       const [host, machine, boot, who] = probe.stdout.trim().split('\n');

@@ -70,11 +70,17 @@ export interface RequirementMismatch {
   host: string | number;
 }
 
-/** Fields that the host side must match for a restore (template name is informative only). */
+/**
+ * Fields that the restoring side must match: the host's profile (QEMU version, machine type,
+ * accelerator, CPU model, host CPU), the device set this build creates (`DEVICE_SET`, unless `host`
+ * names another), and the VM shape when `host` gives one (memoryMiB, vcpus: the VM the restore would
+ * start). `kernelRelease`, `agentVersion` and `template` are informative only.
+ */
 export function compareRequirements(snapshot: RestoreRequirements, host: Partial<RestoreRequirements>): RequirementMismatch[] {
+  const want: Partial<RestoreRequirements> = { deviceSet: DEVICE_SET, ...host };
   const out: RequirementMismatch[] = [];
   for (const field of ['qemuVersion', 'machine', 'accel', 'cpuModel', 'hostCpu', 'memoryMiB', 'vcpus', 'deviceSet'] as const) {
-    const h = host[field];
+    const h = want[field];
     if (h !== undefined && h !== snapshot[field]) out.push({ field, snapshot: snapshot[field], host: h });
   }
   return out;

@@ -50,9 +50,12 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   volumes.init();
   const sandboxes = new SandboxManager(config, sandboxStore, snapshotStore, volumes, host, log);
   const gc = new Gc(snapshotStore, sandboxStore, sandboxes.layersLock, sandboxes.layersDir, log);
-  sandboxes.onLayersReleased = () => gc.schedule();
+  // (test-only fault injection "gc-on-request-only": the collector runs only when asked, so that a
+  // test can compare a dry run with the real run after it)
+  const autoGc = config.faultInjection !== 'gc-on-request-only';
+  if (autoGc) sandboxes.onLayersReleased = () => gc.schedule();
   await sandboxes.start();
-  gc.schedule(0);
+  if (autoGc) gc.schedule(0);
   const app = await buildApp({ config, apiKey: key, sandboxes, volumes, gc, host, log, version: VERSION });
   try {
     await app.listen({ host: config.host, port: config.port });

@@ -169,6 +169,20 @@ export class SandboxManager {
     }
   }
 
+  /**
+   * Test-only fault injection ("<name>-waits"): stops here until the test releases it. Writes
+   * `<dataDir>/fault-<name>.waiting`, then waits for `<dataDir>/fault-<name>.go` (which stays: later
+   * arrivals go straight on).
+   */
+  private async faultWait(name: string): Promise<void> {
+    if (this.config.faultInjection !== `${name}-waits`) return;
+    const go = path.join(this.config.dataDir, `fault-${name}.go`);
+    if (fs.existsSync(go)) return;
+    this.log.warn({ fault: name }, 'fault injection: waiting for the test');
+    fs.writeFileSync(path.join(this.config.dataDir, `fault-${name}.waiting`), '');
+    while (!fs.existsSync(go) && !this.closing) await new Promise((r) => setTimeout(r, 50));
+  }
+
   /** Names this server's claim on a sandbox uid (host-wide registry). */
   private uidOwner(id: string): string {
     return `${this.config.dataDir} ${id}`;
@@ -782,7 +796,7 @@ export class SandboxManager {
 
   /** Whether this host can restore `snap`, and if not which requirements differ. */
   compatibility(snap: SnapshotRecord): { compatible: boolean; mismatches: RequirementMismatch[] } {
-    const mismatches = compareRequirements(snap.requirements, this.host.profile);
+    const mismatches = compareRequirements(snap.requirements, { ...this.host.profile, memoryMiB: snap.vmConfig.memoryMiB, vcpus: snap.vmConfig.vcpus });
     for (const f of [snap.vmConfig.kernel, snap.vmConfig.initrd]) {
       if (!fs.existsSync(f)) mismatches.push({ field: 'kernelRelease', snapshot: f, host: 'missing' });
     }
@@ -1522,7 +1536,9 @@ export class SandboxManager {
 
   private async reapOnce(): Promise<void> {
     const now = Date.now();
-    for (const rec of this.store.expired(now)) {
+    const expired = this.store.expired(now);
+    if (expired.length) await this.faultWait('reaper');
+    for (const rec of expired) {
       if (this.closing) return;
       if (this.locks.busy(rec.id)) continue;
       const why = `timeout: no setTimeout within ${rec.timeoutMs} ms`;
