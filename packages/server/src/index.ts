@@ -44,7 +44,8 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const db = openDb(path.join(config.dataDir, 'nullspace.db'));
   const host = await HostContext.init(config, log);
   const stopGuardWatch = host.watchNetworkGuard(log, config.networkGuardCheckMs);
-  const sandboxStore = new SandboxStore(db);
+  const trace = config.lifecycleTrace;
+  const sandboxStore = new SandboxStore(db, trace ? (e) => fs.appendFileSync(trace, JSON.stringify({ ...e, dataDir: config.dataDir }) + '\n') : undefined);
   const snapshotStore = new SnapshotStore(db);
   const volumes = new VolumeService(config, new VolumeStore(db), log);
   volumes.init();
