@@ -2,6 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from '@sinclair/typebox';
 import { NsError } from '@nullspace/runtime';
+import { publicCode } from '../errors.js';
 import { STATES, type SandboxState } from '../lifecycle.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
 import type { AppDeps } from './app.js';
@@ -27,7 +28,8 @@ export function sandboxView(r: SandboxRecord): SandboxT {
     expiresAt: r.state === 'running' ? iso(r.expiresAt) : null,
     endedAt: iso(r.endedAt),
     endReason: r.endReason,
-    errorCode: r.errorCode,
+    // the code of the failure as a client would have got it (an internal code is `internal`)
+    errorCode: r.errorCode === null ? null : publicCode(r.errorCode),
     lifecycle: { onTimeout: r.onTimeout },
     volumes: Object.fromEntries(r.volumes.map((v) => [v.path, v.name])),
     pausedAt: iso(r.pausedAt),
