@@ -204,8 +204,10 @@ describe('error codes', () => {
     expect(sites.filter((s) => s.kind === 'agent' && !AGENT.has(s.code)).map((s) => `${s.where}: ${s.code}`)).toEqual([]);
   });
 
-  it('every public code is produced somewhere (no dead entries in the status map)', () => {
+  it('every public code is produced somewhere (no dead entries in the status map), every internal code is thrown', () => {
     expect(unproducedPublicCodes(sites)).toEqual([]);
+    const thrown = new Set(sites.filter((s) => s.kind === 'host').map((s) => s.code));
+    expect([...INTERNAL].filter((c) => !thrown.has(c))).toEqual([]);
   });
 
   it('docs/api.md lists every public code with its status and when it happens, and no other code', () => {
