@@ -3,6 +3,7 @@ import type { SandboxRecord } from '../store/sandboxes.js';
 import type { SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from './deps.js';
 import type { Snapshot, SandboxT } from './schemas.js';
+import { publicCode } from '../errors.js';
 
 /** How the API shows the records that the manager returns (routes of sandboxes and snapshots). */
 
@@ -25,7 +26,8 @@ export function sandboxView(r: SandboxRecord): SandboxT {
     expiresAt: r.state === 'running' ? iso(r.expiresAt) : null,
     endedAt: iso(r.endedAt),
     endReason: r.endReason,
-    errorCode: r.errorCode,
+    // the code of the failure as a client would have got it (an internal code is `internal`)
+    errorCode: r.errorCode === null ? null : publicCode(r.errorCode),
     lifecycle: { onTimeout: r.onTimeout },
     volumes: Object.fromEntries(r.volumes.map((v) => [v.path, v.name])),
     pausedAt: iso(r.pausedAt),
