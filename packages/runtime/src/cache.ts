@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { NsError, wrapError } from './errors.js';
 import { run } from './exec.js';
-import { acquireDirLock, pidAlive } from './fsutil.js';
+import { acquireDirLock } from './fsutil.js';
+import { lockHeld, PRUNE_LOCK } from './prunelock.js';
 import { allocatedBytes, backingChain, withRegularFileAsync } from './storage.js';
 import type { TemplateInfo } from './template.js';
 
@@ -16,7 +17,7 @@ import type { TemplateInfo } from './template.js';
  *
  * Builds and prunes exclude each other: a prune holds `<cache>/prune.lock` and refuses to start while
  * a build holds its lock; a build takes its own lock first, then waits for any prune to finish
- * (`waitForPrune`), so that neither can start unseen by the other.
+ * (`waitForPrune` in prunelock.ts), so that neither can start unseen by the other.
  *
  * It fails closed: a data dir that is not one, or a chain it cannot read, stops it before anything
  * is removed.
@@ -34,23 +35,6 @@ export interface PruneReport {
   kept: PruneEntry[];
   freedBytes: number;
   dryRun: boolean;
-}
-
-const PRUNE_LOCK = 'prune.lock';
-
-/** Called by builds right after they took their own lock: waits while a prune runs. */
-export async function waitForPrune(cacheDir: string, onWait?: () => void): Promise<void> {
-  const lock = path.join(cacheDir, PRUNE_LOCK);
-  const deadline = Date.now() + 30 * 60_000;
-  let waited = false;
-  while (lockHeld(lock)) {
-    if (Date.now() > deadline) throw new NsError('busy', `${lock} held for more than 30 minutes`);
-    if (!waited) {
-      waited = true;
-      onWait?.();
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
 }
 
 /** Files under `cacheDir` that a disk chain of one of `dataDirs` rests on, with one holder each. */
@@ -156,17 +140,6 @@ async function overlayBacking(file: string): Promise<string | undefined> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // removed meanwhile
     throw wrapError(err, `reading the header of ${file} (nothing removed)`, 'disk_failed');
   }
-}
-
-/** A lock directory of acquireDirLock whose holder is alive (or that is being taken this instant). */
-function lockHeld(lock: string): boolean {
-  let pid: string;
-  try {
-    pid = fs.readFileSync(path.join(lock, 'pid'), 'utf8');
-  } catch {
-    return fs.existsSync(lock) && Date.now() - fs.statSync(lock).mtimeMs < 10_000;
-  }
-  return pidAlive(Number(pid));
 }
 
 function listDir(dir: string): string[] {

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { NsError } from './errors.js';
+import { NsError, type ErrorCode } from './errors.js';
 
 export interface RunOptions {
   cwd?: string;
@@ -11,7 +11,7 @@ export interface RunOptions {
   /** Called with each chunk of combined output (for progress). */
   onOutput?: (chunk: string) => void;
   /** Error code used when the command fails. */
-  errorCode?: string;
+  errorCode?: ErrorCode;
   /** Open descriptors handed to the command as its fds 3, 4, ... */
   fds?: number[];
 }

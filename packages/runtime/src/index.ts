@@ -14,6 +14,7 @@ export * from './isolation.js';
 export * from './vm.js';
 export * from './template.js';
 export * from './cache.js';
+export { waitForPrune } from './prunelock.js';
 export * from './agent/protocol.js';
 export * from './agent/client.js';
 export * from './image/kernel.js';

@@ -9,7 +9,7 @@ import type { ImageInfo } from './image/build.js';
 import type { Progress } from './progress.js';
 import { DEVICE_SET } from './qemu.js';
 import { createOverlay, fsyncFile } from './storage.js';
-import { waitForPrune } from './cache.js';
+import { waitForPrune } from './prunelock.js';
 import { Vm } from './vm.js';
 
 /**

@@ -1,17 +1,16 @@
-import { NsError } from '@nullspace/runtime';
+import { NsError, type AgentErrorCode, type PublicErrorCode } from '@nullspace/runtime';
 
 export { NsError };
 
 /**
- * The one map from error code to HTTP status. Every error that reaches a client carries one of these
- * codes; anything unknown is a 500 `internal`.
+ * The one map from error code to HTTP status: every public code (PUBLIC_ERROR_CODES in the runtime)
+ * has exactly one, and docs/api.md says when each happens. Any other code (an internal one, or an
+ * agent's code that was not mapped) reaches a client as a 500 `internal`.
  */
-const STATUS: Record<string, number> = {
+const STATUS: Record<PublicErrorCode, number> = {
   bad_request: 400,
   validation_failed: 400,
   invalid_path: 400,
-  invalid_metadata: 400,
-  invalid_template_name: 400,
   invalid_json: 400,
   unauthorized: 401,
   permission_denied: 403,
@@ -21,7 +20,6 @@ const STATUS: Record<string, number> = {
   file_not_found: 404,
   process_not_found: 404,
   snapshot_not_found: 404,
-  method_not_allowed: 405,
   sandbox_not_running: 409,
   sandbox_busy: 409,
   already_exists: 409,
@@ -64,12 +62,17 @@ const STATUS: Record<string, number> = {
 };
 
 export function httpStatusFor(code: string): number {
-  return STATUS[code] ?? 500;
+  return isPublicCode(code) ? STATUS[code] : 500;
 }
 
-/** A known error code: everything else is reported as `internal`. */
-export function isPublicCode(code: string): boolean {
-  return code in STATUS;
+/** A code clients may see: everything else is reported as `internal`. */
+export function isPublicCode(code: string): code is PublicErrorCode {
+  return Object.hasOwn(STATUS, code);
+}
+
+/** The code a client sees for `code`. */
+export function publicCode(code: string): PublicErrorCode {
+  return isPublicCode(code) ? code : 'internal';
 }
 
 export function notFound(kind: 'sandbox' | 'template' | 'file' | 'process' | 'snapshot', id: string): NsError {
@@ -80,25 +83,29 @@ export function badRequest(message: string, details: Record<string, unknown> = {
   return new NsError('bad_request', message, { details });
 }
 
-/** Agent error codes (spec/agent.json) as API codes. */
+/** Agent error codes (spec/agent.json) as API codes: exhaustive, so a new agent code must be mapped here. */
+const FROM_AGENT: Record<AgentErrorCode, PublicErrorCode> = {
+  not_found: 'file_not_found',
+  bad_request: 'bad_request',
+  invalid_path: 'invalid_path',
+  already_exists: 'already_exists',
+  not_a_directory: 'not_a_directory',
+  is_a_directory: 'is_a_directory',
+  not_empty: 'not_empty',
+  permission_denied: 'permission_denied',
+  no_space: 'no_space',
+  process_failed: 'bad_request',
+  not_running: 'process_not_running',
+  volume_busy: 'volume_busy',
+  io_error: 'guest_io_error',
+  cancelled: 'agent_unavailable',
+  // the server sent an op the agent does not know: a bug of the server
+  unknown_op: 'internal',
+};
+
+/** An error of an agent call as an API error (the agent client's own `agent_unavailable` passes through). */
 export function fromAgentError(err: unknown, subject: string): NsError {
   if (!(err instanceof NsError)) return new NsError('internal', `${subject}: ${String(err)}`);
-  const map: Record<string, string> = {
-    not_found: 'file_not_found',
-    bad_request: 'bad_request',
-    invalid_path: 'invalid_path',
-    already_exists: 'already_exists',
-    not_a_directory: 'not_a_directory',
-    is_a_directory: 'is_a_directory',
-    not_empty: 'not_empty',
-    permission_denied: 'permission_denied',
-    no_space: 'no_space',
-    process_failed: 'bad_request',
-    not_running: 'process_not_running',
-    volume_busy: 'volume_busy',
-    io_error: 'guest_io_error',
-    agent_unavailable: 'agent_unavailable',
-    cancelled: 'agent_unavailable',
-  };
-  return new NsError(map[err.code] ?? 'internal', err.message, { cause: err, details: err.details });
+  const code = err.code === 'agent_unavailable' ? err.code : Object.hasOwn(FROM_AGENT, err.code) ? FROM_AGENT[err.code as AgentErrorCode] : 'internal';
+  return new NsError(code, err.message, { cause: err, details: err.details });
 }

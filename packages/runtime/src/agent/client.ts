@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
-import { NsError } from '../errors.js';
+import { NsError, type AgentErrorCode } from '../errors.js';
 import {
+  AGENT_ERROR_CODES,
   Channel,
   encodeFrame,
   FrameDecoder,
@@ -23,8 +24,11 @@ export interface StreamHandlers {
 
 /** An agent error (ERROR frame): `code` is one of spec/agent.json's errorCodes. */
 export class AgentError extends NsError {
+  declare readonly code: AgentErrorCode;
   constructor(code: string, message: string) {
-    super(code, message);
+    // a code this build does not know (an agent of another version) is an I/O error of the guest
+    const known = (AGENT_ERROR_CODES as readonly string[]).includes(code);
+    super(known ? (code as AgentErrorCode) : 'io_error', known ? message : `${message} (agent error code ${code})`);
     this.name = 'AgentError';
   }
 }

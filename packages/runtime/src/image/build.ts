@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { NsError } from '../errors.js';
 import { run } from '../exec.js';
-import { waitForPrune } from '../cache.js';
+import { waitForPrune } from '../prunelock.js';
 import { acquireDirLock, readJson, writeFileAtomic } from '../fsutil.js';
 import { listTree } from '../hash.js';
 import type { Progress } from '../progress.js';

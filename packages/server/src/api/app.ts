@@ -4,31 +4,15 @@ import { Ajv } from 'ajv';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NsError } from '@nullspace/runtime';
-import type { Config } from '../config.js';
 import { httpStatusFor, isPublicCode } from '../errors.js';
-import type { HostContext } from '../hostctx.js';
-import type { Logger } from '../log.js';
-import type { Gc } from '../gc.js';
-import type { SandboxManager } from '../sandboxes.js';
-import type { VolumeService } from '../volumes.js';
 import { commandRoutes } from './commands.js';
+import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
 import { ErrorBody } from './schemas.js';
 import { systemRoutes } from './system.js';
 import { volumeRoutes } from './volumes.js';
-
-export interface AppDeps {
-  config: Config;
-  apiKey: string;
-  sandboxes: SandboxManager;
-  volumes: VolumeService;
-  gc: Gc;
-  host: HostContext;
-  log: Logger;
-  version: string;
-}
 
 /** The one route that answers without the API key. */
 const PUBLIC_DOCUMENT = '/v1/openapi.json';

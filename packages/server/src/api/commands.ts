@@ -3,7 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import { attachCommand, checkPath, startCommand } from '../agentio.js';
 import { fromAgentError, NsError } from '../errors.js';
-import type { AppDeps } from './app.js';
+import type { AppDeps } from './deps.js';
 import { CommandBody, IdParams, MAX_CMD_BYTES, PidParams, ProcessInfo, SignalBody, StdinBody } from './schemas.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 60_000;

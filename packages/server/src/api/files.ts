@@ -4,7 +4,7 @@ import { Type } from '@sinclair/typebox';
 import type { IncomingMessage } from 'node:http';
 import { callFs, checkPath, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
 import type { AgentClient } from '@nullspace/runtime';
-import type { AppDeps } from './app.js';
+import type { AppDeps } from './deps.js';
 import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
 
 export const fileRoutes =

@@ -3,62 +3,12 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from '@sinclair/typebox';
 import { NsError } from '@nullspace/runtime';
 import { STATES, type SandboxState } from '../lifecycle.js';
-import type { SandboxRecord } from '../store/sandboxes.js';
-import type { AppDeps } from './app.js';
-import { CreateSandboxBody, ForkBody, IdParams, ListSandboxesQuery, ResumeBody, Sandbox, SandboxList, Snapshot, TimeoutBody, type SandboxT } from './schemas.js';
-import { snapshotView } from './snapshots.js';
-
-const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
-
-export function sandboxView(r: SandboxRecord): SandboxT {
-  return {
-    sandboxId: r.id,
-    template: r.template,
-    snapshotId: r.snapshotId,
-    forkedFrom: r.forkedFrom,
-    state: r.state,
-    metadata: r.metadata,
-    memoryMiB: r.memoryMiB,
-    vcpus: r.vcpus,
-    allowInternetAccess: r.allowInternetAccess,
-    timeoutMs: r.timeoutMs,
-    createdAt: new Date(r.createdAt).toISOString(),
-    startedAt: iso(r.startedAt),
-    expiresAt: r.state === 'running' ? iso(r.expiresAt) : null,
-    endedAt: iso(r.endedAt),
-    endReason: r.endReason,
-    errorCode: r.errorCode,
-    lifecycle: { onTimeout: r.onTimeout },
-    volumes: Object.fromEntries(r.volumes.map((v) => [v.path, v.name])),
-    pausedAt: iso(r.pausedAt),
-    remainingTimeoutMs: r.state === 'paused' ? r.remainingMs : null,
-  };
-}
+import type { AppDeps } from './deps.js';
+import { parseList, parseMetadataFilter } from './query.js';
+import { CreateSandboxBody, ForkBody, IdParams, ListSandboxesQuery, ResumeBody, Sandbox, SandboxList, Snapshot, TimeoutBody } from './schemas.js';
+import { sandboxView, snapshotView } from './views.js';
 
 const LIVE_STATES: SandboxState[] = ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'];
-
-/** A comma-separated query value of allowed words (`state=running,paused`), or `fallback` when absent. */
-export function parseList<T extends string>(raw: string | undefined, allowed: readonly T[], field: string, fallback: T[]): T[] {
-  if (!raw) return fallback;
-  const wanted = raw.split(',').map((s) => s.trim()).filter(Boolean);
-  if (!wanted.length) return fallback; // (`state=,` is no filter word at all: the default, not everything)
-  for (const w of wanted) {
-    if (!(allowed as readonly string[]).includes(w)) throw new NsError('bad_request', `unknown ${field} "${w}"`, { details: { field } });
-  }
-  return wanted as T[];
-}
-
-export function parseMetadataFilter(raw: string | string[] | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const pair of raw === undefined ? [] : Array.isArray(raw) ? raw : [raw]) {
-    const eq = pair.indexOf('=');
-    if (eq <= 0) throw new NsError('bad_request', `metadata filter "${pair}" must be key=value`, { details: { field: 'metadata' } });
-    const key = pair.slice(0, eq);
-    if (!/^[A-Za-z0-9_.:/-]{1,128}$/.test(key)) throw new NsError('bad_request', `metadata filter key "${key}" is not a metadata key`, { details: { field: 'metadata' } });
-    out[key] = pair.slice(eq + 1);
-  }
-  return out;
-}
 
 export function checkTimeout(deps: AppDeps, timeoutMs: number): number {
   if (timeoutMs > deps.config.limits.maxTimeoutMs) {

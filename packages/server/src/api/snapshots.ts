@@ -1,26 +1,13 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { Type, type Static } from '@sinclair/typebox';
+import { Type } from '@sinclair/typebox';
 import type { SnapshotKind, SnapshotRecord } from '../store/snapshots.js';
-import type { AppDeps } from './app.js';
-import { parseList, parseMetadataFilter, sandboxView } from './sandboxes.js';
+import type { AppDeps } from './deps.js';
+import { parseList, parseMetadataFilter } from './query.js';
 import { Compatibility, CreateSnapshotBody, GcReport, IdParams, ListSnapshotsQuery, Sandbox, Snapshot, SnapshotParams } from './schemas.js';
+import { sandboxView, snapshotView } from './views.js';
 
 const KINDS: SnapshotKind[] = ['reusable', 'hibernate', 'fork'];
-
-export function snapshotView(deps: AppDeps, s: SnapshotRecord): Static<typeof Snapshot> {
-  return {
-    snapshotId: s.id,
-    sandboxId: s.sandboxId,
-    kind: s.kind,
-    template: s.template,
-    metadata: s.metadata,
-    createdAt: new Date(s.createdAt).toISOString(),
-    pauseMs: s.pauseMs,
-    sizeBytes: deps.sandboxes.snapshotBytes(s),
-    volumes: Object.fromEntries(s.volumes.map((v) => [v.path, v.name])),
-  };
-}
 
 export const snapshotRoutes =
   (deps: AppDeps): FastifyPluginAsync =>

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { Type } from '@sinclair/typebox';
 import { NsError } from '@nullspace/runtime';
-import type { AppDeps } from './app.js';
+import type { AppDeps } from './deps.js';
 import { NameParams, Template } from './schemas.js';
 
 function templateView(t: ReturnType<AppDeps['host']['templates']>[number]) {

@@ -2,7 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { VolumeRecord } from '../store/volumes.js';
-import type { AppDeps } from './app.js';
+import type { AppDeps } from './deps.js';
 import { CreateVolumeBody, Volume, VolumeParams } from './schemas.js';
 
 export const volumeRoutes =

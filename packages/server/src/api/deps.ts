@@ -1,0 +1,18 @@
+import type { Config } from '../config.js';
+import type { Gc } from '../gc.js';
+import type { HostContext } from '../hostctx.js';
+import type { Logger } from '../log.js';
+import type { SandboxManager } from '../sandboxes.js';
+import type { VolumeService } from '../volumes.js';
+
+/** What the routes are given (by index.ts, through buildApp): the manager and services, never the store. */
+export interface AppDeps {
+  config: Config;
+  apiKey: string;
+  sandboxes: SandboxManager;
+  volumes: VolumeService;
+  gc: Gc;
+  host: HostContext;
+  log: Logger;
+  version: string;
+}
