@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import { Channel, NsError, type AgentClient, type AgentStream, type Json } from '@nullspace/runtime';
+import { Channel, NsError, type AgentStream, type GuestAgent, type Json } from '@nullspace/runtime';
 import { fromAgentError } from './errors.js';
 
 /**
@@ -42,7 +42,7 @@ class Feed extends Readable {
  * Opens a file for reading. Resolves once the agent has answered (first bytes, end, or error), so
  * that a missing file is an error response, not a broken 200.
  */
-export function readFile(agent: AgentClient, path: string): Promise<Readable> {
+export function readFile(agent: GuestAgent, path: string): Promise<Readable> {
   const out = new Feed();
   let stream: AgentStream | undefined;
   return new Promise<Readable>((resolve, reject) => {
@@ -82,7 +82,7 @@ export function readFile(agent: AgentClient, path: string): Promise<Readable> {
 
 /** Streams `source` into a file of the sandbox. A failed or aborted upload leaves the old file. */
 export async function writeFile(
-  agent: AgentClient,
+  agent: GuestAgent,
   path: string,
   source: AsyncIterable<Buffer | string>,
   opts: { mode?: number; append?: boolean; maxBytes: number },
@@ -116,7 +116,7 @@ export async function writeFile(
   }
 }
 
-export async function callFs<T = Json>(agent: AgentClient, op: 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename', args: Json, subject: string): Promise<T> {
+export async function callFs<T = Json>(agent: GuestAgent, op: 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename', args: Json, subject: string): Promise<T> {
   try {
     return await agent.call<T>(op, args);
   } catch (err) {
@@ -135,7 +135,7 @@ export interface EntryInfo {
   symlinkTarget?: string;
 }
 
-export async function listDir(agent: AgentClient, path: string, depth: number): Promise<EntryInfo[]> {
+export async function listDir(agent: GuestAgent, path: string, depth: number): Promise<EntryInfo[]> {
   const entries: EntryInfo[] = [];
   const stream = agent.open('fs.list', { path, depth }, {
     onEvent: (e) => {
@@ -206,7 +206,7 @@ function finishEvents(stream: AgentStream, out: Feed, line: (e: CommandEvent) =>
  * as it started (start, stdout/stderr chunks in base64, end). Fails before any output when the
  * command cannot start. With `background`, resolves with the pid and leaves the process running.
  */
-export async function startCommand(agent: AgentClient, req: CommandRequest, background: boolean): Promise<{ pid: number; events?: Readable }> {
+export async function startCommand(agent: GuestAgent, req: CommandRequest, background: boolean): Promise<{ pid: number; events?: Readable }> {
   const out = new Feed();
   const ev = toEvents(out);
   let resolveStart!: (pid: number) => void;
@@ -254,7 +254,7 @@ export async function startCommand(agent: AgentClient, req: CommandRequest, back
 }
 
 /** Output and end of a process started earlier (replaying what the agent still holds). */
-export async function attachCommand(agent: AgentClient, pid: number, replay: boolean): Promise<Readable> {
+export async function attachCommand(agent: GuestAgent, pid: number, replay: boolean): Promise<Readable> {
   // an unknown pid is an error response, not an error inside a 200 stream
   const { processes } = await agent.call<{ processes: Array<{ pid: number }> }>('proc.list');
   if (!processes.some((p) => p.pid === pid)) throw new NsError('process_not_found', `process ${pid} not found`, { details: { pid } });

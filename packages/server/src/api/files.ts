@@ -3,7 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { IncomingMessage } from 'node:http';
 import { callFs, checkPath, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
-import type { AgentClient } from '@nullspace/runtime';
+import type { GuestAgent } from '@nullspace/runtime';
 import type { AppDeps } from './deps.js';
 import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
 
@@ -13,7 +13,7 @@ export const fileRoutes =
     const app = plain.withTypeProvider<TypeBoxTypeProvider>();
     const { sandboxes } = deps;
     /** Runs file work with the sandbox's agent (waiting out a snapshot that unmounts its volumes). */
-    const withAgent = async <T>(id: string, fn: (agent: AgentClient) => Promise<T>): Promise<T> => {
+    const withAgent = async <T>(id: string, fn: (agent: GuestAgent) => Promise<T>): Promise<T> => {
       const { agent, done } = await sandboxes.agentFor(id, 'files');
       try {
         return await fn(agent);

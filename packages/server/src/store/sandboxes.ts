@@ -1,6 +1,6 @@
 import { NsError } from '@nullspace/runtime';
 import type { RestoreRequirements, VmSpec } from '@nullspace/runtime';
-import { assertTransition, type SandboxState } from '../lifecycle.js';
+import { assertTransition, type SandboxState } from '../sandbox/lifecycle.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
 import type { Db } from './db.js';
 import type { VolumeAttachment } from './volumes.js';
