@@ -72,8 +72,8 @@ func opVolMount(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	if path == "/" {
-		return nil, opErrorf(CodeInvalidPath, "a volume cannot be mounted at /")
+	if path, err = mountTarget(path); err != nil {
+		return nil, err
 	}
 	wait := 10 * time.Second
 	if req.TimeoutMs != nil && *req.TimeoutMs > 0 {
@@ -99,6 +99,27 @@ func opVolMount(st *stream, raw json.RawMessage) (interface{}, error) {
 	return map[string]interface{}{"path": path, "mounted": true, "tookUs": time.Since(start).Microseconds()}, nil
 }
 
+// reservedMountDirs are the guest directories no volume is mounted over or
+// under (the system, and where the agent keeps its own files); the host
+// refuses the same paths as given (spec: vol.mount).
+var reservedMountDirs = []string{"/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64"}
+
+// mountTarget is where a volume at path is mounted: the path with the guest's
+// symbolic links resolved (/var/run leads to /run), refused with
+// invalid_path when that is / or in a reserved directory.
+func mountTarget(path string) (string, error) {
+	real := realPath(path, true)
+	if real == "/" {
+		return "", opErrorf(CodeInvalidPath, "a volume cannot be mounted at / (%s leads there)", path)
+	}
+	for _, r := range reservedMountDirs {
+		if real == r || strings.HasPrefix(real, r+"/") {
+			return "", opErrorf(CodeInvalidPath, "volume mount path %s leads to %s, in the system directory %s", path, real, r)
+		}
+	}
+	return real, nil
+}
+
 func opVolUnmount(st *stream, raw json.RawMessage) (interface{}, error) {
 	var req volUnmountRequest
 	if err := decodeRequest(raw, &req); err != nil {
@@ -108,6 +129,7 @@ func opVolUnmount(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
+	path = realPath(path, true) // where vol.mount mounted it
 	if mounted, _ := isMountedAt(path); !mounted {
 		return map[string]interface{}{"path": path, "mounted": false}, nil
 	}
