@@ -120,6 +120,9 @@ func mountTarget(path string) (string, error) {
 	return real, nil
 }
 
+// unmountPatience is how long vol.unmount tries again while the mount is busy.
+const unmountPatience = 2 * time.Second
+
 func opVolUnmount(st *stream, raw json.RawMessage) (interface{}, error) {
 	var req volUnmountRequest
 	if err := decodeRequest(raw, &req); err != nil {
@@ -133,7 +136,14 @@ func opVolUnmount(st *stream, raw json.RawMessage) (interface{}, error) {
 	if mounted, _ := isMountedAt(path); !mounted {
 		return map[string]interface{}{"path": path, "mounted": false}, nil
 	}
-	if err := syscall.Unmount(path, 0); err != nil {
+	// a holder that is on its way out (the agent's own work for a request the
+	// host just cancelled, a process exiting) gets a moment
+	err = syscall.Unmount(path, 0)
+	for deadline := time.Now().Add(unmountPatience); err == syscall.EBUSY && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		err = syscall.Unmount(path, 0)
+	}
+	if err != nil {
 		if err == syscall.EBUSY {
 			users := volumeUsers(path)
 			return nil, opErrorf(CodeVolumeBusy, "the volume at %s is in use by %s", path, strings.Join(users, ", "))
