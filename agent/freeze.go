@@ -40,9 +40,12 @@ const (
 
 // The limits of the user processes keep the guest serving the host whatever
 // they do (a fork bomb, a memory hog): the agent, outside of their cgroup,
-// keeps a CPU share (the cgroup weighs as much as one process of the
-// agent's), memory (userMemReserve is never the users') and process ids.
+// keeps a CPU share (the cgroup weighs as much as userCPUWeight/100 busy
+// processes of the agent's: a fifth of the CPU is the agent's when it needs
+// it, four fifths are left to user processes whose output it reads), memory
+// (userMemReserve is never the users') and process ids.
 const (
+	userCPUWeight  = "400"
 	userMemReserve = 64 << 20
 	// one user process per this much of the guest's memory at most: a fork
 	// bomb runs out of process ids (and a start fails at once, clearly)
@@ -65,6 +68,9 @@ func setupUserCgroup(logf func(string, ...interface{})) {
 				logf("enable the %s cgroup controller in %s: %v", c[1:], parent, err)
 			}
 		}
+	}
+	if err := os.WriteFile(filepath.Join(userCgroup, "cpu.weight"), []byte(userCPUWeight), 0); err != nil {
+		logf("set the CPU weight of %s: %v", userCgroup, err)
 	}
 	if err := os.WriteFile(filepath.Join(userCgroup, spawnLeaf, "cpu.weight"), []byte(spawnWeight), 0); err != nil {
 		logf("set the CPU weight of %s/%s: %v", userCgroup, spawnLeaf, err)
