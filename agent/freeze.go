@@ -30,7 +30,7 @@ const userCgroup = "/sys/fs/cgroup/sandbox"
 // above and which has no limits, so that a child gets to its exec (which
 // the agent waits for, in there) ahead of a crowd of user processes (a fork
 // bomb), and the agent meanwhile never meets a limit (no thread of its own
-// refused, no memory reclaimed or OOM kill on its account); then the child
+// refused); then the child
 // and whatever it forked meanwhile move to procsLeaf.
 const (
 	procsLeaf   = "procs"
@@ -42,11 +42,12 @@ const (
 // they do (a fork bomb, a memory hog): the agent, outside of their cgroup,
 // keeps a CPU share (the cgroup weighs as much as userCPUWeight/100 busy
 // processes of the agent's: a fifth of the CPU is the agent's when it needs
-// it, four fifths are left to user processes whose output it reads), memory
-// (userMemReserve is never the users') and process ids.
+// it, four fifths are left to user processes whose output it reads) and
+// process ids. Memory is not limited (a limit below the guest's would take
+// it from the users: a 200 MiB buffer copied no longer fit in 512 MiB); the
+// agent is exempt from the OOM killer instead (oomProtected).
 const (
-	userCPUWeight  = "400"
-	userMemReserve = 64 << 20
+	userCPUWeight = "400"
 	// one user process per this much of the guest's memory at most: a fork
 	// bomb runs out of process ids (and a start fails at once, clearly)
 	// before it runs the guest out of memory
@@ -63,7 +64,7 @@ func setupUserCgroup(logf func(string, ...interface{})) {
 		}
 	}
 	for _, parent := range []string{"/sys/fs/cgroup", userCgroup} {
-		for _, c := range []string{"+cpu", "+memory", "+pids"} {
+		for _, c := range []string{"+cpu", "+pids"} {
 			if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte(c), 0); err != nil {
 				logf("enable the %s cgroup controller in %s: %v", c[1:], parent, err)
 			}
@@ -77,17 +78,11 @@ func setupUserCgroup(logf func(string, ...interface{})) {
 	}
 	total := memTotal()
 	if total <= 0 {
-		logf("no MemTotal in /proc/meminfo: user processes have no memory or process limit")
+		logf("no MemTotal in /proc/meminfo: user processes have no process limit")
 		return
 	}
-	limits := map[string]int64{"memory.max": total - userMemReserve, "pids.max": total / userBytesPerProcess}
-	if limits["memory.max"] < total/2 {
-		limits["memory.max"] = total / 2
-	}
-	for file, v := range limits {
-		if err := os.WriteFile(filepath.Join(userCgroup, procsLeaf, file), []byte(strconv.FormatInt(v, 10)), 0); err != nil {
-			logf("set %s of %s/%s: %v", file, userCgroup, procsLeaf, err)
-		}
+	if err := os.WriteFile(filepath.Join(userCgroup, procsLeaf, "pids.max"), []byte(strconv.FormatInt(total/userBytesPerProcess, 10)), 0); err != nil {
+		logf("set pids.max of %s/%s: %v", userCgroup, procsLeaf, err)
 	}
 }
 
