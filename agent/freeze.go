@@ -14,8 +14,10 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,14 +25,89 @@ import (
 
 const userCgroup = "/sys/fs/cgroup/sandbox"
 
-// userCgroupProcs is the cgroup.procs file of the user cgroup, or "" when
-// there is none (the agent runs on a host, in tests).
-func userCgroupProcs() string {
-	p := userCgroup + "/cgroup.procs"
-	if _, err := os.Stat(p); err != nil {
+// The user cgroup's two leaves: user processes live in procsLeaf, which has
+// the limits; the agent forks them in spawnLeaf, whose CPU weight is far
+// above and which has no limits, so that a child gets to its exec (which
+// the agent waits for, in there) ahead of a crowd of user processes (a fork
+// bomb), and the agent meanwhile never meets a limit (no thread of its own
+// refused); then the child
+// and whatever it forked meanwhile move to procsLeaf.
+const (
+	procsLeaf   = "procs"
+	spawnLeaf   = "spawn"
+	spawnWeight = "10000"
+)
+
+// The limits of the user processes keep the guest serving the host whatever
+// they do (a fork bomb, a memory hog): the agent, outside of their cgroup,
+// keeps a CPU share (the cgroup weighs as much as userCPUWeight/100 busy
+// processes of the agent's: a fifth of the CPU is the agent's when it needs
+// it, four fifths are left to user processes whose output it reads) and
+// process ids. Memory is not limited (a limit below the guest's would take
+// it from the users: a 200 MiB buffer copied no longer fit in 512 MiB); the
+// agent is exempt from the OOM killer instead (oomProtected).
+const (
+	userCPUWeight = "400"
+	// one user process per this much of the guest's memory at most: a fork
+	// bomb runs out of process ids (and a start fails at once, clearly)
+	// before it runs the guest out of memory
+	userBytesPerProcess = 256 << 10
+)
+
+// setupUserCgroup creates the user cgroup, its leaves and its limits (at
+// boot).
+func setupUserCgroup(logf func(string, ...interface{})) {
+	for _, d := range []string{userCgroup, filepath.Join(userCgroup, procsLeaf), filepath.Join(userCgroup, spawnLeaf)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			logf("create %s: %v", d, err)
+			return
+		}
+	}
+	for _, parent := range []string{"/sys/fs/cgroup", userCgroup} {
+		for _, c := range []string{"+cpu", "+pids"} {
+			if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte(c), 0); err != nil {
+				logf("enable the %s cgroup controller in %s: %v", c[1:], parent, err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(userCgroup, "cpu.weight"), []byte(userCPUWeight), 0); err != nil {
+		logf("set the CPU weight of %s: %v", userCgroup, err)
+	}
+	if err := os.WriteFile(filepath.Join(userCgroup, spawnLeaf, "cpu.weight"), []byte(spawnWeight), 0); err != nil {
+		logf("set the CPU weight of %s/%s: %v", userCgroup, spawnLeaf, err)
+	}
+	total := memTotal()
+	if total <= 0 {
+		logf("no MemTotal in /proc/meminfo: user processes have no process limit")
+		return
+	}
+	if err := os.WriteFile(filepath.Join(userCgroup, procsLeaf, "pids.max"), []byte(strconv.FormatInt(total/userBytesPerProcess, 10)), 0); err != nil {
+		logf("set pids.max of %s/%s: %v", userCgroup, procsLeaf, err)
+	}
+}
+
+// memTotal is the guest's memory in bytes (MemTotal), or 0.
+func memTotal() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// userCgroupDir is the user cgroup, or "" when there is none (the agent
+// runs on a host, in tests).
+func userCgroupDir() string {
+	if _, err := os.Stat(filepath.Join(userCgroup, spawnLeaf, "cgroup.procs")); err != nil {
 		return ""
 	}
-	return p
+	return userCgroup
 }
 
 // spawnMu serializes starting user processes with freezing and thawing:
@@ -66,12 +143,13 @@ func currentCgroupProcs() (string, error) {
 	return "", opErrorf(CodeIOError, "no cgroup v2 entry in /proc/self/cgroup")
 }
 
-// startInCgroup starts a process inside the cgroup whose cgroup.procs file
-// is procs, so that it never runs anything outside it: a child starts in its
-// parent's cgroup, so the agent moves itself there for the instant of the
-// fork and back right after (about 2 ms under TCG, where re-executing a
-// trampoline that joins the cgroup costs about 50).
-func startInCgroup(procs string, start func() (*os.Process, error)) (*os.Process, error) {
+// startInCgroup starts a process inside the user cgroup group, so that it
+// never runs anything outside it: a child starts in its parent's cgroup, so
+// the agent moves itself into the spawn leaf for the instant of the fork and
+// back right after (about 2 ms under TCG, where re-executing a trampoline
+// that joins the cgroup costs about 50); then the child moves to the procs
+// leaf.
+func startInCgroup(group string, start func() (*os.Process, error)) (*os.Process, error) {
 	home, err := ownCgroupProcs()
 	if err != nil {
 		return nil, err
@@ -80,10 +158,23 @@ func startInCgroup(procs string, start func() (*os.Process, error)) (*os.Process
 	defer spawnMu.Unlock()
 	// joining a frozen cgroup would freeze the agent itself, for good (nothing
 	// could then thaw it): refuse until the host thaws the user processes
-	if cur, err := os.ReadFile(filepath.Join(filepath.Dir(procs), "cgroup.freeze")); err == nil && strings.TrimSpace(string(cur)) == "1" {
+	if cur, err := os.ReadFile(filepath.Join(group, "cgroup.freeze")); err == nil && strings.TrimSpace(string(cur)) == "1" {
 		return nil, opErrorf(CodeIOError, "user processes are frozen (a snapshot was interrupted?): thaw them first (sys.thaw)")
 	}
-	if err := os.WriteFile(procs, []byte("0"), 0); err != nil {
+	// a cgroup whose process ids are used up takes no process: say so at once,
+	// without joining it (in there the agent could not start a thread either)
+	if cur, max, ok := pidsUse(filepath.Join(group, procsLeaf)); ok && cur >= max {
+		return nil, opErrorf(CodeProcessFailed, "the guest cannot start another process now: %d user processes, at most %d (a fork bomb?)", cur, max)
+	}
+	// the spawn leaf is the agent's: frozen on its own (root in the guest can
+	// do that), it would take the agent with it
+	if cur, err := os.ReadFile(filepath.Join(group, spawnLeaf, "cgroup.freeze")); err == nil && strings.TrimSpace(string(cur)) != "0" {
+		if err := os.WriteFile(filepath.Join(group, spawnLeaf, "cgroup.freeze"), []byte("0"), 0); err != nil {
+			return nil, toOpError("thaw the spawn cgroup", err)
+		}
+	}
+	spawn := filepath.Join(group, spawnLeaf, "cgroup.procs")
+	if err := os.WriteFile(spawn, []byte("0"), 0); err != nil {
 		return nil, toOpError("join the user cgroup", err)
 	}
 	p, startErr := start()
@@ -95,22 +186,44 @@ func startInCgroup(procs string, start func() (*os.Process, error)) (*os.Process
 		}
 		return nil, toOpError("leave the user cgroup", err)
 	}
+	moveAll(spawn, filepath.Join(group, procsLeaf, "cgroup.procs"))
 	return p, startErr
+}
+
+// moveAll moves every process of one cgroup (cgroup.procs file from) into
+// another (to), again until none is left (a process may fork meanwhile), a
+// bounded number of times. Each loses the OOM protection it inherited from
+// the agent first (what it forks later inherits that).
+func moveAll(from, to string) {
+	for i := 0; i < 100; i++ {
+		b, err := os.ReadFile(from)
+		pids := strings.Fields(string(b))
+		if err != nil || len(pids) == 0 {
+			return
+		}
+		for _, pid := range pids {
+			// (both fail for one that exited meanwhile)
+			if oomProtected {
+				_ = os.WriteFile("/proc/"+pid+"/oom_score_adj", []byte("0"), 0)
+			}
+			_ = os.WriteFile(to, []byte(pid), 0)
+		}
+	}
 }
 
 // startUserProcess starts a process the way every user-visible process
 // starts: in a VM inside the freezable user cgroup from its first
 // instruction; on a host (tests), where there is none, directly.
 func startUserProcess(start func() (*os.Process, error)) (*os.Process, error) {
-	if procs := userCgroupProcs(); procs != "" {
-		return startInCgroup(procs, start)
+	if group := userCgroupDir(); group != "" {
+		return startInCgroup(group, start)
 	}
 	return start()
 }
 
 // userFrozen reports whether the user cgroup exists and is frozen.
 func userFrozen() (bool, error) {
-	if userCgroupProcs() == "" {
+	if userCgroupDir() == "" {
 		return false, nil
 	}
 	ev, err := os.ReadFile(userCgroup + "/cgroup.events")
@@ -122,7 +235,7 @@ func userFrozen() (bool, error) {
 
 // setFrozen writes cgroup.freeze and waits until cgroup.events agrees.
 func setFrozen(frozen bool) (int64, error) {
-	if userCgroupProcs() == "" {
+	if userCgroupDir() == "" {
 		return 0, nil // no user cgroup: nothing to freeze
 	}
 	spawnMu.Lock()
@@ -131,7 +244,7 @@ func setFrozen(frozen bool) (int64, error) {
 	// cgroup only while starting a process, under spawnMu
 	if cur, err := currentCgroupProcs(); err != nil {
 		return 0, err
-	} else if cur == userCgroupProcs() {
+	} else if strings.HasPrefix(cur, userCgroup+"/") {
 		return 0, opErrorf(CodeIOError, "the agent is in the user cgroup: refusing to freeze it")
 	}
 	start := time.Now()
@@ -186,4 +299,45 @@ func opSysThaw(st *stream, raw json.RawMessage) (interface{}, error) {
 		return nil, err
 	}
 	return map[string]interface{}{"frozen": false, "tookUs": us}, nil
+}
+
+// pidsUse is the number of processes in a cgroup and its limit; ok is false
+// without a limit.
+func pidsUse(cgroup string) (cur, max int64, ok bool) {
+	c, err1 := os.ReadFile(filepath.Join(cgroup, "pids.current"))
+	m, err2 := os.ReadFile(filepath.Join(cgroup, "pids.max"))
+	if err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	cur, err1 = strconv.ParseInt(strings.TrimSpace(string(c)), 10, 64)
+	max, err2 = strconv.ParseInt(strings.TrimSpace(string(m)), 10, 64) // "max": no limit
+	return cur, max, err1 == nil && err2 == nil
+}
+
+// processLimitNote says how many user processes there are against their
+// limit, for the error of a start that failed with EAGAIN.
+func processLimitNote() string {
+	if cur, max, ok := pidsUse(filepath.Join(userCgroup, procsLeaf)); ok {
+		return fmt.Sprintf("%d user processes, at most %d: a fork bomb?", cur, max)
+	}
+	return "out of processes or memory"
+}
+
+const (
+	oomScoreAdjFile  = "/proc/self/oom_score_adj"
+	oomScoreAdjAgent = "-1000"
+)
+
+// oomProtected: the serve agent is never the OOM killer's choice (the user
+// process that eats the guest's memory is). A child inherits its parent's
+// oom_score_adj: a user process loses it as it leaves the spawn leaf.
+var oomProtected bool
+
+// protectFromOOM makes the agent immune to the OOM killer (in the guest).
+func protectFromOOM() error {
+	if err := os.WriteFile(oomScoreAdjFile, []byte(oomScoreAdjAgent), 0); err != nil {
+		return err
+	}
+	oomProtected = true
+	return nil
 }

@@ -13,7 +13,8 @@ func TestStartInCgroupRefusesAFrozenCgroup(t *testing.T) {
 		t.Skipf("no cgroup v2 here: %v", err)
 	}
 	dir := t.TempDir()
-	procs := filepath.Join(dir, "cgroup.procs")
+	procs := filepath.Join(dir, spawnLeaf, "cgroup.procs")
+	os.Mkdir(filepath.Dir(procs), 0o755)
 	if err := os.WriteFile(procs, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -21,7 +22,7 @@ func TestStartInCgroupRefusesAFrozenCgroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	started := false
-	_, err := startInCgroup(procs, func() (*os.Process, error) {
+	_, err := startInCgroup(dir, func() (*os.Process, error) {
 		started = true
 		return nil, nil
 	})

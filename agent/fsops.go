@@ -4,6 +4,7 @@ package main
 // fs.remove, fs.rename.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -45,6 +46,70 @@ func cleanPath(field string, p *string) (string, error) {
 		return "", opErrorf(CodeInvalidPath, "%s: path %q is not absolute", field, *p)
 	}
 	return filepath.Clean(*p), nil
+}
+
+// realPath is where the absolute path p leads: each symbolic link on the
+// way replaced by its target (the last component's too when followLast),
+// also one whose target does not exist (yet); the components that do not
+// exist taken as they are.
+func realPath(p string, followLast bool) string {
+	resolved := "/"
+	rest := strings.Split(p, "/")
+	for hops := 0; len(rest) > 0; {
+		name := rest[0]
+		rest = rest[1:]
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			resolved = filepath.Dir(resolved)
+			continue
+		}
+		next := filepath.Join(resolved, name)
+		if len(rest) == 0 && !followLast {
+			return next
+		}
+		target, err := os.Readlink(next) // (fails for what is no symbolic link, or does not exist)
+		if err != nil || hops >= 40 {    // (a loop: the kernel says ELOOP)
+			resolved = next
+			continue
+		}
+		hops++
+		if filepath.IsAbs(target) {
+			resolved = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return resolved
+}
+
+// systemDirs are the kernel's directories: the files API reads them but
+// changes nothing in them (nor in /dev, but for userSharedDir). A command
+// can (it runs as root); a files request that replaced /dev/null or removed
+// a /sys entry would break the sandbox by accident, and nothing in the API
+// could repair it.
+var systemDirs = []string{"/dev", "/proc", "/sys"}
+
+// userSharedDir is the tmpfs for users' shared memory files under /dev.
+const userSharedDir = "/dev/shm"
+
+// refuseSystemEntry refuses (bad_request) to change the entry at p (what
+// says how) when it is, or would be, in a system directory (symbolic links
+// resolved: of the last component too with followLast) or is a device node.
+func refuseSystemEntry(what, p string, followLast bool) error {
+	real := realPath(p, followLast)
+	if !strings.HasPrefix(real, userSharedDir+"/") {
+		for _, d := range systemDirs {
+			if real == d || strings.HasPrefix(real, d+"/") {
+				return opErrorf(CodeBadRequest, "%s %s: %s is in %s, which the files API does not change (only %s/ is for files)", what, p, real, d, userSharedDir)
+			}
+		}
+	}
+	var sb syscall.Stat_t
+	if syscall.Lstat(real, &sb) == nil && (sb.Mode&syscall.S_IFMT == syscall.S_IFCHR || sb.Mode&syscall.S_IFMT == syscall.S_IFBLK) {
+		return opErrorf(CodeBadRequest, "%s %s: %s is %s, which the files API does not change", what, p, real, fileKind(sb.Mode))
+	}
+	return nil
 }
 
 // entryFor builds an Entry from lstat information.
@@ -98,6 +163,65 @@ func opFsStat(st *stream, raw json.RawMessage) (interface{}, error) {
 	return entryFor(p, fi), nil
 }
 
+// kernelFileSystems are the file systems whose files the kernel makes up
+// as they are read (statfs f_type): /proc, /sys and their kind. Their
+// regular files are read like any other (/proc/cpuinfo, a sysfs attribute);
+// but when reading one fails, that is the nature of the file (e.g.
+// /proc/self/mem at offset 0), not a failing disk: a bad_request.
+var kernelFileSystems = map[int64]string{
+	procSuperMagic: "proc",
+	0x62656572:     "sysfs",
+	0x64626720:     "debugfs",
+	0x74726163:     "tracefs",
+	0x73636673:     "securityfs",
+	0x63677270:     "cgroup2",
+	0x27e0eb:       "cgroup",
+	0x62656570:     "configfs",
+	0xcafe4a11:     "bpf",
+	0x6165676c:     "pstore",
+	0xde5e81e4:     "efivarfs",
+	0x42494e4d:     "binfmt_misc",
+	0x65735543:     "fusectl",
+}
+
+// regularFile checks the stat mode of p for fs.read: a directory is
+// is_a_directory; anything but a regular file (a device node, FIFO or
+// socket) is a bad_request, decided before the file is opened (opening a
+// device may do something by itself).
+func regularFile(p string, mode uint32) error {
+	switch mode & syscall.S_IFMT {
+	case syscall.S_IFREG:
+		return nil
+	case syscall.S_IFDIR:
+		return opErrorf(CodeIsADirectory, "read %s: is a directory", p)
+	}
+	return opErrorf(CodeBadRequest, "read %s: not a regular file (%s): only regular files are read", p, fileKind(mode))
+}
+
+func fileKind(mode uint32) string {
+	switch mode & syscall.S_IFMT {
+	case syscall.S_IFCHR:
+		return "a character device"
+	case syscall.S_IFBLK:
+		return "a block device"
+	case syscall.S_IFIFO:
+		return "a FIFO"
+	case syscall.S_IFSOCK:
+		return "a socket"
+	case syscall.S_IFLNK:
+		return "a symbolic link"
+	case syscall.S_IFDIR:
+		return "a directory"
+	}
+	return "a regular file"
+}
+
+// sameFile reports whether the file at path is the one st describes.
+func sameFile(path string, st *syscall.Stat_t) bool {
+	var o syscall.Stat_t
+	return syscall.Stat(path, &o) == nil && o.Dev == st.Dev && o.Ino == st.Ino
+}
+
 func opFsRead(st *stream, raw json.RawMessage) (interface{}, error) {
 	var req struct {
 		Path *string `json:"path"`
@@ -109,39 +233,63 @@ func opFsRead(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	// O_NONBLOCK so that opening a FIFO does not hang; it has no effect on
-	// regular files, the only kind that is read.
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	var sb syscall.Stat_t
+	if err := syscall.Stat(p, &sb); err != nil {
+		return nil, toOpError("", &os.PathError{Op: "stat", Path: p, Err: err})
+	}
+	if err := regularFile(p, sb.Mode); err != nil {
+		return nil, err
+	}
+	// Not os.OpenFile: Go's poller would wait whenever a read says EAGAIN,
+	// and a kernel file that blocks (e.g. /proc/kmsg) would then hold the op
+	// (and its file) until something happens in the guest. A plain file
+	// never says EAGAIN; a file that does is refused (below).
+	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, toOpError("open "+p, err)
+		return nil, toOpError("", &os.PathError{Op: "open", Path: p, Err: err})
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, toOpError("stat "+p, err)
+	defer syscall.Close(fd)
+	if err := syscall.Fstat(fd, &sb); err != nil {
+		return nil, toOpError("", &os.PathError{Op: "stat", Path: p, Err: err})
 	}
-	if fi.IsDir() {
-		return nil, opErrorf(CodeIsADirectory, "read %s: is a directory", p)
+	if err := regularFile(p, sb.Mode); err != nil { // (what was opened, if the path changed meanwhile)
+		return nil, err
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, opErrorf(CodeIOError, "read %s: not a regular file", p)
+	var sfs syscall.Statfs_t
+	kernelFS := ""
+	if syscall.Fstatfs(fd, &sfs) == nil {
+		kernelFS = kernelFileSystems[int64(sfs.Type)]
+	}
+	// reading the kernel log takes the messages out of it and then waits for new ones
+	if kernelFS == "proc" && sameFile("/proc/kmsg", &sb) {
+		return nil, opErrorf(CodeBadRequest, "read %s: the kernel log (/proc/kmsg) is not a file: reading it takes its messages and waits for new ones (run dmesg instead)", p)
 	}
 	buf := make([]byte, maxDataChunkPayload)
 	var total int64
 	for {
-		n, rerr := f.Read(buf)
-		if n > 0 {
-			if err := st.sendData(ChanMain, buf[:n]); err != nil {
-				return nil, err
-			}
-			total += int64(n)
+		if err := st.ctx.Err(); err != nil {
+			return nil, err
 		}
-		if rerr == io.EOF {
-			break
+		n, rerr := syscall.Read(fd, buf)
+		if rerr == syscall.EINTR {
+			continue
 		}
 		if rerr != nil {
-			return nil, toOpError("read "+p, rerr)
+			if rerr == syscall.EAGAIN {
+				return nil, opErrorf(CodeBadRequest, "read %s: not a plain file: a read would wait for data (after %d bytes)", p, total)
+			}
+			if kernelFS != "" {
+				return nil, opErrorf(CodeBadRequest, "read %s: this %s file cannot be read as a file (after %d bytes): %v", p, kernelFS, total, rerr)
+			}
+			return nil, toOpError("", &os.PathError{Op: "read", Path: p, Err: rerr})
 		}
+		if n <= 0 {
+			break
+		}
+		if err := st.sendData(ChanMain, buf[:n]); err != nil {
+			return nil, err
+		}
+		total += int64(n)
 	}
 	return map[string]interface{}{"size": total}, nil
 }
@@ -157,6 +305,9 @@ func opFsWrite(st *stream, raw json.RawMessage) (interface{}, error) {
 	}
 	p, err := cleanPath("path", req.Path)
 	if err != nil {
+		return nil, err
+	}
+	if err := refuseSystemEntry("write", p, true); err != nil {
 		return nil, err
 	}
 	mode := uint32(0o644)
@@ -372,7 +523,12 @@ func (l *lister) walk(dir string, level int) error {
 		return toOpError("read directory "+dir, err)
 	}
 	items := make([]listItem, 0, len(names))
-	for _, name := range names {
+	for i, name := range names {
+		if i%256 == 255 {
+			if err := l.st.ctx.Err(); err != nil {
+				return err // cancelled: the host gave up (deadline, client gone)
+			}
+		}
 		path := filepath.Join(dir, name)
 		fi, err := os.Lstat(path)
 		if err != nil {
@@ -455,6 +611,9 @@ func opFsMkdir(st *stream, raw json.RawMessage) (interface{}, error) {
 	} else if oe := (*OpError)(nil); errors.As(err, &oe) {
 		return nil, oe
 	}
+	if err := refuseSystemEntry("mkdir", p, true); err != nil {
+		return nil, err
+	}
 	if boolOr(req.Parents, true) {
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return nil, toOpError("create parent directories of "+p, err)
@@ -491,6 +650,9 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 	if p == "/" {
 		return nil, opErrorf(CodePermissionDenied, "refusing to remove /")
 	}
+	if err := refuseSystemEntry("remove", p, false); err != nil {
+		return nil, err
+	}
 	fi, err := os.Lstat(p)
 	if err != nil {
 		return nil, pathOpError("remove "+p, err)
@@ -507,7 +669,7 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 		if mp := mountUnder(p); mp != "" {
 			return nil, opErrorf(CodeBadRequest, "remove %s: a file system is mounted at %s (a shared volume?): nothing removed", p, mp)
 		}
-		if err := os.RemoveAll(p); err != nil {
+		if err := removeAll(st.ctx, p); err != nil {
 			return nil, pathOpError("remove "+p, err)
 		}
 		return struct{}{}, nil
@@ -519,6 +681,54 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 		return nil, pathOpError("remove "+p, &os.PathError{Op: "rmdir", Path: p, Err: err})
 	}
 	return struct{}{}, nil
+}
+
+// removeAll is os.RemoveAll that stops once ctx is done: a huge tree whose
+// request the host gave up on (deadline, client gone) is not removed on and
+// on. Symbolic links are removed, never followed.
+func removeAll(ctx context.Context, p string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var sb syscall.Stat_t
+	if err := syscall.Lstat(p, &sb); err != nil {
+		if err == syscall.ENOENT {
+			return nil
+		}
+		return &os.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	if sb.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+		if err := syscall.Unlink(p); err != nil && err != syscall.ENOENT {
+			return &os.PathError{Op: "unlink", Path: p, Err: err}
+		}
+		return nil
+	}
+	for {
+		// a batch of names at a time, the directory opened anew for each: removing
+		// entries may reorder it, and reading on could skip some (as os.RemoveAll)
+		fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			return &os.PathError{Op: "open", Path: p, Err: err}
+		}
+		d := os.NewFile(uintptr(fd), p)
+		names, rerr := d.Readdirnames(1024)
+		d.Close()
+		if rerr != nil && rerr != io.EOF {
+			return rerr
+		}
+		if len(names) == 0 {
+			break
+		}
+		for _, name := range names {
+			if err := removeAll(ctx, filepath.Join(p, name)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := syscall.Rmdir(p); err != nil && err != syscall.ENOENT {
+		return &os.PathError{Op: "rmdir", Path: p, Err: err}
+	}
+	return nil
 }
 
 const renameNoReplace = 1 // RENAME_NOREPLACE
@@ -538,6 +748,12 @@ func opFsRename(st *stream, raw json.RawMessage) (interface{}, error) {
 	}
 	to, err := cleanPath("to", req.To)
 	if err != nil {
+		return nil, err
+	}
+	if err := refuseSystemEntry("rename", from, false); err != nil {
+		return nil, err
+	}
+	if err := refuseSystemEntry("rename onto", to, false); err != nil {
 		return nil, err
 	}
 	linkErr := func(err error) error {

@@ -64,11 +64,7 @@ func runInit() {
 	console = openConsole()
 	initStep(logf, "hostname", setHostnameFromFile)
 	initStep(logf, "identity", func() { mountIdentityFiles(logf) })
-	initStep(logf, "cgroup", func() {
-		if err := os.MkdirAll(userCgroup, 0o755); err != nil {
-			logf("create %s: %v", userCgroup, err)
-		}
-	})
+	initStep(logf, "cgroup", func() { setupUserCgroup(logf) })
 	initStep(logf, "network", func() { configureNetwork(logf) })
 	initStep(logf, "workspace", func() {
 		if err := os.MkdirAll(defaultWorkspace, 0o755); err != nil {

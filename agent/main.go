@@ -73,6 +73,9 @@ func runServe(args []string) int {
 	var err error
 	switch {
 	case *listen == "":
+		if perr := protectFromOOM(); perr != nil {
+			logger.Printf("OOM protection: %v", perr)
+		}
 		err = serveVirtio(a)
 	case strings.HasPrefix(*listen, "unix:"):
 		err = serveUnix(a, strings.TrimPrefix(*listen, "unix:"))

@@ -240,6 +240,15 @@ func (p *Process) writeStdin(ctx context.Context, data []byte) error {
 	return nil
 }
 
+// kill ends the process group with SIGKILL unless it was reaped already.
+func (p *Process) kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.exited {
+		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+	}
+}
+
 func (p *Process) closeStdin() {
 	p.mu.Lock()
 	f := p.stdin
@@ -529,6 +538,9 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 		if oe, ok := err.(*OpError); ok {
 			return nil, oe // the agent's own refusal (e.g. frozen user processes), not the shell's
 		}
+		if errors.Is(err, syscall.EAGAIN) {
+			return nil, opErrorf(CodeProcessFailed, "start %s: %v: the guest cannot start another process now (%s)", shell, err, processLimitNote())
+		}
 		return nil, opErrorf(CodeProcessFailed, "start %s: %v", shell, err)
 	}
 
@@ -625,6 +637,10 @@ func signalName(s syscall.Signal) string {
 	return fmt.Sprintf("SIG%d", int(s))
 }
 
+// testHookProcStarted, when set (tests), runs between a process's start and
+// its started event.
+var testHookProcStarted func(st *stream)
+
 func opProcStart(st *stream, raw json.RawMessage) (interface{}, error) {
 	var req procStartRequest
 	if err := decodeRequest(raw, &req); err != nil {
@@ -633,11 +649,29 @@ func opProcStart(st *stream, raw json.RawMessage) (interface{}, error) {
 	if !req.Stdin {
 		st.setTakesInput(false)
 	}
+	if err := st.ctx.Err(); err != nil {
+		return nil, err // the host gave up while the op waited to run
+	}
 	p, err := st.agent.startProcess(&req)
 	if err != nil {
 		return nil, err
 	}
-	if err := st.event(map[string]interface{}{"type": "started", "pid": p.pid}); err != nil {
+	if testHookProcStarted != nil {
+		testHookProcStarted(st)
+	}
+	// A process whose start never reached the host (it gave up waiting: a
+	// deadline, its client gone, the session ended) must not run unseen: it
+	// is killed. Once the started event is written, the process is the
+	// host's to follow or to leave running (a background command cancels
+	// right after it).
+	started, err := marshalJSON(map[string]interface{}{"type": "started", "pid": p.pid})
+	if err == nil {
+		if err = st.ctx.Err(); err == nil {
+			err = st.s.fw.send(encodeFrame(st.id, FrameEvent, started), true)
+		}
+	}
+	if err != nil {
+		p.kill()
 		return nil, err
 	}
 	if req.Stdin {

@@ -34,6 +34,10 @@ type specFile struct {
 		OutputBufferBytes int `json:"outputBufferBytes"`
 		MaxDataFrameBytes int `json:"maxDataFrameBytes"`
 	} `json:"limits"`
+	FilesAPI struct {
+		SystemDirs []string `json:"systemDirs"`
+		UserDir    string   `json:"userDir"`
+	} `json:"filesApi"`
 	Version    int                        `json:"version"`
 	ErrorCodes map[string]string          `json:"errorCodes"`
 	Ops        map[string]json.RawMessage `json:"ops"`
@@ -174,5 +178,24 @@ func TestSpecErrorCodes(t *testing.T) {
 				return true
 			})
 		}
+	}
+}
+
+// TestSpecPathLists checks the agent's lists of guarded paths against the
+// spec: the system directories of the files API and the paths no volume is
+// mounted at.
+func TestSpecPathLists(t *testing.T) {
+	s := loadSpec(t)
+	if strings.Join(s.FilesAPI.SystemDirs, ",") != strings.Join(systemDirs, ",") || s.FilesAPI.UserDir != userSharedDir {
+		t.Errorf("files API: spec %v (user dir %s), agent %v (%s)", s.FilesAPI.SystemDirs, s.FilesAPI.UserDir, systemDirs, userSharedDir)
+	}
+	var mount struct {
+		ReservedPaths []string `json:"reservedPaths"`
+	}
+	if err := json.Unmarshal(s.Ops["vol.mount"], &mount); err != nil {
+		t.Fatalf("vol.mount: %v", err)
+	}
+	if strings.Join(mount.ReservedPaths, ",") != strings.Join(reservedMountDirs, ",") {
+		t.Errorf("vol.mount reserved paths: spec %v, agent %v", mount.ReservedPaths, reservedMountDirs)
 	}
 }

@@ -72,8 +72,8 @@ func opVolMount(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	if path == "/" {
-		return nil, opErrorf(CodeInvalidPath, "a volume cannot be mounted at /")
+	if path, err = mountTarget(path); err != nil {
+		return nil, err
 	}
 	wait := 10 * time.Second
 	if req.TimeoutMs != nil && *req.TimeoutMs > 0 {
@@ -99,6 +99,30 @@ func opVolMount(st *stream, raw json.RawMessage) (interface{}, error) {
 	return map[string]interface{}{"path": path, "mounted": true, "tookUs": time.Since(start).Microseconds()}, nil
 }
 
+// reservedMountDirs are the guest directories no volume is mounted over or
+// under (the system, and where the agent keeps its own files); the host
+// refuses the same paths as given (spec: vol.mount).
+var reservedMountDirs = []string{"/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64"}
+
+// mountTarget is where a volume at path is mounted: the path with the guest's
+// symbolic links resolved (/var/run leads to /run), refused with
+// invalid_path when that is / or in a reserved directory.
+func mountTarget(path string) (string, error) {
+	real := realPath(path, true)
+	if real == "/" {
+		return "", opErrorf(CodeInvalidPath, "a volume cannot be mounted at / (%s leads there)", path)
+	}
+	for _, r := range reservedMountDirs {
+		if real == r || strings.HasPrefix(real, r+"/") {
+			return "", opErrorf(CodeInvalidPath, "volume mount path %s leads to %s, in the system directory %s", path, real, r)
+		}
+	}
+	return real, nil
+}
+
+// unmountPatience is how long vol.unmount tries again while the mount is busy.
+const unmountPatience = 2 * time.Second
+
 func opVolUnmount(st *stream, raw json.RawMessage) (interface{}, error) {
 	var req volUnmountRequest
 	if err := decodeRequest(raw, &req); err != nil {
@@ -108,10 +132,18 @@ func opVolUnmount(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
+	path = realPath(path, true) // where vol.mount mounted it
 	if mounted, _ := isMountedAt(path); !mounted {
 		return map[string]interface{}{"path": path, "mounted": false}, nil
 	}
-	if err := syscall.Unmount(path, 0); err != nil {
+	// a holder that is on its way out (the agent's own work for a request the
+	// host just cancelled, a process exiting) gets a moment
+	err = syscall.Unmount(path, 0)
+	for deadline := time.Now().Add(unmountPatience); err == syscall.EBUSY && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		err = syscall.Unmount(path, 0)
+	}
+	if err != nil {
 		if err == syscall.EBUSY {
 			users := volumeUsers(path)
 			return nil, opErrorf(CodeVolumeBusy, "the volume at %s is in use by %s", path, strings.Join(users, ", "))

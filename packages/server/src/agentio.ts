@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { Channel, NsError, type AgentStream, type GuestAgent, type Json } from '@nullspace/runtime';
 import { fromAgentError } from './errors.js';
@@ -5,7 +6,51 @@ import { fromAgentError } from './errors.js';
 /**
  * Files and commands of a sandbox, over its agent. Data is streamed both ways with backpressure:
  * nothing here holds a whole file or a whole command output in memory.
+ *
+ * No agent request outlives its reason: each is cancelled (the agent stops the work in the guest)
+ * when its client leaves, and each has a deadline for the agent's answer (for a transfer, for its
+ * start), after which it fails with 503 `agent_unavailable`.
  */
+
+/** How long the agent has for a file operation other than a transfer (list, stat, mkdir, rename, remove). */
+export const FILE_OP_DEADLINE_MS = 120_000;
+/** How long the agent has to start a command, to begin a read, or to take the next piece of an upload. */
+export const START_DEADLINE_MS = 30_000;
+
+/**
+ * Fires when the client of `res` leaves before its answer is complete (the connection closed): the
+ * agent work for it is cancelled.
+ */
+export function clientGone(res: ServerResponse): AbortSignal {
+  const ac = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) ac.abort();
+  });
+  return ac.signal;
+}
+
+interface Limits {
+  /** The client's `clientGone`: the stream is cancelled when it fires. */
+  signal?: AbortSignal | undefined;
+  /** The stream is cancelled unless `until` (default: its result) settles within this long. */
+  deadlineMs?: number;
+  until?: Promise<unknown>;
+}
+
+/** Cancels `stream` when its client leaves, or when the agent misses the deadline. */
+export function limit(stream: AgentStream, { signal, deadlineMs, until }: Limits): void {
+  if (stream.done) return;
+  const onGone = () => stream.cancel('the client went away');
+  if (signal?.aborted) return onGone();
+  signal?.addEventListener('abort', onGone, { once: true });
+  const timer = deadlineMs ? setTimeout(() => stream.cancel(`the guest did not answer within ${deadlineMs / 1000} s`), deadlineMs) : undefined;
+  const settled = () => {
+    clearTimeout(timer);
+    signal?.removeEventListener('abort', onGone);
+  };
+  void (until ?? stream.result).then(() => clearTimeout(timer), () => clearTimeout(timer));
+  void stream.result.then(settled, settled);
+}
 
 export function checkPath(p: unknown, field = 'path'): string {
   if (typeof p !== 'string' || !p.startsWith('/') || p.includes('\0') || Buffer.byteLength(p) > 4096) {
@@ -42,10 +87,10 @@ class Feed extends Readable {
  * Opens a file for reading. Resolves once the agent has answered (first bytes, end, or error), so
  * that a missing file is an error response, not a broken 200.
  */
-export function readFile(agent: GuestAgent, path: string): Promise<Readable> {
+export function readFile(agent: GuestAgent, path: string, signal?: AbortSignal): Promise<Readable> {
   const out = new Feed();
   let stream: AgentStream | undefined;
-  return new Promise<Readable>((resolve, reject) => {
+  const opened = new Promise<Readable>((resolve, reject) => {
     let started = false;
     const start = () => {
       if (!started) {
@@ -78,6 +123,8 @@ export function readFile(agent: GuestAgent, path: string): Promise<Readable> {
       },
     );
   });
+  limit(stream!, { signal, deadlineMs: START_DEADLINE_MS, until: opened });
+  return opened;
 }
 
 /** Streams `source` into a file of the sandbox. A failed or aborted upload leaves the old file. */
@@ -85,24 +132,41 @@ export async function writeFile(
   agent: GuestAgent,
   path: string,
   source: AsyncIterable<Buffer | string>,
-  opts: { mode?: number; append?: boolean; maxBytes: number },
+  opts: { mode?: number; append?: boolean; maxBytes: number; signal?: AbortSignal | undefined },
 ): Promise<{ path: string; size: number }> {
   const stream = agent.open('fs.write', { path, ...(opts.mode !== undefined ? { mode: opts.mode } : {}), append: opts.append ?? false });
+  limit(stream, { signal: opts.signal });
+  // the agent's end (its VM killed, an error) ends the upload at once, also while the client sends nothing
+  const agentEnded = new Promise<never>((_, reject) => void stream.result.catch(reject));
+  agentEnded.catch(() => {});
+  const chunks = source[Symbol.asyncIterator]();
   let total = 0;
+  let stalled = false;
   try {
-    for await (const chunk of source) {
+    for (;;) {
+      const next = await Promise.race([chunks.next(), agentEnded]);
+      if (next.done) break;
+      const chunk = next.value;
       const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
       total += buf.length;
       if (total > opts.maxBytes) {
         throw new NsError('payload_too_large', `upload exceeds the limit of ${opts.maxBytes} bytes`, { details: { limit: opts.maxBytes } });
       }
-      await stream.write(buf);
+      // the agent takes the data as it writes it: a guest that takes none for this long is stuck
+      const stall = setTimeout(() => {
+        stalled = true;
+        stream.cancel(`the guest took no data for ${START_DEADLINE_MS / 1000} s`);
+      }, START_DEADLINE_MS);
+      await stream.write(buf).finally(() => clearTimeout(stall));
       if (stream.done) break;
     }
     stream.end();
   } catch (err) {
     stream.cancel('upload aborted');
+    // stop reading the body (not awaited: a read may be pending, and the client may never send more)
+    void chunks.return?.()?.catch(() => {});
     if (err instanceof NsError && err.code === 'payload_too_large') throw err;
+    if (stalled) throw new NsError('agent_unavailable', `writing ${path}: the guest took no data for ${START_DEADLINE_MS / 1000} s`);
     // the agent's own error (e.g. no_space) is more telling than the cancellation
     const agentErr = await stream.result.then(() => undefined, (e: unknown) => e);
     if (agentErr instanceof NsError && agentErr.code !== 'cancelled') throw fromAgentError(agentErr, `writing ${path}`);
@@ -116,9 +180,11 @@ export async function writeFile(
   }
 }
 
-export async function callFs<T = Json>(agent: GuestAgent, op: 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename', args: Json, subject: string): Promise<T> {
+export async function callFs<T = Json>(agent: GuestAgent, op: 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename', args: Json, subject: string, signal?: AbortSignal): Promise<T> {
+  const stream = agent.open(op, args);
+  limit(stream, { signal, deadlineMs: FILE_OP_DEADLINE_MS });
   try {
-    return await agent.call<T>(op, args);
+    return (await stream.result) as T;
   } catch (err) {
     throw fromAgentError(err, subject);
   }
@@ -135,13 +201,14 @@ export interface EntryInfo {
   symlinkTarget?: string;
 }
 
-export async function listDir(agent: GuestAgent, path: string, depth: number): Promise<EntryInfo[]> {
+export async function listDir(agent: GuestAgent, path: string, depth: number, signal?: AbortSignal): Promise<EntryInfo[]> {
   const entries: EntryInfo[] = [];
   const stream = agent.open('fs.list', { path, depth }, {
     onEvent: (e) => {
       if (e.type === 'entries' && Array.isArray(e.entries)) entries.push(...(e.entries as EntryInfo[]));
     },
   });
+  limit(stream, { signal, deadlineMs: FILE_OP_DEADLINE_MS });
   try {
     await stream.result;
   } catch (err) {
@@ -204,9 +271,11 @@ function finishEvents(stream: AgentStream, out: Feed, line: (e: CommandEvent) =>
 /**
  * Starts a command. For a foreground command, resolves with an NDJSON stream of its events as soon
  * as it started (start, stdout/stderr chunks in base64, end). Fails before any output when the
- * command cannot start. With `background`, resolves with the pid and leaves the process running.
+ * command cannot start, or when the guest has not started it within START_DEADLINE_MS (the agent
+ * then kills it if it starts later). With `background`, resolves with the pid and leaves the process
+ * running. `input` is written while the output streams (a process may read it slowly, or never).
  */
-export async function startCommand(agent: GuestAgent, req: CommandRequest, background: boolean): Promise<{ pid: number; events?: Readable }> {
+export async function startCommand(agent: GuestAgent, req: CommandRequest, background: boolean, signal?: AbortSignal): Promise<{ pid: number; events?: Readable }> {
   const out = new Feed();
   const ev = toEvents(out);
   let resolveStart!: (pid: number) => void;
@@ -231,6 +300,9 @@ export async function startCommand(agent: GuestAgent, req: CommandRequest, backg
       onData: ev.onData,
     },
   );
+  // until it started, the client leaving cancels the start; a foreground command's stream is
+  // cancelled when its client leaves later on too (finishEvents)
+  limit(stream, { signal, deadlineMs: START_DEADLINE_MS, until: started });
   const failed = stream.result.then(
     () => undefined,
     (err: unknown) => err,
@@ -241,16 +313,41 @@ export async function startCommand(agent: GuestAgent, req: CommandRequest, backg
     // ended before its start event: cannot happen per protocol, but keep the result
   }
   const pid = typeof first === 'number' ? first : 0;
-  if (req.input !== undefined) {
-    await stream.write(Buffer.from(req.input));
-    if (req.stdin !== true) stream.end();
-  }
+  const input =
+    req.input === undefined
+      ? Promise.resolve()
+      : (async () => {
+          try {
+            await stream.write(Buffer.from(req.input!));
+            if (req.stdin !== true) stream.end();
+            await stream.flushed();
+          } catch {
+            // the process ended before it read everything (or the stream failed): its end says so
+          }
+        })();
   if (background) {
-    stream.cancel('background command: the client detached');
+    // with stdin kept open, later writes (POST .../stdin) must come after the input: answer once it is
+    // in; otherwise at once. Either way the stream detaches once the agent has put all of the input
+    // into the process's stdin.
+    if (req.stdin === true) await input;
+    void input.then(() => stream.cancel('background command: the client detached'));
     return { pid };
   }
   finishEvents(stream, out, ev.line);
   return { pid, events: out };
+}
+
+/** The largest piece of stdin data sent in one proc.stdin (base64 grows it by 4/3; a frame holds 1 MiB). */
+const STDIN_PIECE_BYTES = 512 * 1024;
+
+/** Writes `data` to the stdin of process `pid` (in pieces that each fit in a frame), then closes it if asked. */
+export async function writeStdin(agent: GuestAgent, pid: number, data: Buffer, close: boolean): Promise<void> {
+  let off = 0;
+  do {
+    const piece = data.subarray(off, off + STDIN_PIECE_BYTES);
+    off += piece.length;
+    await agent.call('proc.stdin', { pid, ...(piece.length ? { data: piece.toString('base64') } : {}), close: close && off >= data.length });
+  } while (off < data.length);
 }
 
 /** Output and end of a process started earlier (replaying what the agent still holds). */

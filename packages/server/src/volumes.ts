@@ -8,7 +8,8 @@ import { newId } from './util.js';
 
 export const VOLUME_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export const MAX_VOLUMES_PER_SANDBOX = 8;
-const RESERVED_GUEST_PATHS = ['/proc', '/sys', '/dev', '/run', '/boot', '/etc', '/usr', '/bin', '/sbin', '/lib', '/lib64'];
+/** Guest paths no volume is mounted at or under (spec/agent.json vol.mount.reservedPaths: the agent refuses them too, symbolic links resolved). */
+export const RESERVED_GUEST_PATHS = ['/proc', '/sys', '/dev', '/run', '/boot', '/etc', '/usr', '/bin', '/sbin', '/lib', '/lib64'];
 
 /**
  * Shared volumes: durable directories under <data dir>/volumes/<id> (the host path comes from the

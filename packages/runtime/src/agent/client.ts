@@ -83,6 +83,14 @@ export class AgentStream {
     }
   }
 
+  /**
+   * Resolves once the agent has consumed everything written so far (its credit is whole again: for
+   * process stdin, the bytes are in the process's pipe), or the stream ended.
+   */
+  async flushed(): Promise<void> {
+    while (!this.settled && this.credit < INITIAL_WINDOW_BYTES) await new Promise<void>((r) => this.creditWaiters.push(r));
+  }
+
   /** No more data from the host on this stream. */
   end(): void {
     if (!this.settled) void this.client.send(FrameType.END, this.id).catch(() => {});

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
-import { attachCommand, checkPath, startCommand } from '../agentio.js';
+import { attachCommand, checkPath, clientGone, startCommand, writeStdin } from '../agentio.js';
 import { fromAgentError, NsError } from '../errors.js';
 import type { AppDeps } from './deps.js';
 import { CommandBody, IdParams, MAX_CMD_BYTES, PidParams, ProcessInfo, SignalBody, StdinBody } from './schemas.js';
@@ -40,6 +40,7 @@ export const commandRoutes =
             agent,
             { cmd: b.cmd, cwd: b.cwd, envs: b.envs, user: b.user, timeoutMs: b.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS, stdin: b.stdin, input: b.input, tag: b.tag },
             b.background === true,
+            clientGone(reply.raw),
           );
         } finally {
           done();
@@ -84,11 +85,7 @@ export const commandRoutes =
       async (req, reply) => {
         const agent = await sandboxes.agent(req.params.id);
         try {
-          await agent.call('proc.stdin', {
-            pid: req.params.pid,
-            ...(req.body.data !== undefined ? { data: Buffer.from(req.body.data).toString('base64') } : {}),
-            close: req.body.close ?? false,
-          });
+          await writeStdin(agent, req.params.pid, Buffer.from(req.body.data ?? ''), req.body.close ?? false);
         } catch (err) {
           throw processError(err, req.params.pid);
         }

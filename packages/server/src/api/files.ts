@@ -1,8 +1,8 @@
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsync, FastifyReply } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { IncomingMessage } from 'node:http';
-import { callFs, checkPath, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
+import { callFs, checkPath, clientGone, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
 import type { GuestAgent } from '@nullspace/runtime';
 import type { AppDeps } from './deps.js';
 import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
@@ -12,11 +12,15 @@ export const fileRoutes =
   async (plain) => {
     const app = plain.withTypeProvider<TypeBoxTypeProvider>();
     const { sandboxes } = deps;
-    /** Runs file work with the sandbox's agent (waiting out a snapshot that unmounts its volumes). */
-    const withAgent = async <T>(id: string, fn: (agent: GuestAgent) => Promise<T>): Promise<T> => {
+    /**
+     * Runs file work with the sandbox's agent (waiting out a snapshot that unmounts its volumes); the
+     * work is cancelled when the client leaves.
+     */
+    const withAgent = async <T>(id: string, reply: FastifyReply, fn: (agent: GuestAgent, gone: AbortSignal) => Promise<T>): Promise<T> => {
+      const gone = clientGone(reply.raw);
       const { agent, done } = await sandboxes.agentFor(id, 'files');
       try {
-        return await fn(agent);
+        return await fn(agent, gone);
       } finally {
         done();
       }
@@ -27,11 +31,12 @@ export const fileRoutes =
       { schema: { summary: 'Read a file (streamed bytes)', params: IdParams, querystring: PathQuery } },
       async (req, reply) => {
         const path = checkPath(req.query.path);
+        const gone = clientGone(reply.raw);
         // (file work under a volume waits out a snapshot in progress: see agentFor)
         const { agent, done } = await sandboxes.agentFor(req.params.id, 'files');
         let body: Awaited<ReturnType<typeof readFile>>;
         try {
-          body = await readFile(agent, path);
+          body = await readFile(agent, path, gone);
         } catch (err) {
           done();
           throw err;
@@ -55,8 +60,9 @@ export const fileRoutes =
             response: { 200: Type.Object({ path: Type.String(), size: Type.Integer() }) },
           },
         },
-        async (req) => {
+        async (req, reply) => {
           const path = checkPath(req.query.path);
+          const gone = clientGone(reply.raw);
           const { agent, done } = await sandboxes.agentFor(req.params.id, 'files');
           const source = (req.body as IncomingMessage | undefined) ?? req.raw;
           try {
@@ -64,6 +70,7 @@ export const fileRoutes =
               ...(req.query.mode !== undefined ? { mode: req.query.mode } : {}),
               append: req.query.append ?? false,
               maxBytes: deps.config.limits.maxUploadBytes,
+              signal: gone,
             });
           } finally {
             done();
@@ -75,28 +82,28 @@ export const fileRoutes =
     app.get(
       '/sandboxes/:id/files/list',
       { schema: { summary: 'List a directory', params: IdParams, querystring: ListQuery, response: { 200: Type.Object({ entries: Type.Array(Entry) }) } } },
-      async (req) => {
+      async (req, reply) => {
         const path = checkPath(req.query.path);
-        return withAgent(req.params.id, (agent) => listDir(agent, path, req.query.depth ?? 1).then((entries) => ({ entries })));
+        return withAgent(req.params.id, reply, (agent, gone) => listDir(agent, path, req.query.depth ?? 1, gone).then((entries) => ({ entries })));
       },
     );
 
     app.get(
       '/sandboxes/:id/files/stat',
       { schema: { summary: 'Information about a path (lstat)', params: IdParams, querystring: PathQuery, response: { 200: Entry } } },
-      async (req) => {
+      async (req, reply) => {
         const path = checkPath(req.query.path);
-        return withAgent(req.params.id, (agent) => callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`));
+        return withAgent(req.params.id, reply, (agent, gone) => callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`, gone));
       },
     );
 
     app.post(
       '/sandboxes/:id/files/mkdir',
       { schema: { summary: 'Create a directory', params: IdParams, body: MkdirBody, response: { 200: Type.Object({ created: Type.Boolean() }) } } },
-      async (req) => {
+      async (req, reply) => {
         const path = checkPath(req.body.path);
         const args = { path, parents: req.body.parents ?? true, ...(req.body.mode !== undefined ? { mode: req.body.mode } : {}) };
-        return withAgent(req.params.id, (agent) => callFs<{ created: boolean }>(agent, 'fs.mkdir', args, `mkdir ${path}`));
+        return withAgent(req.params.id, reply, (agent, gone) => callFs<{ created: boolean }>(agent, 'fs.mkdir', args, `mkdir ${path}`, gone));
       },
     );
 
@@ -106,7 +113,7 @@ export const fileRoutes =
       async (req, reply) => {
         const from = checkPath(req.body.from, 'from');
         const to = checkPath(req.body.to, 'to');
-        await withAgent(req.params.id, (agent) => callFs(agent, 'fs.rename', { from, to, overwrite: req.body.overwrite ?? true }, `rename ${from}`));
+        await withAgent(req.params.id, reply, (agent, gone) => callFs(agent, 'fs.rename', { from, to, overwrite: req.body.overwrite ?? true }, `rename ${from}`, gone));
         return reply.status(204).send();
       },
     );
@@ -116,7 +123,7 @@ export const fileRoutes =
       { schema: { summary: 'Remove a file or directory', params: IdParams, querystring: RemoveQuery } },
       async (req, reply) => {
         const path = checkPath(req.query.path);
-        await withAgent(req.params.id, (agent) => callFs(agent, 'fs.remove', { path, recursive: req.query.recursive ?? false }, `remove ${path}`));
+        await withAgent(req.params.id, reply, (agent, gone) => callFs(agent, 'fs.remove', { path, recursive: req.query.recursive ?? false }, `remove ${path}`, gone));
         return reply.status(204).send();
       },
     );
