@@ -23,7 +23,7 @@ interface Rule {
   example: [from: string, to: string];
 }
 
-const LIFECYCLE = ['packages/server/src/sandboxes.ts', 'packages/server/src/sandbox/**'];
+const LIFECYCLE = ['packages/server/src/sandbox/**'];
 const HTTP = ['npm:fastify', 'npm:@fastify/*', 'npm:ajv', 'npm:@sinclair/typebox'];
 
 const RULES: Rule[] = [
@@ -69,19 +69,36 @@ const RULES: Rule[] = [
     example: ['packages/server/src/api/sandboxes.ts', 'packages/server/src/store/sandboxes.ts'],
   },
   {
-    name: "only the sandbox lifecycle code touches a VM (Vm, QmpClient), even as a type",
-    files: ['packages/server/src/**', ...LIFECYCLE.map((p) => `!${p}`)],
-    mayNotImport: ['packages/runtime/src/vm.ts', 'packages/runtime/src/qmp.ts'],
-    reason: "a VM is the sandbox manager's: it serializes operations on it under the sandbox's lock and sees it die",
-    example: ['packages/server/src/api/sandboxes.ts', 'packages/runtime/src/vm.ts'],
+    name: 'the server reaches VMs only through the VmHost seam (no Vm, QmpClient, agent socket of its own)',
+    files: ['packages/server/src/**'],
+    mayNotImport: ['packages/runtime/src/vm.ts', 'packages/runtime/src/qmp.ts', 'packages/runtime/src/snapshot.ts'],
+    reason:
+      'everything that starts, adopts or talks to a VM goes through VmHost/VmHandle (runtime/src/vmhost.ts): ' +
+      'a fake drives the lifecycle in unit tests, and a host across a network can stand in for this one',
+    example: ['packages/server/src/sandbox/create.ts', 'packages/runtime/src/vm.ts'],
   },
   {
-    name: 'only the sandbox lifecycle code connects agents (AgentClient: types elsewhere)',
-    files: ['packages/server/src/**', ...LIFECYCLE.map((p) => `!${p}`)],
+    name: 'the server connects no agent itself (the seam hands out GuestAgent sessions; the protocol types are fine)',
+    files: ['packages/server/src/**'],
     mayNotImport: ['packages/runtime/src/agent/client.ts'],
     typesAllowed: true,
-    reason: "a sandbox's agent connection is the manager's (sandboxes.agentFor lends it out)",
+    reason: "a sandbox's agent session comes from its VmHandle (connectAgent); the manager lends it out (agentFor)",
     example: ['packages/server/src/agentio.ts', 'packages/runtime/src/agent/client.ts'],
+  },
+  {
+    name: 'only the sandbox manager picks the VM host (types of the seam elsewhere)',
+    files: ['packages/server/src/**', '!packages/server/src/sandbox/manager.ts'],
+    mayNotImport: ['packages/runtime/src/vmhost.ts'],
+    typesAllowed: true,
+    reason: 'the manager decides what runs VMs (LocalVmHost by default); its modules only use the VmHost and VmHandle interfaces',
+    example: ['packages/server/src/sandbox/create.ts', 'packages/runtime/src/vmhost.ts'],
+  },
+  {
+    name: 'the rest of the server reaches the sandbox lifecycle only through its manager (and the states)',
+    files: ['packages/server/src/**', ...LIFECYCLE.map((p) => `!${p}`)],
+    mayNotImport: ['packages/server/src/sandbox/**', '!packages/server/src/sandbox/manager.ts', '!packages/server/src/sandbox/lifecycle.ts'],
+    reason: 'the manager is the facade of packages/server/src/sandbox; its modules share state (locks, live VMs) that only it wires',
+    example: ['packages/server/src/api/sandboxes.ts', 'packages/server/src/sandbox/create.ts'],
   },
   {
     name: 'only the store talks SQL',
@@ -107,9 +124,8 @@ const RULES: Rule[] = [
   {
     name: 'the store imports nothing of the server above it',
     files: ['packages/server/src/store/**'],
-    // (the state machine: lifecycle.ts, or sandbox/lifecycle.ts once sandboxes.ts is split)
-    mayNotImport: ['packages/server/src/**', '!packages/server/src/store/**', '!packages/server/src/lifecycle.ts', '!packages/server/src/sandbox/lifecycle.ts'],
-    reason: 'the store is below the manager and services: it records states, checking each transition with the state machine (lifecycle.ts)',
+    mayNotImport: ['packages/server/src/**', '!packages/server/src/store/**', '!packages/server/src/sandbox/lifecycle.ts'],
+    reason: 'the store is below the manager and services: it records states, checking each transition with the state machine (sandbox/lifecycle.ts)',
     example: ['packages/server/src/store/sandboxes.ts', 'packages/server/src/gc.ts'],
   },
 ];

@@ -1,15 +1,16 @@
 /**
- * Set-up file of every test file: a test that leaves a sandbox of the suite's server alive (not
- * killed, not failed) fails, naming itself, and the sandbox is killed so that it cannot disturb
- * the rest of the run. The check runs once the test's own cleanups (onTestFinished, afterEach) ran.
+ * Set-up file of every test file: a sandbox of the suite's server that a test left alive (not
+ * killed, not failed) fails the file, naming the test that made it, and is killed so that it cannot
+ * disturb the rest of the run.
  *
  * It watches the HTTP answers of the suite's server to what creates a sandbox (create, create from
  * a snapshot, fork) and charges each new sandbox to the test that was running (or, for a
- * `beforeAll`, to its file). After each test, and after each file, the sandboxes charged to it must
- * be ended. Sandboxes of a test's own servers are not watched: those tests kill the QEMU processes
- * of their data dirs in their teardown (test/servers.ts `cleanupDataDir`). Processes the suite does
- * not see (the CLI, the Python SDK) are covered by the global teardown, which fails the run on any
- * sandbox left alive (test/global-setup.ts), and by the Python test's own server.
+ * `beforeAll`, to its file). Once the file is done (its describe blocks' afterAll hooks, which may
+ * be where a test's sandboxes are killed, included), every sandbox charged to it must be ended.
+ * Sandboxes of a test's own servers are not watched: those tests kill the QEMU processes of their
+ * data dirs in their teardown (test/servers.ts `cleanupDataDir`). Processes the suite does not see
+ * (the CLI, the Python SDK) are covered by the global teardown, which fails the run on any sandbox
+ * left alive (test/global-setup.ts), and by the Python test's own server.
  */
 import { afterAll, beforeEach, expect, inject } from 'vitest';
 
@@ -45,18 +46,26 @@ async function state(id: string): Promise<string | undefined> {
   return ((await res.json()) as { state?: string }).state;
 }
 
-/** Fails (after killing them) when sandboxes charged to `owner` are still alive. */
-async function check(owner: (by: string) => boolean): Promise<void> {
-  const leaked: string[] = [];
+/** Sandboxes charged to `owner` that are still alive (they stay charged). */
+async function alive(owner: (by: string) => boolean): Promise<Array<{ id: string; by: string; state: string }>> {
+  const out: Array<{ id: string; by: string; state: string }> = [];
   for (const [id, by] of [...made]) {
     if (!owner(by)) continue;
-    made.delete(id);
     const s = await state(id);
-    if (s === undefined || !LIVE.has(s)) continue;
-    leaked.push(`${id} (${s}, made by "${by}")`);
-    await realFetch(`${apiUrl}/v1/sandboxes/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${apiKey}` } }).catch(() => {});
+    if (s === undefined || !LIVE.has(s)) made.delete(id);
+    else out.push({ id, by, state: s });
   }
-  if (leaked.length) throw new Error(`leak: the test left ${leaked.length} sandbox(es) alive: ${leaked.join('; ')}`);
+  return out;
+}
+
+/** Fails (after killing them) when sandboxes charged to `owner` are still alive. */
+async function check(owner: (by: string) => boolean): Promise<void> {
+  const leaked = await alive(owner);
+  for (const l of leaked) {
+    made.delete(l.id);
+    await realFetch(`${apiUrl}/v1/sandboxes/${l.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${apiKey}` } }).catch(() => {});
+  }
+  if (leaked.length) throw new Error(`leak: ${leaked.length} sandbox(es) left alive: ${leaked.map((l) => `${l.id} (${l.state}, made by "${l.by}")`).join('; ')}`);
 }
 
 beforeEach((ctx) => {
@@ -66,7 +75,8 @@ beforeEach((ctx) => {
   // so this runs after the test's cleanups (and after afterEach hooks, which run before them)
   ctx.onTestFinished(async () => {
     current = undefined;
-    await check((by) => by === name);
+    // (what is still alive may be killed by its describe block's afterAll: judged at the file's end)
+    await alive((by) => by === name);
   });
 });
 

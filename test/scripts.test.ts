@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -98,8 +98,14 @@ describe('leak check and clearing (scripts/leaks.sh)', () => {
     onTestFinished(() => fs.rmSync(claim, { force: true }));
     await new Promise((r) => setTimeout(r, 100)); // the exec has happened
 
-    const leaks = (cmd: string) => sh('bash', ['scripts/leaks.sh', cmd, area]);
-    const found = leaks('check');
+    // (not spawnSync: a blocked event loop lets the SDK reuse a keep-alive connection the server closed meanwhile)
+    const leaks = (cmd: string) =>
+      new Promise<{ code: number | null; out: string }>((resolve) => {
+        execFile('bash', ['scripts/leaks.sh', cmd, area], { cwd: repo, encoding: 'utf8' }, (err, stdout, stderr) => {
+          resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: `${stdout}${stderr}` });
+        });
+      });
+    const found = await leaks('check');
     expect(found.code).toBe(1);
     expect(found.out).toContain(`process ${fake.pid} still runs`);
     expect(found.out).toContain(`sandbox uid claim left: ${claim}`);
@@ -107,12 +113,12 @@ describe('leak check and clearing (scripts/leaks.sh)', () => {
     expect(found.out).not.toContain(beside);
     expect(found.out).not.toContain(String(besidePid));
 
-    expect(leaks('clear').code).toBe(0);
+    expect((await leaks('clear')).code).toBe(0);
     await new Promise((r) => fake.exitCode !== null || fake.signalCode !== null ? r(null) : fake.once('exit', r));
     expect(fake.signalCode).toBe('SIGKILL');
     expect(fs.existsSync(claim)).toBe(false);
     expect(fs.readdirSync(area)).toEqual([]);
-    expect(leaks('check')).toMatchObject({ code: 0, out: '' });
+    expect(await leaks('check')).toMatchObject({ code: 0, out: '' });
 
     // the server beside is untouched
     expect(qemuPid(sbx.sandboxId)).toBe(besidePid);

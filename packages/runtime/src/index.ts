@@ -12,6 +12,8 @@ export * from './qcow2.js';
 export * from './snapshot.js';
 export * from './isolation.js';
 export * from './vm.js';
+export * from './layout.js';
+export * from './vmhost.js';
 export * from './template.js';
 export * from './cache.js';
 export { waitForPrune } from './prunelock.js';

@@ -2,8 +2,30 @@ import fs from 'node:fs';
 import { NsError, wrapError } from './errors.js';
 import { run } from './exec.js';
 import path from 'node:path';
+import type { VmSpec } from './qemu.js';
 import { cloneRegularFile, fsyncDir, fsyncFile, fsyncFileAsync } from './storage.js';
-import type { Vm } from './vm.js';
+
+/** What a capture needs of a VM (runtime/src/vm.ts `Vm`). */
+export interface CaptureVm {
+  readonly spec: VmSpec;
+  readonly gone: boolean;
+  readonly qmp: { execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> };
+  saveState(stateFile: string): Promise<void>;
+}
+
+export interface CaptureOptions {
+  resume: boolean;
+  /** fsync the RAM image and disk layer (hibernation: they are then the only copy). */
+  durable?: boolean;
+  virtualSizeBytes: number;
+  ownerUid?: number | undefined;
+  /** Called after the disk layer exists and before the VM switches onto it (record it durably here). */
+  beforeSwitch?: () => void;
+  /** Called when the switch failed, to undo `beforeSwitch`. */
+  switchFailed?: () => void;
+  /** Called right after the VM stopped (fault injection in tests). */
+  onPaused?: () => Promise<void>;
+}
 
 export interface CaptureTargets {
   /** Where the RAM image goes (a reflink copy of the VM's RAM file at the paused instant). */
@@ -29,7 +51,7 @@ export interface CaptureResult {
 }
 
 /** Runs `fn`; if it throws, also records the failure (the VM may be gone: fail with its exit reason). */
-async function step<T>(vm: Vm, what: string, fn: () => Promise<T>): Promise<T> {
+async function step<T>(vm: CaptureVm, what: string, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (err) {
@@ -53,23 +75,7 @@ async function step<T>(vm: Vm, what: string, fn: () => Promise<T>): Promise<T> {
  * On any failure the VM is resumed (when `resume`) and the partial files are removed; the VM keeps
  * its old overlay unless the switch itself succeeded.
  */
-export async function captureSnapshot(
-  vm: Vm,
-  to: CaptureTargets,
-  opts: {
-    resume: boolean;
-    /** fsync the RAM image and disk layer (hibernation: they are then the only copy). */
-    durable?: boolean;
-    virtualSizeBytes: number;
-    ownerUid?: number | undefined;
-    /** Called after the disk layer exists and before the VM switches onto it (record it durably here). */
-    beforeSwitch?: () => void;
-    /** Called when the switch failed, to undo `beforeSwitch`. */
-    switchFailed?: () => void;
-    /** Called right after the VM stopped (fault injection in tests). */
-    onPaused?: () => Promise<void>;
-  },
-): Promise<CaptureResult> {
+export async function captureSnapshot(vm: CaptureVm, to: CaptureTargets, opts: CaptureOptions): Promise<CaptureResult> {
   const t0 = Date.now();
   const cleanupFiles = () => {
     for (const f of [to.mem, to.state, to.disk, to.nextOverlay]) fs.rmSync(f, { force: true });

@@ -9,7 +9,8 @@ import { NsError, wrapError } from './errors.js';
 import { isZombie, pidAlive } from './fsutil.js';
 import { withRegularFile } from './storage.js';
 import type { HostProfile } from './host.js';
-import { QmpClient } from './qmp.js';
+import { QmpClient, type QmpEvent } from './qmp.js';
+import { captureSnapshot, type CaptureOptions, type CaptureResult, type CaptureTargets } from './snapshot.js';
 import { checkRunDir, processVmId, qemuArgs, vmPaths, volumeDeviceArgs, type VolumeDevice, type VmSpec } from './qemu.js';
 
 export interface VmExit {
@@ -261,6 +262,37 @@ export class Vm extends EventEmitter {
   async isRunning(): Promise<boolean> {
     const s = await this.qmp.execute<{ running: boolean; status: string }>('query-status');
     return s.running;
+  }
+
+  /** QEMU's run state ('running', 'paused', 'io-error', ...). */
+  async status(): Promise<string> {
+    return (await this.qmp.execute<{ status: string }>('query-status')).status;
+  }
+
+  /** Starts the vCPUs. */
+  async cont(): Promise<void> {
+    await this.qmp.execute('cont');
+  }
+
+  /** Calls `fn` whenever QEMU stops the VM on a guest write error (werror=enospc: a full host disk). */
+  onStoppedOnIoError(fn: () => void): void {
+    this.qmp.on('event', (e: QmpEvent) => {
+      if (e.event === 'BLOCK_IO_ERROR' && e.data?.action === 'stop') fn();
+    });
+  }
+
+  /** Memory and disk at one paused instant (runtime/src/snapshot.ts). */
+  capture(to: CaptureTargets, opts: CaptureOptions): Promise<CaptureResult> {
+    return captureSnapshot(this, to, opts);
+  }
+
+  /** Drops the QMP and agent connections and every listener; the VM runs on (a restarted server re-adopts it). */
+  detach(): void {
+    this.removeAllListeners();
+    this.qmp.removeAllListeners('close');
+    this.qmp.removeAllListeners('event');
+    this.disconnectAgent();
+    this.qmp.close();
   }
 
   /** Connects to the guest agent (handshake retried until `timeoutMs`). */

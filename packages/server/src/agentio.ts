@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { Channel, NsError, type AgentClient, type AgentStream, type Json } from '@nullspace/runtime';
+import { Channel, NsError, type AgentStream, type GuestAgent, type Json } from '@nullspace/runtime';
 import { fromAgentError } from './errors.js';
 
 /**
@@ -87,7 +87,7 @@ class Feed extends Readable {
  * Opens a file for reading. Resolves once the agent has answered (first bytes, end, or error), so
  * that a missing file is an error response, not a broken 200.
  */
-export function readFile(agent: AgentClient, path: string, signal?: AbortSignal): Promise<Readable> {
+export function readFile(agent: GuestAgent, path: string, signal?: AbortSignal): Promise<Readable> {
   const out = new Feed();
   let stream: AgentStream | undefined;
   const opened = new Promise<Readable>((resolve, reject) => {
@@ -129,7 +129,7 @@ export function readFile(agent: AgentClient, path: string, signal?: AbortSignal)
 
 /** Streams `source` into a file of the sandbox. A failed or aborted upload leaves the old file. */
 export async function writeFile(
-  agent: AgentClient,
+  agent: GuestAgent,
   path: string,
   source: AsyncIterable<Buffer | string>,
   opts: { mode?: number; append?: boolean; maxBytes: number; signal?: AbortSignal | undefined },
@@ -180,7 +180,7 @@ export async function writeFile(
   }
 }
 
-export async function callFs<T = Json>(agent: AgentClient, op: 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename', args: Json, subject: string, signal?: AbortSignal): Promise<T> {
+export async function callFs<T = Json>(agent: GuestAgent, op: 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename', args: Json, subject: string, signal?: AbortSignal): Promise<T> {
   const stream = agent.open(op, args);
   limit(stream, { signal, deadlineMs: FILE_OP_DEADLINE_MS });
   try {
@@ -201,7 +201,7 @@ export interface EntryInfo {
   symlinkTarget?: string;
 }
 
-export async function listDir(agent: AgentClient, path: string, depth: number, signal?: AbortSignal): Promise<EntryInfo[]> {
+export async function listDir(agent: GuestAgent, path: string, depth: number, signal?: AbortSignal): Promise<EntryInfo[]> {
   const entries: EntryInfo[] = [];
   const stream = agent.open('fs.list', { path, depth }, {
     onEvent: (e) => {
@@ -275,7 +275,7 @@ function finishEvents(stream: AgentStream, out: Feed, line: (e: CommandEvent) =>
  * then kills it if it starts later). With `background`, resolves with the pid and leaves the process
  * running. `input` is written while the output streams (a process may read it slowly, or never).
  */
-export async function startCommand(agent: AgentClient, req: CommandRequest, background: boolean, signal?: AbortSignal): Promise<{ pid: number; events?: Readable }> {
+export async function startCommand(agent: GuestAgent, req: CommandRequest, background: boolean, signal?: AbortSignal): Promise<{ pid: number; events?: Readable }> {
   const out = new Feed();
   const ev = toEvents(out);
   let resolveStart!: (pid: number) => void;
@@ -341,7 +341,7 @@ export async function startCommand(agent: AgentClient, req: CommandRequest, back
 const STDIN_PIECE_BYTES = 512 * 1024;
 
 /** Writes `data` to the stdin of process `pid` (in pieces that each fit in a frame), then closes it if asked. */
-export async function writeStdin(agent: AgentClient, pid: number, data: Buffer, close: boolean): Promise<void> {
+export async function writeStdin(agent: GuestAgent, pid: number, data: Buffer, close: boolean): Promise<void> {
   let off = 0;
   do {
     const piece = data.subarray(off, off + STDIN_PIECE_BYTES);
@@ -351,7 +351,7 @@ export async function writeStdin(agent: AgentClient, pid: number, data: Buffer, 
 }
 
 /** Output and end of a process started earlier (replaying what the agent still holds). */
-export async function attachCommand(agent: AgentClient, pid: number, replay: boolean): Promise<Readable> {
+export async function attachCommand(agent: GuestAgent, pid: number, replay: boolean): Promise<Readable> {
   // an unknown pid is an error response, not an error inside a 200 stream
   const { processes } = await agent.call<{ processes: Array<{ pid: number }> }>('proc.list');
   if (!processes.some((p) => p.pid === pid)) throw new NsError('process_not_found', `process ${pid} not found`, { details: { pid } });

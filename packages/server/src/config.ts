@@ -66,6 +66,11 @@ export interface Config {
   logLevel: string;
   /** Test-only fault injection (NULLSPACE_FAULT_INJECTION), e.g. "kill-vm-during-snapshot". */
   faultInjection: string | undefined;
+  /**
+   * Test-only: a file every lifecycle transition is appended to as a JSON line (sandbox, from, to,
+   * reason), NULLSPACE_LIFECYCLE_TRACE; scripts/lifecycle-traces.mjs compares runs of the suite.
+   */
+  lifecycleTrace: string | undefined;
 }
 
 export const DEFAULT_PORT = 7070;
@@ -154,5 +159,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     pausedRetentionMs: int(env, 'NULLSPACE_PAUSED_RETENTION_MS', 0, 0),
     logLevel: env.NULLSPACE_LOG_LEVEL || 'info',
     faultInjection: env.NULLSPACE_FAULT_INJECTION || undefined,
+    lifecycleTrace: env.NULLSPACE_LIFECYCLE_TRACE ? path.resolve(env.NULLSPACE_LIFECYCLE_TRACE) : undefined,
   };
 }

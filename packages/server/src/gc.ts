@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { errorMessage } from '@nullspace/runtime';
-import { TERMINAL_STATES, STATES } from './lifecycle.js';
+import { TERMINAL_STATES, STATES } from './sandbox/lifecycle.js';
 import type { Logger } from './log.js';
 import type { SandboxStore } from './store/sandboxes.js';
 import type { LayerKind, SnapshotStore } from './store/snapshots.js';

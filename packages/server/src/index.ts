@@ -6,7 +6,7 @@ import { resolveApiKey } from './apikey.js';
 import type { Config } from './config.js';
 import { HostContext } from './hostctx.js';
 import { createLogger, type Logger } from './log.js';
-import { SandboxManager } from './sandboxes.js';
+import { SandboxManager } from './sandbox/manager.js';
 import { openDb } from './store/db.js';
 import { SandboxStore } from './store/sandboxes.js';
 import { SnapshotStore } from './store/snapshots.js';
@@ -17,7 +17,7 @@ import { Gc } from './gc.js';
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
 export { httpStatusFor } from './errors.js';
-export { STATES, canTransition, type SandboxState } from './lifecycle.js';
+export { STATES, canTransition, type SandboxState } from './sandbox/lifecycle.js';
 
 export const VERSION: string = (JSON.parse(
   fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../package.json'), 'utf8'),
@@ -44,7 +44,8 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const db = openDb(path.join(config.dataDir, 'nullspace.db'));
   const host = await HostContext.init(config, log);
   const stopGuardWatch = host.watchNetworkGuard(log, config.networkGuardCheckMs);
-  const sandboxStore = new SandboxStore(db);
+  const trace = config.lifecycleTrace;
+  const sandboxStore = new SandboxStore(db, trace ? (e) => fs.appendFileSync(trace, JSON.stringify({ ...e, dataDir: config.dataDir }) + '\n') : undefined);
   const snapshotStore = new SnapshotStore(db);
   const volumes = new VolumeService(config, new VolumeStore(db), log);
   volumes.init();

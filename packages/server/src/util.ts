@@ -41,7 +41,6 @@ export function newId(prefix: string): string {
   return `${prefix}_${s}`;
 }
 
-export const SANDBOX_ID_RE = /^sbx_[0-9a-z]{16}$/;
 
 /**
  * A readers-writer lock: many readers at once, one writer alone. Snapshot captures and restores

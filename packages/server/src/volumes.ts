@@ -141,21 +141,15 @@ export class VolumeService {
     return this.store.byId(a.volumeId) !== undefined;
   }
 
-  devices(attachments: VolumeAttachment[], onCmdline: boolean, opts: { allowMissing: boolean; placeholderDir: string }): { devices: VolumeDevice[]; missing: string[] } {
+  devices(attachments: VolumeAttachment[], onCmdline: boolean, opts: { allowMissing: boolean }): { devices: Array<Omit<VolumeDevice, 'hostPath'> & { hostPath: string | null }>; missing: string[] } {
     const missing = attachments.filter((a) => !this.exists(a)).map((a) => a.name);
     if (missing.length && !opts.allowMissing) {
       throw new NsError('volume_missing', `volume(s) ${missing.join(', ')} no longer exist; restore with allowMissingVolumes to start without them`, {
         details: { volumes: missing },
       });
     }
-    const devices = attachments.map((a) => {
-      let hostPath = this.hostPath(a.volumeId);
-      if (missing.includes(a.name)) {
-        hostPath = path.join(opts.placeholderDir, `missing-${a.tag}`);
-        fs.mkdirSync(hostPath, { recursive: true, mode: 0o700 });
-      }
-      return { tag: a.tag, hostPath, slot: a.slot, onCmdline };
-    });
+    // (a deleted one: null, the VM host exports an empty placeholder in its place)
+    const devices = attachments.map((a) => ({ tag: a.tag, hostPath: missing.includes(a.name) ? null : this.hostPath(a.volumeId), slot: a.slot, onCmdline }));
     return { devices, missing };
   }
 }

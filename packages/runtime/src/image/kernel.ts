@@ -52,6 +52,9 @@ export async function extractVmlinux(bzImage: string, out: string): Promise<bool
     xz.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
     xz.on('error', reject);
     xz.on('close', (code) => (code === 0 ? resolve() : reject(new NsError('image_build_failed', `xz -d of ${bzImage}: ${stderr.trim()}`))));
+    // --single-stream: xz stops reading after the kernel's stream, so the rest of the write may fail
+    // with EPIPE; the exit code says whether the kernel came out (an unhandled 'error' killed the build)
+    xz.stdin!.on('error', () => {});
     xz.stdin!.end(data.subarray(offset));
   });
   const head = Buffer.alloc(4);

@@ -2,7 +2,7 @@ import type { Config } from '../config.js';
 import type { Gc } from '../gc.js';
 import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
-import type { SandboxManager } from '../sandboxes.js';
+import type { SandboxManager } from '../sandbox/manager.js';
 import type { VolumeService } from '../volumes.js';
 
 /** What the routes are given (by index.ts, through buildApp): the manager and services, never the store. */

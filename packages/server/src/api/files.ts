@@ -3,7 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { IncomingMessage } from 'node:http';
 import { callFs, checkPath, clientGone, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
-import type { AgentClient } from '@nullspace/runtime';
+import type { GuestAgent } from '@nullspace/runtime';
 import type { AppDeps } from './deps.js';
 import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
 
@@ -16,7 +16,7 @@ export const fileRoutes =
      * Runs file work with the sandbox's agent (waiting out a snapshot that unmounts its volumes); the
      * work is cancelled when the client leaves.
      */
-    const withAgent = async <T>(id: string, reply: FastifyReply, fn: (agent: AgentClient, gone: AbortSignal) => Promise<T>): Promise<T> => {
+    const withAgent = async <T>(id: string, reply: FastifyReply, fn: (agent: GuestAgent, gone: AbortSignal) => Promise<T>): Promise<T> => {
       const gone = clientGone(reply.raw);
       const { agent, done } = await sandboxes.agentFor(id, 'files');
       try {

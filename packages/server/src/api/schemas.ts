@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { STATES } from '../lifecycle.js';
+import { STATES } from '../sandbox/lifecycle.js';
 
 export const ErrorBody = Type.Object(
   {

@@ -1,6 +1,6 @@
 import { NsError } from '@nullspace/runtime';
 import type { RestoreRequirements, VmSpec } from '@nullspace/runtime';
-import { assertTransition, type SandboxState } from '../lifecycle.js';
+import { assertTransition, type SandboxState } from '../sandbox/lifecycle.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
 import type { Db } from './db.js';
 import type { VolumeAttachment } from './volumes.js';
@@ -148,8 +148,21 @@ export interface ListQuery {
   nextToken?: string;
 }
 
+/** One recorded lifecycle step (an event row). */
+export interface TransitionEvent {
+  sandboxId: string;
+  from: SandboxState | null;
+  to: SandboxState;
+  reason: string;
+  at: number;
+}
+
 export class SandboxStore {
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    /** Told of every recorded step, after it is stored (the test-only lifecycle trace). */
+    private readonly onEvent: (e: TransitionEvent) => void = () => {},
+  ) {}
 
   insert(rec: SandboxRecord): void {
     this.db
@@ -299,6 +312,8 @@ export class SandboxStore {
   }
 
   private event(id: string, from: SandboxState | null, to: SandboxState, reason: string): void {
-    this.db.prepare('INSERT INTO sandbox_events (sandbox_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)').run(id, Date.now(), from, to, reason);
+    const at = Date.now();
+    this.db.prepare('INSERT INTO sandbox_events (sandbox_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)').run(id, at, from, to, reason);
+    this.onEvent({ sandboxId: id, from, to, reason, at });
   }
 }
