@@ -88,14 +88,20 @@ interface ProcStats {
   /** Open fds, not counting the API's client connections (the soak's own keep-alive sockets). */
   fds: number;
   unixSockets: number;
+  /** Open fds by what they are (sandbox ids left out): to tell what a growth is. */
+  kinds: Map<string, number>;
 }
 
-function socketInodes(table: string, keep: (fields: string[]) => boolean): Set<string> {
-  const out = new Set<string>();
+/** A socket table of /proc/net: inode -> [local address or path, state]. */
+function sockets(table: string): Map<string, [string, string]> {
+  const out = new Map<string, [string, string]>();
+  const unix = table.endsWith('unix');
   try {
     for (const line of fs.readFileSync(table, 'utf8').split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f.length > 1 && keep(f)) out.add(table.endsWith('unix') ? f[6]! : f[9]!);
+      if (f.length < 7) continue;
+      if (unix) out.set(f[6]!, [f[7] ?? '', f[5]!]);
+      else out.set(f[9]!, [f[1]!, f[3]!]);
     }
   } catch {
     /* no such table (no IPv6) */
@@ -105,13 +111,13 @@ function socketInodes(table: string, keep: (fields: string[]) => boolean): Set<s
 
 function procStats(pid: number, apiPort: number): ProcStats {
   const rss = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  const unix = socketInodes('/proc/net/unix', () => true);
-  // established TCP connections whose local port is the API's: clients, not the server's own state
-  const port = apiPort.toString(16).toUpperCase().padStart(4, '0');
-  const isClient = (f: string[]) => f[1]!.endsWith(`:${port}`) && f[3] === '01';
-  const clients = new Set([...socketInodes('/proc/net/tcp', isClient), ...socketInodes('/proc/net/tcp6', isClient)]);
+  const unix = sockets('/proc/net/unix');
+  const tcp = new Map([...sockets('/proc/net/tcp'), ...sockets('/proc/net/tcp6')]);
+  const port = `:${apiPort.toString(16).toUpperCase().padStart(4, '0')}`;
+  const anonymous = (t: string) => t.replace(/sbx_[0-9a-z]{16}/g, 'sbx_*').replace(/\[\d+\]$/, '');
   let fds = 0;
   let unixSockets = 0;
+  const kinds = new Map<string, number>();
   for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
     let target = '';
     try {
@@ -120,25 +126,45 @@ function procStats(pid: number, apiPort: number): ProcStats {
       continue; // closed meanwhile
     }
     const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
-    if (inode && clients.has(inode)) continue;
+    let kind = anonymous(target);
+    if (inode && unix.has(inode)) {
+      unixSockets++;
+      kind = `unix socket ${anonymous(unix.get(inode)![0])}`;
+    } else if (inode && tcp.has(inode)) {
+      const [local, state] = tcp.get(inode)!;
+      // established connections to the API port are clients (the soak's own keep-alive ones)
+      if (local.endsWith(port) && state === '01') continue;
+      kind = `tcp socket state ${state}${local.endsWith(port) ? ' (API port)' : ''}`;
+    }
     fds++;
-    if (inode && unix.has(inode)) unixSockets++;
+    kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
   }
-  return { rssMiB: Number(rss?.[1] ?? NaN) / 1024, fds, unixSockets };
+  return { rssMiB: Number(rss?.[1] ?? NaN) / 1024, fds, unixSockets, kinds };
 }
 
-/** Several samples a moment apart, each count at its lowest: a momentary child (the firewall check's nft) is not a leak. */
+/**
+ * Samples over 12 s of rest: the fds of the one with the fewest (a momentary child, the firewall
+ * check's nft, is not a leak) and the lowest RSS (V8 collects garbage of its own accord only some
+ * seconds after the allocations stop: the RSS in between depends on when the last collection ran).
+ */
 async function settledStats(pid: number, apiPort: number): Promise<ProcStats> {
   const samples: ProcStats[] = [];
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 24; i++) {
     samples.push(procStats(pid, apiPort));
-    await sleep(300);
+    await sleep(500);
   }
-  return {
-    rssMiB: Math.min(...samples.map((s) => s.rssMiB)),
-    fds: Math.min(...samples.map((s) => s.fds)),
-    unixSockets: Math.min(...samples.map((s) => s.unixSockets)),
-  };
+  const least = samples.reduce((a, b) => (b.fds < a.fds ? b : a));
+  return { ...least, rssMiB: Math.min(...samples.map((x) => x.rssMiB)) };
+}
+
+/** What kinds of fds there are more (or fewer) of at the end than at the baseline. */
+function fdChanges(base: ProcStats, end: ProcStats): string[] {
+  const out: string[] = [];
+  for (const kind of new Set([...base.kinds.keys(), ...end.kinds.keys()])) {
+    const d = (end.kinds.get(kind) ?? 0) - (base.kinds.get(kind) ?? 0);
+    if (d) out.push(`server fds ${d > 0 ? '+' : ''}${d}: ${kind}`);
+  }
+  return out;
 }
 
 /** The server's children that exited and were never waited for. */
@@ -368,7 +394,6 @@ async function main(): Promise<number> {
     // at rest: the pools full, then a pause for the measurement
     const atRest = async (): Promise<{ pools: Pools; stats: ProcStats }> => {
       const pools = await poolsReady(c);
-      await sleep(1000);
       return { pools, stats: await settledStats(pid, apiPort) };
     };
     rss.push(['start', (await atRest()).stats.rssMiB]);
@@ -470,6 +495,7 @@ async function main(): Promise<number> {
     );
     const details = [
       ...failures,
+      ...fdChanges(base.stats, end.stats),
       ...(findings ?? []).slice(0, 20).map((f) => `fuzz finding: ${JSON.stringify(f)}`),
       ...live.map((s) => `not ended: ${s.sandboxId} (${s.state})`),
       ...files.paths.slice(0, 20).map((p) => `left in the data dir: ${p}`),
