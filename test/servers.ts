@@ -50,17 +50,21 @@ export function cleanupDataDir(dataDir: string): void {
  * suite's leak check catches those that do not.
  */
 function releaseUidClaims(dataDir: string): void {
+  for (const file of uidClaims(dataDir)) fs.rmSync(file, { force: true });
+}
+
+/** The sandbox uid claims (files in /run/nullspace/vm-uids) of a data dir's servers. */
+export function uidClaims(dataDir: string): string[] {
   const claims = path.join(process.env.NULLSPACE_RUN_DIR ?? '/run/nullspace', 'vm-uids');
-  for (const f of fs.existsSync(claims) ? fs.readdirSync(claims) : []) {
-    const file = path.join(claims, f);
-    let owner: string;
-    try {
-      owner = fs.readFileSync(file, 'utf8');
-    } catch {
-      continue; // released meanwhile (the claims are host-wide: other servers come and go)
-    }
-    if (owner.startsWith(`${dataDir} `)) fs.rmSync(file, { force: true });
-  }
+  return (fs.existsSync(claims) ? fs.readdirSync(claims) : [])
+    .map((f) => path.join(claims, f))
+    .filter((file) => {
+      try {
+        return fs.readFileSync(file, 'utf8').startsWith(`${dataDir} `);
+      } catch {
+        return false; // released meanwhile (the claims are host-wide: other servers come and go)
+      }
+    });
 }
 
 /** An in-process server on its own data dir, with extra environment (limits, CPU model, ...). */
@@ -188,4 +192,20 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>,
 
 export function freePort(): number {
   return 20000 + Math.floor(Math.random() * 20000);
+}
+
+/**
+ * Runs a Node script of the repository to its end (killed with SIGTERM if the test ends first):
+ * asynchronously, since a worker blocked for minutes misses vitest's own calls ("Timeout calling
+ * onTaskUpdate", which fails the run).
+ */
+export async function runScript(script: string, args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [path.resolve(__dirname, '..', script), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+  child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  onTestFinished(() => void child.kill('SIGTERM'));
+  const status = await new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { status, stdout, stderr };
 }

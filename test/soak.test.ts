@@ -1,25 +1,15 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { expect, it, onTestFinished } from 'vitest';
+import { expect, it } from 'vitest';
 import { leftoverQemu } from './env.js';
+import { runScript, uidClaims } from './servers.js';
 
-const SOAK = path.resolve(__dirname, '../packages/cli/dist/soak/main.js');
+const SOAK = 'packages/cli/dist/soak/main.js';
 
-/**
- * Runs `npm run soak` (its built entry point): its exit code, output and data dir. Asynchronously:
- * a worker blocked for minutes would miss vitest's own calls.
- */
+/** Runs `npm run soak` (its built entry point): its exit code, output and data dir. */
 async function soak(args: string[], env: Record<string, string> = {}) {
-  const child = spawn(process.execPath, [SOAK, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  // the soak removes everything it started on SIGTERM too
-  onTestFinished(() => void child.kill('SIGTERM'));
-  const status = await new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { status, stdout, stderr, out: `${stdout}\n${stderr}`, dataDir: /data dir (\S+),/.exec(stderr)?.[1] ?? '' };
+  const r = await runScript(SOAK, args, env);
+  return { ...r, out: `${r.stdout}\n${r.stderr}`, dataDir: /data dir (\S+),/.exec(r.stderr)?.[1] ?? '' };
 }
 
 /** Nothing of the run is left on the host: its data dir, its QEMU processes, its uid claims. */
@@ -27,15 +17,7 @@ function expectNothingLeft(dataDir: string): void {
   expect(dataDir).not.toBe('');
   expect(fs.existsSync(dataDir)).toBe(false);
   expect(leftoverQemu(`${dataDir}/`)).toEqual([]);
-  const claims = path.join(process.env.NULLSPACE_RUN_DIR ?? '/run/nullspace', 'vm-uids');
-  const ours = (fs.existsSync(claims) ? fs.readdirSync(claims) : []).filter((f) => {
-    try {
-      return fs.readFileSync(path.join(claims, f), 'utf8').startsWith(`${dataDir} `);
-    } catch {
-      return false;
-    }
-  });
-  expect(ours).toEqual([]);
+  expect(uidClaims(dataDir)).toEqual([]);
 }
 
 const row = (name: string, result: 'pass' | 'FAIL') => new RegExp(`^${name.replace(/[()']/g, '\\$&')}\\s.*\\s${result}$`, 'm');
