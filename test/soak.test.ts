@@ -23,7 +23,7 @@ function expectNothingLeft(dataDir: string): void {
 const row = (name: string, result: 'pass' | 'FAIL') => new RegExp(`^${name.replace(/[()']/g, '\\$&')}\\s.*\\s${result}$`, 'm');
 
 it('the soak runs a cycle after its warm-up, prints its table and meets every target', async () => {
-  const r = await soak(['--cycles', '1']);
+  const r = await soak(['--cycles', '1', '--warmup', '1']);
   expect(r.status, r.out).toBe(0);
   for (const name of ['cycles failed', 'sandboxes not ended (API)', 'server open fds', 'server RSS (MiB)', 'after the stop: QEMU processes', 'after the stop: DB rows in layers']) {
     expect(r.stdout).toMatch(row(name, 'pass'));
@@ -35,7 +35,7 @@ it('the soak runs a cycle after its warm-up, prints its table and meets every ta
 }, 900_000);
 
 it('a missed target fails the soak (a sandbox leaked on purpose), which still removes everything it started', async () => {
-  const r = await soak(['--cycles', '0'], { NULLSPACE_SOAK_INJECT: 'leak-sandbox' });
+  const r = await soak(['--cycles', '0', '--warmup', '1'], { NULLSPACE_SOAK_INJECT: 'leak-sandbox' });
   expect(r.status, r.out).toBe(1);
   expect(r.stdout).toMatch(row('cycles failed', 'pass'));
   for (const name of ['sandboxes not ended (API)', "QEMU processes beyond the pools' slots", 'after the stop: QEMU processes', 'after the stop: uid claims', 'after the stop: DB rows in sandboxes']) {

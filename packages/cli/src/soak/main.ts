@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 /**
- * nullspace soak: `npm run soak -- --cycles N [--fuzz-minutes M] [--seed S]`. Starts its own server
- * (`nullspace serve`, a separate process, on a data dir of its own under the test root), runs one
- * warm-up cycle and then N cycles of create / snapshot / create from the snapshot / fork / hibernate
+ * nullspace soak: `npm run soak -- --cycles N [--warmup W] [--fuzz-minutes M] [--seed S]`. Starts its own server
+ * (`nullspace serve`, a separate process, on a data dir of its own under the test root), runs a few
+ * warm-up cycles and then N cycles of create / snapshot / create from the snapshot / fork / hibernate
  * / resume / kill, with a file written, read back and checked and a command's output checked in every
  * sandbox of every cycle (and a shared volume in every other cycle), optionally runs the API fuzzer,
  * and then reports what is left: QEMU processes and uid claims of its data dir, the server's unix
  * sockets, open fds and RSS against the baseline taken after the warm-up, data-dir bytes after a gc,
  * and the database rows of ended things. Exits non-zero when a target is missed or a cycle failed.
  * Removes everything it started on exit, on SIGINT/SIGTERM and on failure. Not run in CI (the test
- * suite runs it with --cycles 1).
+ * suite runs it with --cycles 1 --warmup 1).
  */
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs';
@@ -23,7 +23,7 @@ import { fmt, median, quantile, textTable } from '../bench/stats.js';
 const log = (m: string) => process.stderr.write(`[soak ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MiB = 1048576;
-/** RSS growth from the baseline (after the warm-up cycle) to the end that still passes. */
+/** RSS growth from the baseline (after the warm-up cycles) to the end that still passes. */
 const RSS_GROWTH_LIMIT = 0.1;
 /** Stop cycling after this many failed cycles (a broken server fails every later one the same way). */
 const MAX_FAILED_CYCLES = 3;
@@ -33,12 +33,18 @@ const MAX_FAILED_CYCLES = 3;
  */
 const INJECT = process.env.NULLSPACE_SOAK_INJECT ?? '';
 
-function options(): { cycles: number; fuzzMinutes: number; seed: number } {
+function options(): { cycles: number; warmup: number; fuzzMinutes: number; seed: number } {
   const { values } = parseArgs({
-    options: { cycles: { type: 'string', default: '20' }, 'fuzz-minutes': { type: 'string', default: '0' }, seed: { type: 'string' }, help: { type: 'boolean' } },
+    options: {
+      cycles: { type: 'string', default: '20' },
+      warmup: { type: 'string', default: '3' },
+      'fuzz-minutes': { type: 'string', default: '0' },
+      seed: { type: 'string' },
+      help: { type: 'boolean' },
+    },
   });
   if (values.help) {
-    process.stdout.write('usage: npm run soak -- [--cycles N (20)] [--fuzz-minutes M (0)] [--seed S]\n');
+    process.stdout.write('usage: npm run soak -- [--cycles N (20)] [--warmup W (3)] [--fuzz-minutes M (0)] [--seed S]\n');
     process.exit(0);
   }
   const num = (name: string, v: string | undefined, integer: boolean) => {
@@ -48,6 +54,7 @@ function options(): { cycles: number; fuzzMinutes: number; seed: number } {
   };
   return {
     cycles: num('cycles', values.cycles, true),
+    warmup: Math.max(1, num('warmup', values.warmup, true)),
     fuzzMinutes: num('fuzz-minutes', values['fuzz-minutes'], false),
     seed: values.seed === undefined ? randomInt(2 ** 31) : num('seed', values.seed, true),
   };
@@ -374,7 +381,7 @@ async function main(): Promise<number> {
   onInterrupt('stopping the server and removing its data dir', log, teardown);
   process.once('exit', teardown);
   try {
-    log(`data dir ${dataDir}, ${o.cycles} cycles after a warm-up${o.fuzzMinutes ? `, ${o.fuzzMinutes} min of API fuzzing` : ''}, seed ${o.seed}`);
+    log(`data dir ${dataDir}, ${o.cycles} cycles after ${o.warmup} of warm-up${o.fuzzMinutes ? `, ${o.fuzzMinutes} min of API fuzzing` : ''}, seed ${o.seed}`);
     // ended sandboxes' records are pruned right away (retention 1 ms, looked for every 50 ms) so that
     // what the database keeps at the end is what it would never let go of
     server = await spawnServer(dataDir, apiKey, { NULLSPACE_ENDED_RETENTION_MS: '1', NULLSPACE_REAPER_INTERVAL_MS: '50' });
@@ -391,7 +398,7 @@ async function main(): Promise<number> {
     if (tpl.status === 404) throw new Error('template base is not built: run nullspace template build base');
     const soak: Soak = { c, dataDir, timings: new Map() };
     const rss: Array<[string, number]> = [];
-    // at rest: the pools full, then a pause for the measurement
+    // at rest: the pools full, then 12 s of samples
     const atRest = async (): Promise<{ pools: Pools; stats: ProcStats }> => {
       const pools = await poolsReady(c);
       return { pools, stats: await settledStats(pid, apiPort) };
@@ -400,24 +407,30 @@ async function main(): Promise<number> {
 
     const failures: string[] = [];
     const cycleMs: number[] = [];
+    // cycles 1-W are the warm-up (first uses load code and grow the heap to its working size), then
+    // W+1 .. W+N are measured
+    const last = o.warmup + o.cycles;
     const runCycle = async (i: number) => {
       const t0 = performance.now();
+      const name = i <= o.warmup ? `warm-up cycle ${i}/${o.warmup}` : `cycle ${i - o.warmup}/${o.cycles}`;
       try {
-        await cycle(soak, i, { volume: i % 2 === 0, leak: INJECT === 'leak-sandbox' && i === o.cycles });
-        if (i > 0) cycleMs.push(performance.now() - t0); // the warm-up pays for first uses
-        log(`cycle ${i}${i === 0 ? ' (warm-up)' : `/${o.cycles}`} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        await cycle(soak, i, { volume: i % 2 === 1, leak: INJECT === 'leak-sandbox' && i === last });
+        if (i > o.warmup) cycleMs.push(performance.now() - t0);
+        log(`${name} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
       } catch (err) {
-        failures.push(`cycle ${i}: ${(err as Error).message}`);
-        log(`cycle ${i} FAILED: ${(err as Error).message}`);
+        failures.push(`${name}: ${(err as Error).message}`);
+        log(`${name} FAILED: ${(err as Error).message}`);
       }
     };
-    await runCycle(0);
+    for (let i = 1; i <= o.warmup && failures.length < MAX_FAILED_CYCLES; i++) await runCycle(i);
     const base = await atRest();
     rss.push(['baseline', base.stats.rssMiB]);
     const every = Math.max(1, Math.ceil(o.cycles / 10));
     for (let i = 1; i <= o.cycles && failures.length < MAX_FAILED_CYCLES; i++) {
-      await runCycle(i);
-      if (i % every === 0 && i < o.cycles) rss.push([`cycle ${i}`, procStats(pid, apiPort).rssMiB]);
+      await runCycle(o.warmup + i);
+      // halfway, at rest too: a leak grows from there on, a heap still settling does not
+      if (i === Math.ceil(o.cycles / 2) && o.cycles >= 4) rss.push([`cycle ${i} (at rest)`, (await atRest()).stats.rssMiB]);
+      else if (i % every === 0 && i < o.cycles) rss.push([`cycle ${i}`, procStats(pid, apiPort).rssMiB]);
     }
     if (failures.length >= MAX_FAILED_CYCLES) log(`stopped after ${failures.length} failed cycles`);
 
@@ -462,7 +475,7 @@ async function main(): Promise<number> {
     const zero = (name: string, n: number, detail = ''): Check => ({ name, end: `${n}${detail}`, target: '0', pass: n === 0 });
     const growth = (end.stats.rssMiB - base.stats.rssMiB) / base.stats.rssMiB;
     const checks: Check[] = [
-      zero('cycles failed', failures.length, ` of ${o.cycles + 1}`),
+      zero('cycles failed', failures.length, ` of ${last}`),
       ...(findings ? [zero('API fuzzer findings', findings.length)] : []),
       zero('sandboxes not ended (API)', live.length),
       zero('QEMU processes beyond the pools\' slots', qemuRunning - slots, ` (${qemuRunning} - ${slots} slots)`),
@@ -482,7 +495,7 @@ async function main(): Promise<number> {
     const steps = [...soak.timings, ['whole cycle (not the warm-up)', cycleMs] as const].map(([name, ms]) => [name, String(ms.length), fmt(median(ms)), fmt(quantile(ms, 0.95))]);
     const cycleS = median(cycleMs) / 1000;
     process.stdout.write(
-      `\nsoak: ${cycleMs.length} of ${o.cycles} cycles completed after a warm-up, median cycle ${fmt(cycleS)} s` +
+      `\nsoak: ${cycleMs.length} of ${o.cycles} cycles completed after ${o.warmup} of warm-up, median cycle ${fmt(cycleS)} s` +
         ` (500 cycles: ~${fmt((500 * cycleS) / 3600)} h)\n\n` +
         textTable(['step', 'n', 'median ms', 'p95 ms'], steps, (col) => col === 0) +
         `\n\nserver RSS (MiB): ${rss.map(([k, v]) => `${k} ${fmt(v)}`).join(', ')}\n\n` +
