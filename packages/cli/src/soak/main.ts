@@ -15,7 +15,7 @@ import { createHash, randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import Database from 'better-sqlite3';
+import { storeCounts } from '@nullspace/server';
 import { Sandbox, Volume, type Snapshot } from 'nullspace';
 import { onInterrupt, operatorCall, poolsReady, qemuOf, qemuPid, removeDataDir, scratchDataDir, spawnServer, uidClaimsOf, type Conn, type Pools, type ServerProcess } from '../harness.js';
 import { fmt, median, quantile, textTable } from '../bench/stats.js';
@@ -210,15 +210,6 @@ function dataDirFiles(dataDir: string): { paths: string[]; bytes: number } {
 }
 
 const DB_TABLES = ['sandboxes', 'sandbox_events', 'snapshots', 'layers', 'volumes'] as const;
-
-function dbCounts(dataDir: string, sql: Record<string, string>): Record<string, number> {
-  const db = new Database(path.join(dataDir, 'nullspace.db'), { readonly: true, fileMustExist: true });
-  try {
-    return Object.fromEntries(Object.entries(sql).map(([k, q]) => [k, (db.prepare(q).get() as { n: number }).n]));
-  } finally {
-    db.close();
-  }
-}
 
 // --- one cycle
 
@@ -457,7 +448,7 @@ async function main(): Promise<number> {
     const live = (await operatorCall<{ sandboxes: Array<{ sandboxId: string; state: string }> }>(c, 'GET', '/v1/sandboxes?limit=1000')).sandboxes;
     // ended records go with the reaper's next prune (1 % of its rounds)
     log('waiting for the records of ended sandboxes to be pruned');
-    const ended = () => dbCounts(dataDir, { n: `SELECT COUNT(*) AS n FROM sandboxes WHERE state IN ('killed', 'failed')` }).n!;
+    const ended = () => storeCounts(dataDir).endedSandboxes;
     for (const deadline = Date.now() + 60_000; ended() > 0 && Date.now() < deadline; ) await sleep(500);
     const endedRows = ended();
     log('stopping the server');
@@ -469,7 +460,7 @@ async function main(): Promise<number> {
     const qemuLeft = qemuOf(dataDir);
     const claimsLeft = uidClaimsOf(dataDir);
     const files = dataDirFiles(dataDir);
-    const rows = dbCounts(dataDir, Object.fromEntries(DB_TABLES.map((t) => [t, `SELECT COUNT(*) AS n FROM ${t}`])));
+    const rows = storeCounts(dataDir);
 
     // --- the report
     const zero = (name: string, n: number, detail = ''): Check => ({ name, end: `${n}${detail}`, target: '0', pass: n === 0 });
@@ -490,7 +481,7 @@ async function main(): Promise<number> {
       zero('after the stop: QEMU processes', qemuLeft.length),
       zero('after the stop: uid claims', claimsLeft.length),
       zero('after the stop: data-dir bytes (beyond DB, key)', files.bytes, files.paths.length ? ` in ${files.paths.length} files` : ''),
-      ...DB_TABLES.map((t) => zero(`after the stop: DB rows in ${t}`, rows[t]!)),
+      ...DB_TABLES.map((t) => zero(`after the stop: DB rows in ${t}`, rows[t])),
     ];
     const steps = [...soak.timings, ['whole cycle (not the warm-up)', cycleMs] as const].map(([name, ms]) => [name, String(ms.length), fmt(median(ms)), fmt(quantile(ms, 0.95))]);
     const cycleS = median(cycleMs) / 1000;
