@@ -2,8 +2,9 @@ import { expect, it } from 'vitest';
 import { runScript } from './servers.js';
 
 it('the benchmark runs (--quick) and prints its table', async () => {
-  const r = await runScript('packages/cli/dist/bench/main.js', ['--quick'], { NULLSPACE_LOG_LEVEL: 'error' });
-  expect(r.status, r.stderr).toBe(0);
+  // (SIGTERM: the benchmark then removes everything it started)
+  const r = await runScript('packages/cli/dist/bench/main.js', ['--quick'], { env: { NULLSPACE_LOG_LEVEL: 'error' }, timeoutMs: 590_000, signal: 'SIGTERM' });
+  expect(r.code, r.stderr).toBe(0);
   for (const row of ['create from template -> agent answering', 'command round trip (true)', '1 MiB file write + read', 'idle sandbox memory (QEMU PSS)']) {
     expect(r.stdout).toContain(row);
   }

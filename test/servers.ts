@@ -12,17 +12,27 @@ const CLI = path.resolve(__dirname, '../packages/cli/dist/main.js');
  * Runs the `nullspace` CLI against `server` (its URL and key); its exit code and output. Never
  * blocks this process: the server may be an in-process one (`ownServer`).
  */
-export async function cli(server: { url: string; key: string }, args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [CLI, ...args], {
-    env: { ...process.env, NULLSPACE_API_URL: server.url, NULLSPACE_API_KEY: server.key, ...opts.env },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+export function cli(server: { url: string; key: string }, args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return runScript('packages/cli/dist/main.js', args, { env: { NULLSPACE_API_URL: server.url, NULLSPACE_API_KEY: server.key, ...opts.env }, input: opts.input, timeoutMs: 120_000 });
+}
+
+/**
+ * Runs a Node script of the repository to its end (sent `signal` after `timeoutMs`); its exit code
+ * and output. Never blocks this process: a worker blocked for minutes misses vitest's own calls
+ * ("Timeout calling onTaskUpdate" fails the run), and a server may be an in-process one.
+ */
+export async function runScript(
+  script: string,
+  args: string[],
+  opts: { env?: Record<string, string>; input?: string; timeoutMs: number; signal?: NodeJS.Signals },
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [path.resolve(__dirname, '..', script), ...args], { env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   child.stdin.end(opts.input ?? '');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+  const timer = setTimeout(() => child.kill(opts.signal ?? 'SIGKILL'), opts.timeoutMs);
   const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
   clearTimeout(timer);
   return { code, stdout, stderr };
@@ -192,20 +202,4 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>,
 
 export function freePort(): number {
   return 20000 + Math.floor(Math.random() * 20000);
-}
-
-/**
- * Runs a Node script of the repository to its end (killed with SIGTERM if the test ends first):
- * asynchronously, since a worker blocked for minutes misses vitest's own calls ("Timeout calling
- * onTaskUpdate", which fails the run).
- */
-export async function runScript(script: string, args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [path.resolve(__dirname, '..', script), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
-  child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-  onTestFinished(() => void child.kill('SIGTERM'));
-  const status = await new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { status, stdout, stderr };
 }

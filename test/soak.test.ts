@@ -8,7 +8,8 @@ const SOAK = 'packages/cli/dist/soak/main.js';
 
 /** Runs `npm run soak` (its built entry point): its exit code, output and data dir. */
 async function soak(args: string[], env: Record<string, string> = {}) {
-  const r = await runScript(SOAK, args, env);
+  // (SIGTERM: the soak then removes everything it started)
+  const r = await runScript(SOAK, args, { env, timeoutMs: 880_000, signal: 'SIGTERM' });
   return { ...r, out: `${r.stdout}\n${r.stderr}`, dataDir: /data dir (\S+),/.exec(r.stderr)?.[1] ?? '' };
 }
 
@@ -24,7 +25,7 @@ const row = (name: string, result: 'pass' | 'FAIL') => new RegExp(`^${name.repla
 
 it('the soak runs a cycle after its warm-up, prints its table and meets every target', async () => {
   const r = await soak(['--cycles', '1', '--warmup', '1']);
-  expect(r.status, r.out).toBe(0);
+  expect(r.code, r.out).toBe(0);
   for (const name of ['cycles failed', 'sandboxes not ended (API)', 'server open fds', 'server RSS (MiB)', 'after the stop: QEMU processes', 'after the stop: DB rows in layers']) {
     expect(r.stdout).toMatch(row(name, 'pass'));
   }
@@ -36,7 +37,7 @@ it('the soak runs a cycle after its warm-up, prints its table and meets every ta
 
 it('a missed target fails the soak (a sandbox leaked on purpose), which still removes everything it started', async () => {
   const r = await soak(['--cycles', '0', '--warmup', '1'], { NULLSPACE_SOAK_INJECT: 'leak-sandbox' });
-  expect(r.status, r.out).toBe(1);
+  expect(r.code, r.out).toBe(1);
   expect(r.stdout).toMatch(row('cycles failed', 'pass'));
   for (const name of ['sandboxes not ended (API)', "QEMU processes beyond the pools' slots", 'after the stop: QEMU processes', 'after the stop: uid claims', 'after the stop: DB rows in sandboxes']) {
     expect(r.stdout).toMatch(row(name, 'FAIL'));
@@ -47,7 +48,7 @@ it('a missed target fails the soak (a sandbox leaked on purpose), which still re
 
 it.skipIf(fs.existsSync(path.resolve(__dirname, '../packages/cli/dist/fuzz/index.js')))('--fuzz-minutes without the fuzzer module says so, before starting anything', async () => {
   const r = await soak(['--fuzz-minutes', '1']);
-  expect(r.status).toBe(1);
+  expect(r.code).toBe(1);
   expect(r.stderr).toContain('--fuzz-minutes needs the API fuzzer');
   expect(r.dataDir).toBe('');
 });
