@@ -12,17 +12,27 @@ const CLI = path.resolve(__dirname, '../packages/cli/dist/main.js');
  * Runs the `nullspace` CLI against `server` (its URL and key); its exit code and output. Never
  * blocks this process: the server may be an in-process one (`ownServer`).
  */
-export async function cli(server: { url: string; key: string }, args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [CLI, ...args], {
-    env: { ...process.env, NULLSPACE_API_URL: server.url, NULLSPACE_API_KEY: server.key, ...opts.env },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+export function cli(server: { url: string; key: string }, args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return runScript('packages/cli/dist/main.js', args, { env: { NULLSPACE_API_URL: server.url, NULLSPACE_API_KEY: server.key, ...opts.env }, input: opts.input, timeoutMs: 120_000 });
+}
+
+/**
+ * Runs a Node script of the repository to its end (sent `signal` after `timeoutMs`); its exit code
+ * and output. Never blocks this process: a worker blocked for minutes misses vitest's own calls
+ * ("Timeout calling onTaskUpdate" fails the run), and a server may be an in-process one.
+ */
+export async function runScript(
+  script: string,
+  args: string[],
+  opts: { env?: Record<string, string>; input?: string; timeoutMs: number; signal?: NodeJS.Signals },
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [path.resolve(__dirname, '..', script), ...args], { env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   child.stdin.end(opts.input ?? '');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+  const timer = setTimeout(() => child.kill(opts.signal ?? 'SIGKILL'), opts.timeoutMs);
   const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
   clearTimeout(timer);
   return { code, stdout, stderr };
@@ -50,17 +60,21 @@ export function cleanupDataDir(dataDir: string): void {
  * suite's leak check catches those that do not.
  */
 function releaseUidClaims(dataDir: string): void {
+  for (const file of uidClaims(dataDir)) fs.rmSync(file, { force: true });
+}
+
+/** The sandbox uid claims (files in /run/nullspace/vm-uids) of a data dir's servers. */
+export function uidClaims(dataDir: string): string[] {
   const claims = path.join(process.env.NULLSPACE_RUN_DIR ?? '/run/nullspace', 'vm-uids');
-  for (const f of fs.existsSync(claims) ? fs.readdirSync(claims) : []) {
-    const file = path.join(claims, f);
-    let owner: string;
-    try {
-      owner = fs.readFileSync(file, 'utf8');
-    } catch {
-      continue; // released meanwhile (the claims are host-wide: other servers come and go)
-    }
-    if (owner.startsWith(`${dataDir} `)) fs.rmSync(file, { force: true });
-  }
+  return (fs.existsSync(claims) ? fs.readdirSync(claims) : [])
+    .map((f) => path.join(claims, f))
+    .filter((file) => {
+      try {
+        return fs.readFileSync(file, 'utf8').startsWith(`${dataDir} `);
+      } catch {
+        return false; // released meanwhile (the claims are host-wide: other servers come and go)
+      }
+    });
 }
 
 /** An in-process server on its own data dir, with extra environment (limits, CPU model, ...). */

@@ -13,6 +13,29 @@ import { QmpClient, type QmpEvent } from './qmp.js';
 import { captureSnapshot, type CaptureOptions, type CaptureResult, type CaptureTargets } from './snapshot.js';
 import { checkRunDir, processVmId, qemuArgs, vmPaths, volumeDeviceArgs, type VolumeDevice, type VmSpec } from './qemu.js';
 
+/**
+ * Streams a file into a unix socket; resolves when the connection has closed. The file is closed
+ * with the connection, whichever side ends it: QEMU closes an incoming migration once it has read the
+ * state's end marker, possibly before the stream has read the file to its end (a pipe alone would
+ * then keep the file open for good, and with it the space of a layer deleted later).
+ */
+export function sendFile(file: string, socketPath: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const conn = net.createConnection({ path: socketPath });
+    conn.once('connect', () => {
+      const src = fs.createReadStream(file);
+      conn.once('close', () => src.destroy());
+      src.once('error', (err) => {
+        conn.destroy();
+        reject(err);
+      });
+      src.pipe(conn);
+    });
+    conn.once('error', reject);
+    conn.once('close', () => resolve());
+  });
+}
+
 export interface VmExit {
   /** 'quit': we stopped it. 'died': it went away on its own (killed from outside, crashed, guest powered off). */
   kind: 'quit' | 'died';
@@ -138,12 +161,7 @@ export class Vm extends EventEmitter {
     try {
       await this.qmp.execute('migrate-set-capabilities', { capabilities: migrationCaps(opts.includeRam === true) });
       await this.qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
-      await new Promise<void>((resolve, reject) => {
-        const conn = net.createConnection({ path: sock });
-        conn.once('connect', () => fs.createReadStream(stateFile).on('error', reject).pipe(conn));
-        conn.once('error', reject);
-        conn.once('close', () => resolve());
-      });
+      await sendFile(stateFile, sock);
       await this.waitMigration('incoming');
       if (opts.start !== false) await this.qmp.execute('cont');
     } catch (err) {

@@ -18,6 +18,7 @@ export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config }
 export { API_KEY_FILE } from './apikey.js';
 export { httpStatusFor } from './errors.js';
 export { STATES, canTransition, type SandboxState } from './sandbox/lifecycle.js';
+export { storeCounts, type StoreCounts } from './store/db.js';
 
 export const VERSION: string = (JSON.parse(
   fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../package.json'), 'utf8'),

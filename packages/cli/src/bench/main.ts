@@ -10,9 +10,10 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { findTemplate, qemuPidsMatching, type TemplateInfo } from '@nullspace/runtime';
+import { findTemplate } from '@nullspace/runtime';
 import { loadConfig, startServer, type RunningServer } from '@nullspace/server';
 import { Sandbox, type SandboxOpts, type Snapshot } from 'nullspace';
+import { onInterrupt, operatorCall, poolsReady, qemuPid, removeDataDir, scratchDataDir } from '../harness.js';
 import { templateBuild } from '../template.js';
 import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js';
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
@@ -30,18 +31,6 @@ function pss(pid: number | undefined): number {
   if (pid === undefined) return NaN;
   const m = /Pss:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
   return m?.[1] ? Number(m[1]) / 1024 : NaN;
-}
-
-function qemuPid(id: string): number | undefined {
-  for (const p of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      if (fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`nullspace-${id}\0`)) return Number(p);
-    } catch {
-      /* gone */
-    }
-  }
-  return undefined;
 }
 
 /** Bytes in use on the file system holding `dir` (after a sync, so that writeback is counted). */
@@ -78,8 +67,7 @@ async function dirty(s: Sandbox): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const home = process.env.NULLSPACE_HOME ?? '/var/lib/nullspace';
-  const dataDir = path.join(home, 'tmp', `bench-${randomBytes(3).toString('hex')}`);
+  const dataDir = scratchDataDir('bench');
   const key = `bench-${randomBytes(12).toString('hex')}`;
   const config = loadConfig({ ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn' }, { dataDir, port: 0 });
   const created: Sandbox[] = [];
@@ -88,11 +76,7 @@ async function main(): Promise<void> {
   // everything the run started lives in its temporary data dirs: killing their QEMU processes,
   // freeing their uid claims and removing the dirs leaves nothing behind
   const removeAll = () => {
-    for (const dir of [dataDir, `${dataDir}-nopool`]) {
-      killQemuOf(dir);
-      server?.host.uids?.sweep(`${dir} `, new Set());
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    for (const dir of [dataDir, `${dataDir}-nopool`]) removeDataDir(dir);
   };
   const cleanup = async () => {
     await Promise.all(created.map((s) => s.kill().catch(() => {})));
@@ -101,17 +85,7 @@ async function main(): Promise<void> {
     removeAll();
   };
   // interrupted: no graceful shutdown (the run's requests are still in flight), straight to the end
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
-      log(`${sig}: removing everything the run started`);
-      removeAll();
-      process.exit(130);
-    });
-  }
-  // a reader that went away (`npm run bench | head`) must not kill the run before its clean-up
-  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE') throw err;
-  });
+  onInterrupt('removing everything the run started', log, removeAll);
   try {
     server = await startServer(config);
     const c = { apiUrl: server.url, apiKey: key };
@@ -131,16 +105,7 @@ async function main(): Promise<void> {
 
     // the warm pools fill after the start and after each snapshot: measure nothing while they do (it
     // takes CPU), as for calls that do not come in bursts faster than they refill (~1 s per slot here)
-    type Pools = { warmPool: { size: number; ready: number }; snapshotPool: { ready: number; preparing: number; snapshots: string[] } };
-    const poolReady = async () => {
-      for (let i = 0; i < 600; i++) {
-        const res = await fetch(`${c.apiUrl}/v1/health`, { headers: { authorization: `Bearer ${key}` } });
-        const { warmPool, snapshotPool } = (await res.json()) as Pools;
-        if (warmPool.ready >= warmPool.size && snapshotPool.preparing === 0 && snapshotPool.ready >= snapshotPool.snapshots.length) return;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      throw new Error('the warm pools did not fill within 60 s');
-    };
+    const poolReady = () => poolsReady(c);
     await poolReady();
 
     // --- the floor and the alternatives on the same QEMU and image
@@ -176,8 +141,7 @@ async function main(): Promise<void> {
         return await fn({ apiUrl: noPool.url, apiKey: key });
       } finally {
         await noPool?.close();
-        killQemuOf(noPoolDir);
-        fs.rmSync(noPoolDir, { recursive: true, force: true });
+        removeDataDir(noPoolDir);
       }
     };
     const noPoolCreateMs = await withoutPools('create from template', (c2) =>
@@ -215,10 +179,7 @@ async function main(): Promise<void> {
     const snapWall: number[] = [];
     const storedDelta: number[] = [];
     // what earlier steps released is collected first: the disk usage deltas then count this step only
-    const collect = async () => {
-      const res = await fetch(`${c.apiUrl}/v1/gc`, { method: 'POST', headers: { authorization: `Bearer ${key}` } });
-      if (res.status !== 200) throw new Error(`gc: HTTP ${res.status}: ${await res.text()}`);
-    };
+    const collect = () => operatorCall(c, 'POST', '/v1/gc');
     for (let i = 0; i < N; i++) {
       await poolReady();
       await collect();
@@ -384,17 +345,6 @@ async function main(): Promise<void> {
     if (DENSITY > 0) await density(c, DENSITY, created, kill);
   } finally {
     await cleanup();
-  }
-}
-
-/** Kills every QEMU process whose command line mentions `dir` (the bench's own temporary data dirs). */
-function killQemuOf(dir: string): void {
-  for (const pid of qemuPidsMatching(`${dir}/`)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
   }
 }
 

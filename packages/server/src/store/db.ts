@@ -31,3 +31,34 @@ export function openDb(file: string, migrationsDir = MIGRATIONS_DIR): Db {
   }
   return db;
 }
+
+/** What a data dir's database holds: rows per table, and the sandbox records that have ended. */
+export interface StoreCounts {
+  sandboxes: number;
+  endedSandboxes: number;
+  sandbox_events: number;
+  snapshots: number;
+  layers: number;
+  volumes: number;
+}
+
+/**
+ * Counts the rows of a data dir's database, read-only (a server may have it open, or have stopped):
+ * for operators' checks such as the soak's leftovers.
+ */
+export function storeCounts(dataDir: string): StoreCounts {
+  const db = new Database(path.join(dataDir, 'nullspace.db'), { readonly: true, fileMustExist: true });
+  try {
+    const n = (sql: string) => (db.prepare(sql).get() as { n: number }).n;
+    return {
+      sandboxes: n('SELECT COUNT(*) AS n FROM sandboxes'),
+      endedSandboxes: n(`SELECT COUNT(*) AS n FROM sandboxes WHERE state IN ('killed', 'failed')`),
+      sandbox_events: n('SELECT COUNT(*) AS n FROM sandbox_events'),
+      snapshots: n('SELECT COUNT(*) AS n FROM snapshots'),
+      layers: n('SELECT COUNT(*) AS n FROM layers'),
+      volumes: n('SELECT COUNT(*) AS n FROM volumes'),
+    };
+  } finally {
+    db.close();
+  }
+}
