@@ -2,7 +2,7 @@ import type { FastifyPluginAsync, FastifyReply } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { IncomingMessage } from 'node:http';
-import { callFs, checkPath, clientGone, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
+import { callFs, checkPath, clientGone, listDir, readFile, writeFile } from '../agentio.js';
 import type { GuestAgent } from '@nullspace/runtime';
 import type { AppDeps } from './deps.js';
 import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
@@ -93,7 +93,7 @@ export const fileRoutes =
       { schema: { summary: 'Information about a path (lstat)', params: IdParams, querystring: PathQuery, response: { 200: Entry } } },
       async (req, reply) => {
         const path = checkPath(req.query.path);
-        return withAgent(req.params.id, reply, (agent, gone) => callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`, gone));
+        return withAgent(req.params.id, reply, (agent, gone) => callFs(agent, 'fs.stat', { path }, `stat ${path}`, gone));
       },
     );
 
@@ -103,7 +103,7 @@ export const fileRoutes =
       async (req, reply) => {
         const path = checkPath(req.body.path);
         const args = { path, parents: req.body.parents ?? true, ...(req.body.mode !== undefined ? { mode: req.body.mode } : {}) };
-        return withAgent(req.params.id, reply, (agent, gone) => callFs<{ created: boolean }>(agent, 'fs.mkdir', args, `mkdir ${path}`, gone));
+        return withAgent(req.params.id, reply, (agent, gone) => callFs(agent, 'fs.mkdir', args, `mkdir ${path}`, gone));
       },
     );
 
