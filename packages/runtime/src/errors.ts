@@ -21,6 +21,8 @@ export const PUBLIC_ERROR_CODES = [
   'invalid_json',
   'invalid_path',
   'invalid_volume_name',
+  'invalid_build_spec',
+  'invalid_context',
   // 401, 403
   'unauthorized',
   'permission_denied',
@@ -47,9 +49,12 @@ export const PUBLIC_ERROR_CODES = [
   'volume_in_use',
   'volume_missing',
   'volume_busy',
-  // 413, 415, 429
+  'template_build_in_progress',
+  // 413, 415, 422, 429
   'payload_too_large',
   'unsupported_media_type',
+  'template_build_failed',
+  'template_ready_timeout',
   'too_many_sandboxes',
   // 503, 507
   'insufficient_memory',

@@ -209,6 +209,101 @@ export const Template = Type.Object(
 
 export const NameParams = Type.Object({ name: Type.String({ maxLength: 64 }) });
 
+export const TemplateNameParams = Type.Object({ name: Type.String({ maxLength: 64 }) });
+export const TemplateRefParams = Type.Object({ ref: Type.String({ maxLength: 80, description: 'name, or name:version' }) });
+
+const GuestPath = Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\x00]+$' });
+const BuildStepSchema = Type.Union([
+  Type.Object({ type: Type.Literal('run'), cmd: Type.String({ minLength: 1, maxLength: MAX_CMD_BYTES }) }, { additionalProperties: false }),
+  Type.Object(
+    {
+      type: Type.Literal('copy'),
+      src: Type.String({ minLength: 1, maxLength: 4096 }),
+      dest: GuestPath,
+      chown: Type.Optional(Type.String({ minLength: 1, maxLength: 65, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$' })),
+      mode: Type.Optional(Type.String({ pattern: '^[0-7]{3,4}$' })),
+    },
+    { additionalProperties: false },
+  ),
+  Type.Object({ type: Type.Literal('env'), envs: Envs }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('workdir'), path: GuestPath }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('user'), name: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' }) }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('expose'), port: Type.Integer({ minimum: 1, maximum: 65535 }) }, { additionalProperties: false }),
+  Type.Object(
+    { type: Type.Literal('apt'), packages: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9+.:~=-]{0,127}$' }), { minItems: 1, maxItems: 500 }) },
+    { additionalProperties: false },
+  ),
+]);
+const ReadySchema = Type.Union([
+  Type.Object({ port: Type.Integer({ minimum: 1, maximum: 65535 }) }, { additionalProperties: false }),
+  Type.Object({ cmd: Type.String({ minLength: 1, maxLength: MAX_CMD_BYTES }) }, { additionalProperties: false }),
+  Type.Object({ file: GuestPath }, { additionalProperties: false }),
+]);
+const FromSchema = Type.Union([
+  Type.Object({ template: Type.String({ minLength: 1, maxLength: 80 }) }, { additionalProperties: false }),
+  Type.Object(
+    {
+      image: Type.String({ minLength: 1, maxLength: 512 }),
+      auth: Type.Optional(Type.Object({ username: Type.String({ maxLength: 256 }), password: Type.String({ maxLength: 4096 }) }, { additionalProperties: false })),
+      insecure: Type.Optional(Type.Boolean({ description: 'plain HTTP / unverified TLS to the registry' })),
+    },
+    { additionalProperties: false },
+  ),
+  Type.Object({ archive: Type.String({ minLength: 1, maxLength: 4096, description: 'a docker-save or OCI tar in the build context' }) }, { additionalProperties: false }),
+]);
+
+export const TemplateBuildBody = Type.Object(
+  {
+    name: Type.String({ maxLength: 64 }),
+    spec: Type.Object(
+      {
+        from: Type.Optional(FromSchema),
+        dockerfile: Type.Optional(Type.String({ maxLength: 1024 * 1024 })),
+        steps: Type.Optional(Type.Array(BuildStepSchema, { maxItems: 1000 })),
+        start: Type.Optional(
+          Type.Object(
+            { cmd: Type.String({ minLength: 1, maxLength: MAX_CMD_BYTES }), ready: Type.Optional(ReadySchema), timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, maximum: 1_800_000 })) },
+            { additionalProperties: false },
+          ),
+        ),
+      },
+      { additionalProperties: false },
+    ),
+    contextId: Type.Optional(Type.String({ maxLength: 64 })),
+    buildArgs: Type.Optional(Envs),
+    cpuCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+    memoryMiB: Type.Optional(Type.Integer({ minimum: 128, maximum: 262144 })),
+    diskSizeMiB: Type.Optional(Type.Integer({ minimum: 256, maximum: 4_194_304 })),
+    noCache: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+
+export const TemplateView = Type.Object(
+  {
+    name: Type.String(),
+    version: Type.Integer(),
+    ref: Type.String({ description: 'name:version' }),
+    cpuCount: Type.Integer(),
+    memoryMiB: Type.Integer(),
+    diskSizeMiB: Type.Integer(),
+    kernelRelease: Type.String(),
+    agentVersion: Type.String(),
+    builtAt: Type.String({ format: 'date-time' }),
+    compatible: Type.Boolean({ description: 'Whether this host can start sandboxes from it' }),
+    from: Type.Union([Type.String(), Type.Null()], { description: 'what it was built from (built templates)' }),
+    startCmd: Type.Union([Type.String(), Type.Null()]),
+    ready: Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()]),
+    envs: Type.Record(Type.String(), Type.String()),
+    user: Type.Union([Type.String(), Type.Null()]),
+    workdir: Type.Union([Type.String(), Type.Null()]),
+    exposedPorts: Type.Array(Type.Integer()),
+    steps: Type.Integer(),
+    buildMs: Type.Union([Type.Integer(), Type.Null()]),
+  },
+  { $id: 'TemplateView' },
+);
+
 export const Snapshot = Type.Object(
   {
     snapshotId: SnapshotId,
