@@ -1,6 +1,8 @@
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { Sandbox } from 'nullspace';
 import { api, apiKey, apiUrl, sandbox } from './helpers.js';
+import { cleanupDataDir, ownServer, tempDataDir } from './servers.js';
 
 type ErrorBody = { error: { code: string; message: string; details?: { field?: string; state?: string } } };
 
@@ -234,5 +236,52 @@ describe('API: authentication and bad input', () => {
     expect(await code(await api('GET', `/v1/sandboxes/${sbx.sandboxId}/files?path=/workspace/loop/a`))).toEqual([400, 'invalid_path']);
     expect(await code(await api('POST', `/v1/sandboxes/${sbx.sandboxId}/files/rename`, { from: '/workspace/loop', to: '/workspace/loop/inside' }))).toEqual([400, 'bad_request']);
     expect(await code(await api('POST', `/v1/sandboxes/${sbx.sandboxId}/files/rename`, { from: '/tmp', to: '/workspace/tmp-moved' }))).toEqual([400, 'bad_request']);
+  });
+});
+
+describe('API: request limits (NULLSPACE_HEADERS_TIMEOUT_MS, NULLSPACE_BODY_TIMEOUT_MS)', () => {
+  it('answers (408) or closes a stalled request within its limit; an upload that keeps moving is not cut', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const server = await ownServer(dataDir, { NULLSPACE_HEADERS_TIMEOUT_MS: '1500', NULLSPACE_BODY_TIMEOUT_MS: '1500', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' });
+    const sbx = await Sandbox.create({ apiUrl: server.url, apiKey: server.key });
+    const auth = `authorization: Bearer ${server.key}\r\n`;
+    const stalls: Array<[string, string, number, string]> = [
+      ['headers', `POST /v1/gc HTTP/1.1\r\nhost: x\r\n${auth}content-ty`, 408, 'request_timeout'],
+      ['JSON body', `POST /v1/sandboxes/${sbx.sandboxId}/timeout HTTP/1.1\r\nhost: x\r\n${auth}content-type: application/json\r\ncontent-length: 100\r\n\r\n{"timeoutMs":`, 408, 'request_timeout'],
+      ['chunked JSON body', `POST /v1/gc HTTP/1.1\r\nhost: x\r\n${auth}content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{\r\n`, 408, 'request_timeout'],
+      ['upload', `PUT /v1/sandboxes/${sbx.sandboxId}/files?path=/tmp/stalled HTTP/1.1\r\nhost: x\r\n${auth}content-length: 1000000\r\n\r\n${'x'.repeat(5000)}`, 408, 'request_timeout'],
+      ['body after 100-continue', `POST /v1/gc HTTP/1.1\r\nhost: x\r\n${auth}content-type: application/json\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n`, 408, 'request_timeout'],
+      // answered before the body came: the rest is read and dropped, and a stalled rest closes it
+      ['body of an unauthorized request', `POST /v1/gc HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{`, 401, 'unauthorized'],
+      ['upload to an unknown sandbox', `PUT /v1/sandboxes/sbx_0000000000000000/files?path=/x HTTP/1.1\r\nhost: x\r\n${auth}content-length: 1000000\r\n\r\nxx`, 404, 'sandbox_not_found'],
+    ];
+    const answers = await Promise.all(stalls.map(([, text]) => raw(server.url, text)));
+    for (const [i, [what, , status, errorCode]] of stalls.entries()) {
+      const a = answers[i]!;
+      // (without the limits every one of these connections stays open: raw() gives up after 20 s)
+      expect(a.open, `${what}: still open after 20 s`).toBe(false);
+      expect([a.status, (JSON.parse(a.body) as ErrorBody).error.code], what).toEqual([status, errorCode]);
+    }
+    // the old content stays: a stalled upload writes nothing
+    await expect(sbx.files.exists('/tmp/stalled')).resolves.toBe(false);
+    // an upload slower than the limit as a whole, but never pausing that long, goes through
+    const slow = new ReadableStream<Uint8Array>({
+      async pull(c) {
+        await new Promise((r) => setTimeout(r, 300));
+        c.enqueue(new Uint8Array(10_000).fill(97));
+        if (++sent === 10) c.close();
+      },
+    });
+    let sent = 0;
+    const res = await fetch(`${server.url}/v1/sandboxes/${sbx.sandboxId}/files?path=/tmp/slow`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${server.key}` },
+      body: slow,
+      duplex: 'half',
+    } as RequestInit);
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { size: number }).size).toBe(100_000);
+    await sbx.kill();
   });
 });

@@ -42,6 +42,15 @@ export interface Config {
     /** Refuse new sandboxes and snapshots (507) when the data disk has less free space than this. */
     minFreeDiskMiB: number;
   };
+  http: {
+    /** A request's headers must arrive within this (Node's headersTimeout); 408 and closed otherwise. */
+    headersTimeoutMs: number;
+    /**
+     * A JSON body must arrive within this (counted from its headers); a file upload, which may take
+     * any time, must not stall for this long between two chunks. 408 `request_timeout` otherwise.
+     */
+    bodyTimeoutMs: number;
+  };
   defaultTimeoutMs: number;
   /**
    * TCG only: each VM's translation buffer in MiB (0: QEMU's default, which grows up to 1 GiB as the
@@ -155,6 +164,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
       maxTimeoutMs: int(env, 'NULLSPACE_MAX_TIMEOUT_MS', 24 * 3600_000, 1000, MAX_DURATION_MS),
       maxUploadBytes: int(env, 'NULLSPACE_MAX_UPLOAD_BYTES', 4 * 1024 ** 3, 1),
       minFreeDiskMiB: int(env, 'NULLSPACE_MIN_FREE_DISK_MIB', 1024, 0),
+    },
+    http: {
+      headersTimeoutMs: int(env, 'NULLSPACE_HEADERS_TIMEOUT_MS', 20_000, 100, 3600_000),
+      bodyTimeoutMs: int(env, 'NULLSPACE_BODY_TIMEOUT_MS', 30_000, 100, 3600_000),
     },
     defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000, MAX_DURATION_MS),
     reaperIntervalMs: int(env, 'NULLSPACE_REAPER_INTERVAL_MS', 1000, 50),

@@ -20,7 +20,7 @@ const STATUS: Record<PublicErrorCode, number> = {
   file_not_found: 404,
   process_not_found: 404,
   snapshot_not_found: 404,
-  // the request's headers or body did not arrive in time
+  // the request's headers or body did not arrive in time (NULLSPACE_HEADERS_TIMEOUT_MS, NULLSPACE_BODY_TIMEOUT_MS)
   request_timeout: 408,
   sandbox_not_running: 409,
   sandbox_busy: 409,

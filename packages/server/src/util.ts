@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { NsError } from '@nullspace/runtime';
 
 /** Serializes async operations per key (one lifecycle operation at a time per sandbox). */
 export class KeyedMutex {
@@ -160,5 +161,46 @@ export class KeyedGate {
     g.drained = undefined;
     if (g.inside === 0) this.gates.delete(key);
     reopen?.();
+  }
+}
+
+/**
+ * The chunks of `source`, ended with 408 `request_timeout` when the next one takes longer than
+ * `idleMs` to come: an inactivity limit for a request body that may take any time as a whole. Only
+ * the waits for the source count, not the time its consumer takes between chunks. The error is
+ * also kept in `stalled` (for a consumer that reports its own error instead).
+ */
+export class UntilIdle<T> implements AsyncIterable<T> {
+  stalled: NsError | undefined;
+  constructor(
+    private readonly source: AsyncIterable<T>,
+    private readonly idleMs: number,
+  ) {}
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<T> {
+    const it = this.source[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        let timer: NodeJS.Timeout | undefined;
+        const idle = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            this.stalled = new NsError('request_timeout', `the request body stalled: nothing arrived for ${this.idleMs} ms`, { details: { limitMs: this.idleMs } });
+            reject(this.stalled);
+          }, this.idleMs);
+        });
+        let next: IteratorResult<T>;
+        try {
+          next = await Promise.race([it.next(), idle]);
+        } finally {
+          clearTimeout(timer);
+        }
+        if (next.done) return;
+        yield next.value;
+      }
+    } finally {
+      // a consumer that stops early ends the source (as for-await would); a stalled source is left
+      // as it is, so that the answer (408) can still go out: its read ends with the connection
+      if (!this.stalled) await it.return?.();
+    }
   }
 }

@@ -1,5 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifySchemaValidationError } from 'fastify';
 import type { FastifyValidationResult } from 'fastify/types/schema.js';
 import { Ajv, type ValidateFunction } from 'ajv';
@@ -26,13 +28,17 @@ function digest(s: string): Buffer {
 }
 
 export async function buildApp(deps: AppDeps): Promise<App> {
+  const { headersTimeoutMs, bodyTimeoutMs } = deps.config.http;
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }),
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
+    // Headers must arrive within headersTimeoutMs (Node checks open connections every second).
+    // Node's requestTimeout (a limit on the whole request) stays off: it would cut long uploads;
+    // bodies have their own limits below (bodyTimeout).
     // (an HTTP/1.1 request without a Host header is refused below, in the API's error format: Node's
     // own refusal is a 400 without a body)
-    http: { requireHostHeader: false },
+    http: { headersTimeout: headersTimeoutMs, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, headersTimeoutMs), requireHostHeader: false },
     clientErrorHandler,
     // a URL the router cannot decode (bad percent-encoding) or a path parameter that is too long:
     // the API's error format like any other error
@@ -89,6 +95,36 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (req.body === undefined && req.method === 'POST') req.body = {};
   });
 
+  // A JSON body (at most 1 MiB) must arrive within bodyTimeoutMs: a stalled one is a 408, not a
+  // connection held open. A file upload streams (its route sets config.streamedBody) and is limited
+  // by inactivity instead, where it is read (UntilIdle).
+  app.addHook('preParsing', async (req, reply, payload) => {
+    const streamed = (req.routeOptions.config as { streamedBody?: boolean } | undefined)?.streamedBody === true;
+    if (streamed || req.raw.complete || !hasBody(req.raw)) return payload;
+    const guarded = new PassThrough();
+    const timer = setTimeout(() => {
+      // (answered already, e.g. a 413 from its length: the rest of the body is not waited for)
+      if (reply.sent) req.raw.socket?.destroy();
+      else guarded.destroy(new NsError('request_timeout', `the request body did not arrive within ${bodyTimeoutMs} ms`, { details: { limitMs: bodyTimeoutMs } }));
+    }, bodyTimeoutMs);
+    const clear = () => clearTimeout(timer);
+    payload.once('end', clear);
+    payload.once('close', clear);
+    // (a body no parser reads, e.g. of an unknown route, is not an uncaught error when it times out)
+    guarded.on('error', () => {});
+    payload.pipe(guarded);
+    return guarded;
+  });
+  // An answer given before the whole body came (an error: unauthorized, unknown sandbox, too large)
+  // lets Node read and drop the rest, for the client to see the answer; a rest that stalls closes
+  // the connection.
+  app.addHook('onResponse', async (req) => {
+    if (req.raw.complete || req.raw.destroyed) return;
+    const timer = setTimeout(() => req.raw.socket?.destroy(), bodyTimeoutMs);
+    req.raw.once('end', () => clearTimeout(timer));
+    req.raw.once('close', () => clearTimeout(timer));
+  });
+
   app.setErrorHandler((err: FastifyError | NsError | Error, req, reply) => {
     const { status, body } = errorResponse(err);
     if (status >= 500) req.log.error({ err: err.message, code: body.error.code, url: req.url }, 'request failed');
@@ -96,6 +132,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       reply.raw.destroy();
       return;
     }
+    // (the rest of a stalled request does not come: the connection ends with the answer)
+    if (body.error.code === 'request_timeout') void reply.header('connection', 'close');
     void reply.status(status).type('application/json').send(body);
   });
   app.setNotFoundHandler((req, reply) => {
@@ -115,6 +153,12 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     { prefix: '/v1' },
   );
   return app;
+}
+
+/** Whether a request announces a body (a length above 0, or a chunked one). */
+function hasBody(req: IncomingMessage): boolean {
+  const len = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
 }
 
 /**
