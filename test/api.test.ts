@@ -181,6 +181,18 @@ describe('API: authentication and bad input', () => {
     expect([garbage.status, (JSON.parse(garbage.body) as ErrorBody).error.code]).toEqual([400, 'bad_request']);
   });
 
+  it('answers a request whose sandbox is killed under it with 409 sandbox_not_running, not 503', async () => {
+    const sbx = await sandbox();
+    // a listing of the whole guest file system takes tens of seconds under TCG
+    const listing = api('GET', `/v1/sandboxes/${sbx.sandboxId}/files/list?path=/&depth=12`);
+    await new Promise((r) => setTimeout(r, 1500));
+    await sbx.kill();
+    const res = await listing;
+    const e = ((await res.json()) as ErrorBody).error;
+    expect([res.status, e.code]).toEqual([409, 'sandbox_not_running']);
+    expect(['killing', 'killed']).toContain(e.details?.state);
+  });
+
   it('refuses huge JSON bodies with 413', async () => {
     const res = await api('POST', '/v1/sandboxes', { metadata: { big: 'x'.repeat(2 * 1024 * 1024) } });
     expect(res.status).toBe(413);

@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifySchemaValidationError } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifySchemaValidationError } from 'fastify';
 import type { FastifyValidationResult } from 'fastify/types/schema.js';
 import { Ajv, type ValidateFunction } from 'ajv';
 import swagger from '@fastify/swagger';
@@ -126,7 +126,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
 
   app.setErrorHandler((err: FastifyError | NsError | Error, req, reply) => {
-    const { status, body } = errorResponse(err);
+    const { status, body } = errorResponse(stoppedMeanwhile(deps, req, err));
     if (status >= 500) req.log.error({ err: err.message, code: body.error.code, url: req.url }, 'request failed');
     if (reply.sent || reply.raw.headersSent) {
       reply.raw.destroy();
@@ -153,6 +153,23 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     { prefix: '/v1' },
   );
   return app;
+}
+
+/**
+ * The agent of a sandbox that stopped while the request ran (a kill, a hibernation, its VM's end)
+ * goes away: that is the sandbox's state (409 sandbox_not_running), not an unavailable agent (503).
+ */
+function stoppedMeanwhile(deps: AppDeps, req: FastifyRequest, err: Error): Error {
+  if (!(err instanceof NsError) || err.code !== 'agent_unavailable' || !req.routeOptions.url?.startsWith('/v1/sandboxes/:id')) return err;
+  const id = (req.params as { id?: unknown } | undefined)?.id;
+  let state: string;
+  try {
+    state = deps.sandboxes.get(String(id)).state;
+  } catch {
+    return err;
+  }
+  if (state === 'running') return err;
+  return new NsError('sandbox_not_running', `sandbox ${String(id)} is ${state} (${err.message})`, { details: { state }, cause: err });
 }
 
 /** Whether a request announces a body (a length above 0, or a chunked one). */
