@@ -1,3 +1,4 @@
+import http from 'node:http';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { Sandbox } from 'nullspace';
@@ -179,6 +180,29 @@ describe('API: authentication and bad input', () => {
     expect([huge.status, (JSON.parse(huge.body) as ErrorBody).error.code]).toEqual([431, 'headers_too_large']);
     const garbage = await raw(apiUrl(), 'GARBAGE\r\n\r\n');
     expect([garbage.status, (JSON.parse(garbage.body) as ErrorBody).error.code]).toEqual([400, 'bad_request']);
+  });
+
+  it('serves the next request on a connection whose last body nobody read (an unknown route, a GET)', async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const u = new URL(apiUrl());
+    const send = (method: string, path: string, body?: Buffer) =>
+      new Promise<number>((resolve, reject) => {
+        const headers = { authorization: `Bearer ${apiKey()}`, 'content-type': 'application/octet-stream', 'content-length': String(body?.length ?? 0) };
+        const r = http.request({ host: u.hostname, port: u.port, method, path, agent, headers }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        r.on('error', reject);
+        r.setTimeout(15_000, () => r.destroy(new Error(`${method} ${path}: no answer`)));
+        r.end(body);
+      });
+    try {
+      expect(await send('PUT', '/v1/sandboxes////files?path=/x', Buffer.alloc(300_000, 120))).toBe(404);
+      expect(await send('GET', '/v1/health', Buffer.alloc(300_000, 120))).toBe(200);
+      expect(await send('GET', '/v1/health')).toBe(200);
+    } finally {
+      agent.destroy();
+    }
   });
 
   it('answers a request whose sandbox is killed under it with 409 sandbox_not_running, not 503', async () => {

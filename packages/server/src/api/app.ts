@@ -112,7 +112,9 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     payload.once('close', clear);
     // (a body no parser reads, e.g. of an unknown route, is not an uncaught error when it times out)
     guarded.on('error', () => {});
-    payload.pipe(guarded);
+    // the body is read through only once a parser reads it: one that nobody reads is left to Node,
+    // which drops it after the answer (the connection's next request comes after it)
+    guarded.once('resume', () => payload.pipe(guarded));
     return guarded;
   });
   // An answer given before the whole body came (an error: unauthorized, unknown sandbox, too large)
