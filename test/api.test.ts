@@ -182,7 +182,8 @@ describe('API: authentication and bad input', () => {
     expect([garbage.status, (JSON.parse(garbage.body) as ErrorBody).error.code]).toEqual([400, 'bad_request']);
   });
 
-  it('serves the next request on a connection whose last body nobody read (an unknown route, a GET)', async () => {
+  it('serves the next request on a connection whose last body was not read, or read in part (an unknown route, a GET, an upload the guest refused)', async () => {
+    const sbx = await sandbox();
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     const u = new URL(apiUrl());
     const send = (method: string, path: string, body?: Buffer) =>
@@ -199,6 +200,9 @@ describe('API: authentication and bad input', () => {
     try {
       expect(await send('PUT', '/v1/sandboxes////files?path=/x', Buffer.alloc(300_000, 120))).toBe(404);
       expect(await send('GET', '/v1/health', Buffer.alloc(300_000, 120))).toBe(200);
+      expect(await send('GET', '/v1/health')).toBe(200);
+      // the guest refuses the upload once it has begun: the rest of its body is read and dropped
+      expect(await send('PUT', `/v1/sandboxes/${sbx.sandboxId}/files?path=/workspace`, Buffer.alloc(600_000, 120))).toBe(409);
       expect(await send('GET', '/v1/health')).toBe(200);
     } finally {
       agent.destroy();

@@ -172,35 +172,55 @@ export class KeyedGate {
  */
 export class UntilIdle<T> implements AsyncIterable<T> {
   stalled: NsError | undefined;
+  private ended = false;
+  private readonly it: AsyncIterator<T>;
+
   constructor(
-    private readonly source: AsyncIterable<T>,
+    source: AsyncIterable<T>,
     private readonly idleMs: number,
-  ) {}
+  ) {
+    this.it = source[Symbol.asyncIterator]();
+  }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<T> {
-    const it = this.source[Symbol.asyncIterator]();
-    try {
-      for (;;) {
-        let timer: NodeJS.Timeout | undefined;
-        const idle = new Promise<never>((_, reject) => {
-          timer = setTimeout(() => {
-            this.stalled = new NsError('request_timeout', `the request body stalled: nothing arrived for ${this.idleMs} ms`, { details: { limitMs: this.idleMs } });
-            reject(this.stalled);
-          }, this.idleMs);
-        });
-        let next: IteratorResult<T>;
-        try {
-          next = await Promise.race([it.next(), idle]);
-        } finally {
-          clearTimeout(timer);
-        }
-        if (next.done) return;
-        yield next.value;
+    for (;;) {
+      let timer: NodeJS.Timeout | undefined;
+      const idle = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          this.stalled = new NsError('request_timeout', `the request body stalled: nothing arrived for ${this.idleMs} ms`, { details: { limitMs: this.idleMs } });
+          reject(this.stalled);
+        }, this.idleMs);
+      });
+      let next: IteratorResult<T>;
+      try {
+        next = await Promise.race([this.it.next(), idle]);
+      } finally {
+        clearTimeout(timer);
       }
-    } finally {
-      // a consumer that stops early ends the source (as for-await would); a stalled source is left
-      // as it is, so that the answer (408) can still go out: its read ends with the connection
-      if (!this.stalled) await it.return?.();
+      if (next.done) {
+        this.ended = true;
+        return;
+      }
+      yield next.value;
     }
+  }
+
+  /**
+   * Once the consumer is done: what it left of the source (a body half written when the write
+   * failed) is read and dropped, as Node does with a body nobody reads, so that the connection's
+   * next request comes after it (left half read on a connection kept alive, the next request was
+   * taken for body and never answered). A stalled source is left as it is, for the answer (408) to
+   * go out: its read ends with the connection.
+   */
+  finish(): void {
+    if (!this.ended && !this.stalled) void drain(this.it);
+  }
+}
+
+async function drain<T>(it: AsyncIterator<T>): Promise<void> {
+  try {
+    while (!(await it.next()).done);
+  } catch {
+    // (the connection ended)
   }
 }

@@ -79,6 +79,7 @@ export const fileRoutes =
           } catch (err) {
             throw source.stalled ?? err;
           } finally {
+            source.finish();
             done();
           }
         },
