@@ -184,6 +184,7 @@ export async function runApiFuzz(opts: FuzzOptions): Promise<FuzzReport> {
       // (by round, not by time: the same seed, the same schedule; none close to the end)
       if (round % STORM_EVERY === STORM_EVERY - 1 && left > 40_000) await storm(roundSeed);
       else if (r < 0.07) await rawRound(roundSeed);
+      else if (r < 0.25 && !isExpensive(op)) await burstRound(op, roundSeed);
       else await opRound(op, roundSeed);
       await world.reap();
       if (round % 8 === 7) {
@@ -236,6 +237,12 @@ export async function runApiFuzz(opts: FuzzOptions): Promise<FuzzReport> {
     if (details.failed && failing.length && details.counterexamplePath) {
       for (const f of failing) f.counterexamplePath = details.counterexamplePath;
     }
+  }
+
+  /** Requests of one operation all at once (races among them: files, commands, lists). */
+  async function burstRound(op: Op, roundSeed: number): Promise<void> {
+    const reqs = fc.sample(requestArb(op, world.pools()), { seed: roundSeed, numRuns: 12 });
+    await Promise.all(reqs.map((req) => exchange(world, req)));
   }
 
   /** Malformed HTTP: every one answered (4xx with a code) or, for what is not HTTP at all, closed. */
