@@ -221,10 +221,28 @@ describe('API: authentication and bad input', () => {
     expect(['killing', 'killed']).toContain(e.details?.state);
   });
 
-  it('refuses huge JSON bodies with 413', async () => {
-    const res = await api('POST', '/v1/sandboxes', { metadata: { big: 'x'.repeat(2 * 1024 * 1024) } });
-    expect(res.status).toBe(413);
-    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('payload_too_large');
+  it('refuses huge JSON bodies with 413, which the client gets to see however much it sends', async () => {
+    // (a body larger than the socket buffers: the server must not close on a client still sending)
+    for (const mib of [2, 32]) {
+      const res = await api('POST', '/v1/sandboxes', { metadata: { big: 'x'.repeat(mib * 1024 * 1024) } });
+      expect(await code(res), `${mib} MiB`).toEqual([413, 'payload_too_large']);
+    }
+    const chunk = new Uint8Array(1024 * 1024).fill(120);
+    let sent = 0;
+    const chunked = new ReadableStream<Uint8Array>({
+      pull(c) {
+        if (sent++ === 0) c.enqueue(new TextEncoder().encode('{"metadata":{"big":"'));
+        if (sent > 32) c.close();
+        else c.enqueue(chunk);
+      },
+    });
+    const res = await fetch(`${apiUrl()}/v1/sandboxes`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${apiKey()}`, 'content-type': 'application/json' },
+      body: chunked,
+      duplex: 'half',
+    } as RequestInit);
+    expect(await code(res), 'chunked').toEqual([413, 'payload_too_large']);
   });
 
   it('rejects bad list queries', async () => {

@@ -134,8 +134,12 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       reply.raw.destroy();
       return;
     }
-    // (the rest of a stalled request does not come: the connection ends with the answer)
+    // The rest of a stalled request does not come: the connection ends with the answer. A body
+    // refused before it all came (too large) is read and dropped instead, for the client to see the
+    // answer: Fastify closes the connection then, and a client still sending gets a broken pipe,
+    // not the 413 (a rest that stalls closes it: onResponse).
     if (body.error.code === 'request_timeout') void reply.header('connection', 'close');
+    else if (!req.raw.complete) void reply.removeHeader('connection');
     void reply.status(status).type('application/json').send(body);
   });
   app.setNotFoundHandler((req, reply) => {
