@@ -41,30 +41,15 @@ export const DOCUMENTED_FAULTS: Record<string, string> = {
 };
 
 /**
- * Guest-side defects that the `defects` branch fixes (file reads of devices, stdin chunking in
- * commands, deadlines of agent operations, cancel on client disconnect): seen by this fuzzer,
- * reported as `allowed`, not as failures. The lead removes these entries once that branch is merged;
- * then the fuzzer holds the server to them too.
+ * Known defects owned by other work, seen by this fuzzer and reported as `allowed` rather than as
+ * failures while they are being fixed: each entry says whose and why, and goes once that is merged.
+ * Empty: the two it held (file reads of devices: a 500 guest_io_error; `input` of a command that
+ * ended before it was written: a 500 internal) were fixed by the `defects` branch.
  */
-export const KNOWN_GUEST_DEFECTS: Array<{ why: string; match: (f: Finding, req: FuzzRequest | undefined) => boolean }> = [
-  {
-    // GET /files?path=/dev/zero (/dev/kmsg, /dev/tty...): the agent refuses what is not a regular
-    // file with io_error, a 500 guest_io_error, instead of a 4xx (as writes of devices are refused)
-    why: 'defects branch: file reads of devices',
-    match: (f, req) =>
-      f.route === 'GET /v1/sandboxes/{id}/files' &&
-      ['server_error', 'hang'].includes(f.kind) &&
-      guestPaths(req).some((p) => /^\/+(dev|proc|sys)(\/|$)/.test(p)),
-  },
-  {
-    // POST /commands with `input` for a process that ends (its timeout, an exit) before the input is
-    // written: "proc.start: stream closed while writing", a 500 internal
-    why: 'defects branch: stdin of commands',
-    match: (f, req) => f.route === 'POST /v1/sandboxes/{id}/commands' && f.kind === 'server_error' && req?.note?.input === true,
-  },
-];
+export const KNOWN_GUEST_DEFECTS: Array<{ why: string; match: (f: Finding, req: FuzzRequest | undefined) => boolean }> = [];
 
-function guestPaths(req: FuzzRequest | undefined): string[] {
+/** The guest paths a request names (for entries of KNOWN_GUEST_DEFECTS). */
+export function guestPaths(req: FuzzRequest | undefined): string[] {
   const paths = req?.note?.guestPaths;
   return Array.isArray(paths) ? paths.filter((p): p is string => typeof p === 'string') : [];
 }
