@@ -7,6 +7,7 @@
  * touched. Used by test/fuzz.test.ts (a short run) and by the soak command (a long one).
  */
 import { randomBytes, randomInt } from 'node:crypto';
+import path from 'node:path';
 import fc from 'fast-check';
 import { type FuzzRequest, type FuzzResponse, jsonOf, sendRaw } from './http.js';
 import { isExpensive, requestArb } from './gen.js';
@@ -22,8 +23,9 @@ export interface FuzzOptions {
   apiKey: string;
   /**
    * The server's data dir, when it is on this host: canary files are planted next to it (traversal
-   * attempts aim at them) and must be unchanged after the run, and no new entry may appear next to
-   * it (give the data dir a directory of its own). Without it those checks are skipped.
+   * attempts aim at them) and must be unchanged after the run; when the data dir has a directory of
+   * its own, no new entry may appear next to it either (in a shared one that check is left out).
+   * Without it those checks are skipped.
    */
   dataDir?: string | undefined;
   durationMs: number;
@@ -161,6 +163,7 @@ export async function runApiFuzz(opts: FuzzOptions): Promise<FuzzReport> {
 
   const canary = opts.dataDir ? new Canary(opts.dataDir, tag) : undefined;
   canary?.plant();
+  if (canary && !canary.ownDir) log(`the data dir shares ${path.dirname(path.resolve(canary.dataDir))} with other entries: new entries there are not checked (the canary is)`);
   const world = new World(api, tag, canary?.traversals() ?? ['../../../../../../etc/passwd', '/etc/passwd'], log);
   const stalls: Array<Promise<void>> = [];
   try {

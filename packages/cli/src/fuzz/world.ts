@@ -208,6 +208,12 @@ export class Canary {
   private readonly parent: string;
   private before = new Map<string, string>();
   private siblings = new Set<string>();
+  /**
+   * Whether the data dir has a directory of its own (nothing else next to it), so that any new
+   * entry there is a finding. In a shared directory (the soak's, under the test root where other
+   * runs come and go) that check is left out; the canary's is not.
+   */
+  ownDir = false;
 
   constructor(
     readonly dataDir: string,
@@ -226,6 +232,7 @@ export class Canary {
     }
     this.before = this.fingerprint();
     this.siblings = new Set(fs.readdirSync(this.parent));
+    this.ownDir = [...this.siblings].every((n) => n === path.basename(this.dir) || n === path.basename(path.resolve(this.dataDir)));
   }
 
   /** Strings that lead from anywhere on the host (or from the data dir) to the canary. */
@@ -261,7 +268,7 @@ export class Canary {
       if (after.get(rel) !== fp) out.push({ kind: 'host_file_changed', route: '(host)', message: `${path.join(this.dir, rel)} ${after.has(rel) ? 'changed' : 'disappeared'}` });
     }
     for (const rel of after.keys()) if (!this.before.has(rel)) out.push({ kind: 'host_file_changed', route: '(host)', message: `${path.join(this.dir, rel)} appeared` });
-    for (const name of fs.readdirSync(this.parent)) {
+    for (const name of this.ownDir ? fs.readdirSync(this.parent) : []) {
       if (!this.siblings.has(name) && name !== path.basename(this.dir)) out.push({ kind: 'new_entry_next_to_data_dir', route: '(host)', message: `${path.join(this.parent, name)} appeared next to the data dir` });
     }
     return out;
