@@ -339,8 +339,8 @@ export async function runApiFuzz(opts: FuzzOptions): Promise<FuzzReport> {
       if (!s?.state) f('storm_lost_sandbox', `GET /v1/sandboxes/${id} failed`);
       else if (!SETTLED.has(s.state)) f('stuck_state', `${id} is still ${s.state} ${stormBound} ms after the last answer`);
       else if (s.state === 'failed') f('sandbox_failed', `${id} failed (${s.errorCode ?? ''}: ${s.endReason ?? ''})`);
-      else if (s.state === 'killed' && !calls.some((c) => c.action === 'kill')) f('sandbox_killed', `${id} was killed without a kill (${s.endReason ?? ''})`);
-      else if (s.state !== 'killed') {
+      else if ((s.state === 'killed' || s.state === 'gone') && !calls.some((c) => c.action === 'kill')) f('sandbox_killed', `${id} is ${s.state} without a kill (${s.endReason ?? ''})`);
+      else if (s.state !== 'killed' && s.state !== 'gone') {
         if (s.state === 'paused') {
           const r = await api.call('POST', `/v1/sandboxes/${id}/resume`, {}, { boundMs: stormBound });
           if (r.status !== 200) f('unusable_after_storm', `resume of the paused ${id} answered ${r.status} ${r.body.toString().slice(0, 200)}`);

@@ -35,8 +35,12 @@ export class Api {
   }
 }
 
-const ENDED = new Set(['killed', 'failed']);
-export const SETTLED = new Set(['running', 'paused', 'killed', 'failed']);
+/**
+ * States a sandbox rests in; `gone`: its record is no longer there (404), which a killed sandbox's
+ * is once NULLSPACE_ENDED_RETENTION_MS has passed (the soak keeps them briefly).
+ */
+const ENDED = new Set(['killed', 'failed', 'gone']);
+export const SETTLED = new Set(['running', 'paused', 'killed', 'failed', 'gone']);
 
 export class World {
   stable = '';
@@ -138,6 +142,7 @@ export class World {
 
   async state(id: string): Promise<{ state?: string; errorCode?: string | null; endReason?: string | null } | undefined> {
     const r = await this.api.call('GET', `/v1/sandboxes/${id}`);
+    if (r.status === 404) return { state: 'gone' };
     return r.status === 200 ? jsonOf(r) : undefined;
   }
 
