@@ -32,6 +32,9 @@ export const PUBLIC_ERROR_CODES = [
   'process_not_found',
   'snapshot_not_found',
   'volume_not_found',
+  'image_not_found',
+  // 403: a registry refused the credentials (401 is this API's own key)
+  'registry_auth_failed',
   // 409
   'sandbox_not_running',
   'sandbox_busy',
@@ -47,10 +50,14 @@ export const PUBLIC_ERROR_CODES = [
   'volume_in_use',
   'volume_missing',
   'volume_busy',
-  // 413, 415, 429
+  // 413, 415, 422, 429
   'payload_too_large',
   'unsupported_media_type',
+  'image_invalid',
+  'disk_too_small',
   'too_many_sandboxes',
+  // 502: a registry could not be reached
+  'registry_unreachable',
   // 503, 507
   'insufficient_memory',
   'agent_unavailable',
