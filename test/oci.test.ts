@@ -231,6 +231,10 @@ describe('OCI images', () => {
       config: { env: expect.arrayContaining(['GREETING=hi there']), user: '1000', workingDir: '/srv', exposedPorts: ['3000/tcp'] },
     });
     expect(fs.readdirSync(image.dir).sort()).toEqual(['image.json', 'initrd.cpio', 'rootfs.qcow2', 'vmlinux']);
+    // modes as the base recipe's image has them: sandbox QEMU processes (their own uids) open these files
+    const base = findTemplate(CACHE_DIR, 'base')!.image;
+    const mode = (f: string) => (fs.statSync(f).mode & 0o7777).toString(8);
+    expect([image.dir, image.rootDisk, image.kernel, image.initrd].map(mode)).toEqual([base.dir, base.rootDisk, base.kernel, base.initrd].map(mode));
     const again: string[] = [];
     expect((await importer({ ref: `${anon.host}/deb:1` }, 1024, again)).dir).toBe(image.dir);
     expect(again.join('\n')).toMatch(/is cached/);

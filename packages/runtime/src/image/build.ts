@@ -110,6 +110,8 @@ export async function buildBootFiles(recipe: Recipe, recipeDir: string, kernel: 
 export function commitImage<T extends ImageInfo>(staging: string, imageDir: string, info: T): T {
   writeFileAtomic(path.join(staging, 'image.json'), JSON.stringify(info, null, 2));
   for (const f of fs.readdirSync(staging)) fs.chmodSync(path.join(staging, f), 0o444);
+  // sandbox QEMU processes (unprivileged uids) open the root disk, kernel and initrd
+  fs.chmodSync(staging, 0o755);
   fs.renameSync(staging, imageDir);
   return info;
 }

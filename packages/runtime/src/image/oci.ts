@@ -192,6 +192,7 @@ export async function importImage(opts: ImportImageOptions): Promise<ImportedIma
     if (fs.existsSync(manifest)) return readJson<ImportedImageInfo>(manifest);
     const staging = `${imageDir}.tmp`;
     fs.rmSync(staging, { recursive: true, force: true });
+    fs.mkdirSync(staging, { mode: 0o755 });
     fs.mkdirSync(path.join(staging, 'work', 'tmp'), { recursive: true, mode: 0o700 });
     try {
       const work = path.join(staging, 'work');
@@ -447,7 +448,7 @@ function prepareGuestRoot(rootfs: string, agentBinary: string, progress: Progres
     const p = guestPath(rootfs, file, false);
     if (!lexists(p)) fs.writeFileSync(p, content, { mode: 0o644 });
   }
-  fs.rmSync(guestPath(rootfs, '/etc/resolv.conf', false), { force: true });
+  fs.rmSync(guestPath(rootfs, '/etc/resolv.conf', false), { recursive: true, force: true });
   if (!['/bin/sh', '/bin/bash'].some((s) => fs.existsSync(guestPath(rootfs, s)))) {
     progress.info('warning: the image has no /bin/sh: commands cannot run in it (files can be read and written)');
   }
