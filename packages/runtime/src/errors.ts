@@ -32,6 +32,9 @@ export const PUBLIC_ERROR_CODES = [
   'process_not_found',
   'snapshot_not_found',
   'volume_not_found',
+  'image_not_found',
+  // 403: a registry refused the credentials (401 is this API's own key)
+  'registry_auth_failed',
   // 409
   'sandbox_not_running',
   'sandbox_busy',
@@ -47,12 +50,16 @@ export const PUBLIC_ERROR_CODES = [
   'volume_in_use',
   'volume_missing',
   'volume_busy',
-  // 408 (the headers or body of a request did not arrive in time), 413, 415, 429, 431
+  // 408 (the headers or body of a request did not arrive in time), 413, 415, 422, 429, 431
   'request_timeout',
   'payload_too_large',
   'unsupported_media_type',
+  'image_invalid',
+  'disk_too_small',
   'too_many_sandboxes',
   'headers_too_large',
+  // 502: a registry could not be reached
+  'registry_unreachable',
   // 503, 507
   'insufficient_memory',
   'agent_unavailable',

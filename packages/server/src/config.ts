@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { NsError, type Accel } from '@nullspace/runtime';
+import { NsError, parseRegistryList, type Accel } from '@nullspace/runtime';
 
 /** Everything the server is configured with, parsed once at start (environment, then flags). */
 export interface Config {
@@ -15,6 +15,11 @@ export interface Config {
   imagesDir: string;
   agentDir: string;
   debianMirror: string;
+  /**
+   * Image registries (`host` or `host:port`) reached over plain HTTP or HTTPS without certificate
+   * checks when importing images (NULLSPACE_INSECURE_REGISTRIES, comma-separated); none by default.
+   */
+  insecureRegistries: string[];
   /** NULLSPACE_API_KEY; when unset the server generates one and keeps it in dataDir/api-key. */
   apiKey: string | undefined;
   accel: Accel | undefined;
@@ -147,6 +152,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     imagesDir: path.resolve(env.NULLSPACE_IMAGES_DIR || path.join(repoRoot, 'images')),
     agentDir: path.resolve(env.NULLSPACE_AGENT_DIR || path.join(repoRoot, 'agent')),
     debianMirror: env.NULLSPACE_DEBIAN_MIRROR || 'http://deb.debian.org/debian',
+    insecureRegistries: parseRegistryList(env.NULLSPACE_INSECURE_REGISTRIES ?? ''),
     apiKey,
     accel,
     kvmDevice: env.NULLSPACE_KVM_DEVICE || '/dev/kvm',

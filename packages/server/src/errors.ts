@@ -37,15 +37,21 @@ const STATUS: Record<PublicErrorCode, number> = {
   volume_missing: 409,
   volume_busy: 409,
   volume_not_found: 404,
+  image_not_found: 404,
+  // a registry refused the credentials of an image pull (401 is this API's own key)
+  registry_auth_failed: 403,
   invalid_volume_name: 400,
   payload_too_large: 413,
   unsupported_media_type: 415,
   headers_too_large: 431,
+  image_invalid: 422,
+  disk_too_small: 422,
   too_many_sandboxes: 429,
   insufficient_memory: 503,
   agent_unavailable: 503,
   shutting_down: 503,
   no_space: 507,
+  registry_unreachable: 502,
   // the guest reported an I/O failure it could not map to a more precise code
   guest_io_error: 500,
   // failures of the host side, reported with their own code
