@@ -3,8 +3,10 @@ the context tar the server receives, the build's NDJSON stream as log lines, the
 events, errors before the stream, list/get/delete."""
 
 import base64
+import contextlib
 import io
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -382,6 +384,48 @@ class ListGetDeleteTest(TemplateTestCase):
         self.assertEqual(Template.get("my-node:2", **self.conn).envs, {"NODE_ENV": "production"})
         self.assertTrue(Template.delete("my-node", **self.conn))
         self.assertFalse(Template.delete("gone", **self.conn))
+
+
+class DocumentationTest(TemplateTestCase):
+    def test_the_readme_examples_run_as_written(self):
+        """The Python template examples of both READMEs, run verbatim against the fake server."""
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+        blocks = []
+        for readme in (os.path.join(root, "README.md"), os.path.join(root, os.pardir, os.pardir, "README.md")):
+            with open(readme, encoding="utf-8") as f:
+                blocks += [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if "Template" in b]
+        self.assertEqual(len(blocks), 2)
+        work = self.tmpdir()
+        self.write(os.path.join(work, "app", "server.js"), "require('http')")
+        self.serve_build([{"type": "step", "step": 1, "of": 1, "instruction": "RUN npm ci"}, {"type": "done", "template": VIEW}])
+        sandbox = {"sandboxId": "sbx_fake000000000001", "template": "my-node", "snapshotId": None, "state": "running", "metadata": {}, "memoryMiB": 1024, "vcpus": 2}
+        self.server.routes[("POST", "/v1/sandboxes")] = lambda r: json_reply(201, sandbox)
+        env = {"NULLSPACE_API_URL": self.server.url, "NULLSPACE_API_KEY": KEY}
+        old_env = {k: os.environ.get(k) for k in env}
+        old_cwd = os.getcwd()
+        os.environ.update(env)
+        os.chdir(work)
+        try:
+            for block in blocks:
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    exec(compile(block, "<README>", "exec"), {})
+                self.assertIn("Step 1/1: RUN npm ci", out.getvalue())
+        finally:
+            os.chdir(old_cwd)
+            for k, v in old_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        builds = self.requests("POST", "/v1/templates")
+        self.assertEqual(len(builds), 2)
+        for b in builds:
+            spec = b.json()["spec"]
+            self.assertEqual(spec["from"], {"template": "base"})
+            self.assertEqual(spec["start"], {"cmd": "node server.js", "ready": {"port": 3000}})
+            copies = [(st["src"], st["dest"]) for st in spec["steps"] if st["type"] == "copy"]
+            self.assertEqual(copies, [(".nullspace/copy/0/app", "/srv/app")])
 
 
 if __name__ == "__main__":
