@@ -50,6 +50,13 @@ function printJson(v: unknown): void {
   process.stdout.write(JSON.stringify(v, null, 2) + '\n');
 }
 
+/** One `field  value` line per field of a record (dates in ISO 8601, objects as JSON). */
+function printFields(record: object, width: number): void {
+  for (const [k, v] of Object.entries(record)) {
+    process.stdout.write(`${k.padEnd(width)} ${v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+  }
+}
+
 function describe(s: SandboxInfo): string {
   const meta = Object.entries(s.metadata).map(([k, v]) => `${k}=${v}`).join(',');
   return [s.sandboxId, s.state.padEnd(9), s.template, s.createdAt.toISOString(), meta].join('  ');
@@ -192,7 +199,7 @@ template
   .action(async (name: string, o: { json?: boolean }) => {
     const t = await Template.get(name);
     if (o.json) return printJson(t);
-    for (const [k, v] of Object.entries(t)) process.stdout.write(`${k.padEnd(14)} ${v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+    printFields(t, 14);
   });
 template
   .command('delete')
@@ -278,7 +285,7 @@ sandbox
   .action(async (id: string, o: { json?: boolean }) => {
     const info = await Sandbox.getInfo(id);
     if (o.json) return printJson(info);
-    for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(20)} ${v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+    printFields(info, 20);
   });
 sandbox
   .command('fork')

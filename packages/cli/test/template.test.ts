@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
-import { body, json, startFakeServer, type FakeServer } from '../../sdk/test/fake-server.js';
+import { body, json, startFakeServer, TEMPLATE_VIEW, type FakeServer } from '../../sdk/test/fake-server.js';
 
 /**
  * `nullspace template build --file / list / get / delete` against a fake server (the CLI goes
@@ -25,27 +25,7 @@ beforeEach(() => {
   fake.seen.length = 0;
 });
 
-const VIEW = {
-  name: 'my-node',
-  version: 2,
-  ref: 'my-node:2',
-  cpuCount: 2,
-  memoryMiB: 1024,
-  diskSizeMiB: 8192,
-  createdAt: '2026-12-05T10:00:00.000Z',
-  from: 'template base:1',
-  startCmd: 'node server.js',
-  ready: { port: 3000 },
-  envs: {},
-  user: null,
-  workdir: '/srv/app',
-  exposedPorts: [3000],
-  buildMs: 4200,
-  steps: 3,
-  compatible: true,
-  accel: 'tcg',
-  cpuModel: 'max',
-};
+const VIEW = TEMPLATE_VIEW;
 
 /** Runs the CLI to its end (asynchronously: the fake server answers from this process). */
 function cli(args: string[], env: Record<string, string> = { NULLSPACE_API_URL: fake.url, NULLSPACE_API_KEY: KEY }): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -104,7 +84,7 @@ describe('nullspace template build --file', () => {
     const r = await cli(['template', 'build', '--file', path.join(dir, 'Dockerfile'), '--name', 'my-node', '--cpus', '2', '--memory-mib', '1024', '--disk-mib', '8192', '--no-cache', '--build-arg', 'V=2', '--build-arg', 'W=a=b']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toBe('Step 1/1: COPY app.js /srv/app/\ncopied\nStep 1/1 done (0.3 s)\n');
-    expect(r.stdout).toBe('template my-node:2 ready: 2 vCPU  1024 MiB  disk 8192 MiB  from template base:1  3 step(s)  start: node server.js\n');
+    expect(r.stdout).toBe('template my-node:2 ready: 2 vCPU  1024 MiB  disk 8192 MiB  from template base:1  5 step(s)  start: node server.js\n');
     expect(got.build).toEqual({
       name: 'my-node',
       spec: { dockerfile: 'FROM base\nCOPY app.js /srv/app/\nCMD ["node", "app.js"]\n', steps: [] },
@@ -179,7 +159,7 @@ describe('nullspace template list, get, delete', () => {
     fake.routes.set('DELETE /v1/templates/my-node', (_req, res) => res.writeHead(204).end());
     fake.routes.set('DELETE /v1/templates/gone', (_req, res) => json(res, 404, { error: { code: 'template_not_found', message: 'no template gone' } }));
     const list = await cli(['template', 'list']);
-    expect(list).toMatchObject({ code: 0, stdout: 'my-node:2  2 vCPU  1024 MiB  disk 8192 MiB  from template base:1  3 step(s)  start: node server.js\n' });
+    expect(list).toMatchObject({ code: 0, stdout: 'my-node:2  2 vCPU  1024 MiB  disk 8192 MiB  from template base:1  5 step(s)  start: node server.js\n' });
     expect(JSON.parse((await cli(['template', 'list', '--json'])).stdout)).toEqual([VIEW]);
     expect(JSON.parse((await cli(['template', 'get', 'my-node:2', '--json'])).stdout)).toEqual(VIEW);
     const get = await cli(['template', 'get', 'my-node:2']);

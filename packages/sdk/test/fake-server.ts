@@ -50,3 +50,26 @@ export async function body(req: http.IncomingMessage): Promise<Buffer> {
 export function json(res: http.ServerResponse, status: number, value: unknown): void {
   res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(value));
 }
+
+/** A template view as the server answers it (GET /v1/templates/{name}, a build's done event). */
+export const TEMPLATE_VIEW = {
+  name: 'my-node',
+  version: 2,
+  ref: 'my-node:2',
+  cpuCount: 2,
+  memoryMiB: 1024,
+  diskSizeMiB: 8192,
+  createdAt: '2026-12-05T10:00:00.000Z',
+  from: 'template base:1',
+  startCmd: 'node server.js',
+  ready: { port: 3000 },
+  envs: { NODE_ENV: 'production' },
+  user: 'user',
+  workdir: '/srv/app',
+  exposedPorts: [3000],
+  buildMs: 4200,
+  steps: 5,
+  compatible: true,
+  accel: 'tcg',
+  cpuModel: 'max',
+};

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { ConflictError, InvalidArgumentError, SandboxError, Template, TemplateBuildError, waitForCommand, waitForFile, waitForPort, type TemplateInfo } from '../src/index.js';
-import { body, json, startFakeServer, type FakeServer } from './fake-server.js';
+import { body, json, startFakeServer, TEMPLATE_VIEW, type FakeServer } from './fake-server.js';
 
 /**
  * Template recipes against a fake server: the spec and the context tar it receives (read back with
@@ -26,27 +26,7 @@ beforeEach(() => {
   fake.seen.length = 0;
 });
 
-const VIEW = {
-  name: 'my-node',
-  version: 2,
-  ref: 'my-node:2',
-  cpuCount: 2,
-  memoryMiB: 1024,
-  diskSizeMiB: 8192,
-  createdAt: '2026-12-05T10:00:00.000Z',
-  from: 'template base:1',
-  startCmd: 'node server.js',
-  ready: { port: 3000 },
-  envs: { NODE_ENV: 'production' },
-  user: 'user',
-  workdir: '/srv/app',
-  exposedPorts: [3000],
-  buildMs: 4200,
-  steps: 5,
-  compatible: true,
-  accel: 'tcg',
-  cpuModel: 'max',
-};
+const VIEW = TEMPLATE_VIEW;
 
 const b64 = (s: string | Buffer) => Buffer.from(s).toString('base64');
 const ndjson = (...events: unknown[]) => events.map((e) => JSON.stringify(e) + '\n').join('');
