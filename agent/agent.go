@@ -60,42 +60,6 @@ func (a *Agent) sessionEnded() {
 	}
 }
 
-// opHandler runs one op on its stream. It returns the RESULT payload or an
-// error (an *OpError, or any error mapped to io_error).
-type opHandler func(st *stream, req json.RawMessage) (interface{}, error)
-
-type opSpec struct {
-	handler opHandler
-	input   bool // the op consumes DATA (channel 0) from the host
-}
-
-// opTable holds exactly the ops of spec/agent.json (checked by the tests).
-var opTable map[string]opSpec
-
-func init() {
-	opTable = map[string]opSpec{
-		"sys.info":    {handler: opSysInfo},
-		"sys.init":    {handler: opSysInit},
-		"sys.freeze":  {handler: opSysFreeze},
-		"sys.thaw":    {handler: opSysThaw},
-		"sys.warmup":  {handler: opSysWarmup},
-		"vol.mount":   {handler: opVolMount},
-		"vol.unmount": {handler: opVolUnmount},
-		"fs.read":     {handler: opFsRead},
-		"fs.write":    {handler: opFsWrite, input: true},
-		"fs.list":     {handler: opFsList},
-		"fs.stat":     {handler: opFsStat},
-		"fs.mkdir":    {handler: opFsMkdir},
-		"fs.remove":   {handler: opFsRemove},
-		"fs.rename":   {handler: opFsRename},
-		"proc.start":  {handler: opProcStart, input: true},
-		"proc.attach": {handler: opProcAttach},
-		"proc.stdin":  {handler: opProcStdin},
-		"proc.signal": {handler: opProcSignal},
-		"proc.list":   {handler: opProcList},
-	}
-}
-
 // decodeRequest unmarshals the OPEN payload into v; failures are
 // bad_request.
 func decodeRequest(raw json.RawMessage, v interface{}) error {

@@ -13,7 +13,6 @@ package main
 // while the agent itself is in the cgroup (see startInCgroup).
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -277,28 +276,20 @@ func setFrozen(frozen bool) (int64, error) {
 	}
 }
 
-func opSysFreeze(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct{}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opSysFreeze(st *stream, req *emptyRequest) (*frozenResult, error) {
 	us, err := setFrozen(true)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]interface{}{"frozen": true, "tookUs": us}, nil
+	return &frozenResult{Frozen: true, TookUs: us}, nil
 }
 
-func opSysThaw(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct{}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opSysThaw(st *stream, req *emptyRequest) (*frozenResult, error) {
 	us, err := setFrozen(false)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]interface{}{"frozen": false, "tookUs": us}, nil
+	return &frozenResult{Frozen: false, TookUs: us}, nil
 }
 
 // pidsUse is the number of processes in a cgroup and its limit; ok is false

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -15,17 +14,6 @@ import (
 	"syscall"
 	"unsafe"
 )
-
-// Entry is spec type Entry.
-type Entry struct {
-	Name          string  `json:"name"`
-	Path          string  `json:"path"`
-	Type          string  `json:"type"`
-	Size          int64   `json:"size"`
-	Mode          uint32  `json:"mode"`
-	MtimeMs       int64   `json:"mtimeMs"`
-	SymlinkTarget *string `json:"symlinkTarget,omitempty"`
-}
 
 const (
 	listChunkEntries = 500
@@ -145,13 +133,7 @@ func entryFor(path string, fi os.FileInfo) Entry {
 	return e
 }
 
-func opFsStat(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Path *string `json:"path"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opFsStat(st *stream, req *pathRequest) (*Entry, error) {
 	p, err := cleanPath("path", req.Path)
 	if err != nil {
 		return nil, err
@@ -160,7 +142,8 @@ func opFsStat(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, toOpError("stat "+p, err)
 	}
-	return entryFor(p, fi), nil
+	e := entryFor(p, fi)
+	return &e, nil
 }
 
 // kernelFileSystems are the file systems whose files the kernel makes up
@@ -222,13 +205,7 @@ func sameFile(path string, st *syscall.Stat_t) bool {
 	return syscall.Stat(path, &o) == nil && o.Dev == st.Dev && o.Ino == st.Ino
 }
 
-func opFsRead(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Path *string `json:"path"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opFsRead(st *stream, req *pathRequest) (*fsReadResult, error) {
 	p, err := cleanPath("path", req.Path)
 	if err != nil {
 		return nil, err
@@ -291,18 +268,10 @@ func opFsRead(st *stream, raw json.RawMessage) (interface{}, error) {
 		}
 		total += int64(n)
 	}
-	return map[string]interface{}{"size": total}, nil
+	return &fsReadResult{Size: total}, nil
 }
 
-func opFsWrite(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Path   *string `json:"path"`
-		Mode   *uint32 `json:"mode"`
-		Append bool    `json:"append"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opFsWrite(st *stream, req *fsWriteRequest) (*fsWriteResult, error) {
 	p, err := cleanPath("path", req.Path)
 	if err != nil {
 		return nil, err
@@ -338,7 +307,7 @@ func opFsWrite(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]interface{}{"size": n, "path": p}, nil
+	return &fsWriteResult{Size: n, Path: p}, nil
 }
 
 // receiveInto copies the stream's DATA into f until END, granting credit
@@ -448,14 +417,7 @@ func fchmod(f *os.File, mode uint32) error {
 	return syscall.Fchmod(int(f.Fd()), mode&0o7777)
 }
 
-func opFsList(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Path  *string `json:"path"`
-		Depth *int    `json:"depth"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opFsList(st *stream, req *fsListRequest) (*fsListResult, error) {
 	p, err := cleanPath("path", req.Path)
 	if err != nil {
 		return nil, err
@@ -484,7 +446,7 @@ func opFsList(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err := l.flush(); err != nil {
 		return nil, err
 	}
-	return map[string]interface{}{"count": l.count}, nil
+	return &fsListResult{Count: l.count}, nil
 }
 
 // lister streams a directory tree sorted by path. Sorting the whole
@@ -573,21 +535,13 @@ func (l *lister) flush() error {
 	if len(l.batch) == 0 {
 		return nil
 	}
-	err := l.st.event(map[string]interface{}{"type": "entries", "entries": l.batch})
+	err := l.st.event(entriesEvent{Entries: l.batch})
 	l.batch = l.batch[:0]
 	l.bytes = 0
 	return err
 }
 
-func opFsMkdir(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Path    *string `json:"path"`
-		Parents *bool   `json:"parents"`
-		Mode    *uint32 `json:"mode"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opFsMkdir(st *stream, req *fsMkdirRequest) (*fsMkdirResult, error) {
 	p, err := cleanPath("path", req.Path)
 	if err != nil {
 		return nil, err
@@ -607,7 +561,7 @@ func opFsMkdir(st *stream, raw json.RawMessage) (interface{}, error) {
 		return true, nil
 	}
 	if ok, err := existsAsDir(); ok {
-		return map[string]interface{}{"created": false}, nil
+		return &fsMkdirResult{Created: false}, nil
 	} else if oe := (*OpError)(nil); errors.As(err, &oe) {
 		return nil, oe
 	}
@@ -622,7 +576,7 @@ func opFsMkdir(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err := syscall.Mkdir(p, mode&0o777); err != nil {
 		if err == syscall.EEXIST {
 			if ok, err2 := existsAsDir(); ok {
-				return map[string]interface{}{"created": false}, nil
+				return &fsMkdirResult{Created: false}, nil
 			} else if oe := (*OpError)(nil); errors.As(err2, &oe) {
 				return nil, oe
 			}
@@ -632,17 +586,10 @@ func opFsMkdir(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err := syscall.Chmod(p, mode); err != nil { // exact bits, regardless of umask
 		return nil, toOpError("chmod "+p, &os.PathError{Op: "chmod", Path: p, Err: err})
 	}
-	return map[string]interface{}{"created": true}, nil
+	return &fsMkdirResult{Created: true}, nil
 }
 
-func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Path      *string `json:"path"`
-		Recursive bool    `json:"recursive"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opFsRemove(st *stream, req *fsRemoveRequest) (*emptyResult, error) {
 	p, err := cleanPath("path", req.Path)
 	if err != nil {
 		return nil, err
@@ -661,7 +608,7 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 		if err := syscall.Unlink(p); err != nil {
 			return nil, pathOpError("remove "+p, &os.PathError{Op: "unlink", Path: p, Err: err})
 		}
-		return struct{}{}, nil
+		return &emptyResult{}, nil
 	}
 	if req.Recursive {
 		// never into another file system (a shared volume's share would lose its files):
@@ -672,7 +619,7 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 		if err := removeAll(st.ctx, p); err != nil {
 			return nil, pathOpError("remove "+p, err)
 		}
-		return struct{}{}, nil
+		return &emptyResult{}, nil
 	}
 	if err := syscall.Rmdir(p); err != nil {
 		if err == syscall.ENOTEMPTY || err == syscall.EEXIST {
@@ -680,7 +627,7 @@ func opFsRemove(st *stream, raw json.RawMessage) (interface{}, error) {
 		}
 		return nil, pathOpError("remove "+p, &os.PathError{Op: "rmdir", Path: p, Err: err})
 	}
-	return struct{}{}, nil
+	return &emptyResult{}, nil
 }
 
 // removeAll is os.RemoveAll that stops once ctx is done: a huge tree whose
@@ -733,15 +680,7 @@ func removeAll(ctx context.Context, p string) error {
 
 const renameNoReplace = 1 // RENAME_NOREPLACE
 
-func opFsRename(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		From      *string `json:"from"`
-		To        *string `json:"to"`
-		Overwrite *bool   `json:"overwrite"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opFsRename(st *stream, req *fsRenameRequest) (*emptyResult, error) {
 	from, err := cleanPath("from", req.From)
 	if err != nil {
 		return nil, err
@@ -764,7 +703,7 @@ func opFsRename(st *stream, raw json.RawMessage) (interface{}, error) {
 		if err := syscall.Rename(from, to); err != nil {
 			return nil, linkErr(err)
 		}
-		return struct{}{}, nil
+		return &emptyResult{}, nil
 	}
 	err = renameat2(from, to, renameNoReplace)
 	if err == syscall.ENOSYS || err == syscall.EINVAL {
@@ -779,7 +718,7 @@ func opFsRename(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, linkErr(err)
 	}
-	return struct{}{}, nil
+	return &emptyResult{}, nil
 }
 
 func renameat2(from, to string, flags uint) error {

@@ -12,7 +12,6 @@ package main
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,19 +31,6 @@ const (
 	defaultPATH      = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	ioctlFIONREAD    = 0x541B
 )
-
-// ProcessInfo is spec type ProcessInfo.
-type ProcessInfo struct {
-	Pid         int     `json:"pid"`
-	Cmd         string  `json:"cmd"`
-	Cwd         string  `json:"cwd"`
-	Tag         string  `json:"tag"`
-	StartedAtMs int64   `json:"startedAtMs"`
-	Running     bool    `json:"running"`
-	ExitCode    *int    `json:"exitCode"`
-	Signal      *string `json:"signal"`
-	TimedOut    bool    `json:"timedOut"`
-}
 
 // ProcTable holds running processes and the last maxEndedProcs ended ones.
 type ProcTable struct {
@@ -262,7 +248,7 @@ func (p *Process) closeStdin() {
 // follow feeds the process output from offset pos to the stream as DATA
 // (channels 1 and 2) within the stream's credit, and returns the final
 // ProcessInfo once the process has ended and all its output was sent.
-func (p *Process) follow(st *stream, pos int64) (ProcessInfo, error) {
+func (p *Process) follow(st *stream, pos int64) (*ProcessInfo, error) {
 	limit := int64(-1) // end of the output to deliver, fixed once the process finished
 	for {
 		p.mu.Lock()
@@ -270,8 +256,8 @@ func (p *Process) follow(st *stream, pos int64) (ProcessInfo, error) {
 			lost := p.out.start - pos
 			pos = p.out.start
 			p.mu.Unlock()
-			if err := st.event(map[string]interface{}{"type": "lost", "bytes": lost}); err != nil {
-				return ProcessInfo{}, err
+			if err := st.event(lostEvent{Bytes: lost}); err != nil {
+				return nil, err
 			}
 			continue
 		}
@@ -282,14 +268,14 @@ func (p *Process) follow(st *stream, pos int64) (ProcessInfo, error) {
 			if p.finished {
 				info := p.infoLocked()
 				p.mu.Unlock()
-				return info, nil
+				return &info, nil
 			}
 			changed := p.changed
 			p.mu.Unlock()
 			select {
 			case <-changed:
 			case <-st.ctx.Done():
-				return ProcessInfo{}, st.ctx.Err()
+				return nil, st.ctx.Err()
 			}
 			continue
 		}
@@ -297,7 +283,7 @@ func (p *Process) follow(st *stream, pos int64) (ProcessInfo, error) {
 
 		credit, err := st.acquire(maxDataChunkPayload)
 		if err != nil {
-			return ProcessInfo{}, err
+			return nil, err
 		}
 		p.mu.Lock()
 		if pos < p.out.start { // dropped while waiting for credit
@@ -317,7 +303,7 @@ func (p *Process) follow(st *stream, pos int64) (ProcessInfo, error) {
 		}
 		pos = next
 		if err := st.sendFrame(encodeData(st.id, ch, data)); err != nil {
-			return ProcessInfo{}, err
+			return nil, err
 		}
 	}
 }
@@ -394,16 +380,6 @@ func unreadBytes(f *os.File) int64 {
 		_, _, _ = syscall.Syscall(syscall.SYS_IOCTL, fd, ioctlFIONREAD, uintptr(unsafe.Pointer(&n)))
 	})
 	return int64(n)
-}
-
-type procStartRequest struct {
-	Cmd       *string           `json:"cmd"`
-	Cwd       *string           `json:"cwd"`
-	Envs      map[string]string `json:"envs"`
-	User      *string           `json:"user"`
-	TimeoutMs *float64          `json:"timeoutMs"`
-	Stdin     bool              `json:"stdin"`
-	Tag       string            `json:"tag"`
 }
 
 // buildEnv merges the base environment, the sys.init defaults and the
@@ -641,18 +617,14 @@ func signalName(s syscall.Signal) string {
 // its started event.
 var testHookProcStarted func(st *stream)
 
-func opProcStart(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req procStartRequest
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opProcStart(st *stream, req *procStartRequest) (*ProcessInfo, error) {
 	if !req.Stdin {
 		st.setTakesInput(false)
 	}
 	if err := st.ctx.Err(); err != nil {
 		return nil, err // the host gave up while the op waited to run
 	}
-	p, err := st.agent.startProcess(&req)
+	p, err := st.agent.startProcess(req)
 	if err != nil {
 		return nil, err
 	}
@@ -664,7 +636,7 @@ func opProcStart(st *stream, raw json.RawMessage) (interface{}, error) {
 	// is killed. Once the started event is written, the process is the
 	// host's to follow or to leave running (a background command cancels
 	// right after it).
-	started, err := marshalJSON(map[string]interface{}{"type": "started", "pid": p.pid})
+	started, err := st.encodeEvent(startedEvent{Pid: p.pid})
 	if err == nil {
 		if err = st.ctx.Err(); err == nil {
 			err = st.s.fw.send(encodeFrame(st.id, FrameEvent, started), true)
@@ -718,14 +690,7 @@ func lookupProcess(st *stream, pid *int) (*Process, error) {
 	return p, nil
 }
 
-func opProcAttach(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Pid    *int  `json:"pid"`
-		Replay *bool `json:"replay"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opProcAttach(st *stream, req *procAttachRequest) (*ProcessInfo, error) {
 	p, err := lookupProcess(st, req.Pid)
 	if err != nil {
 		return nil, err
@@ -739,15 +704,7 @@ func opProcAttach(st *stream, raw json.RawMessage) (interface{}, error) {
 	return p.follow(st, pos)
 }
 
-func opProcStdin(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Pid   *int    `json:"pid"`
-		Data  *string `json:"data"`
-		Close bool    `json:"close"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opProcStdin(st *stream, req *procStdinRequest) (*emptyResult, error) {
 	var data []byte
 	if req.Data != nil {
 		var err error
@@ -785,17 +742,10 @@ func opProcStdin(st *stream, raw json.RawMessage) (interface{}, error) {
 	if req.Close {
 		p.closeStdin()
 	}
-	return struct{}{}, nil
+	return &emptyResult{}, nil
 }
 
-func opProcSignal(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Pid    *int    `json:"pid"`
-		Signal *string `json:"signal"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opProcSignal(st *stream, req *procSignalRequest) (*emptyResult, error) {
 	name := "SIGKILL"
 	if req.Signal != nil && *req.Signal != "" {
 		name = strings.ToUpper(*req.Signal)
@@ -825,11 +775,11 @@ func opProcSignal(st *stream, raw json.RawMessage) (interface{}, error) {
 		}
 		return nil, toOpError(fmt.Sprintf("kill process group %d", p.pid), err)
 	}
-	return struct{}{}, nil
+	return &emptyResult{}, nil
 }
 
-func opProcList(st *stream, raw json.RawMessage) (interface{}, error) {
-	return map[string]interface{}{"processes": st.agent.procs.list()}, nil
+func opProcList(st *stream, req *emptyRequest) (*procListResult, error) {
+	return &procListResult{Processes: st.agent.procs.list()}, nil
 }
 
 // userShell is the shell commands run with: bash, or sh where there is none.

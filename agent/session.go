@@ -455,10 +455,10 @@ func (st *stream) sendFrame(buf []byte) error {
 }
 
 // event sends an EVENT frame with v as JSON.
-func (st *stream) event(v interface{}) error {
-	b, err := marshalJSON(v)
+func (st *stream) event(ev agentEvent) error {
+	b, err := st.encodeEvent(ev)
 	if err != nil {
-		return fmt.Errorf("encoding event: %w", err)
+		return err
 	}
 	return st.sendFrame(encodeFrame(st.id, FrameEvent, b))
 }

@@ -5,7 +5,6 @@ package main
 import (
 	"bufio"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -76,7 +75,7 @@ func uptime() time.Duration {
 	return time.Duration(ts.Nano())
 }
 
-func opSysInfo(st *stream, raw json.RawMessage) (interface{}, error) {
+func opSysInfo(st *stream, req *emptyRequest) (*sysInfoResult, error) {
 	a := st.agent
 	bootID, err := readTrimmed(bootIDProcPath)
 	if a.testRoot != "" {
@@ -93,15 +92,15 @@ func opSysInfo(st *stream, raw json.RawMessage) (interface{}, error) {
 			hostname = v
 		}
 	}
-	return map[string]interface{}{
-		"version":     a.version,
-		"protocol":    protocolVersion,
-		"features":    agentFeatures,
-		"bootId":      bootID,
-		"timeMs":      time.Now().UnixMilli(),
-		"uptimeMs":    uptime().Milliseconds(),
-		"hostname":    hostname,
-		"initialized": a.sys.isInitialized(),
+	return &sysInfoResult{
+		Version:     a.version,
+		Protocol:    protocolVersion,
+		Features:    agentFeatures,
+		BootID:      bootID,
+		TimeMs:      time.Now().UnixMilli(),
+		UptimeMs:    uptime().Milliseconds(),
+		Hostname:    hostname,
+		Initialized: a.sys.isInitialized(),
 	}, nil
 }
 
@@ -111,30 +110,13 @@ var (
 	hostnameRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 )
 
-type sysInitRequest struct {
-	TimeMs    *float64           `json:"timeMs"`
-	Entropy   *string            `json:"entropy"`
-	Hostname  *string            `json:"hostname"`
-	MachineID *string            `json:"machineId"`
-	BootID    *string            `json:"bootId"`
-	Envs      *map[string]string `json:"envs"`
-	// Thaw (default true) lets user processes frozen by a capture run
-	// again once the identity is set. False leaves them frozen: a restored
-	// VM prepared ahead of demand, whose real sys.init comes later.
-	Thaw *bool `json:"thaw"`
-}
-
 // agentFeatures lists request options that an older agent would ignore
 // silently (unknown JSON fields are not errors): the host checks for them in
 // sys.info before relying on one.
 var agentFeatures = []string{"sys.init.thaw"}
 
-func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
+func opSysInit(st *stream, req *sysInitRequest) (*sysInitResult, error) {
 	a := st.agent
-	var req sysInitRequest
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
 	// Validate everything before changing anything.
 	switch {
 	case req.TimeMs == nil:
@@ -241,7 +223,7 @@ func opSysInit(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]interface{}{"timeMs": time.Now().UnixMilli(), "timingsUs": timings, "thawed": privileged && thaw, "frozen": frozen}, nil
+	return &sysInitResult{TimeMs: time.Now().UnixMilli(), TimingsUs: timings, Thawed: privileged && thaw, Frozen: frozen}, nil
 }
 
 // addEntropy credits bytes to the kernel's entropy pool (RNDADDENTROPY on
@@ -368,14 +350,7 @@ func unescapeMountinfo(s string) string {
 // opSysWarmup runs a host-internal command once and waits for it, recording
 // nothing (see spec/agent.json): a restored guest's first process start runs
 // cold, and the host pays that before a user's first command does.
-func opSysWarmup(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req struct {
-		Cmd       *string  `json:"cmd"`
-		TimeoutMs *float64 `json:"timeoutMs"`
-	}
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opSysWarmup(st *stream, req *sysWarmupRequest) (*sysWarmupResult, error) {
 	if req.Cmd == nil {
 		return nil, missing("cmd")
 	}
@@ -414,5 +389,5 @@ func opSysWarmup(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, opErrorf(CodeProcessFailed, "wait: %v", err)
 	}
-	return map[string]interface{}{"exitCode": state.ExitCode(), "tookUs": time.Since(began).Microseconds()}, nil
+	return &sysWarmupResult{ExitCode: state.ExitCode(), TookUs: time.Since(began).Microseconds()}, nil
 }

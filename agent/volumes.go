@@ -7,7 +7,6 @@ package main
 // refuses to migrate while a 9p share is mounted) and mounts them again after.
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,16 +18,6 @@ import (
 )
 
 const virtio9pDevices = "/sys/bus/virtio/drivers/9pnet_virtio"
-
-type volMountRequest struct {
-	Tag       *string `json:"tag"`
-	Path      *string `json:"path"`
-	TimeoutMs *int    `json:"timeoutMs"`
-}
-
-type volUnmountRequest struct {
-	Path *string `json:"path"`
-}
 
 // tagPresent reports whether a virtio-9p device with this mount tag is bound.
 func tagPresent(tag string) bool {
@@ -57,11 +46,7 @@ func validTag(tag string) bool {
 	return true
 }
 
-func opVolMount(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req volMountRequest
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opVolMount(st *stream, req *volMountRequest) (*volMountResult, error) {
 	if req.Tag == nil {
 		return nil, missing("tag")
 	}
@@ -87,7 +72,7 @@ func opVolMount(st *stream, raw json.RawMessage) (interface{}, error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if mounted, _ := isMountedAt(path); mounted {
-		return map[string]interface{}{"path": path, "mounted": true, "already": true}, nil
+		return &volMountResult{Path: path, Mounted: true, Already: true}, nil
 	}
 	if err := os.MkdirAll(path, 0o755); err != nil {
 		return nil, toOpError("create mount point "+path, err)
@@ -96,7 +81,7 @@ func opVolMount(st *stream, raw json.RawMessage) (interface{}, error) {
 	if err := syscall.Mount(*req.Tag, path, "9p", syscall.MS_NOSUID|syscall.MS_NODEV, opts); err != nil {
 		return nil, toOpError(fmt.Sprintf("mount %s on %s", *req.Tag, path), err)
 	}
-	return map[string]interface{}{"path": path, "mounted": true, "tookUs": time.Since(start).Microseconds()}, nil
+	return &volMountResult{Path: path, Mounted: true, TookUs: time.Since(start).Microseconds()}, nil
 }
 
 // reservedMountDirs are the guest directories no volume is mounted over or
@@ -123,18 +108,14 @@ func mountTarget(path string) (string, error) {
 // unmountPatience is how long vol.unmount tries again while the mount is busy.
 const unmountPatience = 2 * time.Second
 
-func opVolUnmount(st *stream, raw json.RawMessage) (interface{}, error) {
-	var req volUnmountRequest
-	if err := decodeRequest(raw, &req); err != nil {
-		return nil, err
-	}
+func opVolUnmount(st *stream, req *pathRequest) (*volUnmountResult, error) {
 	path, err := cleanPath("path", req.Path)
 	if err != nil {
 		return nil, err
 	}
 	path = realPath(path, true) // where vol.mount mounted it
 	if mounted, _ := isMountedAt(path); !mounted {
-		return map[string]interface{}{"path": path, "mounted": false}, nil
+		return &volUnmountResult{Path: path, Mounted: false}, nil
 	}
 	// a holder that is on its way out (the agent's own work for a request the
 	// host just cancelled, a process exiting) gets a moment
@@ -150,7 +131,7 @@ func opVolUnmount(st *stream, raw json.RawMessage) (interface{}, error) {
 		}
 		return nil, toOpError("unmount "+path, err)
 	}
-	return map[string]interface{}{"path": path, "mounted": false}, nil
+	return &volUnmountResult{Path: path, Mounted: false}, nil
 }
 
 func isMountedAt(path string) (bool, error) {

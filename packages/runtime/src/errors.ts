@@ -49,10 +49,12 @@ export const PUBLIC_ERROR_CODES = [
   'volume_in_use',
   'volume_missing',
   'volume_busy',
-  // 413, 415, 429
+  // 408 (the headers or body of a request did not arrive in time), 413, 415, 429, 431
+  'request_timeout',
   'payload_too_large',
   'unsupported_media_type',
   'too_many_sandboxes',
+  'headers_too_large',
   // 503, 507
   'insufficient_memory',
   'agent_unavailable',

@@ -202,7 +202,7 @@ async function bootAndSnapshot(opts: TemplateBuildOptions, dir: string, key: str
       if (!agent) throw new NsError('template_boot_failed', 'agent connection lost during the template build');
       // Bring what most first commands touch into the guest page cache, which the snapshot keeps
       // (sys.warmup: unlike proc.start, nothing of it is recorded for sandboxes to list).
-      const info = await agent.call<{ exitCode: number }>('sys.warmup', { cmd: "python3 -c 'import json, os, subprocess, sys' && bash -c true && sync", timeoutMs: 120_000 }, 150_000);
+      const info = await agent.call('sys.warmup', { cmd: "python3 -c 'import json, os, subprocess, sys' && bash -c true && sync", timeoutMs: 120_000 }, 150_000);
       if (info.exitCode !== 0) throw new NsError('template_boot_failed', `warm-up command failed: ${JSON.stringify(info)}`);
       bootedVm.disconnectAgent();
       await new Promise((r) => setTimeout(r, 100));

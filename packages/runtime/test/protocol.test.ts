@@ -13,6 +13,7 @@ import {
   MAX_DATA_FRAME_BYTES,
   MAX_PAYLOAD_BYTES,
 } from '@nullspace/runtime';
+import { generate, OUTPUT_FILE, parseField } from '../../../scripts/agent-types.mjs';
 
 const spec = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../spec/agent.json'), 'utf8')) as {
   version: number;
@@ -37,6 +38,28 @@ describe('agent protocol: the TypeScript side agrees with spec/agent.json', () =
     expect(Object.fromEntries(Object.entries(spec.frameTypes).map(([k, v]) => [k, v.value]))).toEqual(FrameType);
     expect([...AGENT_OPS].sort()).toEqual(Object.keys(spec.ops).sort());
     expect([...AGENT_ERROR_CODES].sort()).toEqual(Object.keys(spec.errorCodes).sort());
+  });
+});
+
+describe('agent payload types (ops.generated.ts, generated from spec/agent.json)', () => {
+  it('are what scripts/agent-types.mjs makes of the spec now', () => {
+    expect(fs.readFileSync(OUTPUT_FILE, 'utf8'), 'spec/agent.json changed: run node scripts/agent-types.mjs').toBe(generate(spec));
+  });
+  it('come from a strict grammar of the spec\'s field strings (agent/spec_test.go parses it the same way)', () => {
+    expect(parseField('number | null (optional, default 1): x (y)', [])).toEqual({
+      type: { kind: 'union', of: [{ kind: 'number' }, { kind: 'null' }] },
+      optional: true,
+      notes: 'optional, default 1',
+      description: 'x (y)',
+    });
+    expect(parseField('object string->Entry[] (diagnostic)', ['Entry'])).toMatchObject({
+      type: { kind: 'map', of: { kind: 'array', of: { kind: 'ref', name: 'Entry' } } },
+      optional: false,
+    });
+    expect(parseField('"a" | "b"', []).type).toEqual({ kind: 'union', of: [{ kind: 'literal', value: 'a' }, { kind: 'literal', value: 'b' }] });
+    for (const bad of ['array of strings', 'ProcessInfo of the ended process', 'Entry', 'string (optional, see (x))', '"open']) {
+      expect(() => parseField(bad, ['ProcessInfo']), bad).toThrow();
+    }
   });
 });
 

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { Channel, NsError, type AgentStream, type GuestAgent, type Json } from '@nullspace/runtime';
+import { Channel, NsError, type AgentStream, type Entry, type GuestAgent, type OpEvent, type OpRequest, type OpResult, type ProcessInfo } from '@nullspace/runtime';
 import { fromAgentError } from './errors.js';
 
 /**
@@ -174,38 +174,33 @@ export async function writeFile(
   }
   try {
     const r = await stream.result;
-    return { path: String(r.path ?? path), size: Number(r.size ?? total) };
+    return { path: r.path, size: r.size };
   } catch (err) {
     throw fromAgentError(err, `writing ${path}`);
   }
 }
 
-export async function callFs<T = Json>(agent: GuestAgent, op: 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename', args: Json, subject: string, signal?: AbortSignal): Promise<T> {
+export async function callFs<O extends 'fs.stat' | 'fs.mkdir' | 'fs.remove' | 'fs.rename'>(
+  agent: GuestAgent,
+  op: O,
+  args: OpRequest<O>,
+  subject: string,
+  signal?: AbortSignal,
+): Promise<OpResult<O>> {
   const stream = agent.open(op, args);
   limit(stream, { signal, deadlineMs: FILE_OP_DEADLINE_MS });
   try {
-    return (await stream.result) as T;
+    return await stream.result;
   } catch (err) {
     throw fromAgentError(err, subject);
   }
 }
 
-/** A file system entry as the agent reports it (spec/agent.json types.Entry). */
-export interface EntryInfo {
-  name: string;
-  path: string;
-  type: 'file' | 'dir' | 'symlink' | 'other';
-  size: number;
-  mode: number;
-  mtimeMs: number;
-  symlinkTarget?: string;
-}
-
-export async function listDir(agent: GuestAgent, path: string, depth: number, signal?: AbortSignal): Promise<EntryInfo[]> {
-  const entries: EntryInfo[] = [];
+export async function listDir(agent: GuestAgent, path: string, depth: number, signal?: AbortSignal): Promise<Entry[]> {
+  const entries: Entry[] = [];
   const stream = agent.open('fs.list', { path, depth }, {
     onEvent: (e) => {
-      if (e.type === 'entries' && Array.isArray(e.entries)) entries.push(...(e.entries as EntryInfo[]));
+      if (e.type === 'entries') entries.push(...e.entries);
     },
   });
   limit(stream, { signal, deadlineMs: FILE_OP_DEADLINE_MS });
@@ -235,15 +230,15 @@ export type CommandEvent =
   | { type: 'start'; pid: number }
   | { type: 'stdout' | 'stderr'; data: string }
   | { type: 'lost'; bytes: number }
-  | { type: 'end'; pid: number; exitCode: number | null; signal: string | null; timedOut: boolean; [k: string]: unknown }
+  | ({ type: 'end' } & ProcessInfo)
   | { type: 'error'; code: string; message: string };
 
 function toEvents(out: Feed) {
   const line = (e: CommandEvent) => out.feed(JSON.stringify(e) + '\n');
   return {
-    onEvent: (e: Json) => {
-      if (e.type === 'started') void line({ type: 'start', pid: Number(e.pid) });
-      else if (e.type === 'lost') void line({ type: 'lost', bytes: Number(e.bytes) });
+    onEvent: (e: OpEvent<'proc.start'>) => {
+      if (e.type === 'started') void line({ type: 'start', pid: e.pid });
+      else if (e.type === 'lost') void line({ type: 'lost', bytes: e.bytes });
     },
     onData: (channel: number, chunk: Buffer) =>
       line({ type: channel === Channel.STDERR ? 'stderr' : 'stdout', data: chunk.toString('base64') }),
@@ -251,13 +246,13 @@ function toEvents(out: Feed) {
   };
 }
 
-function finishEvents(stream: AgentStream, out: Feed, line: (e: CommandEvent) => Promise<void>): void {
+function finishEvents(stream: AgentStream<'proc.start' | 'proc.attach'>, out: Feed, line: (e: CommandEvent) => Promise<void>): void {
   out.on('close', () => {
     if (!stream.done) stream.cancel('client went away');
   });
   stream.result.then(
     async (r) => {
-      await line({ ...r, type: 'end', pid: Number(r.pid), exitCode: (r.exitCode as number | null) ?? null, signal: (r.signal as string | null) ?? null, timedOut: r.timedOut === true });
+      await line({ ...r, type: 'end' });
       out.push(null);
     },
     async (err: unknown) => {
@@ -294,7 +289,7 @@ export async function startCommand(agent: GuestAgent, req: CommandRequest, backg
     },
     {
       onEvent: (e) => {
-        if (e.type === 'started') resolveStart(Number(e.pid));
+        if (e.type === 'started') resolveStart(e.pid);
         ev.onEvent(e);
       },
       onData: ev.onData,
@@ -353,7 +348,7 @@ export async function writeStdin(agent: GuestAgent, pid: number, data: Buffer, c
 /** Output and end of a process started earlier (replaying what the agent still holds). */
 export async function attachCommand(agent: GuestAgent, pid: number, replay: boolean): Promise<Readable> {
   // an unknown pid is an error response, not an error inside a 200 stream
-  const { processes } = await agent.call<{ processes: Array<{ pid: number }> }>('proc.list');
+  const { processes } = await agent.call('proc.list');
   if (!processes.some((p) => p.pid === pid)) throw new NsError('process_not_found', `process ${pid} not found`, { details: { pid } });
   const out = new Feed();
   const ev = toEvents(out);

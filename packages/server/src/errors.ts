@@ -22,6 +22,8 @@ const STATUS: Record<PublicErrorCode, number> = {
   file_not_found: 404,
   process_not_found: 404,
   snapshot_not_found: 404,
+  // the request's headers or body did not arrive in time (NULLSPACE_HEADERS_TIMEOUT_MS, NULLSPACE_BODY_TIMEOUT_MS)
+  request_timeout: 408,
   sandbox_not_running: 409,
   sandbox_busy: 409,
   already_exists: 409,
@@ -40,6 +42,7 @@ const STATUS: Record<PublicErrorCode, number> = {
   invalid_volume_name: 400,
   payload_too_large: 413,
   unsupported_media_type: 415,
+  headers_too_large: 431,
   too_many_sandboxes: 429,
   insufficient_memory: 503,
   agent_unavailable: 503,

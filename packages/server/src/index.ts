@@ -16,7 +16,7 @@ import { Gc } from './gc.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
-export { httpStatusFor } from './errors.js';
+export { httpStatusFor, isPublicCode } from './errors.js';
 export { STATES, canTransition, type SandboxState } from './sandbox/lifecycle.js';
 export { storeCounts, type StoreCounts } from './store/db.js';
 

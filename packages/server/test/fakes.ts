@@ -13,6 +13,7 @@ import {
   DataDirLayout,
   DEVICE_SET,
   NsError,
+  type AgentOp,
   type AgentStream,
   type CaptureOptions,
   type CaptureResult,
@@ -22,6 +23,9 @@ import {
   type HostProfile,
   type Json,
   type LaunchRequest,
+  type OpArgs,
+  type OpRequest,
+  type OpResult,
   type TemplateInfo,
   type VmExit,
   type VmHandle,
@@ -40,7 +44,7 @@ import { VolumeService } from '../src/volumes.js';
 
 export const PROFILE: HostProfile = { qemuBinary: 'qemu-fake', qemuVersion: '7.2.0', machine: 'pc-i440fx-7.2', accel: 'tcg', cpuModel: 'max', hostCpu: '' };
 
-/** An agent that answers the lifecycle's ops and records them; `fail` makes an op fail. */
+/** An agent that answers the lifecycle's ops (with whole results of spec/agent.json) and records them; `fail` makes an op fail. */
 export class FakeAgent implements GuestAgent {
   readonly calls: Array<{ op: string; args: Json }> = [];
   readonly fail = new Map<string, Error>();
@@ -56,31 +60,38 @@ export class FakeAgent implements GuestAgent {
     this.closed = true;
   }
 
-  async call<T = Json>(op: string, args: Json = {}): Promise<T> {
+  private readonly answers: { [O in AgentOp]?: (args: OpRequest<O>) => OpResult<O> } = {
+    'sys.info': () => ({ version: 'fake', protocol: 1, features: ['sys.init.thaw'], bootId: '', timeMs: Date.now(), uptimeMs: 0, hostname: 'fake', initialized: true }),
+    'sys.init': (args) => {
+      const thaw = args.thaw !== false;
+      if (thaw) this.frozen = false;
+      return { timeMs: Date.now(), timingsUs: {}, thawed: thaw, frozen: this.frozen };
+    },
+    'sys.freeze': () => {
+      this.frozen = true;
+      return { frozen: true, tookUs: 0 };
+    },
+    'sys.thaw': () => {
+      this.frozen = false;
+      return { frozen: false, tookUs: 0 };
+    },
+    'sys.warmup': () => ({ exitCode: 0, tookUs: 0 }),
+    'vol.mount': (args) => ({ path: args.path, mounted: true }),
+    'vol.unmount': (args) => ({ path: args.path, mounted: false }),
+  };
+
+  async call<O extends AgentOp>(op: O, ...[args]: OpArgs<O, [timeoutMs?: number]>): Promise<OpResult<O>> {
     if (this.closed) throw new NsError('agent_unavailable', `${op}: the agent session is closed`);
-    this.calls.push({ op, args });
+    const request = args ?? ({} as OpRequest<O>);
+    this.calls.push({ op, args: { ...request } });
     const err = this.fail.get(op);
     if (err) throw err;
-    switch (op) {
-      case 'sys.info':
-        return { version: 'fake', protocol: 1, features: ['sys.init.thaw'] } as T;
-      case 'sys.init': {
-        const thaw = args.thaw !== false;
-        if (thaw) this.frozen = false;
-        return { thawed: thaw, frozen: this.frozen } as T;
-      }
-      case 'sys.freeze':
-        this.frozen = true;
-        return {} as T;
-      case 'sys.thaw':
-        this.frozen = false;
-        return {} as T;
-      default:
-        return {} as T;
-    }
+    const answer = this.answers[op] as ((args: OpRequest<O>) => OpResult<O>) | undefined;
+    if (!answer) throw new Error(`the fake agent does not answer ${op}`);
+    return answer(request);
   }
 
-  open(op: string): AgentStream {
+  open<O extends AgentOp>(op: O): AgentStream<O> {
     throw new Error(`the fake agent has no streams (${op})`);
   }
 

@@ -12,12 +12,16 @@ import {
   MAX_DATA_FRAME_BYTES,
   type AgentOp,
   type Frame,
+  type OpEvent,
+  type OpRequest,
+  type OpResult,
 } from './protocol.js';
 
 export type Json = Record<string, unknown>;
 
-export interface StreamHandlers {
-  onEvent?: (event: Json) => void;
+export interface StreamHandlers<O extends AgentOp = AgentOp> {
+  /** An EVENT of the op (spec/agent.json events). */
+  onEvent?(event: OpEvent<O>): void;
   /** Output of the agent. Credit for these bytes is returned to the agent once the promise settles. */
   onData?: (channel: number, chunk: Buffer) => void | Promise<void>;
 }
@@ -33,10 +37,23 @@ export class AgentError extends NsError {
   }
 }
 
-/** One request of the agent protocol: an OPEN, then data both ways, then a RESULT or ERROR. */
-export class AgentStream {
-  readonly result: Promise<Json>;
-  private resolveResult!: (v: Json) => void;
+/**
+ * The arguments of `op` after its name: its request (which may be left out when none of its fields is
+ * required), then `Rest`.
+ */
+export type OpArgs<O extends AgentOp, Rest extends unknown[]> = {} extends OpRequest<O>
+  ? [args?: OpRequest<O>, ...rest: Rest]
+  : [args: OpRequest<O>, ...rest: Rest];
+
+/**
+ * One request of the agent protocol: an OPEN, then data both ways, then a RESULT or ERROR. The
+ * payloads are typed by op from spec/agent.json (the agent is checked against the same spec), not
+ * validated at run time.
+ */
+export class AgentStream<O extends AgentOp = AgentOp> {
+  readonly result: Promise<OpResult<O>>;
+  // (of any value: a stream of one op is a stream of any op)
+  private resolveResult!: (v: unknown) => void;
   private rejectResult!: (e: Error) => void;
   private credit = INITIAL_WINDOW_BYTES;
   /** Bytes received and not yet handed back as credit. */
@@ -49,11 +66,11 @@ export class AgentStream {
   constructor(
     private readonly client: AgentClient,
     readonly id: number,
-    readonly op: string,
-    private readonly handlers: StreamHandlers,
+    readonly op: O,
+    private readonly handlers: StreamHandlers<O>,
   ) {
-    this.result = new Promise<Json>((resolve, reject) => {
-      this.resolveResult = resolve;
+    this.result = new Promise<OpResult<O>>((resolve, reject) => {
+      this.resolveResult = resolve as (v: unknown) => void;
       this.rejectResult = reject;
     });
     // callers may attach late; never let an unobserved rejection crash the process
@@ -107,7 +124,7 @@ export class AgentStream {
   handle(frame: Frame): void {
     switch (frame.type) {
       case FrameType.EVENT:
-        this.handlers.onEvent?.(parseJson(frame.payload));
+        this.handlers.onEvent?.(parseJson(frame.payload) as unknown as OpEvent<O>);
         break;
       case FrameType.DATA: {
         const channel = frame.payload[0] ?? 0;
@@ -133,7 +150,7 @@ export class AgentStream {
         for (const w of this.creditWaiters.splice(0)) w();
         break;
       case FrameType.RESULT: {
-        const value = parseJson(frame.payload);
+        const value = parseJson(frame.payload) as OpResult<O>;
         // deliver all output before the result
         void this.delivery.then(() => this.finish(value), (err: unknown) => this.fail(err as Error));
         this.settled = true;
@@ -153,7 +170,7 @@ export class AgentStream {
     }
   }
 
-  private finish(value: Json): void {
+  private finish(value: OpResult<O>): void {
     this.settled = true;
     for (const w of this.creditWaiters.splice(0)) w();
     this.resolveResult(value);
@@ -286,7 +303,7 @@ export class AgentClient extends EventEmitter {
   }
 
   /** Opens a stream for `op`. */
-  open(op: AgentOp, args: Json = {}, handlers: StreamHandlers = {}): AgentStream {
+  open<O extends AgentOp>(op: O, args: OpRequest<O>, handlers: StreamHandlers<O> = {}): AgentStream<O> {
     const id = this.nextStream++;
     const stream = new AgentStream(this, id, op, handlers);
     if (this.closed) {
@@ -299,11 +316,12 @@ export class AgentClient extends EventEmitter {
   }
 
   /** A request without streamed data: OPEN, then wait for RESULT. */
-  async call<T = Json>(op: AgentOp, args: Json = {}, timeoutMs = 30_000): Promise<T> {
-    const stream = this.open(op, args);
+  async call<O extends AgentOp>(op: O, ...[args, timeoutMs = 30_000]: OpArgs<O, [timeoutMs?: number]>): Promise<OpResult<O>> {
+    // (args is left out only where {} is a whole request)
+    const stream = this.open(op, args ?? ({} as OpRequest<O>));
     const timer = setTimeout(() => stream.cancel(`no answer within ${timeoutMs} ms`), timeoutMs);
     try {
-      return (await stream.result) as T;
+      return await stream.result;
     } finally {
       clearTimeout(timer);
     }

@@ -1,6 +1,7 @@
 /**
  * Constants of the host<->agent protocol. The written spec is spec/agent.json; this file mirrors the
- * parts the host needs, and test/agent-spec.test.ts checks that the two agree.
+ * parts the host needs, and packages/runtime/test/protocol.test.ts checks that the two agree. The ops'
+ * payload types are generated from the spec (ops.generated.ts, scripts/agent-types.mjs).
  */
 export const MAGIC = Buffer.from('NSAGENT1', 'ascii');
 export const HEADER_BYTES = 9;
@@ -22,28 +23,17 @@ export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 
 export const Channel = { MAIN: 0, STDOUT: 1, STDERR: 2 } as const;
 
-export const AGENT_OPS = [
-  'sys.info',
-  'sys.init',
-  'sys.freeze',
-  'sys.thaw',
-  'sys.warmup',
-  'vol.mount',
-  'vol.unmount',
-  'fs.read',
-  'fs.write',
-  'fs.list',
-  'fs.stat',
-  'fs.mkdir',
-  'fs.remove',
-  'fs.rename',
-  'proc.start',
-  'proc.attach',
-  'proc.stdin',
-  'proc.signal',
-  'proc.list',
-] as const;
-export type AgentOp = (typeof AGENT_OPS)[number];
+// The ops and their payloads (requests, results, events) are generated from the spec.
+export * from './ops.generated.js';
+import type { AgentOps } from './ops.generated.js';
+
+export type AgentOp = keyof AgentOps;
+/** The OPEN payload of `O` (without its `op` field). */
+export type OpRequest<O extends AgentOp> = AgentOps[O]['request'];
+/** The RESULT payload of `O`. */
+export type OpResult<O extends AgentOp> = AgentOps[O]['result'];
+/** The EVENT payloads of `O` (`never` for an op that sends none). */
+export type OpEvent<O extends AgentOp> = AgentOps[O]['event'];
 
 export const AGENT_ERROR_CODES = [
   'bad_request',

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
+import type { OpRequest } from '@nullspace/runtime';
 import { attachCommand, checkPath, clientGone, startCommand, writeStdin } from '../agentio.js';
 import { fromAgentError, NsError } from '../errors.js';
 import type { AppDeps } from './deps.js';
@@ -99,7 +100,9 @@ export const commandRoutes =
       async (req, reply) => {
         const agent = await sandboxes.agent(req.params.id);
         try {
-          await agent.call('proc.signal', { pid: req.params.pid, signal: req.body?.signal ?? 'SIGKILL' });
+          // (SignalBody allows the agent's signals, no other: packages/server/test/spec.test.ts)
+          const signal = (req.body?.signal ?? 'SIGKILL') as NonNullable<OpRequest<'proc.signal'>['signal']>;
+          await agent.call('proc.signal', { pid: req.params.pid, signal });
         } catch (err) {
           throw processError(err, req.params.pid);
         }

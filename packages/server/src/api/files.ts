@@ -2,8 +2,9 @@ import type { FastifyPluginAsync, FastifyReply } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { IncomingMessage } from 'node:http';
-import { callFs, checkPath, clientGone, listDir, readFile, writeFile, type EntryInfo } from '../agentio.js';
+import { callFs, checkPath, clientGone, listDir, readFile, writeFile } from '../agentio.js';
 import type { GuestAgent } from '@nullspace/runtime';
+import { UntilIdle } from '../util.js';
 import type { AppDeps } from './deps.js';
 import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
 
@@ -53,6 +54,8 @@ export const fileRoutes =
       raw.withTypeProvider<TypeBoxTypeProvider>().put(
         '/sandboxes/:id/files',
         {
+          // (no time limit on the whole body: UntilIdle limits the pauses between its chunks)
+          config: { streamedBody: true },
           schema: {
             summary: 'Write a file (request body streamed as the content; parents created)',
             params: IdParams,
@@ -64,7 +67,8 @@ export const fileRoutes =
           const path = checkPath(req.query.path);
           const gone = clientGone(reply.raw);
           const { agent, done } = await sandboxes.agentFor(req.params.id, 'files');
-          const source = (req.body as IncomingMessage | undefined) ?? req.raw;
+          // (however long the upload takes, it must not stall: NULLSPACE_BODY_TIMEOUT_MS between chunks)
+          const source = new UntilIdle((req.body as IncomingMessage | undefined) ?? req.raw, deps.config.http.bodyTimeoutMs);
           try {
             return await writeFile(agent, path, source, {
               ...(req.query.mode !== undefined ? { mode: req.query.mode } : {}),
@@ -72,7 +76,10 @@ export const fileRoutes =
               maxBytes: deps.config.limits.maxUploadBytes,
               signal: gone,
             });
+          } catch (err) {
+            throw source.stalled ?? err;
           } finally {
+            source.finish();
             done();
           }
         },
@@ -93,7 +100,7 @@ export const fileRoutes =
       { schema: { summary: 'Information about a path (lstat)', params: IdParams, querystring: PathQuery, response: { 200: Entry } } },
       async (req, reply) => {
         const path = checkPath(req.query.path);
-        return withAgent(req.params.id, reply, (agent, gone) => callFs<EntryInfo>(agent, 'fs.stat', { path }, `stat ${path}`, gone));
+        return withAgent(req.params.id, reply, (agent, gone) => callFs(agent, 'fs.stat', { path }, `stat ${path}`, gone));
       },
     );
 
@@ -103,7 +110,7 @@ export const fileRoutes =
       async (req, reply) => {
         const path = checkPath(req.body.path);
         const args = { path, parents: req.body.parents ?? true, ...(req.body.mode !== undefined ? { mode: req.body.mode } : {}) };
-        return withAgent(req.params.id, reply, (agent, gone) => callFs<{ created: boolean }>(agent, 'fs.mkdir', args, `mkdir ${path}`, gone));
+        return withAgent(req.params.id, reply, (agent, gone) => callFs(agent, 'fs.mkdir', args, `mkdir ${path}`, gone));
       },
     );
 

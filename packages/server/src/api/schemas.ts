@@ -1,6 +1,22 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { MAX_DURATION_MS } from '../config.js';
 import { STATES } from '../sandbox/lifecycle.js';
 import { MAX_APT_PACKAGES, MAX_CMD_BYTES as MAX_STEP_CMD_BYTES, MAX_DOCKERFILE_BYTES, MAX_READY_TIMEOUT_MS, MAX_STEPS, MIN_READY_TIMEOUT_MS } from '../templates/spec.js';
+
+/** A sandbox timeout: at least 1 s, at most a year (the server's NULLSPACE_MAX_TIMEOUT_MS is checked after). */
+const SandboxTimeoutMs = (description: string) => Type.Integer({ minimum: 1000, maximum: MAX_DURATION_MS, description });
+
+/** The highest process id Linux hands out (PID_MAX_LIMIT). */
+export const MAX_PID = 4_194_304;
+
+/**
+ * A body for POST routes that take none: absent, or an empty JSON object (`{}`, what the SDKs send).
+ * Anything else is refused like any body: unknown fields with validation_failed.
+ */
+export const EmptyBody = Type.Object({}, { additionalProperties: false });
+
+/** The query string of routes that take none (unknown parameters are refused). */
+export const NoQuery = Type.Object({}, { additionalProperties: false });
 
 export const ErrorBody = Type.Object(
   {
@@ -62,7 +78,7 @@ export const CreateSandboxBody = Type.Object(
     snapshotId: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'Start from this reusable snapshot instead of a template' })),
     metadata: Type.Optional(Metadata),
     envs: Type.Optional(Envs),
-    timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: 'Lifetime without activity before the sandbox is killed; default 300000' })),
+    timeoutMs: Type.Optional(SandboxTimeoutMs('Lifetime without activity before the sandbox is killed; default 300000, at most NULLSPACE_MAX_TIMEOUT_MS')),
     allowInternetAccess: Type.Optional(Type.Boolean({ default: true })),
     lifecycle: Type.Optional(
       Type.Object(
@@ -84,7 +100,7 @@ export const CreateSandboxBody = Type.Object(
 
 export const ListSandboxesQuery = Type.Object(
   {
-    state: Type.Optional(Type.String({ description: 'Comma-separated states; default: every live state (not killed/failed)' })),
+    state: Type.Optional(Type.String({ maxLength: 256, description: 'Comma-separated states; default: every live state (not killed/failed)' })),
     metadata: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'key=value, repeatable; all must match' })),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
     nextToken: Type.Optional(Type.String({ maxLength: 512 })),
@@ -99,14 +115,21 @@ export const SandboxList = Type.Object({
 
 export const IdParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
 
-export const TimeoutBody = Type.Object({ timeoutMs: Type.Integer({ minimum: 1000 }) }, { additionalProperties: false });
+export const TimeoutBody = Type.Object({ timeoutMs: SandboxTimeoutMs('From now; at most NULLSPACE_MAX_TIMEOUT_MS') }, { additionalProperties: false });
 
 export const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }) }, { additionalProperties: false });
 
 export const WriteQuery = Type.Object(
   {
     path: Type.String({ minLength: 1, maxLength: 4096 }),
-    mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+    mode: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        maximum: 0o7777,
+        'x-mode': true,
+        description: 'Permission bits of a new file: decimal digits (420) or octal digits with a leading 0 (0644); default 0644',
+      }),
+    ),
     append: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
@@ -154,7 +177,7 @@ export const CommandBody = Type.Object(
     cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     envs: Type.Optional(Envs),
     user: Type.Optional(Type.String({ pattern: '^[a-z_][a-z0-9_-]{0,31}$' })),
-    timeoutMs: Type.Optional(Type.Integer({ minimum: 0, description: '0 = no limit; default 60000' })),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_DURATION_MS, description: '0 = no limit; default 60000; at most a year' })),
     background: Type.Optional(Type.Boolean()),
     stdin: Type.Optional(Type.Boolean({ description: 'Keep stdin open for POST .../stdin' })),
     input: Type.Optional(Type.String({ maxLength: 1048576, description: 'Text written to stdin before it is closed (unless stdin is true)' })),
@@ -163,7 +186,7 @@ export const CommandBody = Type.Object(
   { additionalProperties: false },
 );
 
-export const PidParams = Type.Object({ id: Type.String({ maxLength: 64 }), pid: Type.Integer({ minimum: 1 }) });
+export const PidParams = Type.Object({ id: Type.String({ maxLength: 64 }), pid: Type.Integer({ minimum: 1, maximum: MAX_PID }) });
 
 export const ProcessInfo = Type.Object(
   {
@@ -230,7 +253,7 @@ export const CreateSnapshotBody = Type.Object({ metadata: Type.Optional(Metadata
 export const ListSnapshotsQuery = Type.Object(
   {
     sandboxId: Type.Optional(Type.String({ maxLength: 64 })),
-    kind: Type.Optional(Type.String({ description: 'Comma-separated kinds; default reusable,hibernate' })),
+    kind: Type.Optional(Type.String({ maxLength: 256, description: 'Comma-separated kinds; default reusable,hibernate' })),
     metadata: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'key=value, repeatable' })),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
     nextToken: Type.Optional(Type.String({ maxLength: 512 })),
@@ -263,7 +286,7 @@ export const ForkBody = Type.Object(
   {
     metadata: Type.Optional(Metadata),
     envs: Type.Optional(Envs),
-    timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: "Default: the source's timeout" })),
+    timeoutMs: Type.Optional(SandboxTimeoutMs("Default: the source's timeout; at most NULLSPACE_MAX_TIMEOUT_MS")),
   },
   { additionalProperties: false },
 );

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { errorMessage, NsError, wrapError, type GuestAgent, type VmHandle } from '@nullspace/runtime';
+import { errorMessage, NsError, wrapError, type GuestAgent, type OpRequest, type OpResult, type VmHandle } from '@nullspace/runtime';
 import type { SandboxRecord } from '../store/sandboxes.js';
 import type { VolumeAttachment } from '../store/volumes.js';
 import type { SandboxContext } from './context.js';
 
-/** Typed calls of the guest agent that the lifecycle makes (spec/agent.json `ops`). */
+/** Typed calls of the guest agent that the lifecycle makes (spec/agent.json `ops`, types generated from it). */
 export const guest = {
   /**
    * sys.init: the host's clock and fresh host entropy, with the given identity and default
@@ -13,28 +13,28 @@ export const guest = {
    */
   init(
     agent: GuestAgent,
-    identity: { hostname: string; machineId: string; bootId: string; envs: Record<string, string> },
+    identity: Required<Pick<OpRequest<'sys.init'>, 'hostname' | 'machineId' | 'bootId' | 'envs'>>,
     opts: { thaw?: false } = {},
-  ): Promise<{ timingsUs?: Record<string, number>; thawed?: boolean; frozen?: boolean }> {
+  ): Promise<OpResult<'sys.init'>> {
     return agent.call('sys.init', { timeMs: Date.now(), entropy: randomBytes(64).toString('base64'), ...identity, ...opts });
   },
-  info(agent: GuestAgent): Promise<{ version?: string; features?: string[] }> {
+  info(agent: GuestAgent): Promise<OpResult<'sys.info'>> {
     return agent.call('sys.info');
   },
-  freeze(agent: GuestAgent): Promise<unknown> {
+  freeze(agent: GuestAgent): Promise<OpResult<'sys.freeze'>> {
     return agent.call('sys.freeze', {}, 10_000);
   },
-  thaw(agent: GuestAgent): Promise<unknown> {
+  thaw(agent: GuestAgent): Promise<OpResult<'sys.thaw'>> {
     return agent.call('sys.thaw', {}, 10_000);
   },
   /** An unrecorded shell start: the guest's cold process-start paths, paid ahead of demand. */
-  warmup(agent: GuestAgent): Promise<unknown> {
+  warmup(agent: GuestAgent): Promise<OpResult<'sys.warmup'>> {
     return agent.call('sys.warmup', { cmd: 'true', timeoutMs: 20_000 }, 30_000);
   },
-  mount(agent: GuestAgent, v: { tag: string; path: string }, timeoutMs?: number): Promise<unknown> {
+  mount(agent: GuestAgent, v: { tag: string; path: string }, timeoutMs?: number): Promise<OpResult<'vol.mount'>> {
     return agent.call('vol.mount', { tag: v.tag, path: v.path, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }, 30_000);
   },
-  unmount(agent: GuestAgent, path: string): Promise<unknown> {
+  unmount(agent: GuestAgent, path: string): Promise<OpResult<'vol.unmount'>> {
     return agent.call('vol.unmount', { path }, 30_000);
   },
 };

@@ -1,0 +1,360 @@
+// Generated from spec/agent.json by scripts/agent-types.mjs: do not edit; run `node scripts/agent-types.mjs`.
+// packages/runtime/test/protocol.test.ts fails when this file is not what the script makes of the spec.
+
+/** spec/agent.json types.Entry */
+export interface Entry {
+  /** base name */
+  name: string;
+  /** absolute path */
+  path: string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  /** bytes (lstat) */
+  size: number;
+  /** permission bits (0-07777) */
+  mode: number;
+  /** modification time, milliseconds since the epoch */
+  mtimeMs: number;
+  /** (optional) only for symlinks */
+  symlinkTarget?: string;
+}
+
+/** spec/agent.json types.ProcessInfo */
+export interface ProcessInfo {
+  pid: number;
+  /** the command line as given (its first 2048 bytes and an ellipsis when longer) */
+  cmd: string;
+  cwd: string;
+  /** the tag given at start, or empty */
+  tag: string;
+  startedAtMs: number;
+  running: boolean;
+  /** null while running; -1 when ended by a signal */
+  exitCode: number | null;
+  /** e.g. "SIGKILL" when ended by a signal */
+  signal: string | null;
+  timedOut: boolean;
+}
+
+/** EVENT entries (spec/agent.json events.entries) */
+export interface EntriesEvent {
+  type: 'entries';
+  /** at most 500, sorted by path within the listing */
+  entries: Entry[];
+}
+
+/** EVENT started (spec/agent.json events.started) */
+export interface StartedEvent {
+  type: 'started';
+  /** the process id, sent first, once the process runs */
+  pid: number;
+}
+
+/** EVENT lost (spec/agent.json events.lost) */
+export interface LostEvent {
+  type: 'lost';
+  /** output bytes this subscriber missed (see flowControl) */
+  bytes: number;
+}
+
+/** sys.info request. */
+export type SysInfoRequest = Record<string, never>;
+/** sys.info result. */
+export interface SysInfoResult {
+  /** agent version */
+  version: string;
+  /** 1 */
+  protocol: number;
+  /** request options an older agent would ignore silently (unknown JSON fields are not errors), which the host checks before relying on one: "sys.init.thaw" */
+  features: string[];
+  /** the guest kernel's boot_id */
+  bootId: string;
+  /** guest wall clock */
+  timeMs: number;
+  uptimeMs: number;
+  hostname: string;
+  /** sys.init has been applied since this guest booted or since the last restore generation */
+  initialized: boolean;
+}
+
+/** sys.init request. Applied by the host after every boot, every restore and every reconnection, before any user request. Idempotent. Its last step thaws the user processes (see sys.freeze): in a clone they run again only once clock, entropy and identity are current. */
+export interface SysInitRequest {
+  /** host wall clock in ms since the epoch; the agent sets the guest clock to it (CLOCK_REALTIME) */
+  timeMs: number;
+  /** base64 of >= 32 random bytes; the agent credits them to the kernel pool (RNDADDENTROPY) and reseeds the CRNG at once (RNDRESEEDCRNG), so that clones of one snapshot never share random output */
+  entropy: string;
+  /** set as the guest hostname and shown at /etc/hostname (bind-mounted from /run/nullspace/hostname like machine-id) */
+  hostname: string;
+  /** 32 lowercase hex chars; shown at /etc/machine-id (init bind-mounts /run/nullspace/machine-id over it at boot, so that sys.init writes only tmpfs) */
+  machineId: string;
+  /** (optional) a UUID; the agent shows it at /proc/sys/kernel/random/boot_id (init bind-mounts /run/nullspace/boot_id over it at boot; sys.init rewrites that file in place) */
+  bootId?: string;
+  /** (optional) default environment for every later process (merged over the base environment, under the process's own envs) */
+  envs?: Record<string, string>;
+  /** (optional, default true) false leaves the user processes frozen (a VM restored ahead of demand, whose real sys.init comes later); listed in sys.info features as sys.init.thaw */
+  thaw?: boolean;
+}
+/** sys.init result. */
+export interface SysInitResult {
+  /** guest wall clock after the update */
+  timeMs: number;
+  /** (diagnostic) microseconds spent per step */
+  timingsUs: Record<string, number>;
+  /** the user processes were thawed by this call */
+  thawed: boolean;
+  /** the user processes are frozen after this call (false when there is no user cgroup) */
+  frozen: boolean;
+}
+
+/** sys.freeze request. Freezes every process started through proc.start (they all live in one cgroup, /sys/fs/cgroup/sandbox, joined before they run any user code). The host freezes before capturing a snapshot, so that a clone's user processes stay stopped until its sys.init has made clock, entropy and identity current. */
+export type SysFreezeRequest = Record<string, never>;
+/** sys.freeze result. */
+export interface SysFreezeResult {
+  /** true */
+  frozen: boolean;
+  tookUs: number;
+}
+
+/** sys.thaw request. Thaws the user processes (the source after a capture). sys.init also thaws, as its last step. */
+export type SysThawRequest = Record<string, never>;
+/** sys.thaw result. */
+export interface SysThawResult {
+  /** false */
+  frozen: boolean;
+  tookUs: number;
+}
+
+/** sys.warmup request. Host-internal: runs a shell command once, as root, in the user cgroup, and waits for it, recording nothing (never in proc.list; output discarded). A restored guest runs every code path cold the first time (under TCG, translating the fork, exec, loader and shell paths costs more than running them); the host uses this to pay that, and to fill the guest page cache, before a user waits: on template builds before the snapshot, and on sandboxes it prepares ahead of demand. */
+export interface SysWarmupRequest {
+  /** the command, run by /bin/bash -c (or /bin/sh -c) */
+  cmd: string;
+  /** (optional, default 60000) killed (with its process group) after this long */
+  timeoutMs?: number;
+}
+/** sys.warmup result. */
+export interface SysWarmupResult {
+  /** its exit status (-1 when killed by a signal, e.g. the timeout) */
+  exitCode: number;
+  /** microseconds from start to exit */
+  tookUs: number;
+}
+
+/** fs.read request. Only plain files are read: anything but a regular file (a device node, FIFO, socket; checked before it is opened, whose effects a device may have) is refused with bad_request, a directory with is_a_directory. The file is read without blocking: a read that would wait for data (EAGAIN) is a bad_request, and so is any read error of a file of the kernel's file systems (proc, sysfs, debugfs, tracefs, cgroup, ...: e.g. /proc/self/mem), which is the nature of that file rather than an I/O failure; /proc/kmsg is refused before reading (reading takes the kernel's messages). Other kernel files (/proc/cpuinfo, sysfs attributes: size 0 to stat) are read to their end. */
+export interface FsReadRequest {
+  /** absolute path of a regular file */
+  path: string;
+}
+/** fs.read result. */
+export interface FsReadResult {
+  /** total bytes sent */
+  size: number;
+}
+
+/** fs.write request. */
+export interface FsWriteRequest {
+  /** absolute path */
+  path: string;
+  /** (optional) permission bits for a new file, default 0644 */
+  mode?: number;
+  /** (optional, default false) */
+  append?: boolean;
+}
+/** fs.write result. */
+export interface FsWriteResult {
+  /** bytes written */
+  size: number;
+  path: string;
+}
+
+/** fs.list request. Cancellation stops the walk (checked for every directory and every 256 entries). */
+export interface FsListRequest {
+  /** absolute path of a directory */
+  path: string;
+  /** (optional, default 1, max 32) 1 lists the directory's children, 2 also their children, ... */
+  depth?: number;
+}
+/** fs.list result. */
+export interface FsListResult {
+  /** total entries sent */
+  count: number;
+}
+
+/** fs.stat request. */
+export interface FsStatRequest {
+  /** absolute path */
+  path: string;
+}
+/** fs.stat result. lstat of the path */
+export type FsStatResult = Entry;
+
+/** fs.mkdir request. */
+export interface FsMkdirRequest {
+  /** absolute path */
+  path: string;
+  /** (optional, default true) */
+  parents?: boolean;
+  /** (optional, default 0755) */
+  mode?: number;
+}
+/** fs.mkdir result. */
+export interface FsMkdirResult {
+  /** false when the directory already existed */
+  created: boolean;
+}
+
+/** fs.remove request. Refused (bad_request) in a system directory and for a device node (filesApi), and, recursive, when a file system is mounted at or under path. A recursive remove stops when the stream is cancelled. */
+export interface FsRemoveRequest {
+  /** absolute path */
+  path: string;
+  /** (optional, default false) */
+  recursive?: boolean;
+}
+/** fs.remove result. */
+export type FsRemoveResult = Record<string, never>;
+
+/** fs.rename request. */
+export interface FsRenameRequest {
+  /** absolute path */
+  from: string;
+  /** absolute path */
+  to: string;
+  /** (optional, default true) */
+  overwrite?: boolean;
+}
+/** fs.rename result. */
+export type FsRenameResult = Record<string, never>;
+
+/** proc.start request. */
+export interface ProcStartRequest {
+  /** run as /bin/bash -c CMD when /bin/bash exists, else /bin/sh -c CMD */
+  cmd: string;
+  /** (optional, default /workspace, created if missing when it is /workspace) */
+  cwd?: string;
+  /** (optional) */
+  envs?: Record<string, string>;
+  /** (optional, default root) a user name from the guest's /etc/passwd */
+  user?: string;
+  /** (optional, 0 = none) the process group is killed with SIGKILL when it runs longer; its exit then has timedOut true */
+  timeoutMs?: number;
+  /** (optional, default false) when true the host sends stdin as DATA channel 0 on this stream and END closes it; when false stdin is /dev/null */
+  stdin?: boolean;
+  /** (optional) free text kept in ProcessInfo */
+  tag?: string;
+}
+/** proc.start result. the ended process */
+export type ProcStartResult = ProcessInfo;
+
+/** proc.attach request. */
+export interface ProcAttachRequest {
+  pid: number;
+  /** (optional, default true) first send the output still held in the ring buffer */
+  replay?: boolean;
+}
+/** proc.attach result. */
+export type ProcAttachResult = ProcessInfo;
+
+/** proc.stdin request. */
+export interface ProcStdinRequest {
+  pid: number;
+  /** (optional) base64 bytes to write to the process's stdin */
+  data?: string;
+  /** (optional) close stdin after writing */
+  close?: boolean;
+}
+/** proc.stdin result. */
+export type ProcStdinResult = Record<string, never>;
+
+/** proc.signal request. sent to the whole process group */
+export interface ProcSignalRequest {
+  pid: number;
+  /** (optional, default SIGKILL) */
+  signal?: 'SIGKILL' | 'SIGTERM' | 'SIGINT' | 'SIGHUP' | 'SIGQUIT' | 'SIGUSR1' | 'SIGUSR2' | 'SIGSTOP' | 'SIGCONT';
+}
+/** proc.signal result. */
+export type ProcSignalResult = Record<string, never>;
+
+/** proc.list request. */
+export type ProcListRequest = Record<string, never>;
+/** proc.list result. */
+export interface ProcListResult {
+  /** running processes and ended ones not yet forgotten (the agent keeps the last 256 ended ones) */
+  processes: ProcessInfo[];
+}
+
+/** vol.mount request. Mounts a shared volume: a virtio-9p device (hot-plugged or present since start) with this mount tag, at path (created if missing). Waits for the device to appear. Mounting an already mounted path is a no-op. */
+export interface VolMountRequest {
+  /** the device's mount tag ([a-z0-9_-]{1,31}) */
+  tag: string;
+  /** absolute guest path; the guest's symbolic links in it are followed, and the volume is mounted where it leads, which must not be / or in one of reservedPaths (invalid_path otherwise) */
+  path: string;
+  /** (optional, default 10000) how long to wait for the device */
+  timeoutMs?: number;
+}
+/** vol.mount result. */
+export interface VolMountResult {
+  /** where it is mounted (symbolic links resolved) */
+  path: string;
+  /** true */
+  mounted: boolean;
+  /** (optional) */
+  already?: boolean;
+  /** (optional) */
+  tookUs?: number;
+}
+
+/** vol.unmount request. Unmounts a volume (before a memory snapshot: QEMU cannot migrate a VM with a mounted 9p share). Fails with volume_busy, naming the processes, when anything under it is still in use after 2 s of trying again (a holder on its way out, like the agent's work for a cancelled request, gets that moment). Unmounting a path that is not mounted is a no-op. */
+export interface VolUnmountRequest {
+  /** absolute guest path (resolved as in vol.mount) */
+  path: string;
+}
+/** vol.unmount result. */
+export interface VolUnmountResult {
+  path: string;
+  /** false */
+  mounted: boolean;
+}
+
+/** Every op of the protocol: its request, its result and the events it sends. */
+export interface AgentOps {
+  'sys.info': { request: SysInfoRequest; result: SysInfoResult; event: never };
+  'sys.init': { request: SysInitRequest; result: SysInitResult; event: never };
+  'sys.freeze': { request: SysFreezeRequest; result: SysFreezeResult; event: never };
+  'sys.thaw': { request: SysThawRequest; result: SysThawResult; event: never };
+  'sys.warmup': { request: SysWarmupRequest; result: SysWarmupResult; event: never };
+  'fs.read': { request: FsReadRequest; result: FsReadResult; event: never };
+  'fs.write': { request: FsWriteRequest; result: FsWriteResult; event: never };
+  'fs.list': { request: FsListRequest; result: FsListResult; event: EntriesEvent };
+  'fs.stat': { request: FsStatRequest; result: FsStatResult; event: never };
+  'fs.mkdir': { request: FsMkdirRequest; result: FsMkdirResult; event: never };
+  'fs.remove': { request: FsRemoveRequest; result: FsRemoveResult; event: never };
+  'fs.rename': { request: FsRenameRequest; result: FsRenameResult; event: never };
+  'proc.start': { request: ProcStartRequest; result: ProcStartResult; event: StartedEvent | LostEvent };
+  'proc.attach': { request: ProcAttachRequest; result: ProcAttachResult; event: LostEvent };
+  'proc.stdin': { request: ProcStdinRequest; result: ProcStdinResult; event: never };
+  'proc.signal': { request: ProcSignalRequest; result: ProcSignalResult; event: never };
+  'proc.list': { request: ProcListRequest; result: ProcListResult; event: never };
+  'vol.mount': { request: VolMountRequest; result: VolMountResult; event: never };
+  'vol.unmount': { request: VolUnmountRequest; result: VolUnmountResult; event: never };
+}
+
+/** The ops in the order of the spec. */
+export const AGENT_OPS = [
+  'sys.info',
+  'sys.init',
+  'sys.freeze',
+  'sys.thaw',
+  'sys.warmup',
+  'fs.read',
+  'fs.write',
+  'fs.list',
+  'fs.stat',
+  'fs.mkdir',
+  'fs.remove',
+  'fs.rename',
+  'proc.start',
+  'proc.attach',
+  'proc.stdin',
+  'proc.signal',
+  'proc.list',
+  'vol.mount',
+  'vol.unmount',
+] as const satisfies ReadonlyArray<keyof AgentOps>;
