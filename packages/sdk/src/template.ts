@@ -140,7 +140,7 @@ export class Template {
   /** A local file or directory into the context (checked now); its path in the context. */
   private addLocal(localPath: string, kind: string): string {
     const local = path.resolve(localPath);
-    if (!fs.existsSync(local)) throw badArgument(`${kind}: ${localPath} does not exist`);
+    if (!fs.lstatSync(local, { throwIfNoEntry: false })) throw badArgument(`${kind}: ${localPath} does not exist`);
     const name = `${RESERVED}/${kind}/${this.files.length}/${path.basename(local) || 'root'}`;
     this.files.push({ local, name });
     return name;

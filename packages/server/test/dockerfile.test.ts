@@ -283,6 +283,7 @@ describe('Dockerfile: refused instructions, directives, comments', () => {
     refused('# escape=x\nFROM base', 1, null, /the escape directive takes/);
     refused('# escape=\\\n# escape=`\nFROM base', 2, null, /given twice/);
     expect(steps('FROM base\r\nRUN a \\\r\n b\r\n')).toEqual([{ type: 'run', cmd: 'a  b' }]);
+    expect(parse('\uFEFFFROM base').from).toEqual({ template: 'base' }); // a byte-order mark is not part of the first instruction
   });
 
   it('every refusal is an NsError invalid_dockerfile thrown before any step is returned', () => {

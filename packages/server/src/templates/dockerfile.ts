@@ -107,7 +107,7 @@ function escapeRegExp(s: string): string {
 
 /** The instructions of a Dockerfile (directives read, comments and empty lines dropped, continuations joined). */
 function instructions(text: string): { escape: string; list: Instruction[] } {
-  const lines = text.split(/\r?\n/);
+  const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
   let escape = '\\';
   let i = 0;
   const seen = new Set<string>();
