@@ -21,6 +21,8 @@ export const PUBLIC_ERROR_CODES = [
   'invalid_json',
   'invalid_path',
   'invalid_volume_name',
+  'invalid_dockerfile',
+  'invalid_build_spec',
   // 401, 403
   'unauthorized',
   'permission_denied',

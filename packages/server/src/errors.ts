@@ -12,6 +12,8 @@ const STATUS: Record<PublicErrorCode, number> = {
   validation_failed: 400,
   invalid_path: 400,
   invalid_json: 400,
+  invalid_dockerfile: 400,
+  invalid_build_spec: 400,
   unauthorized: 401,
   permission_denied: 403,
   route_not_found: 404,

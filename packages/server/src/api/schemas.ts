@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { MAX_DURATION_MS } from '../config.js';
 import { STATES } from '../sandbox/lifecycle.js';
+import { MAX_APT_PACKAGES, MAX_CMD_BYTES as MAX_STEP_CMD_BYTES, MAX_DOCKERFILE_BYTES, MAX_READY_TIMEOUT_MS, MAX_STEPS, MIN_READY_TIMEOUT_MS } from '../templates/spec.js';
 
 /** A sandbox timeout: at least 1 s, at most a year (the server's NULLSPACE_MAX_TIMEOUT_MS is checked after). */
 const SandboxTimeoutMs = (description: string) => Type.Integer({ minimum: 1000, maximum: MAX_DURATION_MS, description });
@@ -308,3 +309,119 @@ export const Volume = Type.Object(
 
 export const CreateVolumeBody = Type.Object({ name: Type.String({ maxLength: 300 }) }, { additionalProperties: false });
 export const VolumeParams = Type.Object({ name: Type.String({ maxLength: 300 }) });
+
+// Templates built from a spec (docs/api.md, "Templates"). The JSON schema checks the shape and types
+// (400 validation_failed); the rules between fields and of values (exactly one start, which fields a
+// step of each type has, context and guest paths, names, ranges) are validateSpec's
+// (packages/server/src/templates/spec.ts: 400 invalid_build_spec), so that one place holds them for
+// every front end. Steps are one object type with a `type` rather than a union: a union's first
+// failing branch would be what a client is told.
+
+const RegistryAuth = Type.Object({ username: Type.String({ maxLength: 256 }), password: Type.String({ maxLength: 4096 }) }, { additionalProperties: false });
+
+const BuildFrom = Type.Object(
+  {
+    template: Type.Optional(Type.String({ maxLength: 80, description: 'A template: "name" or "name:VERSION"' })),
+    image: Type.Optional(Type.String({ maxLength: 512, description: 'An image reference: [registry[:port]/]name[:tag][@digest]' })),
+    auth: Type.Optional(RegistryAuth),
+    archive: Type.Optional(Type.String({ maxLength: 4100, description: 'A docker-save or OCI-layout tar in the build context: "ctx:" + its path' })),
+  },
+  { additionalProperties: false, description: 'Where the build starts: exactly one of template, image (auth optional), archive' },
+);
+
+const BuildStep = Type.Object(
+  {
+    type: Type.Union(['run', 'copy', 'env', 'workdir', 'user', 'expose', 'apt'].map((t) => Type.Literal(t))),
+    cmd: Type.Optional(Type.String({ maxLength: MAX_STEP_CMD_BYTES, description: 'run: the shell command' })),
+    src: Type.Optional(Type.String({ maxLength: 4096, description: 'copy: a path inside the build context (globs * ? [...] allowed)' })),
+    dest: Type.Optional(Type.String({ maxLength: 4096, description: 'copy: the guest path (a directory when it ends with /)' })),
+    chown: Type.Optional(Type.String({ maxLength: 65, description: 'copy: owner, user[:group] or uid[:gid]' })),
+    mode: Type.Optional(Type.String({ maxLength: 4, description: 'copy: permission bits in octal, e.g. "0755"' })),
+    envs: Type.Optional(Envs),
+    path: Type.Optional(Type.String({ maxLength: 4096, description: 'workdir: the directory' })),
+    name: Type.Optional(Type.String({ maxLength: 32, description: 'user: the user name' })),
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'expose: a TCP port' })),
+    packages: Type.Optional(Type.Array(Type.String({ maxLength: 256 }), { minItems: 1, maxItems: MAX_APT_PACKAGES, description: 'apt: Debian packages' })),
+  },
+  {
+    additionalProperties: false,
+    description:
+      'One step, by type: run {cmd}, copy {src, dest, chown?, mode?}, env {envs}, workdir {path}, user {name}, expose {port}, apt {packages}',
+  },
+);
+
+const ReadyCheck = Type.Object(
+  {
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'a TCP port in the guest accepts connections' })),
+    cmd: Type.Optional(Type.String({ maxLength: MAX_STEP_CMD_BYTES, description: 'a command exits 0' })),
+    file: Type.Optional(Type.String({ maxLength: 4096, description: 'a file exists (absolute path)' })),
+  },
+  { additionalProperties: false, description: 'Exactly one of port, cmd, file' },
+);
+
+const BuildSpec = Type.Object(
+  {
+    from: Type.Optional(BuildFrom),
+    dockerfile: Type.Optional(Type.String({ maxLength: MAX_DOCKERFILE_BYTES, description: "A Dockerfile (text): its FROM is the start, its steps come before the spec's" })),
+    steps: Type.Optional(Type.Array(BuildStep, { maxItems: MAX_STEPS })),
+    start: Type.Optional(
+      Type.Object(
+        {
+          cmd: Type.String({ minLength: 1, maxLength: MAX_STEP_CMD_BYTES, description: "The process running in the template's memory snapshot" }),
+          ready: Type.Optional(ReadyCheck),
+          timeoutMs: Type.Optional(Type.Integer({ minimum: MIN_READY_TIMEOUT_MS, maximum: MAX_READY_TIMEOUT_MS, description: 'Limit of the ready check; default 60000' })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+  },
+  { additionalProperties: false, description: 'from or dockerfile (one of them), then steps, then the start command' },
+);
+
+export const TemplateBuildBody = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 64, description: 'The template to build (a new version when it exists): [a-z0-9][a-z0-9-]{0,62}, not "base"' }),
+    spec: BuildSpec,
+    contextId: Type.Optional(Type.String({ maxLength: 64, description: 'A build context uploaded with POST /v1/templates/contexts' })),
+    buildArgs: Type.Optional(Envs),
+    cpuCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: "vCPUs of the template's sandboxes; default 1" })),
+    memoryMiB: Type.Optional(Type.Integer({ minimum: 128, maximum: 1048576, description: 'RAM of its sandboxes; default 512' })),
+    diskSizeMiB: Type.Optional(Type.Integer({ minimum: 512, maximum: 4194304, description: 'Root disk size; default 4096' })),
+    noCache: Type.Optional(Type.Boolean({ description: 'Build every step again' })),
+  },
+  { additionalProperties: false },
+);
+
+export const TemplateView = Type.Object(
+  {
+    name: Type.String(),
+    version: Type.Integer({ minimum: 1 }),
+    ref: Type.String({ description: 'name:version' }),
+    cpuCount: Type.Integer(),
+    memoryMiB: Type.Integer(),
+    diskSizeMiB: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    from: Type.String({ description: 'Where it started: "template base:1", "image registry/app:1", "archive ctx:..."' }),
+    startCmd: Type.Union([Type.String(), Type.Null()]),
+    ready: Type.Union([ReadyCheck, Type.Null()]),
+    envs: Type.Record(Type.String(), Type.String(), { description: "Its sandboxes' default environment" }),
+    user: Type.Union([Type.String(), Type.Null()], { description: 'Default user of commands in its sandboxes (null: root)' }),
+    workdir: Type.Union([Type.String(), Type.Null()], { description: 'Default cwd of commands in its sandboxes (null: /workspace)' }),
+    exposedPorts: Type.Array(Type.Integer()),
+    buildMs: Type.Union([Type.Integer(), Type.Null()]),
+    steps: Type.Integer({ description: 'How many steps built it' }),
+    compatible: Type.Boolean({ description: 'Whether this host can start sandboxes from it' }),
+    accel: Type.String(),
+    cpuModel: Type.String(),
+  },
+  { $id: 'TemplateView' },
+);
+
+export const TemplateList = Type.Object({ templates: Type.Array(TemplateView) });
+
+export const TemplateContext = Type.Object({
+  contextId: Type.String({ description: 'ctx_ + 16 lowercase alphanumerics' }),
+  files: Type.Integer(),
+  bytes: Type.Integer(),
+  sha256: Type.String(),
+});
