@@ -22,8 +22,10 @@ fi
 # Node.js and npm come from outside Debian 12 (its nodejs is 18): checked before anything is done
 bash "$NS_REPO/scripts/check-node.sh"
 
+# skopeo, umoci: importing OCI / Docker images (templates from an image); docker-registry: the tests'
+# own registries (the packaged service is not wanted: see below)
 PACKAGES=(qemu-system-x86 qemu-utils linux-image-amd64 debootstrap e2fsprogs cpio busybox-static golang-go
-  xz-utils xfsprogs nftables kmod curl ca-certificates python3 make g++)
+  xz-utils xfsprogs nftables kmod curl ca-certificates python3 make g++ skopeo umoci docker-registry)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -35,6 +37,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 else
   step "Debian packages present"
+fi
+# Debian's docker-registry package starts a registry on *:5000 for everyone (under systemd); the tests
+# start their own on loopback ports, nothing else needs it
+if command -v systemctl >/dev/null && systemctl is-enabled --quiet docker-registry 2>/dev/null; then
+  step "stopping and disabling the packaged docker-registry service (the tests start their own)"
+  systemctl disable --now docker-registry >&2 || echo "could not disable docker-registry.service" >&2
 fi
 
 # Guest RAM and disk images are cloned with reflinks (FICLONE): a sandbox start or a snapshot then

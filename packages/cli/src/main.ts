@@ -4,7 +4,21 @@ import os from 'node:os';
 import { Readable } from 'node:stream';
 import { Command, Option } from 'commander';
 import { loadConfig, startServer, VERSION, type Config } from '@nullspace/server';
-import { ApiClient, ConnectionConfig, Sandbox, SandboxError, Snapshot, TimeoutError, Volume, type CommandResult, type SandboxInfo, type SandboxState, type SnapshotKind } from 'nullspace';
+import {
+  ApiClient,
+  ConnectionConfig,
+  Sandbox,
+  SandboxError,
+  Snapshot,
+  Template,
+  TimeoutError,
+  Volume,
+  type CommandResult,
+  type SandboxInfo,
+  type SandboxState,
+  type SnapshotKind,
+  type TemplateInfo,
+} from 'nullspace';
 import { pruneCache } from '@nullspace/runtime';
 import { templateBuild, templateList } from './template.js';
 
@@ -34,6 +48,13 @@ const int = (v: string) => {
 
 function printJson(v: unknown): void {
   process.stdout.write(JSON.stringify(v, null, 2) + '\n');
+}
+
+/** One `field  value` line per field of a record (dates in ISO 8601, objects as JSON). */
+function printFields(record: object, width: number): void {
+  for (const [k, v] of Object.entries(record)) {
+    process.stdout.write(`${k.padEnd(width)} ${v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+  }
 }
 
 function describe(s: SandboxInfo): string {
@@ -72,42 +93,137 @@ program
     process.once('SIGTERM', () => stop('SIGTERM'));
   });
 
-const template = program.command('template').description('build and list templates');
+const template = program.command('template').description('build, list, inspect and delete templates');
 template
   .command('build')
-  .argument('[recipe]', 'recipe under images/', 'base')
-  .option('--name <name>', 'register under another name (default: the recipe name)')
-  .option('--memory-mib <n>', 'guest RAM (default from the recipe: 512)', int)
-  .option('--vcpus <n>', 'vCPUs (default from the recipe: 1)', int)
-  .option('--disk-size-mib <n>', 'root disk size (default from the recipe)', int)
-  .option('--force', 'boot and snapshot again even if cached')
+  .argument('[recipe]', 'without --file: a built-in recipe under images/ (default base), built on this machine')
+  .option('-f, --file <Dockerfile>', 'build from a Dockerfile through the server (its directory is the build context)')
+  .option('--context <dir>', 'with --file: the build context directory (default: the Dockerfile\'s)')
+  .option('--name <name>', 'the template\'s name (with --file: required; else default the recipe name)')
+  .option('--cpus <n>', 'vCPUs of its sandboxes (default 1)', int)
+  .option('--vcpus <n>', 'the same as --cpus', int)
+  .option('--memory-mib <n>', 'guest RAM (default 512)', int)
+  .option('--disk-mib <n>', 'root disk size (default 4096)', int)
+  .option('--disk-size-mib <n>', 'the same as --disk-mib', int)
+  .option('--build-arg <KEY=VALUE>', 'with --file: the value of an ARG of the Dockerfile (repeatable)', collect)
+  .option('--no-cache', 'build every step again (a recipe: boot and snapshot again)')
+  .option('--force', 'the same as --no-cache')
   .option('--json', 'print the result as JSON')
-  .description('build a template: Debian root filesystem, kernel, agent, then a booted snapshot (cached by recipe)')
-  .action(async (recipe: string, o: { name?: string; memoryMib?: number; vcpus?: number; diskSizeMib?: number; force?: boolean; json?: boolean }) => {
-    const t = await templateBuild(
-      config(),
-      {
-        recipe,
-        ...(o.name ? { name: o.name } : {}),
-        ...(o.memoryMib !== undefined ? { memoryMiB: o.memoryMib } : {}),
-        ...(o.vcpus !== undefined ? { vcpus: o.vcpus } : {}),
-        ...(o.diskSizeMib !== undefined ? { diskSizeMiB: o.diskSizeMib } : {}),
-        force: o.force ?? false,
+  .description(
+    'build a template: from a Dockerfile through the server (--file; the log streams to stderr), or from a built-in recipe on this machine (Debian root filesystem, kernel, agent, then a booted snapshot; cached by recipe)',
+  )
+  .action(
+    async (
+      recipe: string | undefined,
+      o: {
+        file?: string;
+        context?: string;
+        name?: string;
+        cpus?: number;
+        vcpus?: number;
+        memoryMib?: number;
+        diskMib?: number;
+        diskSizeMib?: number;
+        buildArg?: string[];
+        cache: boolean;
+        force?: boolean;
+        json?: boolean;
       },
-      (line) => process.stderr.write(line + '\n'),
-    );
-    if (o.json) printJson(t);
-    else process.stdout.write(`template ${t.name} ready: ${t.memoryMiB} MiB, ${t.vcpus} vCPU, ${t.requirements.accel}, ${t.dir}\n`);
-  });
+    ) => {
+      const cpus = o.cpus ?? o.vcpus;
+      const diskMiB = o.diskMib ?? o.diskSizeMib;
+      const again = o.force === true || !o.cache;
+      if (o.file === undefined) {
+        if (o.context !== undefined || o.buildArg) throw new SandboxError('--context and --build-arg go with --file', { code: 'bad_argument' });
+        const t = await templateBuild(
+          config(),
+          {
+            recipe: recipe ?? 'base',
+            ...(o.name ? { name: o.name } : {}),
+            ...(o.memoryMib !== undefined ? { memoryMiB: o.memoryMib } : {}),
+            ...(cpus !== undefined ? { vcpus: cpus } : {}),
+            ...(diskMiB !== undefined ? { diskSizeMiB: diskMiB } : {}),
+            force: again,
+          },
+          (line) => process.stderr.write(line + '\n'),
+        );
+        if (o.json) printJson(t);
+        else process.stdout.write(`template ${t.name} ready: ${t.memoryMiB} MiB, ${t.vcpus} vCPU, ${t.requirements.accel}, ${t.dir}\n`);
+        return;
+      }
+      if (recipe !== undefined) throw new SandboxError(`a recipe (${recipe}) and --file: give one`, { code: 'bad_argument' });
+      if (!o.name) throw new SandboxError('--name is required with --file', { code: 'bad_argument' });
+      const info = await Template.build(new Template().fromDockerfile(o.file), {
+        name: o.name,
+        ...(cpus !== undefined ? { cpuCount: cpus } : {}),
+        ...(o.memoryMib !== undefined ? { memoryMiB: o.memoryMib } : {}),
+        ...(diskMiB !== undefined ? { diskSizeMiB: diskMiB } : {}),
+        ...(o.context !== undefined ? { context: o.context } : {}),
+        ...(o.buildArg ? { buildArgs: pairs(o.buildArg, '--build-arg') } : {}),
+        noCache: again,
+        onLog: (line) => process.stderr.write(line + '\n'),
+      });
+      if (o.json) printJson(info);
+      else process.stdout.write(`template ${info.ref} ready: ${describeTemplate(info)}\n`);
+    },
+  );
 template
   .command('list')
+  .option('--local', "this machine's build cache, without a server (as the server's own templates)")
   .option('--json', 'print JSON')
-  .description('templates built on this machine')
-  .action((o: { json?: boolean }) => {
-    const list = templateList(config());
+  .description("the server's templates (without a configured server, or with --local: the templates built on this machine)")
+  .action(async (o: { local?: boolean; json?: boolean }) => {
+    if (o.local || !serverConfigured()) {
+      if (!o.local) process.stderr.write('no server configured (NULLSPACE_API_URL / NULLSPACE_API_KEY): the templates built on this machine\n');
+      const list = templateList(config());
+      if (o.json) return printJson(list);
+      for (const t of list) process.stdout.write(`${t.name}  ${t.memoryMiB} MiB  ${t.vcpus} vCPU  ${t.requirements.accel}/${t.requirements.cpuModel}  built ${t.builtAt}\n`);
+      return;
+    }
+    let list: TemplateInfo[];
+    try {
+      list = await Template.list();
+    } catch (err) {
+      if (err instanceof SandboxError && err.code === 'connection_failed') {
+        throw new SandboxError(`${err.message} (template list --local lists the templates built on this machine without a server)`, { code: err.code, cause: err });
+      }
+      throw err;
+    }
     if (o.json) return printJson(list);
-    for (const t of list) process.stdout.write(`${t.name}  ${t.memoryMiB} MiB  ${t.vcpus} vCPU  ${t.requirements.accel}/${t.requirements.cpuModel}  built ${t.builtAt}\n`);
+    for (const t of list) process.stdout.write(`${t.ref}  ${describeTemplate(t)}\n`);
   });
+template
+  .command('get')
+  .argument('<name>', 'NAME (its latest version) or NAME:VERSION')
+  .option('--json', 'print JSON')
+  .action(async (name: string, o: { json?: boolean }) => {
+    const t = await Template.get(name);
+    if (o.json) return printJson(t);
+    printFields(t, 14);
+  });
+template
+  .command('delete')
+  .argument('<name>')
+  .description('delete every version of a template (its sandboxes and snapshots keep working)')
+  .action(async (name: string) => {
+    if (!(await Template.delete(name))) throw new SandboxError(`template ${name} not found`, { code: 'template_not_found' });
+  });
+
+/** Whether a server is configured for the client commands: an API URL or key given, or a local server's key file. */
+function serverConfigured(): boolean {
+  if (process.env.NULLSPACE_API_URL || process.env.NULLSPACE_API_KEY) return true;
+  try {
+    new ConnectionConfig();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function describeTemplate(t: TemplateInfo): string {
+  const start = t.startCmd ? `  start: ${t.startCmd}` : '';
+  return `${t.cpuCount} vCPU  ${t.memoryMiB} MiB  disk ${t.diskSizeMiB} MiB  from ${t.from}  ${t.steps} step(s)${start}${t.compatible ? '' : '  (not compatible with this host)'}`;
+}
 
 /** Calls an API route that the SDK does not wrap (operator routes such as /v1/gc). */
 function apiCall(method: string, route: string): Promise<unknown> {
@@ -169,7 +285,7 @@ sandbox
   .action(async (id: string, o: { json?: boolean }) => {
     const info = await Sandbox.getInfo(id);
     if (o.json) return printJson(info);
-    for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(20)} ${v instanceof Date ? v.toISOString() : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+    printFields(info, 20);
   });
 sandbox
   .command('fork')

@@ -21,6 +21,7 @@ export const PUBLIC_ERROR_CODES = [
   'invalid_json',
   'invalid_path',
   'invalid_volume_name',
+  'invalid_dockerfile',
   'invalid_build_spec',
   'invalid_context',
   // 401, 403
@@ -34,6 +35,9 @@ export const PUBLIC_ERROR_CODES = [
   'process_not_found',
   'snapshot_not_found',
   'volume_not_found',
+  'image_not_found',
+  // 403: a registry refused the credentials (401 is this API's own key)
+  'registry_auth_failed',
   // 409
   'sandbox_not_running',
   'sandbox_busy',
@@ -50,12 +54,18 @@ export const PUBLIC_ERROR_CODES = [
   'volume_missing',
   'volume_busy',
   'template_build_in_progress',
-  // 413, 415, 422, 429
+  // 408 (the headers or body of a request did not arrive in time), 413, 415, 422, 429, 431
+  'request_timeout',
   'payload_too_large',
   'unsupported_media_type',
+  'image_invalid',
+  'disk_too_small',
   'template_build_failed',
   'template_ready_timeout',
   'too_many_sandboxes',
+  'headers_too_large',
+  // 502: a registry could not be reached
+  'registry_unreachable',
   // 503, 507
   'insufficient_memory',
   'agent_unavailable',

@@ -22,3 +22,5 @@ export * from './agent/client.js';
 export * from './image/kernel.js';
 export * from './image/recipe.js';
 export * from './image/build.js';
+export * from './image/oci.js';
+export * from './image/rootfs.js';

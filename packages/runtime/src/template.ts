@@ -191,6 +191,13 @@ export interface TemplateBuildOptions {
 
 const SNAPSHOT_RECIPE = 2; // 2: warm-up through sys.warmup (nothing recorded in the agent's process table)
 
+/** The warm-up command (any POSIX shell: bash when the image has it, else sh). */
+const WARMUP = [
+  "if command -v python3 >/dev/null 2>&1; then python3 -c 'import json, os, subprocess, sys' || exit 1; fi",
+  'if command -v bash >/dev/null 2>&1; then bash -c true || exit 1; fi',
+  'if command -v sync >/dev/null 2>&1; then sync; fi',
+].join('\n');
+
 /**
  * Boots the image once and saves a template snapshot (RAM file + device state + disk layer), so that
  * creating a sandbox is a copy-on-write restore instead of a boot. Cached by image, host profile and
@@ -269,8 +276,9 @@ async function bootAndSnapshot(opts: TemplateBuildOptions, dir: string, key: str
       const agent = bootedVm.agent;
       if (!agent) throw new NsError('template_boot_failed', 'agent connection lost during the template build');
       // Bring what most first commands touch into the guest page cache, which the snapshot keeps
-      // (sys.warmup: unlike proc.start, nothing of it is recorded for sandboxes to list).
-      const info = await agent.call('sys.warmup', { cmd: "python3 -c 'import json, os, subprocess, sys' && bash -c true && sync", timeoutMs: 120_000 }, 150_000);
+      // (sys.warmup: unlike proc.start, nothing of it is recorded for sandboxes to list). What the
+      // image has of it: an imported image may have neither python3 nor bash.
+      const info = await agent.call('sys.warmup', { cmd: WARMUP, timeoutMs: 120_000 }, 150_000);
       if (info.exitCode !== 0) throw new NsError('template_boot_failed', `warm-up command failed: ${JSON.stringify(info)}`);
       bootedVm.disconnectAgent();
       await new Promise((r) => setTimeout(r, 100));

@@ -45,6 +45,24 @@ export class TimeoutError extends SandboxError {
   result?: unknown;
 }
 
+/**
+ * A template build that failed after it started (a step failed, the ready check timed out, the VM
+ * failed): `code` from the build's error event (`template_build_failed`, `template_ready_timeout`,
+ * ...), the step it failed at (1-based; null when no step was running), the failed command's exit
+ * code, and the end of its output (the server keeps the last 4 KiB).
+ */
+export class TemplateBuildError extends SandboxError {
+  readonly step: number | null;
+  readonly exitCode: number | null;
+  readonly output: string;
+  constructor(message: string, opts: { code?: string; step?: number | null; exitCode?: number | null; output?: string; details?: Record<string, unknown> } = {}) {
+    super(message, { code: opts.code ?? 'template_build_failed', ...(opts.details ? { details: opts.details } : {}) });
+    this.step = opts.step ?? null;
+    this.exitCode = opts.exitCode ?? null;
+    this.output = opts.output ?? '';
+  }
+}
+
 const BY_CODE: Record<string, typeof SandboxError> = {
   sandbox_not_found: SandboxNotFoundError,
   template_not_found: TemplateNotFoundError,

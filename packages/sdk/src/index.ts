@@ -3,6 +3,8 @@ export type { SandboxInfo, SandboxOpts, SandboxListOpts, SandboxState } from './
 export { Paginator } from './paginator.js';
 export { Snapshot, SnapshotPaginator } from './snapshot.js';
 export { Volume } from './volume.js';
+export { Template, waitForCommand, waitForFile, waitForPort } from './template.js';
+export type { BuildFrom, BuildSpec, BuildStep, ReadyCheck, TemplateBuildOpts, TemplateInfo } from './template.js';
 export type { SnapshotKind, SnapshotListOpts, Compatibility } from './snapshot.js';
 export { Filesystem } from './sandbox/filesystem.js';
 export type { EntryInfo, EntryType, FileData, WriteInfo } from './sandbox/filesystem.js';
@@ -30,5 +32,6 @@ export {
   ServiceUnavailableError,
   NotEnoughSpaceError,
   TimeoutError,
+  TemplateBuildError,
   errorFromResponse,
 } from './errors.js';

@@ -1,29 +1,20 @@
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import util from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, SandboxError, Snapshot, TimeoutError } from '../src/index.js';
+import { startFakeServer, type FakeServer, type Handler } from './fake-server.js';
 
 // a scripted server: each test sets what a route answers (no VM needed: the transport only)
-type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
-const routes = new Map<string, Handler>();
-let server: http.Server;
+let fake: FakeServer;
+let routes: Map<string, Handler>;
 let apiUrl = '';
 const apiKey = 'transport-test-key-0123456789';
 
 beforeAll(async () => {
-  server = http.createServer((req, res) => {
-    const route = routes.get(`${req.method} ${new URL(req.url!, 'http://x').pathname}`);
-    if (!route) {
-      res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'route_not_found', message: 'no route' } }));
-      return;
-    }
-    route(req, res);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  apiUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  fake = await startFakeServer();
+  routes = fake.routes;
+  apiUrl = fake.url;
 });
-afterAll(() => new Promise<void>((r) => server.close(() => r())));
+afterAll(() => fake.close());
 
 const SBX = 'sbx_0123456789abcdef';
 const info = { sandboxId: SBX, template: 'base', snapshotId: null, forkedFrom: null, state: 'running', metadata: {}, memoryMiB: 512, vcpus: 1 };

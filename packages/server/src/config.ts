@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { NsError, type Accel } from '@nullspace/runtime';
+import { NsError, parseRegistryList, type Accel } from '@nullspace/runtime';
 
 /** Everything the server is configured with, parsed once at start (environment, then flags). */
 export interface Config {
@@ -15,6 +15,11 @@ export interface Config {
   imagesDir: string;
   agentDir: string;
   debianMirror: string;
+  /**
+   * Image registries (`host` or `host:port`) reached over plain HTTP or HTTPS without certificate
+   * checks when importing images (NULLSPACE_INSECURE_REGISTRIES, comma-separated); none by default.
+   */
+  insecureRegistries: string[];
   /** NULLSPACE_API_KEY; when unset the server generates one and keeps it in dataDir/api-key. */
   apiKey: string | undefined;
   accel: Accel | undefined;
@@ -41,6 +46,15 @@ export interface Config {
     maxUploadBytes: number;
     /** Refuse new sandboxes and snapshots (507) when the data disk has less free space than this. */
     minFreeDiskMiB: number;
+  };
+  http: {
+    /** A request's headers must arrive within this (Node's headersTimeout); 408 and closed otherwise. */
+    headersTimeoutMs: number;
+    /**
+     * A JSON body must arrive within this (counted from its headers); a file upload, which may take
+     * any time, must not stall for this long between two chunks. 408 `request_timeout` otherwise.
+     */
+    bodyTimeoutMs: number;
   };
   defaultTimeoutMs: number;
   /**
@@ -74,16 +88,23 @@ export interface Config {
 }
 
 export const DEFAULT_PORT = 7070;
+
+/**
+ * The longest duration any `...Ms` field of the API (and NULLSPACE_MAX_TIMEOUT_MS) takes: one year.
+ * A bound at all keeps huge numbers (1e400 is Infinity in JSON, 2^53 and above lose precision) from
+ * meaning "no limit".
+ */
+export const MAX_DURATION_MS = 365 * 24 * 3600_000;
 export const DEFAULT_HOME = '/var/lib/nullspace';
 export const DEFAULT_DATA_DIR = path.join(DEFAULT_HOME, 'data');
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
-function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
+function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) throw new NsError('invalid_config', `${name} must be an integer >= ${min}, got "${raw}"`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new NsError('invalid_config', `${name} must be an integer from ${min} to ${max}, got "${raw}"`);
   return n;
 }
 
@@ -131,6 +152,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     imagesDir: path.resolve(env.NULLSPACE_IMAGES_DIR || path.join(repoRoot, 'images')),
     agentDir: path.resolve(env.NULLSPACE_AGENT_DIR || path.join(repoRoot, 'agent')),
     debianMirror: env.NULLSPACE_DEBIAN_MIRROR || 'http://deb.debian.org/debian',
+    insecureRegistries: parseRegistryList(env.NULLSPACE_INSECURE_REGISTRIES ?? ''),
     apiKey,
     accel,
     kvmDevice: env.NULLSPACE_KVM_DEVICE || '/dev/kvm',
@@ -145,11 +167,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
       // nominal RAM may be overcommitted: clones share the template's pages until they write them
       maxMemoryMiB: int(env, 'NULLSPACE_MAX_MEMORY_MIB', totalMiB * 4, 0),
       minHostAvailableMiB: int(env, 'NULLSPACE_MIN_HOST_AVAILABLE_MIB', Math.min(2048, Math.floor(totalMiB / 10)), 0),
-      maxTimeoutMs: int(env, 'NULLSPACE_MAX_TIMEOUT_MS', 24 * 3600_000, 1000),
+      maxTimeoutMs: int(env, 'NULLSPACE_MAX_TIMEOUT_MS', 24 * 3600_000, 1000, MAX_DURATION_MS),
       maxUploadBytes: int(env, 'NULLSPACE_MAX_UPLOAD_BYTES', 4 * 1024 ** 3, 1),
       minFreeDiskMiB: int(env, 'NULLSPACE_MIN_FREE_DISK_MIB', 1024, 0),
     },
-    defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000),
+    http: {
+      headersTimeoutMs: int(env, 'NULLSPACE_HEADERS_TIMEOUT_MS', 20_000, 100, 3600_000),
+      bodyTimeoutMs: int(env, 'NULLSPACE_BODY_TIMEOUT_MS', 30_000, 100, 3600_000),
+    },
+    defaultTimeoutMs: int(env, 'NULLSPACE_DEFAULT_TIMEOUT_MS', 300_000, 1000, MAX_DURATION_MS),
     reaperIntervalMs: int(env, 'NULLSPACE_REAPER_INTERVAL_MS', 1000, 50),
     networkGuardCheckMs: int(env, 'NULLSPACE_FIREWALL_CHECK_MS', 10_000, 100),
     warmPoolSize: int(env, 'NULLSPACE_WARM_POOL', 2, 0),

@@ -12,6 +12,7 @@ const STATUS: Record<PublicErrorCode, number> = {
   validation_failed: 400,
   invalid_path: 400,
   invalid_json: 400,
+  invalid_dockerfile: 400,
   invalid_build_spec: 400,
   invalid_context: 400,
   unauthorized: 401,
@@ -22,6 +23,8 @@ const STATUS: Record<PublicErrorCode, number> = {
   file_not_found: 404,
   process_not_found: 404,
   snapshot_not_found: 404,
+  // the request's headers or body did not arrive in time (NULLSPACE_HEADERS_TIMEOUT_MS, NULLSPACE_BODY_TIMEOUT_MS)
+  request_timeout: 408,
   sandbox_not_running: 409,
   sandbox_busy: 409,
   already_exists: 409,
@@ -40,14 +43,21 @@ const STATUS: Record<PublicErrorCode, number> = {
   volume_missing: 409,
   volume_busy: 409,
   volume_not_found: 404,
+  image_not_found: 404,
+  // a registry refused the credentials of an image pull (401 is this API's own key)
+  registry_auth_failed: 403,
   invalid_volume_name: 400,
   payload_too_large: 413,
   unsupported_media_type: 415,
+  headers_too_large: 431,
+  image_invalid: 422,
+  disk_too_small: 422,
   too_many_sandboxes: 429,
   insufficient_memory: 503,
   agent_unavailable: 503,
   shutting_down: 503,
   no_space: 507,
+  registry_unreachable: 502,
   // the guest reported an I/O failure it could not map to a more precise code
   guest_io_error: 500,
   // failures of the host side, reported with their own code

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { importImage, Progress } from '@nullspace/runtime';
 import { buildApp, type App } from './api/app.js';
 import { resolveApiKey } from './apikey.js';
 import type { Config } from './config.js';
@@ -19,7 +20,7 @@ import { TemplateService } from './templates/service.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
-export { httpStatusFor } from './errors.js';
+export { httpStatusFor, isPublicCode } from './errors.js';
 export { STATES, canTransition, type SandboxState } from './sandbox/lifecycle.js';
 export { storeCounts, type StoreCounts } from './store/db.js';
 
@@ -70,6 +71,16 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     template: (ref) => host.template(ref),
     vms: sandboxes.vms,
     admit: (memoryMiB) => sandboxes.admit(memoryMiB),
+    importImage: (source, diskSizeMiB, info) =>
+      importImage({
+        source,
+        cacheDir: config.cacheDir,
+        imagesDir: config.imagesDir,
+        agentDir: config.agentDir,
+        diskSizeMiB,
+        insecureRegistries: config.insecureRegistries,
+        progress: new Progress('image', info),
+      }),
     log,
   });
   const templates = new TemplateService(config.cacheDir, (ref) => host.template(ref), (t) => host.compatible(t), contexts, builds);

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { NsError } from '@nullspace/runtime';
 
 /** Serializes async operations per key (one lifecycle operation at a time per sandbox). */
 export class KeyedMutex {
@@ -160,5 +161,66 @@ export class KeyedGate {
     g.drained = undefined;
     if (g.inside === 0) this.gates.delete(key);
     reopen?.();
+  }
+}
+
+/**
+ * The chunks of `source`, ended with 408 `request_timeout` when the next one takes longer than
+ * `idleMs` to come: an inactivity limit for a request body that may take any time as a whole. Only
+ * the waits for the source count, not the time its consumer takes between chunks. The error is
+ * also kept in `stalled` (for a consumer that reports its own error instead).
+ */
+export class UntilIdle<T> implements AsyncIterable<T> {
+  stalled: NsError | undefined;
+  private ended = false;
+  private readonly it: AsyncIterator<T>;
+
+  constructor(
+    source: AsyncIterable<T>,
+    private readonly idleMs: number,
+  ) {
+    this.it = source[Symbol.asyncIterator]();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<T> {
+    for (;;) {
+      let timer: NodeJS.Timeout | undefined;
+      const idle = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          this.stalled = new NsError('request_timeout', `the request body stalled: nothing arrived for ${this.idleMs} ms`, { details: { limitMs: this.idleMs } });
+          reject(this.stalled);
+        }, this.idleMs);
+      });
+      let next: IteratorResult<T>;
+      try {
+        next = await Promise.race([this.it.next(), idle]);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (next.done) {
+        this.ended = true;
+        return;
+      }
+      yield next.value;
+    }
+  }
+
+  /**
+   * Once the consumer is done: what it left of the source (a body half written when the write
+   * failed) is read and dropped, as Node does with a body nobody reads, so that the connection's
+   * next request comes after it (left half read on a connection kept alive, the next request was
+   * taken for body and never answered). A stalled source is left as it is, for the answer (408) to
+   * go out: its read ends with the connection.
+   */
+  finish(): void {
+    if (!this.ended && !this.stalled) void drain(this.it);
+  }
+}
+
+async function drain<T>(it: AsyncIterator<T>): Promise<void> {
+  try {
+    while (!(await it.next()).done);
+  } catch {
+    // (the connection ended)
   }
 }

@@ -10,6 +10,9 @@ Standard library only. Example::
     print(sandbox.commands.run("python3 -c 'print(6*7)'").stdout)
     sandbox.kill()
 
+Templates as code: ``Template().from_template("base").apt_install([...]).set_start_cmd(...)``,
+then ``Template.build(template, name=...)``; see :class:`Template`.
+
 Reusable snapshots: ``snapshot = sandbox.create_snapshot()``, then
 ``Sandbox.create(snapshot_id=snapshot.id)`` as many times as needed; see :class:`Snapshot`.
 
@@ -39,6 +42,7 @@ from .errors import (
     TemplateNotFoundError,
     VolumeNotFoundError,
     TimeoutError,
+    TemplateBuildError,
     error_from_response,
 )
 from .filesystem import FileStream, Filesystem
@@ -55,6 +59,7 @@ from .models import (
 from .pagination import Paginator
 from .sandbox import Sandbox, SandboxPaginator
 from .snapshot import Snapshot, SnapshotPaginator
+from .template import Template, TemplateInfo, wait_for_command, wait_for_file, wait_for_port
 from .volume import Volume
 
 __version__ = "0.1.0"
@@ -66,6 +71,11 @@ __all__ = [
     "Snapshot",
     "SnapshotPaginator",
     "Volume",
+    "Template",
+    "TemplateInfo",
+    "wait_for_port",
+    "wait_for_command",
+    "wait_for_file",
     "Compatibility",
     "CompatibilityMismatch",
     "Paginator",
@@ -99,5 +109,6 @@ __all__ = [
     "ServiceUnavailableError",
     "NotEnoughSpaceError",
     "TimeoutError",
+    "TemplateBuildError",
     "error_from_response",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "ServiceUnavailableError",
     "NotEnoughSpaceError",
     "TimeoutError",
+    "TemplateBuildError",
     "error_from_response",
 ]
 
@@ -149,6 +150,35 @@ class TimeoutError(SandboxError):  # noqa: A001 - deliberately shadows the built
     ) -> None:
         super().__init__(message, code, status, details)
         self.result: Any = result
+
+
+class TemplateBuildError(SandboxError):
+    """A template build that failed after it started: a step failed, the ready check timed out, the
+    VM failed.
+
+    ``code`` comes from the build's error event (``template_build_failed``,
+    ``template_ready_timeout``, ...).
+
+    Attributes:
+        step: The step it failed at (1-based), or ``None`` when no step was running.
+        exit_code: The failed command's exit code, or ``None``.
+        output: The end of its output (the server keeps the last 4 KiB).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: str | None = None,
+        status: int | None = None,
+        details: Mapping[str, Any] | None = None,
+        step: int | None = None,
+        exit_code: int | None = None,
+        output: str = "",
+    ) -> None:
+        super().__init__(message, code if code is not None else "template_build_failed", status, details)
+        self.step: int | None = step
+        self.exit_code: int | None = exit_code
+        self.output: str = output
 
 
 _BY_CODE: dict[str, type[SandboxError]] = {

@@ -35,6 +35,12 @@ def json_reply(status: int, value: Any) -> tuple:
     return status, {"Content-Type": "application/json"}, json.dumps(value).encode()
 
 
+def ndjson_reply(events: Any, status: int = 200) -> tuple:
+    """An NDJSON answer sent event by event (chunked, each flushed): ``events`` may be a generator
+    that waits between events, to check that a client handles each as it comes."""
+    return status, {"Content-Type": "application/x-ndjson"}, (json.dumps(e).encode() + b"\n" for e in events)
+
+
 def error_reply(status: int, code: str, message: str = "boom", details: Any = None) -> tuple:
     e: dict[str, Any] = {"code": code, "message": message}
     if details is not None:

@@ -6,7 +6,8 @@ import { waitForPrune } from '../prunelock.js';
 import { acquireDirLock, readJson, writeFileAtomic } from '../fsutil.js';
 import { listTree } from '../hash.js';
 import type { Progress } from '../progress.js';
-import { extractVmlinux, findKernel, resolveModules } from './kernel.js';
+import { extractVmlinux, findKernel, resolveModules, type KernelInfo } from './kernel.js';
+import { mkdirInRoot } from './rootfs.js';
 import { agentHash, debootstrapHash, imageHash, loadRecipe, type Recipe, type RecipeUser } from './recipe.js';
 
 export interface ImageBuildOptions {
@@ -62,16 +63,11 @@ export async function buildImage(opts: ImageBuildOptions): Promise<ImageInfo> {
     fs.mkdirSync(staging, { recursive: true });
     try {
       const tarball = await debootstrap(recipe, opts, progress);
-      const kernelFile = await progress.step('kernel', async () => {
-        if (await extractVmlinux(kernel.bzImage, path.join(staging, 'vmlinux'))) return 'vmlinux';
-        fs.copyFileSync(kernel.bzImage, path.join(staging, 'bzImage'));
-        return 'bzImage';
-      });
-      await progress.step('initramfs', () => buildInitramfs(recipe, recipeDir, kernel.modulesDir, staging));
+      const kernelFile = await buildBootFiles(recipe, recipeDir, kernel, staging, progress);
       await progress.step(`root filesystem (${diskSizeMiB} MiB ext4 -> qcow2)`, () =>
         buildRootDisk(recipeDir, recipe, tarball, agent.binary, diskSizeMiB, staging),
       );
-      const info: ImageInfo = {
+      return commitImage(staging, imageDir, {
         name: recipe.name,
         hash,
         dir: imageDir,
@@ -85,11 +81,7 @@ export async function buildImage(opts: ImageBuildOptions): Promise<ImageInfo> {
         diskSizeMiB,
         defaults: recipe.defaults,
         builtAt: new Date().toISOString(),
-      };
-      writeFileAtomic(path.join(staging, 'image.json'), JSON.stringify(info, null, 2));
-      for (const f of fs.readdirSync(staging)) fs.chmodSync(path.join(staging, f), 0o444);
-      fs.renameSync(staging, imageDir);
-      return info;
+      });
     } catch (err) {
       fs.rmSync(staging, { recursive: true, force: true });
       throw err;
@@ -97,6 +89,31 @@ export async function buildImage(opts: ImageBuildOptions): Promise<ImageInfo> {
   } finally {
     release();
   }
+}
+
+/**
+ * Writes the boot files of an image into `staging`: the kernel (the ELF vmlinux when it can be
+ * unpacked, else the bzImage) and the initramfs of `recipe` (busybox, its kernel modules, its
+ * `init`). Returns the kernel's file name.
+ */
+export async function buildBootFiles(recipe: Recipe, recipeDir: string, kernel: KernelInfo, staging: string, progress: Progress): Promise<string> {
+  const kernelFile = await progress.step('kernel', async () => {
+    if (await extractVmlinux(kernel.bzImage, path.join(staging, 'vmlinux'))) return 'vmlinux';
+    fs.copyFileSync(kernel.bzImage, path.join(staging, 'bzImage'));
+    return 'bzImage';
+  });
+  await progress.step('initramfs', () => buildInitramfs(recipe, recipeDir, kernel.modulesDir, staging));
+  return kernelFile;
+}
+
+/** Makes a staging directory the image `imageDir`: its manifest written, its files read-only, renamed in place. */
+export function commitImage<T extends ImageInfo>(staging: string, imageDir: string, info: T): T {
+  writeFileAtomic(path.join(staging, 'image.json'), JSON.stringify(info, null, 2));
+  for (const f of fs.readdirSync(staging)) fs.chmodSync(path.join(staging, f), 0o444);
+  // sandbox QEMU processes (unprivileged uids) open the root disk, kernel and initrd
+  fs.chmodSync(staging, 0o755);
+  fs.renameSync(staging, imageDir);
+  return info;
 }
 
 /** Builds the static guest agent (Go, standard library only) into the cache, keyed by its sources. */
@@ -217,16 +234,31 @@ async function buildRootDisk(
       fs.copyFileSync(path.join(overlay, rel), dst);
       fs.chmodSync(dst, fs.statSync(path.join(overlay, rel)).mode & 0o7777);
     }
-    fs.mkdirSync(path.join(rootfs, 'workspace'), { recursive: true, mode: 0o755 });
-    fs.mkdirSync(path.join(rootfs, 'usr/local/bin'), { recursive: true });
-    fs.copyFileSync(agentBinary, path.join(rootfs, 'usr/local/bin/nullspace-agent'));
-    fs.chmodSync(path.join(rootfs, 'usr/local/bin/nullspace-agent'), 0o755);
-    const raw = path.join(out, 'rootfs.raw');
-    await run('mkfs.ext4', ['-q', '-F', '-L', 'nsroot', '-d', rootfs, raw, `${diskSizeMiB}M`], { errorCode: 'image_build_failed' });
-    await run('qemu-img', ['convert', '-O', 'qcow2', raw, path.join(out, 'rootfs.qcow2')], { errorCode: 'image_build_failed' });
-    fs.rmSync(raw);
+    installAgent(rootfs, agentBinary);
+    await makeRootDisk(rootfs, diskSizeMiB, out);
   } finally {
     fs.rmSync(rootfs, { recursive: true, force: true });
+  }
+}
+
+/** Puts the agent at /usr/local/bin/nullspace-agent (the init the initramfs hands over to) and makes /workspace. */
+export function installAgent(rootfs: string, agentBinary: string): void {
+  const dir = mkdirInRoot(rootfs, '/usr/local/bin');
+  const dst = path.join(dir, 'nullspace-agent');
+  fs.rmSync(dst, { recursive: true, force: true });
+  fs.copyFileSync(agentBinary, dst);
+  fs.chmodSync(dst, 0o755);
+  mkdirInRoot(rootfs, '/workspace');
+}
+
+/** `rootfs` as an ext4 file system of `diskSizeMiB` (label nsroot), converted to `<out>/rootfs.qcow2`. */
+export async function makeRootDisk(rootfs: string, diskSizeMiB: number, out: string): Promise<void> {
+  const raw = path.join(out, 'rootfs.raw');
+  try {
+    await run('mkfs.ext4', ['-q', '-F', '-L', 'nsroot', '-d', rootfs, raw, `${diskSizeMiB}M`], { errorCode: 'image_build_failed' });
+    await run('qemu-img', ['convert', '-O', 'qcow2', raw, path.join(out, 'rootfs.qcow2')], { errorCode: 'image_build_failed' });
+  } finally {
+    fs.rmSync(raw, { force: true });
   }
 }
 
@@ -249,8 +281,7 @@ function addUser(rootfs: string, u: RecipeUser): void {
   append('etc/passwd', `${u.name}:x:${u.uid}:${u.uid}::${u.home}:${u.shell}`);
   append('etc/group', `${u.name}:x:${u.uid}:`);
   append('etc/shadow', `${u.name}:!:19000:0:99999:7:::`, 0o640);
-  const home = path.join(rootfs, u.home);
-  fs.mkdirSync(home, { recursive: true });
+  const home = mkdirInRoot(rootfs, u.home);
   const skel = path.join(rootfs, 'etc/skel');
   if (fs.existsSync(skel)) fs.cpSync(skel, home, { recursive: true, verbatimSymlinks: true });
   const own = (p: string) => {
@@ -260,8 +291,7 @@ function addUser(rootfs: string, u: RecipeUser): void {
   own(home);
   fs.chmodSync(home, 0o750);
   if (u.sudo) {
-    const dir = path.join(rootfs, 'etc/sudoers.d');
-    fs.mkdirSync(dir, { recursive: true });
+    const dir = mkdirInRoot(rootfs, '/etc/sudoers.d');
     fs.writeFileSync(path.join(dir, u.name), `${u.name} ALL=(ALL) NOPASSWD:ALL\n`, { mode: 0o440 });
   }
 }

@@ -4,6 +4,7 @@ import { Type } from '@sinclair/typebox';
 import type { IncomingMessage } from 'node:http';
 import { callFs, checkPath, clientGone, listDir, readFile, writeFile } from '../agentio.js';
 import type { GuestAgent } from '@nullspace/runtime';
+import { UntilIdle } from '../util.js';
 import type { AppDeps } from './deps.js';
 import { Entry, IdParams, ListQuery, MkdirBody, PathQuery, RemoveQuery, RenameBody, WriteQuery } from './schemas.js';
 
@@ -53,6 +54,8 @@ export const fileRoutes =
       raw.withTypeProvider<TypeBoxTypeProvider>().put(
         '/sandboxes/:id/files',
         {
+          // (no time limit on the whole body: UntilIdle limits the pauses between its chunks)
+          config: { streamedBody: true },
           schema: {
             summary: 'Write a file (request body streamed as the content; parents created)',
             params: IdParams,
@@ -64,7 +67,8 @@ export const fileRoutes =
           const path = checkPath(req.query.path);
           const gone = clientGone(reply.raw);
           const { agent, done } = await sandboxes.agentFor(req.params.id, 'files');
-          const source = (req.body as IncomingMessage | undefined) ?? req.raw;
+          // (however long the upload takes, it must not stall: NULLSPACE_BODY_TIMEOUT_MS between chunks)
+          const source = new UntilIdle((req.body as IncomingMessage | undefined) ?? req.raw, deps.config.http.bodyTimeoutMs);
           try {
             return await writeFile(agent, path, source, {
               ...(req.query.mode !== undefined ? { mode: req.query.mode } : {}),
@@ -72,7 +76,10 @@ export const fileRoutes =
               maxBytes: deps.config.limits.maxUploadBytes,
               signal: gone,
             });
+          } catch (err) {
+            throw source.stalled ?? err;
           } finally {
+            source.finish();
             done();
           }
         },

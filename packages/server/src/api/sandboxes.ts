@@ -5,14 +5,14 @@ import { NsError } from '@nullspace/runtime';
 import { STATES, type SandboxState } from '../sandbox/lifecycle.js';
 import type { AppDeps } from './deps.js';
 import { parseList, parseMetadataFilter } from './query.js';
-import { CreateSandboxBody, ForkBody, IdParams, ListSandboxesQuery, ResumeBody, Sandbox, SandboxList, Snapshot, TimeoutBody } from './schemas.js';
+import { CreateSandboxBody, EmptyBody, ForkBody, IdParams, ListSandboxesQuery, ResumeBody, Sandbox, SandboxList, Snapshot, TimeoutBody } from './schemas.js';
 import { sandboxView, snapshotView } from './views.js';
 
 const LIVE_STATES: SandboxState[] = ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'];
 
 export function checkTimeout(deps: AppDeps, timeoutMs: number): number {
   if (timeoutMs > deps.config.limits.maxTimeoutMs) {
-    throw new NsError('bad_request', `timeoutMs ${timeoutMs} exceeds the maximum of ${deps.config.limits.maxTimeoutMs}`, { details: { field: 'timeoutMs' } });
+    throw new NsError('validation_failed', `timeoutMs ${timeoutMs} exceeds the maximum of ${deps.config.limits.maxTimeoutMs}`, { details: { field: 'timeoutMs' } });
   }
   return timeoutMs;
 }
@@ -92,6 +92,7 @@ export const sandboxRoutes =
           schema: {
             summary: `${route.endsWith('pause') ? '(alias of hibernate) ' : ''}Hibernate: persist memory and disk, stop the VM; the sandbox is paused until resumed`,
             params: IdParams,
+            body: Type.Optional(EmptyBody),
             response: { 200: Snapshot },
           },
         },

@@ -1,5 +1,22 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { MAX_DURATION_MS } from '../config.js';
 import { STATES } from '../sandbox/lifecycle.js';
+import { MAX_APT_PACKAGES, MAX_CMD_BYTES as MAX_STEP_CMD_BYTES, MAX_DOCKERFILE_BYTES, MAX_READY_TIMEOUT_MS, MAX_STEPS, MIN_READY_TIMEOUT_MS } from '../templates/spec.js';
+
+/** A sandbox timeout: at least 1 s, at most a year (the server's NULLSPACE_MAX_TIMEOUT_MS is checked after). */
+const SandboxTimeoutMs = (description: string) => Type.Integer({ minimum: 1000, maximum: MAX_DURATION_MS, description });
+
+/** The highest process id Linux hands out (PID_MAX_LIMIT). */
+export const MAX_PID = 4_194_304;
+
+/**
+ * A body for POST routes that take none: absent, or an empty JSON object (`{}`, what the SDKs send).
+ * Anything else is refused like any body: unknown fields with validation_failed.
+ */
+export const EmptyBody = Type.Object({}, { additionalProperties: false });
+
+/** The query string of routes that take none (unknown parameters are refused). */
+export const NoQuery = Type.Object({}, { additionalProperties: false });
 
 export const ErrorBody = Type.Object(
   {
@@ -61,7 +78,7 @@ export const CreateSandboxBody = Type.Object(
     snapshotId: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'Start from this reusable snapshot instead of a template' })),
     metadata: Type.Optional(Metadata),
     envs: Type.Optional(Envs),
-    timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: 'Lifetime without activity before the sandbox is killed; default 300000' })),
+    timeoutMs: Type.Optional(SandboxTimeoutMs('Lifetime without activity before the sandbox is killed; default 300000, at most NULLSPACE_MAX_TIMEOUT_MS')),
     allowInternetAccess: Type.Optional(Type.Boolean({ default: true })),
     lifecycle: Type.Optional(
       Type.Object(
@@ -83,7 +100,7 @@ export const CreateSandboxBody = Type.Object(
 
 export const ListSandboxesQuery = Type.Object(
   {
-    state: Type.Optional(Type.String({ description: 'Comma-separated states; default: every live state (not killed/failed)' })),
+    state: Type.Optional(Type.String({ maxLength: 256, description: 'Comma-separated states; default: every live state (not killed/failed)' })),
     metadata: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'key=value, repeatable; all must match' })),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
     nextToken: Type.Optional(Type.String({ maxLength: 512 })),
@@ -98,14 +115,21 @@ export const SandboxList = Type.Object({
 
 export const IdParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
 
-export const TimeoutBody = Type.Object({ timeoutMs: Type.Integer({ minimum: 1000 }) }, { additionalProperties: false });
+export const TimeoutBody = Type.Object({ timeoutMs: SandboxTimeoutMs('From now; at most NULLSPACE_MAX_TIMEOUT_MS') }, { additionalProperties: false });
 
 export const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }) }, { additionalProperties: false });
 
 export const WriteQuery = Type.Object(
   {
     path: Type.String({ minLength: 1, maxLength: 4096 }),
-    mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+    mode: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        maximum: 0o7777,
+        'x-mode': true,
+        description: 'Permission bits of a new file: decimal digits (420) or octal digits with a leading 0 (0644); default 0644',
+      }),
+    ),
     append: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
@@ -153,7 +177,7 @@ export const CommandBody = Type.Object(
     cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     envs: Type.Optional(Envs),
     user: Type.Optional(Type.String({ pattern: '^[a-z_][a-z0-9_-]{0,31}$' })),
-    timeoutMs: Type.Optional(Type.Integer({ minimum: 0, description: '0 = no limit; default 60000' })),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_DURATION_MS, description: '0 = no limit; default 60000; at most a year' })),
     background: Type.Optional(Type.Boolean()),
     stdin: Type.Optional(Type.Boolean({ description: 'Keep stdin open for POST .../stdin' })),
     input: Type.Optional(Type.String({ maxLength: 1048576, description: 'Text written to stdin before it is closed (unless stdin is true)' })),
@@ -162,7 +186,7 @@ export const CommandBody = Type.Object(
   { additionalProperties: false },
 );
 
-export const PidParams = Type.Object({ id: Type.String({ maxLength: 64 }), pid: Type.Integer({ minimum: 1 }) });
+export const PidParams = Type.Object({ id: Type.String({ maxLength: 64 }), pid: Type.Integer({ minimum: 1, maximum: MAX_PID }) });
 
 export const ProcessInfo = Type.Object(
   {
@@ -212,98 +236,6 @@ export const NameParams = Type.Object({ name: Type.String({ maxLength: 64 }) });
 export const TemplateNameParams = Type.Object({ name: Type.String({ maxLength: 64 }) });
 export const TemplateRefParams = Type.Object({ ref: Type.String({ maxLength: 80, description: 'name, or name:version' }) });
 
-const GuestPath = Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\x00]+$' });
-const BuildStepSchema = Type.Union([
-  Type.Object({ type: Type.Literal('run'), cmd: Type.String({ minLength: 1, maxLength: MAX_CMD_BYTES }) }, { additionalProperties: false }),
-  Type.Object(
-    {
-      type: Type.Literal('copy'),
-      src: Type.String({ minLength: 1, maxLength: 4096 }),
-      dest: GuestPath,
-      chown: Type.Optional(Type.String({ minLength: 1, maxLength: 65, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$' })),
-      mode: Type.Optional(Type.String({ pattern: '^[0-7]{3,4}$' })),
-    },
-    { additionalProperties: false },
-  ),
-  Type.Object({ type: Type.Literal('env'), envs: Envs }, { additionalProperties: false }),
-  Type.Object({ type: Type.Literal('workdir'), path: GuestPath }, { additionalProperties: false }),
-  Type.Object({ type: Type.Literal('user'), name: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' }) }, { additionalProperties: false }),
-  Type.Object({ type: Type.Literal('expose'), port: Type.Integer({ minimum: 1, maximum: 65535 }) }, { additionalProperties: false }),
-  Type.Object(
-    { type: Type.Literal('apt'), packages: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9+.:~=-]{0,127}$' }), { minItems: 1, maxItems: 500 }) },
-    { additionalProperties: false },
-  ),
-]);
-const ReadySchema = Type.Union([
-  Type.Object({ port: Type.Integer({ minimum: 1, maximum: 65535 }) }, { additionalProperties: false }),
-  Type.Object({ cmd: Type.String({ minLength: 1, maxLength: MAX_CMD_BYTES }) }, { additionalProperties: false }),
-  Type.Object({ file: GuestPath }, { additionalProperties: false }),
-]);
-const FromSchema = Type.Union([
-  Type.Object({ template: Type.String({ minLength: 1, maxLength: 80 }) }, { additionalProperties: false }),
-  Type.Object(
-    {
-      image: Type.String({ minLength: 1, maxLength: 512 }),
-      auth: Type.Optional(Type.Object({ username: Type.String({ maxLength: 256 }), password: Type.String({ maxLength: 4096 }) }, { additionalProperties: false })),
-      insecure: Type.Optional(Type.Boolean({ description: 'plain HTTP / unverified TLS to the registry' })),
-    },
-    { additionalProperties: false },
-  ),
-  Type.Object({ archive: Type.String({ minLength: 1, maxLength: 4096, description: 'a docker-save or OCI tar in the build context' }) }, { additionalProperties: false }),
-]);
-
-export const TemplateBuildBody = Type.Object(
-  {
-    name: Type.String({ maxLength: 64 }),
-    spec: Type.Object(
-      {
-        from: Type.Optional(FromSchema),
-        dockerfile: Type.Optional(Type.String({ maxLength: 1024 * 1024 })),
-        steps: Type.Optional(Type.Array(BuildStepSchema, { maxItems: 1000 })),
-        start: Type.Optional(
-          Type.Object(
-            { cmd: Type.String({ minLength: 1, maxLength: MAX_CMD_BYTES }), ready: Type.Optional(ReadySchema), timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, maximum: 1_800_000 })) },
-            { additionalProperties: false },
-          ),
-        ),
-      },
-      { additionalProperties: false },
-    ),
-    contextId: Type.Optional(Type.String({ maxLength: 64 })),
-    buildArgs: Type.Optional(Envs),
-    cpuCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
-    memoryMiB: Type.Optional(Type.Integer({ minimum: 128, maximum: 262144 })),
-    diskSizeMiB: Type.Optional(Type.Integer({ minimum: 256, maximum: 4_194_304 })),
-    noCache: Type.Optional(Type.Boolean()),
-  },
-  { additionalProperties: false },
-);
-
-export const TemplateView = Type.Object(
-  {
-    name: Type.String(),
-    version: Type.Integer(),
-    ref: Type.String({ description: 'name:version' }),
-    cpuCount: Type.Integer(),
-    memoryMiB: Type.Integer(),
-    diskSizeMiB: Type.Integer(),
-    kernelRelease: Type.String(),
-    agentVersion: Type.String(),
-    builtAt: Type.String({ format: 'date-time' }),
-    compatible: Type.Boolean({ description: 'Whether this host can start sandboxes from it' }),
-    from: Type.Union([Type.String(), Type.Null()], { description: 'what it was built from (built templates)' }),
-    startCmd: Type.Union([Type.String(), Type.Null()]),
-    ready: Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()]),
-    envs: Type.Record(Type.String(), Type.String()),
-    user: Type.Union([Type.String(), Type.Null()]),
-    workdir: Type.Union([Type.String(), Type.Null()]),
-    exposedPorts: Type.Array(Type.Integer()),
-    steps: Type.Integer(),
-    buildMs: Type.Union([Type.Integer(), Type.Null()]),
-  },
-  { $id: 'TemplateView' },
-);
-
 export const Snapshot = Type.Object(
   {
     snapshotId: SnapshotId,
@@ -324,7 +256,7 @@ export const CreateSnapshotBody = Type.Object({ metadata: Type.Optional(Metadata
 export const ListSnapshotsQuery = Type.Object(
   {
     sandboxId: Type.Optional(Type.String({ maxLength: 64 })),
-    kind: Type.Optional(Type.String({ description: 'Comma-separated kinds; default reusable,hibernate' })),
+    kind: Type.Optional(Type.String({ maxLength: 256, description: 'Comma-separated kinds; default reusable,hibernate' })),
     metadata: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'key=value, repeatable' })),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
     nextToken: Type.Optional(Type.String({ maxLength: 512 })),
@@ -357,7 +289,7 @@ export const ForkBody = Type.Object(
   {
     metadata: Type.Optional(Metadata),
     envs: Type.Optional(Envs),
-    timeoutMs: Type.Optional(Type.Integer({ minimum: 1000, description: "Default: the source's timeout" })),
+    timeoutMs: Type.Optional(SandboxTimeoutMs("Default: the source's timeout; at most NULLSPACE_MAX_TIMEOUT_MS")),
   },
   { additionalProperties: false },
 );
@@ -380,3 +312,119 @@ export const Volume = Type.Object(
 
 export const CreateVolumeBody = Type.Object({ name: Type.String({ maxLength: 300 }) }, { additionalProperties: false });
 export const VolumeParams = Type.Object({ name: Type.String({ maxLength: 300 }) });
+
+// Templates built from a spec (docs/api.md, "Templates"). The JSON schema checks the shape and types
+// (400 validation_failed); the rules between fields and of values (exactly one start, which fields a
+// step of each type has, context and guest paths, names, ranges) are validateSpec's
+// (packages/server/src/templates/spec.ts: 400 invalid_build_spec), so that one place holds them for
+// every front end. Steps are one object type with a `type` rather than a union: a union's first
+// failing branch would be what a client is told.
+
+const RegistryAuth = Type.Object({ username: Type.String({ maxLength: 256 }), password: Type.String({ maxLength: 4096 }) }, { additionalProperties: false });
+
+const BuildFrom = Type.Object(
+  {
+    template: Type.Optional(Type.String({ maxLength: 80, description: 'A template: "name" or "name:VERSION"' })),
+    image: Type.Optional(Type.String({ maxLength: 512, description: 'An image reference: [registry[:port]/]name[:tag][@digest]' })),
+    auth: Type.Optional(RegistryAuth),
+    archive: Type.Optional(Type.String({ maxLength: 4100, description: 'A docker-save or OCI-layout tar in the build context: "ctx:" + its path' })),
+  },
+  { additionalProperties: false, description: 'Where the build starts: exactly one of template, image (auth optional), archive' },
+);
+
+const BuildStep = Type.Object(
+  {
+    type: Type.Union(['run', 'copy', 'env', 'workdir', 'user', 'expose', 'apt'].map((t) => Type.Literal(t))),
+    cmd: Type.Optional(Type.String({ maxLength: MAX_STEP_CMD_BYTES, description: 'run: the shell command' })),
+    src: Type.Optional(Type.String({ maxLength: 4096, description: 'copy: a path inside the build context (globs * ? [...] allowed)' })),
+    dest: Type.Optional(Type.String({ maxLength: 4096, description: 'copy: the guest path (a directory when it ends with /)' })),
+    chown: Type.Optional(Type.String({ maxLength: 65, description: 'copy: owner, user[:group] or uid[:gid]' })),
+    mode: Type.Optional(Type.String({ maxLength: 4, description: 'copy: permission bits in octal, e.g. "0755"' })),
+    envs: Type.Optional(Envs),
+    path: Type.Optional(Type.String({ maxLength: 4096, description: 'workdir: the directory' })),
+    name: Type.Optional(Type.String({ maxLength: 32, description: 'user: the user name' })),
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'expose: a TCP port' })),
+    packages: Type.Optional(Type.Array(Type.String({ maxLength: 256 }), { minItems: 1, maxItems: MAX_APT_PACKAGES, description: 'apt: Debian packages' })),
+  },
+  {
+    additionalProperties: false,
+    description:
+      'One step, by type: run {cmd}, copy {src, dest, chown?, mode?}, env {envs}, workdir {path}, user {name}, expose {port}, apt {packages}',
+  },
+);
+
+const ReadyCheck = Type.Object(
+  {
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'a TCP port in the guest accepts connections' })),
+    cmd: Type.Optional(Type.String({ maxLength: MAX_STEP_CMD_BYTES, description: 'a command exits 0' })),
+    file: Type.Optional(Type.String({ maxLength: 4096, description: 'a file exists (absolute path)' })),
+  },
+  { additionalProperties: false, description: 'Exactly one of port, cmd, file' },
+);
+
+const BuildSpec = Type.Object(
+  {
+    from: Type.Optional(BuildFrom),
+    dockerfile: Type.Optional(Type.String({ maxLength: MAX_DOCKERFILE_BYTES, description: "A Dockerfile (text): its FROM is the start, its steps come before the spec's" })),
+    steps: Type.Optional(Type.Array(BuildStep, { maxItems: MAX_STEPS })),
+    start: Type.Optional(
+      Type.Object(
+        {
+          cmd: Type.String({ minLength: 1, maxLength: MAX_STEP_CMD_BYTES, description: "The process running in the template's memory snapshot" }),
+          ready: Type.Optional(ReadyCheck),
+          timeoutMs: Type.Optional(Type.Integer({ minimum: MIN_READY_TIMEOUT_MS, maximum: MAX_READY_TIMEOUT_MS, description: 'Limit of the ready check; default 60000' })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+  },
+  { additionalProperties: false, description: 'from or dockerfile (one of them), then steps, then the start command' },
+);
+
+export const TemplateBuildBody = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 64, description: 'The template to build (a new version when it exists): [a-z0-9][a-z0-9-]{0,62}, not "base"' }),
+    spec: BuildSpec,
+    contextId: Type.Optional(Type.String({ maxLength: 64, description: 'A build context uploaded with POST /v1/templates/contexts' })),
+    buildArgs: Type.Optional(Envs),
+    cpuCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: "vCPUs of the template's sandboxes; default 1" })),
+    memoryMiB: Type.Optional(Type.Integer({ minimum: 128, maximum: 1048576, description: 'RAM of its sandboxes; default 512' })),
+    diskSizeMiB: Type.Optional(Type.Integer({ minimum: 512, maximum: 4194304, description: 'Root disk size; default 4096' })),
+    noCache: Type.Optional(Type.Boolean({ description: 'Build every step again' })),
+  },
+  { additionalProperties: false },
+);
+
+export const TemplateView = Type.Object(
+  {
+    name: Type.String(),
+    version: Type.Integer({ minimum: 1 }),
+    ref: Type.String({ description: 'name:version' }),
+    cpuCount: Type.Integer(),
+    memoryMiB: Type.Integer(),
+    diskSizeMiB: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    from: Type.String({ description: 'Where it started: "template base:1", "image registry/app:1", "archive ctx:..."' }),
+    startCmd: Type.Union([Type.String(), Type.Null()]),
+    ready: Type.Union([ReadyCheck, Type.Null()]),
+    envs: Type.Record(Type.String(), Type.String(), { description: "Its sandboxes' default environment" }),
+    user: Type.Union([Type.String(), Type.Null()], { description: 'Default user of commands in its sandboxes (null: root)' }),
+    workdir: Type.Union([Type.String(), Type.Null()], { description: 'Default cwd of commands in its sandboxes (null: /workspace)' }),
+    exposedPorts: Type.Array(Type.Integer()),
+    buildMs: Type.Union([Type.Integer(), Type.Null()]),
+    steps: Type.Integer({ description: 'How many steps built it' }),
+    compatible: Type.Boolean({ description: 'Whether this host can start sandboxes from it' }),
+    accel: Type.String(),
+    cpuModel: Type.String(),
+  },
+  { $id: 'TemplateView' },
+);
+
+export const TemplateList = Type.Object({ templates: Type.Array(TemplateView) });
+
+export const TemplateContext = Type.Object({
+  contextId: Type.String({ description: 'ctx_ + 16 lowercase alphanumerics' }),
+  files: Type.Integer(),
+  bytes: Type.Integer(),
+  sha256: Type.String(),
+});

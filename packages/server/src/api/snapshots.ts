@@ -4,7 +4,7 @@ import { Type } from '@sinclair/typebox';
 import type { SnapshotKind, SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from './deps.js';
 import { parseList, parseMetadataFilter } from './query.js';
-import { Compatibility, CreateSnapshotBody, GcReport, IdParams, ListSnapshotsQuery, Sandbox, Snapshot, SnapshotParams } from './schemas.js';
+import { Compatibility, CreateSnapshotBody, EmptyBody, GcReport, IdParams, ListSnapshotsQuery, Sandbox, Snapshot, SnapshotParams } from './schemas.js';
 import { sandboxView, snapshotView } from './views.js';
 
 const KINDS: SnapshotKind[] = ['reusable', 'hibernate', 'fork'];
@@ -69,6 +69,7 @@ export const snapshotRoutes =
         schema: {
           summary: "Resume the snapshot's sandbox (same id) from it: it must be that sandbox's latest hibernation snapshot",
           params: SnapshotParams,
+          body: Type.Optional(EmptyBody),
           response: { 200: Sandbox },
         },
       },
@@ -93,5 +94,5 @@ export const snapshotRoutes =
       { schema: { summary: 'Garbage collection dry run: what would be freed, and what holds the rest', response: { 200: GcReport } } },
       async () => gc.run(true),
     );
-    app.post('/gc', { schema: { summary: 'Run garbage collection now', response: { 200: GcReport } } }, async () => gc.run(false));
+    app.post('/gc', { schema: { summary: 'Run garbage collection now', body: Type.Optional(EmptyBody), response: { 200: GcReport } } }, async () => gc.run(false));
   };

@@ -8,7 +8,7 @@ import { NsError, publicCode } from '../errors.js';
 import type { AppDeps } from './deps.js';
 import { TemplateBuildBody, TemplateNameParams, TemplateRefParams, TemplateView } from './schemas.js';
 
-/** How the API shows a template (docs/api.md "Templates"). */
+/** How the API shows a template (docs/api.md "Templates"; schema TemplateView). */
 export function templateView(t: TemplateInfo & { compatible?: boolean }) {
   return {
     name: t.name,
@@ -17,19 +17,19 @@ export function templateView(t: TemplateInfo & { compatible?: boolean }) {
     cpuCount: t.vcpus,
     memoryMiB: t.memoryMiB,
     diskSizeMiB: t.diskSizeMiB ?? t.image.diskSizeMiB,
-    kernelRelease: t.image.kernelRelease,
-    agentVersion: t.image.agentVersion,
-    builtAt: t.builtAt,
-    compatible: t.compatible ?? true,
-    from: t.build?.from ?? null,
+    createdAt: t.builtAt,
+    from: t.build?.from ?? `recipe ${t.image.name}`,
     startCmd: t.build?.start?.cmd ?? null,
-    ready: t.build?.start?.ready ?? null,
+    ready: (t.build?.start?.ready as { port?: number; cmd?: string; file?: string } | null | undefined) ?? null,
     envs: t.defaults?.envs ?? {},
     user: t.defaults?.user ?? null,
     workdir: t.defaults?.workdir ?? null,
     exposedPorts: t.build?.exposedPorts ?? [],
+    buildMs: t.build?.buildMs ?? (t.bootMs || null),
     steps: t.build?.steps ?? 0,
-    buildMs: t.build?.buildMs ?? null,
+    compatible: t.compatible ?? true,
+    accel: t.requirements.accel,
+    cpuModel: t.requirements.cpuModel,
   };
 }
 
@@ -88,6 +88,7 @@ export const templateRoutes =
         const prepared = templates.prepare(req.body);
         const out = new PassThrough();
         const line = (e: unknown) => out.write(JSON.stringify(e) + '\n');
+        for (const message of prepared.warnings) line({ type: 'info', message });
         const gone = clientGone(reply.raw);
         void templates
           .build(prepared, line, gone)

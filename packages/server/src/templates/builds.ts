@@ -13,13 +13,16 @@ import {
   writeFileAtomic,
   type HostProfile,
   type ImageInfo,
+  type ImportedImageInfo,
   type TemplateInfo,
   type VmHost,
 } from '@nullspace/runtime';
 import type { Logger } from '../log.js';
 import { newId } from '../util.js';
 import { BuildVm, type StepOutput } from './buildvm.js';
-import { buildKey, contextPath, finalState, planSteps, type BuildState, type NormalizedSpec, type PlannedStep } from './plan.js';
+import { buildKey, contextFile, contextMatches, finalState, planSteps, type BuildState, type NormalizedSpec, type PlannedStep } from './plan.js';
+import { shellJoin } from './dockerfile.js';
+import { aptCommand, ARCHIVE_PREFIX, type RegistryAuth, type ResolvedStart } from './spec.js';
 
 /** One line of a build's NDJSON stream (docs/api.md "Templates"). */
 export type BuildEvent =
@@ -41,8 +44,12 @@ export interface BuildRequest {
   noCache?: boolean | undefined;
 }
 
-/** Imports an OCI image (runtime/src/image/oci.ts) as a bootable image. */
-export type ImageImporter = (source: { ref: string; auth?: { username: string; password: string } | undefined; insecure?: boolean | undefined } | { archive: string }, diskSizeMiB: number, info: (m: string) => void) => Promise<ImageInfo>;
+/** Imports an OCI image (runtime/src/image/oci.ts) as a bootable image, with its run configuration. */
+export type ImageImporter = (
+  source: { ref: string; auth?: RegistryAuth | undefined } | { archive: string },
+  diskSizeMiB: number,
+  info: (m: string) => void,
+) => Promise<ImportedImageInfo>;
 
 /** What a build starts from. */
 interface Base {
@@ -60,6 +67,8 @@ interface Base {
   key: string;
   /** What the steps start from: a template's USER, WORKDIR, ENV and exposed ports (as FROM an image does). */
   state: BuildState;
+  /** An image's ENTRYPOINT + CMD: the start command when the spec gives none (as `docker run` would run). */
+  start?: string | undefined;
 }
 
 /** A cached step: its disk layer and the one it backs onto. */
@@ -178,7 +187,7 @@ export class TemplateBuilds {
         }
         emit({ type: 'stepDone', step: s.n, ms: Date.now() - t });
       }
-      const start = req.spec.start;
+      const start: ResolvedStart | null = req.spec.start ?? (base.start ? { cmd: base.start, ready: null, timeoutMs: 60_000 } : null);
       if (start) await this.startAndWait(vm, start, state, info, signal);
       // what processes of its sandboxes run as and in, when a request names none
       await vm.init({ user: state.user, cwd: state.workdir });
@@ -207,7 +216,7 @@ export class TemplateBuilds {
           build: {
             from: base.describe,
             steps: steps.length,
-            start: start ? { cmd: start.cmd, ready: (start.ready as Record<string, unknown> | undefined) ?? null } : null,
+            start: start ? { cmd: start.cmd, ready: (start.ready as Record<string, unknown> | null) ?? null } : null,
             exposedPorts: state.exposed,
             buildMs: Date.now() - t0,
           },
@@ -262,8 +271,13 @@ export class TemplateBuilds {
     }
     if (!this.deps.importImage) throw new NsError('invalid_build_spec', 'this server cannot import OCI images (skopeo and umoci are not installed)');
     const diskSizeMiB = req.diskSizeMiB ?? 4096;
-    const source = 'image' in from ? { ref: from.image, auth: from.auth, insecure: from.insecure } : { archive: this.archivePath(req, from.archive) };
+    const source = 'image' in from ? { ref: from.image, auth: from.auth } : { archive: this.archivePath(req, from.archive) };
     const image = await this.deps.importImage(source, diskSizeMiB, info);
+    const config = image.oci?.config;
+    const envs = Object.fromEntries((config?.env ?? []).filter((e) => e.includes('=')).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)]));
+    const exposed = (config?.exposedPorts ?? []).map((p) => Number(p.split('/')[0])).filter((p) => Number.isInteger(p) && p > 0);
+    const start = [...(config?.entrypoint ?? []), ...(config?.cmd ?? [])];
+
     return {
       describe: 'image' in from ? `image ${from.image}` : `archive ${from.archive}`,
       image,
@@ -272,14 +286,14 @@ export class TemplateBuilds {
       vcpus: req.vcpus ?? 1,
       diskSizeMiB: image.diskSizeMiB,
       key: JSON.stringify(['image', image.hash, image.dir, req.memoryMiB ?? 512, req.vcpus ?? 1]),
-      state: { user: '', workdir: '', envs: {}, exposed: [] },
+      state: { user: config?.user ?? '', workdir: config?.workingDir ?? '', envs, exposed },
+      start: start.length ? shellJoin(start) : undefined,
     };
   }
 
   private archivePath(req: BuildRequest, archive: string): string {
-    const rel = archive.replace(/^ctx:/, '');
     if (!req.contextDir) throw new NsError('invalid_build_spec', `the image archive ${archive} must be in the build context, and none was uploaded`);
-    return contextPath(req.contextDir, rel);
+    return contextFile(req.contextDir, archive.slice(ARCHIVE_PREFIX.length), 0);
   }
 
   private cached(key: string): CacheEntry | undefined {
@@ -301,11 +315,8 @@ export class TemplateBuilds {
     switch (step.type) {
       case 'run':
         return this.check(s, await vm.exec(step.cmd, s.state, out, { signal }));
-      case 'apt': {
-        const pkgs = step.packages.map((p) => `'${p.replace(/'/g, `'\\''`)}'`).join(' ');
-        const cmd = `apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${pkgs} && rm -rf /var/lib/apt/lists/*`;
-        return this.check(s, await vm.exec(cmd, { ...s.state, user: 'root' }, out, { signal }));
-      }
+      case 'apt':
+        return this.check(s, await vm.exec(aptCommand(step.packages), { ...s.state, user: 'root' }, out, { signal }));
       case 'workdir': {
         const dir = path.posix.resolve(s.state.workdir || '/', step.path);
         await vm.mkdir(dir);
@@ -329,13 +340,17 @@ export class TemplateBuilds {
 
   /**
    * COPY: a file to `dest` (or into it when it ends with `/`), a directory's contents into `dest`;
-   * symbolic links are copied as links (never followed on the host); owned by root unless `chown`.
+   * with glob characters, every match into `dest` (which then ends with `/`). Symbolic links are
+   * copied as links (never followed on the host); owned by root unless `chown`.
    */
   private async copy(vm: BuildVm, s: PlannedStep, contextDir: string, out: StepOutput): Promise<void> {
     const step = s.step as Extract<PlannedStep['step'], { type: 'copy' }>;
-    const src = contextPath(contextDir, step.src);
+    const matches = contextMatches(contextDir, step.src, s.n);
     const destBase = path.posix.resolve(s.state.workdir || '/', step.dest);
-    const st = fs.lstatSync(src);
+    const glob = /[*?[]/.test(step.src);
+    if (glob && matches.length > 1 && !step.dest.endsWith('/')) {
+      throw new NsError('invalid_build_spec', `step ${s.n}: ${step.src} matches ${matches.length} paths: the destination must end with /`, { details: { field: `spec.steps[${s.n - 1}].dest` } });
+    }
     const links: Array<[string, string]> = [];
     const modeOf = (m: number) => (step.mode ? parseInt(step.mode, 8) : m & 0o7777);
     const put = async (abs: string, guest: string) => {
@@ -343,32 +358,41 @@ export class TemplateBuilds {
       if (e.isSymbolicLink()) links.push([fs.readlinkSync(abs), guest]);
       else if (e.isDirectory()) {
         await vm.mkdir(guest, modeOf(e.mode));
-        for (const name of fs.readdirSync(abs).sort()) await put(path.join(abs, name), path.posix.join(guest, name));
+        for (const name of fs.readdirSync(abs).sort()) {
+          // (what an SDK recipe added to the context is copied only where a step names it)
+          if (abs === contextDir && name === '.nullspace') continue;
+          await put(path.join(abs, name), path.posix.join(guest, name));
+        }
       } else if (e.isFile()) {
         await vm.mkdir(path.posix.dirname(guest));
         await vm.writeFile(abs, guest, modeOf(e.mode));
       }
     };
-    let dest = destBase;
-    if (st.isDirectory()) {
-      await vm.mkdir(dest);
-      for (const name of fs.readdirSync(src).sort()) await put(path.join(src, name), path.posix.join(dest, name));
-    } else {
-      if (step.dest.endsWith('/')) dest = path.posix.join(destBase, path.posix.basename(src));
-      await put(src, dest);
+    const targets: string[] = [];
+    for (const src of matches) {
+      const st = fs.lstatSync(src);
+      if (st.isDirectory() && !(glob && matches.length > 1)) {
+        // a directory's contents into dest
+        await put(src, destBase);
+        targets.push(destBase);
+      } else {
+        const dest = step.dest.endsWith('/') || (glob && matches.length > 1) ? path.posix.join(destBase, path.basename(src)) : destBase;
+        await put(src, dest);
+        targets.push(dest);
+      }
     }
     const q = (x: string) => `'${x.replace(/'/g, `'\\''`)}'`;
     const root: BuildState = { ...s.state, user: 'root', workdir: '/' };
     for (const [target, at] of links) await this.check(s, await vm.exec(`ln -sfn ${q(target)} ${q(at)}`, root, out));
-    if (step.chown) await this.check(s, await vm.exec(`chown -hR ${q(step.chown)} ${q(dest)}`, root, out));
+    if (step.chown) for (const t of targets) await this.check(s, await vm.exec(`chown -hR ${q(step.chown)} ${q(t)}`, root, out));
   }
 
   /** Runs the start command in the background and waits for its ready check. */
-  private async startAndWait(vm: BuildVm, start: NonNullable<NormalizedSpec['start']>, state: BuildState, info: (m: string) => void, signal: AbortSignal): Promise<void> {
+  private async startAndWait(vm: BuildVm, start: ResolvedStart, state: BuildState, info: (m: string) => void, signal: AbortSignal): Promise<void> {
     info(`starting: ${start.cmd}`);
     const pid = await vm.startBackground(start.cmd, state);
     if (!start.ready) return;
-    const limit = Math.min(start.timeoutMs ?? 60_000, MAX_READY_MS);
+    const limit = Math.min(start.timeoutMs, MAX_READY_MS);
     info(`waiting until ${describeReady(start.ready)} (at most ${Math.round(limit / 1000)} s)`);
     const deadline = Date.now() + limit;
     for (;;) {
@@ -390,7 +414,7 @@ export class TemplateBuilds {
   }
 }
 
-function describeReady(r: NonNullable<NormalizedSpec['start']>['ready']): string {
+function describeReady(r: ResolvedStart['ready']): string {
   if (!r) return 'nothing';
   if ('port' in r) return `port ${r.port} listens`;
   if ('file' in r) return `${r.file} exists`;

@@ -9,32 +9,14 @@ import { NsError } from '@nullspace/runtime';
  * they run in (user, working directory, environment) and their cache key.
  */
 
-export type BuildStep =
-  | { type: 'run'; cmd: string }
-  | { type: 'copy'; src: string; dest: string; chown?: string | undefined; mode?: string | undefined }
-  | { type: 'env'; envs: Record<string, string> }
-  | { type: 'workdir'; path: string }
-  | { type: 'user'; name: string }
-  | { type: 'expose'; port: number }
-  | { type: 'apt'; packages: string[] };
+export type { BuildFrom, BuildStep, ReadyCheck, ResolvedStart } from './spec.js';
+import type { BuildFrom, BuildStep, ResolvedStart } from './spec.js';
 
-export type ReadyCheck = { port: number } | { cmd: string } | { file: string };
-
-export interface BuildStart {
-  cmd: string;
-  ready?: ReadyCheck | undefined;
-  timeoutMs?: number | undefined;
-}
-
-export type BuildFrom =
-  | { template: string }
-  | { image: string; auth?: { username: string; password: string } | undefined; insecure?: boolean | undefined }
-  | { archive: string };
-
+/** What the engine builds: the spec resolved (a Dockerfile parsed, defaults applied). */
 export interface NormalizedSpec {
   from: BuildFrom;
   steps: BuildStep[];
-  start?: BuildStart | undefined;
+  start: ResolvedStart | null;
 }
 
 /** What the steps run as, and what the template's sandboxes get by default. */
@@ -107,7 +89,6 @@ const hash = (...parts: unknown[]) => {
  * contents (a changed file changes the step's key; its mtime does not).
  */
 export function contextDigest(contextDir: string, src: string): string {
-  const root = contextPath(contextDir, src);
   const h = createHash('sha256');
   const walk = (abs: string, rel: string) => {
     const st = fs.lstatSync(abs);
@@ -120,27 +101,71 @@ export function contextDigest(contextDir: string, src: string): string {
       h.update(fs.readFileSync(abs));
     }
   };
-  walk(root, '.');
+  for (const m of contextMatches(contextDir, src, 0)) walk(m, path.relative(contextDir, m) || '.');
   return h.digest('hex');
 }
 
 /** A path of the build context on the host (never outside it: a COPY source is refused before anything runs). */
-export function contextPath(contextDir: string, src: string): string {
+export function contextFile(contextDir: string, src: string, step: number): string {
   const normal = path.posix.normalize(src.replace(/\/+$/, '') || '.');
+  const field = step ? `spec.steps[${step - 1}].src` : 'spec.from.archive';
   if (path.posix.isAbsolute(normal) || normal === '..' || normal.startsWith('../')) {
-    throw new NsError('invalid_build_spec', `COPY source ${JSON.stringify(src)} is outside the build context`, { details: { src } });
+    throw new NsError('invalid_build_spec', `${step ? `step ${step}: ` : ''}${JSON.stringify(src)} is outside the build context`, { details: { field } });
   }
   const abs = path.join(contextDir, normal);
   let st: fs.Stats;
   try {
     st = fs.lstatSync(abs);
   } catch {
-    throw new NsError('invalid_build_spec', `COPY source ${JSON.stringify(src)} is not in the build context`, { details: { src } });
+    throw new NsError('invalid_build_spec', `${step ? `step ${step}: ` : ''}${JSON.stringify(src)} is not in the build context`, { details: { field } });
   }
   if (!st.isFile() && !st.isDirectory() && !st.isSymbolicLink()) {
-    throw new NsError('invalid_build_spec', `COPY source ${JSON.stringify(src)} is not a file or a directory`, { details: { src } });
+    throw new NsError('invalid_build_spec', `${step ? `step ${step}: ` : ''}${JSON.stringify(src)} is not a file or a directory`, { details: { field } });
   }
   return abs;
+}
+
+/**
+ * What a COPY source names in the context: itself, or with glob characters (`*`, `?`, `[...]`, per
+ * path segment) every path that matches, sorted. The context's `.nullspace/` (files an SDK recipe
+ * added) is never matched by a glob or `.`.
+ */
+export function contextMatches(contextDir: string, src: string, step: number): string[] {
+  if (!/[*?[]/.test(src)) return [contextFile(contextDir, src, step)];
+  const segs = path.posix.normalize(src).split('/').filter((x) => x && x !== '.');
+  if (segs.some((x) => x === '..')) contextFile(contextDir, src, step);
+  let found = [contextDir];
+  for (const seg of segs) {
+    const re = globRe(seg);
+    found = found.flatMap((dir) => {
+      try {
+        if (!fs.lstatSync(dir).isDirectory()) return [];
+        return fs.readdirSync(dir).filter((e) => re.test(e) && !(dir === contextDir && e === '.nullspace')).sort().map((e) => path.join(dir, e));
+      } catch {
+        return [];
+      }
+    });
+  }
+  if (!found.length) throw new NsError('invalid_build_spec', `${step ? `step ${step}: ` : ''}${JSON.stringify(src)} matches nothing in the build context`, { details: { field: `spec.steps[${step - 1}].src` } });
+  return found;
+}
+
+function globRe(seg: string): RegExp {
+  let re = '';
+  for (let i = 0; i < seg.length; i++) {
+    const c = seg[i]!;
+    if (c === '*') re += '[^/]*';
+    else if (c === '?') re += '[^/]';
+    else if (c === '[') {
+      const j = seg.indexOf(']', i + 1);
+      if (j < 0) re += '\\[';
+      else {
+        re += `[${seg.slice(i + 1, j).replace(/^!/, '^').replace(/\\/g, '\\\\')}]`;
+        i = j;
+      }
+    } else re += c.replace(/[.+^${}()|\\]/g, '\\$&');
+  }
+  return new RegExp(`^${re}$`);
 }
 
 /**

@@ -1,16 +1,13 @@
-import { NsError, TEMPLATE_NAME_RE } from '@nullspace/runtime';
+import { NsError } from '@nullspace/runtime';
 import type { BuildRequest } from './builds.js';
-import { contextPath, type BuildFrom, type BuildStart, type BuildStep, type NormalizedSpec } from './plan.js';
+import { resolveBuildSpec } from './dockerfile.js';
+import { contextFile, type NormalizedSpec } from './plan.js';
+import { ARCHIVE_PREFIX, TEMPLATE_NAME_RE } from './spec.js';
 
 /** The body of `POST /v1/templates` (its JSON schema: api/schemas.ts TemplateBuildBody). */
 export interface TemplateBuildInput {
   name: string;
-  spec: {
-    from?: BuildFrom | undefined;
-    dockerfile?: string | undefined;
-    steps?: BuildStep[] | undefined;
-    start?: BuildStart | undefined;
-  };
+  spec: unknown;
   contextId?: string | undefined;
   buildArgs?: Record<string, string> | undefined;
   cpuCount?: number | undefined;
@@ -19,45 +16,33 @@ export interface TemplateBuildInput {
   noCache?: boolean | undefined;
 }
 
-/** Turns a Dockerfile into a spec (templates/dockerfile.ts); undefined: none available. */
-export type DockerfileParser = (text: string, buildArgs: Record<string, string>) => NormalizedSpec;
-
-let dockerfileParser: DockerfileParser | undefined;
-
-/** Installs the Dockerfile parser (the server does at start). */
-export function useDockerfileParser(p: DockerfileParser): void {
-  dockerfileParser = p;
-}
-
 /**
- * A build request checked and normalized before anything is built: the name, the spec (a Dockerfile
- * parsed, the recipe's steps after it), the context. Its errors are plain 4xx answers.
+ * A build request checked and normalized before anything is built: the name, the spec (validated,
+ * a Dockerfile parsed with the recipe's steps after it: spec.ts, dockerfile.ts), the context and every
+ * COPY source in it (sources with glob characters must match something). Its errors are plain 4xx
+ * answers; what is worth saying but no error comes back as `warnings`.
  */
-export function normalizeBuildRequest(body: TemplateBuildInput, contextDir: (id: string) => string): BuildRequest {
+export function normalizeBuildRequest(
+  body: TemplateBuildInput,
+  opts: { contextDir: (id: string) => string; isTemplate: (name: string) => boolean },
+): BuildRequest & { warnings: string[] } {
   if (!TEMPLATE_NAME_RE.test(body.name)) {
     throw new NsError('validation_failed', `name must match ${TEMPLATE_NAME_RE} (got ${JSON.stringify(body.name).slice(0, 80)})`, { details: { field: 'name' } });
   }
-  let from = body.spec.from;
-  let steps = [...(body.spec.steps ?? [])];
-  let start = body.spec.start;
-  if (body.spec.dockerfile !== undefined) {
-    if (!dockerfileParser) throw new NsError('invalid_build_spec', 'this server has no Dockerfile parser');
-    const parsed = dockerfileParser(body.spec.dockerfile, body.buildArgs ?? {});
-    if (from) throw new NsError('invalid_build_spec', 'a spec with a Dockerfile takes its base from the Dockerfile\'s FROM: leave `from` out', { details: { field: 'spec.from' } });
-    from = parsed.from;
-    steps = [...parsed.steps, ...steps];
-    start = body.spec.start ?? parsed.start;
-  }
-  if (!from) throw new NsError('invalid_build_spec', 'a build needs a base: `from` (a template, an image or an archive) or a Dockerfile', { details: { field: 'spec.from' } });
-  const spec: NormalizedSpec = { from, steps, ...(start ? { start } : {}) };
-  const needsContext = steps.some((s) => s.type === 'copy') || 'archive' in from;
+  const resolved = resolveBuildSpec(body.spec, { buildArgs: body.buildArgs ?? {}, isTemplate: opts.isTemplate });
+  const spec: NormalizedSpec = { from: resolved.from, steps: resolved.steps, start: resolved.start };
+  const needsContext = spec.steps.some((s) => s.type === 'copy') || 'archive' in spec.from;
   if (needsContext && body.contextId === undefined) {
     throw new NsError('invalid_build_spec', 'the build copies files (COPY, or an image archive), but no build context was uploaded (contextId)', { details: { field: 'contextId' } });
   }
-  const dir = body.contextId !== undefined ? contextDir(body.contextId) : undefined;
-  // every COPY source is in the context, before anything is built
-  for (const s of steps) if (s.type === 'copy' && dir) contextPath(dir, s.src);
-  if ('archive' in from && dir) contextPath(dir, from.archive.replace(/^ctx:/, ''));
+  const dir = body.contextId !== undefined ? opts.contextDir(body.contextId) : undefined;
+  if (dir) {
+    // every COPY source is in the context, before anything is built (a glob must match something)
+    spec.steps.forEach((s, i) => {
+      if (s.type === 'copy' && !/[*?[]/.test(s.src)) contextFile(dir, s.src, i + 1);
+    });
+    if ('archive' in spec.from) contextFile(dir, spec.from.archive.slice(ARCHIVE_PREFIX.length), 0);
+  }
   return {
     name: body.name,
     spec,
@@ -66,5 +51,6 @@ export function normalizeBuildRequest(body: TemplateBuildInput, contextDir: (id:
     memoryMiB: body.memoryMiB,
     diskSizeMiB: body.diskSizeMiB,
     noCache: body.noCache,
+    warnings: resolved.warnings,
   };
 }

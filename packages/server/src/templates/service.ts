@@ -48,8 +48,11 @@ export class TemplateService {
   }
 
   /** Checks a build request before anything starts (its errors are plain 4xx answers, not a stream). */
-  prepare(body: TemplateBuildInput): BuildRequest {
-    const req = normalizeBuildRequest(body, (id) => this.contexts.dir(id));
+  prepare(body: TemplateBuildInput): BuildRequest & { warnings: string[] } {
+    const req = normalizeBuildRequest(body, {
+      contextDir: (id) => this.contexts.dir(id),
+      isTemplate: (name) => listTemplates(this.cacheDir).some((t) => t.name === name),
+    });
     if (req.name === 'base') throw new NsError('bad_request', 'base is the built-in template (nullspace template build base): choose another name', { details: { field: 'name' } });
     if (this.builds.isBuilding(req.name)) throw new NsError('template_build_in_progress', `template ${req.name} is being built already`, { details: { template: req.name } });
     if ('template' in req.spec.from) {
