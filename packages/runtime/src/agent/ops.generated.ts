@@ -235,7 +235,7 @@ export interface ProcStartRequest {
   cwd?: string;
   /** (optional) */
   envs?: Record<string, string>;
-  /** (optional, default root) a user name from the guest's /etc/passwd */
+  /** (optional, default root) as Docker's USER: NAME, UID, NAME:GROUP or UID:GID; a name from the guest's /etc/passwd (root is always known), a uid that is not there runs with gid 0 and HOME /, a group is a gid or a name from /etc/group */
   user?: string;
   /** (optional, 0 = none) the process group is killed with SIGKILL when it runs longer; its exit then has timedOut true */
   timeoutMs?: number;
