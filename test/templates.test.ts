@@ -122,7 +122,8 @@ describe('templates built from a recipe: steps in a VM, the start command runnin
   }, 900_000);
   afterAll(() => fs.rmSync(contextDir, { recursive: true, force: true }));
 
-  it('streams each step and its output, and ends with the template', () => {
+  it('streams each step and its output, and ends with the template', async () => {
+    const base = (await (await api('GET', '/v1/templates/base')).json()) as { version: number };
     expect(first.status).toBe(200);
     expect(first.last, JSON.stringify(first.last)).toMatchObject({ type: 'done' });
     const steps = first.events.filter((e) => e.type === 'step');
@@ -139,7 +140,7 @@ describe('templates built from a recipe: steps in a VM, the start command runnin
       user: 'user',
       workdir: '/srv/app',
       envs: { GREETING: 'hello from the template' },
-      from: 'template base:1',
+      from: `template base:${base.version}`,
       steps: 8,
       compatible: true,
     });
@@ -195,6 +196,8 @@ describe('templates built from a recipe: steps in a VM, the start command runnin
     expect((await api('DELETE', `/v1/templates/${other}`)).status).toBe(204);
     expect((await api('GET', `/v1/templates/${other}`)).status).toBe(404);
     expect((await api('DELETE', `/v1/templates/${other}`)).status).toBe(404);
+    const delBase = await api('DELETE', '/v1/templates/base');
+    expect([delBase.status, ((await delBase.json()) as { error: { code: string } }).error.code]).toEqual([409, 'template_exists']);
     await expect(Sandbox.create({ ...conn(), template: other })).rejects.toMatchObject({ code: 'template_not_found' });
     expect((await s.commands.run('cat more.txt')).stdout).toBe('more\n');
   });
@@ -207,7 +210,7 @@ describe('template builds: bad input gets a clear error and leaves nothing behin
     const bad: Array<[Record<string, unknown>, number, string]> = [
       [{ name: name(), spec: { from: { template: 'no-such-template' } } }, 404, 'template_not_found'],
       [{ name: name(), spec: { from: { template: 'base' }, steps: [{ type: 'copy', src: 'x', dest: '/x' }] } }, 400, 'invalid_build_spec'],
-      [{ name: 'base', spec: { from: { template: 'base' } } }, 400, 'bad_request'],
+      [{ name: 'base', spec: { from: { template: 'base' } } }, 409, 'template_exists'],
       [{ name: 'Bad Name', spec: { from: { template: 'base' } } }, 400, 'validation_failed'],
       [{ name: name(), spec: { from: { template: 'base' } }, diskSizeMiB: 512 }, 400, 'invalid_build_spec'],
       [{ name: name(), spec: {} }, 400, 'invalid_build_spec'],

@@ -54,6 +54,7 @@ export const PUBLIC_ERROR_CODES = [
   'volume_missing',
   'volume_busy',
   'template_build_in_progress',
+  'template_exists',
   // 408 (the headers or body of a request did not arrive in time), 413, 415, 422, 429, 431
   'request_timeout',
   'payload_too_large',

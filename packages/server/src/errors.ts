@@ -34,6 +34,7 @@ const STATUS: Record<PublicErrorCode, number> = {
   process_not_running: 409,
   template_incompatible: 409,
   template_build_in_progress: 409,
+  template_exists: 409,
   template_build_failed: 422,
   template_ready_timeout: 422,
   snapshot_incompatible: 409,

@@ -187,7 +187,13 @@ export class TemplateBuilds {
         }
         emit({ type: 'stepDone', step: s.n, ms: Date.now() - t });
       }
-      const start: ResolvedStart | null = req.spec.start ?? (base.start ? { cmd: base.start, ready: null, timeoutMs: 60_000 } : null);
+      let start: ResolvedStart | null = req.spec.start ?? (base.start ? { cmd: base.start, ready: null, timeoutMs: 60_000 } : null);
+      // a start command with no ready check of its own (a Dockerfile's CMD, an image's) is ready when
+      // the first port the template exposes listens: a snapshot of a service not yet up is what no one wants
+      if (start && !start.ready && state.exposed.length > 0) {
+        start = { ...start, ready: { port: state.exposed[0]! } };
+        info(`the start command has no ready check: it is ready when the first exposed port, ${state.exposed[0]}, listens`);
+      }
       if (start) await this.startAndWait(vm, start, state, info, signal);
       // what processes of its sandboxes run as and in, when a request names none
       await vm.init({ user: state.user, cwd: state.workdir });

@@ -41,7 +41,7 @@ export class TemplateService {
   }
 
   delete(name: string): void {
-    if (name === 'base') throw new NsError('bad_request', 'base is the built-in template: rebuild it with `nullspace template build base`, it cannot be deleted');
+    if (name === 'base') throw new NsError('template_exists', 'base is the built-in template: rebuild it with `nullspace template build base`, it cannot be deleted', { details: { template: 'base' } });
     if (!TEMPLATE_NAME_RE.test(name)) throw new NsError('template_not_found', `template ${JSON.stringify(name)} not found`, { details: { template: name } });
     if (this.builds.isBuilding(name)) throw new NsError('template_build_in_progress', `template ${name} is being built: delete it once the build ended`, { details: { template: name } });
     if (!unregisterTemplate(this.cacheDir, name)) throw new NsError('template_not_found', `template ${name} not found`, { details: { template: name } });
@@ -53,7 +53,7 @@ export class TemplateService {
       contextDir: (id) => this.contexts.dir(id),
       isTemplate: (name) => listTemplates(this.cacheDir).some((t) => t.name === name),
     });
-    if (req.name === 'base') throw new NsError('bad_request', 'base is the built-in template (nullspace template build base): choose another name', { details: { field: 'name' } });
+    if (req.name === 'base') throw new NsError('template_exists', 'base is the built-in template (nullspace template build base), not one a build may make a version of: choose another name', { details: { field: 'name', template: 'base' } });
     if (this.builds.isBuilding(req.name)) throw new NsError('template_build_in_progress', `template ${req.name} is being built already`, { details: { template: req.name } });
     if ('template' in req.spec.from) {
       const t = this.lookup(req.spec.from.template);
