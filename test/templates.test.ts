@@ -190,6 +190,10 @@ describe('templates built from a recipe: steps in a VM, the start command runnin
     const other = name();
     const b = await build({ name: other, spec: { from: { template: app }, steps: [{ type: 'run', cmd: 'echo more > more.txt' }] } });
     expect(b.last, JSON.stringify(b.last)).toMatchObject({ type: 'done' });
+    // noCache: every step again, a new version (and an unchanged rebuild after it reuses that)
+    const nc = await build({ name: other, spec: { from: { template: app }, steps: [{ type: 'run', cmd: 'echo more > more.txt' }] }, noCache: true });
+    expect(nc.last, JSON.stringify(nc.last)).toMatchObject({ type: 'done', template: { version: 2 } });
+    expect(nc.events.filter((e) => e.type === 'step').map((e) => e.cached)).toEqual([false]);
     const s = await sandbox({ template: other });
     // FROM a template with a running service: it keeps running (a template is memory as well as disk)
     expect((await s.commands.run('cat more.txt; curl -s -m 5 -o /dev/null -w "%{http_code}" http://127.0.0.1:3000/')).stdout).toBe('more\n200');
