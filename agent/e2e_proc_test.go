@@ -175,6 +175,53 @@ func TestProcExitCodeEnvCwd(t *testing.T) {
 	}
 }
 
+// sys.init user and cwd are the defaults of later process starts that name
+// none (a built template's USER and WORKDIR); absent leaves them, empty
+// resets them, a request's own user and cwd win.
+func TestProcDefaultsFromSysInit(t *testing.T) {
+	ta := startTestAgent(t)
+	c := ta.dial()
+	dir := filepath.Join(ta.dir, "app")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c.call("sys.init", sysInitArgs(map[string]interface{}{"cwd": dir}))
+	if out, _ := c.run(map[string]interface{}{"cmd": "pwd"}); string(out.stdout) != dir+"\n" {
+		t.Fatalf("default cwd: %q", out.stdout)
+	}
+	// a later sys.init without cwd keeps it (a sandbox's own sys.init after a restore)
+	c.call("sys.init", sysInitArgs(nil))
+	if out, _ := c.run(map[string]interface{}{"cmd": "pwd"}); string(out.stdout) != dir+"\n" {
+		t.Fatalf("kept cwd: %q", out.stdout)
+	}
+	if out, _ := c.run(map[string]interface{}{"cmd": "pwd", "cwd": ta.dir}); string(out.stdout) != ta.dir+"\n" {
+		t.Fatalf("request cwd: %q", out.stdout)
+	}
+	if code := c.callErr("sys.init", sysInitArgs(map[string]interface{}{"cwd": "relative"})); code != CodeBadRequest && code != CodeInvalidPath {
+		t.Fatalf("relative default cwd: %s", code)
+	}
+	c.call("sys.init", sysInitArgs(map[string]interface{}{"cwd": ""}))
+	if out, _ := c.run(map[string]interface{}{"cmd": "pwd"}); string(out.stdout) != ta.a.workspace+"\n" {
+		t.Fatalf("reset cwd: %q", out.stdout)
+	}
+	c.call("sys.init", sysInitArgs(map[string]interface{}{"user": "no-such-user-xyz"}))
+	if code := c.callErr("proc.start", map[string]interface{}{"cmd": "true"}); code != CodeProcessFailed {
+		t.Fatalf("unknown default user: %s", code)
+	}
+	if os.Geteuid() == 0 {
+		if u, _ := lookupUser("nobody"); u != nil {
+			c.call("sys.init", sysInitArgs(map[string]interface{}{"user": "nobody", "cwd": "/"}))
+			if out, _ := c.run(map[string]interface{}{"cmd": "id -u"}); string(out.stdout) != fmt.Sprintf("%d\n", u.Uid) {
+				t.Fatalf("default user: %q", out.stdout)
+			}
+			if out, _ := c.run(map[string]interface{}{"cmd": "id -u", "user": "root"}); string(out.stdout) != "0\n" {
+				t.Fatalf("request user: %q", out.stdout)
+			}
+		}
+	}
+	c.call("sys.init", sysInitArgs(map[string]interface{}{"user": "", "cwd": ""}))
+}
+
 func TestProcStdin(t *testing.T) {
 	ta := startTestAgent(t)
 	c := ta.dial()

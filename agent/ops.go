@@ -96,6 +96,10 @@ type sysInitRequest struct {
 	MachineID *string            `json:"machineId"`
 	BootID    *string            `json:"bootId"`
 	Envs      *map[string]string `json:"envs"`
+	// User and Cwd (absent: unchanged) are the defaults of process starts
+	// that name none: a built template's USER and WORKDIR.
+	User *string `json:"user"`
+	Cwd  *string `json:"cwd"`
 	// Thaw (default true) lets user processes frozen by a capture run
 	// again once the identity is set. False leaves them frozen: a restored
 	// VM prepared ahead of demand, whose real sys.init comes later.

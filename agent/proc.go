@@ -419,9 +419,12 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 	}
 	var u *userInfo
 	var err error
+	defUser, defCwd := a.sys.processDefaults()
 	switch {
 	case req.User != nil && *req.User != "":
 		u, err = lookupUser(*req.User)
+	case defUser != "":
+		u, err = lookupUser(defUser)
 	case os.Geteuid() == 0:
 		u, err = lookupUser("root")
 	default:
@@ -432,6 +435,9 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 		return nil, opErrorf(CodeProcessFailed, "%v", err)
 	}
 	cwd := a.workspace
+	if defCwd != "" {
+		cwd = defCwd
+	}
 	if req.Cwd != nil && *req.Cwd != "" {
 		if cwd, err = cleanPath("cwd", req.Cwd); err != nil {
 			return nil, err

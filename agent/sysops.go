@@ -28,7 +28,11 @@ type sysState struct {
 	mu          sync.Mutex
 	initialized bool
 	envs        map[string]string
-	initMu      sync.Mutex // serializes sys.init calls
+	// user and cwd of processes whose start names none ("": root, and the
+	// agent's workspace): a built template's USER and WORKDIR
+	user   string
+	cwd    string
+	initMu sync.Mutex // serializes sys.init calls
 }
 
 func (s *sysState) setInitialized(v bool) {
@@ -41,6 +45,14 @@ func (s *sysState) isInitialized() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.initialized
+}
+
+// processDefaults are the user and working directory of a process start that
+// names neither ("" each: root and the workspace).
+func (s *sysState) processDefaults() (user, cwd string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.user, s.cwd
 }
 
 func (s *sysState) defaultEnvs() map[string]string {
@@ -113,7 +125,7 @@ var (
 // agentFeatures lists request options that an older agent would ignore
 // silently (unknown JSON fields are not errors): the host checks for them in
 // sys.info before relying on one.
-var agentFeatures = []string{"sys.init.thaw"}
+var agentFeatures = []string{"sys.init.thaw", "sys.init.defaults"}
 
 func opSysInit(st *stream, req *sysInitRequest) (*sysInitResult, error) {
 	a := st.agent
@@ -150,6 +162,15 @@ func opSysInit(st *stream, req *sysInitRequest) (*sysInitResult, error) {
 			return nil, opErrorf(CodeBadRequest, "bootId must be a UUID")
 		}
 		bootID = strings.ToLower(*req.BootID)
+	}
+	var defCwd string
+	if req.Cwd != nil && *req.Cwd != "" {
+		if defCwd, err = cleanPath("cwd", req.Cwd); err != nil {
+			return nil, err
+		}
+	}
+	if req.User != nil && strings.IndexByte(*req.User, 0) >= 0 {
+		return nil, opErrorf(CodeBadRequest, "user contains a NUL byte")
 	}
 	var envs map[string]string
 	if req.Envs != nil {
@@ -205,6 +226,12 @@ func opSysInit(st *stream, req *sysInitRequest) (*sysInitResult, error) {
 	a.sys.mu.Lock()
 	if req.Envs != nil {
 		a.sys.envs = envs
+	}
+	if req.User != nil {
+		a.sys.user = *req.User
+	}
+	if req.Cwd != nil {
+		a.sys.cwd = defCwd
 	}
 	a.sys.initialized = true
 	a.sys.mu.Unlock()

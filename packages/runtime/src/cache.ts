@@ -100,6 +100,22 @@ export async function pruneCache(cacheDir: string, dataDirs: string[], opts: { d
       const dir = readJson<{ dir: string }>(path.join(templatesDir, f))?.dir;
       if (typeof dir === 'string') current.set(realpathOr(dir), f.slice(0, -'.json'.length));
     }
+    // a template stays when it is current or a data dir's chain rests on it; the chain of each that
+    // stays holds what it rests on: the build cache's layers, the template it was built FROM, images
+    const holdChain = async (file: string, holder: string) => {
+      const chain = await backingChain(file).catch((err: unknown) => {
+        throw new NsError('disk_failed', `reading the backing chain of ${file}: ${(err as Error).message}: nothing removed`);
+      });
+      for (const c of chain) {
+        const f = realpathOr(c.filename);
+        if (!held.has(f)) held.set(f, holder);
+      }
+    };
+    for (const dir of subdirs(templatesDir)) {
+      const real = realpathOr(dir);
+      const disk = path.join(dir, 'disk.qcow2');
+      if ((current.has(real) || heldIn(real)) && fs.existsSync(disk)) await holdChain(disk, `template ${path.basename(dir)}`);
+    }
     const keepImages = new Map<string, string>();
     const visit = (dir: string, keep: string | undefined) => {
       const entry = { dir, bytes: dirBytes(dir) };
@@ -122,6 +138,31 @@ export async function pruneCache(cacheDir: string, dataDirs: string[], opts: { d
       const holder = heldIn(real);
       visit(dir, keepImages.get(real) ?? (holder ? `a disk chain rests on it (${holder})` : undefined));
     }
+    // the build cache (template builds from a Dockerfile, an image or a recipe): layers no kept
+    // template's chain rests on go, with the step entries that name them (their next build redoes them)
+    const buildDir = path.join(cacheDir, 'build');
+    const layersDir = path.join(buildDir, 'layers');
+    const gone = new Set<string>();
+    for (const f of listDir(layersDir)) {
+      const file = path.join(layersDir, f);
+      const holder = held.get(realpathOr(file));
+      if (holder) {
+        report.kept.push({ dir: file, bytes: allocatedBytes(file), why: `a disk chain rests on it (${holder})` });
+        continue;
+      }
+      gone.add(file);
+      const bytes = allocatedBytes(file);
+      report.removed.push({ dir: file, bytes });
+      report.freedBytes += bytes;
+      if (!opts.dryRun) fs.rmSync(file, { force: true });
+    }
+    for (const f of listDir(path.join(buildDir, 'steps'))) {
+      const entry = readJson<{ layer: string }>(path.join(buildDir, 'steps', f));
+      if (!entry?.layer || gone.has(entry.layer) || !fs.existsSync(entry.layer)) {
+        if (!opts.dryRun) fs.rmSync(path.join(buildDir, 'steps', f), { force: true });
+      }
+    }
+    if (!opts.dryRun) fs.rmSync(path.join(buildDir, 'scratch'), { recursive: true, force: true });
     // locks their builders left behind (none is held: checked above, and new builds wait for us)
     if (!opts.dryRun) for (const d of [templatesDir, imagesDir]) for (const f of listDir(d).filter((f) => f.endsWith('.lock'))) fs.rmSync(path.join(d, f), { recursive: true, force: true });
     return report;

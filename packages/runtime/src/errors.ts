@@ -23,6 +23,7 @@ export const PUBLIC_ERROR_CODES = [
   'invalid_volume_name',
   'invalid_dockerfile',
   'invalid_build_spec',
+  'invalid_context',
   // 401, 403
   'unauthorized',
   'permission_denied',
@@ -52,12 +53,16 @@ export const PUBLIC_ERROR_CODES = [
   'volume_in_use',
   'volume_missing',
   'volume_busy',
+  'template_build_in_progress',
+  'template_exists',
   // 408 (the headers or body of a request did not arrive in time), 413, 415, 422, 429, 431
   'request_timeout',
   'payload_too_large',
   'unsupported_media_type',
   'image_invalid',
   'disk_too_small',
+  'template_build_failed',
+  'template_ready_timeout',
   'too_many_sandboxes',
   'headers_too_large',
   // 502: a registry could not be reached

@@ -46,6 +46,23 @@ export interface TemplateInfo {
   requirements: RestoreRequirements;
   bootMs: number;
   builtAt: string;
+  /** Its version among the builds registered under `name` (1, 2, ...): `name:version` names it. */
+  version?: number;
+  /** Disk size of its sandboxes (default: the image's). */
+  diskSizeMiB?: number;
+  /** What sandboxes of it get by default: environment (ENV); user and working directory of commands. */
+  defaults?: { envs: Record<string, string>; user?: string | undefined; workdir?: string | undefined };
+  /** A built template: what it was built from, its start command and ready check, ports it exposes. */
+  build?: TemplateBuildRecord;
+}
+
+/** How a template built from a Dockerfile, an image or an SDK recipe came about (template.json). */
+export interface TemplateBuildRecord {
+  from: string;
+  steps: number;
+  start: { cmd: string; ready: Record<string, unknown> | null } | null;
+  exposedPorts: number[];
+  buildMs: number;
 }
 
 export function requirementsFor(profile: HostProfile, image: ImageInfo, memoryMiB: number, vcpus: number, template: string): RestoreRequirements {
@@ -90,13 +107,64 @@ function registryFile(cacheDir: string, name: string): string {
   return path.join(cacheDir, 'templates', `${name}.json`);
 }
 
-/** The template registered under `name`, if any. */
-export function findTemplate(cacheDir: string, name: string): TemplateInfo | undefined {
+/**
+ * The registry entry of a template name (`templates/<name>.json`): the directory `name` means now,
+ * and every version registered under it (an entry written before versions existed is version 1).
+ */
+export interface TemplateRegistryEntry {
+  dir: string;
+  version: number;
+  versions: Array<{ version: number; dir: string; registeredAt: string }>;
+}
+
+export function readRegistry(cacheDir: string, name: string): TemplateRegistryEntry | undefined {
   const reg = registryFile(cacheDir, name);
   if (!fs.existsSync(reg)) return undefined;
-  const { dir } = readJson<{ dir: string }>(reg);
+  const raw = readJson<Partial<TemplateRegistryEntry> & { dir: string }>(reg);
+  const version = raw.version ?? 1;
+  return { dir: raw.dir, version, versions: raw.versions ?? [{ version, dir: raw.dir, registeredAt: '' }] };
+}
+
+/**
+ * Registers `dir` as what `name` means from now on: a new version, unless it already is the current
+ * one (an unchanged rebuild). Earlier versions stay reachable as `name:version` while their
+ * directories exist. Returns the version.
+ */
+export function registerTemplate(cacheDir: string, name: string, dir: string): number {
+  const cur = readRegistry(cacheDir, name);
+  if (cur?.dir === dir) return cur.version;
+  const version = Math.max(0, ...(cur?.versions ?? []).map((v) => v.version)) + 1;
+  const entry: TemplateRegistryEntry = { dir, version, versions: [...(cur?.versions ?? []), { version, dir, registeredAt: new Date().toISOString() }] };
+  fs.mkdirSync(path.dirname(registryFile(cacheDir, name)), { recursive: true });
+  writeFileAtomic(registryFile(cacheDir, name), JSON.stringify(entry, null, 2));
+  return version;
+}
+
+/** Forgets every version of `name` (their directories go with the next cache prune, once unused). */
+export function unregisterTemplate(cacheDir: string, name: string): boolean {
+  const reg = registryFile(cacheDir, name);
+  if (!fs.existsSync(reg)) return false;
+  fs.rmSync(reg, { force: true });
+  return true;
+}
+
+/** `name` or `name:version` split; undefined version: the current one. */
+export function parseTemplateRef(ref: string): { name: string; version: number | undefined } {
+  const m = /^([^:]+)(?::(\d{1,9}))?$/.exec(ref);
+  return m ? { name: m[1]!, version: m[2] === undefined ? undefined : Number(m[2]) } : { name: ref, version: undefined };
+}
+
+/** The template registered under `name` (or `name:version`), if any. */
+export function findTemplate(cacheDir: string, ref: string): TemplateInfo | undefined {
+  const { name, version } = parseTemplateRef(ref);
+  const entry = readRegistry(cacheDir, name);
+  if (!entry) return undefined;
+  const dir = version === undefined ? entry.dir : entry.versions.find((v) => v.version === version)?.dir;
+  if (!dir) return undefined;
   const manifest = path.join(dir, 'template.json');
-  return fs.existsSync(manifest) ? readJson<TemplateInfo>(manifest) : undefined;
+  if (!fs.existsSync(manifest)) return undefined;
+  const info = readJson<TemplateInfo>(manifest);
+  return { ...info, version: version ?? entry.version };
 }
 
 export function listTemplates(cacheDir: string): TemplateInfo[] {
@@ -156,8 +224,8 @@ export async function buildTemplate(opts: TemplateBuildOptions): Promise<Templat
     } else {
       await bootAndSnapshot(opts, dir, key, requirements);
     }
-    writeFileAtomic(registryFile(opts.cacheDir, opts.name), JSON.stringify({ dir }, null, 2));
-    return readJson<TemplateInfo>(manifest);
+    const version = registerTemplate(opts.cacheDir, opts.name, dir);
+    return { ...readJson<TemplateInfo>(manifest), version };
   } finally {
     release();
   }

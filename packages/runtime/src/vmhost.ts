@@ -41,7 +41,8 @@ export interface VmHost {
 
 export interface LaunchRequest {
   id: string;
-  memFile: string;
+  /** The RAM image to clone (its device state is loaded next); null: a cold boot from `diskBacking`, with fresh RAM. */
+  memFile: string | null;
   diskBacking: string;
   memoryMiB: number;
   vcpus: number;
@@ -54,6 +55,8 @@ export interface LaunchRequest {
   volumes: Array<Omit<VolumeDevice, 'hostPath'> & { hostPath: string | null }>;
   /** Prepared ahead of demand: QEMU runs at a low priority until `setNice(0)`. */
   nice?: number | undefined;
+  /** Keep the guest console in the VM's run dir (template builds: what a failed boot printed). */
+  consoleLog?: boolean | undefined;
 }
 
 /** What the lifecycle may ask of one running VM. */
@@ -122,7 +125,7 @@ export class LocalVmHost implements VmHost {
       disk: files.disk,
       diskSizeBytes: req.diskSizeBytes,
       runDir: files.runDir,
-      consoleLog: false,
+      consoleLog: req.consoleLog === true,
       allowInternetAccess: req.allowInternetAccess,
     };
     if (req.volumes.length) {
@@ -133,7 +136,8 @@ export class LocalVmHost implements VmHost {
         return { ...v, hostPath: placeholder };
       });
     }
-    await Promise.all([cloneFile(req.memFile, spec.ramFile), createOverlay(req.diskBacking, spec.disk)]);
+    const ram = req.memFile === null ? freshRam(spec.ramFile, req.memoryMiB) : cloneFile(req.memFile, spec.ramFile);
+    await Promise.all([ram, createOverlay(req.diskBacking, spec.disk)]);
     if (this.uids) {
       const owner = this.layout.uidOwner(req.id);
       const uid = this.uids.allocate(owner);
@@ -145,7 +149,7 @@ export class LocalVmHost implements VmHost {
       chownTree(files.dir, uid);
     }
     phases.prepareMs = Date.now() - t0;
-    const vm = await Vm.launch(this.profile, spec, true, { nice: req.nice ?? 0 });
+    const vm = await Vm.launch(this.profile, spec, req.memFile !== null, { nice: req.nice ?? 0 });
     cleanup.defer('kill vm', () => vm.kill());
     return vm;
   }
@@ -196,4 +200,10 @@ export class LocalVmHost implements VmHost {
   sweepUids(keep: Set<number>): void {
     this.uids?.sweep(this.layout.uidOwnerPrefix, keep);
   }
+}
+
+/** A sparse RAM file of `memoryMiB` for a VM that boots (its pages are allocated as the guest touches them). */
+async function freshRam(file: string, memoryMiB: number): Promise<void> {
+  fs.closeSync(fs.openSync(file, 'wx', 0o600));
+  fs.truncateSync(file, memoryMiB * 1024 * 1024);
 }

@@ -11,6 +11,7 @@ import {
   findTemplate,
   hostProfile,
   listTemplates,
+  parseTemplateRef,
   NsError,
   TEMPLATE_NAME_RE,
   type HostProfile,
@@ -95,9 +96,10 @@ export class HostContext {
   }
 
   /** The template registered as `name`, checked against this host. */
-  template(name: string): TemplateInfo {
-    if (!TEMPLATE_NAME_RE.test(name)) throw new NsError('template_not_found', `template ${JSON.stringify(name)} not found`, { details: { template: name } });
-    const t = findTemplate(this.cacheDir, name);
+  template(ref: string): TemplateInfo {
+    const { name } = parseTemplateRef(ref);
+    if (!TEMPLATE_NAME_RE.test(name)) throw new NsError('template_not_found', `template ${JSON.stringify(ref)} not found`, { details: { template: ref } });
+    const t = findTemplate(this.cacheDir, ref);
     if (!t) {
       throw new NsError('template_not_found', `template "${name}" is not built on this host (run: nullspace template build ${name})`, {
         details: { template: name },
@@ -112,6 +114,11 @@ export class HostContext {
       );
     }
     return t;
+  }
+
+  /** Whether sandboxes of `t` can start on this host. */
+  compatible(t: TemplateInfo): boolean {
+    return compareRequirements(t.requirements, this.profile).length === 0;
   }
 
   templates(): Array<TemplateInfo & { compatible: boolean }> {

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { importImage, Progress } from '@nullspace/runtime';
 import { buildApp, type App } from './api/app.js';
 import { resolveApiKey } from './apikey.js';
 import type { Config } from './config.js';
@@ -13,6 +14,9 @@ import { SnapshotStore } from './store/snapshots.js';
 import { VolumeStore } from './store/volumes.js';
 import { VolumeService } from './volumes.js';
 import { Gc } from './gc.js';
+import { BuildContexts } from './templates/contexts.js';
+import { TemplateBuilds } from './templates/builds.js';
+import { TemplateService } from './templates/service.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
@@ -58,7 +62,29 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   if (autoGc) sandboxes.onLayersReleased = () => gc.schedule();
   await sandboxes.start();
   if (autoGc) gc.schedule(0);
-  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, gc, host, log, version: VERSION });
+  const contexts = new BuildContexts(config.dataDir, config.limits.maxUploadBytes);
+  contexts.start();
+  const builds = new TemplateBuilds({
+    cacheDir: config.cacheDir,
+    dataDir: config.dataDir,
+    profile: host.profile,
+    template: (ref) => host.template(ref),
+    vms: sandboxes.vms,
+    admit: (memoryMiB) => sandboxes.admit(memoryMiB),
+    importImage: (source, diskSizeMiB, info) =>
+      importImage({
+        source,
+        cacheDir: config.cacheDir,
+        imagesDir: config.imagesDir,
+        agentDir: config.agentDir,
+        diskSizeMiB,
+        insecureRegistries: config.insecureRegistries,
+        progress: new Progress('image', info),
+      }),
+    log,
+  });
+  const templates = new TemplateService(config.cacheDir, (ref) => host.template(ref), (t) => host.compatible(t), contexts, builds);
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION });
   try {
     await app.listen({ host: config.host, port: config.port });
   } catch (err) {
@@ -86,6 +112,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
         await app.close();
         clearTimeout(force);
         gc.cancel();
+        contexts.stop();
         stopGuardWatch();
         await sandboxes.close();
         db.close();

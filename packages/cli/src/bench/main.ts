@@ -18,6 +18,7 @@ import { templateBuild } from '../template.js';
 import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js';
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
 import { formatTable, median, type Row } from './stats.js';
+import { templateRows } from './templates.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -321,6 +322,11 @@ async function main(): Promise<void> {
     ];
     process.stdout.write('\n' + formatTable(rows) + '\n');
     if (lvWhy ?? lvFailed) process.stdout.write(`(libvirt rows: ${lvWhy ?? lvFailed})\n`);
+
+    // --- templates: builds, an image import, a create to a service answering
+    const tpl = await templateRows({ conn: c, config, dir: path.join(dataDir, 'bench-templates'), n: N, quick, log, poolReady });
+    process.stdout.write('\n' + formatTable(tpl.rows) + '\n');
+    for (const note of tpl.notes) process.stdout.write(`(${note})\n`);
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {

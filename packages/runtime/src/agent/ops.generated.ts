@@ -64,7 +64,7 @@ export interface SysInfoResult {
   version: string;
   /** 1 */
   protocol: number;
-  /** request options an older agent would ignore silently (unknown JSON fields are not errors), which the host checks before relying on one: "sys.init.thaw" */
+  /** request options an older agent would ignore silently (unknown JSON fields are not errors), which the host checks before relying on one: "sys.init.thaw", "sys.init.defaults" */
   features: string[];
   /** the guest kernel's boot_id */
   bootId: string;
@@ -90,6 +90,10 @@ export interface SysInitRequest {
   bootId?: string;
   /** (optional) default environment for every later process (merged over the base environment, under the process's own envs) */
   envs?: Record<string, string>;
+  /** (optional) the user of later process starts that name none (absent: unchanged; empty: root); a built template's USER; listed in sys.info features as sys.init.defaults */
+  user?: string;
+  /** (optional) the working directory of later process starts that name none (absent: unchanged; empty: the workspace); a built template's WORKDIR */
+  cwd?: string;
   /** (optional, default true) false leaves the user processes frozen (a VM restored ahead of demand, whose real sys.init comes later); listed in sys.info features as sys.init.thaw */
   thaw?: boolean;
 }

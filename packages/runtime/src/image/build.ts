@@ -8,7 +8,7 @@ import { listTree } from '../hash.js';
 import type { Progress } from '../progress.js';
 import { extractVmlinux, findKernel, resolveModules, type KernelInfo } from './kernel.js';
 import { mkdirInRoot } from './rootfs.js';
-import { agentHash, debootstrapHash, imageHash, loadRecipe, type Recipe } from './recipe.js';
+import { agentHash, debootstrapHash, imageHash, loadRecipe, type Recipe, type RecipeUser } from './recipe.js';
 
 export interface ImageBuildOptions {
   name: string;
@@ -226,6 +226,7 @@ async function buildRootDisk(
       fs.rmSync(path.join(rootfs, p), { recursive: true, force: true });
     }
     fs.rmSync(path.join(rootfs, 'etc/resolv.conf'), { force: true });
+    for (const u of recipe.users ?? []) addUser(rootfs, u);
     const overlay = path.join(recipeDir, 'overlay');
     for (const rel of listTree(overlay)) {
       const dst = path.join(rootfs, rel);
@@ -258,5 +259,39 @@ export async function makeRootDisk(rootfs: string, diskSizeMiB: number, out: str
     await run('qemu-img', ['convert', '-O', 'qcow2', raw, path.join(out, 'rootfs.qcow2')], { errorCode: 'image_build_failed' });
   } finally {
     fs.rmSync(raw, { force: true });
+  }
+}
+
+/**
+ * Adds an account to a root filesystem (passwd, group, shadow with a locked password, a home made
+ * from /etc/skel, owned by it; with `sudo`, a sudoers.d entry without a password), without running
+ * anything of the guest's.
+ */
+function addUser(rootfs: string, u: RecipeUser): void {
+  if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(u.name) || !path.posix.isAbsolute(u.home) || u.home.includes('..')) {
+    throw new NsError('invalid_recipe', `user ${JSON.stringify(u.name)}: a name [a-z_][a-z0-9_-]* and an absolute home are needed`);
+  }
+  const append = (rel: string, line: string, mode?: number) => {
+    const f = path.join(rootfs, rel);
+    const text = fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';
+    if (text.split('\n').some((l) => l.startsWith(`${u.name}:`))) return;
+    fs.writeFileSync(f, `${text}${text && !text.endsWith('\n') ? '\n' : ''}${line}\n`);
+    if (mode !== undefined) fs.chmodSync(f, mode);
+  };
+  append('etc/passwd', `${u.name}:x:${u.uid}:${u.uid}::${u.home}:${u.shell}`);
+  append('etc/group', `${u.name}:x:${u.uid}:`);
+  append('etc/shadow', `${u.name}:!:19000:0:99999:7:::`, 0o640);
+  const home = mkdirInRoot(rootfs, u.home);
+  const skel = path.join(rootfs, 'etc/skel');
+  if (fs.existsSync(skel)) fs.cpSync(skel, home, { recursive: true, verbatimSymlinks: true });
+  const own = (p: string) => {
+    fs.lchownSync(p, u.uid, u.uid);
+    if (fs.lstatSync(p).isDirectory()) for (const e of fs.readdirSync(p)) own(path.join(p, e));
+  };
+  own(home);
+  fs.chmodSync(home, 0o750);
+  if (u.sudo) {
+    const dir = mkdirInRoot(rootfs, '/etc/sudoers.d');
+    fs.writeFileSync(path.join(dir, u.name), `${u.name} ALL=(ALL) NOPASSWD:ALL\n`, { mode: 0o440 });
   }
 }

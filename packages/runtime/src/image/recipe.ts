@@ -13,8 +13,19 @@ export interface Recipe {
   description: string;
   debootstrap: { suite: string; variant: string; packages: string[] };
   prune: string[];
+  /** Accounts added to the root filesystem (`base`: an unprivileged `user` with passwordless sudo). */
+  users?: RecipeUser[];
   kernel: { package: string; modules: string[]; cmdline: string };
   defaults: { memoryMiB: number; vcpus: number; diskSizeMiB: number };
+}
+
+export interface RecipeUser {
+  name: string;
+  uid: number;
+  home: string;
+  shell: string;
+  /** Passwordless sudo (a file in /etc/sudoers.d). */
+  sudo?: boolean;
 }
 
 export const TEMPLATE_NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;

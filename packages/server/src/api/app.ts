@@ -16,6 +16,7 @@ import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
 import { ErrorBody, NoQuery } from './schemas.js';
 import { systemRoutes } from './system.js';
+import { templateRoutes } from './templates.js';
 import { volumeRoutes } from './volumes.js';
 
 /** The one route that answers without the API key. */
@@ -155,6 +156,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(commandRoutes(deps));
       await v1.register(snapshotRoutes(deps));
       await v1.register(volumeRoutes(deps));
+      await v1.register(templateRoutes(deps));
     },
     { prefix: '/v1' },
   );

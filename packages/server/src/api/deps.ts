@@ -3,6 +3,7 @@ import type { Gc } from '../gc.js';
 import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
 import type { SandboxManager } from '../sandbox/manager.js';
+import type { TemplateService } from '../templates/service.js';
 import type { VolumeService } from '../volumes.js';
 
 /** What the routes are given (by index.ts, through buildApp): the manager and services, never the store. */
@@ -11,6 +12,7 @@ export interface AppDeps {
   apiKey: string;
   sandboxes: SandboxManager;
   volumes: VolumeService;
+  templates: TemplateService;
   gc: Gc;
   host: HostContext;
   log: Logger;

@@ -233,6 +233,9 @@ export const Template = Type.Object(
 
 export const NameParams = Type.Object({ name: Type.String({ maxLength: 64 }) });
 
+export const TemplateNameParams = Type.Object({ name: Type.String({ maxLength: 64 }) });
+export const TemplateRefParams = Type.Object({ ref: Type.String({ maxLength: 80, description: 'name, or name:version' }) });
+
 export const Snapshot = Type.Object(
   {
     snapshotId: SnapshotId,

@@ -1,21 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { Type } from '@sinclair/typebox';
-import { NsError } from '@nullspace/runtime';
 import type { AppDeps } from './deps.js';
-import { NameParams, Template } from './schemas.js';
-
-function templateView(t: ReturnType<AppDeps['host']['templates']>[number]) {
-  return {
-    name: t.name,
-    memoryMiB: t.memoryMiB,
-    vcpus: t.vcpus,
-    diskSizeMiB: t.image.diskSizeMiB,
-    kernelRelease: t.image.kernelRelease,
-    agentVersion: t.image.agentVersion,
-    builtAt: t.builtAt,
-    compatible: t.compatible,
-  };
-}
 
 export const systemRoutes =
   (deps: AppDeps): FastifyPluginAsync =>
@@ -66,19 +51,5 @@ export const systemRoutes =
         warmPool: deps.sandboxes.warmPool,
         snapshotPool: deps.sandboxes.snapshotPool,
       }),
-    );
-
-    app.get('/templates', { schema: { summary: 'Templates built on this host', response: { 200: Type.Object({ templates: Type.Array(Template) }) } } }, async () => ({
-      templates: deps.host.templates().map(templateView),
-    }));
-
-    app.get<{ Params: { name: string } }>(
-      '/templates/:name',
-      { schema: { summary: 'One template', params: NameParams, response: { 200: Template } } },
-      async (req) => {
-        const t = deps.host.templates().find((x) => x.name === req.params.name);
-        if (!t) throw new NsError('template_not_found', `template ${req.params.name} not found`, { details: { template: req.params.name } });
-        return templateView(t);
-      },
     );
   };

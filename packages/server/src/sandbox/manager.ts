@@ -130,8 +130,19 @@ export class SandboxManager {
     this.recovery = new Recovery(ctx, this.guests, watcher);
   }
 
+  /** What runs the VMs (template builds start theirs there too). */
+  get vms(): VmHost {
+    return this.ctx.vms;
+  }
+
   get layersDir(): string {
     return this.layout.layers;
+  }
+
+  /** An admission slot for a VM that is not a sandbox (a template build's): counted with the sandboxes. */
+  admit(memoryMiB: number): { release: () => void } {
+    if (this.closing) throw new NsError('shutting_down', 'the server is shutting down');
+    return this.admission.reserve(memoryMiB);
   }
 
   get usage(): { sandboxes: number; memoryMiB: number } {

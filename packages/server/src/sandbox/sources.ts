@@ -62,11 +62,12 @@ export class Sources {
         cmdline: t.image.cmdline,
         memoryMiB: t.memoryMiB,
         vcpus: t.vcpus,
-        diskSizeBytes: t.image.diskSizeMiB * 1024 * 1024,
+        diskSizeBytes: (t.diskSizeMiB ?? t.image.diskSizeMiB) * 1024 * 1024,
         allowInternetAccess: true,
       },
       requirements: t.requirements,
-      envs: {},
+      // a built template's ENV: the default environment of its sandboxes (a create's envs override it)
+      envs: t.defaults?.envs ?? {},
       volumes: this.ctx.volumes.attachments(volumes),
       volumesInState: false,
     };
