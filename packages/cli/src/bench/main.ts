@@ -69,6 +69,8 @@ async function dirty(s: Sandbox): Promise<void> {
 
 async function main(): Promise<void> {
   const dataDir = scratchDataDir('bench');
+  // (a data dir of its own, not one under dataDir: unix socket paths under a data dir are bounded)
+  const noPoolDir = scratchDataDir('bnp');
   const key = `bench-${randomBytes(12).toString('hex')}`;
   const config = loadConfig({ ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn' }, { dataDir, port: 0 });
   const created: Sandbox[] = [];
@@ -77,7 +79,7 @@ async function main(): Promise<void> {
   // everything the run started lives in its temporary data dirs: killing their QEMU processes,
   // freeing their uid claims and removing the dirs leaves nothing behind
   const removeAll = () => {
-    for (const dir of [dataDir, `${dataDir}-nopool`]) removeDataDir(dir);
+    for (const dir of [dataDir, noPoolDir]) removeDataDir(dir);
   };
   const cleanup = async () => {
     await Promise.all(created.map((s) => s.kill().catch(() => {})));
@@ -132,7 +134,6 @@ async function main(): Promise<void> {
       return ms;
     });
     // and every step on the request's path: a second server without pools (template and snapshots)
-    const noPoolDir = `${dataDir}-nopool`;
     const withoutPools = async <T>(what: string, fn: (c2: { apiUrl: string; apiKey: string }) => Promise<T>): Promise<T> => {
       log(`${what} without warm pools (a second server, NULLSPACE_WARM_POOL=0 NULLSPACE_SNAPSHOT_POOL=0)`);
       let noPool: RunningServer | undefined;
