@@ -13,6 +13,7 @@ import { SnapshotStore } from './store/snapshots.js';
 import { VolumeStore } from './store/volumes.js';
 import { VolumeService } from './volumes.js';
 import { Gc } from './gc.js';
+import { Preview, previewServer } from './preview/proxy.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
@@ -27,6 +28,8 @@ export const VERSION: string = (JSON.parse(
 export interface RunningServer {
   app: App;
   url: string;
+  /** The proxy's own listener (NULLSPACE_PROXY_PORT), when configured. */
+  proxyUrl: string | undefined;
   apiKey: string;
   apiKeySource: string;
   host: HostContext;
@@ -58,10 +61,26 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   if (autoGc) sandboxes.onLayersReleased = () => gc.schedule();
   await sandboxes.start();
   if (autoGc) gc.schedule(0);
-  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, gc, host, log, version: VERSION });
+  const preview = new Preview(config, sandboxes, log);
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, gc, host, log, version: VERSION, preview });
+  const proxyServer = config.preview.proxyPort !== undefined ? previewServer(preview, { headersTimeoutMs: config.http.headersTimeoutMs }) : undefined;
+  const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host;
+  let proxyUrl: string | undefined;
   try {
     await app.listen({ host: config.host, port: config.port });
+    if (proxyServer) {
+      await new Promise<void>((resolve, reject) => {
+        proxyServer.once('error', reject);
+        proxyServer.listen(config.preview.proxyPort, config.host, () => resolve());
+      });
+      const a = proxyServer.address();
+      const p = typeof a === 'object' && a ? a.port : config.preview.proxyPort!;
+      preview.setListenPort(p);
+      proxyUrl = `http://${hostPart}:${p}`;
+    }
   } catch (err) {
+    preview.close();
+    await app.close().catch(() => {});
     stopGuardWatch();
     await sandboxes.close();
     db.close();
@@ -69,11 +88,13 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   }
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.port;
-  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  if (!proxyServer) preview.setListenPort(port);
+  const url = `http://${hostPart}:${port}`;
   let closed: Promise<void> | undefined;
   return {
     app,
     url,
+    proxyUrl,
     apiKey: key,
     apiKeySource: source,
     host,
@@ -82,9 +103,13 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
       (closed ??= (async () => {
         // requests in flight get a moment to finish; streams that would not end on their own (a
         // background command's output) are then cut: the sandboxes themselves keep running
-        const force = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
-        await app.close();
+        const force = setTimeout(() => {
+          app.server.closeAllConnections();
+          proxyServer?.closeAllConnections();
+        }, CLOSE_GRACE_MS);
+        await Promise.all([app.close(), proxyServer ? new Promise((r) => proxyServer.close(r)) : undefined]);
         clearTimeout(force);
+        preview.close();
         gc.cancel();
         stopGuardWatch();
         await sandboxes.close();
