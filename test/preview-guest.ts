@@ -67,6 +67,8 @@ class H(BaseHTTPRequestHandler):
             go.set()
             self.send(200, b'{}')
         elif u.path == '/ws':
+            if (self.headers.get('Upgrade') or '').lower() != 'websocket' or 'upgrade' not in (self.headers.get('Connection') or '').lower():
+                return self.send(400, b'{"guest": "not an upgrade"}')
             key = self.headers['Sec-WebSocket-Key']
             acc = base64.b64encode(hashlib.sha1((key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').encode()).digest()).decode()
             self.send_response(101)

@@ -266,8 +266,7 @@ export class Sandbox {
 
   /** The host of a port's preview URL: `<port>-<sandboxId>.<domain>` (`https://` + it when the server says so). */
   getHost(port: number): string {
-    checkPort(port);
-    return `${port}-${this.sandboxId}.${this.net.previewDomain}`;
+    return previewHost(this.sandboxId, this.net, port);
   }
 
   /**
@@ -276,21 +275,31 @@ export class Sandbox {
    * (an HMAC), without asking the server.
    */
   getSignedUrl(port: number, opts: { expiresInS?: number; path?: string } = {}): string {
-    checkPort(port);
-    const expiresInS = opts.expiresInS ?? 3600;
-    if (!Number.isInteger(expiresInS) || expiresInS < 1) throw new InvalidArgumentError('expiresInS must be a positive integer', { code: 'bad_request' });
-    const path = opts.path ?? '/';
-    if (!path.startsWith('/')) throw new InvalidArgumentError('path must start with /', { code: 'bad_request' });
-    const expires = Math.floor(Date.now() / 1000) + expiresInS;
-    const sig = createHmac('sha256', this.trafficAccessToken).update(`${this.sandboxId}:${port}:${expires}`).digest('base64url');
-    const sep = path.includes('?') ? '&' : '?';
-    return `${this.net.previewScheme}://${this.getHost(port)}${path}${sep}ns_token=${sig}&expires=${expires}`;
+    return signedPreviewUrl(this.sandboxId, this.net, port, opts);
   }
 
   /** Kills the sandbox (idempotent). */
   async kill(): Promise<void> {
     await this.api.json(`/v1/sandboxes/${this.sandboxId}`, { method: 'DELETE' });
   }
+}
+
+/** The host of a sandbox's preview URL of `port` (what `Sandbox.getHost` returns), from its view's `network`. */
+export function previewHost(sandboxId: string, network: SandboxNetwork, port: number): string {
+  checkPort(port);
+  return `${port}-${sandboxId}.${network.previewDomain}`;
+}
+
+/** A signed preview URL (what `Sandbox.getSignedUrl` returns), from a sandbox's view's `network`. */
+export function signedPreviewUrl(sandboxId: string, network: SandboxNetwork, port: number, opts: { expiresInS?: number; path?: string } = {}): string {
+  const host = previewHost(sandboxId, network, port);
+  const expiresInS = opts.expiresInS ?? 3600;
+  if (!Number.isInteger(expiresInS) || expiresInS < 1) throw new InvalidArgumentError('expiresInS must be a positive integer', { code: 'bad_request' });
+  const path = opts.path ?? '/';
+  if (!path.startsWith('/')) throw new InvalidArgumentError('path must start with /', { code: 'bad_request' });
+  const expires = Math.floor(Date.now() / 1000) + expiresInS;
+  const sig = createHmac('sha256', network.trafficAccessToken).update(`${sandboxId}:${port}:${expires}`).digest('base64url');
+  return `${network.previewScheme}://${host}${path}${path.includes('?') ? '&' : '?'}ns_token=${sig}&expires=${expires}`;
 }
 
 function checkPort(port: number): void {
