@@ -6,16 +6,10 @@ import { Readable } from 'node:stream';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { Sandbox } from 'nullspace';
 import { apiKey, apiUrl, sandbox } from './helpers.js';
-import { download, GUEST_SERVER, request, WsClient, type Target } from './preview-guest.js';
-import { cleanupDataDir, ownServer, tempDataDir } from './servers.js';
+import { download, request, startGuestServer, WsClient, type Target } from '../packages/cli/dist/bench/preview-guest.js';
+import { cleanupDataDir, cli, ownServer, tempDataDir } from './servers.js';
 
-/** Starts the guest server (preview-guest.ts) on `port` and waits until it accepts connections. */
-async function serve(s: Sandbox, port = 8000): Promise<void> {
-  await s.files.write('/workspace/srv.py', GUEST_SERVER);
-  await s.commands.run(`python3 /workspace/srv.py ${port}`, { background: true, timeoutMs: 0 });
-  await s.commands.run(`for i in $(seq 300); do (echo > /dev/tcp/127.0.0.1/${port}) 2>/dev/null && exit 0; sleep 0.1; done; exit 1`, { timeoutMs: 60_000 });
-}
-
+const serve = startGuestServer;
 const target = (s: Sandbox, port = 8000, url = apiUrl()): Target => ({ url, host: s.getHost(port) });
 const json = (r: { body: Buffer }) => JSON.parse(r.body.toString()) as { error?: { code: string; message: string; details?: Record<string, unknown> } } & Record<string, unknown>;
 
@@ -99,6 +93,15 @@ describe('preview URLs', () => {
     const expired = await request(t, `/?ns_token=${sig}&expires=${past}`);
     expect(expired.status).toBe(403);
     expect(json(expired).error?.code).toBe('signed_url_expired');
+
+    // the CLI prints the host and a signed URL (the SDK's functions)
+    const srv = { url: apiUrl(), key: apiKey() };
+    expect((await cli(srv, ['sandbox', 'host', s.sandboxId, '8000'])).stdout).toBe(`${t.host}\n`);
+    const fromCli = new URL((await cli(srv, ['sandbox', 'signed-url', s.sandboxId, '8000', '--path', '/?c=1', '--expires-in-s', '60'])).stdout.trim());
+    expect(fromCli.host).toBe(t.host);
+    const viaCli = await request(t, fromCli.pathname + fromCli.search);
+    expect(viaCli.status).toBe(200);
+    expect((json(viaCli) as { path: string }).path).toBe('/?c=1');
 
     // an ended sandbox: 410
     await s.kill();

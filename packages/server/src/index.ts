@@ -106,6 +106,8 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
         const force = setTimeout(() => {
           app.server.closeAllConnections();
           proxyServer?.closeAllConnections();
+          // (upgraded connections, WebSockets, are no longer the HTTP server's to close)
+          preview.close();
         }, CLOSE_GRACE_MS);
         await Promise.all([app.close(), proxyServer ? new Promise((r) => proxyServer.close(r)) : undefined]);
         clearTimeout(force);

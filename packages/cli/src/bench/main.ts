@@ -17,6 +17,7 @@ import { onInterrupt, operatorCall, poolsReady, qemuPid, removeDataDir, scratchD
 import { templateBuild } from '../template.js';
 import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js';
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
+import { previewRows } from './preview.js';
 import { formatTable, median, type Row } from './stats.js';
 
 const args = process.argv.slice(2);
@@ -321,6 +322,10 @@ async function main(): Promise<void> {
     ];
     process.stdout.write('\n' + formatTable(rows) + '\n');
     if (lvWhy ?? lvFailed) process.stdout.write(`(libvirt rows: ${lvWhy ?? lvFailed})\n`);
+
+    // --- preview URLs (the proxy and the agent's tunnel)
+    await poolReady();
+    process.stdout.write('\n' + formatTable(await previewRows({ conn: c, quick, create, kill, log })) + '\n');
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {

@@ -42,6 +42,8 @@ export class Preview {
   /** Open proxied connections per sandbox (their sandboxes count as active). */
   private readonly active = new Map<string, number>();
   private readonly timer: NodeJS.Timeout;
+  /** Client connections upgraded (and piped to a tunnel): the HTTP server no longer closes them. */
+  private readonly upgraded = new Set<Duplex>();
 
   constructor(
     private readonly config: Config,
@@ -104,9 +106,11 @@ export class Preview {
     return { port, id: m[2] };
   }
 
+  /** Cuts every proxied connection (the server is closing). */
   close(): void {
     clearInterval(this.timer);
     this.agent.destroy();
+    for (const s of this.upgraded) s.destroy();
   }
 
   /** Traffic to a sandbox starts its timeout again. */
@@ -272,6 +276,8 @@ export class Preview {
   /** An upgrade (WebSocket) to a preview URL: checked like a request, then piped raw both ways. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, t: PreviewTarget): void {
     socket.on('error', () => socket.destroy());
+    this.upgraded.add(socket);
+    socket.once('close', () => this.upgraded.delete(socket));
     void (async () => {
       const access = await this.admit(req, t);
       if (access.redirect) throw new NsError('traffic_token_missing', 'an upgrade request cannot follow a signed URL redirect: send the traffic token header or the cookie');

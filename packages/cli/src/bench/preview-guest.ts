@@ -2,10 +2,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
+import type { Sandbox } from 'nullspace';
 
 /**
- * What the preview URL tests (and the benchmark) run: a Python HTTP server for the guest (stdlib
- * only), and a client that sends requests to the server's address with a preview Host header.
+ * What the preview URL benchmark (preview.ts) and tests (test/preview.test.ts) run: a Python HTTP
+ * server for the guest (stdlib only), and a client that sends requests to the server's address
+ * with a preview Host header, and a minimal WebSocket client.
  */
 
 /**
@@ -108,6 +110,13 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer.daemon_threads = True
 ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
 `;
+
+/** Starts GUEST_SERVER in `s` on `port` (in the background) and waits until it accepts connections. */
+export async function startGuestServer(s: Sandbox, port = 8000): Promise<void> {
+  await s.files.write('/workspace/srv.py', GUEST_SERVER);
+  await s.commands.run(`python3 /workspace/srv.py ${port}`, { background: true, timeoutMs: 0 });
+  await s.commands.run(`for i in $(seq 300); do (echo > /dev/tcp/127.0.0.1/${port}) 2>/dev/null && exit 0; sleep 0.1; done; exit 1`, { timeoutMs: 60_000 });
+}
 
 export interface Reply {
   status: number;
