@@ -11,7 +11,9 @@ import { NsError } from '@nullspace/runtime';
  * until it expires. The token itself never leaves the API (a browser gets a signature, never it).
  */
 
+/** The header (as Node gives it: lowercase); written as TOKEN_HEADER_NAME in messages. */
 export const TOKEN_HEADER = 'x-nullspace-traffic-token';
+const TOKEN_HEADER_NAME = 'X-Nullspace-Traffic-Token';
 export const TOKEN_PARAM = 'ns_token';
 export const EXPIRES_PARAM = 'expires';
 export const COOKIE = 'ns_traffic';
@@ -87,7 +89,7 @@ export function checkAccess(req: IncomingMessage, target: AccessTarget, secure: 
   if (target.allowPublicTraffic) return { path };
   const header = req.headers[TOKEN_HEADER];
   if (typeof header === 'string') {
-    if (!same(header, target.trafficToken)) throw new NsError('traffic_token_invalid', `the ${TOKEN_HEADER} header is not this sandbox's traffic token`);
+    if (!same(header, target.trafficToken)) throw new NsError('traffic_token_invalid', `the ${TOKEN_HEADER_NAME} header is not this sandbox's traffic token`);
     return { path };
   }
   if (sig !== null) {
@@ -109,6 +111,6 @@ export function checkAccess(req: IncomingMessage, target: AccessTarget, secure: 
   }
   throw new NsError(
     'traffic_token_missing',
-    `this sandbox's ports need its traffic token: send the ${TOKEN_HEADER} header (sandbox.trafficAccessToken), or open a signed URL (sandbox.getSignedUrl(port)); or create the sandbox with network.allowPublicTraffic`,
+    `this sandbox's ports need its traffic token: send the ${TOKEN_HEADER_NAME} header (sandbox.trafficAccessToken), or open a signed URL (sandbox.getSignedUrl(port)); or create the sandbox with network.allowPublicTraffic`,
   );
 }
