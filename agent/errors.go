@@ -30,6 +30,7 @@ const (
 	CodeCancelled        ErrCode = "cancelled"
 	CodeIOError          ErrCode = "io_error"
 	CodeVolumeBusy       ErrCode = "volume_busy"
+	CodePortNotOpen      ErrCode = "port_not_open"
 )
 
 // allErrorCodes lists every ErrCode constant.
@@ -37,7 +38,7 @@ var allErrorCodes = []ErrCode{
 	CodeBadRequest, CodeUnknownOp, CodeNotFound, CodeAlreadyExists,
 	CodeNotADirectory, CodeIsADirectory, CodeNotEmpty, CodePermissionDenied,
 	CodeNoSpace, CodeInvalidPath, CodeProcessFailed, CodeNotRunning,
-	CodeCancelled, CodeIOError, CodeVolumeBusy,
+	CodeCancelled, CodeIOError, CodeVolumeBusy, CodePortNotOpen,
 }
 
 // OpError is the payload of an ERROR frame.

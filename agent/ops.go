@@ -80,6 +80,7 @@ func init() {
 		"proc.stdin":  newOp(opProcStdin),
 		"proc.signal": newOp(opProcSignal),
 		"proc.list":   newOp(opProcList),
+		"net.connect": withInput(newOp(opNetConnect, connectedEvent{}, eofEvent{})),
 	}
 }
 

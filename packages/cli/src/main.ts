@@ -7,8 +7,10 @@ import { loadConfig, startServer, VERSION, type Config } from '@nullspace/server
 import {
   ApiClient,
   ConnectionConfig,
+  previewHost,
   Sandbox,
   SandboxError,
+  signedPreviewUrl,
   Snapshot,
   Template,
   TimeoutError,
@@ -246,8 +248,10 @@ sandbox
   .option('--no-internet', 'cut outbound network access')
   .addOption(new Option('--on-timeout <action>', 'what the timeout does').choices(['kill', 'hibernate']).default('kill'))
   .option('-v, --volume <name:/path>', 'mount a shared volume at a guest path (repeatable)', collect)
+  .option('--auto-resume', 'a request to one of its preview URLs resumes it when hibernated')
+  .option('--public-traffic', 'serve its preview URLs without the traffic token')
   .option('--json', 'print JSON')
-  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; onTimeout: 'kill' | 'hibernate'; volume?: string[]; json?: boolean }) => {
+  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; onTimeout: 'kill' | 'hibernate'; volume?: string[]; autoResume?: boolean; publicTraffic?: boolean; json?: boolean }) => {
     const volumes: Record<string, string> = {};
     for (const v of o.volume ?? []) {
       const i = v.indexOf(':');
@@ -260,7 +264,8 @@ sandbox
       envs: pairs(o.env, 'env'),
       ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
       allowInternetAccess: o.internet,
-      lifecycle: { onTimeout: o.onTimeout },
+      lifecycle: { onTimeout: o.onTimeout, autoResume: o.autoResume === true },
+      network: { allowPublicTraffic: o.publicTraffic === true },
       ...(o.volume ? { volumes } : {}),
     });
     const info = await sbx.getInfo();
@@ -286,6 +291,26 @@ sandbox
     const info = await Sandbox.getInfo(id);
     if (o.json) return printJson(info);
     printFields(info, 20);
+  });
+sandbox
+  .command('host')
+  .argument('<id>')
+  .argument('<port>', 'a TCP port in the sandbox', int)
+  .description("the host of a port's preview URL (send the sandbox's traffic token as X-Nullspace-Traffic-Token)")
+  .action(async (id: string, port: number) => {
+    const info = await Sandbox.getInfo(id);
+    process.stdout.write(`${previewHost(id, info.network, port)}\n`);
+  });
+sandbox
+  .command('signed-url')
+  .argument('<id>')
+  .argument('<port>', 'a TCP port in the sandbox', int)
+  .option('--expires-in-s <s>', 'valid for this long (default 3600)', int)
+  .option('--path <path>', 'the path it opens (default /)')
+  .description("a URL of a port that opens in a browser without the token until it expires")
+  .action(async (id: string, port: number, o: { expiresInS?: number; path?: string }) => {
+    const info = await Sandbox.getInfo(id);
+    process.stdout.write(`${signedPreviewUrl(id, info.network, port, { ...(o.expiresInS !== undefined ? { expiresInS: o.expiresInS } : {}), ...(o.path ? { path: o.path } : {}) })}\n`);
   });
 sandbox
   .command('fork')

@@ -27,6 +27,10 @@ export const PUBLIC_ERROR_CODES = [
   // 401, 403
   'unauthorized',
   'permission_denied',
+  // preview URLs: a request without the sandbox's traffic token, a wrong one, an expired signed URL
+  'traffic_token_missing',
+  'traffic_token_invalid',
+  'signed_url_expired',
   // 404
   'route_not_found',
   'sandbox_not_found',
@@ -55,6 +59,10 @@ export const PUBLIC_ERROR_CODES = [
   'volume_busy',
   'template_build_in_progress',
   'template_exists',
+  // 409: a preview URL of a hibernated sandbox that does not wake on requests
+  'sandbox_paused',
+  // 410: a preview URL of a sandbox that ended
+  'sandbox_ended',
   // 408 (the headers or body of a request did not arrive in time), 413, 415, 422, 429, 431
   'request_timeout',
   'payload_too_large',
@@ -65,8 +73,10 @@ export const PUBLIC_ERROR_CODES = [
   'template_ready_timeout',
   'too_many_sandboxes',
   'headers_too_large',
-  // 502: a registry could not be reached
+  // 502: a registry could not be reached; nothing listens on a preview URL's port in the sandbox
   'registry_unreachable',
+  'port_not_open',
+  'bad_gateway',
   // 503, 507
   'insufficient_memory',
   'agent_unavailable',

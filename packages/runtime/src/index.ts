@@ -19,6 +19,7 @@ export * from './cache.js';
 export { waitForPrune } from './prunelock.js';
 export * from './agent/protocol.js';
 export * from './agent/client.js';
+export * from './agent/tunnel.js';
 export * from './image/kernel.js';
 export * from './image/recipe.js';
 export * from './image/build.js';

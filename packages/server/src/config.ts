@@ -78,6 +78,18 @@ export interface Config {
   /** Paused (hibernated) sandboxes are killed after this long; 0 keeps them until killed. */
   pausedRetentionMs: number;
   logLevel: string;
+  /** Preview URLs: `<port>-<sandboxId>.<domain>` served by the Host header (docs/api.md "Preview URLs"). */
+  preview: {
+    /**
+     * NULLSPACE_PUBLIC_DOMAIN as given (a `:port` in it is part of the URLs shown, ignored when
+     * matching a request's Host); undefined: `localhost` with the port the proxy listens on.
+     */
+    domain: string | undefined;
+    /** NULLSPACE_PUBLIC_SCHEME: how clients reach the preview URLs (https behind a TLS proxy). */
+    scheme: 'http' | 'https';
+    /** NULLSPACE_PROXY_PORT / --proxy-port: a listener of its own for preview URLs (the API's listener serves them too). */
+    proxyPort: number | undefined;
+  };
   /** Test-only fault injection (NULLSPACE_FAULT_INJECTION), e.g. "kill-vm-during-snapshot". */
   faultInjection: string | undefined;
   /**
@@ -118,6 +130,7 @@ export interface ConfigOverrides {
   host?: string | undefined;
   port?: number | undefined;
   dataDir?: string | undefined;
+  proxyPort?: number | undefined;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: ConfigOverrides = {}): Config {
@@ -144,6 +157,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     throw new NsError('invalid_config', `NULLSPACE_NETWORK_ISOLATION must be "nft" or "off", got "${networkIsolation}"`);
   }
   if (port > 65535) throw new NsError('invalid_config', `port ${port} is out of range`);
+  const proxyPort = overrides.proxyPort ?? (env.NULLSPACE_PROXY_PORT ? int(env, 'NULLSPACE_PROXY_PORT', 0, 0, 65535) : undefined);
+  const scheme = env.NULLSPACE_PUBLIC_SCHEME || 'http';
+  if (scheme !== 'http' && scheme !== 'https') throw new NsError('invalid_config', `NULLSPACE_PUBLIC_SCHEME must be "http" or "https", got "${scheme}"`);
+  const domain = env.NULLSPACE_PUBLIC_DOMAIN || undefined;
+  if (domain !== undefined && !/^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?(:[0-9]{1,5})?$/.test(domain)) {
+    throw new NsError('invalid_config', `NULLSPACE_PUBLIC_DOMAIN must be a lowercase DNS name, optionally with :port, got "${domain}"`);
+  }
   return {
     host: overrides.host ?? (env.NULLSPACE_HOST || '127.0.0.1'),
     port,
@@ -183,6 +203,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     snapshotPoolSize: int(env, 'NULLSPACE_SNAPSHOT_POOL', 2, 0),
     endedRetentionMs: int(env, 'NULLSPACE_ENDED_RETENTION_MS', 24 * 3600_000, 0),
     pausedRetentionMs: int(env, 'NULLSPACE_PAUSED_RETENTION_MS', 0, 0),
+    preview: { domain, scheme, proxyPort },
     logLevel: env.NULLSPACE_LOG_LEVEL || 'info',
     faultInjection: env.NULLSPACE_FAULT_INJECTION || undefined,
     lifecycleTrace: env.NULLSPACE_LIFECYCLE_TRACE ? path.resolve(env.NULLSPACE_LIFECYCLE_TRACE) : undefined,

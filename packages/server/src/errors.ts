@@ -17,6 +17,15 @@ const STATUS: Record<PublicErrorCode, number> = {
   invalid_context: 400,
   unauthorized: 401,
   permission_denied: 403,
+  // preview URLs (docs/api.md "Preview URLs")
+  traffic_token_missing: 401,
+  traffic_token_invalid: 403,
+  signed_url_expired: 403,
+  sandbox_paused: 409,
+  sandbox_ended: 410,
+  port_not_open: 502,
+  // a preview URL's server in the sandbox closed the connection without a complete answer
+  bad_gateway: 502,
   route_not_found: 404,
   sandbox_not_found: 404,
   template_not_found: 404,
@@ -113,6 +122,7 @@ const FROM_AGENT: Record<AgentErrorCode, PublicErrorCode> = {
   process_failed: 'bad_request',
   not_running: 'process_not_running',
   volume_busy: 'volume_busy',
+  port_not_open: 'port_not_open',
   io_error: 'guest_io_error',
   cancelled: 'agent_unavailable',
   // the server sent an op the agent does not know: a bug of the server

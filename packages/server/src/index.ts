@@ -17,6 +17,7 @@ import { Gc } from './gc.js';
 import { BuildContexts } from './templates/contexts.js';
 import { TemplateBuilds } from './templates/builds.js';
 import { TemplateService } from './templates/service.js';
+import { Preview, previewServer } from './preview/proxy.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
@@ -31,6 +32,8 @@ export const VERSION: string = (JSON.parse(
 export interface RunningServer {
   app: App;
   url: string;
+  /** The proxy's own listener (NULLSPACE_PROXY_PORT), when configured. */
+  proxyUrl: string | undefined;
   apiKey: string;
   apiKeySource: string;
   host: HostContext;
@@ -84,10 +87,26 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     log,
   });
   const templates = new TemplateService(config.cacheDir, (ref) => host.template(ref), (t) => host.compatible(t), contexts, builds);
-  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION });
+  const preview = new Preview(config, sandboxes, log);
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview });
+  const proxyServer = config.preview.proxyPort !== undefined ? previewServer(preview, { headersTimeoutMs: config.http.headersTimeoutMs }) : undefined;
+  const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host;
+  let proxyUrl: string | undefined;
   try {
     await app.listen({ host: config.host, port: config.port });
+    if (proxyServer) {
+      await new Promise<void>((resolve, reject) => {
+        proxyServer.once('error', reject);
+        proxyServer.listen(config.preview.proxyPort, config.host, () => resolve());
+      });
+      const a = proxyServer.address();
+      const p = typeof a === 'object' && a ? a.port : config.preview.proxyPort!;
+      preview.setListenPort(p);
+      proxyUrl = `http://${hostPart}:${p}`;
+    }
   } catch (err) {
+    preview.close();
+    await app.close().catch(() => {});
     stopGuardWatch();
     await sandboxes.close();
     db.close();
@@ -95,11 +114,13 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   }
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.port;
-  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  if (!proxyServer) preview.setListenPort(port);
+  const url = `http://${hostPart}:${port}`;
   let closed: Promise<void> | undefined;
   return {
     app,
     url,
+    proxyUrl,
     apiKey: key,
     apiKeySource: source,
     host,
@@ -108,9 +129,15 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
       (closed ??= (async () => {
         // requests in flight get a moment to finish; streams that would not end on their own (a
         // background command's output) are then cut: the sandboxes themselves keep running
-        const force = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
-        await app.close();
+        const force = setTimeout(() => {
+          app.server.closeAllConnections();
+          proxyServer?.closeAllConnections();
+          // (upgraded connections, WebSockets, are no longer the HTTP server's to close)
+          preview.close();
+        }, CLOSE_GRACE_MS);
+        await Promise.all([app.close(), proxyServer ? new Promise((r) => proxyServer.close(r)) : undefined]);
         clearTimeout(force);
+        preview.close();
         gc.cancel();
         contexts.stop();
         stopGuardWatch();

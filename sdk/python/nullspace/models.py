@@ -78,6 +78,15 @@ class SandboxInfo:
     """While paused: the timeout it resumes with."""
     volumes: Optional[dict[str, str]] = None
     """Mounted shared volumes: guest path -> volume name."""
+    auto_resume: bool = False
+    """A request to one of its preview URLs resumes it when hibernated."""
+    allow_public_traffic: bool = False
+    """Its preview URLs answer without the traffic token."""
+    traffic_access_token: Optional[str] = None
+    """The secret of its preview URLs (header ``X-Nullspace-Traffic-Token``; signs signed URLs)."""
+    preview_domain: Optional[str] = None
+    """Its preview URLs are ``<port>-<sandbox_id>.<preview_domain>``."""
+    preview_scheme: str = "http"
 
     @classmethod
     def from_json(cls, r: Mapping[str, Any]) -> "SandboxInfo":
@@ -103,6 +112,11 @@ class SandboxInfo:
             paused_at=parse_datetime(r.get("pausedAt")),
             remaining_timeout_ms=r.get("remainingTimeoutMs"),
             volumes=dict(r.get("volumes") or {}),
+            auto_resume=bool((r.get("lifecycle") or {}).get("autoResume", False)),
+            allow_public_traffic=bool((r.get("network") or {}).get("allowPublicTraffic", False)),
+            traffic_access_token=(r.get("network") or {}).get("trafficAccessToken"),
+            preview_domain=(r.get("network") or {}).get("previewDomain"),
+            preview_scheme=(r.get("network") or {}).get("previewScheme", "http"),
         )
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import time
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from ._util import client as _client
@@ -44,10 +48,11 @@ class Sandbox:
         commands: Its :class:`~nullspace.commands.Commands`.
     """
 
-    def __init__(self, sandbox_id: str, api: ApiClient) -> None:
+    def __init__(self, sandbox_id: str, api: ApiClient, network: Optional[Mapping[str, Any]] = None) -> None:
         """Internal: use :meth:`create` or :meth:`connect`."""
         self.sandbox_id: str = sandbox_id
         self._api = api
+        self._network: dict[str, Any] = dict(network or {})
         self.files: Filesystem = Filesystem(api, sandbox_id)
         self.commands: Commands = Commands(api, sandbox_id)
 
@@ -74,7 +79,8 @@ class Sandbox:
         envs: Optional[Mapping[str, str]] = None,
         timeout_ms: Optional[int] = None,
         allow_internet_access: Optional[bool] = None,
-        lifecycle: Optional[Mapping[str, str]] = None,
+        lifecycle: Optional[Mapping[str, Any]] = None,
+        network: Optional[Mapping[str, Any]] = None,
         volumes: Optional[Mapping[str, str]] = None,
         allow_missing_volumes: Optional[bool] = None,
         api_key: Optional[str] = None,
@@ -96,6 +102,9 @@ class Sandbox:
             allow_internet_access: ``False`` cuts all outbound network traffic (default ``True``).
             lifecycle: ``{"on_timeout": "hibernate"}`` makes the timeout hibernate the sandbox
                 instead of killing it (:meth:`connect` resumes it); default ``"kill"``.
+                ``"auto_resume": True``: a request to one of its preview URLs resumes it too.
+            network: ``{"allow_public_traffic": True}`` serves its preview URLs
+                (:meth:`get_host`) without the traffic token (default ``False``).
             volumes: Shared volumes to mount: ``{"/guest/path": "volume-name"}`` (see
                 :class:`~nullspace.Volume`). From a snapshot, its volumes are remounted.
             allow_missing_volumes: From a snapshot whose volume was deleted: start without it
@@ -125,12 +134,18 @@ class Sandbox:
         if lifecycle is not None:
             on_timeout = lifecycle.get("on_timeout", lifecycle.get("onTimeout", "kill"))
             body["lifecycle"] = {"onTimeout": on_timeout}
+            auto_resume = lifecycle.get("auto_resume", lifecycle.get("autoResume"))
+            if auto_resume is not None:
+                body["lifecycle"]["autoResume"] = bool(auto_resume)
+        if network is not None:
+            public = network.get("allow_public_traffic", network.get("allowPublicTraffic"))
+            body["network"] = {} if public is None else {"allowPublicTraffic": bool(public)}
         if volumes is not None:
             body["volumes"] = dict(volumes)
         if allow_missing_volumes is not None:
             body["allowMissingVolumes"] = allow_missing_volumes
         info = api.json("POST", "/v1/sandboxes", json=body)
-        return cls(info["sandboxId"], api)
+        return cls(info["sandboxId"], api, info.get("network"))
 
     @classmethod
     def connect(
@@ -151,7 +166,7 @@ class Sandbox:
         info = api.json("GET", f"/v1/sandboxes/{_quote(sandbox_id)}")
         if info["state"] == "paused":
             info = api.json("POST", f"/v1/sandboxes/{_quote(sandbox_id)}/resume", json={})
-        return cls(info["sandboxId"], api)
+        return cls(info["sandboxId"], api, info.get("network"))
 
     @classmethod
     def resume(
@@ -175,7 +190,7 @@ class Sandbox:
         """
         api = _client(api_key, api_url, request_timeout)
         info = api.json("POST", f"/v1/snapshots/{_quote(snapshot_id)}/resume", json={})
-        return cls(info["sandboxId"], api)
+        return cls(info["sandboxId"], api, info.get("network"))
 
     @classmethod
     def list(
@@ -303,7 +318,45 @@ class Sandbox:
         if timeout_ms is not None:
             body["timeoutMs"] = timeout_ms
         info = self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/fork", json=body)
-        return type(self)(info["sandboxId"], self._api)
+        return type(self)(info["sandboxId"], self._api, info.get("network"))
+
+    def _net(self, field: str) -> Any:
+        value = self._network.get(field)
+        if value is None:
+            raise ValueError("this server does not serve preview URLs (its sandbox view has no network)")
+        return value
+
+    @property
+    def traffic_access_token(self) -> str:
+        """The secret that opens this sandbox's preview URLs: send it as the
+        ``X-Nullspace-Traffic-Token`` header. Each sandbox has its own (a fork too); it is not the
+        API key."""
+        return str(self._net("trafficAccessToken"))
+
+    def get_host(self, port: int) -> str:
+        """The host of a port's preview URL: ``<port>-<sandbox_id>.<domain>``; a request to it
+        reaches that TCP port inside the sandbox (see docs/api.md, "Preview URLs")."""
+        _check_port(port)
+        return f"{port}-{self.sandbox_id}.{self._net('previewDomain')}"
+
+    def get_signed_url(self, port: int, expires_in_s: int = 3600, path: str = "/") -> str:
+        """A URL of ``port`` that opens without the header until it expires: for a browser, which
+        gets a cookie for the host and the clean URL. Made here from the traffic token (an HMAC),
+        without asking the server.
+
+        Raises:
+            ValueError: a port outside 1-65535, ``expires_in_s`` below 1, a path without a leading ``/``.
+        """
+        _check_port(port)
+        if not isinstance(expires_in_s, int) or isinstance(expires_in_s, bool) or expires_in_s < 1:
+            raise ValueError("expires_in_s must be a positive integer")
+        if not path.startswith("/"):
+            raise ValueError("path must start with /")
+        expires = int(time.time()) + expires_in_s
+        mac = hmac.new(self.traffic_access_token.encode(), f"{self.sandbox_id}:{port}:{expires}".encode(), hashlib.sha256).digest()
+        sig = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        sep = "&" if "?" in path else "?"
+        return f"{self._net('previewScheme')}://{self.get_host(port)}{path}{sep}ns_token={sig}&expires={expires}"
 
     def hibernate(self) -> Snapshot:
         """Hibernates the sandbox: its memory and disk are persisted at one instant and its VM
@@ -341,3 +394,8 @@ class Sandbox:
             body["metadata"] = dict(metadata)
         raw = self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/snapshots", json=body)
         return Snapshot.from_json(raw, self._api)
+
+
+def _check_port(port: int) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be an integer from 1 to 65535, got {port!r}")

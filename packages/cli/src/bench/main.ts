@@ -17,6 +17,7 @@ import { onInterrupt, operatorCall, poolsReady, qemuPid, removeDataDir, scratchD
 import { templateBuild } from '../template.js';
 import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js';
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
+import { previewRows } from './preview.js';
 import { formatTable, median, type Row } from './stats.js';
 import { templateRows } from './templates.js';
 
@@ -328,6 +329,10 @@ async function main(): Promise<void> {
     const tpl = await templateRows({ conn: c, config, dir: path.join(dataDir, 'bench-templates'), n: N, quick, log, poolReady });
     process.stdout.write('\n' + formatTable(tpl.rows) + '\n');
     for (const note of tpl.notes) process.stdout.write(`(${note})\n`);
+
+    // --- preview URLs (the proxy and the agent's tunnel)
+    await poolReady();
+    process.stdout.write('\n' + formatTable(await previewRows({ conn: c, quick, create, kill, log })) + '\n');
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {

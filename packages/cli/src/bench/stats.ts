@@ -12,7 +12,7 @@ export const median = (xs: number[]) => quantile(xs, 0.5);
 
 export interface Row {
   name: string;
-  unit: 'ms' | 'MiB' | 'KiB' | 'count' | '%';
+  unit: 'ms' | 'MiB' | 'KiB' | 'count' | '%' | 'req/s' | 'MiB/s';
   samples: number[];
   /** Reference value for the ratio column, and what it is. */
   ref?: { value: number; label: string };

@@ -108,6 +108,14 @@ export class AgentStream<O extends AgentOp = AgentOp> {
     while (!this.settled && this.credit < INITIAL_WINDOW_BYTES) await new Promise<void>((r) => this.creditWaiters.push(r));
   }
 
+  /** Resolves once every DATA received so far was handed to onData (and its promise settled). */
+  delivered(): Promise<void> {
+    return this.delivery.then(
+      () => {},
+      () => {},
+    );
+  }
+
   /** No more data from the host on this stream. */
   end(): void {
     if (!this.settled) void this.client.send(FrameType.END, this.id).catch(() => {});

@@ -56,6 +56,16 @@ export interface LostEvent {
   bytes: number;
 }
 
+/** EVENT connected (spec/agent.json events.connected) */
+export interface ConnectedEvent {
+  type: 'connected';
+}
+
+/** EVENT eof (spec/agent.json events.eof) */
+export interface EofEvent {
+  type: 'eof';
+}
+
 /** sys.info request. */
 export type SysInfoRequest = Record<string, never>;
 /** sys.info result. */
@@ -284,6 +294,23 @@ export interface ProcListResult {
   processes: ProcessInfo[];
 }
 
+/** net.connect request. A TCP tunnel into the guest: the agent opens a connection to host:port inside the guest (its loopback by default), so that the host reaches a guest server without the guest's network (internet access may be off; no host port is opened). Bytes go both ways as DATA on channel 0 under the stream's flow control: what the guest's server sends is DATA from the agent, within the host's credit (a host that does not read holds the connection back); DATA from the host is written to the connection and its credit is granted back once written. END from the host half-closes the connection (shutdown of its write side); the end of the guest side's data is an EVENT eof. CANCEL closes the connection at once. A refused connection is an ERROR port_not_open. */
+export interface NetConnectRequest {
+  /** TCP port, 1-65535 */
+  port: number;
+  /** (optional, default "127.0.0.1") an IP address of the guest, or localhost */
+  host?: string;
+  /** (optional, default 5000) how long connecting may take (then port_not_open) */
+  timeoutMs?: number;
+}
+/** net.connect result. */
+export interface NetConnectResult {
+  /** bytes received from the guest side and sent to the host */
+  bytesIn: number;
+  /** bytes from the host written to the connection */
+  bytesOut: number;
+}
+
 /** vol.mount request. Mounts a shared volume: a virtio-9p device (hot-plugged or present since start) with this mount tag, at path (created if missing). Waits for the device to appear. Mounting an already mounted path is a no-op. */
 export interface VolMountRequest {
   /** the device's mount tag ([a-z0-9_-]{1,31}) */
@@ -336,6 +363,7 @@ export interface AgentOps {
   'proc.stdin': { request: ProcStdinRequest; result: ProcStdinResult; event: never };
   'proc.signal': { request: ProcSignalRequest; result: ProcSignalResult; event: never };
   'proc.list': { request: ProcListRequest; result: ProcListResult; event: never };
+  'net.connect': { request: NetConnectRequest; result: NetConnectResult; event: ConnectedEvent | EofEvent };
   'vol.mount': { request: VolMountRequest; result: VolMountResult; event: never };
   'vol.unmount': { request: VolUnmountRequest; result: VolUnmountResult; event: never };
 }
@@ -359,6 +387,7 @@ export const AGENT_OPS = [
   'proc.stdin',
   'proc.signal',
   'proc.list',
+  'net.connect',
   'vol.mount',
   'vol.unmount',
 ] as const satisfies ReadonlyArray<keyof AgentOps>;

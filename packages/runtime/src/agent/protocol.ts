@@ -51,6 +51,7 @@ export const AGENT_ERROR_CODES = [
   'cancelled',
   'io_error',
   'volume_busy',
+  'port_not_open',
 ] as const;
 
 export interface Frame {

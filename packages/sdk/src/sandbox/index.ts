@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { ApiClient, ConnectionConfig, type ConnectionOpts } from '../connection.js';
 import { InvalidArgumentError } from '../errors.js';
 import { falseOn, Paginator } from '../paginator.js';
@@ -26,13 +27,25 @@ export interface SandboxInfo {
   endedAt: Date | null;
   endReason: string | null;
   errorCode: string | null;
-  lifecycle: { onTimeout: 'kill' | 'hibernate' };
+  lifecycle: { onTimeout: 'kill' | 'hibernate'; autoResume: boolean };
+  network: SandboxNetwork;
   /** Mounted volumes: guest path -> volume name. */
   volumes: Record<string, string>;
   /** When it was hibernated (paused sandboxes). */
   pausedAt: Date | null;
   /** While paused: the timeout it resumes with. */
   remainingTimeoutMs: number | null;
+}
+
+/** How the sandbox's ports are reached from outside: its preview URLs (`getHost`, `getSignedUrl`). */
+export interface SandboxNetwork {
+  /** Its preview URLs answer without the traffic token. */
+  allowPublicTraffic: boolean;
+  /** The secret of its preview URLs (header `X-Nullspace-Traffic-Token`; signs its signed URLs). */
+  trafficAccessToken: string;
+  /** Preview URLs are `<port>-<sandboxId>.<previewDomain>`. */
+  previewDomain: string;
+  previewScheme: 'http' | 'https';
 }
 
 export interface SandboxOpts extends ConnectionOpts {
@@ -47,8 +60,13 @@ export interface SandboxOpts extends ConnectionOpts {
   timeoutMs?: number;
   /** false cuts all outbound network traffic; default true. */
   allowInternetAccess?: boolean;
-  /** `onTimeout: 'hibernate'`: the timeout hibernates the sandbox instead of killing it; `connect` resumes it. */
-  lifecycle?: { onTimeout: 'kill' | 'hibernate' };
+  /**
+   * `onTimeout: 'hibernate'`: the timeout hibernates the sandbox instead of killing it; `connect`
+   * resumes it. `autoResume: true`: a request to one of its preview URLs resumes it too.
+   */
+  lifecycle?: { onTimeout?: 'kill' | 'hibernate'; autoResume?: boolean };
+  /** `allowPublicTraffic: true`: its preview URLs answer without the traffic token (default false). */
+  network?: { allowPublicTraffic?: boolean };
   /** Shared volumes to mount: absolute guest path -> volume name (see `Volume`). */
   volumes?: Record<string, string>;
   /** From a snapshot whose volume was deleted: start without it (an empty placeholder) instead of 409 `volume_missing`. */
@@ -118,6 +136,8 @@ export class Sandbox {
   protected constructor(
     readonly sandboxId: string,
     protected readonly api: ApiClient,
+    /** From the sandbox's view when this handle was made. */
+    protected readonly network?: SandboxNetwork,
   ) {
     this.files = new Filesystem(api, sandboxId);
     this.commands = new Commands(api, sandboxId);
@@ -142,11 +162,12 @@ export class Sandbox {
         timeoutMs: opts.timeoutMs,
         allowInternetAccess: opts.allowInternetAccess,
         lifecycle: opts.lifecycle,
+        network: opts.network,
         volumes: opts.volumes,
         allowMissingVolumes: opts.allowMissingVolumes,
       },
     });
-    return new this(info.sandboxId, api);
+    return new this(info.sandboxId, api, info.network);
   }
 
   /** A handle on an existing sandbox: a running one as it is, a paused one resumed from its latest hibernation. */
@@ -155,7 +176,7 @@ export class Sandbox {
     const id = encodeURIComponent(sandboxId);
     let info = await api.json<RawInfo>(`/v1/sandboxes/${id}`);
     if (info.state === 'paused') info = await api.json<RawInfo>(`/v1/sandboxes/${id}/resume`, { method: 'POST', json: {} });
-    return new this(info.sandboxId, api);
+    return new this(info.sandboxId, api, info.network);
   }
 
   /**
@@ -166,7 +187,7 @@ export class Sandbox {
   static async resume(snapshotId: string, opts: ConnectionOpts = {}): Promise<Sandbox> {
     const api = new ApiClient(new ConnectionConfig(opts));
     const info = await api.json<RawInfo>(`/v1/snapshots/${encodeURIComponent(snapshotId)}/resume`, { method: 'POST', json: {} });
-    return new this(info.sandboxId, api);
+    return new this(info.sandboxId, api, info.network);
   }
 
   static list(opts: SandboxListOpts = {}): SandboxPaginator {
@@ -213,7 +234,7 @@ export class Sandbox {
    */
   async fork(opts: { metadata?: Record<string, string>; envs?: Record<string, string>; timeoutMs?: number } = {}): Promise<Sandbox> {
     const info = await this.api.json<RawInfo>(`/v1/sandboxes/${this.sandboxId}/fork`, { method: 'POST', json: opts });
-    return new (this.constructor as typeof Sandbox)(info.sandboxId, this.api);
+    return new (this.constructor as typeof Sandbox)(info.sandboxId, this.api, info.network);
   }
 
   /**
@@ -230,8 +251,57 @@ export class Sandbox {
     return this.hibernate();
   }
 
+  private get net(): SandboxNetwork {
+    if (!this.network) throw new InvalidArgumentError('this server does not serve preview URLs (its sandbox view has no network)', { code: 'bad_request' });
+    return this.network;
+  }
+
+  /**
+   * The secret that opens this sandbox's preview URLs: send it as the `X-Nullspace-Traffic-Token`
+   * header. Each sandbox has its own (a fork too); it is not the API key.
+   */
+  get trafficAccessToken(): string {
+    return this.net.trafficAccessToken;
+  }
+
+  /** The host of a port's preview URL: `<port>-<sandboxId>.<domain>` (`https://` + it when the server says so). */
+  getHost(port: number): string {
+    return previewHost(this.sandboxId, this.net, port);
+  }
+
+  /**
+   * A URL of `port` that opens without the header until it expires (default one hour): for a
+   * browser, which gets a cookie for the host and the clean URL. Made here from the traffic token
+   * (an HMAC), without asking the server.
+   */
+  getSignedUrl(port: number, opts: { expiresInS?: number; path?: string } = {}): string {
+    return signedPreviewUrl(this.sandboxId, this.net, port, opts);
+  }
+
   /** Kills the sandbox (idempotent). */
   async kill(): Promise<void> {
     await this.api.json(`/v1/sandboxes/${this.sandboxId}`, { method: 'DELETE' });
   }
+}
+
+/** The host of a sandbox's preview URL of `port` (what `Sandbox.getHost` returns), from its view's `network`. */
+export function previewHost(sandboxId: string, network: SandboxNetwork, port: number): string {
+  checkPort(port);
+  return `${port}-${sandboxId}.${network.previewDomain}`;
+}
+
+/** A signed preview URL (what `Sandbox.getSignedUrl` returns), from a sandbox's view's `network`. */
+export function signedPreviewUrl(sandboxId: string, network: SandboxNetwork, port: number, opts: { expiresInS?: number; path?: string } = {}): string {
+  const host = previewHost(sandboxId, network, port);
+  const expiresInS = opts.expiresInS ?? 3600;
+  if (!Number.isInteger(expiresInS) || expiresInS < 1) throw new InvalidArgumentError('expiresInS must be a positive integer', { code: 'bad_request' });
+  const path = opts.path ?? '/';
+  if (!path.startsWith('/')) throw new InvalidArgumentError('path must start with /', { code: 'bad_request' });
+  const expires = Math.floor(Date.now() / 1000) + expiresInS;
+  const sig = createHmac('sha256', network.trafficAccessToken).update(`${sandboxId}:${port}:${expires}`).digest('base64url');
+  return `${network.previewScheme}://${host}${path}${path.includes('?') ? '&' : '?'}ns_token=${sig}&expires=${expires}`;
+}
+
+function checkPort(port: number): void {
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new InvalidArgumentError(`port must be an integer from 1 to 65535, got ${port}`, { code: 'bad_request' });
 }

@@ -9,6 +9,7 @@ import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NsError } from '@nullspace/runtime';
 import { httpStatusFor, isPublicCode } from '../errors.js';
+import { previewServer } from '../preview/proxy.js';
 import { commandRoutes } from './commands.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
@@ -39,7 +40,9 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     // bodies have their own limits below (bodyTimeout).
     // (an HTTP/1.1 request without a Host header is refused below, in the API's error format: Node's
     // own refusal is a 400 without a body)
-    http: { headersTimeout: headersTimeoutMs, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, headersTimeoutMs), requireHostHeader: false },
+    // The server is made here (previewServer sets these) so that preview URL hosts and their upgrades
+    // are proxied before Fastify sees them (docs/api.md "Preview URLs").
+    serverFactory: (handler) => previewServer(deps.preview, { headersTimeoutMs }, handler),
     clientErrorHandler,
     // a URL the router cannot decode (bad percent-encoding) or a path parameter that is too long:
     // the API's error format like any other error

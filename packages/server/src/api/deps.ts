@@ -2,6 +2,7 @@ import type { Config } from '../config.js';
 import type { Gc } from '../gc.js';
 import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
+import type { Preview } from '../preview/proxy.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import type { TemplateService } from '../templates/service.js';
 import type { VolumeService } from '../volumes.js';
@@ -17,4 +18,6 @@ export interface AppDeps {
   host: HostContext;
   log: Logger;
   version: string;
+  /** Preview URLs: matched by Host before the routes (app.ts), shown in sandbox views. */
+  preview: Preview;
 }

@@ -39,10 +39,12 @@ export const sandboxRoutes =
           timeoutMs: checkTimeout(deps, body.timeoutMs ?? deps.config.defaultTimeoutMs),
           allowInternetAccess: body.allowInternetAccess ?? true,
           onTimeout: body.lifecycle?.onTimeout ?? 'kill',
+          autoResume: body.lifecycle?.autoResume ?? false,
+          allowPublicTraffic: body.network?.allowPublicTraffic ?? false,
           volumes: body.volumes,
           allowMissingVolumes: body.allowMissingVolumes,
         });
-        return reply.status(201).send(sandboxView(rec));
+        return reply.status(201).send(sandboxView(deps, rec));
       },
     );
 
@@ -53,12 +55,12 @@ export const sandboxRoutes =
         const q = req.query as Static<typeof ListSandboxesQuery>;
         const states = parseList(q.state, STATES, 'state', LIVE_STATES);
         const page = sandboxes.list({ states, metadata: parseMetadataFilter(q.metadata), limit: q.limit ?? 100, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
-        return { sandboxes: page.items.map(sandboxView), nextToken: page.nextToken ?? null };
+        return { sandboxes: page.items.map((r) => sandboxView(deps, r)), nextToken: page.nextToken ?? null };
       },
     );
 
     app.get('/sandboxes/:id', { schema: { summary: 'Get a sandbox', params: IdParams, response: { 200: Sandbox } } }, async (req) =>
-      sandboxView(sandboxes.get(req.params.id)),
+      sandboxView(deps, sandboxes.get(req.params.id)),
     );
 
     app.delete('/sandboxes/:id', { schema: { summary: 'Kill a sandbox (idempotent)', params: IdParams } }, async (req, reply) => {
@@ -81,7 +83,7 @@ export const sandboxRoutes =
         const timeoutMs = b.timeoutMs === undefined ? undefined : checkTimeout(deps, b.timeoutMs);
         const { child, pauseMs } = await sandboxes.fork(req.params.id, { metadata: b.metadata, envs: b.envs, timeoutMs });
         if (pauseMs !== null) void reply.header('x-nullspace-pause-ms', String(pauseMs));
-        return reply.status(201).send(sandboxView(child));
+        return reply.status(201).send(sandboxView(deps, child));
       },
     );
 
@@ -110,12 +112,12 @@ export const sandboxRoutes =
           response: { 200: Sandbox },
         },
       },
-      async (req) => sandboxView(await sandboxes.resume(req.params.id, req.body?.snapshotId)),
+      async (req) => sandboxView(deps, await sandboxes.resume(req.params.id, req.body?.snapshotId)),
     );
 
     app.post(
       '/sandboxes/:id/timeout',
       { schema: { summary: 'Set the timeout, counted from now', params: IdParams, body: TimeoutBody, response: { 200: Sandbox } } },
-      async (req) => sandboxView(sandboxes.setTimeout(req.params.id, checkTimeout(deps, req.body.timeoutMs))),
+      async (req) => sandboxView(deps, sandboxes.setTimeout(req.params.id, checkTimeout(deps, req.body.timeoutMs))),
     );
   };

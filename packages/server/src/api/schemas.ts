@@ -61,7 +61,16 @@ export const Sandbox = Type.Object(
     endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     endReason: Type.Union([Type.String(), Type.Null()]),
     errorCode: Type.Union([Type.String(), Type.Null()]),
-    lifecycle: Type.Object({ onTimeout: Type.Union([Type.Literal('kill'), Type.Literal('hibernate')]) }),
+    lifecycle: Type.Object({
+      onTimeout: Type.Union([Type.Literal('kill'), Type.Literal('hibernate')]),
+      autoResume: Type.Boolean({ description: 'A request to one of its preview URLs resumes it when hibernated' }),
+    }),
+    network: Type.Object({
+      allowPublicTraffic: Type.Boolean({ description: 'Its preview URLs are served without the traffic token' }),
+      trafficAccessToken: Type.String({ description: 'The secret of its preview URLs: header X-Nullspace-Traffic-Token, or the key of signed URLs' }),
+      previewDomain: Type.String({ description: 'Preview URLs are <port>-<sandboxId>.<previewDomain>' }),
+      previewScheme: Type.Union([Type.Literal('http'), Type.Literal('https')]),
+    }),
     volumes: Type.Record(Type.String(), Type.String(), { description: 'Mounted volumes: guest path -> volume name' }),
     pausedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     remainingTimeoutMs: Type.Union([Type.Integer(), Type.Null()], { description: 'While paused: the timeout it resumes with' }),
@@ -82,7 +91,16 @@ export const CreateSandboxBody = Type.Object(
     allowInternetAccess: Type.Optional(Type.Boolean({ default: true })),
     lifecycle: Type.Optional(
       Type.Object(
-        { onTimeout: Type.Union([Type.Literal('kill'), Type.Literal('hibernate')], { description: 'What the timeout does; default kill' }) },
+        {
+          onTimeout: Type.Optional(Type.Union([Type.Literal('kill'), Type.Literal('hibernate')], { description: 'What the timeout does; default kill' })),
+          autoResume: Type.Optional(Type.Boolean({ description: 'A request to one of its preview URLs resumes it when hibernated; default false' })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    network: Type.Optional(
+      Type.Object(
+        { allowPublicTraffic: Type.Optional(Type.Boolean({ description: 'Serve its preview URLs without the traffic token; default false' })) },
         { additionalProperties: false },
       ),
     ),

@@ -75,7 +75,7 @@ export const snapshotRoutes =
       },
       async (req) => {
         const snap = sandboxes.getSnapshot(req.params.id);
-        return sandboxView(await sandboxes.resume(snap.sandboxId, snap.id));
+        return sandboxView(deps, await sandboxes.resume(snap.sandboxId, snap.id));
       },
     );
 

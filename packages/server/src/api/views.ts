@@ -9,7 +9,7 @@ import { publicCode } from '../errors.js';
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
-export function sandboxView(r: SandboxRecord): SandboxT {
+export function sandboxView(deps: AppDeps, r: SandboxRecord): SandboxT {
   return {
     sandboxId: r.id,
     template: r.template,
@@ -28,7 +28,9 @@ export function sandboxView(r: SandboxRecord): SandboxT {
     endReason: r.endReason,
     // the code of the failure as a client would have got it (an internal code is `internal`)
     errorCode: r.errorCode === null ? null : publicCode(r.errorCode),
-    lifecycle: { onTimeout: r.onTimeout },
+    lifecycle: { onTimeout: r.onTimeout, autoResume: r.autoResume },
+    // (every view is for holders of the API key: the token goes with it)
+    network: { allowPublicTraffic: r.allowPublicTraffic, trafficAccessToken: r.trafficToken, previewDomain: deps.preview.publicDomain, previewScheme: deps.preview.scheme },
     volumes: Object.fromEntries(r.volumes.map((v) => [v.path, v.name])),
     pausedAt: iso(r.pausedAt),
     remainingTimeoutMs: r.state === 'paused' ? r.remainingMs : null,

@@ -23,6 +23,10 @@ export interface CreateSandboxRequest {
   allowInternetAccess: boolean;
   /** What happens when the timeout expires (default kill). */
   onTimeout?: 'kill' | 'hibernate' | undefined;
+  /** A preview URL request wakes it when hibernated (default false). */
+  autoResume?: boolean | undefined;
+  /** Its preview URLs are served without its traffic token (default false). */
+  allowPublicTraffic?: boolean | undefined;
   /** Shared volumes: guest path -> volume name. From a snapshot: its volumes (this must match or be absent). */
   volumes?: Record<string, string> | undefined;
   /** From a snapshot whose volume was deleted: start with an empty placeholder instead of refusing. */
@@ -82,6 +86,10 @@ export class Creates {
         remainingMs: null,
         pausedAt: null,
         volumes: src.volumes,
+        // every sandbox has its own, a fork or a sandbox from a snapshot too
+        trafficToken: randomBytes(24).toString('hex'),
+        allowPublicTraffic: req.allowPublicTraffic ?? false,
+        autoResume: req.autoResume ?? false,
         updatedAt: now,
       });
       return await ctx.locks.run(id, async () => {
@@ -160,6 +168,7 @@ export class Creates {
         envs: opts.envs ?? {},
         timeoutMs: opts.timeoutMs ?? src.timeoutMs,
         allowInternetAccess: src.allowInternetAccess,
+        allowPublicTraffic: src.allowPublicTraffic,
         // the source runs without the volumes that were already gone when it was created: so does the child
         allowMissingVolumes: true,
       });

@@ -223,6 +223,17 @@ export class SandboxManager {
     return this.get(id);
   }
 
+  /**
+   * Traffic to a running sandbox's preview URLs starts its timeout again (expiresAt = now +
+   * timeoutMs, written at most once a second), as if it were set anew.
+   */
+  touch(id: string): void {
+    const rec = this.store.get(id);
+    if (rec?.state !== 'running' || rec.expiresAt === null) return;
+    const at = Date.now() + rec.timeoutMs;
+    if (at - rec.expiresAt >= 1000) this.store.patch(id, { expiresAt: at });
+  }
+
   /** The agent of a running sandbox, reconnecting (and re-initializing) when the session was lost. */
   agent(id: string): Promise<GuestAgent> {
     return this.guests.agent(id, this.get(id));

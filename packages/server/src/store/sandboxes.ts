@@ -42,6 +42,12 @@ export interface SandboxRecord {
   pausedAt: number | null;
   /** Shared volumes it mounts. */
   volumes: VolumeAttachment[];
+  /** The secret a preview URL request must carry (header, or a signed URL made with it). */
+  trafficToken: string;
+  /** Its preview URLs are served without a traffic token. */
+  allowPublicTraffic: boolean;
+  /** A preview URL request to it while hibernated resumes it. */
+  autoResume: boolean;
   updatedAt: number;
 }
 
@@ -72,6 +78,9 @@ interface Row {
   remaining_ms: number | null;
   paused_at: number | null;
   volumes: string;
+  traffic_token: string;
+  allow_public_traffic: number;
+  auto_resume: number;
   updated_at: number;
 }
 
@@ -103,6 +112,9 @@ function fromRow(r: Row): SandboxRecord {
     remainingMs: r.remaining_ms,
     pausedAt: r.paused_at,
     volumes: JSON.parse(r.volumes) as VolumeAttachment[],
+    trafficToken: r.traffic_token,
+    allowPublicTraffic: r.allow_public_traffic === 1,
+    autoResume: r.auto_resume === 1,
     updatedAt: r.updated_at,
   };
 }
@@ -168,9 +180,11 @@ export class SandboxStore {
     this.db
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
-           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes, updated_at)
+           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes,
+           traffic_token, allow_public_traffic, auto_resume, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
-           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes, @updated_at)`,
+           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes,
+           @traffic_token, @allow_public_traffic, @auto_resume, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -197,6 +211,9 @@ export class SandboxStore {
         forked_from: rec.forkedFrom,
         on_timeout: rec.onTimeout,
         volumes: JSON.stringify(rec.volumes),
+        traffic_token: rec.trafficToken,
+        allow_public_traffic: rec.allowPublicTraffic ? 1 : 0,
+        auto_resume: rec.autoResume ? 1 : 0,
         updated_at: rec.updatedAt,
       });
     this.event(rec.id, null, rec.state, 'created');
