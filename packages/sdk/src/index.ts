@@ -1,4 +1,5 @@
 export { Sandbox, SandboxPaginator, previewHost, signedPreviewUrl } from './sandbox/index.js';
+export type { EgressRules, NetworkRules } from './sandbox/index.js';
 export type { SandboxInfo, SandboxNetwork, SandboxOpts, SandboxListOpts, SandboxState } from './sandbox/index.js';
 export { Paginator } from './paginator.js';
 export { Snapshot, SnapshotPaginator } from './snapshot.js';

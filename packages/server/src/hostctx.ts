@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
+  buildEgressProxy,
+  EgressFirewall,
   canReflink,
   installNetworkGuard,
   networkGuardPresent,
@@ -19,6 +21,7 @@ import {
 } from '@nullspace/runtime';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
+import type { EgressHost } from './sandbox/egress.js';
 
 /** What the server learned about its host at start: accelerator, VM profile, templates. */
 export class HostContext {
@@ -29,6 +32,8 @@ export class HostContext {
     /** undefined when VMs run as root (only with NULLSPACE_NETWORK_ISOLATION=off). */
     readonly uids: UidAllocator | undefined,
     private readonly cacheDir: string,
+    /** Egress rules' firewall and proxy (undefined without network isolation). */
+    readonly egress: EgressHost | undefined,
   ) {}
 
   /**
@@ -44,6 +49,11 @@ export class HostContext {
       if (checking) return;
       checking = true;
       void (async () => {
+        if (this.egress && !(await this.egress.firewall.present())) {
+          // (the rules of running sandboxes went with it: they get them again on their next resume or update)
+          log.error({ table: `inet ${this.egress.firewall.table}` }, 'the egress rules table was gone (an nftables reload?): installing it again');
+          await this.egress.firewall.install();
+        }
         if (await networkGuardPresent(uids.base, uids.count)) return;
         log.error({ table: `inet ${nftTable(uids.base, uids.count)}` }, 'the sandbox firewall rules were gone (an nftables reload?): installing them again');
         await installNetworkGuard(uids.base, uids.count);
@@ -80,6 +90,7 @@ export class HostContext {
       );
     }
     let uids: UidAllocator | undefined;
+    let egress: EgressHost | undefined;
     if (config.networkIsolation === 'nft') {
       if (process.getuid?.() !== 0) {
         throw new NsError(
@@ -89,10 +100,13 @@ export class HostContext {
       }
       await installNetworkGuard(config.vmUidBase, config.vmUidCount);
       uids = new UidAllocator(path.join(config.runDir, 'vm-uids'), config.vmUidBase, config.vmUidCount);
+      const firewall = new EgressFirewall(config.vmUidBase, config.vmUidCount);
+      await firewall.install();
+      egress = { firewall, proxyBinary: await buildEgressProxy(config.egressProxyDir, config.cacheDir) };
     } else {
       log.warn('NULLSPACE_NETWORK_ISOLATION=off: sandbox VMs run as the server user and can reach this host (development only)');
     }
-    return new HostContext(profile, accel.reason, reflink, uids, config.cacheDir);
+    return new HostContext(profile, accel.reason, reflink, uids, config.cacheDir, egress);
   }
 
   /** The template registered as `name`, checked against this host. */

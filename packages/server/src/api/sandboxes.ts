@@ -1,11 +1,24 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from '@sinclair/typebox';
-import { NsError } from '@nullspace/runtime';
+import { NsError, parseEgressRules } from '@nullspace/runtime';
 import { STATES, type SandboxState } from '../sandbox/lifecycle.js';
 import type { AppDeps } from './deps.js';
 import { parseList, parseMetadataFilter } from './query.js';
-import { CreateSandboxBody, EmptyBody, ForkBody, IdParams, ListSandboxesQuery, ResumeBody, Sandbox, SandboxList, Snapshot, TimeoutBody } from './schemas.js';
+import {
+  CreateSandboxBody,
+  EmptyBody,
+  ForkBody,
+  IdParams,
+  ListSandboxesQuery,
+  NetworkRules,
+  NetworkRulesBody,
+  ResumeBody,
+  Sandbox,
+  SandboxList,
+  Snapshot,
+  TimeoutBody,
+} from './schemas.js';
 import { sandboxView, snapshotView } from './views.js';
 
 const LIVE_STATES: SandboxState[] = ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'];
@@ -31,6 +44,8 @@ export const sandboxRoutes =
         if (body.template !== undefined && body.snapshotId !== undefined) {
           throw new NsError('bad_request', 'give either template or snapshotId, not both', { details: { field: 'snapshotId' } });
         }
+        const net = body.network;
+        const egress = net && (net.allowOut !== undefined || net.denyOut !== undefined) ? parseEgressRules(net) : undefined;
         const rec = await sandboxes.create({
           template: body.template ?? 'base',
           snapshotId: body.snapshotId,
@@ -41,6 +56,7 @@ export const sandboxRoutes =
           onTimeout: body.lifecycle?.onTimeout ?? 'kill',
           autoResume: body.lifecycle?.autoResume ?? false,
           allowPublicTraffic: body.network?.allowPublicTraffic ?? false,
+          egress,
           volumes: body.volumes,
           allowMissingVolumes: body.allowMissingVolumes,
         });
@@ -61,6 +77,25 @@ export const sandboxRoutes =
 
     app.get('/sandboxes/:id', { schema: { summary: 'Get a sandbox', params: IdParams, response: { 200: Sandbox } } }, async (req) =>
       sandboxView(deps, sandboxes.get(req.params.id)),
+    );
+
+    app.get(
+      '/sandboxes/:id/network',
+      { schema: { summary: "A sandbox's egress rules and the connections they refused", params: IdParams, response: { 200: NetworkRules } } },
+      async (req) => sandboxes.network(req.params.id),
+    );
+
+    app.put(
+      '/sandboxes/:id/network',
+      {
+        schema: {
+          summary: "Replace a sandbox's egress rules (effective at once for new connections)",
+          params: IdParams,
+          body: NetworkRulesBody,
+          response: { 200: NetworkRules },
+        },
+      },
+      async (req) => sandboxes.updateNetwork(req.params.id, parseEgressRules(req.body ?? {})),
     );
 
     app.delete('/sandboxes/:id', { schema: { summary: 'Kill a sandbox (idempotent)', params: IdParams } }, async (req, reply) => {

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { NsError, wrapError, type VmHandle } from '@nullspace/runtime';
+import { NsError, wrapError, type EgressRules, type VmHandle } from '@nullspace/runtime';
 import { checkFreeDisk } from '../admission.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
 import { newId } from '../util.js';
@@ -27,6 +27,8 @@ export interface CreateSandboxRequest {
   autoResume?: boolean | undefined;
   /** Its preview URLs are served without its traffic token (default false). */
   allowPublicTraffic?: boolean | undefined;
+  /** Egress rules (undefined: a snapshot's, or none). */
+  egress?: EgressRules | null | undefined;
   /** Shared volumes: guest path -> volume name. From a snapshot: its volumes (this must match or be absent). */
   volumes?: Record<string, string> | undefined;
   /** From a snapshot whose volume was deleted: start with an empty placeholder instead of refusing. */
@@ -53,6 +55,9 @@ export class Creates {
     const releaseLayers = await ctx.layersLock.acquireRead();
     try {
       const src = await this.sources.resolve(req);
+      // a sandbox from a snapshot (a fork's child too) keeps the snapshot's rules unless given its own
+      const egress = req.egress !== undefined ? req.egress : (src.vm.egress ?? null);
+      ctx.egress.check(egress);
       checkFreeDisk(ctx.config.dataDir, ctx.config.limits.minFreeDiskMiB, 'creating a sandbox');
       const reservation = ctx.admission.reserve(src.vm.memoryMiB);
       const slot = this.warm.take(src, req.allowInternetAccess);
@@ -90,6 +95,8 @@ export class Creates {
         trafficToken: randomBytes(24).toString('hex'),
         allowPublicTraffic: req.allowPublicTraffic ?? false,
         autoResume: req.autoResume ?? false,
+        egress,
+        egressRefused: 0,
         updatedAt: now,
       });
       return await ctx.locks.run(id, async () => {
@@ -110,6 +117,7 @@ export class Creates {
               vm = await this.restores.restore(id, src, req.allowInternetAccess, live.cleanup, phases, req.allowMissingVolumes === true);
             }
             live.setVm(vm);
+            await ctx.egress.bind(live);
           } finally {
             releaseLayers();
           }
