@@ -9,7 +9,7 @@ import { Sandbox, type SandboxOpts } from 'nullspace';
 import { loadConfig, startServer, type RunningServer } from '@nullspace/server';
 import { leftoverQemu } from './env.js';
 import { killAll } from './helpers.js';
-import { exited, tempDataDir } from './servers.js';
+import { cli, exited, tempDataDir } from './servers.js';
 
 /**
  * Egress rules (docs/api.md "Egress rules"): what a guest may connect to, by address and by name.
@@ -314,6 +314,26 @@ describe('egress rules', () => {
     } finally {
       await killAll(s);
     }
+  });
+
+  it('the CLI: sandbox create --allow-out/--deny-out, sandbox network (print, --set)', async () => {
+    const srv = { url: server.url, key };
+    const made = await cli(srv, ['sandbox', 'create', '--deny-out', IP_B, '--allow-out', '*.example.test', '--json']);
+    expect(made.code, made.stderr).toBe(0);
+    const id = (JSON.parse(made.stdout) as { sandboxId: string }).sandboxId;
+    onTestFinished(async () => {
+      await Sandbox.kill(id, conn()).catch(() => {});
+    });
+    expect(JSON.parse((await cli(srv, ['sandbox', 'network', id])).stdout)).toEqual({ allowOut: ['*.example.test'], denyOut: [IP_B], refusedConnections: 0 });
+    const set = await cli(srv, ['sandbox', 'network', id, '--set', '--deny-out', 'other.test']);
+    expect(set.code, set.stderr).toBe(0);
+    expect(JSON.parse(set.stdout)).toEqual({ allowOut: [], denyOut: ['other.test'], refusedConnections: 0 });
+    const s = await Sandbox.connect(id, conn());
+    const got = await probe(s, [https('other.test', IP_A), plain(IP_B)]);
+    expect(got[`https other.test@${IP_A}`]).toMatch(REFUSED);
+    expect(got[`http ${IP_B}:80`]).toBe(reached(IP_B, IP_B));
+    const bad = await cli(srv, ['sandbox', 'network', id, '--deny-out', 'x.test']);
+    expect(bad.code).not.toBe(0);
   });
 
   it('bad rules are a 400 invalid_network_rule naming the rule', async () => {
