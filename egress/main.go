@@ -252,4 +252,3 @@ func forbidden(ip net.IP) bool {
 	}
 	return false
 }
-

@@ -168,6 +168,7 @@ function serverConfig() {
       NULLSPACE_VM_UID_COUNT: String(UID_COUNT),
       NULLSPACE_WARM_POOL: '0',
       NULLSPACE_SNAPSHOT_POOL: '0',
+      NULLSPACE_FIREWALL_CHECK_MS: '500',
     },
     { dataDir, port: 0 },
   );
@@ -392,6 +393,21 @@ describe('egress rules', () => {
     await check(again);
     expect(await networkOf(s)).toEqual({ allowOut: ['a.example.test'], denyOut: [IP_B], refusedConnections: expect.any(Number) });
     expect((await networkOf(s)).refusedConnections).toBeGreaterThanOrEqual(before + 2);
+  });
+
+  it('a flush of the egress table (an nftables reload) is repaired with the running sandboxes\' rules', async () => {
+    const s = await egressSandbox({ denyOut: ['other.test', IP_B] });
+    const refusedNow = async () => {
+      const got = await probe(s, [https('other.test', IP_A), plain(IP_B)]);
+      return REFUSED.test(got[`https other.test@${IP_A}`]!) && REFUSED.test(got[`http ${IP_B}:80`]!);
+    };
+    expect(await refusedNow()).toBe(true);
+    execFileSync('nft', ['delete', 'table', 'inet', `nullspace_${UID_BASE}_${UID_COUNT}_egress`], { stdio: 'pipe' });
+    // (the check runs every 500 ms on this server)
+    for (const deadline = Date.now() + 30_000; !(await refusedNow()); ) {
+      if (Date.now() > deadline) throw new Error('the egress rules were not put back');
+      await new Promise((r) => setTimeout(r, 500));
+    }
   });
 
   it('this host and the metadata range stay unreachable whatever the rules allow', async () => {

@@ -255,6 +255,13 @@ export class EgressFirewall {
   }
 }
 
+/** What enforces egress rules on a host (absent without network isolation). */
+export interface EgressHost {
+  readonly firewall: EgressFirewall;
+  /** The egress proxy binary (egress/, built at server start). */
+  readonly proxyBinary: string;
+}
+
 /** Identity of the egress proxy binary (its Go sources). */
 export function egressProxyHash(dir: string): string {
   return new Hasher().addTree('egress', dir, (rel) => !(rel === 'go.mod' || (rel.endsWith('.go') && !rel.endsWith('_test.go')))).hex(12);

@@ -16,12 +16,12 @@ import {
   parseTemplateRef,
   NsError,
   TEMPLATE_NAME_RE,
+  type EgressHost,
   type HostProfile,
   type TemplateInfo,
 } from '@nullspace/runtime';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
-import type { EgressHost } from './sandbox/egress.js';
 
 /** What the server learned about its host at start: accelerator, VM profile, templates. */
 export class HostContext {
@@ -49,11 +49,6 @@ export class HostContext {
       if (checking) return;
       checking = true;
       void (async () => {
-        if (this.egress && !(await this.egress.firewall.present())) {
-          // (the rules of running sandboxes went with it: they get them again on their next resume or update)
-          log.error({ table: `inet ${this.egress.firewall.table}` }, 'the egress rules table was gone (an nftables reload?): installing it again');
-          await this.egress.firewall.install();
-        }
         if (await networkGuardPresent(uids.base, uids.count)) return;
         log.error({ table: `inet ${nftTable(uids.base, uids.count)}` }, 'the sandbox firewall rules were gone (an nftables reload?): installing them again');
         await installNetworkGuard(uids.base, uids.count);

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from '@sinclair/typebox';
-import { NsError, parseEgressRules } from '@nullspace/runtime';
+import { NsError } from '@nullspace/runtime';
 import { STATES, type SandboxState } from '../sandbox/lifecycle.js';
 import type { AppDeps } from './deps.js';
 import { parseList, parseMetadataFilter } from './query.js';
@@ -45,7 +45,8 @@ export const sandboxRoutes =
           throw new NsError('bad_request', 'give either template or snapshotId, not both', { details: { field: 'snapshotId' } });
         }
         const net = body.network;
-        const egress = net && (net.allowOut !== undefined || net.denyOut !== undefined) ? parseEgressRules(net) : undefined;
+        // (checked and normalized by the manager)
+        const egress = net && (net.allowOut !== undefined || net.denyOut !== undefined) ? { allowOut: net.allowOut ?? [], denyOut: net.denyOut ?? [] } : undefined;
         const rec = await sandboxes.create({
           template: body.template ?? 'base',
           snapshotId: body.snapshotId,
@@ -95,7 +96,7 @@ export const sandboxRoutes =
           response: { 200: NetworkRules },
         },
       },
-      async (req) => sandboxes.updateNetwork(req.params.id, parseEgressRules(req.body ?? {})),
+      async (req) => sandboxes.updateNetwork(req.params.id, { allowOut: req.body?.allowOut ?? [], denyOut: req.body?.denyOut ?? [] }),
     );
 
     app.delete('/sandboxes/:id', { schema: { summary: 'Kill a sandbox (idempotent)', params: IdParams } }, async (req, reply) => {

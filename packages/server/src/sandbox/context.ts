@@ -1,4 +1,4 @@
-import type { DataDirLayout, HostProfile, TemplateInfo, UidAllocator, VmHost } from '@nullspace/runtime';
+import type { DataDirLayout, EgressHost, HostProfile, TemplateInfo, UidAllocator, VmHost } from '@nullspace/runtime';
 import type { Admission } from '../admission.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
@@ -6,7 +6,7 @@ import type { SandboxRecord, SandboxStore } from '../store/sandboxes.js';
 import type { SnapshotStore } from '../store/snapshots.js';
 import type { KeyedGate, KeyedMutex, RwLock } from '../util.js';
 import type { VolumeService } from '../volumes.js';
-import type { EgressHost, EgressRulesService } from './egress.js';
+import type { EgressRulesService } from './egress.js';
 import type { Faults } from './faults.js';
 import type { LiveSet } from './live.js';
 import type { Lifecycle } from './transition.js';

@@ -1,14 +1,7 @@
-import { EgressProxy, hasEgressRules, needsEgressProxy, NsError, type EgressFirewall, type EgressRules } from '@nullspace/runtime';
+import { EgressProxy, hasEgressRules, needsEgressProxy, NsError, type EgressHost, type EgressRules } from '@nullspace/runtime';
 import type { Logger } from '../log.js';
 import type { SandboxStore } from '../store/sandboxes.js';
 import type { LiveSandbox } from './live.js';
-
-/** What enforces egress rules on this host (HostContext; absent without network isolation). */
-export interface EgressHost {
-  readonly firewall: EgressFirewall;
-  /** The egress proxy binary (egress/, built at start). */
-  readonly proxyBinary: string;
-}
 
 interface Bound {
   id: string;
@@ -23,12 +16,43 @@ interface Bound {
  */
 export class EgressRulesService {
   private readonly bound = new Map<string, Bound>();
+  private readonly timer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly host: EgressHost | undefined,
     private readonly store: SandboxStore,
     private readonly log: Logger,
-  ) {}
+    checkMs = 10_000,
+  ) {
+    if (host) {
+      this.timer = setInterval(() => void this.restoreTable(), checkMs);
+      this.timer.unref();
+    }
+  }
+
+  /**
+   * A ruleset flush (an nftables reload) removes the egress table with every sandbox's rules:
+   * installed again, with the rules of the running sandboxes (their refusals counted so far are lost).
+   */
+  private checking = false;
+  private async restoreTable(): Promise<void> {
+    const host = this.host!;
+    if (this.checking) return;
+    this.checking = true;
+    try {
+      if (await host.firewall.present()) return;
+      this.log.error({ table: `inet ${host.firewall.table}` }, 'the egress rules table was gone (an nftables reload?): installing it again with the running sandboxes\' rules');
+      await host.firewall.install();
+      for (const b of this.bound.values()) {
+        const rec = this.store.get(b.id);
+        if (rec && hasEgressRules(rec.egress)) await this.install(b, rec.egress);
+      }
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'reinstalling the egress rules failed');
+    } finally {
+      this.checking = false;
+    }
+  }
 
   /** Whether rules can be enforced here (409 `network_rules_unsupported` otherwise). */
   check(rules: EgressRules | null | undefined): void {
@@ -109,6 +133,7 @@ export class EgressRulesService {
    * the VM and starts a new proxy).
    */
   close(): void {
+    clearInterval(this.timer);
     for (const [id, b] of this.bound) this.bank(id, this.closeProxy(b));
     this.bound.clear();
     this.log.debug('egress proxies stopped');

@@ -1,4 +1,4 @@
-import { DataDirLayout, LocalVmHost, NsError, SANDBOX_ID_RE, type EgressRules, type GuestAgent, type RequirementMismatch, type VmHost } from '@nullspace/runtime';
+import { DataDirLayout, LocalVmHost, NsError, parseEgressRules, SANDBOX_ID_RE, type EgressRules, type GuestAgent, type RequirementMismatch, type VmHost } from '@nullspace/runtime';
 import { Admission } from '../admission.js';
 import type { Config } from '../config.js';
 import { notFound } from '../errors.js';
@@ -107,7 +107,7 @@ export class SandboxManager {
       live,
       lifecycle: new Lifecycle(store, effects),
       faults: new Faults(config.faultInjection, config.dataDir, log),
-      egress: new EgressRulesService(host.egress, store, log),
+      egress: new EgressRulesService(host.egress, store, log, config.networkGuardCheckMs),
       record: (id) => this.get(id),
       layersReleased: () => this.onLayersReleased(),
       get closing() {
@@ -189,9 +189,10 @@ export class SandboxManager {
     return { allowOut: rec.egress?.allowOut ?? [], denyOut: rec.egress?.denyOut ?? [], refusedConnections: now.egressRefused + live };
   }
 
-  /** Replaces its egress rules: applied at once when its VM runs, kept for its next resume otherwise. */
-  async updateNetwork(id: string, rules: EgressRules): Promise<{ allowOut: string[]; denyOut: string[]; refusedConnections: number }> {
+  /** Replaces its egress rules (checked: 400 `invalid_network_rule`): applied at once when its VM runs, kept for its next resume otherwise. */
+  async updateNetwork(id: string, input: EgressRules): Promise<{ allowOut: string[]; denyOut: string[]; refusedConnections: number }> {
     this.get(id);
+    const rules = parseEgressRules(input);
     this.ctx.egress.check(rules);
     await this.ctx.locks.run(id, async () => {
       const rec = this.get(id);
@@ -214,7 +215,8 @@ export class SandboxManager {
   }
 
   create(req: CreateSandboxRequest): Promise<SandboxRecord> {
-    return this.creates.create(req);
+    // egress rules are checked and normalized here (400 `invalid_network_rule`)
+    return this.creates.create(req.egress ? { ...req, egress: parseEgressRules(req.egress) } : req);
   }
 
   fork(
