@@ -24,8 +24,9 @@ import (
 	"unsafe"
 )
 
-// How long the proxy waits for the client's first bytes (a protocol where the server speaks first
-// sends none: such a connection is then decided by its address alone).
+// How long the proxy waits for the client's first bytes before connecting a client that might wait
+// for the server to speak first (only when the connection would be allowed without a name: its
+// first bytes are still checked before they go out).
 const peekTimeout = 1 * time.Second
 
 // The most bytes read before deciding (a ClientHello or a request's headers fit).
@@ -130,14 +131,11 @@ func refuse(c *net.TCPConn) {
 	}
 }
 
-func handle(c *net.TCPConn, v6 bool) {
-	dst, err := originalDst(c, v6)
-	if err != nil || forbidden(dst.IP) {
-		refuse(c)
-		return
-	}
-	c.SetReadDeadline(time.Now().Add(peekTimeout))
-	buf := make([]byte, 0, 4096)
+// readHead reads the connection's first bytes until they name what they ask for (or say they
+// never will), at most peekMax, until deadline (zero: none).
+func readHead(c *net.TCPConn, buf []byte, deadline time.Time) ([]byte, string) {
+	c.SetReadDeadline(deadline)
+	defer c.SetReadDeadline(time.Time{})
 	name := ""
 	for len(buf) < peekMax {
 		if len(buf) == cap(buf) {
@@ -153,17 +151,38 @@ func handle(c *net.TCPConn, v6 bool) {
 			break
 		}
 	}
-	c.SetReadDeadline(time.Time{})
+	return buf, name
+}
+
+func handle(c *net.TCPConn, v6 bool) {
+	dst, err := originalDst(c, v6)
+	if err != nil || forbidden(dst.IP) {
+		refuse(c)
+		return
+	}
 	mu.RLock()
 	r := current
 	mu.RUnlock()
+	// Without a name, would it be allowed? Then a client that does not speak first (a protocol
+	// where the server does) is connected after peekTimeout, its first bytes still checked before
+	// they go out. Otherwise the client has long to send its name (a slow TLS start is not refused).
+	nameless := r.Allows(dst.IP, "")
+	wait := 30 * time.Second
+	if nameless {
+		wait = peekTimeout
+	}
+	buf, name := readHead(c, make([]byte, 0, 4096), time.Now().Add(wait))
+	if len(buf) == 0 && nameless {
+		serveFirst(c, dst, r)
+		return
+	}
 	if !r.Allows(dst.IP, name) {
 		refuse(c)
 		return
 	}
 	up, err := net.DialTimeout("tcp", dst.String(), 30*time.Second)
 	if err != nil {
-		// the guest sees the same as without the proxy: the connection refused (reset)
+		// the guest sees the same as without the proxy: the connection reset
 		c.SetLinger(0)
 		c.Close()
 		return
@@ -177,21 +196,78 @@ func handle(c *net.TCPConn, v6 bool) {
 			return
 		}
 	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	pipe := func(dst, src *net.TCPConn) {
-		defer wg.Done()
-		// TCPConn.ReadFrom splices on Linux: no copy through this process's memory
-		if _, err := dst.ReadFrom(src); err != nil {
-			dst.SetLinger(0)
-			dst.Close()
-			src.Close()
+	splice(c, u)
+}
+
+// serveFirst: the client sent nothing yet and may wait for the server: connected now, the server's
+// bytes flow at once; the client's first bytes are checked (a name they carry may still be denied)
+// before anything of the client goes out.
+func serveFirst(c *net.TCPConn, dst *net.TCPAddr, r *Rules) {
+	up, err := net.DialTimeout("tcp", dst.String(), 30*time.Second)
+	if err != nil {
+		c.SetLinger(0)
+		c.Close()
+		return
+	}
+	u := up.(*net.TCPConn)
+	down := make(chan struct{})
+	go func() {
+		defer close(down)
+		pipe(c, u)
+	}()
+	buf, name := readHead(c, make([]byte, 0, 4096), time.Time{})
+	if !r.Allows(dst.IP, name) {
+		u.SetLinger(0)
+		u.Close()
+		refuse(c)
+		<-down
+		return
+	}
+	if len(buf) > 0 {
+		if _, err := u.Write(buf); err != nil {
+			u.SetLinger(0)
+			u.Close()
+			c.SetLinger(0)
+			c.Close()
+			<-down
 			return
 		}
-		dst.CloseWrite()
 	}
-	go pipe(u, c)
-	go pipe(c, u)
+	if len(buf) == 0 {
+		// the client ended without a byte
+		u.CloseWrite()
+	} else {
+		pipe(u, c)
+	}
+	<-down
+	u.Close()
+	c.Close()
+}
+
+// pipe copies src to dst until src ends (then half-closes dst) or fails (then resets both).
+// TCPConn.ReadFrom splices on Linux: no copy through this process's memory.
+func pipe(dst, src *net.TCPConn) {
+	if _, err := dst.ReadFrom(src); err != nil {
+		dst.SetLinger(0)
+		dst.Close()
+		src.Close()
+		return
+	}
+	dst.CloseWrite()
+}
+
+// splice copies both ways until both directions ended.
+func splice(c, u *net.TCPConn) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		pipe(u, c)
+	}()
+	go func() {
+		defer wg.Done()
+		pipe(c, u)
+	}()
 	wg.Wait()
 	u.Close()
 	c.Close()
