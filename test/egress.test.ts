@@ -80,7 +80,9 @@ async function destinations(): Promise<void> {
     { stdio: 'pipe' },
   );
   const server = `
-    const fs = require('fs'), http = require('http'), https = require('https');
+    const fs = require('fs'), http = require('http'), https = require('https'), net = require('net');
+    // a protocol where the server speaks first (as SSH, SMTP): a banner, then an echo of one line
+    net.createServer((c) => { c.write('BANNER ' + c.localAddress + '\\n'); c.once('data', (d) => c.end('ECHO ' + d)); }).listen(2222, '0.0.0.0');
     const answer = (q, s) => s.end((q.headers.host || '-').split(':')[0] + ' via ' + q.socket.localAddress);
     let n = 0; const up = () => { if (++n === 2) console.log('ready'); };
     http.createServer(answer).listen(80, '0.0.0.0', up);
@@ -335,6 +337,29 @@ describe('egress rules', () => {
     expect(got[`http ${IP_B}:80`]).toBe(reached(IP_B, IP_B));
     const bad = await cli(srv, ['sandbox', 'network', id, '--deny-out', 'x.test']);
     expect(bad.code).not.toBe(0);
+  });
+
+  it('a protocol where the server speaks first passes a name rule (through the proxy), its first bytes still checked', async () => {
+    const s = await egressSandbox({ denyOut: ['other.test'] });
+    const r = await s.commands.run(
+      `python3 -c '
+import socket
+for line in ["hello", "GET / HTTP/1.1\\r\\nHost: other.test\\r\\n\\r\\n"]:
+    c = socket.create_connection(("${IP_A}", 2222), timeout=30)
+    banner = c.recv(100).decode().strip()
+    c.sendall(line.encode())
+    try:
+        print(banner, "|", c.recv(100).decode().strip().splitlines()[0] if True else "")
+    except (ConnectionResetError, IndexError) as e:
+        print(banner, "|", "reset")
+'`,
+      { timeoutMs: 120_000 },
+    );
+    expect(r.exitCode, r.stderr).toBe(0);
+    const [first, second] = r.stdout.trim().split('\n');
+    expect(first).toBe(`BANNER ${IP_A} | ECHO hello`);
+    // the banner came, then a request naming a denied host: reset before it left
+    expect(second).toBe(`BANNER ${IP_A} | reset`);
   });
 
   it('bad rules are a 400 invalid_network_rule naming the rule', async () => {
