@@ -82,7 +82,7 @@ async function destinations(): Promise<void> {
   const server = `
     const fs = require('fs'), http = require('http'), https = require('https'), net = require('net');
     // a protocol where the server speaks first (as SSH, SMTP): a banner, then an echo of one line
-    net.createServer((c) => { c.write('BANNER ' + c.localAddress + '\\n'); c.once('data', (d) => c.end('ECHO ' + d)); }).listen(2222, '0.0.0.0');
+    net.createServer((c) => { c.on('error', () => {}); c.write('BANNER ' + c.localAddress + '\\n'); c.once('data', (d) => c.end('ECHO ' + d)); }).listen(2222, '0.0.0.0');
     const answer = (q, s) => s.end((q.headers.host || '-').split(':')[0] + ' via ' + q.socket.localAddress);
     let n = 0; const up = () => { if (++n === 2) console.log('ready'); };
     http.createServer(answer).listen(80, '0.0.0.0', up);
@@ -168,7 +168,8 @@ function serverConfig() {
       NULLSPACE_API_KEY: key,
       NULLSPACE_VM_UID_BASE: String(UID_BASE),
       NULLSPACE_VM_UID_COUNT: String(UID_COUNT),
-      NULLSPACE_WARM_POOL: '0',
+      // (one warm VM: creates from base take it, their rules are installed when it becomes theirs)
+      NULLSPACE_WARM_POOL: '1',
       NULLSPACE_SNAPSHOT_POOL: '0',
       NULLSPACE_FIREWALL_CHECK_MS: '500',
     },
@@ -395,6 +396,25 @@ for line in ["hello", "GET / HTTP/1.1\\r\\nHost: other.test\\r\\n\\r\\n"]:
       expect((await networkOf(s)).refusedConnections).toBeGreaterThanOrEqual(before + 2);
     } finally {
       await killAll(s, child);
+    }
+  });
+
+  it('a sandbox from a reusable snapshot has the snapshot\'s rules unless it is given its own', async () => {
+    const s = await egressSandbox({ allowOut: ['a.example.test'], denyOut: [IP_B] });
+    const snap = await s.createSnapshot();
+    let same: Sandbox | undefined;
+    let own: Sandbox | undefined;
+    try {
+      same = await sandbox({ snapshotId: snap.id });
+      expect((await same.getInfo()).network).toMatchObject({ allowOut: ['a.example.test'], denyOut: [IP_B] });
+      const got = await probe(same, [https('a.example.test', IP_A), https('other.test', IP_A)]);
+      expect(got[`https a.example.test@${IP_A}`]).toBe(reached('a.example.test', IP_A));
+      expect(got[`https other.test@${IP_A}`]).toMatch(REFUSED);
+      own = await sandbox({ snapshotId: snap.id, network: { denyOut: ['a.example.test'] } });
+      expect((await own.getInfo()).network).toMatchObject({ allowOut: [], denyOut: ['a.example.test'] });
+    } finally {
+      await killAll(same, own);
+      await snap.delete().catch(() => {});
     }
   });
 
