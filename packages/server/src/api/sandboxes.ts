@@ -92,7 +92,7 @@ export const sandboxRoutes =
         schema: {
           summary: "Replace a sandbox's egress rules (effective at once for new connections)",
           params: IdParams,
-          body: NetworkRulesBody,
+          body: Type.Optional(NetworkRulesBody),
           response: { 200: NetworkRules },
         },
       },

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { NsError, wrapError, type EgressRules, type VmHandle } from '@nullspace/runtime';
+import { NsError, parseEgressRules, wrapError, type EgressRules, type VmHandle } from '@nullspace/runtime';
 import { checkFreeDisk } from '../admission.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
 import { newId } from '../util.js';
@@ -56,7 +56,8 @@ export class Creates {
     try {
       const src = await this.sources.resolve(req);
       // a sandbox from a snapshot (a fork's child too) keeps the snapshot's rules unless given its own
-      const egress = req.egress !== undefined ? req.egress : (src.vm.egress ?? null);
+      // (checked and normalized after the source: an unknown template, snapshot or volume is a 404 first)
+      const egress = req.egress ? parseEgressRules(req.egress) : req.egress === undefined ? (src.vm.egress ?? null) : null;
       ctx.egress.check(egress);
       checkFreeDisk(ctx.config.dataDir, ctx.config.limits.minFreeDiskMiB, 'creating a sandbox');
       const reservation = ctx.admission.reserve(src.vm.memoryMiB);

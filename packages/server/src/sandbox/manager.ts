@@ -215,8 +215,7 @@ export class SandboxManager {
   }
 
   create(req: CreateSandboxRequest): Promise<SandboxRecord> {
-    // egress rules are checked and normalized here (400 `invalid_network_rule`)
-    return this.creates.create(req.egress ? { ...req, egress: parseEgressRules(req.egress) } : req);
+    return this.creates.create(req);
   }
 
   fork(
