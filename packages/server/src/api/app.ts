@@ -10,6 +10,8 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NsError } from '@nullspace/runtime';
 import { httpStatusFor, isPublicCode } from '../errors.js';
 import { commandRoutes } from './commands.js';
+import { eventRoutes } from './events.js';
+import { metricsRoutes } from './metrics.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
 import { sandboxRoutes } from './sandboxes.js';
@@ -157,6 +159,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(snapshotRoutes(deps));
       await v1.register(volumeRoutes(deps));
       await v1.register(templateRoutes(deps));
+      await v1.register(eventRoutes(deps));
+      await v1.register(metricsRoutes(deps));
     },
     { prefix: '/v1' },
   );
