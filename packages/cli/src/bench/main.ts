@@ -18,6 +18,7 @@ import { templateBuild } from '../template.js';
 import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js';
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
 import { formatTable, median, type Row } from './stats.js';
+import { forkRows } from './forks.js';
 import { templateRows } from './templates.js';
 
 const args = process.argv.slice(2);
@@ -327,6 +328,9 @@ async function main(): Promise<void> {
     const tpl = await templateRows({ conn: c, config, dir: path.join(dataDir, 'bench-templates'), n: N, quick, log, poolReady });
     process.stdout.write('\n' + formatTable(tpl.rows) + '\n');
     for (const note of tpl.notes) process.stdout.write(`(${note})\n`);
+
+    // --- N-way fork: one capture, N children
+    process.stdout.write('\n' + formatTable(await forkRows({ conn: c, quick, log, poolReady })) + '\n');
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {
