@@ -1,11 +1,15 @@
 """N-way fork, metrics and lifecycle events against a real server (skipped without NULLSPACE_TEST_API_URL)."""
 
+import contextlib
+import io
+import os
 import time
 import unittest
 from datetime import datetime, timezone
 
 from nullspace import InvalidArgumentError, Sandbox, SandboxMetrics
-from _live import CONN, needs_server
+from _live import CONN, KEY, URL, needs_server
+from _snippets import SNIPPET_FORK_MANY
 
 
 @needs_server
@@ -63,6 +67,27 @@ class ForkManyTest(unittest.TestCase):
         later = sbx.get_metrics(start=m.timestamp)
         self.assertTrue(all(x.timestamp >= m.timestamp for x in later))
         self.assertEqual(sbx.get_metrics(start=0, end=1), [])
+
+    def test_readme_snippet_runs_as_written(self):
+        readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir, "README.md")
+        with open(readme, encoding="utf-8") as f:
+            self.assertIn(f"```python\n{SNIPPET_FORK_MANY}```\n", f.read())
+        env = {"NULLSPACE_API_URL": URL, "NULLSPACE_API_KEY": KEY}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(SNIPPET_FORK_MANY, "<README>", "exec"), {})
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len([x for x in lines if x.startswith("sbx_")]), 3)
+        self.assertTrue(lines[-1].split()[1] == "forked", lines)
 
 
 if __name__ == "__main__":
