@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { RateLimitError, Sandbox, type SandboxEvent } from 'nullspace';
 import { expectUniqueClones, startSampler, tracked } from './clones.js';
@@ -55,12 +57,16 @@ describe('N-way fork', () => {
       for await (const s of Sandbox.list({ ...c, query: { state: ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'] } })) ids.push(s.sandboxId);
       return ids;
     };
+    // a capture switches the source onto a new disk overlay: the set of its overlays tells whether it was paused
+    const overlays = () => fs.readdirSync(path.join(dataDir, 'sandboxes', src.sandboxId)).filter((f) => /^disk-.*\.qcow2$/.test(f)).sort();
+    const before = overlays();
     const err = await src.fork({ count: 3 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RateLimitError);
     expect((err as RateLimitError).code).toBe('too_many_sandboxes');
     expect((err as Error).message).toMatch(/forking 3 children/);
     expect(await running()).toEqual([src.sandboxId]);
     // the source was not even paused: no fork capture, no child ever created
+    expect(overlays()).toEqual(before);
     const log = await eventsOf(c, src.sandboxId, (es) => es.length >= 1);
     expect(log.map((e) => e.type)).toEqual(['created']);
     const res = await fetch(`${server.url}/v1/events?after=0`, { headers: { authorization: `Bearer ${server.key}` }, signal: AbortSignal.timeout(1500) }).then(
@@ -78,6 +84,7 @@ describe('N-way fork', () => {
     // what fits is made whole
     const two = tracked(await src.fork({ count: 2 }));
     expect(two).toHaveLength(2);
+    expect(overlays()).not.toEqual(before);
     expect((await running()).sort()).toEqual([src.sandboxId, ...two.map((s) => s.sandboxId)].sort());
     await Promise.all([...two, src].map((s) => s.kill()));
   });
