@@ -49,6 +49,7 @@ export const metricsRoutes =
       },
       async (req) => {
         const q = req.query as Static<typeof MetricsQuery>;
+        sandboxes.get(req.params.id); // (an unknown sandbox is a 404, whatever the query)
         const start = parseTime(q.start, 'start');
         const end = parseTime(q.end, 'end');
         if (start !== undefined && end !== undefined && start > end) throw new NsError('validation_failed', 'start is after end', { details: { field: 'start' } });

@@ -445,7 +445,7 @@ export const EventsQuery = Type.Object(
   {
     sandboxId: Type.Optional(Type.String({ maxLength: 64, description: 'Only the events of this sandbox' })),
     type: Type.Optional(Type.String({ maxLength: 256, description: 'Comma-separated event types; default every type' })),
-    after: Type.Optional(Type.Integer({ minimum: 0, description: 'Replay the events after this id (as the Last-Event-ID header does; the header wins); default: only new events' })),
+    after: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: 'Replay the events after this id (as the Last-Event-ID header does; the header wins); default: only new events' })),
   },
   { additionalProperties: false },
 );
@@ -487,7 +487,7 @@ export const WebhookDelivery = Type.Object({
 export const DeliveriesQuery = Type.Object(
   {
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
-    before: Type.Optional(Type.Integer({ minimum: 1, description: 'Deliveries older than this delivery id (the next page)' })),
+    before: Type.Optional(Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'Deliveries older than this delivery id (the next page)' })),
   },
   { additionalProperties: false },
 );
