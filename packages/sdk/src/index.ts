@@ -1,5 +1,6 @@
 export { Sandbox, SandboxPaginator, previewHost, signedPreviewUrl } from './sandbox/index.js';
-export type { SandboxInfo, SandboxNetwork, SandboxOpts, SandboxListOpts, SandboxState } from './sandbox/index.js';
+export type { ForkOpts, SandboxInfo, SandboxMetrics, SandboxNetwork, SandboxOpts, SandboxListOpts, SandboxState } from './sandbox/index.js';
+export type { EventStreamOpts, SandboxEvent, SandboxEventType } from './events.js';
 export { Paginator } from './paginator.js';
 export { Snapshot, SnapshotPaginator } from './snapshot.js';
 export { Volume } from './volume.js';

@@ -52,7 +52,9 @@ from .models import (
     CompatibilityMismatch,
     EntryInfo,
     ProcessInfo,
+    SandboxEvent,
     SandboxInfo,
+    SandboxMetrics,
     WriteEntry,
     WriteInfo,
 )
@@ -68,6 +70,8 @@ __all__ = [
     "Sandbox",
     "SandboxPaginator",
     "SandboxInfo",
+    "SandboxMetrics",
+    "SandboxEvent",
     "Snapshot",
     "SnapshotPaginator",
     "Volume",

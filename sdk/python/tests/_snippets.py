@@ -42,3 +42,24 @@ for item in Snapshot.list(sandbox_id=snapshot.sandbox_id):
 
 Snapshot.delete(snapshot.id)
 """
+
+# N-way fork, metrics and events (README, "Snapshots"): run as written by test_fork_many_integration.
+SNIPPET_FORK_MANY = """\
+from nullspace import Sandbox
+
+sandbox = Sandbox.create(template="base")
+children = sandbox.fork(count=3)   # one pause of the source, three children
+try:
+    for child in children:
+        print(child.commands.run("hostname").stdout.strip())
+    for sample in sandbox.get_metrics():
+        print(sample.timestamp, sample.cpu_used_pct, sample.mem_used_bytes)
+    for event in sandbox.events(last_event_id=0):
+        print(event.id, event.type, event.data)
+        if event.type == "forked":
+            break
+finally:
+    for child in children:
+        child.kill()
+    sandbox.kill()
+"""

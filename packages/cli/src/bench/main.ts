@@ -19,6 +19,7 @@ import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
 import { previewRows } from './preview.js';
 import { formatTable, median, type Row } from './stats.js';
+import { forkRows } from './forks.js';
 import { templateRows } from './templates.js';
 
 const args = process.argv.slice(2);
@@ -333,6 +334,9 @@ async function main(): Promise<void> {
     // --- preview URLs (the proxy and the agent's tunnel)
     await poolReady();
     process.stdout.write('\n' + formatTable(await previewRows({ conn: c, quick, create, kill, log })) + '\n');
+
+    // --- N-way fork: one capture, N children
+    process.stdout.write('\n' + formatTable(await forkRows({ conn: c, quick, log, poolReady })) + '\n');
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {

@@ -11,6 +11,8 @@ import { NsError } from '@nullspace/runtime';
 import { httpStatusFor, isPublicCode } from '../errors.js';
 import { previewServer } from '../preview/proxy.js';
 import { commandRoutes } from './commands.js';
+import { eventRoutes } from './events.js';
+import { metricsRoutes } from './metrics.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
 import { sandboxRoutes } from './sandboxes.js';
@@ -160,6 +162,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(snapshotRoutes(deps));
       await v1.register(volumeRoutes(deps));
       await v1.register(templateRoutes(deps));
+      await v1.register(eventRoutes(deps));
+      await v1.register(metricsRoutes(deps));
     },
     { prefix: '/v1' },
   );
