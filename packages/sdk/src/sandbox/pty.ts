@@ -26,6 +26,8 @@ export class PtyHandle {
   private readonly ended: Promise<number>;
   /** Output bytes dropped for this client (it fell more than 4 MiB behind, or was away meanwhile). */
   lostBytes = 0;
+  /** Once it ended: the signal that ended it (e.g. "SIGKILL"), or null. */
+  signal: string | null = null;
 
   constructor(
     private readonly pty: Pty,
@@ -40,7 +42,10 @@ export class PtyHandle {
         for await (const ev of events) {
           if (ev.type === 'data') onData?.(Buffer.from(String(ev.data), 'base64'));
           else if (ev.type === 'lost') this.lostBytes += Number(ev.bytes ?? 0);
-          else if (ev.type === 'end') return (ev.exitCode as number | null) ?? -1;
+          else if (ev.type === 'end') {
+            this.signal = (ev.signal as string | null) ?? null;
+            return (ev.exitCode as number | null) ?? -1;
+          }
           else if (ev.type === 'error') throw errorFromResponse(503, { error: { code: String(ev.code), message: String(ev.message) } });
         }
       } catch (err) {
