@@ -19,6 +19,7 @@ import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
 import { formatTable, median, type Row } from './stats.js';
 import { templateRows } from './templates.js';
+import { terminalRows } from './terminal.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -327,6 +328,9 @@ async function main(): Promise<void> {
     const tpl = await templateRows({ conn: c, config, dir: path.join(dataDir, 'bench-templates'), n: N, quick, log, poolReady });
     process.stdout.write('\n' + formatTable(tpl.rows) + '\n');
     for (const note of tpl.notes) process.stdout.write(`(${note})\n`);
+
+    // --- terminals: a keystroke's echo against a command
+    process.stdout.write('\n' + formatTable(await terminalRows(c, N, poolReady)) + '\n');
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {
