@@ -22,6 +22,7 @@ import {
   type TemplateInfo,
 } from 'nullspace';
 import { pruneCache } from '@nullspace/runtime';
+import { runShell } from './shell.js';
 import { templateBuild, templateList } from './template.js';
 
 /** Errors end the process here, and only here. */
@@ -374,6 +375,17 @@ sandbox
   .argument('<id>')
   .action(async (id: string) => {
     if (!(await Sandbox.kill(id))) throw new SandboxError(`sandbox ${id} not found`, { code: 'sandbox_not_found' });
+  });
+sandbox
+  .command('shell')
+  .argument('<id>')
+  .option('--cwd <dir>', 'working directory')
+  .option('--user <name>', 'user (default: the template\'s, else root)')
+  .option('--cmd <command>', 'run this (bash -c) on the terminal instead of the login shell')
+  .description('an interactive shell in the sandbox on this terminal (raw mode: Ctrl-C goes to the guest); exits with the shell\'s exit code')
+  .action(async (id: string, o: { cwd?: string; user?: string; cmd?: string }) => {
+    const sbx = await Sandbox.connect(id);
+    process.exitCode = await runShell(sbx, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.user ? { user: o.user } : {}), ...(o.cmd ? { cmd: o.cmd } : {}) });
   });
 sandbox
   .command('exec')

@@ -16,6 +16,7 @@ __all__ = [
     "EntryInfo",
     "WriteInfo",
     "WriteEntry",
+    "FilesystemEvent",
     "CommandResult",
     "ProcessInfo",
     "SnapshotKind",
@@ -148,6 +149,20 @@ class EntryInfo:
             modified_time=datetime_from_ms(r["mtimeMs"]),
             symlink_target=r.get("symlinkTarget"),
         )
+
+
+@dataclass(frozen=True)
+class FilesystemEvent:
+    """A change in a watched directory (``files.watch_dir``).
+
+    ``type`` is ``create``, ``write``, ``remove``, ``rename`` (the old name of a rename; the new
+    one is a ``create``), ``chmod`` or ``overflow`` (events were dropped: ``dropped`` of them,
+    -1 when the guest kernel's queue overflowed). ``name`` is relative to the watched directory.
+    """
+
+    type: str
+    name: str
+    dropped: Optional[int] = None
 
 
 @dataclass(frozen=True)

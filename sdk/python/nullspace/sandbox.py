@@ -14,6 +14,7 @@ from ._util import client as _client
 from ._util import dualmethod as _dualmethod
 from ._util import quote as _quote
 from .commands import Commands
+from .pty import Pty
 from .connection import ApiClient
 from .errors import SandboxError
 from .filesystem import Filesystem
@@ -57,6 +58,8 @@ class Sandbox:
         self._network: dict[str, Any] = dict(network or {})
         self.files: Filesystem = Filesystem(api, sandbox_id)
         self.commands: Commands = Commands(api, sandbox_id)
+        #: Terminals: processes on a pseudo-terminal (the login shell by default).
+        self.pty: Pty = Pty(api, sandbox_id)
 
     def __repr__(self) -> str:
         return f"Sandbox(sandbox_id={self.sandbox_id!r})"

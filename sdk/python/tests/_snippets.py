@@ -63,3 +63,26 @@ finally:
         child.kill()
     sandbox.kill()
 """
+
+SNIPPET_TERMINAL = """\
+from nullspace import Sandbox
+
+with Sandbox.create() as sbx:
+    terminal = sbx.pty.create(cols=100, rows=30, on_data=lambda data: print(data.decode(errors="replace"), end=""))
+    sbx.pty.send_input(terminal.pid, "echo $((6 * 7)); exit 3\\n")
+    print("exit code:", terminal.wait())
+"""
+
+SNIPPET_WATCH = """\
+import time
+from nullspace import Sandbox
+
+with Sandbox.create() as sbx:
+    events = []
+    watch = sbx.files.watch_dir("/workspace", events.append, recursive=True)
+    sbx.commands.run("mkdir -p /workspace/logs && echo hi > /workspace/logs/today.txt")
+    while not any(e.name == "logs/today.txt" for e in events):
+        time.sleep(0.1)
+    watch.stop()
+    print([(e.type, e.name) for e in events])
+"""

@@ -21,6 +21,7 @@ import { previewRows } from './preview.js';
 import { formatTable, median, type Row } from './stats.js';
 import { forkRows } from './forks.js';
 import { templateRows } from './templates.js';
+import { terminalRows } from './terminal.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -337,6 +338,9 @@ async function main(): Promise<void> {
 
     // --- N-way fork: one capture, N children
     process.stdout.write('\n' + formatTable(await forkRows({ conn: c, quick, log, poolReady })) + '\n');
+
+    // --- terminals: a keystroke's echo against a command
+    process.stdout.write('\n' + formatTable(await terminalRows(c, N, poolReady)) + '\n');
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {

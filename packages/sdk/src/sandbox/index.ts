@@ -6,6 +6,7 @@ import { falseOn, Paginator } from '../paginator.js';
 import { Snapshot } from '../snapshot.js';
 import { Commands } from './commands.js';
 import { Filesystem } from './filesystem.js';
+import { Pty } from './pty.js';
 
 export type SandboxState = 'creating' | 'running' | 'hibernating' | 'paused' | 'resuming' | 'killing' | 'killed' | 'failed';
 
@@ -157,6 +158,8 @@ export class SandboxPaginator extends Paginator<SandboxInfo> {
 export class Sandbox {
   readonly files: Filesystem;
   readonly commands: Commands;
+  /** Terminals: processes on a pseudo-terminal (the login shell by default). */
+  readonly pty: Pty;
 
   protected constructor(
     readonly sandboxId: string,
@@ -166,6 +169,7 @@ export class Sandbox {
   ) {
     this.files = new Filesystem(api, sandboxId);
     this.commands = new Commands(api, sandboxId);
+    this.pty = new Pty(api, sandboxId);
   }
 
   /** Starts a sandbox from a template (default "base"): a copy-on-write restore of its snapshot. */

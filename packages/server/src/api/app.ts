@@ -15,6 +15,7 @@ import { eventRoutes } from './events.js';
 import { metricsRoutes } from './metrics.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
+import { ptyRoutes } from './pty.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
 import { ErrorBody, NoQuery } from './schemas.js';
@@ -159,6 +160,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(sandboxRoutes(deps));
       await v1.register(fileRoutes(deps));
       await v1.register(commandRoutes(deps));
+      await v1.register(ptyRoutes(deps));
       await v1.register(snapshotRoutes(deps));
       await v1.register(volumeRoutes(deps));
       await v1.register(templateRoutes(deps));
