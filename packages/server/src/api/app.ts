@@ -9,6 +9,7 @@ import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NsError } from '@nullspace/runtime';
 import { httpStatusFor, isPublicCode } from '../errors.js';
+import { e2bRoutes, isE2bRoute } from '../e2b/index.js';
 import { commandRoutes } from './commands.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
@@ -84,6 +85,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (req.raw.httpVersion === '1.1' && req.headers.host === undefined) throw new NsError('bad_request', 'an HTTP/1.1 request needs a Host header');
     // the API's description is public, by convention (it holds no data); everything else needs the key
     if (req.method === 'GET' && req.url.split('?')[0] === PUBLIC_DOCUMENT) return;
+    // the E2B-compatible surface checks its own credentials (the key as X-API-Key, per-sandbox tokens)
+    if (isE2bRoute(req)) return;
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(header);
     if (!m?.[1] || !timingSafeEqual(digest(m[1]), key)) {
@@ -160,6 +163,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     },
     { prefix: '/v1' },
   );
+  // E2B's wire at the root, beside /v1 (packages/server/src/e2b)
+  await app.register(e2bRoutes(deps));
   return app;
 }
 

@@ -82,6 +82,7 @@ export class Creates {
         remainingMs: null,
         pausedAt: null,
         volumes: src.volumes,
+        accessToken: randomBytes(24).toString('base64url'),
         updatedAt: now,
       });
       return await ctx.locks.run(id, async () => {

@@ -42,6 +42,8 @@ export interface SandboxRecord {
   pausedAt: number | null;
   /** Shared volumes it mounts. */
   volumes: VolumeAttachment[];
+  /** A random secret minted at create (the E2B-compatible envd surface's access token). */
+  accessToken: string | null;
   updatedAt: number;
 }
 
@@ -72,6 +74,7 @@ interface Row {
   remaining_ms: number | null;
   paused_at: number | null;
   volumes: string;
+  access_token: string | null;
   updated_at: number;
 }
 
@@ -103,6 +106,7 @@ function fromRow(r: Row): SandboxRecord {
     remainingMs: r.remaining_ms,
     pausedAt: r.paused_at,
     volumes: JSON.parse(r.volumes) as VolumeAttachment[],
+    accessToken: r.access_token,
     updatedAt: r.updated_at,
   };
 }
@@ -168,9 +172,9 @@ export class SandboxStore {
     this.db
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
-           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes, updated_at)
+           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes, access_token, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
-           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes, @updated_at)`,
+           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes, @access_token, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -197,6 +201,7 @@ export class SandboxStore {
         forked_from: rec.forkedFrom,
         on_timeout: rec.onTimeout,
         volumes: JSON.stringify(rec.volumes),
+        access_token: rec.accessToken,
         updated_at: rec.updatedAt,
       });
     this.event(rec.id, null, rec.state, 'created');
