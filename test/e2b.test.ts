@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AuthenticationError, CommandExitError, FileNotFoundError, NotFoundError, Sandbox, SandboxError, TimeoutError } from 'e2b';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { loadConfig, startServer, type RunningServer } from '@nullspace/server';
+import { AuthenticationError, CommandExitError, FileNotFoundError, NotFoundError, Sandbox, SandboxError, TimeoutError, type SandboxOpts } from 'e2b';
 import { Sandbox as OldSandbox } from 'e2b-old';
 import { apiKey, apiUrl } from './helpers.js';
+import { cleanupDataDir, tempDataDir } from './servers.js';
 
 /**
  * The E2B-compatible surface (docs/api.md, "E2B compatibility") driven by E2B's own SDK, unchanged:
@@ -20,8 +22,8 @@ async function nativeKill(id: string): Promise<void> {
   await fetch(`${apiUrl()}/v1/sandboxes/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${apiKey()}` } }).catch(() => {});
 }
 
-async function create(opts: Parameters<typeof Sandbox.create>[0] = {}): Promise<Sandbox> {
-  const sbx = await Sandbox.create({ ...opts, metadata: { ...META, ...(opts as { metadata?: Record<string, string> }).metadata } });
+async function create(opts: SandboxOpts = {}): Promise<Sandbox> {
+  const sbx = await Sandbox.create({ ...opts, metadata: { ...META, ...opts.metadata } });
   made.push(sbx.sandboxId);
   return sbx;
 }
@@ -158,14 +160,14 @@ describe('E2B SDK (2.51.0): files', () => {
     expect(await sbx.files.read('~/notes/a.txt')).toBe('hello');
     expect((await sbx.commands.run('stat -c %U notes notes/a.txt')).stdout).toBe('user\nuser\n');
     const bytes = randomBytes(1000);
-    await sbx.files.write('/tmp/b.bin', new Uint8Array(bytes));
+    await sbx.files.write('/tmp/b.bin', new Uint8Array(bytes).buffer);
     expect(Buffer.from(await sbx.files.read('/tmp/b.bin', { format: 'bytes' }))).toEqual(bytes);
     expect(await sbx.files.read('/tmp/b.bin', { format: 'bytes', user: 'root' })).toHaveLength(1000);
     // a stream goes as application/octet-stream; gzip both ways
     const big = randomBytes(1024 * 1024 + 7);
     await sbx.files.write('big/one.bin', streamOf(big));
     expect(await readAll(await sbx.files.read('big/one.bin', { format: 'stream' }))).toEqual(big);
-    await sbx.files.write('big/two.bin', new Uint8Array(big), { gzip: true });
+    await sbx.files.write('big/two.bin', new Uint8Array(big).buffer, { gzip: true });
     expect(Buffer.from(await sbx.files.read('big/two.bin', { format: 'bytes', gzip: true }))).toEqual(big);
     // several files in one multipart request
     const many = await sbx.files.write([
@@ -251,6 +253,12 @@ describe('E2B SDK (2.51.0): lifecycle, list, tokens', () => {
     expect((await other.commands.run('echo same')).stdout).toBe('same\n');
     const again = await Sandbox.connect(other.sandboxId, { timeoutMs: 900_000 });
     expect(again.sandboxId).toBe(other.sandboxId);
+    // on the wire: 201 when connect resumed it, 200 when it was running
+    const connect = () => fetch(`${apiUrl()}/v2/sandboxes/${other.sandboxId}/connect`, { method: 'POST', headers: { 'x-api-key': apiKey(), 'content-type': 'application/json' }, body: '{"timeout":300}' });
+    expect((await connect()).status).toBe(200);
+    expect(await Sandbox.pause(other.sandboxId)).toBe(true);
+    expect((await connect()).status).toBe(201);
+    expect((await connect()).status).toBe(200);
   });
 
   it('kill: true, then false; a killed sandbox is not found everywhere', async () => {
@@ -280,5 +288,32 @@ describe('E2B SDK 2.45.0 (POST /sandboxes, /sandboxes/:id/connect)', () => {
     expect(await back.files.read('x.txt')).toBe('old sdk');
     expect(await back.kill()).toBe(true);
     expect(await OldSandbox.kill(old.sandboxId)).toBe(false);
+  });
+});
+
+describe('the envd access token is stored with the sandbox', () => {
+  it('survives a restart of the server (same token, still accepted)', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const key = `e2b_${randomBytes(16).toString('hex')}`;
+    const env = { ...process.env, NULLSPACE_LOG_LEVEL: 'warn', NULLSPACE_API_KEY: key, NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' };
+    let srv: RunningServer = await startServer(loadConfig(env, { dataDir, port: 0 }));
+    const opts = () => ({ apiUrl: srv.url, sandboxUrl: srv.url, apiKey: key });
+    const tokenOf = async (id: string) =>
+      ((await (await fetch(`${srv.url}/sandboxes/${id}`, { headers: { 'x-api-key': key } })).json()) as { envdAccessToken: string }).envdAccessToken;
+    onTestFinished(async () => {
+      await srv.close();
+    });
+    const first = await Sandbox.create({ ...opts(), metadata: META });
+    onTestFinished(async () => {
+      await Sandbox.kill(first.sandboxId, opts()).catch(() => {});
+    });
+    const before = await tokenOf(first.sandboxId);
+    expect(before).toMatch(/^[A-Za-z0-9_-]{32}$/);
+    await srv.close();
+    srv = await startServer(loadConfig(env, { dataDir, port: 0 }));
+    expect(await tokenOf(first.sandboxId)).toBe(before);
+    const again = await Sandbox.connect(first.sandboxId, opts());
+    expect((await again.commands.run('echo after restart')).stdout).toBe('after restart\n');
   });
 });

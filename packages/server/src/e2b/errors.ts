@@ -106,8 +106,8 @@ export class ConnectError extends Error {
 export function connectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof E2bError) {
-    const code: ConnectCode = err.status === 401 ? 'unauthenticated' : err.status === 404 ? 'not_found' : err.status === 502 ? 'unavailable' : err.status === 501 ? 'unimplemented' : err.status < 500 ? 'invalid_argument' : 'internal';
-    return new ConnectError(code, err.message);
+    const mapped: ConnectCode = err.status === 401 ? 'unauthenticated' : err.status === 404 ? 'not_found' : err.status === 502 ? 'unavailable' : err.status === 501 ? 'unimplemented' : err.status < 500 ? 'invalid_argument' : 'internal';
+    return new ConnectError(mapped, err.message);
   }
   if (err instanceof NsError) {
     const byCode: Record<string, ConnectCode> = {
