@@ -18,6 +18,7 @@ import { templateBuild } from '../template.js';
 import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js';
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
 import { formatTable, median, type Row } from './stats.js';
+import { e2bRows } from './e2b.js';
 import { templateRows } from './templates.js';
 
 const args = process.argv.slice(2);
@@ -328,6 +329,11 @@ async function main(): Promise<void> {
     const tpl = await templateRows({ conn: c, config, dir: path.join(dataDir, 'bench-templates'), n: N, quick, log, poolReady });
     process.stdout.write('\n' + formatTable(tpl.rows) + '\n');
     for (const note of tpl.notes) process.stdout.write(`(${note})\n`);
+
+    // --- E2B's SDK on the E2B-compatible surface against nullspace's SDK
+    const e2b = await e2bRows({ conn: c, n: quick ? 2 : N, log, poolReady });
+    if (e2b.rows.length) process.stdout.write('\n' + formatTable(e2b.rows) + '\n');
+    for (const note of e2b.notes) process.stdout.write(`(${note})\n`);
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {
