@@ -102,6 +102,31 @@ describe('E2B SDK (2.51.0): control plane', () => {
   });
 });
 
+describe('beside /v1', () => {
+  it("E2B's routes answer in E2B's shapes; /v1 keeps its own document, errors and defaults", async () => {
+    const noKey = await fetch(`${apiUrl()}/sandboxes/${sbx.sandboxId}`);
+    expect(noKey.status).toBe(401);
+    expect(await noKey.json()).toMatchObject({ code: 401 });
+    const bearer = await fetch(`${apiUrl()}/sandboxes/${sbx.sandboxId}`, { headers: { authorization: `Bearer ${apiKey()}` } });
+    expect(((await bearer.json()) as { sandboxID: string }).sandboxID).toBe(sbx.sandboxId);
+    const doc = (await (await fetch(`${apiUrl()}/v1/openapi.json`)).json()) as { paths: Record<string, unknown> };
+    expect(Object.keys(doc.paths).filter((p) => !p.startsWith('/v1/'))).toEqual([]);
+    const native = await fetch(`${apiUrl()}/v1/sandboxes/${sbx.sandboxId}`, { headers: { authorization: `Bearer ${apiKey()}` } });
+    expect(native.status).toBe(200);
+    expect(await native.json()).not.toHaveProperty('accessToken');
+    const notFound = await fetch(`${apiUrl()}/v1/sandboxes/sbx_nope`, { headers: { authorization: `Bearer ${apiKey()}` } });
+    expect(await notFound.json()).toMatchObject({ error: { code: 'sandbox_not_found' } });
+    // the native API's commands keep root and /workspace
+    const run = await fetch(`${apiUrl()}/v1/sandboxes/${sbx.sandboxId}/commands`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${apiKey()}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ cmd: 'whoami; pwd' }),
+    });
+    const lines = (await run.text()).trim().split('\n').map((l) => JSON.parse(l) as { type: string; data?: string });
+    expect(lines.filter((l) => l.type === 'stdout').map((l) => Buffer.from(l.data!, 'base64').toString()).join('')).toBe('root\n/workspace\n');
+  });
+});
+
 describe('E2B SDK (2.51.0): commands', () => {
   it('run: streamed stdout/stderr, the E2B user and home, sandbox envs, exit codes as CommandExitError', async () => {
     const out: string[] = [];

@@ -34,6 +34,9 @@ export const e2bRoutes =
   async (app: FastifyInstance) => {
     app.addHook('onRoute', (route) => {
       route.config = { ...(route.config as object | undefined), e2b: true } as typeof route.config;
+      // not part of nullspace's OpenAPI document; query strings are read by the handlers (E2B's
+      // clients add parameters: unknown ones are ignored here, unlike on /v1)
+      route.schema = { ...route.schema, hide: true, querystring: route.schema?.querystring ?? { type: 'object' } };
     });
     app.setErrorHandler((err, req, reply) => {
       const { status, body } = httpError(err);
