@@ -227,6 +227,8 @@ describe('E2B SDK (2.51.0): files', () => {
     expect(await sbx.files.exists('d1')).toBe(false);
     await sbx.files.remove('d1'); // (no error when missing, as envd)
     await expect(sbx.files.list('/tmp/b.bin')).rejects.toThrow();
+    // a symbolic link lists as one (Debian's /bin -> usr/bin)
+    expect((await sbx.files.list('/')).find((e) => e.name === 'bin')).toMatchObject({ type: 'symlink', symlinkTarget: 'usr/bin' });
     await expect(sbx.files.getInfo('/nope/nope')).rejects.toBeInstanceOf(FileNotFoundError);
   });
 });
