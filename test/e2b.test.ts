@@ -206,6 +206,23 @@ describe('E2B SDK (2.51.0): files', () => {
     expect(await sbx.files.read('/tmp/empty.txt')).toBe('');
   });
 
+  it('signed upload and download URLs (no headers, no sandbox id: the signature names the sandbox)', async () => {
+    const up = await sbx.uploadUrl('/tmp/signed.txt');
+    const form = new FormData();
+    form.append('file', new Blob(['via url']), 'ignored-name');
+    const put = await fetch(up, { method: 'POST', body: form });
+    expect(put.status).toBe(200);
+    const down = await sbx.downloadUrl('/tmp/signed.txt', { useSignatureExpiration: 120 });
+    expect(down).not.toContain(sbx.sandboxId);
+    expect(await (await fetch(down)).text()).toBe('via url');
+    // the signature covers the path and the operation
+    const other = new URL(down);
+    other.searchParams.set('path', '/etc/shadow');
+    expect((await fetch(other)).status).toBe(401);
+    expect((await fetch(up, { method: 'GET' })).status).toBe(401); // (a write signature does not read)
+    expect((await fetch(await sbx.downloadUrl('/tmp/signed.txt', { user: 'root' }))).status).toBe(200);
+  });
+
   it('list, exists, makeDir, getInfo, rename, remove', async () => {
     expect(await sbx.files.makeDir('~/d1/d2')).toBe(true);
     expect(await sbx.files.makeDir('d1/d2')).toBe(false);

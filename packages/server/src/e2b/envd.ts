@@ -50,6 +50,39 @@ export function envdSandbox(deps: AppDeps, req: FastifyRequest): string {
   return id;
 }
 
+/**
+ * The sandbox of a `/files` request: by its token (envdSandbox), or, for the signed URLs of
+ * `uploadUrl()`/`downloadUrl()` (no headers: with E2B_SANDBOX_URL they carry no sandbox id either),
+ * the running sandbox whose token signs `<path>:<operation>:<user>:<token>[:<expiration>]` as given.
+ */
+function filesSandbox(deps: AppDeps, req: FastifyRequest, operation: 'read' | 'write'): string {
+  const q = req.query as Record<string, unknown>;
+  if (header(req, 'x-access-token') !== undefined || typeof q.signature !== 'string') return envdSandbox(deps, req);
+  const expiration = q.signature_expiration;
+  if (expiration !== undefined && (typeof expiration !== 'string' || !/^[0-9]{1,12}$/.test(expiration) || Number(expiration) * 1000 < Date.now())) {
+    throw new E2bError(401, 'the signature has expired');
+  }
+  const raw = (token: string) =>
+    [typeof q.path === 'string' ? q.path : '', operation, typeof q.username === 'string' ? q.username : '', token, ...(expiration !== undefined ? [expiration] : [])].join(':');
+  const given = digest(q.signature);
+  const id = header(req, 'e2b-sandbox-id');
+  for (const rec of id ? [deps.sandboxes.get(id)] : runningSandboxes(deps)) {
+    if (rec.state !== 'running' || !rec.accessToken) continue;
+    const sig = 'v1_' + createHash('sha256').update(raw(rec.accessToken)).digest('base64').replace(/=+$/, '');
+    if (timingSafeEqual(digest(sig), given)) return rec.id;
+  }
+  throw new E2bError(401, 'invalid signature');
+}
+
+function* runningSandboxes(deps: AppDeps) {
+  let nextToken: string | undefined;
+  do {
+    const page = deps.sandboxes.list({ states: ['running'], limit: 500, ...(nextToken ? { nextToken } : {}) });
+    yield* page.items;
+    nextToken = page.nextToken;
+  } while (nextToken);
+}
+
 function header(req: FastifyRequest, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? v[0] : v;
@@ -102,7 +135,7 @@ export function envdHttpRoutes(app: FastifyInstance, deps: AppDeps): void {
   });
 
   app.get('/files', async (req, reply) => {
-    const id = envdSandbox(deps, req);
+    const id = filesSandbox(deps, req, 'read');
     const q = req.query as Record<string, unknown>;
     const user = filesUser(q.username);
     const file = resolvePath(q.path, user);
@@ -130,7 +163,7 @@ export function envdHttpRoutes(app: FastifyInstance, deps: AppDeps): void {
     raw.removeAllContentTypeParsers();
     raw.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
     raw.post('/files', { config: { streamedBody: true, e2b: true } }, async (req, reply) => {
-      const id = envdSandbox(deps, req);
+      const id = filesSandbox(deps, req, 'write');
       const q = req.query as Record<string, unknown>;
       const user = filesUser(q.username);
       const type = header(req, 'content-type') ?? '';
