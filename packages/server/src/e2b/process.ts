@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Readable } from 'node:stream';
 import { attachCommand, startCommand, writeStdin, type CommandEvent } from '../agentio.js';
 import type { AppDeps } from '../api/deps.js';
@@ -41,20 +41,20 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
     Connect: {
       stream: true,
       fn: async (id, msg, ctx) => {
-        const pid = await selectPid(id, msg.process, ctx);
-        await withAgent(deps, id, 'start', ctx.reply, async (agent) => pump(await attach(agent, pid), ctx.sink!));
+        const pid = await selectPid(id, msg.process);
+        // (as the native attach: no gate held while it streams, a hibernation may come meanwhile)
+        await pump(await attach(await deps.sandboxes.agent(id), pid), ctx.sink!);
       },
     },
     List: {
       stream: false,
-      fn: async (id, _msg, ctx) => {
+      fn: async (id) => {
         const agent = await deps.sandboxes.agent(id);
         const { processes } = await agent.call('proc.list').catch((err: unknown) => Promise.reject(fromAgentError(err, 'listing processes')));
         const known = configs.get(id);
         const running = processes.filter((p) => p.running);
         // (configs of ended processes are dropped)
         if (known) for (const pid of [...known.keys()]) if (!running.some((p) => p.pid === pid)) known.delete(pid);
-        void ctx;
         return {
           processes: running.map((p) => {
             const k = known?.get(p.pid);
@@ -69,10 +69,10 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
     },
     SendInput: {
       stream: false,
-      fn: async (id, msg, ctx) => {
+      fn: async (id, msg) => {
         const input = (msg.input ?? {}) as { stdin?: unknown; pty?: unknown };
         if (input.pty !== undefined) throw notSupported('PTY input');
-        const pid = await selectPid(id, msg.process, ctx);
+        const pid = await selectPid(id, msg.process);
         const data = typeof input.stdin === 'string' ? Buffer.from(input.stdin, 'base64') : Buffer.alloc(0);
         await stdin(id, pid, data, false);
         return {};
@@ -80,15 +80,15 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
     },
     CloseStdin: {
       stream: false,
-      fn: async (id, msg, ctx) => {
-        await stdin(id, await selectPid(id, msg.process, ctx), Buffer.alloc(0), true);
+      fn: async (id, msg) => {
+        await stdin(id, await selectPid(id, msg.process), Buffer.alloc(0), true);
         return {};
       },
     },
     SendSignal: {
       stream: false,
-      fn: async (id, msg, ctx) => {
-        const pid = await selectPid(id, msg.process, ctx);
+      fn: async (id, msg) => {
+        const pid = await selectPid(id, msg.process);
         const signal = msg.signal === 'SIGNAL_SIGKILL' || msg.signal === 9 ? 'SIGKILL' : msg.signal === 'SIGNAL_SIGTERM' || msg.signal === 15 ? 'SIGTERM' : undefined;
         if (!signal) throw new ConnectError('unimplemented', `signal ${JSON.stringify(msg.signal)} is not supported (SIGNAL_SIGKILL, SIGNAL_SIGTERM)`);
         const agent = await deps.sandboxes.agent(id);
@@ -112,7 +112,7 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
 
   interface Ctx {
     user: string;
-    reply: import('fastify').FastifyReply;
+    reply: FastifyReply;
     sink?: StreamSink;
     timeoutMs: number;
   }
@@ -122,7 +122,7 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
     await writeStdin(agent, pid, data, close).catch((err: unknown) => Promise.reject(processError(err, pid)));
   };
 
-  const selectPid = async (id: string, selector: unknown, _ctx: Ctx): Promise<number> => {
+  const selectPid = async (id: string, selector: unknown): Promise<number> => {
     const s = (selector ?? {}) as { pid?: unknown; tag?: unknown };
     if (typeof s.pid === 'number' && Number.isInteger(s.pid) && s.pid > 0) return s.pid;
     if (typeof s.tag === 'string') {
