@@ -127,6 +127,21 @@ describe('beside /v1', () => {
   });
 });
 
+describe('E2B SDK (2.51.0): what is not there yet answers a clear error', () => {
+  it('PTY, watching, port traffic, fork and snapshots: 501 / unimplemented naming the feature', async () => {
+    const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: () => {} }).catch((e: unknown) => e);
+    expect(String(pty)).toMatch(/PTY .*not supported/);
+    const watch = await sbx.files.watchDir('/tmp', () => {}).catch((e: unknown) => e);
+    expect(String(watch)).toMatch(/watching directories .*not supported/);
+    const port = await envd('/', sbx.sandboxId, undefined, { headers: { 'e2b-sandbox-port': '3000' } });
+    expect(port.status).toBe(501);
+    expect(await port.json()).toMatchObject({ code: 501, message: expect.stringMatching(/port 3000/) });
+    const fork = await fetch(`${apiUrl()}/sandboxes/${sbx.sandboxId}/fork`, { method: 'POST', headers: { 'x-api-key': apiKey(), 'content-type': 'application/json' }, body: '{}' });
+    expect(fork.status).toBe(501);
+    await expect(sbx.createSnapshot()).rejects.toThrow(/501: snapshots through the E2B API is not supported/);
+  });
+});
+
 describe('E2B SDK (2.51.0): commands', () => {
   it('run: streamed stdout/stderr, the E2B user and home, sandbox envs, exit codes as CommandExitError', async () => {
     const out: string[] = [];

@@ -9,7 +9,7 @@ import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NsError } from '@nullspace/runtime';
 import { httpStatusFor, isPublicCode } from '../errors.js';
-import { e2bRoutes, isE2bRoute } from '../e2b/index.js';
+import { e2bPortTraffic, e2bRoutes, isE2bRoute } from '../e2b/index.js';
 import { commandRoutes } from './commands.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
@@ -80,6 +80,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (route.schema && !route.schema.querystring) route.schema.querystring = NoQuery;
   });
 
+  // E2B's port traffic by header (the seam of a port proxy; packages/server/src/e2b)
+  app.addHook('onRequest', e2bPortTraffic);
   const key = digest(deps.apiKey);
   app.addHook('onRequest', async (req) => {
     if (req.raw.httpVersion === '1.1' && req.headers.host === undefined) throw new NsError('bad_request', 'an HTTP/1.1 request needs a Host header');

@@ -3,7 +3,7 @@ import type { Entry } from '@nullspace/runtime';
 import { callFs, listDir } from '../agentio.js';
 import type { AppDeps } from '../api/deps.js';
 import { NsError } from '../errors.js';
-import { requestMessage, unary } from './connect.js';
+import { parseEnvelope, requestMessage, serverStream, unary } from './connect.js';
 import { chownTo, envdSandbox, missingParents, withAgent } from './envd.js';
 import { ConnectError, notSupported } from './errors.js';
 import { resolvePath, rpcUser } from './user.js';
@@ -103,7 +103,13 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
     app.post(`/filesystem.Filesystem/${name}`, async (req, reply) => {
       const id = envdSandbox(deps, req);
       const user = rpcUser(req.headers.authorization);
-      return unary(reply, () => fn(requestMessage(req.body), user, (work) => withAgent(deps, id, 'files', reply, work)));
+      const call = (msg: Record<string, unknown>) => fn(msg, user, (work) => withAgent(deps, id, 'files', reply, work));
+      // (WatchDir is a server stream: its error goes in an end envelope for the client to read it)
+      if (Buffer.isBuffer(req.body)) {
+        await serverStream(req, reply, async () => void (await call(parseEnvelope(req.body))));
+        return reply;
+      }
+      return unary(reply, () => call(requestMessage(req.body)));
     });
   }
 }

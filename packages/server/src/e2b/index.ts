@@ -1,10 +1,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { AppDeps } from '../api/deps.js';
 import { STREAM_TYPE } from './connect.js';
 import { controlRoutes } from './control.js';
-import { envdHttpRoutes } from './envd.js';
-import { E2bError, httpError } from './errors.js';
+import { ENVD_PORT, envdHttpRoutes } from './envd.js';
+import { E2bError, httpError, notSupported } from './errors.js';
 import { filesystemRoutes } from './filesystem.js';
 import { processRoutes } from './process.js';
 
@@ -28,6 +28,18 @@ export function isE2bRoute(req: FastifyRequest): boolean {
 }
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
+
+/**
+ * Port traffic in E2B's header form (`E2b-Sandbox-Port` other than envd's 49983, on any path): the
+ * seam of a port proxy (getHost), answered 501 until there is one. A root `onRequest` hook (app.ts
+ * adds it before the API key check): such a request matches no route of either surface.
+ */
+export async function e2bPortTraffic(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
+  const port = req.headers['e2b-sandbox-port'];
+  if (port === undefined || port === ENVD_PORT) return undefined;
+  const { status, body } = httpError(notSupported(`traffic to port ${String(port)} of a sandbox (getHost)`));
+  return reply.status(status).type('application/json').send(body);
+}
 
 export const e2bRoutes =
   (deps: AppDeps): FastifyPluginAsync =>
