@@ -99,6 +99,7 @@ export class Creates {
         trafficToken: randomBytes(24).toString('hex'),
         allowPublicTraffic: req.allowPublicTraffic ?? false,
         autoResume: req.autoResume ?? false,
+        accessToken: randomBytes(24).toString('base64url'),
         updatedAt: now,
       });
       return await ctx.locks.run(id, async () => {

@@ -48,6 +48,8 @@ export interface SandboxRecord {
   allowPublicTraffic: boolean;
   /** A preview URL request to it while hibernated resumes it. */
   autoResume: boolean;
+  /** A random secret minted at create (the E2B-compatible envd surface's access token). */
+  accessToken: string | null;
   updatedAt: number;
 }
 
@@ -81,6 +83,7 @@ interface Row {
   traffic_token: string;
   allow_public_traffic: number;
   auto_resume: number;
+  access_token: string | null;
   updated_at: number;
 }
 
@@ -115,6 +118,7 @@ function fromRow(r: Row): SandboxRecord {
     trafficToken: r.traffic_token,
     allowPublicTraffic: r.allow_public_traffic === 1,
     autoResume: r.auto_resume === 1,
+    accessToken: r.access_token,
     updatedAt: r.updated_at,
   };
 }
@@ -181,10 +185,10 @@ export class SandboxStore {
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
            created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes,
-           traffic_token, allow_public_traffic, auto_resume, updated_at)
+           traffic_token, allow_public_traffic, auto_resume, access_token, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
            @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes,
-           @traffic_token, @allow_public_traffic, @auto_resume, @updated_at)`,
+           @traffic_token, @allow_public_traffic, @auto_resume, @access_token, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -214,6 +218,7 @@ export class SandboxStore {
         traffic_token: rec.trafficToken,
         allow_public_traffic: rec.allowPublicTraffic ? 1 : 0,
         auto_resume: rec.autoResume ? 1 : 0,
+        access_token: rec.accessToken,
         updated_at: rec.updatedAt,
       });
     this.event(rec.id, null, rec.state, 'created');
