@@ -56,6 +56,17 @@ while [ "$(awk '/MemAvailable/ {print $2}' /proc/meminfo)" -gt $(( $(awk '/MemTo
     }, 30_000);
     expect(grown.hostMemBytes!).toBeGreaterThan(baseHost + 150 * MiB);
 
+    // disk: the guest's root file system as df sees it; 64 MiB written show in the samples
+    const dfSize = Number((await sbx.commands.run('df -B1 --output=size / | tail -1')).stdout.trim());
+    expect(idle[0]!.diskTotalBytes).toBe(dfSize);
+    const baseDisk = Math.max(...idle.map((m) => m.diskUsedBytes));
+    const writeAt = Date.now();
+    await sbx.commands.run('head -c 64M /dev/urandom > /workspace/disk-blob && sync', { timeoutMs: 120_000 });
+    await waitFor('disk use growth in the samples', async () => {
+      const m = await sbx.getMetrics({ start: writeAt });
+      return m.find((x) => x.diskUsedBytes > baseDisk + 48 * MiB);
+    }, 30_000);
+
     // a window: only the samples within it
     const all = await sbx.getMetrics();
     const mid = all[Math.floor(all.length / 2)]!.timestamp;

@@ -7,7 +7,7 @@ import { Screen, waitForProcess } from './terminal.js';
 // emulator (xterm.js) and the tests look at its screen.
 
 describe('terminals', () => {
-  it('runs the login shell on a terminal: typed input, programs drawing the screen (nano, top), the exit code', async () => {
+  it('runs the login shell on a terminal: typed input, programs drawing the screen (nano, vi with job control, top), the exit code', async () => {
     const sbx = await sandbox();
     const screen = new Screen(100, 30);
     const h = await sbx.pty.create({ cols: 100, rows: 30, onData: screen.feed });
@@ -29,6 +29,20 @@ describe('terminals', () => {
       await h.sendInput('\r');
       await screen.waitFor(/^root@\S+:\S+# $/m);
       expect(await sbx.files.read('/tmp/note.txt')).toBe('typed in nano\n');
+
+      // vi (vim-tiny): insert mode, Ctrl-Z stops it (job control: the shell's prompt), fg brings it
+      // back, :wq writes the file
+      await h.sendInput('clear; vi /tmp/vim.txt\n');
+      await screen.waitFor(/^~\s*$/m);
+      await h.sendInput('ityped in vim\x1b');
+      await screen.waitFor(/^typed in vim\s*$/m);
+      await h.sendInput('\x1a'); // Ctrl-Z
+      await screen.waitFor(/Stopped\s+vi \/tmp\/vim\.txt/);
+      await h.sendInput('fg\n');
+      await screen.waitFor(/^typed in vim\s*$/m);
+      await h.sendInput(':wq\r');
+      await screen.waitFor(/^root@\S+:\S+# $/m);
+      expect(await sbx.files.read('/tmp/vim.txt')).toBe('typed in vim\n');
 
       // top: its header and process table on the screen; q quits
       await h.sendInput('clear; top -d 1\n');
@@ -100,6 +114,32 @@ describe('terminals', () => {
       expect(await again.wait()).toBe(7);
     } finally {
       await sbx.pty.kill(h.pid);
+    }
+  });
+
+  it('a fork child has the terminal too, its own copy: a client attaches to it there', async () => {
+    const s = await sandbox();
+    const screen = new Screen();
+    const h = await s.pty.create({ onData: screen.feed });
+    try {
+      await h.sendInput('X=from-parent-$((2*21)); echo ready\n');
+      await screen.waitFor(/^ready$/m);
+      const child = await s.fork();
+      try {
+        const cs = new Screen();
+        const ch = await child.pty.connect(h.pid, { onData: cs.feed });
+        await ch.sendInput('echo "$X in $(hostname)"\n');
+        await cs.waitFor(new RegExp(`^from-parent-42 in ${child.sandboxId}$`, 'm'));
+        await ch.sendInput('exit 5\n');
+        expect(await ch.wait()).toBe(5);
+      } finally {
+        await child.kill();
+      }
+      // the parent's terminal is its own, still running
+      await h.sendInput('echo "$X in $(hostname)"\n');
+      await screen.waitFor(new RegExp(`^from-parent-42 in ${s.sandboxId}$`, 'm'));
+    } finally {
+      await h.kill();
     }
   });
 

@@ -223,6 +223,23 @@ export interface FsStatRequest {
 /** fs.stat result. lstat of the path */
 export type FsStatResult = Entry;
 
+/** fs.statfs request. the file system holding path, as df sees it (statfs(2)); not_found for a missing path */
+export interface FsStatfsRequest {
+  /** absolute path */
+  path: string;
+}
+/** fs.statfs result. */
+export interface FsStatfsResult {
+  /** size of the file system */
+  totalBytes: number;
+  /** bytes in use (total minus free) */
+  usedBytes: number;
+  /** bytes an unprivileged user may still write */
+  availBytes: number;
+  totalInodes: number;
+  freeInodes: number;
+}
+
 /** fs.mkdir request. */
 export interface FsMkdirRequest {
   /** absolute path */
@@ -422,6 +439,7 @@ export interface AgentOps {
   'fs.write': { request: FsWriteRequest; result: FsWriteResult; event: never };
   'fs.list': { request: FsListRequest; result: FsListResult; event: EntriesEvent };
   'fs.stat': { request: FsStatRequest; result: FsStatResult; event: never };
+  'fs.statfs': { request: FsStatfsRequest; result: FsStatfsResult; event: never };
   'fs.mkdir': { request: FsMkdirRequest; result: FsMkdirResult; event: never };
   'fs.remove': { request: FsRemoveRequest; result: FsRemoveResult; event: never };
   'fs.rename': { request: FsRenameRequest; result: FsRenameResult; event: never };
@@ -449,6 +467,7 @@ export const AGENT_OPS = [
   'fs.write',
   'fs.list',
   'fs.stat',
+  'fs.statfs',
   'fs.mkdir',
   'fs.remove',
   'fs.rename',

@@ -80,7 +80,7 @@ export const metricsRoutes =
         gauge('nullspace_sandbox_cpu_used_percent', 'CPU use of a sandbox in its last sample, % of its vCPUs', per((s) => s.cpuUsedPct)),
         gauge('nullspace_sandbox_memory_used_bytes', 'Guest memory in use (MemTotal - MemAvailable)', per((s) => s.memUsedBytes)),
         gauge('nullspace_sandbox_host_memory_bytes', 'Host memory of its VM (QEMU PSS)', per((s) => s.hostMemBytes)),
-        gauge('nullspace_sandbox_disk_used_bytes', 'Bytes its disk overlays hold on the host', per((s) => s.diskUsedBytes)),
+        gauge('nullspace_sandbox_disk_used_bytes', 'Bytes in use on its root file system (the guest\'s view)', per((s) => s.diskUsedBytes)),
       ].join('\n\n');
       return reply.type('text/plain; version=0.0.4; charset=utf-8').send(`${text}\n`);
     });

@@ -1,6 +1,5 @@
 import fs from 'node:fs';
-import path from 'node:path';
-import { allocatedBytes, errorMessage, NsError } from '@nullspace/runtime';
+import { errorMessage, NsError } from '@nullspace/runtime';
 import { readFile } from '../agentio.js';
 import type { SandboxContext } from './context.js';
 import type { Guests } from './guest.js';
@@ -19,7 +18,7 @@ export interface MetricsSample {
   memTotalBytes: number;
   /** Host memory of its VM: the PSS of its QEMU process (/proc/<pid>/smaps_rollup); null when unreadable. */
   hostMemBytes: number | null;
-  /** Bytes its own disk overlays hold on the host (what it wrote), and its disk's size. */
+  /** The guest's root file system as df sees it (fs.statfs): bytes in use and its size. */
   diskUsedBytes: number;
   diskTotalBytes: number;
 }
@@ -67,7 +66,7 @@ export function processPss(pid: number): number | null {
 /**
  * Metrics of running sandboxes: every `metricsIntervalMs` (NULLSPACE_METRICS_INTERVAL_MS) each
  * running sandbox on this server is sampled: the guest's /proc/stat and /proc/meminfo read through
- * the agent's file reads (no agent op of its own), its QEMU's PSS, its disk overlays' allocation. A
+ * the agent's file reads, its root file system's use (the agent's fs.statfs), its QEMU's PSS. A
  * ring of MAX_SAMPLES per sandbox, kept in memory for its life (not across server restarts). A
  * sample that cannot be taken (a capture holds the guest, the agent is busy) is skipped.
  */
@@ -131,9 +130,12 @@ export class MetricsSampler {
     const { agent, done } = await this.guests.agentFor(rec, 'files');
     let stat: string;
     let meminfo: string;
+    let disk: { totalBytes: number; usedBytes: number };
     try {
       stat = await text(await readFile(agent, '/proc/stat', signal));
       meminfo = await text(await readFile(agent, '/proc/meminfo', signal));
+      // the guest's root file system as df sees it
+      disk = await agent.call('fs.statfs', { path: '/' }, 5000);
     } finally {
       done();
     }
@@ -152,25 +154,11 @@ export class MetricsSampler {
       memUsedBytes: mem.total - mem.available,
       memTotalBytes: mem.total,
       hostMemBytes: live.hasVm ? processPss(live.vm.pid) : null,
-      diskUsedBytes: this.overlayBytes(id),
-      diskTotalBytes: rec.vmSpec?.diskSizeBytes ?? 0,
+      diskUsedBytes: disk.usedBytes,
+      diskTotalBytes: disk.totalBytes,
     };
     s.samples.push(sample);
     if (s.samples.length > MAX_SAMPLES) s.samples.splice(0, s.samples.length - MAX_SAMPLES);
-  }
-
-  /** Allocated bytes of the sandbox's own overlays (regular files only: its uid owns the directory). */
-  private overlayBytes(id: string): number {
-    const dir = this.ctx.layout.sandboxDir(id);
-    let sum = 0;
-    try {
-      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-        if (e.isFile() && /^disk-.*\.qcow2$/.test(e.name)) sum += allocatedBytes(path.join(dir, e.name));
-      }
-    } catch {
-      /* gone meanwhile */
-    }
-    return sum;
   }
 }
 
