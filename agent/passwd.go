@@ -16,6 +16,7 @@ type userInfo struct {
 	Uid    uint32
 	Gid    uint32
 	Home   string
+	Shell  string   // login shell from /etc/passwd; empty when unknown
 	Groups []uint32 // supplementary groups from /etc/group
 }
 
@@ -165,7 +166,7 @@ func findPasswdEntry(path string, match func(name string, uid uint32) bool) (*us
 		if home == "" {
 			home = "/"
 		}
-		return &userInfo{Name: fields[0], Uid: uint32(uid), Gid: uint32(gid), Home: home}, nil
+		return &userInfo{Name: fields[0], Uid: uint32(uid), Gid: uint32(gid), Home: home, Shell: fields[6]}, nil
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)

@@ -37,14 +37,14 @@ func TestLookupUserForms(t *testing.T) {
 		spec string
 		want userInfo
 	}{
-		{"root", userInfo{Name: "root", Uid: 0, Gid: 0, Home: "/root", Groups: []uint32{0}}},
-		{"app", userInfo{Name: "app", Uid: 1000, Gid: 1000, Home: "/home/app", Groups: []uint32{1000, 50}}},
+		{"root", userInfo{Name: "root", Uid: 0, Gid: 0, Home: "/root", Shell: "/bin/bash", Groups: []uint32{0}}},
+		{"app", userInfo{Name: "app", Uid: 1000, Gid: 1000, Home: "/home/app", Shell: "/bin/sh", Groups: []uint32{1000, 50}}},
 		// Docker's USER forms: a uid (found in passwd, or not), name:group, uid:gid
-		{"1000", userInfo{Name: "app", Uid: 1000, Gid: 1000, Home: "/home/app", Groups: []uint32{1000, 50}}},
-		{"0", userInfo{Name: "root", Uid: 0, Gid: 0, Home: "/root", Groups: []uint32{0}}},
+		{"1000", userInfo{Name: "app", Uid: 1000, Gid: 1000, Home: "/home/app", Shell: "/bin/sh", Groups: []uint32{1000, 50}}},
+		{"0", userInfo{Name: "root", Uid: 0, Gid: 0, Home: "/root", Shell: "/bin/bash", Groups: []uint32{0}}},
 		{"4242", userInfo{Name: "4242", Uid: 4242, Gid: 0, Home: "/", Groups: []uint32{0}}},
-		{"app:web", userInfo{Name: "app", Uid: 1000, Gid: 33, Home: "/home/app", Groups: []uint32{33, 50}}},
-		{"app:77", userInfo{Name: "app", Uid: 1000, Gid: 77, Home: "/home/app", Groups: []uint32{77, 50}}},
+		{"app:web", userInfo{Name: "app", Uid: 1000, Gid: 33, Home: "/home/app", Shell: "/bin/sh", Groups: []uint32{33, 50}}},
+		{"app:77", userInfo{Name: "app", Uid: 1000, Gid: 77, Home: "/home/app", Shell: "/bin/sh", Groups: []uint32{77, 50}}},
 		{"4242:4343", userInfo{Name: "4242", Uid: 4242, Gid: 4343, Home: "/", Groups: []uint32{4343}}},
 	}
 	for _, c := range cases {

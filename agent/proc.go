@@ -125,6 +125,7 @@ type Process struct {
 	timedOut bool
 	evicted  bool
 	stdin    *os.File // write end; nil when closed or absent
+	tty      *os.File // a terminal's master (pty.start: also stdin); nil for a process on pipes
 
 	stdinMu sync.Mutex // serializes writes to stdin
 }
@@ -409,20 +410,23 @@ func buildEnv(u *userInfo, defaults, req map[string]string) ([]string, error) {
 	return list, nil
 }
 
-// startProcess starts a process as described by req and registers it.
-func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
-	if req.Cmd == nil {
-		return nil, missing("cmd")
-	}
-	if strings.IndexByte(*req.Cmd, 0) >= 0 {
-		return nil, opErrorf(CodeBadRequest, "cmd contains a NUL byte")
-	}
+// procSetup is what a process starts as: its user, working directory
+// and environment.
+type procSetup struct {
+	u   *userInfo
+	cwd string
+	env []string
+}
+
+// resolveSetup resolves the user, cwd and envs of a start request (the
+// sys.init defaults where the request names none) and checks them.
+func (a *Agent) resolveSetup(user, cwdReq *string, envs map[string]string) (*procSetup, error) {
 	var u *userInfo
 	var err error
 	defUser, defCwd := a.sys.processDefaults()
 	switch {
-	case req.User != nil && *req.User != "":
-		u, err = lookupUser(*req.User)
+	case user != nil && *user != "":
+		u, err = lookupUser(*user)
 	case defUser != "":
 		u, err = lookupUser(defUser)
 	case os.Geteuid() == 0:
@@ -438,8 +442,8 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 	if defCwd != "" {
 		cwd = defCwd
 	}
-	if req.Cwd != nil && *req.Cwd != "" {
-		if cwd, err = cleanPath("cwd", req.Cwd); err != nil {
+	if cwdReq != nil && *cwdReq != "" {
+		if cwd, err = cleanPath("cwd", cwdReq); err != nil {
 			return nil, err
 		}
 	}
@@ -451,10 +455,52 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 	} else if !fi.IsDir() {
 		return nil, opErrorf(CodeProcessFailed, "cwd %s: not a directory", cwd)
 	}
-	env, err := buildEnv(u, a.sys.defaultEnvs(), req.Envs)
+	env, err := buildEnv(u, a.sys.defaultEnvs(), envs)
 	if err != nil {
 		return nil, err
 	}
+	return &procSetup{u: u, cwd: cwd, env: env}, nil
+}
+
+// userAttr is the SysProcAttr of a process of user u: its own session and
+// process group, and u's credentials when the agent is not already u.
+func userAttr(u *userInfo) *syscall.SysProcAttr {
+	attr := &syscall.SysProcAttr{Setsid: true} // own session and process group
+	if euid := os.Geteuid(); euid == 0 || uint32(euid) != u.Uid {
+		attr.Credential = &syscall.Credential{Uid: u.Uid, Gid: u.Gid, Groups: u.Groups}
+	}
+	return attr
+}
+
+// spawn starts a user process (startUserProcess), mapping failures to
+// the spec's codes.
+func spawn(shell string, startIt func() (*os.Process, error)) (*os.Process, error) {
+	proc, err := startUserProcess(startIt)
+	if err != nil {
+		if oe, ok := err.(*OpError); ok {
+			return nil, oe // the agent's own refusal (e.g. frozen user processes), not the shell's
+		}
+		if errors.Is(err, syscall.EAGAIN) {
+			return nil, opErrorf(CodeProcessFailed, "start %s: %v: the guest cannot start another process now (%s)", shell, err, processLimitNote())
+		}
+		return nil, opErrorf(CodeProcessFailed, "start %s: %v", shell, err)
+	}
+	return proc, nil
+}
+
+// startProcess starts a process as described by req and registers it.
+func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
+	if req.Cmd == nil {
+		return nil, missing("cmd")
+	}
+	if strings.IndexByte(*req.Cmd, 0) >= 0 {
+		return nil, opErrorf(CodeBadRequest, "cmd contains a NUL byte")
+	}
+	setup, err := a.resolveSetup(req.User, req.Cwd, req.Envs)
+	if err != nil {
+		return nil, err
+	}
+	cwd, env := setup.cwd, setup.env
 	var timeout time.Duration
 	if req.TimeoutMs != nil {
 		if *req.TimeoutMs < 0 {
@@ -464,10 +510,7 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 	}
 	shell := userShell()
 
-	attr := &syscall.SysProcAttr{Setsid: true} // own session and process group
-	if euid := os.Geteuid(); euid == 0 || uint32(euid) != u.Uid {
-		attr.Credential = &syscall.Credential{Uid: u.Uid, Gid: u.Gid, Groups: u.Groups}
-	}
+	attr := userAttr(setup.u)
 
 	// Pipes: the child ends are closed in the agent right after the start.
 	var parentEnds, childEnds []*os.File
@@ -513,17 +556,11 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 			Sys:   attr,
 		})
 	}
-	proc, err := startUserProcess(startIt)
+	proc, err := spawn(shell, startIt)
 	closeAll(childEnds)
 	if err != nil {
 		closeAll(parentEnds)
-		if oe, ok := err.(*OpError); ok {
-			return nil, oe // the agent's own refusal (e.g. frozen user processes), not the shell's
-		}
-		if errors.Is(err, syscall.EAGAIN) {
-			return nil, opErrorf(CodeProcessFailed, "start %s: %v: the guest cannot start another process now (%s)", shell, err, processLimitNote())
-		}
-		return nil, opErrorf(CodeProcessFailed, "start %s: %v", shell, err)
+		return nil, err
 	}
 
 	p := &Process{
@@ -541,6 +578,13 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 		{f: outR, ch: ChanStdout, p: p, drained: make(chan struct{})},
 		{f: errR, ch: ChanStderr, p: p, drained: make(chan struct{})},
 	}
+	a.runProcess(p, proc, timeout)
+	return p, nil
+}
+
+// runProcess registers a started process, starts its output readers, its
+// timeout (0: none) and its reaper.
+func (a *Agent) runProcess(p *Process, proc *os.Process, timeout time.Duration) {
 	a.procs.add(p)
 	for _, pr := range p.pipes {
 		go pr.run()
@@ -557,7 +601,6 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 		})
 	}
 	go a.waitProcess(p, proc, timer)
-	return p, nil
 }
 
 // waitProcess reaps the process, waits for its output to be drained and
@@ -637,19 +680,7 @@ func opProcStart(st *stream, req *procStartRequest) (*ProcessInfo, error) {
 	if testHookProcStarted != nil {
 		testHookProcStarted(st)
 	}
-	// A process whose start never reached the host (it gave up waiting: a
-	// deadline, its client gone, the session ended) must not run unseen: it
-	// is killed. Once the started event is written, the process is the
-	// host's to follow or to leave running (a background command cancels
-	// right after it).
-	started, err := st.encodeEvent(startedEvent{Pid: p.pid})
-	if err == nil {
-		if err = st.ctx.Err(); err == nil {
-			err = st.s.fw.send(encodeFrame(st.id, FrameEvent, started), true)
-		}
-	}
-	if err != nil {
-		p.kill()
+	if err := announceStart(st, p); err != nil {
 		return nil, err
 	}
 	if req.Stdin {
@@ -660,6 +691,24 @@ func opProcStart(st *stream, req *procStartRequest) (*ProcessInfo, error) {
 		}()
 	}
 	return p.follow(st, 0)
+}
+
+// announceStart sends the started event of p. A process whose start never
+// reached the host (it gave up waiting: a deadline, its client gone, the
+// session ended) must not run unseen: it is killed. Once the started event
+// is written, the process is the host's to follow or to leave running (a
+// background command cancels right after it).
+func announceStart(st *stream, p *Process) error {
+	started, err := st.encodeEvent(startedEvent{Pid: p.pid})
+	if err == nil {
+		if err = st.ctx.Err(); err == nil {
+			err = st.s.fw.send(encodeFrame(st.id, FrameEvent, started), true)
+		}
+	}
+	if err != nil {
+		p.kill()
+	}
+	return err
 }
 
 // forwardStdin writes the stream's DATA to the process's stdin and closes
@@ -775,6 +824,7 @@ func opProcSignal(st *stream, req *procSignalRequest) (*emptyResult, error) {
 	if p.exited {
 		return nil, opErrorf(CodeNotRunning, "process %d has exited", p.pid)
 	}
+	p.signalForeground(signalsByName[name])
 	if err := syscall.Kill(-p.pid, signalsByName[name]); err != nil {
 		if err == syscall.ESRCH {
 			return nil, opErrorf(CodeNotRunning, "process %d has exited", p.pid)

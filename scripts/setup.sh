@@ -24,9 +24,9 @@ bash "$NS_REPO/scripts/check-node.sh"
 
 # skopeo, umoci: importing OCI / Docker images (templates from an image); docker-registry: the tests'
 # own registries (the packaged service is not wanted: see below); chromium: the preview URL test opens a
-# signed URL in it (playwright-core drives it)
+# signed URL in it (playwright-core drives it); tmux: the test of `sandbox shell` types into a real terminal
 PACKAGES=(qemu-system-x86 qemu-utils linux-image-amd64 debootstrap e2fsprogs cpio busybox-static golang-go
-  xz-utils xfsprogs nftables kmod curl ca-certificates python3 make g++ skopeo umoci docker-registry chromium)
+  xz-utils xfsprogs nftables kmod curl ca-certificates python3 make g++ skopeo umoci docker-registry chromium tmux)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -24,6 +24,8 @@ interface Rule {
 }
 
 const LIFECYCLE = ['packages/server/src/sandbox/**'];
+/** The HTTP surfaces: nullspace's own API (/v1) and the E2B-compatible one (packages/server/src/e2b). */
+const ROUTES = ['packages/server/src/api/**', 'packages/server/src/e2b/**'];
 const HTTP = ['npm:fastify', 'npm:@fastify/*', 'npm:ajv', 'npm:@sinclair/typebox'];
 
 const RULES: Rule[] = [
@@ -50,7 +52,7 @@ const RULES: Rule[] = [
   },
   {
     name: 'routes reach the runtime only for its errors',
-    files: ['packages/server/src/api/**'],
+    files: ROUTES,
     mayNotImport: ['packages/runtime/**', '!packages/runtime/src/errors.ts'],
     typesAllowed: true,
     reason:
@@ -60,7 +62,7 @@ const RULES: Rule[] = [
   },
   {
     name: 'routes never import the store',
-    files: ['packages/server/src/api/**'],
+    files: ROUTES,
     mayNotImport: ['packages/server/src/store/**', 'npm:better-sqlite3'],
     typesAllowed: true,
     reason:
@@ -109,17 +111,31 @@ const RULES: Rule[] = [
   },
   {
     name: 'only the routes speak HTTP',
-    files: ['packages/**', '!packages/server/src/api/**'],
+    files: ['packages/**', ...ROUTES.map((p) => `!${p}`)],
     mayNotImport: HTTP,
     reason: 'the manager and services know nothing of requests (api/ maps them), so that anything can drive them',
     example: ['packages/server/src/volumes.ts', 'npm:fastify'],
   },
   {
     name: 'nothing in the server below the routes imports them',
-    files: ['packages/server/src/**', '!packages/server/src/api/**', '!packages/server/src/index.ts'],
-    mayNotImport: ['packages/server/src/api/**'],
+    files: ['packages/server/src/**', ...ROUTES.map((p) => `!${p}`), '!packages/server/src/index.ts'],
+    mayNotImport: ROUTES,
     reason: 'routes sit on top of the manager and services; only index.ts (startServer) assembles them',
     example: ['packages/server/src/admission.ts', 'packages/server/src/api/schemas.ts'],
+  },
+  {
+    name: 'the E2B surface is a translation: the native routes do not depend on it (app.ts only mounts it)',
+    files: ['packages/server/src/api/**', '!packages/server/src/api/app.ts'],
+    mayNotImport: ['packages/server/src/e2b/**'],
+    reason: 'E2B compatibility maps E2B\'s wire onto the manager; /v1 keeps its own shapes, codes and defaults whatever E2B does',
+    example: ['packages/server/src/api/sandboxes.ts', 'packages/server/src/e2b/control.ts'],
+  },
+  {
+    name: 'the E2B surface reaches sandboxes through the manager and agentio, not the native routes',
+    files: ['packages/server/src/e2b/**'],
+    mayNotImport: ['packages/server/src/api/**', '!packages/server/src/api/deps.ts'],
+    reason: 'no second implementation and no coupling to /v1 handlers: both surfaces sit side by side on the manager and services (AppDeps)',
+    example: ['packages/server/src/e2b/control.ts', 'packages/server/src/api/sandboxes.ts'],
   },
   {
     name: 'the store imports nothing of the server above it',

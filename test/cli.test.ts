@@ -121,6 +121,14 @@ describe('nullspace CLI command groups, end to end', () => {
     const plain = (await ok(['sandbox', 'fork', id])).trim();
     killAtEnd(plain);
     expect(await json(['sandbox', 'info', plain])).toMatchObject({ sandboxId: plain, forkedFrom: id, state: 'running' });
+    // --count: the children's ids, one a line, from one capture
+    const two = (await ok(['sandbox', 'fork', id, '--count', '2'])).trim().split('\n');
+    for (const c of two) killAtEnd(c);
+    expect(two).toHaveLength(2);
+    const infos = await Promise.all(two.map((c) => json<{ forkedFrom: string; snapshotId: string }>(['sandbox', 'info', c])));
+    expect(infos.map((i) => i.forkedFrom)).toEqual([id, id]);
+    expect(infos[0]!.snapshotId).toBe(infos[1]!.snapshotId);
+    for (const c of two) await ok(['sandbox', 'kill', c]);
     // hibernate (and its alias pause) and resume: the same sandbox, with its unsynced writes
     await ok(['sandbox', 'exec', id, '--', 'echo unsynced > /workspace/late']);
     const hib = await json<{ snapshotId: string; kind: string; sandboxId: string }>(['sandbox', 'hibernate', id]);

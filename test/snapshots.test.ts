@@ -91,6 +91,8 @@ describe('what a snapshot captures', () => {
     const r = await child.commands.run('cat /workspace/last-moment; ls /workspace');
     const [lastMoment, ...files] = r.stdout.trim().split('\n');
     // the process kept its memory: its counter continues from the snapshot, not from zero
+    // (the message says which counter processes the child runs, should this ever fail)
+    if (dumped < before) console.error('snapshot instant:', { before, dumped, pid: proc.pid, child: (await child.commands.run('ps -eo pid,etimes,args | grep [c]ounter.py')).stdout, source: (await source.commands.run('ps -eo pid,etimes,args | grep [c]ounter.py')).stdout });
     expect(dumped).toBeGreaterThanOrEqual(before);
     expect(lastMoment).toMatch(/^\d+$/);
     expect(files).not.toContain('after.txt');

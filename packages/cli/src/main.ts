@@ -22,6 +22,7 @@ import {
   type TemplateInfo,
 } from 'nullspace';
 import { pruneCache } from '@nullspace/runtime';
+import { runShell } from './shell.js';
 import { templateBuild, templateList } from './template.js';
 
 /** Errors end the process here, and only here. */
@@ -335,13 +336,34 @@ sandbox
   .command('fork')
   .argument('<id>')
   .option('-m, --metadata <key=value>', "the child's metadata (default: the source's)", collect)
+  .option('-n, --count <n>', 'children from one capture of the source (1-32)', int)
   .option('--json', 'print JSON')
-  .description('fork a running sandbox (it keeps running); prints the child id')
-  .action(async (id: string, o: { metadata?: string[]; json?: boolean }) => {
+  .description('fork a running sandbox (it keeps running); prints the child ids, one a line')
+  .action(async (id: string, o: { metadata?: string[]; count?: number; json?: boolean }) => {
     const source = await Sandbox.connect(id);
-    const child = await source.fork(o.metadata ? { metadata: pairs(o.metadata, 'metadata') } : {});
-    if (o.json) printJson(await child.getInfo());
-    else process.stdout.write(`${child.sandboxId}\n`);
+    const opts = o.metadata ? { metadata: pairs(o.metadata, 'metadata') } : {};
+    const children = o.count === undefined ? [await source.fork(opts)] : await source.fork({ ...opts, count: o.count });
+    if (o.json) printJson(o.count === undefined ? await children[0]!.getInfo() : await Promise.all(children.map((c) => c.getInfo())));
+    else for (const c of children) process.stdout.write(`${c.sandboxId}\n`);
+  });
+sandbox
+  .command('metrics')
+  .argument('<id>')
+  .option('--start <time>', 'ISO 8601 time or ms since the epoch (default: the oldest sample kept)')
+  .option('--end <time>', 'ISO 8601 time or ms since the epoch (default: now)')
+  .option('--json', 'print JSON')
+  .description("a running sandbox's metrics samples (CPU, guest memory, host memory of its VM, disk), oldest first")
+  .action(async (id: string, o: { start?: string; end?: string; json?: boolean }) => {
+    const q = new URLSearchParams({ ...(o.start ? { start: o.start } : {}), ...(o.end ? { end: o.end } : {}) }).toString();
+    const { metrics } = (await apiCall('GET', `/v1/sandboxes/${encodeURIComponent(id)}/metrics${q ? `?${q}` : ''}`)) as { metrics: Array<Record<string, number | string | null>> };
+    if (o.json) return printJson(metrics);
+    const mib = (v: unknown) => (typeof v === 'number' ? (v / 1024 / 1024).toFixed(0) : '-');
+    process.stdout.write('TIME                      CPU%  MEM MiB (USED/TOTAL)  HOST MiB  DISK MiB (USED/TOTAL)\n');
+    for (const m of metrics) {
+      process.stdout.write(
+        `${String(m.timestamp).padEnd(24)}  ${String(m.cpuUsedPct).padStart(5)}  ${`${mib(m.memUsedBytes)}/${mib(m.memTotalBytes)}`.padStart(20)}  ${mib(m.hostMemBytes).padStart(8)}  ${`${mib(m.diskUsedBytes)}/${mib(m.diskTotalBytes)}`.padStart(21)}\n`,
+      );
+    }
   });
 for (const name of ['hibernate', 'pause']) {
   sandbox
@@ -372,6 +394,17 @@ sandbox
   .argument('<id>')
   .action(async (id: string) => {
     if (!(await Sandbox.kill(id))) throw new SandboxError(`sandbox ${id} not found`, { code: 'sandbox_not_found' });
+  });
+sandbox
+  .command('shell')
+  .argument('<id>')
+  .option('--cwd <dir>', 'working directory')
+  .option('--user <name>', 'user (default: the template\'s, else root)')
+  .option('--cmd <command>', 'run this (bash -c) on the terminal instead of the login shell')
+  .description('an interactive shell in the sandbox on this terminal (raw mode: Ctrl-C goes to the guest); exits with the shell\'s exit code')
+  .action(async (id: string, o: { cwd?: string; user?: string; cmd?: string }) => {
+    const sbx = await Sandbox.connect(id);
+    process.exitCode = await runShell(sbx, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.user ? { user: o.user } : {}), ...(o.cmd ? { cmd: o.cmd } : {}) });
   });
 sandbox
   .command('exec')

@@ -25,6 +25,7 @@ export const PUBLIC_ERROR_CODES = [
   'invalid_dockerfile',
   'invalid_build_spec',
   'invalid_context',
+  'invalid_webhook_url',
   // 401, 403
   'unauthorized',
   'permission_denied',
@@ -40,6 +41,7 @@ export const PUBLIC_ERROR_CODES = [
   'process_not_found',
   'snapshot_not_found',
   'volume_not_found',
+  'webhook_not_found',
   'image_not_found',
   // 403: a registry refused the credentials (401 is this API's own key)
   'registry_auth_failed',

@@ -14,25 +14,32 @@ import { captureSnapshot, type CaptureOptions, type CaptureResult, type CaptureT
 import { checkRunDir, processVmId, qemuArgs, vmPaths, volumeDeviceArgs, type VolumeDevice, type VmSpec } from './qemu.js';
 
 /**
- * Streams a file into a unix socket; resolves when the connection has closed. The file is closed
+ * Streams a file into a unix socket; resolves when the connection and the file have closed. The file is closed
  * with the connection, whichever side ends it: QEMU closes an incoming migration once it has read the
  * state's end marker, possibly before the stream has read the file to its end (a pipe alone would
  * then keep the file open for good, and with it the space of a layer deleted later).
  */
 export function sendFile(file: string, socketPath: string): Promise<void> {
   return new Promise<void>((resolve, reject) => {
+    let src: fs.ReadStream | undefined;
+    let failed: Error | undefined;
     const conn = net.createConnection({ path: socketPath });
     conn.once('connect', () => {
-      const src = fs.createReadStream(file);
-      conn.once('close', () => src.destroy());
+      src = fs.createReadStream(file);
+      conn.once('close', () => src!.destroy());
       src.once('error', (err) => {
+        failed ??= err;
         conn.destroy();
-        reject(err);
       });
       src.pipe(conn);
     });
-    conn.once('error', reject);
-    conn.once('close', () => resolve());
+    conn.once('error', (err) => (failed ??= err));
+    // settled once the connection and the file are both closed: a caller never sees the file's fd still open
+    conn.once('close', () => {
+      const done = () => (failed ? reject(failed) : resolve());
+      if (!src || src.closed) done();
+      else src.once('close', done);
+    });
   });
 }
 

@@ -61,6 +61,8 @@ export interface RequestOpts {
   headers?: Record<string, string>;
   /** false: no request timeout (long streams). */
   timeoutMs?: number | false;
+  /** Aborts the request, or the reading of its response (a stream the caller stops following). */
+  signal?: AbortSignal;
 }
 
 /** Thin HTTP client of the nullspace API: auth, timeouts, errors mapped to SandboxError classes. */
@@ -86,6 +88,7 @@ export class ApiClient {
       body = JSON.stringify(opts.json);
     }
     const abort = new AbortController();
+    opts.signal?.addEventListener('abort', () => abort.abort(), { once: true });
     const init: RequestInit & { duplex?: 'half' } = { method: opts.method ?? 'GET', headers, body, signal: abort.signal };
     if (body instanceof ReadableStream) init.duplex = 'half';
     const what = `${init.method} ${p}`;

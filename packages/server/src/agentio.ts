@@ -63,7 +63,7 @@ export function checkPath(p: unknown, field = 'path'): string {
  * A Readable fed by an agent stream, with backpressure: `push` resolves once the consumer wants
  * more, and the agent gets credit back only then.
  */
-class Feed extends Readable {
+export class Feed extends Readable {
   /** Every producer waiting for room (output data and event lines may wait at the same time). */
   private waiting: Array<() => void> = [];
   private wake(): void {
@@ -225,15 +225,16 @@ export interface CommandRequest {
   tag?: string | undefined;
 }
 
-/** One line of a command's NDJSON output stream. */
+/** One line of a command's (or a terminal's: output is `data`) NDJSON output stream. */
 export type CommandEvent =
   | { type: 'start'; pid: number }
-  | { type: 'stdout' | 'stderr'; data: string }
+  | { type: 'stdout' | 'stderr' | 'data'; data: string }
   | { type: 'lost'; bytes: number }
   | ({ type: 'end' } & ProcessInfo)
   | { type: 'error'; code: string; message: string };
 
-function toEvents(out: Feed) {
+/** The NDJSON lines of a process's events and output (a terminal's output is `data`, not `stdout`). */
+export function toEvents(out: Feed, terminal = false) {
   const line = (e: CommandEvent) => out.feed(JSON.stringify(e) + '\n');
   return {
     onEvent: (e: OpEvent<'proc.start'>) => {
@@ -241,12 +242,12 @@ function toEvents(out: Feed) {
       else if (e.type === 'lost') void line({ type: 'lost', bytes: e.bytes });
     },
     onData: (channel: number, chunk: Buffer) =>
-      line({ type: channel === Channel.STDERR ? 'stderr' : 'stdout', data: chunk.toString('base64') }),
+      line({ type: terminal ? 'data' : channel === Channel.STDERR ? 'stderr' : 'stdout', data: chunk.toString('base64') }),
     line,
   };
 }
 
-function finishEvents(stream: AgentStream<'proc.start' | 'proc.attach'>, out: Feed, line: (e: CommandEvent) => Promise<void>): void {
+export function finishEvents(stream: AgentStream<'proc.start' | 'proc.attach' | 'pty.start'>, out: Feed, line: (e: CommandEvent) => Promise<void>): void {
   out.on('close', () => {
     if (!stream.done) stream.cancel('client went away');
   });
@@ -346,12 +347,12 @@ export async function writeStdin(agent: GuestAgent, pid: number, data: Buffer, c
 }
 
 /** Output and end of a process started earlier (replaying what the agent still holds). */
-export async function attachCommand(agent: GuestAgent, pid: number, replay: boolean): Promise<Readable> {
+export async function attachCommand(agent: GuestAgent, pid: number, replay: boolean, terminal = false): Promise<Readable> {
   // an unknown pid is an error response, not an error inside a 200 stream
   const { processes } = await agent.call('proc.list');
   if (!processes.some((p) => p.pid === pid)) throw new NsError('process_not_found', `process ${pid} not found`, { details: { pid } });
   const out = new Feed();
-  const ev = toEvents(out);
+  const ev = toEvents(out, terminal);
   // an immediate first line: the client gets the response (headers) at once, not at the first output
   void ev.line({ type: 'start', pid });
   const stream = agent.open('proc.attach', { pid, replay }, { onEvent: ev.onEvent, onData: ev.onData });

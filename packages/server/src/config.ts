@@ -79,6 +79,26 @@ export interface Config {
   endedRetentionMs: number;
   /** Paused (hibernated) sandboxes are killed after this long; 0 keeps them until killed. */
   pausedRetentionMs: number;
+  events: {
+    /** Events older than this are pruned from the log (NULLSPACE_EVENT_RETENTION_MS, default 7 days). */
+    retentionMs: number;
+    /** At most this many events are kept (NULLSPACE_EVENT_MAX, default 100000). */
+    maxEvents: number;
+    /** An SSE stream sends a comment this often when there is nothing else (NULLSPACE_SSE_HEARTBEAT_MS, default 15 s). */
+    heartbeatMs: number;
+  };
+  webhooks: {
+    /** Webhook URLs may resolve to loopback, private and link-local addresses (NULLSPACE_WEBHOOK_ALLOW_PRIVATE=1); off by default. */
+    allowPrivate: boolean;
+    /** Attempts per delivery before it is given up (NULLSPACE_WEBHOOK_MAX_ATTEMPTS, default 10). */
+    maxAttempts: number;
+    /** The first retry's delay; each next one doubles, up to 10 min (NULLSPACE_WEBHOOK_RETRY_BASE_MS, default 5000). */
+    retryBaseMs: number;
+    /** One attempt's limit, until the whole answer (NULLSPACE_WEBHOOK_TIMEOUT_MS, default 10000). */
+    timeoutMs: number;
+  };
+  /** How often each running sandbox's metrics are sampled (NULLSPACE_METRICS_INTERVAL_MS, default 5000). */
+  metricsIntervalMs: number;
   logLevel: string;
   /** Preview URLs: `<port>-<sandboxId>.<domain>` served by the Host header (docs/api.md "Preview URLs"). */
   preview: {
@@ -120,6 +140,13 @@ function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0, ma
   const n = Number(raw);
   if (!Number.isSafeInteger(n) || n < min || n > max) throw new NsError('invalid_config', `${name} must be an integer from ${min} to ${max}, got "${raw}"`);
   return n;
+}
+
+function bool(env: NodeJS.ProcessEnv, name: string): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '' || raw === '0' || raw === 'false') return false;
+  if (raw === '1' || raw === 'true') return true;
+  throw new NsError('invalid_config', `${name} must be 1/true or 0/false, got "${raw}"`);
 }
 
 function tcgBuffer(env: NodeJS.ProcessEnv): number {
@@ -207,6 +234,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     endedRetentionMs: int(env, 'NULLSPACE_ENDED_RETENTION_MS', 24 * 3600_000, 0),
     pausedRetentionMs: int(env, 'NULLSPACE_PAUSED_RETENTION_MS', 0, 0),
     preview: { domain, scheme, proxyPort },
+    events: {
+      retentionMs: int(env, 'NULLSPACE_EVENT_RETENTION_MS', 7 * 24 * 3600_000, 60_000, MAX_DURATION_MS),
+      maxEvents: int(env, 'NULLSPACE_EVENT_MAX', 100_000, 100),
+      heartbeatMs: int(env, 'NULLSPACE_SSE_HEARTBEAT_MS', 15_000, 100, 3600_000),
+    },
+    webhooks: {
+      allowPrivate: bool(env, 'NULLSPACE_WEBHOOK_ALLOW_PRIVATE'),
+      maxAttempts: int(env, 'NULLSPACE_WEBHOOK_MAX_ATTEMPTS', 10, 1, 100),
+      retryBaseMs: int(env, 'NULLSPACE_WEBHOOK_RETRY_BASE_MS', 5000, 10, 3600_000),
+      timeoutMs: int(env, 'NULLSPACE_WEBHOOK_TIMEOUT_MS', 10_000, 100, 300_000),
+    },
+    metricsIntervalMs: int(env, 'NULLSPACE_METRICS_INTERVAL_MS', 5000, 100, 3600_000),
     logLevel: env.NULLSPACE_LOG_LEVEL || 'info',
     faultInjection: env.NULLSPACE_FAULT_INJECTION || undefined,
     lifecycleTrace: env.NULLSPACE_LIFECYCLE_TRACE ? path.resolve(env.NULLSPACE_LIFECYCLE_TRACE) : undefined,

@@ -53,6 +53,9 @@ const STATUS: Record<PublicErrorCode, number> = {
   volume_missing: 409,
   volume_busy: 409,
   volume_not_found: 404,
+  webhook_not_found: 404,
+  // not http(s), credentials in it, or (unless NULLSPACE_WEBHOOK_ALLOW_PRIVATE) a loopback/private host
+  invalid_webhook_url: 400,
   image_not_found: 404,
   // a registry refused the credentials of an image pull (401 is this API's own key)
   registry_auth_failed: 403,
@@ -102,7 +105,7 @@ export function publicCode(code: string): PublicErrorCode {
   return isPublicCode(code) ? code : 'internal';
 }
 
-export function notFound(kind: 'sandbox' | 'template' | 'file' | 'process' | 'snapshot', id: string): NsError {
+export function notFound(kind: 'sandbox' | 'template' | 'file' | 'process' | 'snapshot' | 'webhook', id: string): NsError {
   return new NsError(`${kind}_not_found`, `${kind} ${id} not found`, { details: { [kind === 'file' ? 'path' : 'id']: id } });
 }
 

@@ -11,6 +11,10 @@ import { SandboxManager } from './sandbox/manager.js';
 import { openDb } from './store/db.js';
 import { SandboxStore } from './store/sandboxes.js';
 import { SnapshotStore } from './store/snapshots.js';
+import { EventStore } from './store/events.js';
+import { EventLog } from './events/log.js';
+import { WebhookService } from './events/webhooks.js';
+import { WebhookStore } from './store/webhooks.js';
 import { VolumeStore } from './store/volumes.js';
 import { VolumeService } from './volumes.js';
 import { Gc } from './gc.js';
@@ -57,7 +61,9 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const snapshotStore = new SnapshotStore(db);
   const volumes = new VolumeService(config, new VolumeStore(db), log);
   volumes.init();
-  const sandboxes = new SandboxManager(config, sandboxStore, snapshotStore, volumes, host, log);
+  const events = new EventLog(new EventStore(db), { maxAgeMs: config.events.retentionMs, maxEvents: config.events.maxEvents });
+  events.start();
+  const sandboxes = new SandboxManager(config, sandboxStore, snapshotStore, volumes, host, log, events);
   const gc = new Gc(snapshotStore, sandboxStore, sandboxes.layersLock, sandboxes.layersDir, log);
   // (test-only fault injection "gc-on-request-only": the collector runs only when asked, so that a
   // test can compare a dry run with the real run after it)
@@ -88,7 +94,9 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   });
   const templates = new TemplateService(config.cacheDir, (ref) => host.template(ref), (t) => host.compatible(t), contexts, builds);
   const preview = new Preview(config, sandboxes, log);
-  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview });
+  const webhooks = new WebhookService(new WebhookStore(db), events, config.webhooks, log, `nullspace-webhooks/${VERSION}`);
+  webhooks.start();
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks });
   const proxyServer = config.preview.proxyPort !== undefined ? previewServer(preview, { headersTimeoutMs: config.http.headersTimeoutMs }) : undefined;
   const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host;
   let proxyUrl: string | undefined;
@@ -108,6 +116,8 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     preview.close();
     await app.close().catch(() => {});
     stopGuardWatch();
+    webhooks.stop();
+    events.stop();
     await sandboxes.close();
     db.close();
     throw err;
@@ -141,7 +151,9 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
         gc.cancel();
         contexts.stop();
         stopGuardWatch();
+        webhooks.stop();
         await sandboxes.close();
+        events.stop();
         db.close();
       })()),
   };

@@ -37,6 +37,8 @@ import { loadConfig, type Config } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { SandboxManager } from '../src/sandbox/manager.js';
 import { openDb, type Db } from '../src/store/db.js';
+import { EventStore } from '../src/store/events.js';
+import { EventLog } from '../src/events/log.js';
 import { SandboxStore } from '../src/store/sandboxes.js';
 import { SnapshotStore } from '../src/store/snapshots.js';
 import { VolumeStore } from '../src/store/volumes.js';
@@ -381,6 +383,7 @@ export class FakeServer {
   db!: Db;
   store!: SandboxStore;
   snapshots!: SnapshotStore;
+  events!: EventLog;
   manager!: SandboxManager;
   layersReleased = 0;
 
@@ -418,7 +421,8 @@ export class FakeServer {
         return this.template;
       },
     };
-    this.manager = new SandboxManager(this.config, this.store, this.snapshots, volumes, host, createLogger('silent'), this.vms);
+    this.events = new EventLog(new EventStore(this.db));
+    this.manager = new SandboxManager(this.config, this.store, this.snapshots, volumes, host, createLogger('silent'), this.events, this.vms);
     this.manager.onLayersReleased = () => this.layersReleased++;
     await this.manager.start();
     return this.manager;

@@ -62,7 +62,12 @@ const EVENTS: Record<LifecycleEvent['type'], LifecycleEvent> = {
   killed: { type: 'killed', at: AT, reason: 'killed by request' },
   vmExited: { type: 'vmExited', at: AT, reason: 'the VM exited unexpectedly: qemu killed by SIGKILL' },
   recover: { type: 'recover', at: AT, vmAlive: true, hibernationRecorded: false },
+  snapshotted: { type: 'snapshotted', snapshotId: 'snap_1' },
+  forked: { type: 'forked', children: ['sbx_1', 'sbx_2'], snapshotId: 'snap_1', pauseMs: 12 },
 };
+
+/** Operations that publish an event without a move: allowed in any state. */
+const PUBLISH_ONLY = new Set<LifecycleEvent['type']>(['snapshotted', 'forked']);
 
 const ENDED = (reason: string, errorCode: string | null) => ({ endedAt: AT, endReason: reason, errorCode, pid: null, diskParentLayer: null });
 const END: { before: Effect[]; after: Effect[] } = { before: ['teardown'], after: ['dropHibernations', 'layersReleased'] };
@@ -116,7 +121,7 @@ describe('next(record, event): every state x event', () => {
   for (const state of STATES) {
     for (const [type, event] of Object.entries(EVENTS)) {
       if (type === 'recover') continue;
-      const expected = TABLE[state][type as LifecycleEvent['type']];
+      const expected = PUBLISH_ONLY.has(type as LifecycleEvent['type']) ? { to: state, persist: false, before: [], after: [] } : TABLE[state][type as LifecycleEvent['type']];
       it(`${state} + ${type} -> ${expected ? expected.to : 'refused'}`, () => {
         if (!expected) {
           expect(() => next(rec(state), event)).toThrow(expect.objectContaining({ code: 'invalid_transition' }));
@@ -128,6 +133,33 @@ describe('next(record, event): every state x event', () => {
       });
     }
   }
+
+  it('publishes the events users see, and only those', () => {
+    const published = (state: SandboxState, e: LifecycleEvent) => next(rec(state), e).publish;
+    expect(published('creating', EVENTS.started)).toEqual({ type: 'created', data: {} });
+    expect(published('creating', EVENTS.createFailed)).toEqual({ type: 'failed', data: { reason: 'creating: boom', errorCode: 'vm_start_failed' } });
+    expect(published('running', EVENTS.vmExited)).toMatchObject({ type: 'failed', data: { errorCode: 'vm_exited' } });
+    expect(published('hibernating', EVENTS.hibernated)).toEqual({ type: 'paused', data: { reason: 'hibernated by request' } });
+    expect(published('resuming', EVENTS.resumed)).toEqual({ type: 'resumed', data: {} });
+    expect(published('killing', EVENTS.killed)).toEqual({ type: 'killed', data: { reason: 'killed by request' } });
+    expect(published('running', EVENTS.snapshotted)).toEqual({ type: 'snapshotted', data: { snapshotId: 'snap_1' } });
+    expect(published('running', EVENTS.forked)).toEqual({ type: 'forked', data: { children: ['sbx_1', 'sbx_2'], snapshotId: 'snap_1', pauseMs: 12 } });
+    // a timeout: timed_out as it fires (then killed or paused), not for a kill or hibernation asked for
+    expect(published('running', { type: 'kill', reason: 'timeout', byTimeout: true })).toEqual({ type: 'timed_out', data: { action: 'kill', timeoutMs: 60_000 } });
+    expect(published('running', { type: 'hibernate', reason: 'timeout', byTimeout: true })).toEqual({ type: 'timed_out', data: { action: 'hibernate', timeoutMs: 60_000 } });
+    expect(published('running', EVENTS.kill)).toBeUndefined();
+    expect(published('running', EVENTS.hibernate)).toBeUndefined();
+    // internal moves publish nothing
+    for (const [state, e] of [['paused', EVENTS.resume], ['hibernating', EVENTS.hibernateFailed], ['resuming', EVENTS.resumeFailed]] as const) {
+      expect(published(state, e), `${state} + ${e.type}`).toBeUndefined();
+    }
+    // at server start: what a sandbox became is published like any end or pause
+    const recovered = (state: SandboxState, vmAlive: boolean, hibernationRecorded: boolean) => next(rec(state), { type: 'recover', at: AT, vmAlive, hibernationRecorded }).publish?.type;
+    expect(recovered('creating', true, false)).toBe('failed');
+    expect(recovered('running', true, false)).toBeUndefined();
+    expect(recovered('hibernating', false, true)).toBe('paused');
+    expect(recovered('killing', false, false)).toBe('killed');
+  });
 
   it('a resumed sandbox gets back the timeout it had left (its whole timeout if none was recorded)', () => {
     expect(next(rec('resuming', { remainingMs: 12_345 }), EVENTS.resumed).patch.expiresAt).toBe(AT + 12_345);

@@ -255,3 +255,45 @@ describe('recovery at start on a fake VM host (the matrix of lifecycle.ts `recov
     expect(fs.existsSync(s.layout.sandboxDir(rec.id))).toBe(false);
   });
 });
+
+describe('N-way fork on a fake VM host', () => {
+  it('one capture for all children; a child that fails to start takes the whole request down: those started are killed, admission released', async () => {
+    const s = await server();
+    const src = await s.manager.create(req);
+    const { children } = await s.manager.fork(src.id, { count: 3 });
+    expect(children).toHaveLength(3);
+    expect(new Set(children.map((c) => c.snapshotId)).size).toBe(1);
+    expect(new Set(children.map((c) => c.identity.machineId)).size).toBe(3);
+    expect(s.manager.usage.sandboxes).toBe(4);
+    const forked = s.events.after(0, { types: ['forked'] });
+    expect(forked).toHaveLength(1);
+    expect(forked[0]!.data).toMatchObject({ children: children.map((c) => c.id) });
+    for (const c of children) await s.manager.kill(c.id);
+
+    // the third child of four fails
+    let launches = 0;
+    s.vms.onLaunch = (vm) => {
+      if (++launches === 3) vm.failRestore = new NsError('restore_failed', 'fault: loading device state');
+    };
+    await expect(s.manager.fork(src.id, { count: 4 })).rejects.toMatchObject({ code: 'restore_failed' });
+    s.vms.onLaunch = () => {};
+    const live = s.store.list({ limit: 100, states: ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'] }).items.map((r) => r.id);
+    expect(live).toEqual([src.id]);
+    expect(s.manager.usage).toEqual({ sandboxes: 1, memoryMiB: 512 });
+    expect([...s.vms.running.values()].map((vm) => vm.spec.id)).toEqual([src.id]);
+    expect(s.events.after(0, { types: ['forked'] })).toHaveLength(1);
+    // no fork capture left behind, and the source forks again
+    expect((await s.manager.fork(src.id, { count: 2 })).children).toHaveLength(2);
+  });
+
+  it('refuses a count admission cannot take whole, before the source is captured', async () => {
+    const s = await server({ NULLSPACE_MAX_SANDBOXES: '3' });
+    const src = await s.manager.create(req);
+    const disk = s.store.get(src.id)!.vmSpec!.disk;
+    await expect(s.manager.fork(src.id, { count: 3 })).rejects.toMatchObject({ code: 'too_many_sandboxes' });
+    expect(s.store.get(src.id)!.vmSpec!.disk).toBe(disk);
+    expect(s.manager.usage.sandboxes).toBe(1);
+    await expect(s.manager.fork(src.id, { count: 0 })).rejects.toMatchObject({ code: 'validation_failed' });
+    await expect(s.manager.fork(src.id, { count: 33 })).rejects.toMatchObject({ code: 'validation_failed' });
+  });
+});

@@ -45,18 +45,22 @@ from .errors import (
     TemplateBuildError,
     error_from_response,
 )
-from .filesystem import FileStream, Filesystem
+from .filesystem import FileStream, Filesystem, WatchHandle
 from .models import (
     CommandResult,
     Compatibility,
     CompatibilityMismatch,
     EntryInfo,
+    FilesystemEvent,
     ProcessInfo,
+    SandboxEvent,
     SandboxInfo,
+    SandboxMetrics,
     WriteEntry,
     WriteInfo,
 )
 from .pagination import Paginator
+from .pty import Pty, PtyHandle
 from .sandbox import Sandbox, SandboxPaginator
 from .snapshot import Snapshot, SnapshotPaginator
 from .template import Template, TemplateInfo, wait_for_command, wait_for_file, wait_for_port
@@ -68,6 +72,8 @@ __all__ = [
     "Sandbox",
     "SandboxPaginator",
     "SandboxInfo",
+    "SandboxMetrics",
+    "SandboxEvent",
     "Snapshot",
     "SnapshotPaginator",
     "Volume",
@@ -85,6 +91,10 @@ __all__ = [
     "WriteInfo",
     "WriteEntry",
     "Commands",
+    "Pty",
+    "PtyHandle",
+    "WatchHandle",
+    "FilesystemEvent",
     "CommandHandle",
     "CommandResult",
     "ProcessInfo",

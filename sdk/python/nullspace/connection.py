@@ -190,6 +190,15 @@ class Response:
         except ValueError as e:
             raise SandboxError(f"{self._what}: the server answered malformed JSON: {e}", code="invalid_response", status=self.status) from e
 
+    def abort(self) -> None:
+        """Stops a stream that another thread is reading: its read ends, and it closes the connection."""
+        sock = getattr(self._conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         """Closes the connection (stops a stream early)."""
         try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union, overload
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union, overload
 
 from . import errors
 from .connection import ApiClient, Response
-from .models import EntryInfo, FileData, WriteEntry, WriteInfo
+from .models import EntryInfo, FileData, FilesystemEvent, WriteEntry, WriteInfo
+from .pty import _error_event, _Follower, open_stream
 
 __all__ = ["Filesystem", "FileStream"]
 
@@ -78,6 +79,43 @@ def _body(data: FileData) -> tuple[Union[bytes, Iterable[bytes]], bool]:
     if isinstance(data, Iterable):
         return _iter_chunks(data), True
     raise TypeError(f"cannot write {type(data).__name__}: expected str, bytes, a file-like object or an iterable of bytes")
+
+
+class WatchHandle:
+    """A running watch of a directory (a daemon thread hands its events to ``on_event``)."""
+
+    def __init__(
+        self,
+        response: Response,
+        path: str,
+        on_event: Callable[[FilesystemEvent], Any],
+        on_exit: Optional[Callable[[Optional[BaseException]], Any]],
+    ) -> None:
+        events, _ = open_stream(response, "watching")
+
+        def handle(ev: dict[str, Any]) -> tuple[bool, Any]:
+            kind = ev.get("type")
+            if kind == "end":
+                return True, None
+            if kind == "error":
+                raise _error_event(ev)
+            dropped = ev.get("dropped")
+            on_event(FilesystemEvent(type=str(kind), name=str(ev.get("name", "")), dropped=None if dropped is None else int(dropped)))
+            return False, None
+
+        self._follower = _Follower(response, events, f"nullspace-watch-{path}", handle, stop_is_end=True, on_exit=on_exit)
+
+    def stop(self) -> None:
+        """Stops watching."""
+        self._follower.stop()
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Waits for the watch to end: returns when it was stopped or its directory removed.
+
+        Raises:
+            SandboxError: what ended it (``sandbox_not_running`` when the sandbox was killed or paused).
+        """
+        self._follower.wait(timeout)
 
 
 class Filesystem:
@@ -201,6 +239,23 @@ class Filesystem:
         """Renames or moves a path (replacing an existing target); returns the moved entry."""
         self._api.json("POST", f"{self._base}/rename", json={"from": old_path, "to": new_path})
         return self.get_info(new_path)
+
+    def watch_dir(
+        self,
+        path: str,
+        on_event: Callable[[FilesystemEvent], Any],
+        recursive: bool = False,
+        on_exit: Optional[Callable[[Optional[BaseException]], Any]] = None,
+    ) -> WatchHandle:
+        """Watches a directory (with ``recursive``, the directories below it too); returns once the
+        watch is set. ``on_event`` gets each change; ``on_exit`` the error that ended the watch
+        (``None`` when it was stopped or the directory removed).
+
+        Raises:
+            FileNotFoundError: no such directory.
+        """
+        res = self._api.request("GET", f"{self._base}/watch", query={"path": path, "recursive": recursive}, timeout=None)
+        return WatchHandle(res, path, on_event, on_exit)
 
     def remove(self, path: str, recursive: bool = True) -> None:
         """Removes a file or a directory (with its content unless ``recursive=False``).

@@ -16,11 +16,14 @@ __all__ = [
     "EntryInfo",
     "WriteInfo",
     "WriteEntry",
+    "FilesystemEvent",
     "CommandResult",
     "ProcessInfo",
     "SnapshotKind",
     "CompatibilityMismatch",
     "Compatibility",
+    "SandboxMetrics",
+    "SandboxEvent",
 ]
 
 SandboxState = Literal["creating", "running", "hibernating", "paused", "resuming", "killing", "killed", "failed"]
@@ -149,6 +152,20 @@ class EntryInfo:
 
 
 @dataclass(frozen=True)
+class FilesystemEvent:
+    """A change in a watched directory (``files.watch_dir``).
+
+    ``type`` is ``create``, ``write``, ``remove``, ``rename`` (the old name of a rename; the new
+    one is a ``create``), ``chmod`` or ``overflow`` (events were dropped: ``dropped`` of them,
+    -1 when the guest kernel's queue overflowed). ``name`` is relative to the watched directory.
+    """
+
+    type: str
+    name: str
+    dropped: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class WriteInfo:
     """The result of writing one file."""
 
@@ -245,3 +262,57 @@ class Compatibility:
             mismatches=[CompatibilityMismatch(field=m["field"], snapshot=m["snapshot"], host=m["host"]) for m in r.get("mismatches") or []],
             requirements=dict(r.get("requirements") or {}),
         )
+
+
+@dataclass(frozen=True)
+class SandboxMetrics:
+    """One metrics sample of a running sandbox (:meth:`Sandbox.get_metrics`)."""
+
+    timestamp: datetime
+    cpu_used_pct: float
+    """CPU use since the previous sample, % of all its vCPUs (0-100)."""
+    cpu_count: int
+    mem_used_bytes: int
+    """Guest view: MemTotal - MemAvailable."""
+    mem_total_bytes: int
+    host_mem_bytes: Optional[int]
+    """Host memory of its VM (the QEMU process's PSS); ``None`` when it could not be read."""
+    disk_used_bytes: int
+    """Bytes its disk overlays hold on the host (what it wrote)."""
+    disk_total_bytes: int
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> "SandboxMetrics":
+        """From the API's ``MetricsSample`` object."""
+        ts = parse_datetime(r["timestamp"])
+        assert ts is not None
+        return cls(
+            timestamp=ts,
+            cpu_used_pct=float(r["cpuUsedPct"]),
+            cpu_count=int(r["cpuCount"]),
+            mem_used_bytes=int(r["memUsedBytes"]),
+            mem_total_bytes=int(r["memTotalBytes"]),
+            host_mem_bytes=r.get("hostMemBytes"),
+            disk_used_bytes=int(r["diskUsedBytes"]),
+            disk_total_bytes=int(r["diskTotalBytes"]),
+        )
+
+
+@dataclass(frozen=True)
+class SandboxEvent:
+    """One lifecycle event (:meth:`Sandbox.events`)."""
+
+    id: int
+    """Monotonic: resume a stream after it with ``last_event_id``."""
+    type: str
+    """``created``, ``paused``, ``resumed``, ``snapshotted``, ``forked``, ``killed``, ``failed`` or ``timed_out``."""
+    sandbox_id: str
+    at: datetime
+    data: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> "SandboxEvent":
+        """From the JSON ``data`` of an SSE event."""
+        at = parse_datetime(r["at"])
+        assert at is not None
+        return cls(id=int(r["id"]), type=r["type"], sandbox_id=r["sandboxId"], at=at, data=dict(r.get("data") or {}))

@@ -5,17 +5,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json as _json
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union, overload
 
 from ._util import client as _client
 from ._util import dualmethod as _dualmethod
 from ._util import quote as _quote
 from .commands import Commands
+from .pty import Pty
 from .connection import ApiClient
 from .errors import SandboxError
 from .filesystem import Filesystem
-from .models import SandboxInfo
+from .models import SandboxEvent, SandboxInfo, SandboxMetrics
 from .pagination import Paginator
 from .snapshot import Snapshot
 
@@ -55,6 +58,8 @@ class Sandbox:
         self._network: dict[str, Any] = dict(network or {})
         self.files: Filesystem = Filesystem(api, sandbox_id)
         self.commands: Commands = Commands(api, sandbox_id)
+        #: Terminals: processes on a pseudo-terminal (the login shell by default).
+        self.pty: Pty = Pty(api, sandbox_id)
 
     def __repr__(self) -> str:
         return f"Sandbox(sandbox_id={self.sandbox_id!r})"
@@ -318,24 +323,49 @@ class Sandbox:
         """
         self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/timeout", json={"timeoutMs": timeout_ms})
 
+    @overload
     def fork(
         self,
         *,
         metadata: Optional[Mapping[str, str]] = None,
         envs: Optional[Mapping[str, str]] = None,
         timeout_ms: Optional[int] = None,
-    ) -> "Sandbox":
-        """Forks this sandbox: returns a new running sandbox whose memory and disk equal this one's
-        at the fork instant (its processes included).
+    ) -> "Sandbox": ...
 
-        This sandbox is paused only briefly and keeps running, with its id, timeout and state. Each
-        call makes one child. The child's metadata and timeout default to this sandbox's.
+    @overload
+    def fork(
+        self,
+        *,
+        count: int,
+        metadata: Optional[Mapping[str, str]] = None,
+        envs: Optional[Mapping[str, str]] = None,
+        timeout_ms: Optional[int] = None,
+    ) -> "list[Sandbox]": ...
+
+    def fork(
+        self,
+        *,
+        count: Optional[int] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        envs: Optional[Mapping[str, str]] = None,
+        timeout_ms: Optional[int] = None,
+    ) -> "Union[Sandbox, list[Sandbox]]":
+        """Forks this sandbox: returns a new running sandbox whose memory and disk equal this one's
+        at the fork instant (its processes included), or with ``count`` (1-32) a list of that many,
+        all from one capture: this sandbox is paused once, however many children.
+
+        This sandbox is paused only briefly and keeps running, with its id, timeout and state. The
+        children's metadata and timeout default to this sandbox's. With ``count``, either every
+        child starts or none does.
 
         Raises:
             SandboxNotRunningError: this sandbox is not running (killed, hibernated, ...).
-            RateLimitError: admission control refused the child.
+            RateLimitError: admission control refused the children (before this sandbox was paused).
+            InvalidArgumentError: ``count`` is not 1-32.
         """
         body: dict[str, Any] = {}
+        if count is not None:
+            body["count"] = count
         if metadata is not None:
             body["metadata"] = dict(metadata)
         if envs is not None:
@@ -343,6 +373,8 @@ class Sandbox:
         if timeout_ms is not None:
             body["timeoutMs"] = timeout_ms
         info = self._api.json("POST", f"/v1/sandboxes/{_quote(self.sandbox_id)}/fork", json=body)
+        if count is not None:
+            return [type(self)(s["sandboxId"], self._api, s.get("network")) for s in info["sandboxes"]]
         return type(self)(info["sandboxId"], self._api, info.get("network"))
 
     def _net(self, field: str) -> Any:
@@ -382,6 +414,47 @@ class Sandbox:
         sig = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
         sep = "&" if "?" in path else "?"
         return f"{self._net('previewScheme')}://{self.get_host(port)}{path}{sep}ns_token={sig}&expires={expires}"
+
+    def get_metrics(
+        self,
+        start: Optional[Union[datetime, int, float]] = None,
+        end: Optional[Union[datetime, int, float]] = None,
+    ) -> list[SandboxMetrics]:
+        """The sandbox's metrics samples, oldest first: one every 5 s while it runs (the server's
+        ``NULLSPACE_METRICS_INTERVAL_MS``), the last hour of them. ``start`` and ``end`` (datetimes,
+        or ms since the epoch) bound the window."""
+
+        def ms(t: Optional[Union[datetime, int, float]]) -> Optional[str]:
+            if t is None:
+                return None
+            return str(int(t.timestamp() * 1000)) if isinstance(t, datetime) else str(int(t))
+
+        r = self._api.json("GET", f"/v1/sandboxes/{_quote(self.sandbox_id)}/metrics", query={"start": ms(start), "end": ms(end)})
+        return [SandboxMetrics.from_json(m) for m in r["metrics"]]
+
+    @_dualmethod
+    def events(
+        cls,
+        *,
+        sandbox_id: Optional[str] = None,
+        types: Optional[Sequence[str]] = None,
+        last_event_id: Optional[int] = None,
+        api_key: Optional[str] = None,
+        api_url: Optional[str] = None,
+        request_timeout: Optional[float] = None,
+    ) -> Iterator[SandboxEvent]:
+        """The server's lifecycle events as a generator: ``Sandbox.events(...)`` (every sandbox's,
+        or ``sandbox_id``'s) or ``sandbox.events(...)`` (this one's). Replayed after
+        ``last_event_id`` when given (0: all the server keeps), then live; close the generator (or
+        break out of the loop) to stop. A cut connection raises: resume with the last id seen."""
+        return _event_stream(_client(api_key, api_url, request_timeout), sandbox_id, types, last_event_id)
+
+    @events.instance
+    def events(  # noqa: F811
+        self, *, types: Optional[Sequence[str]] = None, last_event_id: Optional[int] = None
+    ) -> Iterator[SandboxEvent]:
+        """This sandbox's lifecycle events (see :meth:`Sandbox.events`)."""
+        return _event_stream(self._api, self.sandbox_id, types, last_event_id)
 
     def hibernate(self) -> Snapshot:
         """Hibernates the sandbox: its memory and disk are persisted at one instant and its VM
@@ -430,3 +503,23 @@ def _rule_list(rules: Any, name: str) -> list[str]:
     if isinstance(rules, str) or not all(isinstance(r, str) for r in rules):
         raise TypeError(f"{name} must be a list of strings (IPs, CIDRs, domain names, *.domain)")
     return list(rules)
+
+
+def _event_stream(api: ApiClient, sandbox_id: Optional[str], types: Optional[Sequence[str]], last_event_id: Optional[int]) -> Iterator[SandboxEvent]:
+    """Reads ``GET /v1/events`` (Server-Sent Events) and yields each event's ``data``."""
+    query = {"sandboxId": sandbox_id, "type": ",".join(types) if types else None, "after": None if last_event_id is None else str(last_event_id)}
+    res = api.request("GET", "/v1/events", query=query, headers={"accept": "text/event-stream"}, timeout=None)
+    try:
+        pending = b""
+        for chunk in res.iter_bytes():
+            pending += chunk.replace(b"\r\n", b"\n")
+            while b"\n\n" in pending:
+                block, pending = pending.split(b"\n\n", 1)
+                data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+                if data:
+                    try:
+                        yield SandboxEvent.from_json(_json.loads(b"\n".join(data)))
+                    except ValueError as e:
+                        raise SandboxError(f"the server sent an event that is not JSON: {e}", code="invalid_response") from e
+    finally:
+        res.close()

@@ -20,7 +20,10 @@ import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
 import { egressRows } from './egress.js';
 import { previewRows } from './preview.js';
 import { formatTable, median, type Row } from './stats.js';
+import { forkRows } from './forks.js';
+import { e2bRows } from './e2b.js';
 import { templateRows } from './templates.js';
+import { terminalRows } from './terminal.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -338,6 +341,17 @@ async function main(): Promise<void> {
     // --- egress rules (the per-sandbox egress proxy against user-mode networking alone)
     await poolReady();
     process.stdout.write('\n' + formatTable(await egressRows({ quick, create, kill, log })) + '\n');
+
+    // --- N-way fork: one capture, N children
+    process.stdout.write('\n' + formatTable(await forkRows({ conn: c, quick, log, poolReady })) + '\n');
+
+    // --- terminals: a keystroke's echo against a command
+    process.stdout.write('\n' + formatTable(await terminalRows(c, N, poolReady)) + '\n');
+
+    // --- E2B's SDK on the E2B-compatible surface against nullspace's SDK
+    const e2b = await e2bRows({ conn: c, n: quick ? 2 : N, log, poolReady });
+    if (e2b.rows.length) process.stdout.write('\n' + formatTable(e2b.rows) + '\n');
+    for (const note of e2b.notes) process.stdout.write(`(${note})\n`);
 
     // --- pause window against RAM size, and density (full runs)
     if (!quick) {

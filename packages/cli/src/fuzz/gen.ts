@@ -178,6 +178,24 @@ function valid(name: string, s: Schema, c: Ctx): fc.Arbitrary<unknown> {
       return fc.oneof({ arbitrary: fc.integer({ min: 1, max: 3 }), weight: 6 }, { arbitrary: fc.integer({ min: 4, max: 32 }), weight: 1 });
     case 'lifecycle':
       return fc.record({ onTimeout: fc.constantFrom('kill', 'hibernate') });
+    case 'count':
+      // (a fork's children: a few, each a VM)
+      if (op.template.endsWith('/fork')) return fc.integer({ min: 1, max: 2 });
+      break;
+    case 'url':
+      if (op.template === '/v1/webhooks') return fc.constantFrom('https://example.com/nullspace-fuzz', 'http://example.org/hook?x=1');
+      break;
+    case 'events':
+    case 'type':
+      if (op.template === '/v1/webhooks' || op.template === '/v1/events') {
+        const types = fc.subarray(['created', 'paused', 'resumed', 'snapshotted', 'forked', 'killed', 'failed', 'timed_out'], { minLength: 1 });
+        return name === 'type' ? types.map((a) => a.join(',')) : types;
+      }
+      break;
+    case 'start':
+    case 'end':
+      if (op.template.endsWith('/metrics')) return fc.date({ min: new Date(Date.now() - 3600_000), max: new Date(Date.now() + 3600_000), noInvalidDate: true }).map((d) => d.toISOString());
+      break;
     default:
       break;
   }

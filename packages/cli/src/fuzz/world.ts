@@ -117,6 +117,14 @@ export class World {
       this.created.sandboxes.add(j.sandboxId);
       this.toKill.add(j.sandboxId);
     }
+    // (a fork with count: {sandboxes: [...]})
+    if (route.endsWith('/fork') && Array.isArray(j?.sandboxes)) {
+      for (const s of j.sandboxes as Array<{ sandboxId?: unknown }>) {
+        if (typeof s.sandboxId !== 'string') continue;
+        this.created.sandboxes.add(s.sandboxId);
+        this.toKill.add(s.sandboxId);
+      }
+    }
     if ((route.endsWith('/snapshots') || route.endsWith('/hibernate') || route.endsWith('/pause')) && typeof j?.snapshotId === 'string') {
       this.created.snapshots.add(j.snapshotId);
       if (this.snapshots.length < 12) this.snapshots.push(j.snapshotId);

@@ -66,6 +66,29 @@ export interface EofEvent {
   type: 'eof';
 }
 
+/** EVENT watching (spec/agent.json events.watching) */
+export interface WatchingEvent {
+  type: 'watching';
+  /** the directory watched (absolute, cleaned), sent first once its watches are set */
+  path: string;
+}
+
+/** EVENT change (spec/agent.json events.change) */
+export interface ChangeEvent {
+  type: 'change';
+  /** create is also the new name of a rename into the tree, rename the old name (inotify IN_MOVED_FROM), write a modification, chmod a change of metadata (mode, owner, times) */
+  op: 'create' | 'write' | 'remove' | 'rename' | 'chmod';
+  /** the path relative to the watched directory */
+  name: string;
+}
+
+/** EVENT overflow (spec/agent.json events.overflow) */
+export interface OverflowEvent {
+  type: 'overflow';
+  /** change events dropped (the agent holds at most 4096 for a host that reads slowly), -1 when the kernel's queue overflowed (IN_Q_OVERFLOW: unknown count) */
+  dropped: number;
+}
+
 /** sys.info request. */
 export type SysInfoRequest = Record<string, never>;
 /** sys.info result. */
@@ -200,6 +223,23 @@ export interface FsStatRequest {
 /** fs.stat result. lstat of the path */
 export type FsStatResult = Entry;
 
+/** fs.statfs request. the file system holding path, as df sees it (statfs(2)); not_found for a missing path */
+export interface FsStatfsRequest {
+  /** absolute path */
+  path: string;
+}
+/** fs.statfs result. */
+export interface FsStatfsResult {
+  /** size of the file system */
+  totalBytes: number;
+  /** bytes in use (total minus free) */
+  usedBytes: number;
+  /** bytes an unprivileged user may still write */
+  availBytes: number;
+  totalInodes: number;
+  freeInodes: number;
+}
+
 /** fs.mkdir request. */
 export interface FsMkdirRequest {
   /** absolute path */
@@ -236,6 +276,18 @@ export interface FsRenameRequest {
 }
 /** fs.rename result. */
 export type FsRenameResult = Record<string, never>;
+
+/** fs.watch request. inotify. not_found for a missing path, not_a_directory for a file, no_space when a recursive watch needs more watches than fs.inotify.max_user_watches allows. */
+export interface FsWatchRequest {
+  /** absolute path of a directory */
+  path: string;
+  /** (optional, default false) also the directories below it, including those created while the watch runs (what a new directory holds by the time its watch is set is reported as created) */
+  recursive?: boolean;
+}
+/** fs.watch result. */
+export interface FsWatchResult {
+  removed: boolean;
+}
 
 /** proc.start request. */
 export interface ProcStartRequest {
@@ -311,6 +363,38 @@ export interface NetConnectResult {
   bytesOut: number;
 }
 
+/** pty.start request. */
+export interface PtyStartRequest {
+  /** (optional) run as /bin/bash -c CMD (or /bin/sh) on the terminal; absent or empty: the user's login shell from /etc/passwd (falling back to /bin/bash, then /bin/sh) as SHELL -l */
+  cmd?: string;
+  /** (optional, default 80) window width, 1 to 10000 */
+  cols?: number;
+  /** (optional, default 24) window height, 1 to 10000 */
+  rows?: number;
+  /** (optional) as proc.start */
+  cwd?: string;
+  /** (optional) as proc.start (TERM is xterm-256color unless set here) */
+  envs?: Record<string, string>;
+  /** (optional) as proc.start; the terminal is owned by the user (group tty, mode 0620) */
+  user?: string;
+  /** (optional) free text kept in ProcessInfo */
+  tag?: string;
+}
+/** pty.start result. the ended process */
+export type PtyStartResult = ProcessInfo;
+
+/** pty.resize request. sets the terminal's window size (TIOCSWINSZ): the kernel sends SIGWINCH to its foreground process group. bad_request for a process without a terminal, not_running once it exited. */
+export interface PtyResizeRequest {
+  /** a process started with pty.start */
+  pid: number;
+  /** 1 to 10000 */
+  cols: number;
+  /** 1 to 10000 */
+  rows: number;
+}
+/** pty.resize result. */
+export type PtyResizeResult = Record<string, never>;
+
 /** vol.mount request. Mounts a shared volume: a virtio-9p device (hot-plugged or present since start) with this mount tag, at path (created if missing). Waits for the device to appear. Mounting an already mounted path is a no-op. */
 export interface VolMountRequest {
   /** the device's mount tag ([a-z0-9_-]{1,31}) */
@@ -355,15 +439,19 @@ export interface AgentOps {
   'fs.write': { request: FsWriteRequest; result: FsWriteResult; event: never };
   'fs.list': { request: FsListRequest; result: FsListResult; event: EntriesEvent };
   'fs.stat': { request: FsStatRequest; result: FsStatResult; event: never };
+  'fs.statfs': { request: FsStatfsRequest; result: FsStatfsResult; event: never };
   'fs.mkdir': { request: FsMkdirRequest; result: FsMkdirResult; event: never };
   'fs.remove': { request: FsRemoveRequest; result: FsRemoveResult; event: never };
   'fs.rename': { request: FsRenameRequest; result: FsRenameResult; event: never };
+  'fs.watch': { request: FsWatchRequest; result: FsWatchResult; event: WatchingEvent | ChangeEvent | OverflowEvent };
   'proc.start': { request: ProcStartRequest; result: ProcStartResult; event: StartedEvent | LostEvent };
   'proc.attach': { request: ProcAttachRequest; result: ProcAttachResult; event: LostEvent };
   'proc.stdin': { request: ProcStdinRequest; result: ProcStdinResult; event: never };
   'proc.signal': { request: ProcSignalRequest; result: ProcSignalResult; event: never };
   'proc.list': { request: ProcListRequest; result: ProcListResult; event: never };
   'net.connect': { request: NetConnectRequest; result: NetConnectResult; event: ConnectedEvent | EofEvent };
+  'pty.start': { request: PtyStartRequest; result: PtyStartResult; event: StartedEvent | LostEvent };
+  'pty.resize': { request: PtyResizeRequest; result: PtyResizeResult; event: never };
   'vol.mount': { request: VolMountRequest; result: VolMountResult; event: never };
   'vol.unmount': { request: VolUnmountRequest; result: VolUnmountResult; event: never };
 }
@@ -379,15 +467,19 @@ export const AGENT_OPS = [
   'fs.write',
   'fs.list',
   'fs.stat',
+  'fs.statfs',
   'fs.mkdir',
   'fs.remove',
   'fs.rename',
+  'fs.watch',
   'proc.start',
   'proc.attach',
   'proc.stdin',
   'proc.signal',
   'proc.list',
   'net.connect',
+  'pty.start',
+  'pty.resize',
   'vol.mount',
   'vol.unmount',
 ] as const satisfies ReadonlyArray<keyof AgentOps>;

@@ -1,4 +1,5 @@
-import type { ApiClient } from '../connection.js';
+import { ndjson, type ApiClient } from '../connection.js';
+import { SandboxError, errorFromResponse } from '../errors.js';
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'other';
 
@@ -40,6 +41,36 @@ function entry(r: RawEntry): EntryInfo {
     modifiedTime: new Date(r.mtimeMs),
     ...(r.symlinkTarget !== undefined ? { symlinkTarget: r.symlinkTarget } : {}),
   };
+}
+
+/** A change in a watched directory. `name` is relative to it; `overflow` says events were dropped. */
+export interface FilesystemEvent {
+  type: 'create' | 'write' | 'remove' | 'rename' | 'chmod' | 'overflow';
+  name: string;
+  /** For overflow: how many events were dropped (-1: the guest kernel's queue overflowed, count unknown). */
+  dropped?: number;
+}
+
+/** A running watch. */
+export class WatchHandle {
+  constructor(
+    private readonly abort: AbortController,
+    private readonly ended: Promise<void>,
+  ) {}
+
+  /** Stops watching. */
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.ended.catch(() => {});
+  }
+
+  /**
+   * Resolves when the watch ends without error (stopped, or the directory itself removed); rejects
+   * with the error that ended it (`sandbox_not_running` when the sandbox was killed or paused).
+   */
+  wait(): Promise<void> {
+    return this.ended;
+  }
 }
 
 /** The sandbox's file system. Paths are absolute guest paths. Content streams both ways. */
@@ -120,6 +151,43 @@ export class Filesystem {
   async rename(oldPath: string, newPath: string): Promise<EntryInfo> {
     await this.api.json(`${this.base}/rename`, { method: 'POST', json: { from: oldPath, to: newPath } });
     return this.getInfo(newPath);
+  }
+
+  /**
+   * Watches a directory (with `recursive`, the directories below it too); resolves once the watch
+   * is set. `onExit` is called when it ends (with the error, if one ended it).
+   */
+  async watchDir(
+    path: string,
+    onEvent: (e: FilesystemEvent) => void,
+    opts: { recursive?: boolean; onExit?: (err?: SandboxError) => void } = {},
+  ): Promise<WatchHandle> {
+    const abort = new AbortController();
+    const res = await this.api.request(`${this.base}/watch`, { query: { path, recursive: opts.recursive ?? false }, timeoutMs: false, signal: abort.signal });
+    const events = ndjson(res);
+    const first = await events.next();
+    if (first.done || first.value.type !== 'watching') {
+      abort.abort();
+      throw new SandboxError('the watch stream did not begin with its watching event', { code: 'invalid_response' });
+    }
+    const ended = (async () => {
+      try {
+        for await (const ev of events) {
+          if (ev.type === 'end') return;
+          if (ev.type === 'error') throw errorFromResponse(503, { error: { code: String(ev.code), message: String(ev.message) } });
+          onEvent({ type: ev.type as FilesystemEvent['type'], name: String(ev.name ?? ''), ...(ev.type === 'overflow' ? { dropped: Number(ev.dropped) } : {}) });
+        }
+      } catch (err) {
+        if (abort.signal.aborted) return;
+        throw err;
+      }
+      if (!abort.signal.aborted) throw new SandboxError('the watch stream ended without an end event (the connection broke?)', { code: 'stream_ended' });
+    })();
+    ended.then(
+      () => opts.onExit?.(),
+      (err: SandboxError) => opts.onExit?.(err),
+    );
+    return new WatchHandle(abort, ended);
   }
 
   async remove(path: string, opts: { recursive?: boolean } = {}): Promise<void> {

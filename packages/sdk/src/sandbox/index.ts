@@ -1,10 +1,12 @@
 import { createHmac } from 'node:crypto';
 import { ApiClient, ConnectionConfig, type ConnectionOpts } from '../connection.js';
 import { InvalidArgumentError } from '../errors.js';
+import { streamEvents, type EventStreamOpts, type SandboxEvent } from '../events.js';
 import { falseOn, Paginator } from '../paginator.js';
 import { Snapshot } from '../snapshot.js';
 import { Commands } from './commands.js';
 import { Filesystem } from './filesystem.js';
+import { Pty } from './pty.js';
 
 export type SandboxState = 'creating' | 'running' | 'hibernating' | 'paused' | 'resuming' | 'killing' | 'killed' | 'failed';
 
@@ -97,6 +99,12 @@ export interface SandboxOpts extends ConnectionOpts {
   allowMissingVolumes?: boolean;
 }
 
+export interface ForkOpts {
+  metadata?: Record<string, string>;
+  envs?: Record<string, string>;
+  timeoutMs?: number;
+}
+
 export interface SandboxListOpts extends ConnectionOpts {
   query?: { metadata?: Record<string, string>; state?: SandboxState[] };
   /** Page size (1-1000, default 100). */
@@ -113,6 +121,24 @@ interface RawInfo extends Omit<SandboxInfo, 'createdAt' | 'startedAt' | 'expires
 }
 
 const date = (s: string | null) => (s === null ? null : new Date(s));
+
+/** One metrics sample of a running sandbox (`getMetrics`). */
+export interface SandboxMetrics {
+  timestamp: Date;
+  /** CPU use since the previous sample, % of all its vCPUs (0-100). */
+  cpuUsedPct: number;
+  cpuCount: number;
+  /** Guest view: MemTotal - MemAvailable, and MemTotal. */
+  memUsedBytes: number;
+  memTotalBytes: number;
+  /** Host memory of its VM (QEMU PSS); null when it could not be read. */
+  hostMemBytes: number | null;
+  /** Bytes its disk overlays hold on the host (what it wrote), and its disk's size. */
+  diskUsedBytes: number;
+  diskTotalBytes: number;
+}
+
+const time = (t: Date | number | string | undefined) => (t === undefined ? undefined : t instanceof Date ? t.toISOString() : String(t));
 
 export function toInfo(r: RawInfo): SandboxInfo {
   return {
@@ -156,6 +182,8 @@ export class SandboxPaginator extends Paginator<SandboxInfo> {
 export class Sandbox {
   readonly files: Filesystem;
   readonly commands: Commands;
+  /** Terminals: processes on a pseudo-terminal (the login shell by default). */
+  readonly pty: Pty;
 
   protected constructor(
     readonly sandboxId: string,
@@ -165,6 +193,7 @@ export class Sandbox {
   ) {
     this.files = new Filesystem(api, sandboxId);
     this.commands = new Commands(api, sandboxId);
+    this.pty = new Pty(api, sandboxId);
   }
 
   /** Starts a sandbox from a template (default "base"): a copy-on-write restore of its snapshot. */
@@ -263,12 +292,49 @@ export class Sandbox {
 
   /**
    * Forks the sandbox: resolves with a new running sandbox whose memory and disk equal this one's
-   * at the fork instant (processes included). This sandbox is paused only briefly and keeps
-   * running, with its id, timeout and state. Each call makes one child.
+   * at the fork instant (processes included), or with `count` of them (1-32) from that one instant:
+   * the source is paused once, however many children. This sandbox is paused only briefly and keeps
+   * running, with its id, timeout and state. With `count`, either every child starts or none does
+   * (429 `too_many_sandboxes` before the source is even paused when they would not all fit).
    */
-  async fork(opts: { metadata?: Record<string, string>; envs?: Record<string, string>; timeoutMs?: number } = {}): Promise<Sandbox> {
-    const info = await this.api.json<RawInfo>(`/v1/sandboxes/${this.sandboxId}/fork`, { method: 'POST', json: opts });
-    return new (this.constructor as typeof Sandbox)(info.sandboxId, this.api, info.network);
+  async fork(opts: ForkOpts & { count: number }): Promise<Sandbox[]>;
+  async fork(opts?: ForkOpts): Promise<Sandbox>;
+  async fork(opts: ForkOpts & { count?: number } = {}): Promise<Sandbox | Sandbox[]> {
+    const ctor = this.constructor as typeof Sandbox;
+    if (opts.count === undefined) {
+      const info = await this.api.json<RawInfo>(`/v1/sandboxes/${this.sandboxId}/fork`, { method: 'POST', json: opts });
+      return new ctor(info.sandboxId, this.api, info.network);
+    }
+    const r = await this.api.json<{ sandboxes: RawInfo[] }>(`/v1/sandboxes/${this.sandboxId}/fork`, { method: 'POST', json: opts });
+    return r.sandboxes.map((info) => new ctor(info.sandboxId, this.api, info.network));
+  }
+
+  /**
+   * The sandbox's metrics samples, oldest first: one every 5 s while it runs (the server's
+   * NULLSPACE_METRICS_INTERVAL_MS), the last hour of them, from its second sample on.
+   */
+  async getMetrics(opts: { start?: Date | number; end?: Date | number } = {}): Promise<SandboxMetrics[]> {
+    const r = await this.api.json<{ metrics: Array<Omit<SandboxMetrics, 'timestamp'> & { timestamp: string }> }>(`/v1/sandboxes/${this.sandboxId}/metrics`, {
+      query: { start: time(opts.start), end: time(opts.end) },
+    });
+    return r.metrics.map((m) => ({ ...m, timestamp: new Date(m.timestamp) }));
+  }
+
+  /**
+   * The server's lifecycle events (every sandbox's, or `sandboxId`'s) as an async iterator: replayed
+   * after `lastEventId` when given, then live until `signal` aborts or the loop breaks.
+   *
+   * ```ts
+   * for await (const e of Sandbox.events({ types: ['killed'] })) console.log(e.sandboxId, e.data)
+   * ```
+   */
+  static events(opts: EventStreamOpts = {}): AsyncGenerator<SandboxEvent> {
+    return streamEvents(opts);
+  }
+
+  /** This sandbox's lifecycle events (see `Sandbox.events`). */
+  events(opts: Omit<EventStreamOpts, keyof ConnectionOpts | 'sandboxId'> = {}): AsyncGenerator<SandboxEvent> {
+    return streamEvents({ ...opts, sandboxId: this.sandboxId }, this.api);
   }
 
   /**

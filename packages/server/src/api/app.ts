@@ -10,9 +10,13 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NsError } from '@nullspace/runtime';
 import { httpStatusFor, isPublicCode } from '../errors.js';
 import { previewServer } from '../preview/proxy.js';
+import { e2bPortTraffic, e2bRoutes, isE2bRoute } from '../e2b/index.js';
 import { commandRoutes } from './commands.js';
+import { eventRoutes } from './events.js';
+import { metricsRoutes } from './metrics.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
+import { ptyRoutes } from './pty.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
 import { ErrorBody, NoQuery } from './schemas.js';
@@ -82,11 +86,15 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (route.schema && !route.schema.querystring) route.schema.querystring = NoQuery;
   });
 
+  // E2B's port traffic by header (the seam of a port proxy; packages/server/src/e2b)
+  app.addHook('onRequest', e2bPortTraffic);
   const key = digest(deps.apiKey);
   app.addHook('onRequest', async (req) => {
     if (req.raw.httpVersion === '1.1' && req.headers.host === undefined) throw new NsError('bad_request', 'an HTTP/1.1 request needs a Host header');
     // the API's description is public, by convention (it holds no data); everything else needs the key
     if (req.method === 'GET' && req.url.split('?')[0] === PUBLIC_DOCUMENT) return;
+    // the E2B-compatible surface checks its own credentials (the key as X-API-Key, per-sandbox tokens)
+    if (isE2bRoute(req)) return;
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(header);
     if (!m?.[1] || !timingSafeEqual(digest(m[1]), key)) {
@@ -157,12 +165,17 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(sandboxRoutes(deps));
       await v1.register(fileRoutes(deps));
       await v1.register(commandRoutes(deps));
+      await v1.register(ptyRoutes(deps));
       await v1.register(snapshotRoutes(deps));
       await v1.register(volumeRoutes(deps));
       await v1.register(templateRoutes(deps));
+      await v1.register(eventRoutes(deps));
+      await v1.register(metricsRoutes(deps));
     },
     { prefix: '/v1' },
   );
+  // E2B's wire at the root, beside /v1 (packages/server/src/e2b)
+  await app.register(e2bRoutes(deps));
   return app;
 }
 

@@ -111,7 +111,7 @@ export const commandRoutes =
     );
   };
 
-function processError(err: unknown, pid: number) {
+export function processError(err: unknown, pid: number) {
   const e = fromAgentError(err, `process ${pid}`);
   if (e.code === 'file_not_found') return Object.assign(e, { code: 'process_not_found' });
   return e;

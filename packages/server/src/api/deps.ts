@@ -1,4 +1,6 @@
 import type { Config } from '../config.js';
+import type { EventLog } from '../events/log.js';
+import type { WebhookService } from '../events/webhooks.js';
 import type { Gc } from '../gc.js';
 import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
@@ -15,6 +17,8 @@ export interface AppDeps {
   volumes: VolumeService;
   templates: TemplateService;
   gc: Gc;
+  events: EventLog;
+  webhooks: WebhookService;
   host: HostContext;
   log: Logger;
   version: string;

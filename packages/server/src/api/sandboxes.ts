@@ -9,6 +9,7 @@ import {
   CreateSandboxBody,
   EmptyBody,
   ForkBody,
+  ForkResult,
   IdParams,
   ListSandboxesQuery,
   NetworkRules,
@@ -108,18 +109,21 @@ export const sandboxRoutes =
       '/sandboxes/:id/fork',
       {
         schema: {
-          summary: 'Fork a running sandbox: a new running sandbox with its memory and disk as of now; the source keeps running',
+          summary:
+            'Fork a running sandbox: new running sandboxes (one, or `count`) with its memory and disk as of now, from one capture; the source keeps running',
           params: IdParams,
           body: Type.Optional(ForkBody),
-          response: { 201: Sandbox },
+          response: { 201: Type.Union([Sandbox, ForkResult]) },
         },
       },
       async (req, reply) => {
         const b = req.body ?? {};
         const timeoutMs = b.timeoutMs === undefined ? undefined : checkTimeout(deps, b.timeoutMs);
-        const { child, pauseMs } = await sandboxes.fork(req.params.id, { metadata: b.metadata, envs: b.envs, timeoutMs });
+        const { children, pauseMs } = await sandboxes.fork(req.params.id, { metadata: b.metadata, envs: b.envs, timeoutMs, count: b.count });
         if (pauseMs !== null) void reply.header('x-nullspace-pause-ms', String(pauseMs));
-        return reply.status(201).send(sandboxView(deps, child));
+        // without count: the child itself (the answer of a fork before counts existed)
+        if (b.count === undefined) return reply.status(201).send(sandboxView(deps, children[0]!));
+        return reply.status(201).send({ sandboxes: children.map((c) => sandboxView(deps, c)), pauseMs });
       },
     );
 

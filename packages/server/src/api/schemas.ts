@@ -335,9 +335,21 @@ export const ForkBody = Type.Object(
     metadata: Type.Optional(Metadata),
     envs: Type.Optional(Envs),
     timeoutMs: Type.Optional(SandboxTimeoutMs("Default: the source's timeout; at most NULLSPACE_MAX_TIMEOUT_MS")),
+    count: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 32, description: 'Children from one capture of the source (1-32). Given: the answer is {sandboxes, pauseMs}; absent: the one child itself' }),
+    ),
   },
   { additionalProperties: false },
 );
+
+// (the fork's answer is one of two shapes, one holding sandboxes: a schema id may appear only once in it)
+const { $id: _sandboxId, ...SandboxItem } = Sandbox;
+
+/** The answer of a fork with `count`. */
+export const ForkResult = Type.Object({
+  sandboxes: Type.Array(SandboxItem as unknown as typeof Sandbox),
+  pauseMs: Type.Union([Type.Integer(), Type.Null()], { description: 'How long the source was paused for its one capture' }),
+});
 
 export const ResumeBody = Type.Object(
   { snapshotId: Type.Optional(Type.String({ maxLength: 64, description: 'Must be its latest hibernation snapshot; default that one' })) },
@@ -472,4 +484,74 @@ export const TemplateContext = Type.Object({
   files: Type.Integer(),
   bytes: Type.Integer(),
   sha256: Type.String(),
+});
+
+export const EventsQuery = Type.Object(
+  {
+    sandboxId: Type.Optional(Type.String({ maxLength: 64, description: 'Only the events of this sandbox' })),
+    type: Type.Optional(Type.String({ maxLength: 256, description: 'Comma-separated event types; default every type' })),
+    after: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: 'Replay the events after this id (as the Last-Event-ID header does; the header wins); default: only new events' })),
+  },
+  { additionalProperties: false },
+);
+
+export const WebhookBody = Type.Object(
+  {
+    url: Type.String({ minLength: 1, maxLength: 2048, description: 'http or https' }),
+    events: Type.Optional(Type.Array(Type.String({ maxLength: 32 }), { maxItems: 16, description: 'Event types to deliver; default (or empty) every type' })),
+    secret: Type.Optional(Type.String({ minLength: 16, maxLength: 256, description: 'The signing secret; default: one is generated (returned only now)' })),
+  },
+  { additionalProperties: false },
+);
+
+export const Webhook = Type.Object(
+  {
+    id: Type.String(),
+    url: Type.String(),
+    events: Type.Array(Type.String(), { description: 'Empty: every type' }),
+    createdAt: Type.String({ format: 'date-time' }),
+    secret: Type.Optional(Type.String({ description: 'Only in the answer of the create' })),
+  },
+  { $id: 'Webhook' },
+);
+
+export const WebhookDelivery = Type.Object({
+  id: Type.Integer(),
+  eventId: Type.Integer(),
+  eventType: Type.String(),
+  status: Type.Union([Type.Literal('pending'), Type.Literal('delivered'), Type.Literal('failed')]),
+  attempts: Type.Integer(),
+  lastAttemptAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  nextAttemptAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: 'Pending: when it is tried next' }),
+  responseStatus: Type.Union([Type.Integer(), Type.Null()]),
+  error: Type.Union([Type.String(), Type.Null()]),
+  createdAt: Type.String({ format: 'date-time' }),
+  finishedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+});
+
+export const DeliveriesQuery = Type.Object(
+  {
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+    before: Type.Optional(Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'Deliveries older than this delivery id (the next page)' })),
+  },
+  { additionalProperties: false },
+);
+
+export const MetricsQuery = Type.Object(
+  {
+    start: Type.Optional(Type.String({ maxLength: 64, description: 'ISO 8601 time or ms since the epoch; default the oldest sample kept' })),
+    end: Type.Optional(Type.String({ maxLength: 64, description: 'ISO 8601 time or ms since the epoch; default now' })),
+  },
+  { additionalProperties: false },
+);
+
+export const MetricsSample = Type.Object({
+  timestamp: Type.String({ format: 'date-time' }),
+  cpuUsedPct: Type.Number({ description: 'CPU use since the previous sample, % of all its vCPUs (0-100)' }),
+  cpuCount: Type.Integer(),
+  memUsedBytes: Type.Integer({ description: 'Guest view: MemTotal - MemAvailable' }),
+  memTotalBytes: Type.Integer(),
+  hostMemBytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Host memory of its VM: the QEMU process PSS' }),
+  diskUsedBytes: Type.Integer({ description: 'Guest view of the root file system' }),
+  diskTotalBytes: Type.Integer(),
 });

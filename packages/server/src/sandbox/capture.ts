@@ -41,6 +41,7 @@ export class Captures {
       void this.ctx.locks
         .run(id, () => this.chains.compact(id, vm))
         .catch((err: unknown) => this.ctx.log.error({ sandboxId: id, err: errorMessage(err) }, 'compacting the disk chain failed'));
+      if (snap.kind === 'reusable') await this.ctx.lifecycle.apply(this.ctx.record(id), { type: 'snapshotted', snapshotId: snap.id });
       // a new reusable snapshot is likely to be started from soon: one sandbox of it is prepared now
       if (snap.kind === 'reusable' && !snap.volumes.length) {
         this.warm.touch(snap.id);

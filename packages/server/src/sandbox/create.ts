@@ -33,7 +33,14 @@ export interface CreateSandboxRequest {
   volumes?: Record<string, string> | undefined;
   /** From a snapshot whose volume was deleted: start with an empty placeholder instead of refusing. */
   allowMissingVolumes?: boolean | undefined;
+  /** An admission slot reserved by the caller (an N-way fork reserves all of its children first). */
+  reservation?: { release: () => void } | undefined;
 }
+
+/** The most children one fork request makes (`count`). */
+export const MAX_FORK_COUNT = 32;
+/** How many children of one fork are started at a time. */
+const FORK_CONCURRENCY = 4;
 
 /** New sandboxes: from a template, from a snapshot, or as a live fork of a running one. */
 export class Creates {
@@ -45,6 +52,8 @@ export class Creates {
     private readonly guests: Guests,
     private readonly watcher: Watcher,
     private readonly captures: Captures,
+    /** Kills a sandbox (the children of a fork that could not be started whole). */
+    private readonly kill: (id: string, reason: string) => Promise<unknown>,
   ) {}
 
   async create(req: CreateSandboxRequest): Promise<SandboxRecord> {
@@ -60,7 +69,7 @@ export class Creates {
       const egress = req.egress ? parseEgressRules(req.egress) : req.egress === undefined ? (src.vm.egress ?? null) : null;
       ctx.egress.check(egress);
       checkFreeDisk(ctx.config.dataDir, ctx.config.limits.minFreeDiskMiB, 'creating a sandbox');
-      const reservation = ctx.admission.reserve(src.vm.memoryMiB);
+      const reservation = req.reservation ?? ctx.admission.reserve(src.vm.memoryMiB);
       const slot = this.warm.take(src, req.allowInternetAccess);
       const id = slot?.id ?? newId('sbx');
       const now = Date.now();
@@ -98,6 +107,7 @@ export class Creates {
         autoResume: req.autoResume ?? false,
         egress,
         egressRefused: 0,
+        accessToken: randomBytes(24).toString('base64url'),
         updatedAt: now,
       });
       return await ctx.locks.run(id, async () => {
@@ -150,39 +160,84 @@ export class Creates {
   }
 
   /**
-   * A new running sandbox whose memory and disk equal the source's at this instant; the source is
-   * paused only for the capture and keeps its id, timeout and state. The capture is an internal
-   * snapshot, never listed, removed once the child started (the layers it shares with the child
-   * are held by the child).
+   * `count` new running sandboxes (default 1) whose memory and disk equal the source's at one
+   * instant: one capture, however many children, each restored from its layers (RAM clones and disk
+   * overlays share them) and given its own identity by its sys.init. The source is paused only for
+   * the capture and keeps its id, timeout and state. Admission is reserved for every child before
+   * the source is paused; if a child cannot be started, those started are killed and the request
+   * fails: never a partial set. The capture is an internal snapshot, never listed, removed once the
+   * children started (the layers they share are held by them).
    */
   async fork(
     id: string,
-    opts: { metadata?: Record<string, string> | undefined; envs?: Record<string, string> | undefined; timeoutMs?: number | undefined },
-  ): Promise<{ child: SandboxRecord; pauseMs: number | null }> {
+    opts: { metadata?: Record<string, string> | undefined; envs?: Record<string, string> | undefined; timeoutMs?: number | undefined; count?: number | undefined },
+  ): Promise<{ children: SandboxRecord[]; pauseMs: number | null }> {
     const { ctx } = this;
+    const count = opts.count ?? 1;
+    if (!Number.isInteger(count) || count < 1 || count > MAX_FORK_COUNT) {
+      throw new NsError('validation_failed', `count must be an integer from 1 to ${MAX_FORK_COUNT}`, { details: { field: 'count' } });
+    }
     const src = ctx.record(id);
     if (src.state !== 'running') {
       throw new NsError('sandbox_not_running', `sandbox ${id} is ${src.state}: only a running sandbox can be forked`, { details: { state: src.state } });
     }
-    // refuse before pausing the source when the child could not be admitted anyway
-    ctx.admission.check(src.memoryMiB);
     checkFreeDisk(ctx.config.dataDir, ctx.config.limits.minFreeDiskMiB, 'forking a sandbox');
-    const snap = await this.captures.snapshot(id, { kind: 'fork', metadata: {} });
+    // every child is admitted before the source is paused (synchronously: no other create overtakes)
+    const reservations: Array<{ release: () => void }> = [];
     try {
-      const child = await this.create({
-        template: src.template,
-        snapshotId: snap.id,
-        forkedFrom: id,
-        metadata: opts.metadata ?? src.metadata,
-        envs: opts.envs ?? {},
-        timeoutMs: opts.timeoutMs ?? src.timeoutMs,
-        allowInternetAccess: src.allowInternetAccess,
-        allowPublicTraffic: src.allowPublicTraffic,
-        // the source runs without the volumes that were already gone when it was created: so does the child
-        allowMissingVolumes: true,
-      });
-      return { child, pauseMs: snap.pauseMs };
+      for (let i = 0; i < count; i++) reservations.push(ctx.admission.reserve(src.memoryMiB));
+    } catch (err) {
+      for (const r of reservations) r.release();
+      if (count > 1 && err instanceof NsError) err.message = `forking ${count} children: ${err.message}`;
+      throw err;
+    }
+    let snap;
+    try {
+      snap = await this.captures.snapshot(id, { kind: 'fork', metadata: {} });
+    } catch (err) {
+      for (const r of reservations) r.release();
+      throw err;
+    }
+    const children: SandboxRecord[] = [];
+    let next = 0;
+    try {
+      let failure: unknown;
+      const worker = async () => {
+        while (failure === undefined && next < count) {
+          const reservation = reservations[next++]!;
+          try {
+            children.push(
+              await this.create({
+                template: src.template,
+                snapshotId: snap.id,
+                forkedFrom: id,
+                metadata: opts.metadata ?? src.metadata,
+                envs: opts.envs ?? {},
+                timeoutMs: opts.timeoutMs ?? src.timeoutMs,
+                allowInternetAccess: src.allowInternetAccess,
+                allowPublicTraffic: src.allowPublicTraffic,
+                // the source runs without the volumes that were already gone when it was created: so does the child
+                allowMissingVolumes: true,
+                reservation,
+              }),
+            );
+          } catch (err) {
+            reservation.release(); // (idempotent: a create that got as far as its teardown released it)
+            failure ??= err;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(FORK_CONCURRENCY, count) }, worker));
+      if (failure !== undefined) {
+        const why = `fork of ${id} failed: one of its ${count} children could not be started`;
+        await Promise.all(children.map((c) => this.kill(c.id, why).catch(() => {})));
+        throw failure;
+      }
+      await ctx.lifecycle.apply(ctx.record(id), { type: 'forked', children: children.map((c) => c.id), snapshotId: snap.id, pauseMs: snap.pauseMs });
+      return { children, pauseMs: snap.pauseMs };
     } finally {
+      // the slots of children never started (the slots of those that started are theirs until they end)
+      for (const r of reservations.slice(next)) r.release();
       ctx.snapshots.delete(snap.id);
       ctx.layersReleased();
     }

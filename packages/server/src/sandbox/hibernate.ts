@@ -52,7 +52,7 @@ export class Hibernation {
     const vm = live.vm;
     // hibernated by its timeout: it resumes with its whole timeout again; otherwise with what was left
     const remainingMs = remainingOnHibernate(rec, opts.byTimeout === true, Date.now());
-    rec = await ctx.lifecycle.apply(rec, { type: 'hibernate', reason });
+    rec = await ctx.lifecycle.apply(rec, { type: 'hibernate', reason, byTimeout: opts.byTimeout });
     ctx.faults.crash('crash-before-hibernate-capture');
     let snap: SnapshotRecord;
     try {

@@ -18,10 +18,10 @@ export class Kills {
   }
 
   /** `kill`, for a caller that holds the sandbox's lock. Killing twice is a no-op. */
-  async killHeld(id: string, reason: string): Promise<SandboxRecord> {
+  async killHeld(id: string, reason: string, opts: { byTimeout?: boolean } = {}): Promise<SandboxRecord> {
     let rec = this.ctx.record(id);
     if (isTerminal(rec.state)) return rec;
-    rec = await this.ctx.lifecycle.apply(rec, { type: 'kill', reason });
+    rec = await this.ctx.lifecycle.apply(rec, { type: 'kill', reason, byTimeout: opts.byTimeout });
     this.onKill(id);
     const done = await this.ctx.lifecycle.apply(rec, { type: 'killed', at: Date.now(), reason });
     this.ctx.log.info({ sandboxId: id, reason }, 'sandbox killed');

@@ -86,13 +86,27 @@ export interface LifecyclePatch {
  */
 export type Effect = 'teardown' | 'dropHibernations' | 'pruneHibernations' | 'layersReleased';
 
+/**
+ * The events users see (`GET /v1/events`, webhooks): what a step publishes, persisted with the move in
+ * the same transaction (transition.ts). `created` when a sandbox runs for the first time; `timed_out`
+ * when its timeout fires (followed by `killed` or `paused`); `snapshotted` and `forked` are operations
+ * on a running sandbox, not moves, and publish without one.
+ */
+export const PUBLIC_EVENT_TYPES = ['created', 'paused', 'resumed', 'snapshotted', 'forked', 'killed', 'failed', 'timed_out'] as const;
+export type PublicEventType = (typeof PUBLIC_EVENT_TYPES)[number];
+
+export interface Publish {
+  type: PublicEventType;
+  data: Record<string, unknown>;
+}
+
 export type LifecycleEvent =
   /** creating -> running: the VM runs and its guest was initialized. */
   | { type: 'started'; at: number }
   /** creating -> failed. */
   | { type: 'createFailed'; at: number; code: string; message: string }
   /** running -> hibernating. */
-  | { type: 'hibernate'; reason: string }
+  | { type: 'hibernate'; reason: string; byTimeout?: boolean | undefined }
   /** hibernating -> paused, its capture recorded; `remainingMs` from `remainingOnHibernate`. */
   | { type: 'hibernated'; at: number; reason: string; remainingMs: number }
   /** hibernating -> running: the capture failed, the VM runs on. */
@@ -104,7 +118,7 @@ export type LifecycleEvent =
   /** resuming -> paused: the restore failed, the hibernation snapshot is intact. */
   | { type: 'resumeFailed'; message: string }
   /** any live state -> killing (a sandbox already killing stays so: an earlier kill failed half-way). */
-  | { type: 'kill'; reason: string }
+  | { type: 'kill'; reason: string; byTimeout?: boolean | undefined }
   /** killing -> killed. */
   | { type: 'killed'; at: number; reason: string }
   /** any live state -> failed: its VM is gone (died, or was found gone). */
@@ -113,7 +127,11 @@ export type LifecycleEvent =
    * At server start, for a record in a RECOVERABLE_STATE: whether its VM still runs, and (for
    * `hibernating`) whether the hibernation of this attempt was recorded.
    */
-  | { type: 'recover'; at: number; vmAlive: boolean; hibernationRecorded: boolean };
+  | { type: 'recover'; at: number; vmAlive: boolean; hibernationRecorded: boolean }
+  /** A reusable snapshot of the sandbox was recorded (no move: published only). */
+  | { type: 'snapshotted'; snapshotId: string }
+  /** Children were started from one capture of the sandbox (no move: published only). */
+  | { type: 'forked'; children: string[]; snapshotId: string; pauseMs: number | null };
 
 export type EventType = LifecycleEvent['type'];
 
@@ -128,6 +146,8 @@ export interface Step {
   adopt: boolean;
   before: readonly Effect[];
   after: readonly Effect[];
+  /** The event users see for this step (none: an internal move). */
+  publish?: Publish | undefined;
 }
 
 /** Entering a terminal state: the VM and everything of it goes first, then its hibernations and layers. */
@@ -136,6 +156,18 @@ const END_AFTER: readonly Effect[] = ['dropHibernations', 'layersReleased'];
 
 function ended(at: number, reason: string, failure: { errorCode: string | null }): LifecyclePatch {
   return { endedAt: at, endReason: reason, errorCode: failure.errorCode, pid: null, diskParentLayer: null };
+}
+
+function failedEvent(reason: string, errorCode: string): Publish {
+  return { type: 'failed', data: { reason, errorCode } };
+}
+
+function killedEvent(reason: string): Publish {
+  return { type: 'killed', data: { reason } };
+}
+
+function timedOut(rec: LifecycleRecord, action: 'kill' | 'hibernate'): Publish {
+  return { type: 'timed_out', data: { action, timeoutMs: rec.timeoutMs } };
 }
 
 function step(rec: LifecycleRecord, to: SandboxState, reason: string, more: Partial<Omit<Step, 'from' | 'to' | 'reason'>> = {}): Step {
@@ -162,19 +194,20 @@ function decide(rec: LifecycleRecord, e: LifecycleEvent): Step {
   switch (e.type) {
     case 'started':
       if (rec.state !== 'creating') throw invalid();
-      return step(rec, 'running', 'started', { patch: { startedAt: e.at, expiresAt: e.at + rec.timeoutMs } });
+      return step(rec, 'running', 'started', { patch: { startedAt: e.at, expiresAt: e.at + rec.timeoutMs }, publish: { type: 'created', data: {} } });
     case 'createFailed':
       if (rec.state !== 'creating') throw invalid();
-      return step(rec, 'failed', e.message, { patch: ended(e.at, e.message, { errorCode: e.code }), before: END_BEFORE, after: END_AFTER });
+      return step(rec, 'failed', e.message, { patch: ended(e.at, e.message, { errorCode: e.code }), before: END_BEFORE, after: END_AFTER, publish: failedEvent(e.message, e.code) });
     case 'hibernate':
       if (rec.state !== 'running') throw invalid();
-      return step(rec, 'hibernating', e.reason);
+      return step(rec, 'hibernating', e.reason, { publish: e.byTimeout ? timedOut(rec, 'hibernate') : undefined });
     case 'hibernated':
       if (rec.state !== 'hibernating') throw invalid();
       return step(rec, 'paused', e.reason, {
         patch: { pid: null, expiresAt: null, remainingMs: e.remainingMs, pausedAt: e.at, diskParentLayer: null },
         before: ['teardown'],
         after: ['pruneHibernations', 'layersReleased'],
+        publish: { type: 'paused', data: { reason: e.reason } },
       });
     case 'hibernateFailed':
       if (rec.state !== 'hibernating') throw invalid();
@@ -184,22 +217,27 @@ function decide(rec: LifecycleRecord, e: LifecycleEvent): Step {
       return step(rec, 'resuming', 'resume requested');
     case 'resumed':
       if (rec.state !== 'resuming') throw invalid();
-      return step(rec, 'running', 'resumed', { patch: { expiresAt: e.at + (rec.remainingMs ?? rec.timeoutMs), remainingMs: null, pausedAt: null } });
+      return step(rec, 'running', 'resumed', { patch: { expiresAt: e.at + (rec.remainingMs ?? rec.timeoutMs), remainingMs: null, pausedAt: null }, publish: { type: 'resumed', data: {} } });
     case 'resumeFailed':
       if (rec.state !== 'resuming') throw invalid();
       return step(rec, 'paused', `resume failed: ${e.message}`, { patch: { pid: null, diskParentLayer: null }, before: ['teardown'] });
     case 'kill':
       if (isTerminal(rec.state)) throw invalid();
       // (already killing: an earlier kill failed half-way; this one finishes it)
-      return step(rec, 'killing', e.reason, { persist: rec.state !== 'killing', after: ['dropHibernations'] });
+      return step(rec, 'killing', e.reason, { persist: rec.state !== 'killing', after: ['dropHibernations'], publish: e.byTimeout && rec.state !== 'killing' ? timedOut(rec, 'kill') : undefined });
     case 'killed':
       if (rec.state !== 'killing') throw invalid();
-      return step(rec, 'killed', e.reason, { patch: ended(e.at, e.reason, { errorCode: null }), before: END_BEFORE, after: END_AFTER });
+      return step(rec, 'killed', e.reason, { patch: ended(e.at, e.reason, { errorCode: null }), before: END_BEFORE, after: END_AFTER, publish: killedEvent(e.reason) });
     case 'vmExited':
       if (isTerminal(rec.state) || rec.state === 'killing') throw invalid();
-      return step(rec, 'failed', e.reason, { patch: ended(e.at, e.reason, { errorCode: 'vm_exited' }), before: END_BEFORE, after: END_AFTER });
+      return step(rec, 'failed', e.reason, { patch: ended(e.at, e.reason, { errorCode: 'vm_exited' }), before: END_BEFORE, after: END_AFTER, publish: failedEvent(e.reason, 'vm_exited') });
     case 'recover':
       return recover(rec, e);
+    // operations, not moves: whatever the state is by now (the sandbox may have moved on since)
+    case 'snapshotted':
+      return step(rec, rec.state, '', { persist: false, publish: { type: 'snapshotted', data: { snapshotId: e.snapshotId } } });
+    case 'forked':
+      return step(rec, rec.state, '', { persist: false, publish: { type: 'forked', data: { children: e.children, snapshotId: e.snapshotId, pauseMs: e.pauseMs } } });
   }
 }
 
@@ -220,10 +258,11 @@ function recover(rec: LifecycleRecord, e: Extract<LifecycleEvent, { type: 'recov
         pausedAt: rec.pausedAt ?? e.at,
       },
       before: ['teardown'],
+      publish: { type: 'paused', data: { reason: `${rec.state} interrupted by a server restart; paused` } },
     });
   const failed = () => {
     const reason = `its VM was gone after a server restart (was ${rec.state})`;
-    return step(rec, 'failed', reason, { patch: ended(e.at, reason, { errorCode: 'vm_exited' }), before: END_BEFORE, after: END_AFTER });
+    return step(rec, 'failed', reason, { patch: ended(e.at, reason, { errorCode: 'vm_exited' }), before: END_BEFORE, after: END_AFTER, publish: failedEvent(reason, 'vm_exited') });
   };
   switch (rec.state) {
     case 'creating':
@@ -238,7 +277,7 @@ function recover(rec: LifecycleRecord, e: Extract<LifecycleEvent, { type: 'recov
       return paused();
     case 'killing': {
       const reason = 'killed (finished after a server restart)';
-      return step(rec, 'killed', reason, { patch: ended(e.at, reason, { errorCode: null }), before: END_BEFORE, after: END_AFTER });
+      return step(rec, 'killed', reason, { patch: ended(e.at, reason, { errorCode: null }), before: END_BEFORE, after: END_AFTER, publish: killedEvent(reason) });
     }
     default:
       return step(rec, rec.state, '', { persist: false });

@@ -2,6 +2,7 @@ import { DataDirLayout, LocalVmHost, NsError, parseEgressRules, SANDBOX_ID_RE, t
 import { Admission } from '../admission.js';
 import type { Config } from '../config.js';
 import { notFound } from '../errors.js';
+import type { EventLog } from '../events/log.js';
 import type { Logger } from '../log.js';
 import type { ListQuery, SandboxRecord, SandboxStore } from '../store/sandboxes.js';
 import type { SnapshotKind, SnapshotQuery, SnapshotRecord, SnapshotStore } from '../store/snapshots.js';
@@ -18,6 +19,7 @@ import { Hibernation, KEEP_HIBERNATIONS } from './hibernate.js';
 import { Kills } from './kill.js';
 import { isTerminal } from './lifecycle.js';
 import { LiveSet } from './live.js';
+import { MetricsSampler, type MetricsSample } from './metrics.js';
 import { Reaper } from './reaper.js';
 import { Recovery } from './recovery.js';
 import { Restores } from './restore.js';
@@ -27,6 +29,7 @@ import { WarmSlots } from './warm.js';
 import { Watcher } from './watch.js';
 
 export type { CreateSandboxRequest } from './create.js';
+export type { MetricsSample } from './metrics.js';
 
 /** How long closing the server waits for lifecycle operations under way. */
 const CLOSE_WAIT_MS = 15_000;
@@ -55,6 +58,7 @@ export class SandboxManager {
   private readonly kills: Kills;
   private readonly reaper: Reaper;
   private readonly recovery: Recovery;
+  private readonly metricsSampler: MetricsSampler;
 
   constructor(
     private readonly config: Config,
@@ -63,6 +67,8 @@ export class SandboxManager {
     volumes: VolumeService,
     host: HostInfo,
     private readonly log: Logger,
+    /** Where lifecycle events are published (`GET /v1/events`, webhooks). */
+    events: EventLog,
     /** What runs the VMs (default: this machine). Tests give a fake one. */
     vms?: VmHost,
   ) {
@@ -105,7 +111,7 @@ export class SandboxManager {
       gate: new KeyedGate(),
       layersLock: this.layersLock,
       live,
-      lifecycle: new Lifecycle(store, effects),
+      lifecycle: new Lifecycle(store, effects, events),
       faults: new Faults(config.faultInjection, config.dataDir, log),
       egress: new EgressRulesService(host.egress, store, log, config.networkGuardCheckMs),
       record: (id) => this.get(id),
@@ -125,11 +131,12 @@ export class SandboxManager {
     this.sources = new Sources(ctx, chains);
     this.warm = new WarmSlots(ctx, this.sources, restores);
     this.captures = new Captures(ctx, this.guests, chains, this.warm);
-    this.creates = new Creates(ctx, this.sources, restores, this.warm, this.guests, watcher, this.captures);
+    this.creates = new Creates(ctx, this.sources, restores, this.warm, this.guests, watcher, this.captures, (id, reason) => this.kills.kill(id, reason));
     this.hibernation = new Hibernation(ctx, this.captures, chains, this.sources, restores, this.guests, watcher);
     this.kills = new Kills(ctx);
     this.reaper = new Reaper(ctx, this.kills, this.hibernation);
     this.recovery = new Recovery(ctx, this.guests, watcher);
+    this.metricsSampler = new MetricsSampler(ctx, this.guests);
   }
 
   /** What runs the VMs (template builds start theirs there too). */
@@ -163,6 +170,7 @@ export class SandboxManager {
   async start(): Promise<void> {
     await this.recovery.run();
     this.reaper.start();
+    this.metricsSampler.start();
     this.warm.refill();
   }
 
@@ -170,6 +178,7 @@ export class SandboxManager {
   async close(): Promise<void> {
     this.closing = true;
     this.reaper.stop();
+    this.metricsSampler.stop();
     // warm VMs are not sandboxes: they go with the server
     await this.warm.close();
     // lifecycle operations under way (a create, a resume, the reaper's hibernation) finish first, so
@@ -214,14 +223,25 @@ export class SandboxManager {
     return this.store.list(q);
   }
 
+  /** The metrics samples of a sandbox within [start, end] (ms), oldest first (none once it stopped running). */
+  metrics(id: string, start?: number, end?: number): MetricsSample[] {
+    this.get(id);
+    return this.metricsSampler.samples(id, start, end);
+  }
+
+  /** The latest sample of each running sandbox (for the Prometheus route). */
+  latestMetrics(): Array<{ sandboxId: string; sample: MetricsSample }> {
+    return this.metricsSampler.latest();
+  }
+
   create(req: CreateSandboxRequest): Promise<SandboxRecord> {
     return this.creates.create(req);
   }
 
   fork(
     id: string,
-    opts: { metadata?: Record<string, string> | undefined; envs?: Record<string, string> | undefined; timeoutMs?: number | undefined },
-  ): Promise<{ child: SandboxRecord; pauseMs: number | null }> {
+    opts: { metadata?: Record<string, string> | undefined; envs?: Record<string, string> | undefined; timeoutMs?: number | undefined; count?: number | undefined },
+  ): Promise<{ children: SandboxRecord[]; pauseMs: number | null }> {
     return this.creates.fork(id, opts);
   }
 

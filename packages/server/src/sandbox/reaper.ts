@@ -55,7 +55,7 @@ export class Reaper {
           const cur = ctx.store.get(rec.id);
           if (cur?.state !== 'running' || cur.expiresAt === null || cur.expiresAt > Date.now()) return;
           if (cur.onTimeout === 'hibernate') await this.hibernation.hibernateHeld(rec.id, why, { byTimeout: true });
-          else await this.kills.killHeld(rec.id, why);
+          else await this.kills.killHeld(rec.id, why, { byTimeout: true });
         });
         this.hibernateRetryAt.delete(rec.id);
       } catch (err) {

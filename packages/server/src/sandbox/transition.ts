@@ -1,5 +1,6 @@
+import type { EventLog } from '../events/log.js';
 import type { SandboxRecord, SandboxStore } from '../store/sandboxes.js';
-import { next, type Effect, type LifecycleEvent, type Step } from './lifecycle.js';
+import { next, type Effect, type LifecycleEvent, type Publish, type Step } from './lifecycle.js';
 
 /** How the effects of lifecycle steps are carried out (wired by the manager). */
 export interface EffectHandlers {
@@ -13,13 +14,15 @@ export interface EffectHandlers {
 /**
  * Carries out lifecycle steps: the one place where a sandbox's state changes. `apply` asks the pure
  * `next` (lifecycle.ts) what `event` does from the record's state, runs the step's `before` effects,
- * persists the move (state, patch and event row in one transaction; `sandbox_busy` when the stored
- * state moved meanwhile), then runs its `after` effects.
+ * persists the move (state, patch, event row and the event users see, with its webhook outbox rows,
+ * in one transaction; `sandbox_busy` when the stored state moved meanwhile), then runs its `after`
+ * effects. It is also the one place lifecycle events are published (`GET /v1/events`, webhooks).
  */
 export class Lifecycle {
   constructor(
     private readonly store: SandboxStore,
     private readonly effects: EffectHandlers,
+    private readonly events: EventLog,
   ) {}
 
   async apply(rec: SandboxRecord, event: LifecycleEvent): Promise<SandboxRecord> {
@@ -30,9 +33,18 @@ export class Lifecycle {
   async applyStep(rec: SandboxRecord, event: LifecycleEvent): Promise<{ rec: SandboxRecord; step: Step }> {
     const step = next(rec, event);
     for (const e of step.before) await this.run(e, rec);
-    const out = step.persist ? this.store.transition(rec.id, step.from, step.to, step.reason, step.patch) : (this.store.get(rec.id) ?? rec);
+    const out = this.events.transaction(() => {
+      const moved = step.persist ? this.store.transition(rec.id, step.from, step.to, step.reason, step.patch) : (this.store.get(rec.id) ?? rec);
+      if (step.publish) this.publish(moved, step.publish);
+      return moved;
+    });
     for (const e of step.after) await this.run(e, rec);
     return { rec: out, step };
+  }
+
+  private publish(rec: SandboxRecord, p: Publish): void {
+    const data = p.type === 'created' ? { template: rec.template, snapshotId: rec.snapshotId, forkedFrom: rec.forkedFrom, metadata: rec.metadata } : p.data;
+    this.events.append({ type: p.type, sandboxId: rec.id, at: Date.now(), data });
   }
 
   private async run(effect: Effect, rec: SandboxRecord): Promise<void> {

@@ -52,6 +52,8 @@ export interface SandboxRecord {
   egress: EgressRules | null;
   /** Connections its egress rules refused in the VM lives that ended (the live one's are counted apart). */
   egressRefused: number;
+  /** A random secret minted at create (the E2B-compatible envd surface's access token). */
+  accessToken: string | null;
   updatedAt: number;
 }
 
@@ -87,6 +89,7 @@ interface Row {
   auto_resume: number;
   egress: string | null;
   egress_refused: number;
+  access_token: string | null;
   updated_at: number;
 }
 
@@ -123,6 +126,7 @@ function fromRow(r: Row): SandboxRecord {
     autoResume: r.auto_resume === 1,
     egress: r.egress ? (JSON.parse(r.egress) as EgressRules) : null,
     egressRefused: r.egress_refused,
+    accessToken: r.access_token,
     updatedAt: r.updated_at,
   };
 }
@@ -193,10 +197,10 @@ export class SandboxStore {
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
            created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes,
-           traffic_token, allow_public_traffic, auto_resume, egress, updated_at)
+           traffic_token, allow_public_traffic, auto_resume, egress, access_token, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
            @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes,
-           @traffic_token, @allow_public_traffic, @auto_resume, @egress, @updated_at)`,
+           @traffic_token, @allow_public_traffic, @auto_resume, @egress, @access_token, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -227,6 +231,7 @@ export class SandboxStore {
         allow_public_traffic: rec.allowPublicTraffic ? 1 : 0,
         auto_resume: rec.autoResume ? 1 : 0,
         egress: rec.egress ? JSON.stringify(rec.egress) : null,
+        access_token: rec.accessToken,
         updated_at: rec.updatedAt,
       });
     this.event(rec.id, null, rec.state, 'created');
