@@ -99,6 +99,18 @@ async function metadataNamespace(token: string): Promise<Target> {
   const hostSide = `nsih${tag}`;
   const nsSide = `nsin${tag}`;
   const ip = (...args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
+  // what a killed run left: a namespace of this kind with no process in it (a live test's has its
+  // listener) still routes 169.254.169.254 to itself, and would answer these probes in place of ours
+  for (const line of ip('netns', 'list').toString().split('\n')) {
+    const old = /^nsiso-([0-9a-f]{6})\b/.exec(line);
+    if (!old || ip('netns', 'pids', `nsiso-${old[1]}`).toString().trim() !== '') continue;
+    try {
+      ip('link', 'del', `nsih${old[1]}`);
+    } catch {
+      /* gone with the namespace */
+    }
+    ip('netns', 'del', `nsiso-${old[1]}`);
+  }
   ip('netns', 'add', ns);
   cleanups.push(() => {
     try {

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { Channel, NsError, type AgentStream, type Entry, type GuestAgent, type OpEvent, type OpRequest, type OpResult, type ProcessInfo } from '@nullspace/runtime';
+import { Channel, NsError, type AgentStream, type Entry, type GuestAgent, type OpEvent, type OpRequest, type OpResult, type ProcessInfo, type StreamHandlers } from '@nullspace/runtime';
 import { fromAgentError } from './errors.js';
 
 /**
@@ -265,6 +265,42 @@ export function finishEvents(stream: AgentStream<'proc.start' | 'proc.attach' | 
 }
 
 /**
+ * Opens the stream of a process start (`proc.start`, `pty.start`), its events fed to `ev`, and waits
+ * for the agent's started event: resolves with the stream and the pid (undefined when the stream
+ * ended without one, which the protocol does not do), or throws the start's failure (`what`
+ * names it). Until it started, the client leaving or START_DEADLINE_MS cancels the stream.
+ */
+export async function openStarted<O extends 'proc.start' | 'pty.start'>(
+  agent: GuestAgent,
+  op: O,
+  req: OpRequest<O>,
+  ev: ReturnType<typeof toEvents>,
+  signal: AbortSignal | undefined,
+  what: string,
+): Promise<{ stream: AgentStream<O>; pid: number | undefined }> {
+  let resolveStart!: (pid: number) => void;
+  const started = new Promise<number>((r) => (resolveStart = r));
+  const stream = agent.open(op, req, {
+    onEvent: (e: OpEvent<'proc.start'>) => {
+      if (e.type === 'started') resolveStart(e.pid);
+      ev.onEvent(e);
+    },
+    onData: ev.onData,
+  } as StreamHandlers<O>);
+  // until it started, the client leaving cancels the start; a foreground stream is cancelled when
+  // its client leaves later on too (finishEvents)
+  limit(stream, { signal, deadlineMs: START_DEADLINE_MS, until: started });
+  const failed = stream.result.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  const first = await Promise.race([started, failed.then((e) => ({ failed: e }))]);
+  if (typeof first === 'number') return { stream, pid: first };
+  if (first.failed !== undefined) throw fromAgentError(first.failed, what);
+  return { stream, pid: undefined };
+}
+
+/**
  * Starts a command. For a foreground command, resolves with an NDJSON stream of its events as soon
  * as it started (start, stdout/stderr chunks in base64, end). Fails before any output when the
  * command cannot start, or when the guest has not started it within START_DEADLINE_MS (the agent
@@ -274,10 +310,9 @@ export function finishEvents(stream: AgentStream<'proc.start' | 'proc.attach' | 
 export async function startCommand(agent: GuestAgent, req: CommandRequest, background: boolean, signal?: AbortSignal): Promise<{ pid: number; events?: Readable }> {
   const out = new Feed();
   const ev = toEvents(out);
-  let resolveStart!: (pid: number) => void;
-  const started = new Promise<number>((r) => (resolveStart = r));
   const useStdin = req.stdin === true || req.input !== undefined;
-  const stream = agent.open(
+  const { stream, pid: startedPid } = await openStarted(
+    agent,
     'proc.start',
     {
       cmd: req.cmd,
@@ -288,27 +323,11 @@ export async function startCommand(agent: GuestAgent, req: CommandRequest, backg
       stdin: useStdin,
       ...(req.tag !== undefined ? { tag: req.tag } : {}),
     },
-    {
-      onEvent: (e) => {
-        if (e.type === 'started') resolveStart(e.pid);
-        ev.onEvent(e);
-      },
-      onData: ev.onData,
-    },
+    ev,
+    signal,
+    'starting command',
   );
-  // until it started, the client leaving cancels the start; a foreground command's stream is
-  // cancelled when its client leaves later on too (finishEvents)
-  limit(stream, { signal, deadlineMs: START_DEADLINE_MS, until: started });
-  const failed = stream.result.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  const first = await Promise.race([started, failed.then((e) => ({ failed: e }))]);
-  if (typeof first !== 'number') {
-    if (first.failed !== undefined) throw fromAgentError(first.failed, `starting command`);
-    // ended before its start event: cannot happen per protocol, but keep the result
-  }
-  const pid = typeof first === 'number' ? first : 0;
+  const pid = startedPid ?? 0;
   const input =
     req.input === undefined
       ? Promise.resolve()

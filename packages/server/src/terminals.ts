@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { type GuestAgent, type OpRequest } from '@nullspace/runtime';
-import { Feed, finishEvents, limit, START_DEADLINE_MS, toEvents } from './agentio.js';
+import { Feed, finishEvents, limit, openStarted, START_DEADLINE_MS, toEvents } from './agentio.js';
 import { fromAgentError, NsError } from './errors.js';
 
 /**
@@ -19,24 +19,11 @@ export type PtyRequest = OpRequest<'pty.start'>;
 export async function startPty(agent: GuestAgent, req: PtyRequest, signal?: AbortSignal): Promise<{ pid: number; events: Readable }> {
   const out = new Feed();
   const ev = toEvents(out, true);
-  let resolveStart!: (pid: number) => void;
-  const started = new Promise<number>((r) => (resolveStart = r));
-  const stream = agent.open('pty.start', req, {
-    onEvent: (e) => {
-      if (e.type === 'started') resolveStart(e.pid);
-      ev.onEvent(e);
-    },
-    onData: ev.onData,
-  });
-  limit(stream, { signal, deadlineMs: START_DEADLINE_MS, until: started });
-  const failed = stream.result.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  const first = await Promise.race([started, failed.then((e) => ({ failed: e }))]);
-  if (typeof first !== 'number') throw fromAgentError(first.failed, 'starting a terminal');
+  const { stream, pid } = await openStarted(agent, 'pty.start', req, ev, signal, 'starting a terminal');
+  // (a stream that ends without its started event, which the protocol does not do, is a failed start)
+  if (pid === undefined) throw fromAgentError(undefined, 'starting a terminal');
   finishEvents(stream, out, ev.line);
-  return { pid: first, events: out };
+  return { pid, events: out };
 }
 
 /** One line of a watch's NDJSON stream. */

@@ -19,7 +19,7 @@ import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
 import { egressRows } from './egress.js';
 import { previewRows } from './preview.js';
-import { formatTable, median, type Row } from './stats.js';
+import { formatTable, median, time, type Row } from './stats.js';
 import { forkRows } from './forks.js';
 import { e2bRows } from './e2b.js';
 import { templateRows } from './templates.js';
@@ -49,12 +49,6 @@ function usedBytes(dir: string): number {
 function availableMiB(): number {
   const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
   return Number(m?.[1] ?? 0) / 1024;
-}
-
-async function time<T>(fn: () => Promise<T>): Promise<[number, T]> {
-  const t0 = performance.now();
-  const v = await fn();
-  return [performance.now() - t0, v];
 }
 
 async function repeat(n: number, fn: () => Promise<number>): Promise<number[]> {

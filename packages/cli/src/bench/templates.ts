@@ -10,7 +10,7 @@ import path from 'node:path';
 import { agentHash, debootstrapHash, importImage, loadRecipe, Progress, run } from '@nullspace/runtime';
 import type { Config as ServerConfig } from '@nullspace/server';
 import { Sandbox, Template, waitForPort } from 'nullspace';
-import { median, type Row } from './stats.js';
+import { median, time, type Row } from './stats.js';
 
 const MiB = 1048576;
 
@@ -24,12 +24,6 @@ interface Ctx {
   log: (m: string) => void;
   /** Resolves once the server's warm pools are full (nothing else measured takes CPU). */
   poolReady: () => Promise<unknown>;
-}
-
-async function time<T>(fn: () => Promise<T>): Promise<[number, T]> {
-  const t0 = performance.now();
-  const v = await fn();
-  return [performance.now() - t0, v];
 }
 
 /** The rows; every template it builds is deleted before it returns. */
