@@ -98,6 +98,7 @@ export class HostContext {
       const firewall = new EgressFirewall(config.vmUidBase, config.vmUidCount);
       await firewall.install();
       egress = { firewall, proxyBinary: await buildEgressProxy(config.egressProxyDir, config.cacheDir) };
+      log.info({ binary: egress.proxyBinary }, 'egress proxy');
     } else {
       log.warn('NULLSPACE_NETWORK_ISOLATION=off: sandbox VMs run as the server user and can reach this host (development only)');
     }
