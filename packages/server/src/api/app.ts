@@ -102,9 +102,9 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     }
   });
 
-  // a POST without a body is an empty JSON object (routes whose body is optional)
+  // a POST (or a JSON PUT: /network) without a body is an empty JSON object (routes whose body is optional)
   app.addHook('preValidation', async (req) => {
-    if (req.body === undefined && req.method === 'POST') req.body = {};
+    if (req.body === undefined && (req.method === 'POST' || (req.method === 'PUT' && req.routeOptions.url?.endsWith('/network')))) req.body = {};
   });
 
   // A JSON body (at most 1 MiB) must arrive within bodyTimeoutMs: a stalled one is a 408, not a

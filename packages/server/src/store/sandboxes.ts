@@ -1,5 +1,5 @@
 import { NsError } from '@nullspace/runtime';
-import type { RestoreRequirements, VmSpec } from '@nullspace/runtime';
+import type { EgressRules, RestoreRequirements, VmSpec } from '@nullspace/runtime';
 import { assertTransition, type SandboxState } from '../sandbox/lifecycle.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
 import type { Db } from './db.js';
@@ -48,6 +48,10 @@ export interface SandboxRecord {
   allowPublicTraffic: boolean;
   /** A preview URL request to it while hibernated resumes it. */
   autoResume: boolean;
+  /** Its egress rules (null: none, every destination but this host's and link-local ones). */
+  egress: EgressRules | null;
+  /** Connections its egress rules refused in the VM lives that ended (the live one's are counted apart). */
+  egressRefused: number;
   /** A random secret minted at create (the E2B-compatible envd surface's access token). */
   accessToken: string | null;
   updatedAt: number;
@@ -83,6 +87,8 @@ interface Row {
   traffic_token: string;
   allow_public_traffic: number;
   auto_resume: number;
+  egress: string | null;
+  egress_refused: number;
   access_token: string | null;
   updated_at: number;
 }
@@ -118,6 +124,8 @@ function fromRow(r: Row): SandboxRecord {
     trafficToken: r.traffic_token,
     allowPublicTraffic: r.allow_public_traffic === 1,
     autoResume: r.auto_resume === 1,
+    egress: r.egress ? (JSON.parse(r.egress) as EgressRules) : null,
+    egressRefused: r.egress_refused,
     accessToken: r.access_token,
     updatedAt: r.updated_at,
   };
@@ -138,6 +146,8 @@ export type SandboxPatch = Partial<
     | 'diskParentLayer'
     | 'remainingMs'
     | 'pausedAt'
+    | 'egress'
+    | 'egressRefused'
   >
 >;
 
@@ -154,6 +164,8 @@ const COLUMN: Record<keyof SandboxPatch, string> = {
   diskParentLayer: 'disk_parent_layer',
   remainingMs: 'remaining_ms',
   pausedAt: 'paused_at',
+  egress: 'egress',
+  egressRefused: 'egress_refused',
 };
 
 export interface ListQuery {
@@ -185,10 +197,10 @@ export class SandboxStore {
       .prepare(
         `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
            created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes,
-           traffic_token, allow_public_traffic, auto_resume, access_token, updated_at)
+           traffic_token, allow_public_traffic, auto_resume, egress, access_token, updated_at)
          VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
            @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes,
-           @traffic_token, @allow_public_traffic, @auto_resume, @access_token, @updated_at)`,
+           @traffic_token, @allow_public_traffic, @auto_resume, @egress, @access_token, @updated_at)`,
       )
       .run({
         id: rec.id,
@@ -218,6 +230,7 @@ export class SandboxStore {
         traffic_token: rec.trafficToken,
         allow_public_traffic: rec.allowPublicTraffic ? 1 : 0,
         auto_resume: rec.autoResume ? 1 : 0,
+        egress: rec.egress ? JSON.stringify(rec.egress) : null,
         access_token: rec.accessToken,
         updated_at: rec.updatedAt,
       });
