@@ -94,6 +94,7 @@ export class SandboxManager {
       pruneHibernations: (id: string) => {
         for (const old of snapshots.hibernations(id).slice(KEEP_HIBERNATIONS)) snapshots.delete(old.id);
       },
+      dropMetrics: (id: string) => this.metricsSampler.forget(id),
       layersReleased: () => this.onLayersReleased(),
     };
     const self = this;
