@@ -178,6 +178,43 @@ describe('web console', () => {
     await page.goto(`${server.url}/#/sandboxes/${child}`);
     await page.waitForSelector('.badge.big:has-text("killed")');
 
+    // back to the source's page: its terminal reattaches to the same shell (the pid is kept for the
+    // tab) with what it printed replayed
+    await page.goto(`${server.url}/#/sandboxes/${id}`);
+    await page.waitForSelector('.term[data-state="connected"]', { timeout: 60_000 });
+    await waitForRow(page, 'hello');
+    // resize: a narrower window is a narrower terminal, as the shell sees it
+    const sizes = async () => (await termRows(page)).filter((r) => /^\d+ \d+$/.test(r)).map((r) => r.split(' ').map(Number) as [number, number]);
+    await page.click('.term');
+    await page.keyboard.type('export NS_MARK=kept-$((6*7)); clear; stty size');
+    await page.keyboard.press('Enter');
+    await expect.poll(async () => (await sizes()).length, { timeout: 30_000 }).toBe(1);
+    const [[rows, cols]] = (await sizes()) as [[number, number]];
+    const resized = page.waitForResponse((r) => r.url().endsWith('/resize') && r.request().method() === 'POST');
+    await page.setViewportSize({ width: 1000, height: 900 });
+    expect((await resized).status()).toBe(204);
+    await page.keyboard.type('clear; stty size');
+    await page.keyboard.press('Enter');
+    await expect.poll(async () => (await sizes()).at(-1)?.[1], { timeout: 30_000 }).toBeLessThan(cols);
+    expect((await sizes()).at(-1)?.[0]).toBe(rows);
+    await page.setViewportSize({ width: 1440, height: 900 });
+
+    // hibernate (confirmed) and resume from the page: the terminal goes with the VM and comes back
+    // attached to the same shell (its variable kept)
+    await page.click('.actions button:has-text("Hibernate")');
+    await page.click('dialog.confirm[open] button.danger');
+    await page.waitForSelector('.badge.big:has-text("paused")', { timeout: 120_000 });
+    await page.waitForSelector('.term-placeholder');
+    await page.click('.actions button:has-text("Resume")');
+    await page.waitForSelector('.badge.big:has-text("running")', { timeout: 120_000 });
+    await page.waitForSelector('.term[data-state="connected"]', { timeout: 60_000 });
+    await page.click('.term');
+    await page.keyboard.type('echo mark=$NS_MARK');
+    await page.keyboard.press('Enter');
+    await waitForRow(page, 'mark=kept-42');
+    await page.click('nav a:has-text("Snapshots")');
+    await page.waitForSelector('g.node.snapshot.hibernate');
+
     // an API error is shown as the API gave it (code: message)
     const refused = (await (await fetch(`${server.url}/v1/volumes`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Bad Name' }) })).json()) as {
       error: { code: string; message: string };
