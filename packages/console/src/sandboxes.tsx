@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { all, api, bytes, duration, followEvents, get, LIVE, type Sample, type Sandbox, type Snapshot, type Template } from './api.js';
-import { Action, confirmAction, ErrorLine, usePoll } from './ui.js';
+import { Action, confirmAction, ErrorLine, errorText, usePoll } from './ui.js';
 
 /** A 1 s clock for ages and remaining timeouts. */
 export function useNow(ms = 1000): number {
@@ -112,7 +112,7 @@ function CreateForm({ onError, onDone }: { onError: (e: string | null) => void; 
           const s = await api<Sandbox>('POST', '/sandboxes', body);
           onDone(`created ${s.sandboxId}`);
         } catch (err) {
-          onError(err instanceof Error ? String(err) : String(err));
+          onError(errorText(err));
         } finally {
           setBusy(false);
         }
@@ -190,7 +190,7 @@ export function SandboxesPage() {
       return next;
     });
   };
-  usePoll(() => refresh().catch((e) => setError(String(e))), 30_000);
+  usePoll(() => refresh().catch((e) => setError(errorText(e))), 30_000);
   useEffect(() => {
     const ctl = new AbortController();
     void followEvents(
