@@ -16,6 +16,7 @@ import { eventRoutes } from './events.js';
 import { metricsRoutes } from './metrics.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
+import { hostRoutes, isFleetRoute } from './hosts.js';
 import { ptyRoutes } from './pty.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
@@ -95,6 +96,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (req.method === 'GET' && req.url.split('?')[0] === PUBLIC_DOCUMENT) return;
     // the E2B-compatible surface checks its own credentials (the key as X-API-Key, per-sandbox tokens)
     if (isE2bRoute(req)) return;
+    // runtime hosts present the join token or their own credential (api/hosts.ts, fleet/service.ts)
+    if (isFleetRoute(req)) return;
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(header);
     if (!m?.[1] || !timingSafeEqual(digest(m[1]), key)) {
@@ -171,6 +174,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(templateRoutes(deps));
       await v1.register(eventRoutes(deps));
       await v1.register(metricsRoutes(deps));
+      await v1.register(hostRoutes(deps));
     },
     { prefix: '/v1' },
   );
