@@ -47,11 +47,14 @@ gw_addr() { echo "10.214.$NET.$((4 * $1 + 1))"; }
 # pids of processes whose command line names a path under the cluster dir (the control plane, the
 # hosts, their QEMUs): nothing else is ever signalled
 cluster_pids() {
-  local p self=" $$ $BASHPID $PPID "
-  for p in /proc/[0-9]*; do
-    p="${p#/proc/}"
+  local f p self=" $$ $BASHPID $PPID "
+  # (one grep over every command line: a loop of a process per pid takes seconds on a busy machine;
+  # the pattern comes through a file so that the grep does not find itself)
+  for f in $(grep -lzF -f <(printf '%s/\n' "$DIR") /proc/[0-9]*/cmdline 2>/dev/null); do
+    p="${f#/proc/}"
+    p="${p%/cmdline}"
     case "$self" in *" $p "*) continue ;; esac
-    tr '\0' '\n' 2>/dev/null <"/proc/$p/cmdline" | grep -qF -- "$DIR/" && echo "$p"
+    echo "$p"
   done
   return 0
 }
