@@ -121,7 +121,8 @@ up() {
   UP_OK=0
   trap '[ "$UP_OK" = 1 ] || { log "up failed: removing what was made"; down || true; }' EXIT
   mkdir -p "$DIR"
-  chmod 0700 "$DIR"
+  # (0711: sandbox QEMUs run as their own uids and reach their files through it, as through a data dir)
+  chmod 0711 "$DIR"
   API_KEY="$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
   token="$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
   printf 'NAME=%s\nNET=%s\nN=%s\nPORT=%s\nAPI_URL=http://%s:%s\nAPI_KEY=%s\n' "$NAME" "$NET" "$n" "$PORT" "$CP_ADDR" "$PORT" "$API_KEY" >"$STATE"

@@ -74,6 +74,7 @@ export const Sandbox = Type.Object(
     volumes: Type.Record(Type.String(), Type.String(), { description: 'Mounted volumes: guest path -> volume name' }),
     pausedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     remainingTimeoutMs: Type.Union([Type.Integer(), Type.Null()], { description: 'While paused: the timeout it resumes with' }),
+    hostId: Type.String({ description: 'The runtime host it runs on (GET /v1/hosts); "local": the control plane\'s own, where every sandbox runs until placement on joined hosts exists' }),
   },
   { $id: 'Sandbox' },
 );
