@@ -125,7 +125,8 @@ up() {
   chmod 0711 "$DIR"
   API_KEY="$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
   token="$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')"
-  printf 'NAME=%s\nNET=%s\nN=%s\nPORT=%s\nAPI_URL=http://%s:%s\nAPI_KEY=%s\n' "$NAME" "$NET" "$n" "$PORT" "$CP_ADDR" "$PORT" "$API_KEY" >"$STATE"
+  # (the join token too: another host can join this cluster with it)
+  printf 'NAME=%s\nNET=%s\nN=%s\nPORT=%s\nAPI_URL=http://%s:%s\nAPI_KEY=%s\nJOIN_TOKEN=%s\n' "$NAME" "$NET" "$n" "$PORT" "$CP_ADDR" "$PORT" "$API_KEY" "$token" >"$STATE"
   chmod 0600 "$STATE"
 
   # PostgreSQL (pgstore): start the cluster's database here (its data under $DIR/pg, a private

@@ -300,6 +300,46 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
     expect((await hosts()).filter((x) => x.hostId !== 'local')).toHaveLength(3);
   });
 
+  it("a host with another CPU model shows it in its fingerprint, and a snapshot's compatibility names it", async () => {
+    // (a fourth host, in the root namespace: the control plane's address is reachable from here too)
+    const token = /^JOIN_TOKEN=(\S+)$/m.exec(fs.readFileSync(path.join(DIR, 'cluster.state'), 'utf8'))![1]!;
+    const child = spawn(process.execPath, [CLI, 'host', '--control', url, '--join-token', token, '--data-dir', path.join(DIR, 'hq'), '--listen', '127.0.0.1:0'], {
+      env: { ...env, NULLSPACE_CPU_MODEL: 'qemu64', NULLSPACE_NETWORK_ISOLATION: 'off', NULLSPACE_RUN_DIR: path.join(DIR, 'run-hq') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    onTestFinished(async () => {
+      child.kill('SIGKILL');
+      await exited(child);
+    });
+    let out = '';
+    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    const closed = new Promise((r) => child.once('close', r));
+    const q = await waitFor('the qemu64 host', async () => {
+      if (child.exitCode !== null) {
+        await closed;
+        throw new Error(`the host exited (${child.exitCode}): ${out}`);
+      }
+      return (await hosts()).find((h) => h.fingerprint.cpuModel === 'qemu64' && h.state === 'ready');
+    }, 60_000);
+    // the templates of the cache were built for another CPU model
+    expect((q.fingerprint.templates as Array<{ compatible: boolean }>).every((t) => !t.compatible)).toBe(true);
+
+    const res = await api('POST', '/v1/sandboxes', { body: { timeoutMs: 60_000 } });
+    expect(res.status).toBe(201);
+    const sbx = (await res.json()) as { sandboxId: string };
+    onTestFinished(async () => void (await api('DELETE', `/v1/sandboxes/${sbx.sandboxId}`)));
+    const snap = (await (await api('POST', `/v1/sandboxes/${sbx.sandboxId}/snapshots`, { body: {} })).json()) as { snapshotId: string };
+    onTestFinished(async () => void (await api('DELETE', `/v1/snapshots/${snap.snapshotId}`)));
+    const compat = (await (await api('GET', `/v1/snapshots/${snap.snapshotId}/compatibility`)).json()) as {
+      compatible: boolean;
+      hosts: Array<{ hostId: string; compatible: boolean; mismatches: Array<{ field: string; snapshot: string; host: string }> }>;
+    };
+    expect(compat.compatible).toBe(true);
+    expect(compat.hosts.map((h) => h.hostId)).toEqual((await hosts()).map((h) => h.hostId));
+    expect(compat.hosts.filter((h) => !h.compatible).map((h) => [h.hostId, h.mismatches])).toEqual([[q.hostId, [{ field: 'cpuModel', snapshot: (await host('local')).fingerprint.cpuModel, host: 'qemu64' }]]]);
+  });
+
   it('cluster.sh down leaves nothing behind', async () => {
     expect(await leftovers()).not.toEqual([]);
     const down = await cluster('down');

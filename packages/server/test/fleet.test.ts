@@ -81,6 +81,19 @@ describe('FleetService', () => {
     expect(await code(f.drain('host_nope'))).toBe('host_not_found');
   });
 
+  it("compares a snapshot's requirements with each host's fingerprint, naming the fields that differ", async () => {
+    const f = fleet();
+    const other = await f.join(TOKEN, { ...report, fingerprint: { ...report.fingerprint, cpuModel: 'qemu64' }, controlCredential: 'c'.repeat(40) });
+    const same = await f.join(TOKEN, { ...report, controlCredential: 'd'.repeat(40) });
+    const fp = report.fingerprint;
+    const req = { qemuVersion: fp.qemuVersion, machine: fp.machine, accel: fp.accel, cpuModel: 'max', hostCpu: '', memoryMiB: 512, vcpus: 1, deviceSet: 'd', kernelRelease: 'x', agentVersion: 'y', template: 'base' };
+    const hosts = await f.compatibility(req, { memoryMiB: 512, vcpus: 1 });
+    expect(hosts.map((h) => [h.hostId, h.compatible])).toEqual([['local', true], [other.hostId, false], [same.hostId, true]]);
+    expect(hosts[1]!.mismatches).toEqual([{ field: 'cpuModel', snapshot: 'max', host: 'qemu64' }]);
+    // the VM shape is compared as the local check does
+    expect((await f.compatibility(req, { memoryMiB: 1024, vcpus: 1 }))[0]!.mismatches).toEqual([{ field: 'memoryMiB', snapshot: 512, host: 1024 }]);
+  });
+
   it('a host is lost after N missed heartbeats, not before; back, it is fenced (epoch + 1) and keeps its drain', async () => {
     const f = fleet();
     const a = await f.join(TOKEN, { ...report, controlCredential: 'c'.repeat(40) });

@@ -285,13 +285,17 @@ export const ListSnapshotsQuery = Type.Object(
 
 export const SnapshotParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
 
+const Mismatches = Type.Array(
+  Type.Object({ field: Type.String(), snapshot: Type.Union([Type.String(), Type.Number()]), host: Type.Union([Type.String(), Type.Number()]) }),
+);
 export const Compatibility = Type.Object({
   snapshotId: SnapshotId,
   compatible: Type.Boolean(),
-  mismatches: Type.Array(
-    Type.Object({ field: Type.String(), snapshot: Type.Union([Type.String(), Type.Number()]), host: Type.Union([Type.String(), Type.Number()]) }),
-  ),
+  mismatches: Mismatches,
   requirements: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number()])),
+  hosts: Type.Array(Type.Object({ hostId: Type.String(), state: Type.String(), compatible: Type.Boolean(), mismatches: Mismatches }), {
+    description: 'Each runtime host (GET /v1/hosts) compared by its fingerprint: where the snapshot could be restored once placement exists',
+  }),
 });
 
 const GcLayer = Type.Object({ layerId: Type.String(), kind: Type.String(), bytes: Type.Integer() });

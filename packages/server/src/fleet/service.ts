@@ -1,4 +1,4 @@
-import { NsError } from '@nullspace/runtime';
+import { compareRequirements, NsError, type RequirementMismatch, type RestoreRequirements } from '@nullspace/runtime';
 import type { Logger } from '../log.js';
 import type { HostRecord, HostStore } from '../store/hosts.js';
 import { newId } from '../util.js';
@@ -152,6 +152,28 @@ export class FleetService {
     const rec = await this.store.get(id);
     if (!rec) throw hostNotFound(id);
     return view(rec);
+  }
+
+  /**
+   * Which hosts could restore a snapshot of `requirements` into a VM of `vm`'s shape, by their
+   * fingerprints (the compatibility check's own comparison, `compareRequirements`), and if not why:
+   * what placement will choose from, and what `no_compatible_host` will list.
+   */
+  async compatibility(requirements: RestoreRequirements, vm: { memoryMiB: number; vcpus: number }): Promise<Array<{ hostId: string; state: HostState; compatible: boolean; mismatches: RequirementMismatch[] }>> {
+    return (await this.list()).map((h) => {
+      const f = h.fingerprint;
+      const mismatches = compareRequirements(requirements, {
+        qemuVersion: f.qemuVersion,
+        machine: f.machine,
+        accel: f.accel,
+        cpuModel: f.cpuModel,
+        hostCpu: f.hostCpu,
+        deviceSet: f.deviceSet,
+        memoryMiB: vm.memoryMiB,
+        vcpus: vm.vcpus,
+      });
+      return { hostId: h.hostId, state: h.state, compatible: mismatches.length === 0, mismatches };
+    });
   }
 
   /** Stops placement on host `id` (its sandboxes run on). Idempotent. */
