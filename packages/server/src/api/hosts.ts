@@ -14,7 +14,7 @@ export function isFleetRoute(req: FastifyRequest): boolean {
 }
 
 const Str = Type.String({ maxLength: 1024 });
-const Count = Type.Integer({ minimum: 0 });
+const Count = Type.Integer({ minimum: 0, maximum: 2 ** 40 });
 
 const Fingerprint = Type.Object(
   {
@@ -86,6 +86,9 @@ export const hostRoutes =
         config: { fleet: true },
         onRequest: async (req) => fleet.checkJoinToken(bearer(req.headers.authorization)),
         schema: {
+          // (the hosts' protocol, not the clients' API: documented in docs/api.md "Hosts", left out
+          // of the OpenAPI document that clients and the API fuzzer read)
+          hide: true,
           summary: 'A runtime host joins (Authorization: Bearer <join token>)',
           body: JoinBody,
           response: { 201: Type.Object({ hostId: Type.String(), credential: Type.String(), heartbeatMs: Type.Integer() }) },
@@ -101,6 +104,7 @@ export const hostRoutes =
           await fleet.checkHost((req.params as { id: string }).id, bearer(req.headers.authorization));
         },
         schema: {
+          hide: true,
           summary: "A runtime host's heartbeat (Authorization: Bearer <host credential>)",
           params: HostParams,
           body: HeartbeatBody,
