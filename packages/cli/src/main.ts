@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { Readable } from 'node:stream';
 import { Command, Option } from 'commander';
-import { loadConfig, startServer, VERSION, type Config } from '@nullspace/server';
+import { createLogger, loadConfig, startRuntimeHost, startServer, VERSION, type Config } from '@nullspace/server';
 import {
   ApiClient,
   ConnectionConfig,
@@ -80,8 +80,9 @@ program
   .option('--host <host>', 'address to listen on (default 127.0.0.1)')
   .option('--port <port>', 'port (default 7070)', int)
   .option('--data-dir <dir>', 'database, API key and sandbox files (default /var/lib/nullspace/data)')
-  .action(async (o: { host?: string; port?: number; dataDir?: string }) => {
-    const cfg = loadConfig(process.env, { host: o.host, port: o.port, dataDir: o.dataDir });
+  .option('--join-token <token>', 'let runtime hosts join with this token (default NULLSPACE_JOIN_TOKEN; none: a single host)')
+  .action(async (o: { host?: string; port?: number; dataDir?: string; joinToken?: string }) => {
+    const cfg = loadConfig(process.env, { host: o.host, port: o.port, dataDir: o.dataDir, joinToken: o.joinToken });
     const server = await startServer(cfg);
     process.stdout.write(
       `nullspace ${VERSION} serving ${server.url}/v1 (OpenAPI: ${server.url}/v1/openapi.json)\n` +
@@ -91,6 +92,27 @@ program
     const stop = (sig: string) => {
       server.log.info({ signal: sig }, 'stopping (sandboxes keep running and are re-adopted at next start)');
       void server.close().then(() => process.exit(0), fail);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+
+program
+  .command('host')
+  .description('run a runtime host of a fleet in the foreground: join the control plane, heartbeat, serve it (docs/operations.md "A fleet")')
+  .requiredOption('--control <url>', "the control plane's URL")
+  .option('--join-token <token>', 'the control plane\'s join token (default NULLSPACE_JOIN_TOKEN; not needed once joined)')
+  .requiredOption('--data-dir <dir>', 'this host\'s data dir (its credentials, sandboxes, layers)')
+  .requiredOption('--listen <addr:port>', 'where this host listens for its control plane')
+  .option('--advertise <url>', 'the URL the control plane reaches this host at (default http://<listen>)')
+  .action(async (o: { control: string; joinToken?: string; dataDir: string; listen: string; advertise?: string }) => {
+    const cfg = loadConfig(process.env, { dataDir: o.dataDir });
+    const log = createLogger(cfg.logLevel);
+    const host = await startRuntimeHost({ control: o.control, joinToken: o.joinToken ?? cfg.fleet.joinToken, listen: o.listen, advertise: o.advertise, config: cfg, log });
+    process.stdout.write(`nullspace ${VERSION} host ${host.hostId} listening at ${host.url}, control plane ${o.control}\n`);
+    const stop = (sig: string) => {
+      log.info({ signal: sig }, 'stopping the host');
+      void host.close().then(() => process.exit(0), fail);
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));

@@ -30,6 +30,9 @@ export const PUBLIC_ERROR_CODES = [
   'unauthorized',
   'permission_denied',
   // preview URLs: a request without the sandbox's traffic token, a wrong one, an expired signed URL
+  // the fleet: a runtime host's join token or credential is wrong
+  'join_token_invalid',
+  'host_credential_invalid',
   'traffic_token_missing',
   'traffic_token_invalid',
   'signed_url_expired',
@@ -42,6 +45,7 @@ export const PUBLIC_ERROR_CODES = [
   'snapshot_not_found',
   'volume_not_found',
   'webhook_not_found',
+  'host_not_found',
   'image_not_found',
   // 403: a registry refused the credentials (401 is this API's own key)
   'registry_auth_failed',
@@ -63,6 +67,8 @@ export const PUBLIC_ERROR_CODES = [
   'volume_busy',
   'template_build_in_progress',
   'template_exists',
+  // a host joins a control plane started without a join token
+  'fleet_disabled',
   // 409: a preview URL of a hibernated sandbox that does not wake on requests
   'sandbox_paused',
   // 410: a preview URL of a sandbox that ended

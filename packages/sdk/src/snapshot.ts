@@ -30,6 +30,8 @@ export interface Compatibility {
   /** Requirements of the snapshot that this host does not meet. */
   mismatches: Array<{ field: string; snapshot: string | number; host: string | number }>;
   requirements: Record<string, string | number>;
+  /** Each runtime host of the server (`GET /v1/hosts`) compared by its fingerprint. */
+  hosts: Array<{ hostId: string; state: string; compatible: boolean; mismatches: Array<{ field: string; snapshot: string | number; host: string | number }> }>;
 }
 
 /**

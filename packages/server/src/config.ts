@@ -114,6 +114,15 @@ export interface Config {
     /** NULLSPACE_PROXY_PORT / --proxy-port: a listener of its own for preview URLs (the API's listener serves them too). */
     proxyPort: number | undefined;
   };
+  /** Runtime hosts (docs/ARCHITECTURE.md "Fleet"; operations.md). */
+  fleet: {
+    /** NULLSPACE_JOIN_TOKEN / --join-token: what hosts present to join; undefined: the fleet is off (one host, this one). */
+    joinToken: string | undefined;
+    /** How often hosts heartbeat (NULLSPACE_HOST_HEARTBEAT_MS, default 5000). */
+    heartbeatMs: number;
+    /** A host that misses this many heartbeats in a row is lost (NULLSPACE_HOST_LOST_AFTER, default 3). */
+    lostAfter: number;
+  };
   /** Test-only fault injection (NULLSPACE_FAULT_INJECTION), e.g. "kill-vm-during-snapshot". */
   faultInjection: string | undefined;
   /**
@@ -162,6 +171,7 @@ export interface ConfigOverrides {
   port?: number | undefined;
   dataDir?: string | undefined;
   proxyPort?: number | undefined;
+  joinToken?: string | undefined;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: ConfigOverrides = {}): Config {
@@ -181,6 +191,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
   }
   const totalMiB = Math.floor(os.totalmem() / 1024 / 1024);
   const apiKey = env.NULLSPACE_API_KEY || undefined;
+  const joinToken = overrides.joinToken ?? (env.NULLSPACE_JOIN_TOKEN || undefined);
+  if (joinToken !== undefined && !/^[\x21-\x7e]{16,256}$/.test(joinToken)) {
+    throw new NsError('invalid_config', 'the join token (NULLSPACE_JOIN_TOKEN / --join-token) must be 16 to 256 printable characters without spaces');
+  }
   if (apiKey !== undefined && apiKey.length < 16) throw new NsError('invalid_config', 'NULLSPACE_API_KEY must be at least 16 characters');
   const port = overrides.port ?? int(env, 'NULLSPACE_PORT', DEFAULT_PORT);
   const networkIsolation = env.NULLSPACE_NETWORK_ISOLATION || 'nft';
@@ -250,6 +264,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     },
     metricsIntervalMs: int(env, 'NULLSPACE_METRICS_INTERVAL_MS', 5000, 100, 3600_000),
     logLevel: env.NULLSPACE_LOG_LEVEL || 'info',
+    fleet: {
+      joinToken,
+      heartbeatMs: int(env, 'NULLSPACE_HOST_HEARTBEAT_MS', 5000, 100, 3600_000),
+      lostAfter: int(env, 'NULLSPACE_HOST_LOST_AFTER', 3, 1, 1000),
+    },
     faultInjection: env.NULLSPACE_FAULT_INJECTION || undefined,
     lifecycleTrace: env.NULLSPACE_LIFECYCLE_TRACE ? path.resolve(env.NULLSPACE_LIFECYCLE_TRACE) : undefined,
   };

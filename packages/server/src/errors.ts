@@ -54,6 +54,11 @@ const STATUS: Record<PublicErrorCode, number> = {
   volume_busy: 409,
   volume_not_found: 404,
   webhook_not_found: 404,
+  // the fleet (docs/api.md "Hosts")
+  host_not_found: 404,
+  join_token_invalid: 401,
+  host_credential_invalid: 401,
+  fleet_disabled: 409,
   // not http(s), credentials in it, or (unless NULLSPACE_WEBHOOK_ALLOW_PRIVATE) a loopback/private host
   invalid_webhook_url: 400,
   image_not_found: 404,

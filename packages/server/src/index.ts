@@ -22,9 +22,14 @@ import { BuildContexts } from './templates/contexts.js';
 import { TemplateBuilds } from './templates/builds.js';
 import { TemplateService } from './templates/service.js';
 import { Preview, previewServer } from './preview/proxy.js';
+import { FleetService } from './fleet/service.js';
+import { hostCapacity, hostFingerprint } from './fleet/identity.js';
+import { HostStore } from './store/hosts.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
+export { startRuntimeHost, CREDENTIALS_FILE, type RunningHost } from './fleet/hostd.js';
+export { createLogger } from './log.js';
 export { httpStatusFor, isPublicCode } from './errors.js';
 export { STATES, canTransition, type SandboxState } from './sandbox/lifecycle.js';
 export { storeCounts, type StoreCounts } from './store/db.js';
@@ -96,7 +101,14 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const preview = new Preview(config, sandboxes, log);
   const webhooks = new WebhookService(new WebhookStore(db), events, config.webhooks, log, `nullspace-webhooks/${VERSION}`);
   webhooks.start();
-  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks });
+  const fleet = new FleetService(
+    new HostStore(db),
+    config.fleet,
+    () => ({ fingerprint: hostFingerprint(host), capacity: hostCapacity(config.dataDir), counts: { sandboxes: sandboxes.usage.sandboxes } }),
+    log.child({ component: 'fleet' }),
+  );
+  fleet.start();
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks, fleet });
   const proxyServer = config.preview.proxyPort !== undefined ? previewServer(preview, { headersTimeoutMs: config.http.headersTimeoutMs }) : undefined;
   const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host;
   let proxyUrl: string | undefined;
@@ -115,6 +127,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   } catch (err) {
     preview.close();
     await app.close().catch(() => {});
+    fleet.stop();
     stopGuardWatch();
     webhooks.stop();
     events.stop();
@@ -150,6 +163,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
         preview.close();
         gc.cancel();
         contexts.stop();
+        fleet.stop();
         stopGuardWatch();
         webhooks.stop();
         await sandboxes.close();

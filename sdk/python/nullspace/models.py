@@ -90,6 +90,8 @@ class SandboxInfo:
     preview_domain: Optional[str] = None
     """Its preview URLs are ``<port>-<sandbox_id>.<preview_domain>``."""
     preview_scheme: str = "http"
+    host_id: str = "local"
+    """The runtime host it runs on (``"local"``: the server's own)."""
 
     @classmethod
     def from_json(cls, r: Mapping[str, Any]) -> "SandboxInfo":
@@ -114,6 +116,7 @@ class SandboxInfo:
             on_timeout=(r.get("lifecycle") or {}).get("onTimeout", "kill"),
             paused_at=parse_datetime(r.get("pausedAt")),
             remaining_timeout_ms=r.get("remainingTimeoutMs"),
+            host_id=r.get("hostId", "local"),
             volumes=dict(r.get("volumes") or {}),
             auto_resume=bool((r.get("lifecycle") or {}).get("autoResume", False)),
             allow_public_traffic=bool((r.get("network") or {}).get("allowPublicTraffic", False)),

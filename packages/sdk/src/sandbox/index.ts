@@ -37,6 +37,8 @@ export interface SandboxInfo {
   pausedAt: Date | null;
   /** While paused: the timeout it resumes with. */
   remainingTimeoutMs: number | null;
+  /** The runtime host it runs on ("local": the server's own). */
+  hostId: string;
 }
 
 /** How the sandbox's ports are reached from outside: its preview URLs (`getHost`, `getSignedUrl`). */

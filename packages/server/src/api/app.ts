@@ -17,6 +17,7 @@ import { eventRoutes } from './events.js';
 import { metricsRoutes } from './metrics.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
+import { hostRoutes, isFleetRoute } from './hosts.js';
 import { ptyRoutes } from './pty.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
@@ -98,6 +99,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (isE2bRoute(req)) return;
     // the web console's static files (/, /assets/...) hold no data: it asks for the key itself
     if (isConsoleRoute(req)) return;
+    // runtime hosts present the join token or their own credential (api/hosts.ts, fleet/service.ts)
+    if (isFleetRoute(req)) return;
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(header);
     if (!m?.[1] || !timingSafeEqual(digest(m[1]), key)) {
@@ -174,6 +177,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(templateRoutes(deps));
       await v1.register(eventRoutes(deps));
       await v1.register(metricsRoutes(deps));
+      await v1.register(hostRoutes(deps));
     },
     { prefix: '/v1' },
   );

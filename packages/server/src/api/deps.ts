@@ -1,6 +1,7 @@
 import type { Config } from '../config.js';
 import type { EventLog } from '../events/log.js';
 import type { WebhookService } from '../events/webhooks.js';
+import type { FleetService } from '../fleet/service.js';
 import type { Gc } from '../gc.js';
 import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
@@ -24,4 +25,6 @@ export interface AppDeps {
   version: string;
   /** Preview URLs: matched by Host before the routes (app.ts), shown in sandbox views. */
   preview: Preview;
+  /** Runtime hosts: joins, heartbeats, `GET /v1/hosts`, drains. */
+  fleet: FleetService;
 }

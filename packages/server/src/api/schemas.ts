@@ -76,6 +76,7 @@ export const Sandbox = Type.Object(
     volumes: Type.Record(Type.String(), Type.String(), { description: 'Mounted volumes: guest path -> volume name' }),
     pausedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     remainingTimeoutMs: Type.Union([Type.Integer(), Type.Null()], { description: 'While paused: the timeout it resumes with' }),
+    hostId: Type.String({ description: 'The runtime host it runs on (GET /v1/hosts); "local": the control plane\'s own, where every sandbox runs until placement on joined hosts exists' }),
   },
   { $id: 'Sandbox' },
 );
@@ -311,13 +312,17 @@ export const ListSnapshotsQuery = Type.Object(
 
 export const SnapshotParams = Type.Object({ id: Type.String({ maxLength: 64 }) });
 
+const Mismatches = Type.Array(
+  Type.Object({ field: Type.String(), snapshot: Type.Union([Type.String(), Type.Number()]), host: Type.Union([Type.String(), Type.Number()]) }),
+);
 export const Compatibility = Type.Object({
   snapshotId: SnapshotId,
   compatible: Type.Boolean(),
-  mismatches: Type.Array(
-    Type.Object({ field: Type.String(), snapshot: Type.Union([Type.String(), Type.Number()]), host: Type.Union([Type.String(), Type.Number()]) }),
-  ),
+  mismatches: Mismatches,
   requirements: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number()])),
+  hosts: Type.Array(Type.Object({ hostId: Type.String(), state: Type.String(), compatible: Type.Boolean(), mismatches: Mismatches }), {
+    description: 'Each runtime host (GET /v1/hosts) compared by its fingerprint: where the snapshot could be restored once placement exists',
+  }),
 });
 
 const GcLayer = Type.Object({ layerId: Type.String(), kind: Type.String(), bytes: Type.Integer() });

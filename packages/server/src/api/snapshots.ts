@@ -85,7 +85,8 @@ export const snapshotRoutes =
       async (req) => {
         const snap = sandboxes.getSnapshot(req.params.id);
         const c = sandboxes.compatibility(snap);
-        return { snapshotId: snap.id, compatible: c.compatible, mismatches: c.mismatches, requirements: { ...snap.requirements } };
+        const hosts = await deps.fleet.compatibility(snap.requirements, snap.vmConfig);
+        return { snapshotId: snap.id, compatible: c.compatible, mismatches: c.mismatches, requirements: { ...snap.requirements }, hosts };
       },
     );
 

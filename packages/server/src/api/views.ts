@@ -4,6 +4,7 @@ import type { SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from './deps.js';
 import type { Snapshot, SandboxT } from './schemas.js';
 import { publicCode } from '../errors.js';
+import { LOCAL_HOST_ID } from '../fleet/service.js';
 
 /** How the API shows the records that the manager returns (routes of sandboxes and snapshots). */
 
@@ -34,6 +35,8 @@ export function sandboxView(deps: AppDeps, r: SandboxRecord): SandboxT {
     volumes: Object.fromEntries(r.volumes.map((v) => [v.path, v.name])),
     pausedAt: iso(r.pausedAt),
     remainingTimeoutMs: r.state === 'paused' ? r.remainingMs : null,
+    // (placement on joined hosts is not built: every sandbox runs on the control plane's own host)
+    hostId: LOCAL_HOST_ID,
   };
 }
 

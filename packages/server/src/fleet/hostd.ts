@@ -1,0 +1,166 @@
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { NsError, qemuPidsMatching, readJson, writeFileAtomic } from '@nullspace/runtime';
+import type { Config } from '../config.js';
+import { httpStatusFor } from '../errors.js';
+import { HostContext } from '../hostctx.js';
+import type { Logger } from '../log.js';
+import { bearer, matchesDigest, newSecret, secretDigest } from './credentials.js';
+import { hostCapacity, hostFingerprint } from './identity.js';
+import type { HostReport, HostState } from './service.js';
+
+/** What a joined host keeps in its data dir (0600): who it is, and how each side proves itself. */
+interface StoredCredentials {
+  control: string;
+  hostId: string;
+  /** What this host presents to the control plane. */
+  credential: string;
+  /** sha256 of what the control plane must present to this host's listener. */
+  controlCredentialDigest: string;
+}
+
+export const CREDENTIALS_FILE = 'fleet-credentials.json';
+
+export interface RuntimeHostOptions {
+  /** The control plane's base URL (http://addr:port). */
+  control: string;
+  /** Needed only to join (a host with stored credentials for this control plane reuses them). */
+  joinToken: string | undefined;
+  /** `addr:port` the listener binds (port 0: any). */
+  listen: string;
+  /** The URL the control plane reaches the listener at (default: http://<listen>). */
+  advertise?: string | undefined;
+  /** The host's configuration (data dir, cache, uid range, isolation: as `serve`'s). */
+  config: Config;
+  log: Logger;
+}
+
+export interface RunningHost {
+  hostId: string;
+  url: string;
+  state(): { state: HostState | 'unreachable'; epoch: number };
+  close(): Promise<void>;
+}
+
+/**
+ * `nullspace host`: a runtime host of a fleet (docs/ARCHITECTURE.md "Fleet"). It joins the control
+ * plane (or reuses the credentials it stored when it joined), heartbeats with its fingerprint,
+ * capacity and sandbox count, and serves a listener that answers nothing without the control
+ * plane's credential. Running VMs for the control plane (the remote VmHost) is not built yet.
+ */
+export async function startRuntimeHost(opts: RuntimeHostOptions): Promise<RunningHost> {
+  const { config, log } = opts;
+  const control = opts.control.replace(/\/+$/, '');
+  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const host = await HostContext.init(config, log);
+  const stopGuardWatch = host.watchNetworkGuard(log, config.networkGuardCheckMs);
+  const credFile = path.join(config.dataDir, CREDENTIALS_FILE);
+  let creds: StoredCredentials | undefined = fs.existsSync(credFile) ? readJson<StoredCredentials>(credFile) : undefined;
+  if (creds && creds.control !== control) {
+    throw new NsError('invalid_config', `${credFile} holds the credentials of another control plane (${creds.control}): use another data dir, or remove it to join ${control}`);
+  }
+
+  // the listener: nothing without the control plane's credential (before the join: nothing at all)
+  const server = http.createServer((req, res) => {
+    const answer = (status: number, body: unknown) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    const fail = (code: Parameters<typeof httpStatusFor>[0], message: string) => answer(httpStatusFor(code), { error: { code, message } });
+    if (!creds || !matchesDigest(bearer(req.headers.authorization), creds.controlCredentialDigest)) {
+      // (the rest of a body is not read: the connection closes with the answer)
+      res.setHeader('connection', 'close');
+      return fail('unauthorized', 'this is a runtime host: only its control plane may call it');
+    }
+    const url = (req.url ?? '').split('?')[0];
+    if (req.method === 'GET' && url === '/v1/host') return answer(200, { hostId: creds.hostId, ...report(advertised) });
+    return fail('route_not_found', `no route ${req.method} ${url}`);
+  });
+  server.headersTimeout = config.http.headersTimeoutMs;
+  const m = /^(.*):(\d+)$/.exec(opts.listen);
+  if (!m) throw new NsError('invalid_config', `--listen must be addr:port, got "${opts.listen}"`);
+  const bindHost = m[1]!.replace(/^\[(.*)\]$/, '$1');
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(Number(m[2]), bindHost, () => resolve());
+  });
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : Number(m[2]);
+  const advertised = opts.advertise ?? `http://${bindHost.includes(':') ? `[${bindHost}]` : bindHost}:${port}`;
+
+  const report = (url: string): HostReport => ({
+    url,
+    fingerprint: hostFingerprint(host),
+    capacity: hostCapacity(config.dataDir),
+    counts: { sandboxes: qemuPidsMatching(`${path.join(config.dataDir, 'sandboxes')}/`).length },
+  });
+  const post = async (route: string, token: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> => {
+    const res = await fetch(`${control}/v1${route}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(Math.max(2000, config.fleet.heartbeatMs)),
+    });
+    return { status: res.status, json: (await res.json().catch(() => ({}))) as Record<string, unknown> };
+  };
+
+  let heartbeatMs = config.fleet.heartbeatMs;
+  try {
+    if (!creds) {
+      if (!opts.joinToken) throw new NsError('invalid_config', `this host has not joined ${control} yet: give the join token (--join-token / NULLSPACE_JOIN_TOKEN)`);
+      const controlCredential = newSecret();
+      const { status, json } = await post('/fleet/join', opts.joinToken, { ...report(advertised), controlCredential });
+      if (status !== 201) {
+        const err = json.error as { code?: string; message?: string } | undefined;
+        throw new NsError('invalid_config', `joining ${control} failed: ${status} ${err?.code ?? ''} ${err?.message ?? ''}`.trim(), { details: { status, code: err?.code } });
+      }
+      creds = { control, hostId: String(json.hostId), credential: String(json.credential), controlCredentialDigest: secretDigest(controlCredential) };
+      writeFileAtomic(credFile, JSON.stringify(creds, null, 2) + '\n', 0o600);
+      heartbeatMs = Number(json.heartbeatMs) || heartbeatMs;
+      log.info({ hostId: creds.hostId, control, url: advertised }, 'joined the control plane');
+    }
+  } catch (err) {
+    stopGuardWatch();
+    await new Promise((r) => server.close(r));
+    throw err;
+  }
+  const joined = creds;
+
+  let state: { state: HostState | 'unreachable'; epoch: number } = { state: 'unreachable', epoch: 0 };
+  let timer: NodeJS.Timeout | undefined;
+  let closed = false;
+  const beat = async () => {
+    try {
+      const { status, json } = await post(`/fleet/hosts/${encodeURIComponent(joined.hostId)}/heartbeat`, joined.credential, report(advertised));
+      if (status !== 200) {
+        const err = json.error as { code?: string; message?: string } | undefined;
+        log.error({ status, code: err?.code }, `heartbeat refused: ${err?.message ?? status}`);
+        state = { state: 'unreachable', epoch: state.epoch };
+        return;
+      }
+      const next = { state: json.state as HostState, epoch: Number(json.epoch) };
+      if (next.epoch !== state.epoch && state.epoch !== 0) log.warn({ epoch: next.epoch }, 'fenced by the control plane: a new epoch (this host was lost)');
+      state = next;
+      heartbeatMs = Number(json.heartbeatMs) || heartbeatMs;
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'heartbeat failed: control plane unreachable');
+      state = { state: 'unreachable', epoch: state.epoch };
+    } finally {
+      if (!closed) timer = setTimeout(() => void beat(), heartbeatMs);
+    }
+  };
+  await beat();
+  return {
+    hostId: joined.hostId,
+    url: advertised,
+    state: () => state,
+    close: async () => {
+      closed = true;
+      clearTimeout(timer);
+      stopGuardWatch();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
