@@ -132,9 +132,9 @@ export async function writeFile(
   agent: GuestAgent,
   path: string,
   source: AsyncIterable<Buffer | string>,
-  opts: { mode?: number; append?: boolean; maxBytes: number; signal?: AbortSignal | undefined },
+  opts: { mode?: number; append?: boolean; maxBytes: number; signal?: AbortSignal | undefined; owner?: string | undefined },
 ): Promise<{ path: string; size: number }> {
-  const stream = agent.open('fs.write', { path, ...(opts.mode !== undefined ? { mode: opts.mode } : {}), append: opts.append ?? false });
+  const stream = agent.open('fs.write', { path, ...(opts.mode !== undefined ? { mode: opts.mode } : {}), append: opts.append ?? false, ...(opts.owner !== undefined ? { owner: opts.owner } : {}) });
   limit(stream, { signal: opts.signal });
   // the agent's end (its VM killed, an error) ends the upload at once, also while the client sends nothing
   const agentEnded = new Promise<never>((_, reject) => void stream.result.catch(reject));

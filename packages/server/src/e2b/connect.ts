@@ -125,15 +125,15 @@ const KEEPALIVE_MS = 50_000;
 /**
  * Relays an NDJSON stream of nullspace events (agentio's and terminals.ts's) as messages of a server
  * stream: each line goes through `translate` (undefined: nothing sent; a throw ends the stream with
- * that error), `{event: {keepalive: {}}}` while it is quiet (not with `keepalive: false`); the client
+ * that error), `keepalive` while it is quiet (a process stream's by default; null: none); the client
  * leaving ends the source. Returns when the source ends.
  */
-export async function relay<L>(events: Readable, sink: StreamSink, translate: (line: L) => unknown, keepalive = true): Promise<void> {
+export async function relay<L>(events: Readable, sink: StreamSink, translate: (line: L) => unknown, keepalive: unknown = { event: { keepalive: {} } }): Promise<void> {
   let last = Date.now();
   const timer = setInterval(() => {
-    if (keepalive && Date.now() - last >= KEEPALIVE_MS) {
+    if (keepalive !== null && Date.now() - last >= KEEPALIVE_MS) {
       last = Date.now();
-      void sink.send({ event: { keepalive: {} } });
+      void sink.send(keepalive);
     }
   }, 5_000);
   const onGone = () => events.destroy();

@@ -7,7 +7,7 @@ import type { AppDeps } from '../api/deps.js';
 import { fromAgentError, NsError } from '../errors.js';
 import { watchDir, type WatchLine } from '../terminals.js';
 import { parseEnvelope, relay, requestMessage, serverStream, unary } from './connect.js';
-import { chownTo, envdSandbox, missingParents, withAgent } from './envd.js';
+import { envdSandbox, ownedBy, unknownUser, withAgent } from './envd.js';
 import { ConnectError } from './errors.js';
 import { resolvePath, rpcUser } from './user.js';
 
@@ -77,16 +77,14 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
     MakeDir: async (msg, user, run) => {
       const path = resolvePath(msg.path, user);
       return run(async (agent, gone) => {
-        const created = await missingParents(agent, path, gone);
         let r: { created: boolean };
         try {
-          r = await callFs(agent, 'fs.mkdir', { path, parents: true }, `mkdir ${path}`, gone);
+          r = await callFs(agent, 'fs.mkdir', { path, parents: true, ...ownedBy(user) }, `mkdir ${path}`, gone);
         } catch (err) {
           if (isCode(err, 'already_exists', 'not_a_directory')) throw new ConnectError('invalid_argument', `path ${path} exists and is not a directory`);
-          throw err;
+          throw unknownUser(err, user);
         }
         if (!r.created) throw new ConnectError('already_exists', `directory ${path} already exists`);
-        await chownTo(agent, user, [path, ...created], gone);
         return { entry: entryInfo(await callFs(agent, 'fs.stat', { path }, `stat ${path}`, gone)) };
       });
     },
@@ -158,7 +156,7 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
     mine.set(watcherId, w);
     watchers.set(id, mine);
     const sink = { gone: stop.signal, send: async (e: unknown) => void (w.events.push(e as { name: string; type: string }) > MAX_BUFFERED && w.events.shift()) };
-    relay<WatchLine>(lines, sink, watchEvent, false).catch((err: unknown) => Object.assign(w, { error: err }));
+    relay<WatchLine>(lines, sink, watchEvent, null).catch((err: unknown) => Object.assign(w, { error: err }));
     return { watcherId };
   };
   const watcher = (id: string, msg: Record<string, unknown>) => {
@@ -196,11 +194,17 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
     const user = rpcUser(req.headers.authorization);
     await serverStream(req, reply, async (sink) => {
       const lines = await watch(id, parseEnvelope(req.body), user, sink.gone);
-      await sink.send({ event: { start: {} } });
-      await relay<WatchLine>(lines, sink, (l) => {
-        const e = watchEvent(l);
-        return e && { event: { filesystem: e } };
-      });
+      // (WatchDirResponse's oneof is at its top: no `event` wrapper, unlike a process's)
+      await sink.send({ start: {} });
+      await relay<WatchLine>(
+        lines,
+        sink,
+        (l) => {
+          const e = watchEvent(l);
+          return e && { filesystem: e };
+        },
+        { keepalive: {} },
+      );
     });
     return reply;
   });
