@@ -152,11 +152,19 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
     const stop = new AbortController();
     const lines = await watch(id, msg, user, stop.signal);
     const watcherId = randomBytes(12).toString('hex');
-    const w = { events: [] as Array<{ name: string; type: string }>, stop };
+    const w: { events: Array<{ name: string; type: string }>; stop: AbortController; error?: unknown } = { events: [], stop };
     mine.set(watcherId, w);
     watchers.set(id, mine);
     const sink = { gone: stop.signal, send: async (e: unknown) => void (w.events.push(e as { name: string; type: string }) > MAX_BUFFERED && w.events.shift()) };
-    relay<WatchLine>(lines, sink, watchEvent, null).catch((err: unknown) => Object.assign(w, { error: err }));
+    relay<WatchLine>(lines, sink, watchEvent, null)
+      .catch((err: unknown) => Object.assign(w, { error: err }))
+      .finally(() => {
+        // a watch that ended with its sandbox (paused, killed) is dropped: envd's routes no longer reach it
+        if (w.error !== undefined && (w.error as NsError).code === 'sandbox_not_running') {
+          mine.delete(watcherId);
+          if (mine.size === 0 && watchers.get(id) === mine) watchers.delete(id);
+        }
+      });
     return { watcherId };
   };
   const watcher = (id: string, msg: Record<string, unknown>) => {
