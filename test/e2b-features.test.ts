@@ -261,4 +261,12 @@ describe('E2B SDK: small gaps', () => {
     expect(asc.map((s) => s.sandboxId)).toContain(sbx.sandboxId);
     await expect(Sandbox.list({ query: { metadata: { e2bRun: RUN } }, order: 'desc' } as never).nextItems()).rejects.toThrow(/order .* is not supported/);
   });
+
+  it("the login shell E2B runs every command in (bash -l -c) starts no subprocess of its own, and keeps Debian's PATHs", async () => {
+    // (Debian's /etc/profile ran `$(id -u)`; base's uses bash's $EUID)
+    expect((await sbx.commands.run('bash -lxc true 2>&1 | grep -c "id -u" || true')).stdout).toBe('0\n');
+    expect((await sbx.commands.run('echo $PATH')).stdout).toBe('/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games\n');
+    expect((await sbx.commands.run('echo $PATH', { user: 'root' })).stdout).toBe('/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n');
+    expect((await sbx.commands.run("sh -lc 'echo $PATH'", { user: 'root' })).stdout).toBe('/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n');
+  });
 });
