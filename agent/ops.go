@@ -156,6 +156,7 @@ type fsRenameRequest struct {
 
 type procStartRequest struct {
 	Cmd       *string           `json:"cmd"`
+	Argv      []string          `json:"argv"`
 	Cwd       *string           `json:"cwd"`
 	Envs      map[string]string `json:"envs"`
 	User      *string           `json:"user"`

@@ -214,6 +214,8 @@ export async function listDir(agent: GuestAgent, path: string, depth: number, si
 
 export interface CommandRequest {
   cmd: string;
+  /** Run this program with these arguments, no shell (`cmd` is then only what the process list shows). */
+  argv?: string[] | undefined;
   cwd?: string | undefined;
   envs?: Record<string, string> | undefined;
   user?: string | undefined;
@@ -316,6 +318,7 @@ export async function startCommand(agent: GuestAgent, req: CommandRequest, backg
     'proc.start',
     {
       cmd: req.cmd,
+      ...(req.argv !== undefined ? { argv: req.argv } : {}),
       ...(req.cwd !== undefined ? { cwd: req.cwd } : {}),
       ...(req.envs !== undefined ? { envs: req.envs } : {}),
       ...(req.user !== undefined ? { user: req.user } : {}),

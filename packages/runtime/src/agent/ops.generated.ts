@@ -297,6 +297,8 @@ export interface FsWatchResult {
 export interface ProcStartRequest {
   /** run as /bin/bash -c CMD when /bin/bash exists, else /bin/sh -c CMD */
   cmd: string;
+  /** (optional) run this program directly, without a shell: argv[0] is a path, or a name looked up in the process's PATH as a shell's exec does; cmd is then only what ProcessInfo shows. bad_request for an empty argv[0] or a NUL byte */
+  argv?: string[];
   /** (optional, default /workspace, created if missing when it is /workspace) */
   cwd?: string;
   /** (optional) */

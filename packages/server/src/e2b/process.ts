@@ -10,9 +10,10 @@ import { ConnectError } from './errors.js';
 import { homeOf, resolvePath, rpcUser, shellQuote } from './user.js';
 
 /**
- * envd's `process.Process` service on the agent's processes and terminals (terminals.ts). The agent
- * runs a shell string: the argv E2B sends is quoted into `exec 'cmd' 'arg'...`, and the config as
- * given is kept per pid for `List`, with whether it runs on a terminal (its output is then `pty`
+ * envd's `process.Process` service on the agent's processes and terminals (terminals.ts). A process
+ * runs the argv E2B sends as is (the agent's `argv`: no shell in between); a terminal runs it through
+ * the agent's shell, quoted into `exec 'cmd' 'arg'...` (also what the agent's process list shows).
+ * The config as given is kept per pid for `List`, with whether it runs on a terminal (its output is then `pty`
  * data, also when `Connect` reattaches). In memory: after a server restart a process lists with its
  * shell string as config, and a terminal reattached by `Connect` streams its output as stdout.
  */
@@ -152,12 +153,14 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
     const cwd = p.cwd === undefined || p.cwd === '' ? homeOf(ctx.user) : resolvePath(p.cwd, ctx.user, 'cwd');
     const tag = typeof msg.tag === 'string' ? msg.tag : undefined;
     const config: ProcessConfig = { cmd: p.cmd, args: args as string[], envs, ...(p.cwd !== undefined ? { cwd: p.cwd as string } : {}) };
-    const shell = `exec ${[p.cmd, ...(args as string[])].map(shellQuote).join(' ')}`;
+    const argv = [config.cmd, ...config.args];
+    const shell = `exec ${argv.map(shellQuote).join(' ')}`;
     const events = await withAgent(deps, id, 'start', ctx.reply, async (agent, gone) => {
       // a terminal has no timeout (as E2B's: its stream's deadline is the client's)
       const started = pty
         ? await startPty(agent, { cmd: shell, cols: pty.cols, rows: pty.rows, cwd, envs, user: ctx.user, ...(tag !== undefined ? { tag } : {}) }, gone)
-        : await startCommand(agent, { cmd: shell, cwd, envs, user: ctx.user, timeoutMs: ctx.timeoutMs, stdin: msg.stdin === true, ...(tag !== undefined ? { tag } : {}) }, false, gone);
+        : // (the argv itself, as envd runs it: no shell of the agent's before E2B's own `bash -l -c`)
+          await startCommand(agent, { cmd: shell, argv, cwd, envs, user: ctx.user, timeoutMs: ctx.timeoutMs, stdin: msg.stdin === true, ...(tag !== undefined ? { tag } : {}) }, false, gone);
       remember(id, started.pid, config, tag, pty !== undefined);
       return started.events!;
     });
