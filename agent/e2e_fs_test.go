@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -404,5 +405,58 @@ func TestFsMkdirRenameRemove(t *testing.T) {
 	c.call("fs.remove", map[string]interface{}{"path": lnk, "recursive": true})
 	if _, err := os.Stat(filepath.Join(tgt, "keep")); err != nil {
 		t.Fatalf("symlink target touched: %v", err)
+	}
+}
+
+// fs.write and fs.mkdir give what they create to `owner` (uid:gid here: the host's
+// user database is not the guest's); an existing file keeps its owner.
+func TestFsWriteMkdirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	ta := startTestAgent(t)
+	c := ta.dial()
+	owned := func(p string) string {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			t.Fatalf("lstat %s: %v", p, err)
+		}
+		return fmt.Sprintf("%d:%d", st.Uid, st.Gid)
+	}
+	f := filepath.Join(ta.dir, "a", "b", "f.txt")
+	c.writeFile(f, []byte("x"), map[string]interface{}{"owner": "4242:4343"})
+	for _, p := range []string{f, filepath.Join(ta.dir, "a", "b"), filepath.Join(ta.dir, "a")} {
+		if got := owned(p); got != "4242:4343" {
+			t.Fatalf("%s owned by %s, want 4242:4343", p, got)
+		}
+	}
+	if got := owned(ta.dir); got != "0:0" {
+		t.Fatalf("the existing parent changed owner: %s", got)
+	}
+	// replaced or appended, an existing file keeps its owner
+	c.writeFile(f, []byte("y"), map[string]interface{}{"owner": "5000:5000"})
+	c.writeFile(f, []byte("z"), map[string]interface{}{"owner": "5000:5000", "append": true})
+	if got := owned(f); got != "4242:4343" {
+		t.Fatalf("replaced file owned by %s", got)
+	}
+	root := filepath.Join(ta.dir, "root-owned")
+	c.writeFile(root, []byte("x"), nil)
+	if got := owned(root); got != "0:0" {
+		t.Fatalf("no owner: %s", got)
+	}
+	d := filepath.Join(ta.dir, "m", "n")
+	if r := c.call("fs.mkdir", map[string]interface{}{"path": d, "owner": "4242:4343"}); r["created"] != true {
+		t.Fatalf("mkdir %v", r)
+	}
+	for _, p := range []string{d, filepath.Join(ta.dir, "m")} {
+		if got := owned(p); got != "4242:4343" {
+			t.Fatalf("%s owned by %s", p, got)
+		}
+	}
+	if got := c.callErr("fs.write", map[string]interface{}{"path": filepath.Join(ta.dir, "u"), "owner": "no-such-user-here"}); got != CodeBadRequest {
+		t.Fatalf("unknown owner: %s", got)
+	}
+	if got := c.callErr("fs.mkdir", map[string]interface{}{"path": filepath.Join(ta.dir, "v"), "owner": "no-such-user-here"}); got != CodeBadRequest {
+		t.Fatalf("unknown owner (mkdir): %s", got)
 	}
 }

@@ -421,3 +421,26 @@ func TestProcOutputWithoutCredit(t *testing.T) {
 		t.Fatalf("replay: %d bytes, events %v", len(out.stdout), out.events)
 	}
 }
+
+// With argv the program runs itself, no shell: its arguments are not
+// parsed, a name is found in the process's PATH, and cmd is only shown.
+func TestProcArgvWithoutShell(t *testing.T) {
+	ta := startTestAgent(t)
+	c := ta.dial()
+	out, info := c.run(map[string]interface{}{"cmd": "shown only", "argv": []string{"printf", "%s|%s", "$HOME", "a b;c"}, "cwd": ta.dir})
+	if string(out.stdout) != "$HOME|a b;c" || *info.ExitCode != 0 || info.Cmd != "shown only" {
+		t.Fatalf("argv: %q %+v", out.stdout, info)
+	}
+	_, info = c.run(map[string]interface{}{"cmd": "x", "argv": []string{"sh", "-c", "exit 7"}, "envs": map[string]string{"PATH": "/usr/bin:/bin"}})
+	if *info.ExitCode != 7 {
+		t.Fatalf("exit code through argv: %+v", info)
+	}
+	for _, argv := range [][]string{{""}, {"echo", "a\x00b"}} {
+		if got := c.callErr("proc.start", map[string]interface{}{"cmd": "x", "argv": argv}); got != CodeBadRequest {
+			t.Errorf("argv %q: %s, want bad_request", argv, got)
+		}
+	}
+	if got := c.callErr("proc.start", map[string]interface{}{"cmd": "x", "argv": []string{"no-such-program-here"}}); got != CodeProcessFailed {
+		t.Errorf("missing program: %s", got)
+	}
+}

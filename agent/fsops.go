@@ -295,14 +295,18 @@ func opFsWrite(st *stream, req *fsWriteRequest) (*fsWriteResult, error) {
 	if ti, err := os.Lstat(target); err == nil && !ti.Mode().IsRegular() && !ti.IsDir() {
 		return nil, opErrorf(CodeBadRequest, "write %s: not a regular file (%s)", p, ti.Mode().Type())
 	}
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+	own, err := ownerOf(req.Owner)
+	if err != nil {
+		return nil, err
+	}
+	if err := mkdirAllOwned(filepath.Dir(target), own); err != nil {
 		return nil, toOpError("create parent directories of "+p, err)
 	}
 	var n int64
 	if req.Append {
-		n, err = writeAppend(st, target, mode)
+		n, err = writeAppend(st, target, mode, own)
 	} else {
-		n, err = writeReplace(st, target, mode)
+		n, err = writeReplace(st, target, mode, own)
 	}
 	if err != nil {
 		return nil, err
@@ -330,7 +334,7 @@ func receiveInto(st *stream, f *os.File, what string) (int64, error) {
 	}
 }
 
-func writeAppend(st *stream, target string, mode uint32) (int64, error) {
+func writeAppend(st *stream, target string, mode uint32, own owner) (int64, error) {
 	_, statErr := os.Lstat(target)
 	// (non-blocking, no controlling terminal: whatever the path turned into since it was checked)
 	f, err := os.OpenFile(target, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NONBLOCK|syscall.O_NOCTTY, os.FileMode(mode&0o777))
@@ -341,6 +345,9 @@ func writeAppend(st *stream, target string, mode uint32) (int64, error) {
 	if os.IsNotExist(statErr) {
 		if err := fchmod(f, mode); err != nil {
 			return 0, toOpError("chmod "+target, err)
+		}
+		if err := own.fchown(f); err != nil {
+			return 0, toOpError("chown "+target, err)
 		}
 	}
 	fi, err := f.Stat()
@@ -363,10 +370,12 @@ func writeAppend(st *stream, target string, mode uint32) (int64, error) {
 // writeReplace writes into a temporary file next to target and renames it
 // over target after END; a cancelled or failed write removes the temporary
 // file and leaves target untouched. An existing target keeps its mode (and
-// owner, when the agent may chown).
-func writeReplace(st *stream, target string, mode uint32) (int64, error) {
-	uid, gid := -1, -1
+// owner, when the agent may chown); a new one gets `own` (when given).
+func writeReplace(st *stream, target string, mode uint32, own owner) (int64, error) {
+	uid, gid := own.uid, own.gid
+	existing := false
 	if fi, err := os.Stat(target); err == nil {
+		existing = true
 		if fi.IsDir() {
 			return 0, opErrorf(CodeIsADirectory, "write %s: is a directory", target)
 		}
@@ -395,8 +404,12 @@ func writeReplace(st *stream, target string, mode uint32) (int64, error) {
 	if err != nil {
 		return n, err
 	}
-	if uid >= 0 && os.Geteuid() == 0 {
+	if existing && uid >= 0 && os.Geteuid() == 0 {
 		_ = f.Chown(uid, gid) // best effort
+	} else if !existing {
+		if err := own.fchown(f); err != nil {
+			return n, toOpError("chown "+tmp, err)
+		}
 	}
 	if err := fchmod(f, mode); err != nil {
 		return n, toOpError("chmod "+tmp, err)
@@ -568,8 +581,12 @@ func opFsMkdir(st *stream, req *fsMkdirRequest) (*fsMkdirResult, error) {
 	if err := refuseSystemEntry("mkdir", p, true); err != nil {
 		return nil, err
 	}
+	own, err := ownerOf(req.Owner)
+	if err != nil {
+		return nil, err
+	}
 	if boolOr(req.Parents, true) {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		if err := mkdirAllOwned(filepath.Dir(p), own); err != nil {
 			return nil, toOpError("create parent directories of "+p, err)
 		}
 	}
@@ -586,7 +603,66 @@ func opFsMkdir(st *stream, req *fsMkdirRequest) (*fsMkdirResult, error) {
 	if err := syscall.Chmod(p, mode); err != nil { // exact bits, regardless of umask
 		return nil, toOpError("chmod "+p, &os.PathError{Op: "chmod", Path: p, Err: err})
 	}
+	if err := own.lchown(p); err != nil {
+		return nil, toOpError("chown "+p, err)
+	}
 	return &fsMkdirResult{Created: true}, nil
+}
+
+// owner is the user that what fs.write and fs.mkdir create is given to
+// (their `owner`); unset: the agent's own (root).
+type owner struct {
+	set      bool
+	uid, gid int
+}
+
+// ownerOf resolves an op's `owner` (a user as proc.start's `user`).
+func ownerOf(spec *string) (owner, error) {
+	if spec == nil || *spec == "" {
+		return owner{uid: -1, gid: -1}, nil
+	}
+	u, err := lookupUser(*spec)
+	if err != nil {
+		return owner{}, opErrorf(CodeBadRequest, "owner: %v", err)
+	}
+	return owner{set: true, uid: int(u.Uid), gid: int(u.Gid)}, nil
+}
+
+func (o owner) fchown(f *os.File) error {
+	if !o.set {
+		return nil
+	}
+	return f.Chown(o.uid, o.gid)
+}
+
+func (o owner) lchown(p string) error {
+	if !o.set {
+		return nil
+	}
+	return os.Lchown(p, o.uid, o.gid)
+}
+
+// mkdirAllOwned is os.MkdirAll(dir, 0755) whose created directories are
+// given to `own`.
+func mkdirAllOwned(dir string, own owner) error {
+	var missing []string
+	if own.set {
+		for d := dir; ; d = filepath.Dir(d) {
+			if _, err := os.Lstat(d); err == nil || d == filepath.Dir(d) {
+				break
+			}
+			missing = append(missing, d)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range missing {
+		if err := own.lchown(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func opFsRemove(st *stream, req *fsRemoveRequest) (*emptyResult, error) {

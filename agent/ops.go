@@ -128,6 +128,7 @@ type fsWriteRequest struct {
 	Path   *string `json:"path"`
 	Mode   *uint32 `json:"mode"`
 	Append bool    `json:"append"`
+	Owner  *string `json:"owner"`
 }
 
 type fsListRequest struct {
@@ -139,6 +140,7 @@ type fsMkdirRequest struct {
 	Path    *string `json:"path"`
 	Parents *bool   `json:"parents"`
 	Mode    *uint32 `json:"mode"`
+	Owner   *string `json:"owner"`
 }
 
 type fsRemoveRequest struct {
@@ -154,6 +156,7 @@ type fsRenameRequest struct {
 
 type procStartRequest struct {
 	Cmd       *string           `json:"cmd"`
+	Argv      []string          `json:"argv"`
 	Cwd       *string           `json:"cwd"`
 	Envs      map[string]string `json:"envs"`
 	User      *string           `json:"user"`

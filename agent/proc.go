@@ -496,6 +496,14 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 	if strings.IndexByte(*req.Cmd, 0) >= 0 {
 		return nil, opErrorf(CodeBadRequest, "cmd contains a NUL byte")
 	}
+	for _, a := range req.Argv {
+		if strings.IndexByte(a, 0) >= 0 {
+			return nil, opErrorf(CodeBadRequest, "argv contains a NUL byte")
+		}
+	}
+	if len(req.Argv) > 0 && req.Argv[0] == "" {
+		return nil, opErrorf(CodeBadRequest, "argv[0] must name a program")
+	}
 	setup, err := a.resolveSetup(req.User, req.Cwd, req.Envs)
 	if err != nil {
 		return nil, err
@@ -547,16 +555,21 @@ func (a *Agent) startProcess(req *procStartRequest) (*Process, error) {
 		parentEnds = append(parentEnds, stdinW)
 	}
 
+	// with argv, the program itself (no shell); otherwise the shell runs cmd
+	program, args := shell, []string{shell, "-c", *req.Cmd}
+	if len(req.Argv) > 0 {
+		program, args = lookPath(req.Argv[0], env), req.Argv
+	}
 	started := time.Now()
 	startIt := func() (*os.Process, error) {
-		return os.StartProcess(shell, []string{shell, "-c", *req.Cmd}, &os.ProcAttr{
+		return os.StartProcess(program, args, &os.ProcAttr{
 			Dir:   cwd,
 			Env:   env,
 			Files: []*os.File{stdinChild, outW, errW},
 			Sys:   attr,
 		})
 	}
-	proc, err := spawn(shell, startIt)
+	proc, err := spawn(program, startIt)
 	closeAll(childEnds)
 	if err != nil {
 		closeAll(parentEnds)
@@ -836,6 +849,31 @@ func opProcSignal(st *stream, req *procSignalRequest) (*emptyResult, error) {
 
 func opProcList(st *stream, req *emptyRequest) (*procListResult, error) {
 	return &procListResult{Processes: st.agent.procs.list()}, nil
+}
+
+// lookPath finds a program named without a slash in the PATH of env, as a
+// shell's exec does; a name it does not find is returned as is (the start
+// then fails with its own error).
+func lookPath(name string, env []string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	path := defaultPATH
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "PATH=") {
+			path = kv[len("PATH="):]
+		}
+	}
+	for _, dir := range strings.Split(path, ":") {
+		if dir == "" {
+			dir = "."
+		}
+		p := dir + "/" + name
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return name
 }
 
 // userShell is the shell commands run with: bash, or sh where there is none.

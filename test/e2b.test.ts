@@ -90,7 +90,6 @@ describe('E2B SDK (2.51.0): control plane', () => {
     await sbx.setTimeout(500_000);
     const end2 = (await sbx.getInfo()).endAt.getTime();
     expect(end2 - end1).toBeGreaterThan(250_000);
-    expect(await Sandbox.getMetrics(sbx.sandboxId)).toEqual([]);
   });
 
   it('refuses a wrong API key (AuthenticationError) and an unknown template (404)', async () => {
@@ -127,18 +126,12 @@ describe('beside /v1', () => {
   });
 });
 
-describe('E2B SDK (2.51.0): what is not there yet answers a clear error', () => {
-  it('PTY, watching, port traffic, fork and snapshots: 501 / unimplemented naming the feature', async () => {
-    const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: () => {} }).catch((e: unknown) => e);
-    expect(String(pty)).toMatch(/PTY .*not supported/);
-    const watch = await sbx.files.watchDir('/tmp', () => {}).catch((e: unknown) => e);
-    expect(String(watch)).toMatch(/watching directories .*not supported/);
-    const port = await envd('/', sbx.sandboxId, undefined, { headers: { 'e2b-sandbox-port': '3000' } });
-    expect(port.status).toBe(501);
-    expect(await port.json()).toMatchObject({ code: 501, message: expect.stringMatching(/port 3000/) });
-    const fork = await fetch(`${apiUrl()}/sandboxes/${sbx.sandboxId}/fork`, { method: 'POST', headers: { 'x-api-key': apiKey(), 'content-type': 'application/json' }, body: '{}' });
-    expect(fork.status).toBe(501);
-    await expect(sbx.createSnapshot()).rejects.toThrow(/501: snapshots through the E2B API is not supported/);
+describe('E2B SDK (2.51.0): what is not supported answers a clear error', () => {
+  it('updateNetwork: 501 naming the feature; a filesystem-only pause or a reboot on connect: 400', async () => {
+    await expect(Sandbox.updateNetwork(sbx.sandboxId, { denyOut: ['0.0.0.0/0'] } as never)).rejects.toThrow(/501: updating the network is not supported/);
+    await expect(Sandbox.pause(sbx.sandboxId, { keepMemory: false } as never)).rejects.toThrow(/filesystem-only pause/);
+    await expect(Sandbox.connect(sbx.sandboxId, { onResume: 'reboot' } as never)).rejects.toThrow(/memory: false/);
+    expect((await sbx.getInfo()).state).toBe('running');
   });
 });
 

@@ -132,9 +132,9 @@ export async function writeFile(
   agent: GuestAgent,
   path: string,
   source: AsyncIterable<Buffer | string>,
-  opts: { mode?: number; append?: boolean; maxBytes: number; signal?: AbortSignal | undefined },
+  opts: { mode?: number; append?: boolean; maxBytes: number; signal?: AbortSignal | undefined; owner?: string | undefined },
 ): Promise<{ path: string; size: number }> {
-  const stream = agent.open('fs.write', { path, ...(opts.mode !== undefined ? { mode: opts.mode } : {}), append: opts.append ?? false });
+  const stream = agent.open('fs.write', { path, ...(opts.mode !== undefined ? { mode: opts.mode } : {}), append: opts.append ?? false, ...(opts.owner !== undefined ? { owner: opts.owner } : {}) });
   limit(stream, { signal: opts.signal });
   // the agent's end (its VM killed, an error) ends the upload at once, also while the client sends nothing
   const agentEnded = new Promise<never>((_, reject) => void stream.result.catch(reject));
@@ -214,6 +214,8 @@ export async function listDir(agent: GuestAgent, path: string, depth: number, si
 
 export interface CommandRequest {
   cmd: string;
+  /** Run this program with these arguments, no shell (`cmd` is then only what the process list shows). */
+  argv?: string[] | undefined;
   cwd?: string | undefined;
   envs?: Record<string, string> | undefined;
   user?: string | undefined;
@@ -316,6 +318,7 @@ export async function startCommand(agent: GuestAgent, req: CommandRequest, backg
     'proc.start',
     {
       cmd: req.cmd,
+      ...(req.argv !== undefined ? { argv: req.argv } : {}),
       ...(req.cwd !== undefined ? { cwd: req.cwd } : {}),
       ...(req.envs !== undefined ? { envs: req.envs } : {}),
       ...(req.user !== undefined ? { user: req.user } : {}),

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * nullspace benchmark: `npm run bench` (full) or `npm run bench -- --quick` (a short run that proves
- * it works; the test suite runs it). Starts its own server on a temporary data dir, measures
+ * it works; the test suite runs it); `--only=e2b` runs only the E2B SDK rows (n=10, or 2 with --quick). Starts its own server on a temporary data dir, measures
  * nullspace's operations side by side with what a user would otherwise do on the same QEMU and image
  * (cold boot, QEMU's full-stream save/restore, libvirt) and with the floor of any restore, prints
  * tables of medians, p95 and ratios, and cleans up. Times are measured, never asserted.
@@ -28,6 +28,8 @@ import { terminalRows } from './terminal.js';
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const N = quick ? 3 : 10;
+const ONLY = args.find((a) => a.startsWith('--only='))?.split('=')[1];
+if (ONLY !== undefined && ONLY !== 'e2b') throw new Error(`--only=${ONLY}: only --only=e2b is known`);
 const DENSITY = quick ? 0 : Number(args.find((a) => a.startsWith('--density='))?.split('=')[1] ?? 100);
 
 const MiB = 1048576;
@@ -109,6 +111,12 @@ async function main(): Promise<void> {
     // takes CPU), as for calls that do not come in bursts faster than they refill (~1 s per slot here)
     const poolReady = () => poolsReady(c);
     await poolReady();
+    if (ONLY === 'e2b') {
+      const e2b = await e2bRows({ conn: c, n: N, log, poolReady });
+      process.stdout.write('\n' + formatTable(e2b.rows) + '\n');
+      for (const note of e2b.notes) process.stdout.write(`(${note})\n`);
+      return;
+    }
 
     // --- the floor and the alternatives on the same QEMU and image
     const ctx: BaselineCtx = { profile, template, dir: path.join(dataDir, 'baselines') };

@@ -194,6 +194,8 @@ export interface FsWriteRequest {
   mode?: number;
   /** (optional, default false) */
   append?: boolean;
+  /** (optional) a user as proc.start's user; a file this creates, and the missing parent directories it creates, are owned by that user and its group (an existing file keeps its owner); bad_request for an unknown user. Default: the agent's own (root) */
+  owner?: string;
 }
 /** fs.write result. */
 export interface FsWriteResult {
@@ -248,6 +250,8 @@ export interface FsMkdirRequest {
   parents?: boolean;
   /** (optional, default 0755) */
   mode?: number;
+  /** (optional) as fs.write's: the directory and the parents this creates are owned by that user and its group */
+  owner?: string;
 }
 /** fs.mkdir result. */
 export interface FsMkdirResult {
@@ -293,6 +297,8 @@ export interface FsWatchResult {
 export interface ProcStartRequest {
   /** run as /bin/bash -c CMD when /bin/bash exists, else /bin/sh -c CMD */
   cmd: string;
+  /** (optional) run this program directly, without a shell: argv[0] is a path, or a name looked up in the process's PATH as a shell's exec does; cmd is then only what ProcessInfo shows. bad_request for an empty argv[0] or a NUL byte */
+  argv?: string[];
   /** (optional, default /workspace, created if missing when it is /workspace) */
   cwd?: string;
   /** (optional) */

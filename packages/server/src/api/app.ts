@@ -88,8 +88,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (route.schema && !route.schema.querystring) route.schema.querystring = NoQuery;
   });
 
-  // E2B's port traffic by header (the seam of a port proxy; packages/server/src/e2b)
-  app.addHook('onRequest', e2bPortTraffic);
+  // E2B's port traffic by header: to the preview proxy (packages/server/src/e2b)
+  app.addHook('onRequest', e2bPortTraffic(deps));
   const key = digest(deps.apiKey);
   app.addHook('onRequest', async (req) => {
     if (req.raw.httpVersion === '1.1' && req.headers.host === undefined) throw new NsError('bad_request', 'an HTTP/1.1 request needs a Host header');

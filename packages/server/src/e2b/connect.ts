@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Readable } from 'node:stream';
 import { CONNECT_STATUS, ConnectError, connectError } from './errors.js';
 
 /**
@@ -116,4 +117,43 @@ export async function serverStream(req: FastifyRequest, reply: FastifyReply, fn:
   }
   head();
   if (!res.destroyed) res.end(envelope(FLAG_END, end));
+}
+
+/** After how long without a message a stream gets a keepalive (envd: 50 s, the SDK's ping header). */
+const KEEPALIVE_MS = 50_000;
+
+/**
+ * Relays an NDJSON stream of nullspace events (agentio's and terminals.ts's) as messages of a server
+ * stream: each line goes through `translate` (undefined: nothing sent; a throw ends the stream with
+ * that error), `keepalive` while it is quiet (a process stream's by default; null: none); the client
+ * leaving ends the source. Returns when the source ends.
+ */
+export async function relay<L>(events: Readable, sink: StreamSink, translate: (line: L) => unknown, keepalive: unknown = { event: { keepalive: {} } }): Promise<void> {
+  let last = Date.now();
+  const timer = setInterval(() => {
+    if (keepalive !== null && Date.now() - last >= KEEPALIVE_MS) {
+      last = Date.now();
+      void sink.send(keepalive);
+    }
+  }, 5_000);
+  const onGone = () => events.destroy();
+  sink.gone.addEventListener('abort', onGone, { once: true });
+  try {
+    let buf = '';
+    for await (const chunk of events) {
+      buf += String(chunk);
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (!line) continue;
+        last = Date.now();
+        const out = translate(JSON.parse(line) as L);
+        if (out !== undefined) await sink.send(out);
+      }
+    }
+  } finally {
+    clearInterval(timer);
+    sink.gone.removeEventListener('abort', onGone);
+  }
 }

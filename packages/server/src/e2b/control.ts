@@ -2,14 +2,22 @@ import type { FastifyInstance, FastifyReply } from 'fastify';
 import { NsError } from '@nullspace/runtime';
 import type { SandboxState } from '../sandbox/lifecycle.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
+import type { SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from '../api/deps.js';
 import { E2bError, notSupported } from './errors.js';
 
 /**
  * E2B's control plane (the `Sandbox` class's API calls) on the sandbox manager: create
  * (`POST /v2/sandboxes`, and `POST /sandboxes` of older SDKs), connect (= resume), list, get, kill,
- * timeout, pause (= hibernate). Durations are seconds, times RFC 3339, ids nullspace's own.
+ * timeout, pause (= hibernate), metrics (the sampler's), snapshots (reusable snapshots: E2B's name
+ * is kept in the snapshot's metadata as `e2bName`), fork (N-way fork). Durations are seconds, times
+ * RFC 3339, ids nullspace's own. `domain` is the preview proxy's (getHost(port) reaches the guest's
+ * port through it); ports are public unless the sandbox was created with
+ * `network.allowPublicTraffic: false`, as on E2B (then `trafficAccessToken` opens them).
  */
+
+/** The metadata key of an E2B snapshot name. */
+const NAME_KEY = 'e2bName';
 
 /** The envd version this surface reports: the SDK gates features on it (docs/api.md). */
 export const ENVD_VERSION = '0.5.7';
@@ -39,7 +47,7 @@ export function liveSandbox(deps: AppDeps, id: string): SandboxRecord {
 const iso = (ms: number | null | undefined) => new Date(ms ?? Date.now()).toISOString();
 const templateOf = (r: SandboxRecord) => r.snapshotId ?? r.template;
 
-function sandboxView(r: SandboxRecord) {
+function sandboxView(deps: AppDeps, r: SandboxRecord) {
   return {
     sandboxID: r.id,
     templateID: templateOf(r),
@@ -47,12 +55,18 @@ function sandboxView(r: SandboxRecord) {
     clientID: CLIENT_ID,
     envdVersion: ENVD_VERSION,
     ...(r.accessToken ? { envdAccessToken: r.accessToken } : {}),
-    domain: null,
-    trafficAccessToken: null,
+    domain: deps.preview.publicDomain,
+    trafficAccessToken: r.allowPublicTraffic ? null : r.trafficToken,
   };
 }
 
-function listedView(r: SandboxRecord) {
+/** The size of its root file system as the guest sees it (its latest metrics sample; 0 before the first). */
+function diskSizeMB(deps: AppDeps, r: SandboxRecord): number {
+  const last = deps.sandboxes.metrics(r.id).at(-1);
+  return last ? Math.round(last.diskTotalBytes / (1024 * 1024)) : 0;
+}
+
+function listedView(deps: AppDeps, r: SandboxRecord) {
   const paused = e2bState(r.state) === 'paused';
   return {
     sandboxID: r.id,
@@ -64,7 +78,7 @@ function listedView(r: SandboxRecord) {
     endAt: iso(paused ? Date.now() + (r.remainingMs ?? r.timeoutMs) : r.expiresAt),
     cpuCount: r.vcpus,
     memoryMB: r.memoryMiB,
-    diskSizeMB: 0,
+    diskSizeMB: diskSizeMB(deps, r),
     metadata: r.metadata,
     state: e2bState(r.state),
     envdVersion: ENVD_VERSION,
@@ -72,13 +86,14 @@ function listedView(r: SandboxRecord) {
   };
 }
 
-function detailView(r: SandboxRecord) {
+function detailView(deps: AppDeps, r: SandboxRecord) {
   return {
-    ...listedView(r),
+    ...listedView(deps, r),
     ...(r.accessToken ? { envdAccessToken: r.accessToken } : {}),
-    domain: null,
+    domain: deps.preview.publicDomain,
     allowInternetAccess: r.allowInternetAccess,
-    lifecycle: { onTimeout: r.onTimeout === 'hibernate' ? 'pause' : 'kill', autoResume: false },
+    network: { allowPublicTraffic: r.allowPublicTraffic },
+    lifecycle: { onTimeout: r.onTimeout === 'hibernate' ? 'pause' : 'kill', autoResume: r.autoResume },
   };
 }
 
@@ -108,8 +123,20 @@ function timeoutMs(deps: AppDeps, v: unknown): number {
   return ms;
 }
 
+/** A page's `limit` (default and most: 100). */
+function pageLimit(raw: string | undefined): number {
+  if (raw === undefined) return 100;
+  const limit = Number(raw);
+  if (!/^[0-9]{1,4}$/.test(raw) || limit < 1 || limit > 100) throw new E2bError(400, 'limit must be 1 to 100');
+  return limit;
+}
+
 export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
   const { sandboxes } = deps;
+
+  /** The newest reusable snapshot with this E2B name. */
+  const namedSnapshot = (name: string) => sandboxes.listSnapshots({ kinds: ['reusable'], metadata: { [NAME_KEY]: name }, limit: 100 }).items.at(-1);
+  const snapshotView = (snap: SnapshotRecord) => ({ snapshotID: snap.id, names: snap.metadata[NAME_KEY] ? [snap.metadata[NAME_KEY]] : [] });
 
   const create = async (raw: unknown, reply: FastifyReply) => {
     const b = body(raw);
@@ -124,19 +151,27 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
         volumes[m.path] = m.name;
       }
     }
-    // a snapshot's id names it as a template, as on E2B
-    const fromSnapshot = /^snap_/.test(templateID);
+    const network = (b.network ?? {}) as { allowPublicTraffic?: unknown };
+    if (typeof network !== 'object' || (network.allowPublicTraffic !== undefined && typeof network.allowPublicTraffic !== 'boolean')) {
+      throw new E2bError(400, 'network.allowPublicTraffic must be a boolean');
+    }
+    const autoResume = (b.autoResume ?? {}) as { enabled?: unknown };
+    // a snapshot's id or name names it as a template, as on E2B
+    const snapshotId = /^snap_/.test(templateID) ? templateID : namedSnapshot(templateID)?.id;
     const rec = await sandboxes.create({
-      template: fromSnapshot ? 'base' : templateID,
-      ...(fromSnapshot ? { snapshotId: templateID } : {}),
+      template: snapshotId ? 'base' : templateID,
+      ...(snapshotId ? { snapshotId } : {}),
       metadata: stringMap(b.metadata, 'metadata'),
       envs: stringMap(b.envVars, 'envVars'),
       timeoutMs: timeoutMs(deps, b.timeout),
       allowInternetAccess: b.allow_internet_access !== false,
       onTimeout: b.autoPause === true ? 'hibernate' : 'kill',
+      autoResume: b.autoPause === true && autoResume.enabled === true,
+      // (E2B's ports are public unless the sandbox restricts them)
+      allowPublicTraffic: network.allowPublicTraffic !== false,
       volumes,
     });
-    return reply.status(201).send(sandboxView(rec));
+    return reply.status(201).send(sandboxView(deps, rec));
   };
   app.post('/v2/sandboxes', async (req, reply) => create(req.body, reply));
   // (JS SDK <= 2.45, Python SDK 2.x)
@@ -158,7 +193,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       const left = (out.expiresAt ?? 0) - Date.now();
       if (ms > left) out = sandboxes.setTimeout(id, ms);
     }
-    return reply.status(status).send(sandboxView(out));
+    return reply.status(status).send(sandboxView(deps, out));
   };
   app.post('/v2/sandboxes/:id/connect', async (req, reply) => connect((req.params as { id: string }).id, req.body, reply));
   app.post('/sandboxes/:id/connect', async (req, reply) => connect((req.params as { id: string }).id, req.body, reply));
@@ -171,11 +206,9 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       else if (s === 'paused') states.push('hibernating', 'paused');
       else if (s !== '') throw new E2bError(400, `state must be running and/or paused (got ${JSON.stringify(s).slice(0, 40)})`);
     }
-    let limit = 100;
-    if (q.limit !== undefined) {
-      limit = Number(q.limit);
-      if (!/^[0-9]{1,4}$/.test(q.limit) || limit < 1 || limit > 100) throw new E2bError(400, 'limit must be 1 to 100');
-    }
+    const limit = pageLimit(q.limit);
+    // (nullspace's list is oldest first, whatever the page: a newest-first order is refused, not ignored)
+    if (q.order !== undefined && q.order !== 'asc') throw new E2bError(400, `order ${JSON.stringify(q.order).slice(0, 40)} is not supported: nullspace lists sandboxes oldest first (order=asc)`);
     // `metadata` is itself a query string of percent-encoded keys and values (k=v&k2=v2), AND of all
     const metadata: Record<string, string> = {};
     if (q.metadata) {
@@ -203,10 +236,10 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       items = items.filter((r) => (r.startedAt ?? r.createdAt) > after);
     }
     if (page.nextToken) void reply.header('x-next-token', page.nextToken);
-    return reply.status(200).send(items.map(listedView));
+    return reply.status(200).send(items.map((r) => listedView(deps, r)));
   });
 
-  app.get('/sandboxes/:id', async (req) => detailView(liveSandbox(deps, (req.params as { id: string }).id)));
+  app.get('/sandboxes/:id', async (req) => detailView(deps, liveSandbox(deps, (req.params as { id: string }).id)));
 
   app.delete('/sandboxes/:id', async (req, reply) => {
     const { id } = req.params as { id: string };
@@ -236,23 +269,92 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     return reply.status(204).send();
   });
 
-  // (getMetrics: no metrics yet; an empty series keeps the SDK's call working)
+  // getMetrics: the sampler's series (start/end in unix seconds)
   app.get('/sandboxes/:id/metrics', async (req) => {
-    liveSandbox(deps, (req.params as { id: string }).id);
-    return [];
+    const { id } = req.params as { id: string };
+    liveSandbox(deps, id);
+    const q = req.query as Record<string, string | undefined>;
+    const bound = (v: string | undefined, field: string) => {
+      if (v === undefined || v === '') return undefined;
+      if (!/^[0-9]{1,12}$/.test(v)) throw new E2bError(400, `${field} must be unix seconds`);
+      return Number(v) * 1000;
+    };
+    const start = bound(q.start, 'start');
+    const end = bound(q.end, 'end');
+    if (start !== undefined && end !== undefined && start > end) throw new E2bError(400, 'start is after end');
+    // (E2B's end is the second of the last sample: a sample within that second is in)
+    return sandboxes.metrics(id, start, end === undefined ? undefined : end + 999).map((m) => ({
+      timestamp: new Date(m.at).toISOString(),
+      timestampUnix: Math.floor(m.at / 1000),
+      cpuCount: m.cpuCount,
+      cpuUsedPct: m.cpuUsedPct,
+      memUsed: m.memUsedBytes,
+      memTotal: m.memTotalBytes,
+      memCache: 0,
+      diskUsed: m.diskUsedBytes,
+      diskTotal: m.diskTotalBytes,
+    }));
   });
 
-  // Seams for what is not there yet on this surface: each answers 501 with a message naming it.
-  const unsupported: Array<[method: 'post' | 'get' | 'put' | 'delete', url: string, what: string]> = [
-    ['post', '/sandboxes/:id/fork', 'fork through the E2B API'],
-    ['post', '/sandboxes/:id/snapshots', 'snapshots through the E2B API'],
-    ['get', '/snapshots', 'snapshots through the E2B API'],
-    ['delete', '/templates/:id', 'deleting snapshots through the E2B API'],
-    ['put', '/sandboxes/:id/network', 'updating the network'],
-  ];
-  for (const [method, url, what] of unsupported) {
-    app[method](url, async () => {
-      throw notSupported(what);
-    });
-  }
+  // snapshots: nullspace's reusable snapshots (the sandbox keeps running, as on E2B)
+  app.post('/sandboxes/:id/snapshots', async (req, reply) => {
+    const { id } = req.params as { id: string };
+    const b = body(req.body);
+    if (b.name !== undefined && (typeof b.name !== 'string' || b.name === '' || b.name.length > 256)) throw new E2bError(400, 'name must be a string of 1 to 256 characters');
+    if (typeof b.name === 'string' && namedSnapshot(b.name)) throw new E2bError(409, `a snapshot named ${JSON.stringify(b.name)} exists`);
+    const rec = liveSandbox(deps, id);
+    if (rec.state !== 'running') throw new E2bError(409, `sandbox ${id} is ${rec.state}: only a running sandbox can be snapshotted (connect resumes it)`);
+    const snap = await sandboxes.snapshot(id, { kind: 'reusable', metadata: typeof b.name === 'string' ? { [NAME_KEY]: b.name } : {} });
+    return reply.status(201).send(snapshotView(snap));
+  });
+
+  app.get('/snapshots', async (req, reply) => {
+    const q = req.query as Record<string, string | undefined>;
+    const limit = pageLimit(q.limit);
+    let page: ReturnType<typeof sandboxes.listSnapshots>;
+    try {
+      page = sandboxes.listSnapshots({ kinds: ['reusable'], ...(q.sandboxID ? { sandboxId: q.sandboxID } : {}), metadata: q.name ? { [NAME_KEY]: q.name } : {}, limit, nextToken: q.nextToken || undefined });
+    } catch (err) {
+      if (err instanceof NsError && err.code === 'bad_request') throw new E2bError(400, err.message);
+      throw err;
+    }
+    if (page.nextToken) void reply.header('x-next-token', page.nextToken);
+    return reply.status(200).send(page.items.map(snapshotView));
+  });
+
+  // deleteSnapshot (E2B deletes snapshots as templates): a snapshot's id or name; 404 for anything else
+  app.delete('/templates/:id', async (req, reply) => {
+    const { id } = req.params as { id: string };
+    let snap: SnapshotRecord | undefined;
+    try {
+      snap = /^snap_/.test(id) ? sandboxes.getSnapshot(id) : namedSnapshot(id);
+    } catch {
+      // (not found)
+    }
+    if (!snap || snap.kind !== 'reusable') throw new E2bError(404, `snapshot ${id} not found (templates are managed through /v1/templates)`);
+    sandboxes.deleteSnapshot(snap.id);
+    return reply.status(204).send();
+  });
+
+  // fork: N children from one capture; nullspace's fork is all or nothing (one failure fails the request)
+  app.post('/sandboxes/:id/fork', async (req, reply) => {
+    const { id } = req.params as { id: string };
+    const b = body(req.body);
+    if (b.count !== undefined && b.count !== null && (typeof b.count !== 'number' || !Number.isInteger(b.count))) throw new E2bError(400, 'count must be a whole number');
+    const rec = liveSandbox(deps, id);
+    if (rec.state !== 'running') throw new E2bError(409, `sandbox ${id} is ${rec.state}: only a running sandbox can be forked (connect resumes it)`);
+    let children: SandboxRecord[];
+    try {
+      ({ children } = await sandboxes.fork(id, { timeoutMs: b.timeout === undefined || b.timeout === null ? undefined : timeoutMs(deps, b.timeout), count: (b.count as number | undefined) ?? 1 }));
+    } catch (err) {
+      if (err instanceof NsError && err.code === 'validation_failed') throw new E2bError(400, err.message);
+      throw err;
+    }
+    return reply.status(201).send(children.map((c) => ({ sandbox: sandboxView(deps, c) })));
+  });
+
+  // (updateNetwork: E2B's egress rules; not mapped yet)
+  app.put('/sandboxes/:id/network', async () => {
+    throw notSupported('updating the network');
+  });
 }

@@ -6,12 +6,12 @@ import { createGunzip, createGzip } from 'node:zlib';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Busboy } from '@fastify/busboy';
 import type { GuestAgent } from '@nullspace/runtime';
-import { callFs, clientGone, readFile, startCommand, writeFile } from '../agentio.js';
+import { clientGone, readFile, writeFile } from '../agentio.js';
 import type { AppDeps } from '../api/deps.js';
-import { fromAgentError, NsError } from '../errors.js';
+import { NsError } from '../errors.js';
 import { UntilIdle } from '../util.js';
 import { E2bError, notSupported } from './errors.js';
-import { filesUser, resolvePath, shellQuote } from './user.js';
+import { filesUser, resolvePath } from './user.js';
 
 /**
  * envd's HTTP side (`/health`, `/files`) and what every envd request shares: which sandbox it is
@@ -99,33 +99,18 @@ export async function withAgent<T>(deps: AppDeps, id: string, use: 'start' | 'fi
   }
 }
 
-/** The directories `fs.write`/`fs.mkdir` of `target` will create (its missing ancestors), outermost last. */
-export async function missingParents(agent: GuestAgent, target: string, gone: AbortSignal): Promise<string[]> {
-  const missing: string[] = [];
-  for (let dir = path.posix.dirname(target); dir !== '/'; dir = path.posix.dirname(dir)) {
-    try {
-      await callFs(agent, 'fs.stat', { path: dir }, `stat ${dir}`, gone);
-      break;
-    } catch (err) {
-      if (err instanceof NsError && err.code === 'file_not_found') missing.push(dir);
-      else throw err;
-    }
-  }
-  return missing;
+/**
+ * The `owner` of what a files request creates (the agent's file operations run as root; envd's as
+ * the user): nothing for root.
+ */
+export function ownedBy(user: string): { owner?: string } {
+  return user === 'root' ? {} : { owner: user };
 }
 
-/**
- * Hands what a files request created to its user, as envd does (the agent's file operations run as
- * root): one `chown` in the guest. Nothing for root.
- */
-export async function chownTo(agent: GuestAgent, user: string, paths: string[], gone: AbortSignal): Promise<void> {
-  if (user === 'root' || paths.length === 0) return;
-  const { events } = await startCommand(agent, { cmd: `chown -h ${shellQuote(user)}: -- ${paths.map(shellQuote).join(' ')}`, user: 'root', cwd: '/', timeoutMs: 30_000 }, false, gone);
-  let tail = '';
-  for await (const chunk of events!) tail = (tail + String(chunk)).slice(-4096);
-  const end = tail.trim().split('\n').pop() ?? '';
-  const ev = JSON.parse(end) as { type: string; exitCode?: number; message?: string };
-  if (ev.type !== 'end' || ev.exitCode !== 0) throw new E2bError(401, `cannot give ${paths[0]} to user ${user} (no such user?)`);
+/** An agent's refusal of an unknown owner, as envd's answer to an unknown user (401). */
+export function unknownUser(err: unknown, user: string): unknown {
+  if (err instanceof NsError && err.code === 'bad_request' && /owner: unknown user/.test(err.message)) return new E2bError(401, `user ${user} does not exist in the sandbox`);
+  return err;
 }
 
 export function envdHttpRoutes(app: FastifyInstance, deps: AppDeps): void {
@@ -170,16 +155,15 @@ export function envdHttpRoutes(app: FastifyInstance, deps: AppDeps): void {
       const source: Readable = (req.body as IncomingMessage | undefined) ?? req.raw;
       const written = await withAgent(deps, id, 'files', reply, async (agent, gone) => {
         const put = async (target: string, data: Readable) => {
-          const created = await missingParents(agent, target, gone);
           const idle = new UntilIdle<Buffer>(data, deps.config.http.bodyTimeoutMs);
           try {
-            await writeFile(agent, target, idle, { maxBytes: deps.config.limits.maxUploadBytes, signal: gone });
+            // (what the write creates, the file and its missing parents, is the user's, as envd's)
+            await writeFile(agent, target, idle, { maxBytes: deps.config.limits.maxUploadBytes, signal: gone, ...ownedBy(user) });
           } catch (err) {
-            throw idle.stalled ?? err;
+            throw unknownUser(idle.stalled ?? err, user);
           } finally {
             idle.finish();
           }
-          await chownTo(agent, user, [target, ...created], gone);
           return { name: path.posix.basename(target), type: 'file', path: target };
         };
         if (/^multipart\/form-data/i.test(type)) return multipart(req, source, q.path === undefined ? undefined : resolvePath(q.path, user), user, put);

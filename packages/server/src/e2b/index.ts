@@ -1,10 +1,11 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { SANDBOX_ID_RE } from '@nullspace/runtime';
 import type { AppDeps } from '../api/deps.js';
 import { STREAM_TYPE } from './connect.js';
 import { controlRoutes } from './control.js';
 import { ENVD_PORT, envdHttpRoutes } from './envd.js';
-import { E2bError, httpError, notSupported } from './errors.js';
+import { E2bError, httpError } from './errors.js';
 import { filesystemRoutes } from './filesystem.js';
 import { processRoutes } from './process.js';
 
@@ -30,16 +31,26 @@ export function isE2bRoute(req: FastifyRequest): boolean {
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
 /**
- * Port traffic in E2B's header form (`E2b-Sandbox-Port` other than envd's 49983, on any path): the
- * seam of a port proxy (getHost), answered 501 until there is one. A root `onRequest` hook (app.ts
- * adds it before the API key check): such a request matches no route of either surface.
+ * Port traffic in E2B's header form (`E2b-Sandbox-Id` + an `E2b-Sandbox-Port` other than envd's
+ * 49983, on any path): served by the preview proxy, as `<port>-<sandboxId>.<domain>` is (same
+ * checks: its traffic token, its state). A root `onRequest` hook (app.ts adds it before the API key
+ * check): such a request matches no route of either surface. Upgrades (WebSocket) go by host only.
  */
-export async function e2bPortTraffic(req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
-  const port = req.headers['e2b-sandbox-port'];
-  if (port === undefined || port === ENVD_PORT) return undefined;
-  const { status, body } = httpError(notSupported(`traffic to port ${String(port)} of a sandbox (getHost)`));
-  return reply.status(status).type('application/json').send(body);
-}
+export const e2bPortTraffic =
+  (deps: AppDeps) =>
+  async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
+    const port = req.headers['e2b-sandbox-port'];
+    if (port === undefined || port === ENVD_PORT) return undefined;
+    const id = req.headers['e2b-sandbox-id'];
+    const n = Number(port);
+    if (typeof port !== 'string' || !/^[0-9]{1,5}$/.test(port) || n < 1 || n > 65535 || typeof id !== 'string' || !SANDBOX_ID_RE.test(id)) {
+      const { status, body } = httpError(new E2bError(400, 'port traffic needs E2b-Sandbox-Id (a sandbox id) and E2b-Sandbox-Port (1 to 65535)'));
+      return reply.status(status).type('application/json').send(body);
+    }
+    reply.hijack();
+    deps.preview.handleRequest(req.raw, reply.raw, { id, port: n });
+    return reply;
+  };
 
 export const e2bRoutes =
   (deps: AppDeps): FastifyPluginAsync =>

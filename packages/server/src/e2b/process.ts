@@ -1,17 +1,21 @@
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Readable } from 'node:stream';
 import { attachCommand, startCommand, writeStdin, type CommandEvent } from '../agentio.js';
+import { startPty } from '../terminals.js';
 import type { AppDeps } from '../api/deps.js';
 import { fromAgentError, NsError } from '../errors.js';
-import { asMessage, parseEnvelope, requestMessage, serverStream, unary, type StreamSink } from './connect.js';
+import { asMessage, parseEnvelope, relay, requestMessage, serverStream, unary, type StreamSink } from './connect.js';
 import { envdSandbox, withAgent } from './envd.js';
-import { ConnectError, notSupported } from './errors.js';
+import { ConnectError } from './errors.js';
 import { homeOf, resolvePath, rpcUser, shellQuote } from './user.js';
 
 /**
- * envd's `process.Process` service on the agent's processes. The agent runs a shell string: the
- * argv E2B sends is quoted into `exec 'cmd' 'arg'...`, and the config as given is kept per pid for
- * `List` (in memory: after a server restart a process lists with its shell string as config).
+ * envd's `process.Process` service on the agent's processes and terminals (terminals.ts). A process
+ * runs the argv E2B sends as is (the agent's `argv`: no shell in between); a terminal runs it through
+ * the agent's shell, quoted into `exec 'cmd' 'arg'...` (also what the agent's process list shows).
+ * The config as given is kept per pid for `List`, with whether it runs on a terminal (its output is then `pty`
+ * data, also when `Connect` reattaches). In memory: after a server restart a process lists with its
+ * shell string as config, and a terminal reattached by `Connect` streams its output as stdout.
  */
 
 interface ProcessConfig {
@@ -21,18 +25,16 @@ interface ProcessConfig {
   cwd?: string;
 }
 
-/** After how long without output a stream gets a keepalive event (envd: 50 s). */
-const KEEPALIVE_MS = 50_000;
 /** The most configs kept per sandbox (those of ended processes go first). */
 const MAX_CONFIGS = 1024;
 
 export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
   /** sandbox id -> pid -> the config it was started with */
-  const configs = new Map<string, Map<number, { config: ProcessConfig; tag?: string }>>();
-  const remember = (id: string, pid: number, config: ProcessConfig, tag: string | undefined) => {
+  const configs = new Map<string, Map<number, { config: ProcessConfig; tag?: string; pty: boolean }>>();
+  const remember = (id: string, pid: number, config: ProcessConfig, tag: string | undefined, pty: boolean) => {
     let m = configs.get(id);
     if (!m) configs.set(id, (m = new Map()));
-    m.set(pid, { config, ...(tag !== undefined ? { tag } : {}) });
+    m.set(pid, { config, pty, ...(tag !== undefined ? { tag } : {}) });
     if (m.size > MAX_CONFIGS) m.delete(m.keys().next().value!);
   };
 
@@ -43,7 +45,7 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
       fn: async (id, msg, ctx) => {
         const pid = await selectPid(id, msg.process);
         // (as the native attach: no gate held while it streams, a hibernation may come meanwhile)
-        await pump(await attach(await deps.sandboxes.agent(id), pid), ctx.sink!);
+        await pump(await attach(await deps.sandboxes.agent(id), pid, configs.get(id)?.get(pid)?.pty === true), ctx.sink!);
       },
     },
     List: {
@@ -70,10 +72,11 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
     SendInput: {
       stream: false,
       fn: async (id, msg) => {
+        // (a terminal's input is keystrokes written to it: the same proc.stdin as a process's stdin)
         const input = (msg.input ?? {}) as { stdin?: unknown; pty?: unknown };
-        if (input.pty !== undefined) throw notSupported('PTY input');
         const pid = await selectPid(id, msg.process);
-        const data = typeof input.stdin === 'string' ? Buffer.from(input.stdin, 'base64') : Buffer.alloc(0);
+        const b64 = input.pty ?? input.stdin;
+        const data = typeof b64 === 'string' ? Buffer.from(b64, 'base64') : Buffer.alloc(0);
         await stdin(id, pid, data, false);
         return {};
       },
@@ -98,8 +101,12 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
     },
     Update: {
       stream: false,
-      fn: async () => {
-        throw notSupported('PTY resize (process.Process/Update)');
+      fn: async (id, msg) => {
+        const pid = await selectPid(id, msg.process);
+        const { cols, rows } = ptySize(msg.pty ?? {}, false);
+        const agent = await deps.sandboxes.agent(id);
+        await agent.call('pty.resize', { pid, cols, rows }).catch((err: unknown) => Promise.reject(processError(err, pid)));
+        return {};
       },
     },
     StreamInput: {
@@ -136,7 +143,7 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
   };
 
   const start = async (id: string, msg: Record<string, unknown>, ctx: Ctx) => {
-    if (msg.pty !== undefined && msg.pty !== null) throw notSupported('PTY (process.Process/Start with pty)');
+    const pty = msg.pty !== undefined && msg.pty !== null ? ptySize(msg.pty) : undefined;
     const p = asMessage(msg.process ?? {});
     if (typeof p.cmd !== 'string' || p.cmd === '') throw new ConnectError('invalid_argument', 'process.cmd is required');
     const args = p.args ?? [];
@@ -146,18 +153,23 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
     const cwd = p.cwd === undefined || p.cwd === '' ? homeOf(ctx.user) : resolvePath(p.cwd, ctx.user, 'cwd');
     const tag = typeof msg.tag === 'string' ? msg.tag : undefined;
     const config: ProcessConfig = { cmd: p.cmd, args: args as string[], envs, ...(p.cwd !== undefined ? { cwd: p.cwd as string } : {}) };
-    const shell = `exec ${[p.cmd, ...(args as string[])].map(shellQuote).join(' ')}`;
+    const argv = [config.cmd, ...config.args];
+    const shell = `exec ${argv.map(shellQuote).join(' ')}`;
     const events = await withAgent(deps, id, 'start', ctx.reply, async (agent, gone) => {
-      const started = await startCommand(agent, { cmd: shell, cwd, envs, user: ctx.user, timeoutMs: ctx.timeoutMs, stdin: msg.stdin === true, ...(tag !== undefined ? { tag } : {}) }, false, gone);
-      remember(id, started.pid, config, tag);
+      // a terminal has no timeout (as E2B's: its stream's deadline is the client's)
+      const started = pty
+        ? await startPty(agent, { cmd: shell, cols: pty.cols, rows: pty.rows, cwd, envs, user: ctx.user, ...(tag !== undefined ? { tag } : {}) }, gone)
+        : // (the argv itself, as envd runs it: no shell of the agent's before E2B's own `bash -l -c`)
+          await startCommand(agent, { cmd: shell, argv, cwd, envs, user: ctx.user, timeoutMs: ctx.timeoutMs, stdin: msg.stdin === true, ...(tag !== undefined ? { tag } : {}) }, false, gone);
+      remember(id, started.pid, config, tag, pty !== undefined);
       return started.events!;
     });
     await pump(events, ctx.sink!);
   };
 
-  const attach = async (agent: Parameters<typeof attachCommand>[0], pid: number) => {
+  const attach = async (agent: Parameters<typeof attachCommand>[0], pid: number, terminal: boolean) => {
     try {
-      return await attachCommand(agent, pid, false);
+      return await attachCommand(agent, pid, false, terminal);
     } catch (err) {
       throw processError(err, pid);
     }
@@ -179,6 +191,17 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
   }
 }
 
+/** The window size of a `pty` (`{size: {cols, rows}}`); a Start's may leave them out (80x24), an Update's not. */
+function ptySize(raw: unknown, defaults = true): { cols: number; rows: number } {
+  const size = (asMessage(raw).size ?? {}) as { cols?: unknown; rows?: unknown };
+  const side = (v: unknown, name: string, dflt: number) => {
+    if (defaults && (v === undefined || v === null || v === 0)) return dflt;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 10000) throw new ConnectError('invalid_argument', `pty.size.${name} must be 1 to 10000`);
+    return v;
+  };
+  return { cols: side(size.cols, 'cols', 80), rows: side(size.rows, 'rows', 24) };
+}
+
 /** The agent's error about a process, as envd reports it: an unknown or ended process is not found. */
 function processError(err: unknown, pid: number): NsError {
   const e = fromAgentError(err, `process ${pid}`);
@@ -188,35 +211,9 @@ function processError(err: unknown, pid: number): NsError {
   return e;
 }
 
-/** Streams the NDJSON events of agentio as envd's ProcessEvents; keepalives while it is quiet. */
-async function pump(events: Readable, sink: StreamSink): Promise<void> {
-  let last = Date.now();
-  const timer = setInterval(() => {
-    if (Date.now() - last >= KEEPALIVE_MS) {
-      last = Date.now();
-      void sink.send({ event: { keepalive: {} } });
-    }
-  }, 5_000);
-  const onGone = () => events.destroy();
-  sink.gone.addEventListener('abort', onGone, { once: true });
-  try {
-    let buf = '';
-    for await (const chunk of events) {
-      buf += String(chunk);
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (!line) continue;
-        last = Date.now();
-        const out = translate(JSON.parse(line) as CommandEvent);
-        if (out) await sink.send(out);
-      }
-    }
-  } finally {
-    clearInterval(timer);
-    sink.gone.removeEventListener('abort', onGone);
-  }
+/** Streams the NDJSON events of agentio as envd's ProcessEvents. */
+function pump(events: Readable, sink: StreamSink): Promise<void> {
+  return relay(events, sink, translate);
 }
 
 function translate(e: CommandEvent): unknown {
@@ -226,6 +223,8 @@ function translate(e: CommandEvent): unknown {
     case 'stdout':
     case 'stderr':
       return { event: { data: { [e.type]: e.data } } };
+    case 'data':
+      return { event: { data: { pty: e.data } } };
     case 'lost':
       return undefined;
     case 'end': {

@@ -14,6 +14,8 @@ import { NsError } from '@nullspace/runtime';
 /** The header (as Node gives it: lowercase); written as TOKEN_HEADER_NAME in messages. */
 export const TOKEN_HEADER = 'x-nullspace-traffic-token';
 const TOKEN_HEADER_NAME = 'X-Nullspace-Traffic-Token';
+/** E2B's name of the same header (its SDK's `sandbox.trafficAccessToken`, on the E2B-compatible surface). */
+export const E2B_TOKEN_HEADER = 'e2b-traffic-access-token';
 export const TOKEN_PARAM = 'ns_token';
 export const EXPIRES_PARAM = 'expires';
 export const COOKIE = 'ns_traffic';
@@ -87,9 +89,9 @@ export function checkAccess(req: IncomingMessage, target: AccessTarget, secure: 
     path = url.pathname + (url.searchParams.size ? `?${url.searchParams.toString()}` : '');
   }
   if (target.allowPublicTraffic) return { path };
-  const header = req.headers[TOKEN_HEADER];
+  const header = req.headers[TOKEN_HEADER] ?? req.headers[E2B_TOKEN_HEADER];
   if (typeof header === 'string') {
-    if (!same(header, target.trafficToken)) throw new NsError('traffic_token_invalid', `the ${TOKEN_HEADER_NAME} header is not this sandbox's traffic token`);
+    if (!same(header, target.trafficToken)) throw new NsError('traffic_token_invalid', `the ${TOKEN_HEADER_NAME} (or e2b-traffic-access-token) header is not this sandbox's traffic token`);
     return { path };
   }
   if (sig !== null) {

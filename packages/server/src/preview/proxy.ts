@@ -5,7 +5,7 @@ import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
-import { checkAccess, cookiesForGuest, TOKEN_HEADER, type Access } from './access.js';
+import { checkAccess, cookiesForGuest, E2B_TOKEN_HEADER, TOKEN_HEADER, type Access } from './access.js';
 import { sendError, sendRedirect, sendUpgradeError } from './answers.js';
 
 /**
@@ -188,7 +188,7 @@ export class Preview {
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i]!;
       const lower = name.toLowerCase();
-      if (lower === TOKEN_HEADER || lower.startsWith('x-forwarded-')) continue;
+      if (lower === TOKEN_HEADER || lower === E2B_TOKEN_HEADER || lower.startsWith('x-forwarded-')) continue;
       if (HOP.has(lower) && !(keepUpgrade && (lower === 'connection' || lower === 'upgrade'))) continue;
       let value = raw[i + 1]!;
       if (lower === 'cookie') {
