@@ -1,7 +1,7 @@
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { CommandExitError, FilesystemEventType, InvalidArgumentError, NotFoundError, Sandbox, SandboxError, type FilesystemEvent, type SandboxOpts } from 'e2b';
+import { ALL_TRAFFIC, CommandExitError, FilesystemEventType, InvalidArgumentError, NotFoundError, Sandbox, SandboxError, type FilesystemEvent, type SandboxOpts } from 'e2b';
 import { apiKey, apiUrl } from './helpers.js';
 
 /**
@@ -268,5 +268,38 @@ describe('E2B SDK: small gaps', () => {
     expect((await sbx.commands.run('echo $PATH')).stdout).toBe('/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games\n');
     expect((await sbx.commands.run('echo $PATH', { user: 'root' })).stdout).toBe('/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n');
     expect((await sbx.commands.run("sh -lc 'echo $PATH'", { user: 'root' })).stdout).toBe('/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n');
+  });
+});
+
+describe('E2B SDK: egress rules (network.allowOut / denyOut, updateNetwork)', () => {
+  const rules = async (id: string) => {
+    const r = (await (await fetch(`${apiUrl()}/v1/sandboxes/${id}/network`, { headers: { authorization: `Bearer ${apiKey()}` } })).json()) as { allowOut: string[]; denyOut: string[] };
+    return { allowOut: r.allowOut, denyOut: r.denyOut };
+  };
+
+  it("maps E2B's rules onto nullspace's at create and on update; what cannot be kept exactly is refused, not widened", async () => {
+    // E2B's usual form: everything denied but an allow list (an allow rule is an exception there)
+    const s = await create({ network: { denyOut: [ALL_TRAFFIC], allowOut: ['10.213.99.7'] } });
+    expect(await rules(s.sandboxId)).toEqual({ allowOut: ['10.213.99.7'], denyOut: [] });
+    // a guest connection to an address outside the allow list is refused at once (a reset)
+    const out = await s.commands.run("python3 -c \"import socket; s=socket.socket(); s.settimeout(5)\ntry:\n  s.connect(('10.213.98.1', 80)); print('connected')\nexcept Exception as e: print(type(e).__name__)\"");
+    expect(out.stdout.trim()).toBe('ConnectionRefusedError');
+    // names too (matched on SNI / Host by nullspace's egress proxy)
+    await s.updateNetwork({ denyOut: [ALL_TRAFFIC], allowOut: ['10.213.99.7', '*.example.test'] });
+    expect(await rules(s.sandboxId)).toEqual({ allowOut: ['10.213.99.7', '*.example.test'], denyOut: [] });
+
+    await s.updateNetwork({ denyOut: ['10.213.98.0/24'] });
+    expect(await rules(s.sandboxId)).toEqual({ allowOut: [], denyOut: ['10.213.98.0/24'] });
+    await s.updateNetwork({});
+    expect(await rules(s.sandboxId)).toEqual({ allowOut: [], denyOut: [] });
+    // everything denied, nothing allowed
+    await s.updateNetwork({ denyOut: [ALL_TRAFFIC] });
+    expect(await rules(s.sandboxId)).toEqual({ allowOut: [], denyOut: [ALL_TRAFFIC] });
+
+    // an exception inside a narrower deny rule has no exact nullspace form: refused, rules unchanged
+    await expect(s.updateNetwork({ denyOut: ['10.213.98.0/24'], allowOut: ['10.213.98.5'] })).rejects.toThrow(/allowOut without ALL_TRAFFIC/);
+    expect(await rules(s.sandboxId)).toEqual({ allowOut: [], denyOut: [ALL_TRAFFIC] });
+    await expect(create({ network: { allowOut: ['10.213.98.5'], denyOut: ['10.213.98.0/24'] } })).rejects.toThrow(/allowOut without ALL_TRAFFIC/);
+    await expect(s.updateNetwork({ allowInternetAccess: false })).rejects.toThrow(/allow_internet_access/);
   });
 });

@@ -5,6 +5,7 @@ import type { SandboxRecord } from '../store/sandboxes.js';
 import type { SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from '../api/deps.js';
 import { E2bError, notSupported } from './errors.js';
+import { e2bEgressRules } from './network.js';
 
 /**
  * E2B's control plane (the `Sandbox` class's API calls) on the sandbox manager: create
@@ -155,6 +156,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     if (typeof network !== 'object' || (network.allowPublicTraffic !== undefined && typeof network.allowPublicTraffic !== 'boolean')) {
       throw new E2bError(400, 'network.allowPublicTraffic must be a boolean');
     }
+    const egress = e2bEgressRules(network as Record<string, unknown>);
     const autoResume = (b.autoResume ?? {}) as { enabled?: unknown };
     // a snapshot's id or name names it as a template, as on E2B
     const snapshotId = /^snap_/.test(templateID) ? templateID : namedSnapshot(templateID)?.id;
@@ -170,6 +172,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       // (E2B's ports are public unless the sandbox restricts them)
       allowPublicTraffic: network.allowPublicTraffic !== false,
       volumes,
+      ...(egress ? { egress } : {}),
     });
     return reply.status(201).send(sandboxView(deps, rec));
   };
@@ -353,8 +356,16 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     return reply.status(201).send(children.map((c) => ({ sandbox: sandboxView(deps, c) })));
   });
 
-  // (updateNetwork: E2B's egress rules; not mapped yet)
-  app.put('/sandboxes/:id/network', async () => {
-    throw notSupported('updating the network');
+  // updateNetwork: E2B's egress rules as nullspace's (e2bEgressRules); the rules given replace the
+  // sandbox's; internet access is fixed at create
+  app.put('/sandboxes/:id/network', async (req, reply) => {
+    const { id } = req.params as { id: string };
+    const b = body(req.body);
+    const rec = liveSandbox(deps, id);
+    if (b.allow_internet_access !== undefined && b.allow_internet_access !== rec.allowInternetAccess) {
+      throw notSupported('changing allow_internet_access of a running sandbox');
+    }
+    await sandboxes.updateNetwork(id, e2bEgressRules(b) ?? { allowOut: [], denyOut: [] });
+    return reply.status(204).send();
   });
 }
