@@ -8,14 +8,9 @@ import type { Config } from './config.js';
 import { HostContext } from './hostctx.js';
 import { createLogger, type Logger } from './log.js';
 import { SandboxManager } from './sandbox/manager.js';
-import { openDb } from './store/db.js';
-import { SandboxStore } from './store/sandboxes.js';
-import { SnapshotStore } from './store/snapshots.js';
-import { EventStore } from './store/events.js';
+import { openSqliteStore } from './store/index.js';
 import { EventLog } from './events/log.js';
 import { WebhookService } from './events/webhooks.js';
-import { WebhookStore } from './store/webhooks.js';
-import { VolumeStore } from './store/volumes.js';
 import { VolumeService } from './volumes.js';
 import { Gc } from './gc.js';
 import { BuildContexts } from './templates/contexts.js';
@@ -53,18 +48,18 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const log = opts.log ?? createLogger(config.logLevel);
   fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const { key, source } = resolveApiKey(config.dataDir, config.apiKey);
-  const db = openDb(path.join(config.dataDir, 'nullspace.db'));
+  const trace = config.lifecycleTrace;
+  const store = await openSqliteStore(config.dataDir, {
+    onTransition: trace ? (e) => fs.appendFileSync(trace, JSON.stringify({ ...e, dataDir: config.dataDir }) + '\n') : undefined,
+  });
   const host = await HostContext.init(config, log);
   const stopGuardWatch = host.watchNetworkGuard(log, config.networkGuardCheckMs);
-  const trace = config.lifecycleTrace;
-  const sandboxStore = new SandboxStore(db, trace ? (e) => fs.appendFileSync(trace, JSON.stringify({ ...e, dataDir: config.dataDir }) + '\n') : undefined);
-  const snapshotStore = new SnapshotStore(db);
-  const volumes = new VolumeService(config, new VolumeStore(db), log);
+  const volumes = new VolumeService(config, store.volumes, log);
   volumes.init();
-  const events = new EventLog(new EventStore(db), { maxAgeMs: config.events.retentionMs, maxEvents: config.events.maxEvents });
+  const events = new EventLog(store.events, { maxAgeMs: config.events.retentionMs, maxEvents: config.events.maxEvents });
   events.start();
-  const sandboxes = new SandboxManager(config, sandboxStore, snapshotStore, volumes, host, log, events);
-  const gc = new Gc(snapshotStore, sandboxStore, sandboxes.layersLock, sandboxes.layersDir, log);
+  const sandboxes = new SandboxManager(config, store.sandboxes, store.snapshots, volumes, host, log, events);
+  const gc = new Gc(store.snapshots, store.sandboxes, sandboxes.layersLock, sandboxes.layersDir, log);
   // (test-only fault injection "gc-on-request-only": the collector runs only when asked, so that a
   // test can compare a dry run with the real run after it)
   const autoGc = config.faultInjection !== 'gc-on-request-only';
@@ -94,7 +89,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   });
   const templates = new TemplateService(config.cacheDir, (ref) => host.template(ref), (t) => host.compatible(t), contexts, builds);
   const preview = new Preview(config, sandboxes, log);
-  const webhooks = new WebhookService(new WebhookStore(db), events, config.webhooks, log, `nullspace-webhooks/${VERSION}`);
+  const webhooks = new WebhookService(store.webhooks, events, config.webhooks, log, `nullspace-webhooks/${VERSION}`);
   webhooks.start();
   const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks });
   const proxyServer = config.preview.proxyPort !== undefined ? previewServer(preview, { headersTimeoutMs: config.http.headersTimeoutMs }) : undefined;
@@ -119,7 +114,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     webhooks.stop();
     events.stop();
     await sandboxes.close();
-    db.close();
+    await store.close();
     throw err;
   }
   const addr = app.server.address();
@@ -154,7 +149,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
         webhooks.stop();
         await sandboxes.close();
         events.stop();
-        db.close();
+        await store.close();
       })()),
   };
 }

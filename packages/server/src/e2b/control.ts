@@ -25,10 +25,10 @@ function e2bState(s: SandboxState): 'running' | 'paused' | null {
 }
 
 /** A sandbox that is alive (running or paused), or 404 in E2B's shape. */
-export function liveSandbox(deps: AppDeps, id: string): SandboxRecord {
+export async function liveSandbox(deps: AppDeps, id: string): Promise<SandboxRecord> {
   let rec: SandboxRecord;
   try {
-    rec = deps.sandboxes.get(id);
+    rec = await deps.sandboxes.get(id);
   } catch {
     throw new E2bError(404, `sandbox ${id} not found`);
   }
@@ -146,7 +146,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const b = body(raw);
     if (b.memory === false) throw new E2bError(400, 'connect with memory: false (a reboot from disk) is not supported: a paused sandbox resumes with its memory');
     const ms = timeoutMs(deps, b.timeout);
-    const rec = liveSandbox(deps, id);
+    const rec = await liveSandbox(deps, id);
     let status = 200;
     let out = rec;
     if (rec.state === 'hibernating' || rec.state === 'paused') {
@@ -156,7 +156,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     if (out.state === 'running') {
       // the end moves to now + timeout when that is later (connect never shortens it)
       const left = (out.expiresAt ?? 0) - Date.now();
-      if (ms > left) out = sandboxes.setTimeout(id, ms);
+      if (ms > left) out = await sandboxes.setTimeout(id, ms);
     }
     return reply.status(status).send(sandboxView(out));
   };
@@ -188,9 +188,9 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       }
       stringMap(metadata, 'metadata');
     }
-    let page: ReturnType<typeof sandboxes.list>;
+    let page: Awaited<ReturnType<typeof sandboxes.list>>;
     try {
-      page = sandboxes.list({ states, metadata, limit, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
+      page = await sandboxes.list({ states, metadata, limit, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
     } catch (err) {
       if (err instanceof NsError && err.code === 'bad_request') throw new E2bError(400, err.message);
       throw err;
@@ -206,11 +206,11 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     return reply.status(200).send(items.map(listedView));
   });
 
-  app.get('/sandboxes/:id', async (req) => detailView(liveSandbox(deps, (req.params as { id: string }).id)));
+  app.get('/sandboxes/:id', async (req) => detailView(await liveSandbox(deps, (req.params as { id: string }).id)));
 
   app.delete('/sandboxes/:id', async (req, reply) => {
     const { id } = req.params as { id: string };
-    liveSandbox(deps, id);
+    await liveSandbox(deps, id);
     await sandboxes.kill(id);
     return reply.status(204).send();
   });
@@ -220,9 +220,9 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const b = body(req.body);
     if (b.timeout === undefined) throw new E2bError(400, 'timeout (seconds) is required');
     const ms = timeoutMs(deps, b.timeout);
-    const rec = liveSandbox(deps, id);
+    const rec = await liveSandbox(deps, id);
     if (rec.state !== 'running') throw new E2bError(409, `sandbox ${id} is ${rec.state}`);
-    sandboxes.setTimeout(id, ms);
+    await sandboxes.setTimeout(id, ms);
     return reply.status(204).send();
   });
 
@@ -230,7 +230,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const { id } = req.params as { id: string };
     const b = body(req.body);
     if (b.memory === false) throw new E2bError(400, 'pause with memory: false (a filesystem-only pause) is not supported: nullspace keeps the memory');
-    const rec = liveSandbox(deps, id);
+    const rec = await liveSandbox(deps, id);
     if (e2bState(rec.state) === 'paused') throw new E2bError(409, `sandbox ${id} is already paused`);
     await sandboxes.hibernate(id, 'paused through the E2B API');
     return reply.status(204).send();
@@ -238,7 +238,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
 
   // (getMetrics: no metrics yet; an empty series keeps the SDK's call working)
   app.get('/sandboxes/:id/metrics', async (req) => {
-    liveSandbox(deps, (req.params as { id: string }).id);
+    await liveSandbox(deps, (req.params as { id: string }).id);
     return [];
   });
 

@@ -101,7 +101,7 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
 
   for (const [name, fn] of Object.entries(methods)) {
     app.post(`/filesystem.Filesystem/${name}`, async (req, reply) => {
-      const id = envdSandbox(deps, req);
+      const id = await envdSandbox(deps, req);
       const user = rpcUser(req.headers.authorization);
       const call = (msg: Record<string, unknown>) => fn(msg, user, (work) => withAgent(deps, id, 'files', reply, work));
       // (WatchDir is a server stream: its error goes in an end envelope for the client to read it)

@@ -122,7 +122,7 @@ export class MetricsSampler {
   }
 
   private async sample(id: string, s: Series): Promise<void> {
-    const rec = this.ctx.store.get(id);
+    const rec = await this.ctx.store.get(id);
     if (rec?.state !== 'running') return;
     const live = this.ctx.live.get(id);
     if (!live?.attached) return;
