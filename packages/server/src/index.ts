@@ -8,7 +8,7 @@ import type { Config } from './config.js';
 import { HostContext } from './hostctx.js';
 import { createLogger, type Logger } from './log.js';
 import { SandboxManager } from './sandbox/manager.js';
-import { openSqliteStore } from './store/index.js';
+import { openStore } from './store/index.js';
 import { EventLog } from './events/log.js';
 import { WebhookService } from './events/webhooks.js';
 import { VolumeService } from './volumes.js';
@@ -49,7 +49,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const { key, source } = resolveApiKey(config.dataDir, config.apiKey);
   const trace = config.lifecycleTrace;
-  const store = await openSqliteStore(config.dataDir, {
+  const store = await openStore(config, {
     onTransition: trace ? (e) => fs.appendFileSync(trace, JSON.stringify({ ...e, dataDir: config.dataDir }) + '\n') : undefined,
   });
   const host = await HostContext.init(config, log);

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { openDb } from './db.js';
 import { EventStore } from './events.js';
+import { openPostgres } from './pg.js';
 import { SandboxStore, type TransitionEvent } from './sandboxes.js';
 import { SnapshotStore } from './snapshots.js';
 import { SqliteSql, type Sql } from './sql.js';
@@ -47,3 +48,11 @@ export async function openSqliteStore(dataDir: string, opts: StoreOptions = {}):
   return storeOver(new SqliteSql(await openDb(path.join(dataDir, 'nullspace.db'))), opts);
 }
 
+/**
+ * The server's store: PostgreSQL when a database URL is configured (`serve --database`,
+ * NULLSPACE_DATABASE_URL), else SQLite in the data dir. Pending migrations are applied first.
+ */
+export async function openStore(config: { dataDir: string; databaseUrl: string | undefined }, opts: StoreOptions = {}): Promise<Store> {
+  if (config.databaseUrl) return storeOver(await openPostgres(config.databaseUrl), opts);
+  return openSqliteStore(config.dataDir, opts);
+}
