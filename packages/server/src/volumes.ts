@@ -50,18 +50,21 @@ export class VolumeService {
 
   async create(name: string): Promise<VolumeRecord> {
     this.checkName(name);
-    if (await this.store.byName(name)) throw new NsError('already_exists', `volume ${name} already exists`, { details: { name } });
+    const taken = () => new NsError('already_exists', `volume ${name} already exists`, { details: { name } });
+    if (await this.store.byName(name)) throw taken();
     const rec: VolumeRecord = { id: newId('vol'), name, createdAt: Date.now() };
     const dir = this.hostPath(rec.id);
     fs.mkdirSync(dir, { mode: 0o770 });
     fs.chownSync(dir, 0, this.config.volumeGid);
     fs.chmodSync(dir, 0o2770);
+    let inserted = false;
     try {
-      await this.store.insert(rec);
-    } catch (err) {
-      fs.rmSync(dir, { recursive: true, force: true });
-      throw err;
+      inserted = await this.store.insert(rec);
+    } finally {
+      if (!inserted) fs.rmSync(dir, { recursive: true, force: true });
     }
+    // (a create of the same name got it between the check and the insert)
+    if (!inserted) throw taken();
     this.log.info({ volume: name, volumeId: rec.id }, 'volume created');
     return rec;
   }

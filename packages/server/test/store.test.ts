@@ -262,12 +262,20 @@ describe.each(IMPLS)('the store on $name', (impl) => {
 
   it('volumes: insert, byName, byId, all, users (not ended, mounting it), delete', async () => {
     const s = await impl.open();
-    await s.volumes.insert({ id: 'vol_1', name: 'one', createdAt: T0 });
-    await s.volumes.insert({ id: 'vol_2', name: 'two', createdAt: T0 + 1 });
-    await expect(s.volumes.insert({ id: 'vol_3', name: 'one', createdAt: T0 + 2 })).rejects.toThrow();
+    expect(await s.volumes.insert({ id: 'vol_1', name: 'one', createdAt: T0 })).toBe(true);
+    expect(await s.volumes.insert({ id: 'vol_2', name: 'two', createdAt: T0 + 1 })).toBe(true);
+    // a name is taken once, whoever asks at the same time
+    const racing = await Promise.all([
+      s.volumes.insert({ id: 'vol_3', name: 'one', createdAt: T0 + 2 }),
+      s.volumes.insert({ id: 'vol_4', name: 'three', createdAt: T0 + 2 }),
+      s.volumes.insert({ id: 'vol_5', name: 'three', createdAt: T0 + 2 }),
+    ]);
+    expect(racing[0]).toBe(false);
+    expect(racing.slice(1).sort()).toEqual([false, true]);
+    expect(await s.volumes.byId('vol_3')).toBeUndefined();
     expect(await s.volumes.byName('one')).toEqual({ id: 'vol_1', name: 'one', createdAt: T0 });
     expect(await s.volumes.byId('vol_2')).toEqual({ id: 'vol_2', name: 'two', createdAt: T0 + 1 });
-    expect((await s.volumes.all()).map((v) => v.name)).toEqual(['one', 'two']);
+    expect((await s.volumes.all()).map((v) => v.name)).toEqual(['one', 'two', 'three']);
     const att = (volumeId: string, name: string) => ({ volumeId, name, path: `/mnt/${name}`, tag: 'v0', slot: 8 });
     const u = sandbox({ volumes: [att('vol_1', 'one')] });
     const both = sandbox({ volumes: [att('vol_2', 'two'), att('vol_1', 'one')] });

@@ -28,8 +28,9 @@ const fromRow = (r: Row): VolumeRecord => ({ id: r.id, name: r.name, createdAt: 
 export class VolumeStore {
   constructor(private readonly sql: Sql) {}
 
-  async insert(v: VolumeRecord): Promise<void> {
-    await this.sql.run('INSERT INTO volumes (id, name, created_at) VALUES (?, ?, ?)', [v.id, v.name, v.createdAt]);
+  /** Records a volume; false when its name is taken (one insert: two racing creates cannot both have it). */
+  async insert(v: VolumeRecord): Promise<boolean> {
+    return (await this.sql.run('INSERT INTO volumes (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING', [v.id, v.name, v.createdAt])) === 1;
   }
 
   async byName(name: string): Promise<VolumeRecord | undefined> {
