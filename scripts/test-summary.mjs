@@ -67,7 +67,7 @@ if (process.argv[2] === '--go-failures') {
 const dir = process.argv[2];
 const steps = (readLines(path.join(dir, 'steps')) ?? []).map((l) => l.split('\t'));
 const layers = [
-  ['Go (agent)', goCounts(path.join(dir, 'go.json'))],
+  ['Go (agent, egress)', goCounts(path.join(dir, 'go.json'))],
   ['TypeScript (vitest: server, SDK, CLI, runtime, end to end)', vitestCounts(path.join(dir, 'vitest.json'))],
   ['Python (SDK unit + integration)', jsonCounts(path.join(dir, 'python.json'))],
 ];

@@ -23,20 +23,26 @@ run_step() {
 }
 
 typecheck() { npm run -s typecheck; }
+# The Go modules: the guest agent and the host's egress proxy (their results in one go.json).
 go_tests() {
-  (
-    cd agent
-    local unformatted
-    unformatted=$(gofmt -l .)
-    if [ -n "$unformatted" ]; then echo "gofmt: not formatted: $unformatted" >&2; return 1; fi
-    go vet ./... && go test -count=1 -json ./... >"$REPORT/go.json"
-  ) || { node scripts/test-summary.mjs --go-failures "$REPORT/go.json" >&2 || true; return 1; }
+  : >"$REPORT/go.json"
+  local mod ok=0
+  for mod in agent egress; do
+    (
+      cd "$mod"
+      local unformatted
+      unformatted=$(gofmt -l .)
+      if [ -n "$unformatted" ]; then echo "gofmt ($mod): not formatted: $unformatted" >&2; exit 1; fi
+      go vet ./... && go test -count=1 -json ./... >>"$REPORT/go.json"
+    ) || ok=1
+  done
+  [ "$ok" = 0 ] || { node scripts/test-summary.mjs --go-failures "$REPORT/go.json" >&2 || true; return 1; }
 }
 vitest_suite() { npx vitest run --reporter=default --reporter=json --outputFile.json="$REPORT/vitest.json"; }
 leak_check() { bash scripts/leaks.sh check "$NS_HOME/tmp" "$REPORT/rundirs-before" >&2 && echo "no leftovers" >&2; }
 
 run_step "typecheck (tests included)" typecheck
-run_step "agent: gofmt, go vet, go test (on the host, no VM)" go_tests
+run_step "Go (agent, egress proxy): gofmt, go vet, go test (on the host, no VM)" go_tests
 run_step "test suite (vitest: real VMs; the Python SDK's tests inside it)" vitest_suite
 run_step "leak check (what this run made: $NS_HOME/tmp)" leak_check
 

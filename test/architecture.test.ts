@@ -44,6 +44,13 @@ const RULES: Rule[] = [
     example: ['packages/sdk/src/sandbox/index.ts', 'packages/server/src/config.ts'],
   },
   {
+    name: 'the web console imports nothing of the server, runtime, SDK or CLI',
+    files: ['packages/console/src/**'],
+    mayNotImport: ['packages/server/**', 'packages/runtime/**', 'packages/sdk/**', 'packages/cli/**'],
+    reason: 'the console uses only the public HTTP API (what a script can do): it knows the API, not the code behind it',
+    example: ['packages/console/src/api.ts', 'packages/server/src/api/schemas.ts'],
+  },
+  {
     name: 'the server imports nothing of the SDK or CLI',
     files: ['packages/server/src/**'],
     mayNotImport: ['packages/sdk/**', 'packages/cli/**'],

@@ -162,7 +162,8 @@ export function importGraph(root: string): Graph {
       const base = path.posix.normalize(path.posix.join(path.posix.dirname(from), spec));
       const f = source(base);
       if (f) return f;
-      if (/\.json$/.test(spec) && fs.existsSync(path.join(root, base))) return `json:${base}`;
+      // (JSON, and the console's style sheets, which its bundler takes in: no code)
+      if (/\.(json|css)$/.test(spec) && fs.existsSync(path.join(root, base))) return `json:${base}`;
       throw new Error(`${from}: '${spec}' resolves to no source file`);
     }
     const pkgName = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]!;

@@ -1,5 +1,8 @@
-import { describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { Sandbox, type SandboxMetrics } from 'nullspace';
+import { loadConfig, startServer } from '@nullspace/server';
 import { tracked } from './clones.js';
 import { cleanupDataDir, cli, ownServer, tempDataDir, waitFor } from './servers.js';
 
@@ -106,5 +109,47 @@ while [ "$(awk '/MemAvailable/ {print $2}' /proc/meminfo)" -gt $(( $(awk '/MemTo
     // a killed sandbox keeps no samples
     await sbx.kill();
     await waitFor('samples dropped', async () => ((await fetch(`${server.url}/v1/sandboxes/${sbx.sandboxId}/metrics`, { headers: { authorization: `Bearer ${server.key}` } }).then((r) => r.json())) as { metrics: unknown[] }).metrics.length === 0 ? true : undefined, 10_000);
+  });
+
+  it('keeps a sandbox\'s samples across a hibernation and a server restart, and drops them when it ends', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const env = { NULLSPACE_METRICS_INTERVAL_MS: '500', NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' };
+    const first = await ownServer(dataDir, env);
+    const c = { apiUrl: first.url, apiKey: first.key };
+    const sbx = tracked(await Sandbox.create(c));
+    const atLeast = async (s: Sandbox, n: number, since = 0) =>
+      waitFor(`${n} samples`, async () => {
+        const m = await s.getMetrics({ start: since });
+        return m.length >= n ? m : undefined;
+      }, 60_000);
+    const stamps = (m: SandboxMetrics[]) => m.map((x) => x.timestamp.getTime());
+    const early = stamps(await atLeast(sbx, 3));
+
+    // hibernated: the samples taken while it ran stay
+    await sbx.hibernate();
+    const paused = stamps(await sbx.getMetrics());
+    expect(paused.slice(0, early.length)).toEqual(early);
+    const resumedAt = Date.now();
+    const again = await Sandbox.connect(sbx.sandboxId, c);
+    await atLeast(again, 2, resumedAt);
+
+    // a server restart on the same data dir: every sample taken before is still there, then new ones
+    const before = stamps(await again.getMetrics());
+    await first.close();
+    const second = await startServer(loadConfig({ ...process.env, NULLSPACE_LOG_LEVEL: 'warn', NULLSPACE_API_KEY: first.key, ...env }, { dataDir, port: 0 }));
+    onTestFinished(() => second.close());
+    const c2 = { apiUrl: second.url, apiKey: first.key };
+    const restartedAt = Date.now();
+    const after = await Sandbox.connect(sbx.sandboxId, c2);
+    expect(stamps(await after.getMetrics()).slice(0, before.length)).toEqual(before);
+    await atLeast(after, 2, restartedAt);
+
+    // ended: none, and its file is gone
+    const file = path.join(dataDir, 'metrics', `${sbx.sandboxId}.jsonl`);
+    expect(fs.existsSync(file)).toBe(true);
+    await after.kill();
+    expect(await after.getMetrics()).toEqual([]);
+    expect(fs.existsSync(file)).toBe(false);
   });
 });

@@ -263,8 +263,10 @@ sandbox
   .option('-v, --volume <name:/path>', 'mount a shared volume at a guest path (repeatable)', collect)
   .option('--auto-resume', 'a request to one of its preview URLs resumes it when hibernated')
   .option('--public-traffic', 'serve its preview URLs without the traffic token')
+  .option('--allow-out <rule>', 'egress allow rule: IP, CIDR, domain or *.domain (repeatable; any: everything else refused)', collect)
+  .option('--deny-out <rule>', 'egress deny rule: IP, CIDR, domain or *.domain (repeatable; wins over allow rules)', collect)
   .option('--json', 'print JSON')
-  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; onTimeout: 'kill' | 'hibernate'; volume?: string[]; autoResume?: boolean; publicTraffic?: boolean; json?: boolean }) => {
+  .action(async (o: { template?: string; snapshot?: string; metadata?: string[]; env?: string[]; timeoutMs?: number; internet: boolean; onTimeout: 'kill' | 'hibernate'; volume?: string[]; autoResume?: boolean; publicTraffic?: boolean; allowOut?: string[]; denyOut?: string[]; json?: boolean }) => {
     const volumes: Record<string, string> = {};
     for (const v of o.volume ?? []) {
       const i = v.indexOf(':');
@@ -278,7 +280,11 @@ sandbox
       ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
       allowInternetAccess: o.internet,
       lifecycle: { onTimeout: o.onTimeout, autoResume: o.autoResume === true },
-      network: { allowPublicTraffic: o.publicTraffic === true },
+      network: {
+        allowPublicTraffic: o.publicTraffic === true,
+        ...(o.allowOut ? { allowOut: o.allowOut } : {}),
+        ...(o.denyOut ? { denyOut: o.denyOut } : {}),
+      },
       ...(o.volume ? { volumes } : {}),
     });
     const info = await sbx.getInfo();
@@ -304,6 +310,19 @@ sandbox
     const info = await Sandbox.getInfo(id);
     if (o.json) return printJson(info);
     printFields(info, 20);
+  });
+sandbox
+  .command('network')
+  .argument('<id>')
+  .option('--set', 'replace its egress rules by those given (none given: no rules)')
+  .option('--allow-out <rule>', 'egress allow rule (repeatable, with --set)', collect)
+  .option('--deny-out <rule>', 'egress deny rule (repeatable, with --set)', collect)
+  .description('print (or with --set replace) its egress rules and the connections they refused')
+  .action(async (id: string, o: { set?: boolean; allowOut?: string[]; denyOut?: string[] }) => {
+    const route = `/v1/sandboxes/${encodeURIComponent(id)}/network`;
+    const api = new ApiClient(new ConnectionConfig());
+    if (!o.set && (o.allowOut || o.denyOut)) throw new SandboxError('--allow-out and --deny-out need --set (which replaces the whole rule set)', { code: 'bad_argument' });
+    printJson(o.set ? await api.json(route, { method: 'PUT', json: { allowOut: o.allowOut ?? [], denyOut: o.denyOut ?? [] } }) : await api.json(route));
   });
 sandbox
   .command('host')

@@ -25,3 +25,4 @@ export * from './image/recipe.js';
 export * from './image/build.js';
 export * from './image/oci.js';
 export * from './image/rootfs.js';
+export * from './egress.js';

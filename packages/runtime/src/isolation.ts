@@ -99,7 +99,15 @@ export async function installNetworkGuard(base: number, count: number): Promise<
     `    type filter hook output priority 0; policy accept;`,
     `    meta skuid ${range} fib daddr type local udp dport 53 accept`,
     `    meta skuid ${range} fib daddr type local tcp dport 53 accept`,
+    // connections the egress rules (egress.ts) redirected to the sandbox's own egress proxy on
+    // loopback, and that proxy's answers (it runs as the sandbox's uid)
+    `    meta skuid ${range} ct direction original ct status dnat ip daddr 127.0.0.1 accept`,
+    `    meta skuid ${range} ct direction original ct status dnat ip6 daddr ::1 accept`,
+    `    meta skuid ${range} ct direction reply ct status dnat accept`,
+    // (TCP with a reset: the guest's connect fails at once instead of hanging)
+    `    meta skuid ${range} fib daddr type local meta l4proto tcp counter reject with tcp reset`,
     `    meta skuid ${range} fib daddr type local counter reject`,
+    `    meta skuid ${range} ip daddr 169.254.0.0/16 meta l4proto tcp counter reject with tcp reset`,
     `    meta skuid ${range} ip daddr 169.254.0.0/16 counter reject`,
     `    meta skuid ${range} ip6 daddr fe80::/10 counter reject`,
     `  }`,
@@ -121,7 +129,8 @@ export async function installNetworkGuard(base: number, count: number): Promise<
 export async function networkGuardPresent(base: number, count: number): Promise<boolean> {
   try {
     const out = (await run('nft', ['list', 'table', 'inet', nftTable(base, count)], { errorCode: 'network_isolation_failed' })).stdout;
-    return out.includes('sandbox_egress') && out.includes('reject');
+    // (the redirect exception too: a server of an older version on this host installs the guard without it)
+    return out.includes('sandbox_egress') && out.includes('reject') && out.includes('ct status dnat');
   } catch {
     return false;
   }

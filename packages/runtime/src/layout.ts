@@ -23,6 +23,7 @@ const OVERLAY_RE = /^disk-[0-9a-z]+\.qcow2$/;
  *   <data dir>/layers/<lyr id>.mem|.state|.qcow2   frozen layers, root-owned, read-only
  *   <data dir>/layers/.staging/<snap id>/    captures in progress (emptied at start)
  *   <data dir>/volumes/<vol id>/             shared volumes
+ *   <data dir>/metrics/<sbx id>.jsonl        a sandbox's metrics samples (server-owned, 0600)
  *
  * Paths are built only from validated ids (a malformed id is refused, never joined).
  */
@@ -38,8 +39,7 @@ export class DataDirLayout {
   }
 
   sandboxDir(id: string): string {
-    if (!SANDBOX_ID_RE.test(id)) throw new NsError('internal', `refusing a host path for malformed sandbox id ${JSON.stringify(id)}`);
-    return path.join(this.sandboxes, id);
+    return path.join(this.sandboxes, validSandboxId(id));
   }
 
   /** The files a new VM of sandbox `id` starts with. */
@@ -112,6 +112,20 @@ export class DataDirLayout {
   volumeDir(volumeId: string): string {
     return path.join(this.volumes, volumeId);
   }
+
+  get metrics(): string {
+    return path.join(this.root, 'metrics');
+  }
+
+  /** Where sandbox `id`'s metrics samples are kept for its life (JSON lines, oldest first). */
+  metricsFile(id: string): string {
+    return path.join(this.metrics, `${validSandboxId(id)}.jsonl`);
+  }
+}
+
+function validSandboxId(id: string): string {
+  if (!SANDBOX_ID_RE.test(id)) throw new NsError('internal', `refusing a host path for malformed sandbox id ${JSON.stringify(id)}`);
+  return id;
 }
 
 /** A template build's disk: `<cache>/templates/<name>-<16 hex>/disk.qcow2` (public, shared by every data dir). */

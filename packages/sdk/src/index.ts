@@ -1,4 +1,5 @@
 export { Sandbox, SandboxPaginator, previewHost, signedPreviewUrl } from './sandbox/index.js';
+export type { EgressRules, NetworkRules } from './sandbox/index.js';
 export type { ForkOpts, SandboxInfo, SandboxMetrics, SandboxNetwork, SandboxOpts, SandboxListOpts, SandboxState } from './sandbox/index.js';
 export type { EventStreamOpts, SandboxEvent, SandboxEventType } from './events.js';
 export { Paginator } from './paginator.js';

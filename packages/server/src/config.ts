@@ -19,6 +19,10 @@ export interface Config {
   /** Template recipes and agent sources (for `template build`). */
   imagesDir: string;
   agentDir: string;
+  /** The egress proxy's Go sources (egress/ of the repository), built into the cache at start. */
+  egressProxyDir: string;
+  /** The web console's built files (NULLSPACE_CONSOLE_DIR; default packages/console/dist), served at /. */
+  consoleDir: string;
   debianMirror: string;
   /**
    * Image registries (`host` or `host:port`) reached over plain HTTP or HTTPS without certificate
@@ -209,6 +213,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
     cacheDir: path.resolve(env.NULLSPACE_CACHE_DIR || path.join(home, 'cache')),
     imagesDir: path.resolve(env.NULLSPACE_IMAGES_DIR || path.join(repoRoot, 'images')),
     agentDir: path.resolve(env.NULLSPACE_AGENT_DIR || path.join(repoRoot, 'agent')),
+    egressProxyDir: path.join(repoRoot, 'egress'),
+    consoleDir: path.resolve(env.NULLSPACE_CONSOLE_DIR || path.join(repoRoot, 'packages', 'console', 'dist')),
     debianMirror: env.NULLSPACE_DEBIAN_MIRROR || 'http://deb.debian.org/debian',
     insecureRegistries: parseRegistryList(env.NULLSPACE_INSECURE_REGISTRIES ?? ''),
     apiKey,

@@ -60,6 +60,8 @@ const STATUS: Record<PublicErrorCode, number> = {
   // a registry refused the credentials of an image pull (401 is this API's own key)
   registry_auth_failed: 403,
   invalid_volume_name: 400,
+  invalid_network_rule: 400,
+  network_rules_unsupported: 409,
   payload_too_large: 413,
   unsupported_media_type: 415,
   headers_too_large: 431,

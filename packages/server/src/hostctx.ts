@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
+  buildEgressProxy,
+  EgressFirewall,
   canReflink,
   installNetworkGuard,
   networkGuardPresent,
@@ -14,6 +16,7 @@ import {
   parseTemplateRef,
   NsError,
   TEMPLATE_NAME_RE,
+  type EgressHost,
   type HostProfile,
   type TemplateInfo,
 } from '@nullspace/runtime';
@@ -29,6 +32,8 @@ export class HostContext {
     /** undefined when VMs run as root (only with NULLSPACE_NETWORK_ISOLATION=off). */
     readonly uids: UidAllocator | undefined,
     private readonly cacheDir: string,
+    /** Egress rules' firewall and proxy (undefined without network isolation). */
+    readonly egress: EgressHost | undefined,
   ) {}
 
   /**
@@ -80,6 +85,7 @@ export class HostContext {
       );
     }
     let uids: UidAllocator | undefined;
+    let egress: EgressHost | undefined;
     if (config.networkIsolation === 'nft') {
       if (process.getuid?.() !== 0) {
         throw new NsError(
@@ -89,10 +95,14 @@ export class HostContext {
       }
       await installNetworkGuard(config.vmUidBase, config.vmUidCount);
       uids = new UidAllocator(path.join(config.runDir, 'vm-uids'), config.vmUidBase, config.vmUidCount);
+      const firewall = new EgressFirewall(config.vmUidBase, config.vmUidCount);
+      await firewall.install();
+      egress = { firewall, proxyBinary: await buildEgressProxy(config.egressProxyDir, config.cacheDir) };
+      log.info({ binary: egress.proxyBinary }, 'egress proxy');
     } else {
       log.warn('NULLSPACE_NETWORK_ISOLATION=off: sandbox VMs run as the server user and can reach this host (development only)');
     }
-    return new HostContext(profile, accel.reason, reflink, uids, config.cacheDir);
+    return new HostContext(profile, accel.reason, reflink, uids, config.cacheDir, egress);
   }
 
   /** The template registered as `name`, checked against this host. */

@@ -70,7 +70,7 @@ const EVENTS: Record<LifecycleEvent['type'], LifecycleEvent> = {
 const PUBLISH_ONLY = new Set<LifecycleEvent['type']>(['snapshotted', 'forked']);
 
 const ENDED = (reason: string, errorCode: string | null) => ({ endedAt: AT, endReason: reason, errorCode, pid: null, diskParentLayer: null });
-const END: { before: Effect[]; after: Effect[] } = { before: ['teardown'], after: ['dropHibernations', 'layersReleased'] };
+const END: { before: Effect[]; after: Effect[] } = { before: ['teardown'], after: ['dropHibernations', 'dropMetrics', 'layersReleased'] };
 
 /**
  * Every state x event pair: the step it makes (target, reason, patch, effects), or `null` when the

@@ -87,6 +87,8 @@ function sandbox(over: Partial<SandboxRecord> = {}): SandboxRecord {
     allowPublicTraffic: false,
     autoResume: false,
     accessToken: `acc${n}`,
+    egress: null,
+    egressRefused: 0,
     updatedAt: T0 + n,
     ...over,
   };

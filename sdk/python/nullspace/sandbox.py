@@ -110,6 +110,10 @@ class Sandbox:
                 ``"auto_resume": True``: a request to one of its preview URLs resumes it too.
             network: ``{"allow_public_traffic": True}`` serves its preview URLs
                 (:meth:`get_host`) without the traffic token (default ``False``).
+                ``"allow_out"``, ``"deny_out"``: egress rules, lists of IPs, CIDRs, domain names
+                and ``*.domain`` wildcards (names are matched on each connection's TLS SNI or
+                HTTP Host). A deny match wins; a non-empty allow list refuses everything it does
+                not match. From a snapshot: the snapshot's rules unless given.
             volumes: Shared volumes to mount: ``{"/guest/path": "volume-name"}`` (see
                 :class:`~nullspace.Volume`). From a snapshot, its volumes are remounted.
             allow_missing_volumes: From a snapshot whose volume was deleted: start without it
@@ -145,6 +149,10 @@ class Sandbox:
         if network is not None:
             public = network.get("allow_public_traffic", network.get("allowPublicTraffic"))
             body["network"] = {} if public is None else {"allowPublicTraffic": bool(public)}
+            for snake, camel in (("allow_out", "allowOut"), ("deny_out", "denyOut")):
+                rules = network.get(snake, network.get(camel))
+                if rules is not None:
+                    body["network"][camel] = _rule_list(rules, snake)
         if volumes is not None:
             body["volumes"] = dict(volumes)
         if allow_missing_volumes is not None:
@@ -289,6 +297,23 @@ class Sandbox:
     def is_running(self) -> bool:
         """Whether the sandbox is in the ``running`` state."""
         return self.get_info().state == "running"
+
+    def update_network(self, *, allow_out: Optional[Sequence[str]] = None, deny_out: Optional[Sequence[str]] = None) -> dict[str, Any]:
+        """Replaces this sandbox's egress rules (both lists: one not given is empty), effective at
+        once for new connections. Returns ``{"allowOut", "denyOut", "refusedConnections"}``.
+
+        Raises:
+            InvalidArgumentError: code ``invalid_network_rule`` for a rule that is not an IP, a
+                CIDR, a domain name or ``*.domain``.
+            SandboxNotRunningError: the sandbox ended.
+        """
+        body = {"allowOut": _rule_list(allow_out or [], "allow_out"), "denyOut": _rule_list(deny_out or [], "deny_out")}
+        return self._api.json("PUT", f"/v1/sandboxes/{_quote(self.sandbox_id)}/network", json=body)
+
+    def get_network(self) -> dict[str, Any]:
+        """This sandbox's egress rules and the connections they refused over its life:
+        ``{"allowOut": [...], "denyOut": [...], "refusedConnections": n}``."""
+        return self._api.json("GET", f"/v1/sandboxes/{_quote(self.sandbox_id)}/network")
 
     def set_timeout(self, timeout_ms: int) -> None:
         """The sandbox is killed ``timeout_ms`` from now unless this is called again.
@@ -472,6 +497,12 @@ class Sandbox:
 def _check_port(port: int) -> None:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ValueError(f"port must be an integer from 1 to 65535, got {port!r}")
+
+
+def _rule_list(rules: Any, name: str) -> list[str]:
+    if isinstance(rules, str) or not all(isinstance(r, str) for r in rules):
+        raise TypeError(f"{name} must be a list of strings (IPs, CIDRs, domain names, *.domain)")
+    return list(rules)
 
 
 def _event_stream(api: ApiClient, sandbox_id: Optional[str], types: Optional[Sequence[str]], last_event_id: Optional[int]) -> Iterator[SandboxEvent]:

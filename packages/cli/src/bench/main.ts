@@ -17,6 +17,7 @@ import { onInterrupt, operatorCall, poolsReady, qemuPid, removeDataDir, scratchD
 import { templateBuild } from '../template.js';
 import { coldBoot, floor, fullMigration, type BaselineCtx } from './baselines.js';
 import { libvirtBaselines, libvirtUnavailable } from './libvirt.js';
+import { egressRows } from './egress.js';
 import { previewRows } from './preview.js';
 import { formatTable, median, time, type Row } from './stats.js';
 import { forkRows } from './forks.js';
@@ -330,6 +331,10 @@ async function main(): Promise<void> {
     // --- preview URLs (the proxy and the agent's tunnel)
     await poolReady();
     process.stdout.write('\n' + formatTable(await previewRows({ conn: c, quick, create, kill, log })) + '\n');
+
+    // --- egress rules (the per-sandbox egress proxy against user-mode networking alone)
+    await poolReady();
+    process.stdout.write('\n' + formatTable(await egressRows({ quick, create, kill, log })) + '\n');
 
     // --- N-way fork: one capture, N children
     process.stdout.write('\n' + formatTable(await forkRows({ conn: c, quick, log, poolReady })) + '\n');

@@ -57,8 +57,8 @@ export function operations(doc: unknown): Op[] {
         pathParams: params.filter((p) => p.in === 'path').map((p) => ({ name: p.name, schema: p.schema, required: true })),
         query: params.filter((p) => p.in === 'query').map((p) => ({ name: p.name, schema: p.schema, required: p.required === true })),
         body: json,
-        // (the upload declares no JSON body: it takes any bytes)
-        rawBody: method === 'PUT',
+        // (the upload declares no JSON body: it takes any bytes; PUT /network takes JSON)
+        rawBody: method === 'PUT' && !json,
       });
     }
   }

@@ -48,6 +48,27 @@ export interface SandboxNetwork {
   /** Preview URLs are `<port>-<sandboxId>.<previewDomain>`. */
   previewDomain: string;
   previewScheme: 'http' | 'https';
+  /** Egress allow rules (empty: every destination not denied). */
+  allowOut: string[];
+  /** Egress deny rules (a match wins over any allow rule). */
+  denyOut: string[];
+}
+
+/**
+ * Egress rules: IPv4/IPv6 addresses, CIDRs, domain names (`example.com`) and wildcards
+ * (`*.example.com`, its subdomains). Names are matched on each connection's TLS SNI or HTTP Host.
+ * A deny match wins; a non-empty allow list refuses everything it does not match.
+ */
+export interface EgressRules {
+  allowOut?: string[];
+  denyOut?: string[];
+}
+
+/** A sandbox's egress rules and the connections they refused over its life. */
+export interface NetworkRules {
+  allowOut: string[];
+  denyOut: string[];
+  refusedConnections: number;
 }
 
 export interface SandboxOpts extends ConnectionOpts {
@@ -67,8 +88,11 @@ export interface SandboxOpts extends ConnectionOpts {
    * resumes it. `autoResume: true`: a request to one of its preview URLs resumes it too.
    */
   lifecycle?: { onTimeout?: 'kill' | 'hibernate'; autoResume?: boolean };
-  /** `allowPublicTraffic: true`: its preview URLs answer without the traffic token (default false). */
-  network?: { allowPublicTraffic?: boolean };
+  /**
+   * `allowPublicTraffic: true`: its preview URLs answer without the traffic token (default false).
+   * `allowOut`, `denyOut`: egress rules (see `EgressRules`; from a snapshot: the snapshot's unless given).
+   */
+  network?: { allowPublicTraffic?: boolean } & EgressRules;
   /** Shared volumes to mount: absolute guest path -> volume name (see `Volume`). */
   volumes?: Record<string, string>;
   /** From a snapshot whose volume was deleted: start without it (an empty placeholder) instead of 409 `volume_missing`. */
@@ -240,6 +264,16 @@ export class Sandbox {
 
   async isRunning(): Promise<boolean> {
     return (await this.getInfo()).state === 'running';
+  }
+
+  /** Replaces its egress rules (both lists; an absent one is empty): effective at once for new connections. */
+  async updateNetwork(rules: EgressRules): Promise<NetworkRules> {
+    return this.api.json<NetworkRules>(`/v1/sandboxes/${this.sandboxId}/network`, { method: 'PUT', json: rules });
+  }
+
+  /** Its egress rules and the connections they refused. */
+  async getNetwork(): Promise<NetworkRules> {
+    return this.api.json<NetworkRules>(`/v1/sandboxes/${this.sandboxId}/network`);
   }
 
   /** The sandbox is killed `timeoutMs` from now unless this is called again. */

@@ -12,6 +12,7 @@ import { httpStatusFor, isPublicCode } from '../errors.js';
 import { previewServer } from '../preview/proxy.js';
 import { e2bPortTraffic, e2bRoutes, isE2bRoute } from '../e2b/index.js';
 import { commandRoutes } from './commands.js';
+import { consoleRoutes, isConsoleRoute } from './console.js';
 import { eventRoutes } from './events.js';
 import { metricsRoutes } from './metrics.js';
 import type { AppDeps } from './deps.js';
@@ -95,6 +96,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (req.method === 'GET' && req.url.split('?')[0] === PUBLIC_DOCUMENT) return;
     // the E2B-compatible surface checks its own credentials (the key as X-API-Key, per-sandbox tokens)
     if (isE2bRoute(req)) return;
+    // the web console's static files (/, /assets/...) hold no data: it asks for the key itself
+    if (isConsoleRoute(req)) return;
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(header);
     if (!m?.[1] || !timingSafeEqual(digest(m[1]), key)) {
@@ -102,9 +105,9 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     }
   });
 
-  // a POST without a body is an empty JSON object (routes whose body is optional)
+  // a POST (or a JSON PUT: /network) without a body is an empty JSON object (routes whose body is optional)
   app.addHook('preValidation', async (req) => {
-    if (req.body === undefined && req.method === 'POST') req.body = {};
+    if (req.body === undefined && (req.method === 'POST' || (req.method === 'PUT' && req.routeOptions.url?.endsWith('/network')))) req.body = {};
   });
 
   // A JSON body (at most 1 MiB) must arrive within bodyTimeoutMs: a stalled one is a 408, not a
@@ -181,6 +184,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   );
   // E2B's wire at the root, beside /v1 (packages/server/src/e2b)
   await app.register(e2bRoutes(deps));
+  // the web console at / (packages/console; docs/operations.md "Web console")
+  await app.register(consoleRoutes(deps.config.consoleDir));
   return app;
 }
 

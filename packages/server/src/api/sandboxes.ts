@@ -5,7 +5,21 @@ import { NsError } from '@nullspace/runtime';
 import { STATES, type SandboxState } from '../sandbox/lifecycle.js';
 import type { AppDeps } from './deps.js';
 import { parseList, parseMetadataFilter } from './query.js';
-import { CreateSandboxBody, EmptyBody, ForkBody, ForkResult, IdParams, ListSandboxesQuery, ResumeBody, Sandbox, SandboxList, Snapshot, TimeoutBody } from './schemas.js';
+import {
+  CreateSandboxBody,
+  EmptyBody,
+  ForkBody,
+  ForkResult,
+  IdParams,
+  ListSandboxesQuery,
+  NetworkRules,
+  NetworkRulesBody,
+  ResumeBody,
+  Sandbox,
+  SandboxList,
+  Snapshot,
+  TimeoutBody,
+} from './schemas.js';
 import { sandboxView, snapshotView } from './views.js';
 
 const LIVE_STATES: SandboxState[] = ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'];
@@ -31,6 +45,9 @@ export const sandboxRoutes =
         if (body.template !== undefined && body.snapshotId !== undefined) {
           throw new NsError('bad_request', 'give either template or snapshotId, not both', { details: { field: 'snapshotId' } });
         }
+        const net = body.network;
+        // (checked and normalized by the manager)
+        const egress = net && (net.allowOut !== undefined || net.denyOut !== undefined) ? { allowOut: net.allowOut ?? [], denyOut: net.denyOut ?? [] } : undefined;
         const rec = await sandboxes.create({
           template: body.template ?? 'base',
           snapshotId: body.snapshotId,
@@ -41,6 +58,7 @@ export const sandboxRoutes =
           onTimeout: body.lifecycle?.onTimeout ?? 'kill',
           autoResume: body.lifecycle?.autoResume ?? false,
           allowPublicTraffic: body.network?.allowPublicTraffic ?? false,
+          egress,
           volumes: body.volumes,
           allowMissingVolumes: body.allowMissingVolumes,
         });
@@ -61,6 +79,25 @@ export const sandboxRoutes =
 
     app.get('/sandboxes/:id', { schema: { summary: 'Get a sandbox', params: IdParams, response: { 200: Sandbox } } }, async (req) =>
       sandboxView(deps, await sandboxes.get(req.params.id)),
+    );
+
+    app.get(
+      '/sandboxes/:id/network',
+      { schema: { summary: "A sandbox's egress rules and the connections they refused", params: IdParams, response: { 200: NetworkRules } } },
+      async (req) => sandboxes.network(req.params.id),
+    );
+
+    app.put(
+      '/sandboxes/:id/network',
+      {
+        schema: {
+          summary: "Replace a sandbox's egress rules (effective at once for new connections)",
+          params: IdParams,
+          body: Type.Optional(NetworkRulesBody),
+          response: { 200: NetworkRules },
+        },
+      },
+      async (req) => sandboxes.updateNetwork(req.params.id, { allowOut: req.body?.allowOut ?? [], denyOut: req.body?.denyOut ?? [] }),
     );
 
     app.delete('/sandboxes/:id', { schema: { summary: 'Kill a sandbox (idempotent)', params: IdParams } }, async (req, reply) => {

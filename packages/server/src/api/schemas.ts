@@ -70,6 +70,8 @@ export const Sandbox = Type.Object(
       trafficAccessToken: Type.String({ description: 'The secret of its preview URLs: header X-Nullspace-Traffic-Token, or the key of signed URLs' }),
       previewDomain: Type.String({ description: 'Preview URLs are <port>-<sandboxId>.<previewDomain>' }),
       previewScheme: Type.Union([Type.Literal('http'), Type.Literal('https')]),
+      allowOut: Type.Array(Type.String(), { description: 'Egress allow rules (empty: every destination not denied)' }),
+      denyOut: Type.Array(Type.String(), { description: 'Egress deny rules (win over allow rules)' }),
     }),
     volumes: Type.Record(Type.String(), Type.String(), { description: 'Mounted volumes: guest path -> volume name' }),
     pausedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
@@ -80,6 +82,27 @@ export const Sandbox = Type.Object(
 export type SandboxT = Static<typeof Sandbox>;
 
 export const SnapshotId = Type.String({ description: 'snap_ + 16 lowercase alphanumerics', maxLength: 64 });
+
+function EgressRuleList(description: string) {
+  return Type.Array(Type.String({ minLength: 1, maxLength: 260 }), { maxItems: 256, description });
+}
+
+export const NetworkRulesBody = Type.Object(
+  {
+    allowOut: Type.Optional(EgressRuleList('Egress allow rules (absent: none); the whole set is replaced')),
+    denyOut: Type.Optional(EgressRuleList('Egress deny rules (absent: none); the whole set is replaced')),
+  },
+  { additionalProperties: false },
+);
+
+export const NetworkRules = Type.Object(
+  {
+    allowOut: Type.Array(Type.String()),
+    denyOut: Type.Array(Type.String()),
+    refusedConnections: Type.Integer({ description: 'Connections its egress rules refused over its whole life' }),
+  },
+  { $id: 'NetworkRules' },
+);
 
 export const CreateSandboxBody = Type.Object(
   {
@@ -100,7 +123,11 @@ export const CreateSandboxBody = Type.Object(
     ),
     network: Type.Optional(
       Type.Object(
-        { allowPublicTraffic: Type.Optional(Type.Boolean({ description: 'Serve its preview URLs without the traffic token; default false' })) },
+        {
+          allowPublicTraffic: Type.Optional(Type.Boolean({ description: 'Serve its preview URLs without the traffic token; default false' })),
+          allowOut: Type.Optional(EgressRuleList('Egress allow rules: IPs, CIDRs, domain names, *.domain names; when not empty, every other destination is refused')),
+          denyOut: Type.Optional(EgressRuleList('Egress deny rules: IPs, CIDRs, domain names, *.domain names; a match wins over any allow rule')),
+        },
         { additionalProperties: false },
       ),
     ),

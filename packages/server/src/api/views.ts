@@ -30,7 +30,7 @@ export function sandboxView(deps: AppDeps, r: SandboxRecord): SandboxT {
     errorCode: r.errorCode === null ? null : publicCode(r.errorCode),
     lifecycle: { onTimeout: r.onTimeout, autoResume: r.autoResume },
     // (every view is for holders of the API key: the token goes with it)
-    network: { allowPublicTraffic: r.allowPublicTraffic, trafficAccessToken: r.trafficToken, previewDomain: deps.preview.publicDomain, previewScheme: deps.preview.scheme },
+    network: { allowPublicTraffic: r.allowPublicTraffic, trafficAccessToken: r.trafficToken, previewDomain: deps.preview.publicDomain, previewScheme: deps.preview.scheme, allowOut: r.egress?.allowOut ?? [], denyOut: r.egress?.denyOut ?? [] },
     volumes: Object.fromEntries(r.volumes.map((v) => [v.path, v.name])),
     pausedAt: iso(r.pausedAt),
     remainingTimeoutMs: r.state === 'paused' ? r.remainingMs : null,

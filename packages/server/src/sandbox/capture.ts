@@ -196,6 +196,7 @@ export class Captures {
           vcpus: vm.spec.vcpus,
           diskSizeBytes: vm.spec.diskSizeBytes,
           allowInternetAccess: vm.spec.allowInternetAccess,
+          egress: rec.egress,
         },
         requirements: rec.requirements!,
         pauseMs: res.pauseMs,

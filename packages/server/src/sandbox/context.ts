@@ -1,4 +1,4 @@
-import type { DataDirLayout, HostProfile, TemplateInfo, UidAllocator, VmHost } from '@nullspace/runtime';
+import type { DataDirLayout, EgressHost, HostProfile, TemplateInfo, UidAllocator, VmHost } from '@nullspace/runtime';
 import type { Admission } from '../admission.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
@@ -6,6 +6,7 @@ import type { SandboxRecord, SandboxStore } from '../store/sandboxes.js';
 import type { SnapshotStore } from '../store/snapshots.js';
 import type { KeyedGate, KeyedMutex, RwLock } from '../util.js';
 import type { VolumeService } from '../volumes.js';
+import type { EgressRulesService } from './egress.js';
 import type { Faults } from './faults.js';
 import type { LiveSet } from './live.js';
 import type { Lifecycle } from './transition.js';
@@ -17,6 +18,8 @@ export interface HostInfo {
   template(name: string): TemplateInfo;
   /** Sandbox uids (undefined: VMs run as the server's user, without network isolation). */
   readonly uids?: UidAllocator | undefined;
+  /** The egress rules' firewall and proxy (undefined without network isolation). */
+  readonly egress?: EgressHost | undefined;
 }
 
 /**
@@ -43,6 +46,8 @@ export interface SandboxContext {
   readonly live: LiveSet;
   readonly lifecycle: Lifecycle;
   readonly faults: Faults;
+  /** The egress rules of running sandboxes. */
+  readonly egress: EgressRulesService;
   /** The record of sandbox `id` (404 `sandbox_not_found` for an unknown or malformed id). */
   record(id: string): Promise<SandboxRecord>;
   /** Tells the collector that layers may have lost their last reference. */

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { NsError, wrapError, type VmHandle } from '@nullspace/runtime';
+import { NsError, parseEgressRules, wrapError, type EgressRules, type VmHandle } from '@nullspace/runtime';
 import { checkFreeDisk } from '../admission.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
 import { newId } from '../util.js';
@@ -27,6 +27,8 @@ export interface CreateSandboxRequest {
   autoResume?: boolean | undefined;
   /** Its preview URLs are served without its traffic token (default false). */
   allowPublicTraffic?: boolean | undefined;
+  /** Egress rules (undefined: a snapshot's, or none). */
+  egress?: EgressRules | null | undefined;
   /** Shared volumes: guest path -> volume name. From a snapshot: its volumes (this must match or be absent). */
   volumes?: Record<string, string> | undefined;
   /** From a snapshot whose volume was deleted: start with an empty placeholder instead of refusing. */
@@ -62,6 +64,10 @@ export class Creates {
     const releaseLayers = await ctx.layersLock.acquireRead();
     try {
       const src = await this.sources.resolve(req);
+      // a sandbox from a snapshot (a fork's child too) keeps the snapshot's rules unless given its own
+      // (checked and normalized after the source: an unknown template, snapshot or volume is a 404 first)
+      const egress = req.egress ? parseEgressRules(req.egress) : req.egress === undefined ? (src.vm.egress ?? null) : null;
+      ctx.egress.check(egress);
       checkFreeDisk(ctx.config.dataDir, ctx.config.limits.minFreeDiskMiB, 'creating a sandbox');
       const reservation = req.reservation ?? ctx.admission.reserve(src.vm.memoryMiB);
       const slot = this.warm.take(src, req.allowInternetAccess);
@@ -99,6 +105,8 @@ export class Creates {
         trafficToken: randomBytes(24).toString('hex'),
         allowPublicTraffic: req.allowPublicTraffic ?? false,
         autoResume: req.autoResume ?? false,
+        egress,
+        egressRefused: 0,
         accessToken: randomBytes(24).toString('base64url'),
         updatedAt: now,
       });
@@ -120,6 +128,7 @@ export class Creates {
               vm = await this.restores.restore(id, src, req.allowInternetAccess, live.cleanup, phases, req.allowMissingVolumes === true);
             }
             live.setVm(vm);
+            await ctx.egress.bind(live);
           } finally {
             releaseLayers();
           }

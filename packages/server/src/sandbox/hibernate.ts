@@ -132,6 +132,7 @@ export class Hibernation {
           return this.restores.restore(id, src, rec.allowInternetAccess, live.cleanup, phases, true);
         });
         live.setVm(vm);
+        await ctx.egress.bind(live);
         ctx.faults.crash('crash-during-resume');
         const agent = await vm.connectAgent(15_000);
         await this.guests.mountVolumes(await ctx.record(id), agent);

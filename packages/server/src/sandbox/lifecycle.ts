@@ -80,11 +80,12 @@ export interface LifecyclePatch {
 /**
  * What happens around a step. Before it is persisted: `teardown` (the sandbox's VM, files, uid and
  * admission slot go: nothing is recorded as without a VM while one might still run). After it:
- * `dropHibernations` (an ended sandbox never resumes: its hibernation snapshots go),
+ * `dropHibernations` (an ended sandbox never resumes: its hibernation snapshots go), `dropMetrics`
+ * (an ended sandbox's metrics samples go),
  * `pruneHibernations` (only the latest few are kept), `layersReleased` (the collector may free
  * layers nothing holds any more).
  */
-export type Effect = 'teardown' | 'dropHibernations' | 'pruneHibernations' | 'layersReleased';
+export type Effect = 'teardown' | 'dropHibernations' | 'dropMetrics' | 'pruneHibernations' | 'layersReleased';
 
 /**
  * The events users see (`GET /v1/events`, webhooks): what a step publishes, persisted with the move in
@@ -152,7 +153,7 @@ export interface Step {
 
 /** Entering a terminal state: the VM and everything of it goes first, then its hibernations and layers. */
 const END_BEFORE: readonly Effect[] = ['teardown'];
-const END_AFTER: readonly Effect[] = ['dropHibernations', 'layersReleased'];
+const END_AFTER: readonly Effect[] = ['dropHibernations', 'dropMetrics', 'layersReleased'];
 
 function ended(at: number, reason: string, failure: { errorCode: string | null }): LifecyclePatch {
   return { endedAt: at, endReason: reason, errorCode: failure.errorCode, pid: null, diskParentLayer: null };

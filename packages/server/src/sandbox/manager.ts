@@ -1,4 +1,4 @@
-import { DataDirLayout, LocalVmHost, NsError, SANDBOX_ID_RE, type GuestAgent, type RequirementMismatch, type VmHost } from '@nullspace/runtime';
+import { DataDirLayout, LocalVmHost, NsError, parseEgressRules, SANDBOX_ID_RE, type EgressRules, type GuestAgent, type RequirementMismatch, type VmHost } from '@nullspace/runtime';
 import { Admission } from '../admission.js';
 import type { Config } from '../config.js';
 import { notFound } from '../errors.js';
@@ -12,6 +12,7 @@ import { Captures } from './capture.js';
 import { Chains } from './chains.js';
 import type { HostInfo, SandboxContext } from './context.js';
 import { Creates, type CreateSandboxRequest } from './create.js';
+import { EgressRulesService } from './egress.js';
 import { Faults } from './faults.js';
 import { Guests } from './guest.js';
 import { Hibernation, KEEP_HIBERNATIONS } from './hibernate.js';
@@ -93,6 +94,7 @@ export class SandboxManager {
       pruneHibernations: async (id: string) => {
         for (const old of (await snapshots.hibernations(id)).slice(KEEP_HIBERNATIONS)) await snapshots.delete(old.id);
       },
+      dropMetrics: (id: string) => this.metricsSampler.forget(id),
       layersReleased: () => this.onLayersReleased(),
     };
     const self = this;
@@ -112,6 +114,7 @@ export class SandboxManager {
       live,
       lifecycle: new Lifecycle(store, effects, events),
       faults: new Faults(config.faultInjection, config.dataDir, log),
+      egress: new EgressRulesService(host.egress, store, log, config.networkGuardCheckMs),
       record: (id) => this.get(id),
       layersReleased: () => this.onLayersReleased(),
       get closing() {
@@ -184,7 +187,31 @@ export class SandboxManager {
     // chain streamed in the background) is not waited for beyond CLOSE_WAIT_MS
     await this.ctx.locks.idle(CLOSE_WAIT_MS);
     for (const l of this.ctx.live.all()) if (l.attached) l.detach();
+    await this.ctx.egress.close();
     this.closed = true;
+  }
+
+  /** Its egress rules and the connections they refused (ended VM lives and the running one). */
+  async network(id: string): Promise<{ allowOut: string[]; denyOut: string[]; refusedConnections: number }> {
+    const rec = await this.get(id);
+    const live = await this.ctx.egress.liveRefused(id);
+    const now = await this.get(id);
+    return { allowOut: rec.egress?.allowOut ?? [], denyOut: rec.egress?.denyOut ?? [], refusedConnections: now.egressRefused + live };
+  }
+
+  /** Replaces its egress rules (checked: 400 `invalid_network_rule`): applied at once when its VM runs, kept for its next resume otherwise. */
+  async updateNetwork(id: string, input: EgressRules): Promise<{ allowOut: string[]; denyOut: string[]; refusedConnections: number }> {
+    await this.get(id);
+    const rules = parseEgressRules(input);
+    this.ctx.egress.check(rules);
+    await this.ctx.locks.run(id, async () => {
+      const rec = await this.get(id);
+      if (isTerminal(rec.state)) {
+        throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: its network rules can no longer change`, { details: { state: rec.state } });
+      }
+      await this.ctx.egress.update(id, rules);
+    });
+    return this.network(id);
   }
 
   async get(id: string): Promise<SandboxRecord> {

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
-import { errorMessage, NsError } from '@nullspace/runtime';
+import path from 'node:path';
+import { errorMessage, NsError, SANDBOX_ID_RE } from '@nullspace/runtime';
 import { readFile } from '../agentio.js';
 import type { SandboxContext } from './context.js';
 import type { Guests } from './guest.js';
@@ -32,6 +33,8 @@ interface Series {
   samples: MetricsSample[];
   prevCpu?: CpuTimes | undefined;
   busy?: boolean;
+  /** Lines in its file (it is rewritten with the ring when it holds twice as many). */
+  fileLines: number;
 }
 
 /** `cpu` line of /proc/stat: busy and total jiffies over all CPUs; and how many CPUs. */
@@ -67,8 +70,10 @@ export function processPss(pid: number): number | null {
  * Metrics of running sandboxes: every `metricsIntervalMs` (NULLSPACE_METRICS_INTERVAL_MS) each
  * running sandbox on this server is sampled: the guest's /proc/stat and /proc/meminfo read through
  * the agent's file reads, its root file system's use (the agent's fs.statfs), its QEMU's PSS. A
- * ring of MAX_SAMPLES per sandbox, kept in memory for its life (not across server restarts). A
- * sample that cannot be taken (a capture holds the guest, the agent is busy) is skipped.
+ * ring of MAX_SAMPLES per sandbox, kept for its life: in memory while it runs on this server, and
+ * appended to its file (`<data dir>/metrics/<id>.jsonl`) so that a hibernation or a server restart
+ * keeps them; the file goes when the sandbox ends (`forget`, a lifecycle effect). A sample that
+ * cannot be taken (a capture holds the guest, the agent is busy) is skipped.
  */
 export class MetricsSampler {
   private timer: NodeJS.Timeout | undefined;
@@ -80,8 +85,35 @@ export class MetricsSampler {
   ) {}
 
   start(): void {
+    void this.sweep().catch(() => {});
     this.timer = setInterval(() => this.tick(), this.ctx.config.metricsIntervalMs);
     this.timer.unref();
+  }
+
+  /** Sandbox `id` ended: its samples go (idempotent). */
+  forget(id: string): void {
+    this.series.delete(id);
+    fs.rmSync(this.ctx.layout.metricsFile(id), { force: true });
+  }
+
+  /** Files of sandboxes that ended while no server ran (or are gone from the store) go. */
+  private async sweep(): Promise<void> {
+    for (const f of listDir(this.ctx.layout.metrics)) {
+      const id = f.endsWith('.jsonl') ? f.slice(0, -'.jsonl'.length) : '';
+      const rec = SANDBOX_ID_RE.test(id) ? await this.ctx.store.get(id) : undefined;
+      if (!rec || rec.state === 'killed' || rec.state === 'failed') fs.rmSync(path.join(this.ctx.layout.metrics, f), { force: true });
+    }
+  }
+
+  /** Sandbox `id`'s series: in memory, else as its file has it (after a restart or a hibernation). */
+  private seriesOf(id: string): Series {
+    let s = this.series.get(id);
+    if (!s) {
+      const samples = readSamples(this.ctx.layout.metricsFile(id));
+      s = { samples: samples.slice(-MAX_SAMPLES), fileLines: samples.length };
+      this.series.set(id, s);
+    }
+    return s;
   }
 
   stop(): void {
@@ -90,7 +122,8 @@ export class MetricsSampler {
 
   /** The samples of sandbox `id` within [start, end] (ms), oldest first. */
   samples(id: string, start = 0, end = Number.MAX_SAFE_INTEGER): MetricsSample[] {
-    return (this.series.get(id)?.samples ?? []).filter((s) => s.at >= start && s.at <= end);
+    const samples = this.series.get(id)?.samples ?? readSamples(this.ctx.layout.metricsFile(id)).slice(-MAX_SAMPLES);
+    return samples.filter((x) => x.at >= start && x.at <= end);
   }
 
   /** The latest sample of each sandbox sampled. */
@@ -109,15 +142,14 @@ export class MetricsSampler {
     for (const l of this.ctx.live.all()) {
       if (!l.attached || !l.hasVm) continue;
       live.add(l.id);
-      const s = this.series.get(l.id) ?? { samples: [] };
-      this.series.set(l.id, s);
+      const s = this.seriesOf(l.id);
       if (s.busy) continue;
       s.busy = true;
       void this.sample(l.id, s)
         .catch((err: unknown) => this.ctx.log.debug({ sandboxId: l.id, err: errorMessage(err) }, 'metrics sample skipped'))
         .finally(() => (s.busy = false));
     }
-    // a sandbox's series lives as long as its VM does on this server
+    // a series stays in memory while its VM runs on this server (its file keeps it meanwhile)
     for (const id of this.series.keys()) if (!live.has(id)) this.series.delete(id);
   }
 
@@ -159,6 +191,55 @@ export class MetricsSampler {
     };
     s.samples.push(sample);
     if (s.samples.length > MAX_SAMPLES) s.samples.splice(0, s.samples.length - MAX_SAMPLES);
+    this.persist(id, s, sample);
+  }
+
+  /** Appends `sample` to the sandbox's file; past twice the ring's size, the file is rewritten with the ring. */
+  private persist(id: string, s: Series, sample: MetricsSample): void {
+    const file = this.ctx.layout.metricsFile(id);
+    try {
+      fs.mkdirSync(this.ctx.layout.metrics, { recursive: true, mode: 0o700 });
+      if (s.fileLines + 1 > 2 * MAX_SAMPLES) {
+        const tmp = `${file}.tmp`;
+        fs.writeFileSync(tmp, s.samples.map((x) => JSON.stringify(x) + '\n').join(''), { mode: 0o600 });
+        fs.renameSync(tmp, file);
+        s.fileLines = s.samples.length;
+      } else {
+        fs.appendFileSync(file, JSON.stringify(sample) + '\n', { mode: 0o600 });
+        s.fileLines++;
+      }
+    } catch (err) {
+      // a full disk loses the history past this point, not the sample in memory
+      this.ctx.log.warn({ sandboxId: id, err: errorMessage(err) }, 'metrics sample not kept on disk');
+    }
+  }
+}
+
+/** The samples a file holds (none when it is missing; a line torn by a crash is skipped). */
+function readSamples(file: string): MetricsSample[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  const out: MetricsSample[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    try {
+      out.push(JSON.parse(line) as MetricsSample);
+    } catch {
+      // skipped
+    }
+  }
+  return out;
+}
+
+function listDir(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return [];
   }
 }
 

@@ -42,6 +42,7 @@ export class Recovery {
       if (vm) {
         live.setVm(vm);
         live.own('kill vm', () => vm.kill());
+        await ctx.egress.bind(live);
       }
       const { rec, step } = await ctx.lifecycle.applyStep(found, { type: 'recover', at: Date.now(), vmAlive: vm !== undefined, hibernationRecorded: recorded });
       if (step.adopt && vm) {

@@ -7,6 +7,7 @@ export interface EffectHandlers {
   /** The sandbox's VM, files, uid claim and admission slot go (idempotent). */
   teardown(rec: SandboxRecord): Promise<void>;
   dropHibernations(id: string): Promise<void>;
+  dropMetrics(id: string): void;
   pruneHibernations(id: string): Promise<void>;
   layersReleased(): void;
 }
@@ -53,6 +54,8 @@ export class Lifecycle {
         return this.effects.teardown(rec);
       case 'dropHibernations':
         return this.effects.dropHibernations(rec.id);
+      case 'dropMetrics':
+        return this.effects.dropMetrics(rec.id);
       case 'pruneHibernations':
         return this.effects.pruneHibernations(rec.id);
       case 'layersReleased':

@@ -1,5 +1,5 @@
 import { NsError } from '@nullspace/runtime';
-import type { RestoreRequirements, VmSpec } from '@nullspace/runtime';
+import type { EgressRules, RestoreRequirements, VmSpec } from '@nullspace/runtime';
 import { assertTransition, type SandboxState } from '../sandbox/lifecycle.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
 import { inList, insertSql, jsonFieldEquals, type Sql } from './sql.js';
@@ -48,6 +48,10 @@ export interface SandboxRecord {
   allowPublicTraffic: boolean;
   /** A preview URL request to it while hibernated resumes it. */
   autoResume: boolean;
+  /** Its egress rules (null: none, every destination but this host's and link-local ones). */
+  egress: EgressRules | null;
+  /** Connections its egress rules refused in the VM lives that ended (the live one's are counted apart). */
+  egressRefused: number;
   /** A random secret minted at create (the E2B-compatible envd surface's access token). */
   accessToken: string | null;
   updatedAt: number;
@@ -83,6 +87,8 @@ interface Row {
   traffic_token: string;
   allow_public_traffic: number;
   auto_resume: number;
+  egress: string | null;
+  egress_refused: number;
   access_token: string | null;
   updated_at: number;
 }
@@ -118,6 +124,8 @@ function fromRow(r: Row): SandboxRecord {
     trafficToken: r.traffic_token,
     allowPublicTraffic: r.allow_public_traffic === 1,
     autoResume: r.auto_resume === 1,
+    egress: r.egress ? (JSON.parse(r.egress) as EgressRules) : null,
+    egressRefused: r.egress_refused,
     accessToken: r.access_token,
     updatedAt: r.updated_at,
   };
@@ -138,6 +146,8 @@ export type SandboxPatch = Partial<
     | 'diskParentLayer'
     | 'remainingMs'
     | 'pausedAt'
+    | 'egress'
+    | 'egressRefused'
   >
 >;
 
@@ -154,6 +164,8 @@ const COLUMN: Record<keyof SandboxPatch, string> = {
   diskParentLayer: 'disk_parent_layer',
   remainingMs: 'remaining_ms',
   pausedAt: 'paused_at',
+  egress: 'egress',
+  egressRefused: 'egress_refused',
 };
 
 export interface ListQuery {
@@ -212,6 +224,7 @@ export class SandboxStore {
           traffic_token: rec.trafficToken,
           allow_public_traffic: rec.allowPublicTraffic ? 1 : 0,
           auto_resume: rec.autoResume ? 1 : 0,
+          egress: rec.egress ? JSON.stringify(rec.egress) : null,
           access_token: rec.accessToken,
           updated_at: rec.updatedAt,
         }),
@@ -284,6 +297,11 @@ export class SandboxStore {
     const [sets, params] = patchSets(patch);
     const cond = ifState ? ` AND ${inList('state', ifState)}` : '';
     return (await this.sql.run(`UPDATE sandboxes SET ${sets.join(', ')} WHERE id = ?${cond}`, [...params, id, ...(ifState ?? [])])) === 1;
+  }
+
+  /** Adds `n` to the connections its egress rules refused (one update: counts banked at once never lose one). */
+  async addEgressRefused(id: string, n: number): Promise<void> {
+    await this.sql.run('UPDATE sandboxes SET egress_refused = egress_refused + ?, updated_at = ? WHERE id = ?', [n, Date.now(), id]);
   }
 
   /** Paused sandboxes hibernated before `before`. */

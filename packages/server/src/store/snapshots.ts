@@ -1,4 +1,4 @@
-import type { RestoreRequirements } from '@nullspace/runtime';
+import type { EgressRules, RestoreRequirements } from '@nullspace/runtime';
 import { decodeCursor, encodeCursor } from './cursor.js';
 import { inList, insertSql, jsonFieldEquals, type Sql } from './sql.js';
 import type { VolumeAttachment } from './volumes.js';
@@ -24,6 +24,8 @@ export interface VmConfig {
   vcpus: number;
   diskSizeBytes: number;
   allowInternetAccess: boolean;
+  /** The sandbox's egress rules when captured (its children's unless they are given their own). */
+  egress?: EgressRules | null;
 }
 
 export interface SnapshotRecord {

@@ -1,0 +1,3 @@
+module nullspace/egress
+
+go 1.19
