@@ -24,9 +24,10 @@ bash "$NS_REPO/scripts/check-node.sh"
 
 # skopeo, umoci: importing OCI / Docker images (templates from an image); docker-registry: the tests'
 # own registries (the packaged service is not wanted: see below); chromium: the preview URL test opens a
-# signed URL in it (playwright-core drives it); tmux: the test of `sandbox shell` types into a real terminal
+# signed URL in it (playwright-core drives it); tmux: the test of `sandbox shell` types into a real terminal;
+# postgresql: the store tests start private clusters of it (the packaged service is not needed)
 PACKAGES=(qemu-system-x86 qemu-utils linux-image-amd64 debootstrap e2fsprogs cpio busybox-static golang-go
-  xz-utils xfsprogs nftables kmod curl ca-certificates python3 make g++ skopeo umoci docker-registry chromium tmux)
+  xz-utils xfsprogs nftables kmod curl ca-certificates python3 make g++ skopeo umoci docker-registry chromium tmux postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

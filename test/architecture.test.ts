@@ -70,7 +70,7 @@ const RULES: Rule[] = [
   {
     name: 'routes never import the store',
     files: ROUTES,
-    mayNotImport: ['packages/server/src/store/**', 'npm:better-sqlite3'],
+    mayNotImport: ['packages/server/src/store/**', 'npm:better-sqlite3', 'npm:pg'],
     typesAllowed: true,
     reason:
       'routes go through the manager and services, which keep the invariants (locks, transitions, events); ' +
@@ -112,7 +112,7 @@ const RULES: Rule[] = [
   {
     name: 'only the store talks SQL',
     files: ['packages/**', '!packages/server/src/store/**'],
-    mayNotImport: ['npm:better-sqlite3'],
+    mayNotImport: ['npm:better-sqlite3', 'npm:pg'],
     reason: 'persistence is one layer (packages/server/src/store): migrations, queries and the transitions they record',
     example: ['packages/server/src/gc.ts', 'npm:better-sqlite3'],
   },

@@ -113,9 +113,9 @@ export function exited(child: ChildProcess): Promise<void> {
   return new Promise((r) => child.once('exit', () => r()));
 }
 
-/** `nullspace serve` as a separate process (so that it can be killed with SIGKILL). */
-export async function serverProcess(dataDir: string, key: string, port: number, env: Record<string, string> = {}): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--port', String(port), '--data-dir', dataDir], {
+/** `nullspace serve` as a separate process (so that it can be killed with SIGKILL), with extra flags `args`. */
+export async function serverProcess(dataDir: string, key: string, port: number, env: Record<string, string> = {}, args: string[] = []): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', String(port), '--data-dir', dataDir, ...args], {
     env: { ...process.env, NULLSPACE_API_KEY: key, NULLSPACE_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -49,6 +49,17 @@ const int = (v: string) => {
   return n;
 };
 
+/** A URL without its password (for what the server prints at start). */
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return 'postgres://...';
+  }
+}
+
 function printJson(v: unknown): void {
   process.stdout.write(JSON.stringify(v, null, 2) + '\n');
 }
@@ -81,13 +92,14 @@ program
   .option('--port <port>', 'port (default 7070)', int)
   .option('--data-dir <dir>', 'database, API key and sandbox files (default /var/lib/nullspace/data)')
   .option('--join-token <token>', 'let runtime hosts join with this token (default NULLSPACE_JOIN_TOKEN; none: a single host)')
-  .action(async (o: { host?: string; port?: number; dataDir?: string; joinToken?: string }) => {
-    const cfg = loadConfig(process.env, { host: o.host, port: o.port, dataDir: o.dataDir, joinToken: o.joinToken });
+  .option('--database <url>', 'keep the control-plane records in PostgreSQL (postgres://...; default: SQLite in the data dir; also NULLSPACE_DATABASE_URL)')
+  .action(async (o: { host?: string; port?: number; dataDir?: string; joinToken?: string; database?: string }) => {
+    const cfg = loadConfig(process.env, { host: o.host, port: o.port, dataDir: o.dataDir, joinToken: o.joinToken, databaseUrl: o.database });
     const server = await startServer(cfg);
     process.stdout.write(
       `nullspace ${VERSION} serving ${server.url}/v1 (OpenAPI: ${server.url}/v1/openapi.json)\n` +
         `API key: ${server.apiKeySource === 'NULLSPACE_API_KEY' ? 'from NULLSPACE_API_KEY' : `in ${server.apiKeySource}`}\n` +
-        `accelerator: ${server.host.profile.accel} (${server.host.accelReason}); data dir ${cfg.dataDir}\n`,
+        `accelerator: ${server.host.profile.accel} (${server.host.accelReason}); data dir ${cfg.dataDir}${cfg.databaseUrl ? `; database ${redactUrl(cfg.databaseUrl)}` : ''}\n`,
     );
     const stop = (sig: string) => {
       server.log.info({ signal: sig }, 'stopping (sandboxes keep running and are re-adopted at next start)');

@@ -46,8 +46,9 @@ export async function cacheFilesInUse(cacheDir: string, dataDirs: string[]): Pro
     if (f.startsWith(inCache) && !held.has(f)) held.set(f, holder);
   };
   for (const dataDir of dataDirs) {
-    if (!fs.existsSync(path.join(dataDir, 'nullspace.db'))) {
-      throw new NsError('bad_request', `${dataDir} is not a nullspace data dir (no nullspace.db): nothing removed`);
+    // (a server on PostgreSQL has no nullspace.db: its sandboxes/ directory, made at its first start, marks it)
+    if (!fs.existsSync(path.join(dataDir, 'nullspace.db')) && !fs.existsSync(path.join(dataDir, 'sandboxes'))) {
+      throw new NsError('bad_request', `${dataDir} is not a nullspace data dir (no nullspace.db, no sandboxes/): nothing removed`);
     }
     // layers are the server's own files: their chains are followed whole
     const layers = path.join(dataDir, 'layers');

@@ -14,7 +14,7 @@ const OVERLAY_RE = /^disk-[0-9a-z]+\.qcow2$/;
 /**
  * Every host path of a data dir and the file-name patterns in it, in one place:
  *
- *   <data dir>/nullspace.db                  the store (SQLite)
+ *   <data dir>/nullspace.db                  the store (SQLite; absent when on PostgreSQL)
  *   <data dir>/sandboxes/<sbx id>/           owned by the sandbox's uid (0700)
  *       mem                                  its RAM (a reflink copy of a template or snapshot RAM image)
  *       disk-0.qcow2, disk-<t>.qcow2         its active overlay (and earlier ones QEMU still reads)

@@ -20,9 +20,9 @@ export interface CaptureOptions {
   virtualSizeBytes: number;
   ownerUid?: number | undefined;
   /** Called after the disk layer exists and before the VM switches onto it (record it durably here). */
-  beforeSwitch?: () => void;
+  beforeSwitch?: () => void | Promise<void>;
   /** Called when the switch failed, to undo `beforeSwitch`. */
-  switchFailed?: () => void;
+  switchFailed?: () => void | Promise<void>;
   /** Called right after the VM stopped (fault injection in tests). */
   onPaused?: () => Promise<void>;
 }
@@ -129,7 +129,7 @@ export async function captureSnapshot(vm: CaptureVm, to: CaptureTargets, opts: C
     await step(vm, 'copying the disk layer', async () => cloneRegularFile(vm.spec.disk, to.disk, 0o444));
     lap('cloneMs');
     const node = `disk${Date.now().toString(36)}`;
-    opts.beforeSwitch?.();
+    await opts.beforeSwitch?.();
     recorded = true;
     await step(vm, 'switching to the next overlay', async () => {
       await vm.qmp.execute('blockdev-add', {
@@ -162,7 +162,7 @@ export async function captureSnapshot(vm: CaptureVm, to: CaptureTargets, opts: C
   } catch (err) {
     if (stopped && opts.resume && !vm.gone) await vm.qmp.execute('cont').catch(() => {});
     if (!switched) {
-      if (recorded) opts.switchFailed?.();
+      if (recorded) await opts.switchFailed?.();
       cleanupFiles();
     } else {
       // the VM's overlay now backs onto to.disk (its header names it): it stays

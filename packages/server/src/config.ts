@@ -7,8 +7,13 @@ import { NsError, parseRegistryList, type Accel } from '@nullspace/runtime';
 export interface Config {
   host: string;
   port: number;
-  /** SQLite database, API key, sandbox directories. */
+  /** SQLite database (unless `databaseUrl`), API key, sandbox directories. */
   dataDir: string;
+  /**
+   * The control-plane store in PostgreSQL (`postgres://...`: `serve --database`,
+   * NULLSPACE_DATABASE_URL); unset: SQLite in the data dir.
+   */
+  databaseUrl: string | undefined;
   /** Built images and template snapshots, shared by every server of this machine. */
   cacheDir: string;
   /** Template recipes and agent sources (for `template build`). */
@@ -172,6 +177,7 @@ export interface ConfigOverrides {
   dataDir?: string | undefined;
   proxyPort?: number | undefined;
   joinToken?: string | undefined;
+  databaseUrl?: string | undefined;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: ConfigOverrides = {}): Config {
@@ -209,10 +215,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
   if (domain !== undefined && !/^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?(:[0-9]{1,5})?$/.test(domain)) {
     throw new NsError('invalid_config', `NULLSPACE_PUBLIC_DOMAIN must be a lowercase DNS name, optionally with :port, got "${domain}"`);
   }
+  const databaseUrl = overrides.databaseUrl ?? (env.NULLSPACE_DATABASE_URL || undefined);
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    throw new NsError('invalid_config', 'the database URL (--database, NULLSPACE_DATABASE_URL) must be a postgres:// or postgresql:// URL');
+  }
   return {
     host: overrides.host ?? (env.NULLSPACE_HOST || '127.0.0.1'),
     port,
     dataDir,
+    databaseUrl,
     cacheDir: path.resolve(env.NULLSPACE_CACHE_DIR || path.join(home, 'cache')),
     imagesDir: path.resolve(env.NULLSPACE_IMAGES_DIR || path.join(repoRoot, 'images')),
     agentDir: path.resolve(env.NULLSPACE_AGENT_DIR || path.join(repoRoot, 'agent')),

@@ -65,8 +65,14 @@ export class Gc {
     return work;
   }
 
-  private sweep(dryRun: boolean): GcReport {
-    const layers = new Map(this.snapshots.layers().map((l) => [l.id, l]));
+  private async sweep(dryRun: boolean): Promise<GcReport> {
+    // (one transaction: the three reads see one state of the store)
+    const [allLayers, snapshots, sandboxes] = await this.snapshots.transaction(async () => [
+      await this.snapshots.layers(),
+      await this.snapshots.all(),
+      await this.sandboxes.inStates(STATES.filter((s) => !TERMINAL_STATES.includes(s))),
+    ] as const);
+    const layers = new Map(allLayers.map((l) => [l.id, l]));
     const holders = new Map<string, string[]>();
     const hold = (layerId: string | null, holder: string) => {
       for (let cur = layerId; cur; cur = layers.get(cur)?.parentId ?? null) {
@@ -75,14 +81,13 @@ export class Gc {
         holders.set(cur, list);
       }
     };
-    for (const s of this.snapshots.all()) {
+    for (const s of snapshots) {
       const holder = `snapshot ${s.id} (${s.kind})`;
       hold(s.memLayer, holder);
       hold(s.stateLayer, holder);
       hold(s.diskLayer, holder);
     }
-    const live = STATES.filter((s) => !TERMINAL_STATES.includes(s));
-    for (const sbx of this.sandboxes.inStates(live)) hold(sbx.diskParentLayer, `sandbox ${sbx.id} (${sbx.state})`);
+    for (const sbx of sandboxes) hold(sbx.diskParentLayer, `sandbox ${sbx.id} (${sbx.state})`);
 
     const freed = [...layers.values()].filter((l) => !holders.has(l.id));
     const known = new Set([...layers.values()].map((l) => l.path));
@@ -102,7 +107,7 @@ export class Gc {
       };
       for (const l of [...freed].sort((a, b) => depth(b.id) - depth(a.id))) {
         fs.rmSync(l.path, { force: true });
-        this.snapshots.deleteLayer(l.id);
+        await this.snapshots.deleteLayer(l.id);
       }
       for (const f of orphanFiles) fs.rmSync(f, { force: true, recursive: true });
       if (freed.length || orphanFiles.length) {

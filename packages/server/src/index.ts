@@ -8,14 +8,9 @@ import type { Config } from './config.js';
 import { HostContext } from './hostctx.js';
 import { createLogger, type Logger } from './log.js';
 import { SandboxManager } from './sandbox/manager.js';
-import { openDb } from './store/db.js';
-import { SandboxStore } from './store/sandboxes.js';
-import { SnapshotStore } from './store/snapshots.js';
-import { EventStore } from './store/events.js';
+import { openStore } from './store/index.js';
 import { EventLog } from './events/log.js';
 import { WebhookService } from './events/webhooks.js';
-import { WebhookStore } from './store/webhooks.js';
-import { VolumeStore } from './store/volumes.js';
 import { VolumeService } from './volumes.js';
 import { Gc } from './gc.js';
 import { BuildContexts } from './templates/contexts.js';
@@ -24,7 +19,6 @@ import { TemplateService } from './templates/service.js';
 import { Preview, previewServer } from './preview/proxy.js';
 import { FleetService } from './fleet/service.js';
 import { hostCapacity, hostFingerprint } from './fleet/identity.js';
-import { HostStore } from './store/hosts.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
@@ -58,18 +52,18 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   const log = opts.log ?? createLogger(config.logLevel);
   fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const { key, source } = resolveApiKey(config.dataDir, config.apiKey);
-  const db = openDb(path.join(config.dataDir, 'nullspace.db'));
+  const trace = config.lifecycleTrace;
+  const store = await openStore(config, {
+    onTransition: trace ? (e) => fs.appendFileSync(trace, JSON.stringify({ ...e, dataDir: config.dataDir }) + '\n') : undefined,
+  });
   const host = await HostContext.init(config, log);
   const stopGuardWatch = host.watchNetworkGuard(log, config.networkGuardCheckMs);
-  const trace = config.lifecycleTrace;
-  const sandboxStore = new SandboxStore(db, trace ? (e) => fs.appendFileSync(trace, JSON.stringify({ ...e, dataDir: config.dataDir }) + '\n') : undefined);
-  const snapshotStore = new SnapshotStore(db);
-  const volumes = new VolumeService(config, new VolumeStore(db), log);
+  const volumes = new VolumeService(config, store.volumes, log);
   volumes.init();
-  const events = new EventLog(new EventStore(db), { maxAgeMs: config.events.retentionMs, maxEvents: config.events.maxEvents });
+  const events = new EventLog(store.events, { maxAgeMs: config.events.retentionMs, maxEvents: config.events.maxEvents });
   events.start();
-  const sandboxes = new SandboxManager(config, sandboxStore, snapshotStore, volumes, host, log, events);
-  const gc = new Gc(snapshotStore, sandboxStore, sandboxes.layersLock, sandboxes.layersDir, log);
+  const sandboxes = new SandboxManager(config, store.sandboxes, store.snapshots, volumes, host, log, events);
+  const gc = new Gc(store.snapshots, store.sandboxes, sandboxes.layersLock, sandboxes.layersDir, log);
   // (test-only fault injection "gc-on-request-only": the collector runs only when asked, so that a
   // test can compare a dry run with the real run after it)
   const autoGc = config.faultInjection !== 'gc-on-request-only';
@@ -99,10 +93,10 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
   });
   const templates = new TemplateService(config.cacheDir, (ref) => host.template(ref), (t) => host.compatible(t), contexts, builds);
   const preview = new Preview(config, sandboxes, log);
-  const webhooks = new WebhookService(new WebhookStore(db), events, config.webhooks, log, `nullspace-webhooks/${VERSION}`);
+  const webhooks = new WebhookService(store.webhooks, events, config.webhooks, log, `nullspace-webhooks/${VERSION}`);
   webhooks.start();
   const fleet = new FleetService(
-    new HostStore(db),
+    store.hosts,
     config.fleet,
     () => ({ fingerprint: hostFingerprint(host), capacity: hostCapacity(config.dataDir), counts: { sandboxes: sandboxes.usage.sandboxes } }),
     log.child({ component: 'fleet' }),
@@ -132,7 +126,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     webhooks.stop();
     events.stop();
     await sandboxes.close();
-    db.close();
+    await store.close();
     throw err;
   }
   const addr = app.server.address();
@@ -168,7 +162,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
         webhooks.stop();
         await sandboxes.close();
         events.stop();
-        db.close();
+        await store.close();
       })()),
   };
 }

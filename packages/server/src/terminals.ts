@@ -44,7 +44,7 @@ export async function watchDir(
   path: string,
   recursive: boolean,
   signal: AbortSignal,
-  ended: (err: unknown) => NsError,
+  ended: (err: unknown) => NsError | Promise<NsError>,
 ): Promise<Readable> {
   const out = new Feed();
   const line = (e: WatchLine) => out.feed(JSON.stringify(e) + '\n');
@@ -75,7 +75,7 @@ export async function watchDir(
       out.push(null);
     },
     async (err: unknown) => {
-      const e = ended(err);
+      const e = await ended(err);
       await line({ type: 'error', code: e.code, message: e.message });
       out.push(null);
     },

@@ -48,48 +48,51 @@ export class VolumeService {
     return name;
   }
 
-  create(name: string): VolumeRecord {
+  async create(name: string): Promise<VolumeRecord> {
     this.checkName(name);
-    if (this.store.byName(name)) throw new NsError('already_exists', `volume ${name} already exists`, { details: { name } });
+    const taken = () => new NsError('already_exists', `volume ${name} already exists`, { details: { name } });
+    if (await this.store.byName(name)) throw taken();
     const rec: VolumeRecord = { id: newId('vol'), name, createdAt: Date.now() };
     const dir = this.hostPath(rec.id);
     fs.mkdirSync(dir, { mode: 0o770 });
     fs.chownSync(dir, 0, this.config.volumeGid);
     fs.chmodSync(dir, 0o2770);
+    let inserted = false;
     try {
-      this.store.insert(rec);
-    } catch (err) {
-      fs.rmSync(dir, { recursive: true, force: true });
-      throw err;
+      inserted = await this.store.insert(rec);
+    } finally {
+      if (!inserted) fs.rmSync(dir, { recursive: true, force: true });
     }
+    // (a create of the same name got it between the check and the insert)
+    if (!inserted) throw taken();
     this.log.info({ volume: name, volumeId: rec.id }, 'volume created');
     return rec;
   }
 
-  get(name: string): VolumeRecord {
-    const v = typeof name === 'string' && VOLUME_NAME_RE.test(name) ? this.store.byName(name) : undefined;
+  async get(name: string): Promise<VolumeRecord> {
+    const v = typeof name === 'string' && VOLUME_NAME_RE.test(name) ? await this.store.byName(name) : undefined;
     if (!v) throw new NsError('volume_not_found', `volume ${name} not found`, { details: { name } });
     return v;
   }
 
-  list(): VolumeRecord[] {
+  list(): Promise<VolumeRecord[]> {
     return this.store.all();
   }
 
-  users(v: VolumeRecord): Array<{ id: string; state: string }> {
+  users(v: VolumeRecord): Promise<Array<{ id: string; state: string }>> {
     return this.store.users(v.id);
   }
 
   /** Deletes a volume and its data. Refused while a sandbox (running or paused) mounts it. */
-  delete(name: string): void {
-    const v = this.get(name);
-    const users = this.store.users(v.id);
+  async delete(name: string): Promise<void> {
+    const v = await this.get(name);
+    const users = await this.store.users(v.id);
     if (users.length) {
       throw new NsError('volume_in_use', `volume ${name} is mounted by ${users.map((u) => `${u.id} (${u.state})`).join(', ')}`, {
         details: { name, sandboxes: users.map((u) => u.id) },
       });
     }
-    this.store.delete(v.id);
+    await this.store.delete(v.id);
     fs.rmSync(this.hostPath(v.id), { recursive: true, force: true });
     this.log.info({ volume: name, volumeId: v.id }, 'volume deleted');
   }
@@ -113,13 +116,14 @@ export class VolumeService {
   }
 
   /** Validates a create request's `{guestPath: volumeName}` map into attachments (tags and slots in order). */
-  attachments(requested: Record<string, string>): VolumeAttachment[] {
+  async attachments(requested: Record<string, string>): Promise<VolumeAttachment[]> {
     const entries = Object.entries(requested);
     if (entries.length > MAX_VOLUMES_PER_SANDBOX) {
       throw new NsError('bad_request', `at most ${MAX_VOLUMES_PER_SANDBOX} volumes per sandbox`, { details: { field: 'volumes' } });
     }
     const paths: string[] = [];
-    return entries.map(([guestPath, name], i) => {
+    const out: VolumeAttachment[] = [];
+    for (const [i, [guestPath, name]] of entries.entries()) {
       const p = checkGuestPath(guestPath);
       for (const other of paths) {
         if (p === other || p.startsWith(other + '/') || other.startsWith(p + '/')) {
@@ -127,9 +131,10 @@ export class VolumeService {
         }
       }
       paths.push(p);
-      const v = this.get(name);
-      return { volumeId: v.id, name: v.name, path: p, tag: `v${i}`, slot: VOLUME_FIRST_SLOT + i };
-    });
+      const v = await this.get(name);
+      out.push({ volumeId: v.id, name: v.name, path: p, tag: `v${i}`, slot: VOLUME_FIRST_SLOT + i });
+    }
+    return out;
   }
 
   /**
@@ -137,12 +142,17 @@ export class VolumeService {
    * 409 `volume_missing`, or, with `allowMissing`, exported as an empty placeholder and not mounted.
    */
   /** Whether the volume an attachment names still exists (one deleted is exported as a placeholder, never mounted). */
-  exists(a: VolumeAttachment): boolean {
-    return this.store.byId(a.volumeId) !== undefined;
+  async exists(a: VolumeAttachment): Promise<boolean> {
+    return (await this.store.byId(a.volumeId)) !== undefined;
   }
 
-  devices(attachments: VolumeAttachment[], onCmdline: boolean, opts: { allowMissing: boolean }): { devices: Array<Omit<VolumeDevice, 'hostPath'> & { hostPath: string | null }>; missing: string[] } {
-    const missing = attachments.filter((a) => !this.exists(a)).map((a) => a.name);
+  async devices(
+    attachments: VolumeAttachment[],
+    onCmdline: boolean,
+    opts: { allowMissing: boolean },
+  ): Promise<{ devices: Array<Omit<VolumeDevice, 'hostPath'> & { hostPath: string | null }>; missing: string[] }> {
+    const missing: string[] = [];
+    for (const a of attachments) if (!(await this.exists(a))) missing.push(a.name);
     if (missing.length && !opts.allowMissing) {
       throw new NsError('volume_missing', `volume(s) ${missing.join(', ')} no longer exist; restore with allowMissingVolumes to start without them`, {
         details: { volumes: missing },

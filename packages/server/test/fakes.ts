@@ -36,12 +36,13 @@ import {
 import { loadConfig, type Config } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { SandboxManager } from '../src/sandbox/manager.js';
+import Database from 'better-sqlite3';
 import { openDb, type Db } from '../src/store/db.js';
-import { EventStore } from '../src/store/events.js';
 import { EventLog } from '../src/events/log.js';
-import { SandboxStore } from '../src/store/sandboxes.js';
-import { SnapshotStore } from '../src/store/snapshots.js';
-import { VolumeStore } from '../src/store/volumes.js';
+import { storeOver } from '../src/store/index.js';
+import type { SandboxStore } from '../src/store/sandboxes.js';
+import type { SnapshotStore } from '../src/store/snapshots.js';
+import { SqliteSql } from '../src/store/sql.js';
 import { VolumeService } from '../src/volumes.js';
 
 export const PROFILE: HostProfile = { qemuBinary: 'qemu-fake', qemuVersion: '7.2.0', machine: 'pc-i440fx-7.2', accel: 'tcg', cpuModel: 'max', hostCpu: '' };
@@ -210,7 +211,7 @@ export class FakeVm implements VmHandle {
     fs.writeFileSync(to.mem, 'ram');
     fs.writeFileSync(to.state, 'state');
     qcow2(to.disk, this.backing);
-    opts.beforeSwitch?.();
+    await opts.beforeSwitch?.();
     qcow2(to.nextOverlay, to.disk);
     this.spec.disk = to.nextOverlay;
     this.backing = to.disk;
@@ -408,10 +409,11 @@ export class FakeServer {
 
   /** Starts (or, after `stop`, restarts) the manager on this state. */
   async start(): Promise<SandboxManager> {
-    this.db = openDb(this.layout.db);
-    this.store = new SandboxStore(this.db);
-    this.snapshots = new SnapshotStore(this.db);
-    const volumes = new VolumeService(this.config, new VolumeStore(this.db), createLogger('silent'));
+    this.db = await openDb(this.layout.db);
+    const store = storeOver(new SqliteSql(this.db));
+    this.store = store.sandboxes;
+    this.snapshots = store.snapshots;
+    const volumes = new VolumeService(this.config, store.volumes, createLogger('silent'));
     volumes.init();
     const host = {
       profile: PROFILE,
@@ -421,7 +423,7 @@ export class FakeServer {
         return this.template;
       },
     };
-    this.events = new EventLog(new EventStore(this.db));
+    this.events = new EventLog(store.events);
     this.manager = new SandboxManager(this.config, this.store, this.snapshots, volumes, host, createLogger('silent'), this.events, this.vms);
     this.manager.onLayersReleased = () => this.layersReleased++;
     await this.manager.start();
@@ -434,9 +436,9 @@ export class FakeServer {
     this.db.close();
   }
 
-  /** While stopped: runs `fn` on the database. */
+  /** While stopped: runs `fn` on the database (migrated by `start`). */
   private offline<T>(fn: (db: Db) => T): T {
-    const db = openDb(this.layout.db);
+    const db = new Database(this.layout.db);
     try {
       return fn(db);
     } finally {
@@ -446,7 +448,11 @@ export class FakeServer {
 
   /** While stopped: when sandbox `id`'s latest hibernation was recorded. */
   snapshots_createdAt(id: string): number {
-    return this.offline((db) => new SnapshotStore(db).hibernations(id)[0]!.createdAt);
+    return this.offline(
+      (db) =>
+        (db.prepare(`SELECT created_at FROM snapshots WHERE sandbox_id = ? AND kind = 'hibernate' ORDER BY created_at DESC, id DESC LIMIT 1`).get(id) as { created_at: number })
+          .created_at,
+    );
   }
 
   /** While stopped: puts sandbox `id` in `state` as an interrupted operation would have (an event row at `at`). */
@@ -461,7 +467,7 @@ export class FakeServer {
   /** While stopped: a QEMU of sandbox `id` runs again (its record names it). */
   reviveVm(id: string): void {
     this.offline((db) => {
-      const rec = new SandboxStore(db).get(id)!;
+      const rec = { vmSpec: JSON.parse((db.prepare('SELECT vm_spec FROM sandboxes WHERE id = ?').get(id) as { vm_spec: string }).vm_spec) as VmSpec };
       fs.mkdirSync(this.layout.sandboxDir(id), { recursive: true });
       const vm = new FakeVm(rec.vmSpec!, this.template.disk, this.vms);
       this.vms.running.set(vm.pid, vm);

@@ -5,8 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { NsError } from '@nullspace/runtime';
 import { FleetService, type HostReport } from '../src/fleet/service.js';
 import { createLogger } from '../src/log.js';
-import { openDb, type Db } from '../src/store/db.js';
-import { HostStore } from '../src/store/hosts.js';
+import { openSqliteStore, type Store } from '../src/store/index.js';
 
 /**
  * The control plane's side of the fleet on a real SQLite store, with the clock in the test's hands
@@ -23,19 +22,19 @@ const report: HostReport = {
 };
 const local = () => ({ fingerprint: report.fingerprint, capacity: report.capacity, counts: { sandboxes: 7 } });
 
-let db: Db | undefined;
+let store: Store | undefined;
 const dirs: string[] = [];
-afterEach(() => {
-  db?.close();
-  db = undefined;
+afterEach(async () => {
+  await store?.close();
+  store = undefined;
   for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
 });
 
-function fleet(joinToken: string | null = TOKEN): FleetService {
+async function fleet(joinToken: string | null = TOKEN): Promise<FleetService> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ns-fleet-'));
   dirs.push(dir);
-  db = openDb(path.join(dir, 'db'));
-  return new FleetService(new HostStore(db), { joinToken: joinToken ?? undefined, heartbeatMs: HB, lostAfter: 3 }, local, createLogger('silent'));
+  store = await openSqliteStore(dir);
+  return new FleetService(store.hosts, { joinToken: joinToken ?? undefined, heartbeatMs: HB, lostAfter: 3 }, local, createLogger('silent'));
 }
 
 const code = async (p: Promise<unknown> | (() => unknown)) => {
@@ -50,21 +49,21 @@ const code = async (p: Promise<unknown> | (() => unknown)) => {
 describe('FleetService', () => {
   it('lists the control plane as host "local" first, fleet or not', async () => {
     for (const token of [null, TOKEN]) {
-      const f = fleet(token);
+      const f = await fleet(token);
       const hosts = await f.list();
       expect(hosts.map((h) => [h.hostId, h.state, h.url, h.counts.sandboxes])).toEqual([['local', 'ready', null, 7]]);
       expect(await code(f.drain('local'))).toBe('bad_request');
-      db!.close();
-      db = undefined;
+      await store!.close();
+      store = undefined;
     }
   });
 
   it('refuses joins without the fleet, with a wrong token, and heartbeats with a wrong credential', async () => {
-    const off = fleet(null);
+    const off = await fleet(null);
     expect(await code(off.join(TOKEN, { ...report, controlCredential: 'c'.repeat(40) }))).toBe('fleet_disabled');
-    db!.close();
-    db = undefined;
-    const f = fleet();
+    await store!.close();
+    store = undefined;
+    const f = await fleet();
     expect(await code(f.join(undefined, { ...report, controlCredential: 'c'.repeat(40) }))).toBe('join_token_invalid');
     expect(await code(f.join(TOKEN + 'x', { ...report, controlCredential: 'c'.repeat(40) }))).toBe('join_token_invalid');
     const a = await f.join(TOKEN, { ...report, controlCredential: 'c'.repeat(40) });
@@ -75,14 +74,14 @@ describe('FleetService', () => {
     expect(await code(f.heartbeat('host_nope', a.credential, report))).toBe('host_credential_invalid');
     expect((await f.heartbeat(a.hostId, a.credential, report)).state).toBe('ready');
     // only digests of the hosts' credentials are stored
-    const rows = db!.prepare('SELECT credential_digest FROM hosts').all() as Array<{ credential_digest: string }>;
+    const rows = await store!.sql.all<{ credential_digest: string }>('SELECT credential_digest FROM hosts');
     expect(rows.map((r) => r.credential_digest)).not.toContain(a.credential);
     expect(await code(f.get('host_nope'))).toBe('host_not_found');
     expect(await code(f.drain('host_nope'))).toBe('host_not_found');
   });
 
   it("compares a snapshot's requirements with each host's fingerprint, naming the fields that differ", async () => {
-    const f = fleet();
+    const f = await fleet();
     const other = await f.join(TOKEN, { ...report, fingerprint: { ...report.fingerprint, cpuModel: 'qemu64' }, controlCredential: 'c'.repeat(40) });
     const same = await f.join(TOKEN, { ...report, controlCredential: 'd'.repeat(40) });
     const fp = report.fingerprint;
@@ -95,7 +94,7 @@ describe('FleetService', () => {
   });
 
   it('a host is lost after N missed heartbeats, not before; back, it is fenced (epoch + 1) and keeps its drain', async () => {
-    const f = fleet();
+    const f = await fleet();
     const a = await f.join(TOKEN, { ...report, controlCredential: 'c'.repeat(40) });
     const t0 = Date.parse((await f.get(a.hostId)).lastHeartbeat);
     expect(await f.sweep(t0 + 3 * HB)).toEqual([]);

@@ -32,9 +32,9 @@ function holdings(s: FakeServer, id: string) {
   };
 }
 
-const until = async (what: string, fn: () => boolean) => {
-  for (let i = 0; i < 200 && !fn(); i++) await new Promise((r) => setTimeout(r, 5));
-  if (!fn()) throw new Error(`timed out waiting for ${what}`);
+const until = async (what: string, fn: () => boolean | Promise<boolean>) => {
+  for (let i = 0; i < 200 && !(await fn()); i++) await new Promise((r) => setTimeout(r, 5));
+  if (!(await fn())) throw new Error(`timed out waiting for ${what}`);
 };
 
 describe('lifecycle on a fake VM host', () => {
@@ -52,9 +52,9 @@ describe('lifecycle on a fake VM host', () => {
     expect(killed).toMatchObject({ state: 'killed', endReason: 'killed by request', errorCode: null, pid: null });
     expect(holdings(s, rec.id)).toEqual({ vm: false, uid: false, dir: false });
     expect(s.manager.usage).toEqual({ sandboxes: 0, memoryMiB: 0 });
-    const events = s.store.events(rec.id).map((e) => `${e.from}>${e.to}`);
+    const events = (await s.store.events(rec.id)).map((e) => `${e.from}>${e.to}`);
     expect(await s.manager.kill(rec.id)).toMatchObject({ state: 'killed' });
-    expect(s.store.events(rec.id).map((e) => `${e.from}>${e.to}`)).toEqual(events);
+    expect((await s.store.events(rec.id)).map((e) => `${e.from}>${e.to}`)).toEqual(events);
     expect(events).toEqual(['null>creating', 'creating>running', 'running>killing', 'killing>killed']);
   });
 
@@ -64,7 +64,7 @@ describe('lifecycle on a fake VM host', () => {
     const err = (await s.manager.create(req).catch((e: unknown) => e)) as NsError;
     expect(err).toBeInstanceOf(NsError);
     expect(err.code).toBe('vm_start_failed');
-    const [rec] = s.store.list({ limit: 10 }).items;
+    const [rec] = (await s.store.list({ limit: 10 })).items;
     expect(rec).toMatchObject({ state: 'failed', errorCode: 'vm_start_failed' });
     expect(rec!.endReason).toContain('fault: qemu did not start');
     expect(s.vms.uids.size).toBe(0);
@@ -89,8 +89,8 @@ describe('lifecycle on a fake VM host', () => {
     const rec = await s.manager.create(req);
     const before = s.layersReleased;
     s.vms.vmOf(rec.id)!.die('qemu killed by SIGKILL');
-    await until('failed', () => s.store.get(rec.id)!.state === 'failed');
-    expect(s.store.get(rec.id)).toMatchObject({ errorCode: 'vm_exited', endReason: 'the VM exited unexpectedly: qemu killed by SIGKILL' });
+    await until('failed', async () => (await s.store.get(rec.id))!.state === 'failed');
+    expect(await s.store.get(rec.id)).toMatchObject({ errorCode: 'vm_exited', endReason: 'the VM exited unexpectedly: qemu killed by SIGKILL' });
     expect(holdings(s, rec.id)).toEqual({ vm: false, uid: false, dir: false });
     expect(s.manager.usage.sandboxes).toBe(0);
     expect(s.layersReleased).toBeGreaterThan(before);
@@ -102,7 +102,7 @@ describe('lifecycle on a fake VM host', () => {
     const first = s.vms.vmOf(rec.id)!;
     const snap = await s.manager.hibernate(rec.id);
     expect(snap).toMatchObject({ kind: 'hibernate', sandboxId: rec.id });
-    const paused = s.store.get(rec.id)!;
+    const paused = (await s.store.get(rec.id))!;
     expect(paused).toMatchObject({ state: 'paused', pid: null, expiresAt: null });
     expect(paused.remainingMs).toBeGreaterThan(50_000);
     expect(first.gone).toBe(true);
@@ -125,9 +125,9 @@ describe('lifecycle on a fake VM host', () => {
     s.vms.vmOf(rec.id)!.dieDuringCapture = true;
     const before = s.layersReleased;
     await expect(s.manager.hibernate(rec.id)).rejects.toMatchObject({ code: 'vm_exited' });
-    expect(s.store.get(rec.id)).toMatchObject({ state: 'failed', errorCode: 'vm_exited' });
-    expect(s.store.get(rec.id)!.endReason).toMatch(/^the VM exited during hibernation/);
-    expect(s.snapshots.hibernations(rec.id)).toEqual([]);
+    expect(await s.store.get(rec.id)).toMatchObject({ state: 'failed', errorCode: 'vm_exited' });
+    expect((await s.store.get(rec.id))!.endReason).toMatch(/^the VM exited during hibernation/);
+    expect(await s.snapshots.hibernations(rec.id)).toEqual([]);
     expect(holdings(s, rec.id)).toEqual({ vm: false, uid: false, dir: false });
     expect(s.layersReleased).toBeGreaterThan(before);
     expect(s.manager.usage.sandboxes).toBe(0);
@@ -142,7 +142,7 @@ describe('lifecycle on a fake VM host', () => {
       s.vms.onLaunch = () => {};
     };
     await expect(s.manager.resume(rec.id)).rejects.toMatchObject({ code: 'restore_failed' });
-    expect(s.store.get(rec.id)).toMatchObject({ state: 'paused', pid: null, diskParentLayer: null });
+    expect(await s.store.get(rec.id)).toMatchObject({ state: 'paused', pid: null, diskParentLayer: null });
     expect(holdings(s, rec.id)).toEqual({ vm: false, uid: false, dir: false });
     expect(s.manager.usage.sandboxes).toBe(0);
     expect((await s.manager.resume(rec.id)).state).toBe('running');
@@ -152,8 +152,8 @@ describe('lifecycle on a fake VM host', () => {
   it('kill while a create is under way: the create finishes first, the kill then ends it', async () => {
     const s = await server();
     const creating = s.manager.create(req);
-    await until('record', () => s.store.list({ limit: 10 }).items.length === 1);
-    const id = s.store.list({ limit: 10 }).items[0]!.id;
+    await until('record', async () => (await s.store.list({ limit: 10 })).items.length === 1);
+    const id = (await s.store.list({ limit: 10 })).items[0]!.id;
     const [created, killed] = await Promise.all([creating, s.manager.kill(id)]);
     expect(created.state).toBe('running');
     expect(killed.state).toBe('killed');
@@ -176,7 +176,7 @@ describe('warm slots on a fake VM host', () => {
     const created = await s.manager.create(req);
     expect(created.id).not.toBe(stale.spec.id);
     expect(stale.gone).toBe(true);
-    expect(s.store.get(created.id)!.vmSpec!.disk).toContain(created.id);
+    expect((await s.store.get(created.id))!.vmSpec!.disk).toContain(created.id);
     expect(s.vms.vmOf(created.id)!.backing).toBe(s.template.disk);
     await s.manager.kill(taken.id);
     await s.manager.kill(created.id);
@@ -228,11 +228,11 @@ describe('recovery at start on a fake VM host (the matrix of lifecycle.ts `recov
   for (const [state, alive, recorded, after, running] of cases) {
     it(`${state}, VM ${alive ? 'alive' : 'gone'}${recorded ? ', hibernation recorded' : ''} -> ${after}`, async () => {
       const { s, id } = await found(state, alive, recorded);
-      expect(s.store.get(id)!.state).toBe(after);
+      expect((await s.store.get(id))!.state).toBe(after);
       expect(s.vms.vmOf(id) !== undefined).toBe(running);
       expect(holdings(s, id)).toEqual({ vm: running, uid: running, dir: running });
       expect(s.manager.usage.sandboxes).toBe(running ? 1 : 0);
-      if (after === 'failed') expect(s.store.get(id)!.errorCode).toBe('vm_exited');
+      if (after === 'failed') expect((await s.store.get(id))!.errorCode).toBe('vm_exited');
       if (running) {
         // taken over: its agent reconnected (sys.init again), and it is killed like any other
         await until('reconnected', () => s.vms.vmOf(id)!.guest.ops().filter((o) => o === 'sys.init').length >= 2);
@@ -245,7 +245,7 @@ describe('recovery at start on a fake VM host (the matrix of lifecycle.ts `recov
     const s = await server();
     const rec = await s.manager.create(req);
     await s.stop();
-    s.db = (await import('../src/store/db.js')).openDb(s.layout.db);
+    s.db = await (await import('../src/store/db.js')).openDb(s.layout.db);
     s.db.prepare('DELETE FROM sandbox_events WHERE sandbox_id = ?').run(rec.id);
     s.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(rec.id);
     s.db.close();
@@ -265,7 +265,7 @@ describe('N-way fork on a fake VM host', () => {
     expect(new Set(children.map((c) => c.snapshotId)).size).toBe(1);
     expect(new Set(children.map((c) => c.identity.machineId)).size).toBe(3);
     expect(s.manager.usage.sandboxes).toBe(4);
-    const forked = s.events.after(0, { types: ['forked'] });
+    const forked = await s.events.after(0, { types: ['forked'] });
     expect(forked).toHaveLength(1);
     expect(forked[0]!.data).toMatchObject({ children: children.map((c) => c.id) });
     for (const c of children) await s.manager.kill(c.id);
@@ -277,11 +277,11 @@ describe('N-way fork on a fake VM host', () => {
     };
     await expect(s.manager.fork(src.id, { count: 4 })).rejects.toMatchObject({ code: 'restore_failed' });
     s.vms.onLaunch = () => {};
-    const live = s.store.list({ limit: 100, states: ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'] }).items.map((r) => r.id);
+    const live = (await s.store.list({ limit: 100, states: ['creating', 'running', 'hibernating', 'paused', 'resuming', 'killing'] })).items.map((r) => r.id);
     expect(live).toEqual([src.id]);
     expect(s.manager.usage).toEqual({ sandboxes: 1, memoryMiB: 512 });
     expect([...s.vms.running.values()].map((vm) => vm.spec.id)).toEqual([src.id]);
-    expect(s.events.after(0, { types: ['forked'] })).toHaveLength(1);
+    expect(await s.events.after(0, { types: ['forked'] })).toHaveLength(1);
     // no fork capture left behind, and the source forks again
     expect((await s.manager.fork(src.id, { count: 2 })).children).toHaveLength(2);
   });
@@ -289,9 +289,9 @@ describe('N-way fork on a fake VM host', () => {
   it('refuses a count admission cannot take whole, before the source is captured', async () => {
     const s = await server({ NULLSPACE_MAX_SANDBOXES: '3' });
     const src = await s.manager.create(req);
-    const disk = s.store.get(src.id)!.vmSpec!.disk;
+    const disk = (await s.store.get(src.id))!.vmSpec!.disk;
     await expect(s.manager.fork(src.id, { count: 3 })).rejects.toMatchObject({ code: 'too_many_sandboxes' });
-    expect(s.store.get(src.id)!.vmSpec!.disk).toBe(disk);
+    expect((await s.store.get(src.id))!.vmSpec!.disk).toBe(disk);
     expect(s.manager.usage.sandboxes).toBe(1);
     await expect(s.manager.fork(src.id, { count: 0 })).rejects.toMatchObject({ code: 'validation_failed' });
     await expect(s.manager.fork(src.id, { count: 33 })).rejects.toMatchObject({ code: 'validation_failed' });

@@ -146,7 +146,12 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
 
   app.setErrorHandler((err: FastifyError | NsError | Error, req, reply) => {
-    const { status, body } = errorResponse(stoppedMeanwhile(deps, req, err));
+    // (an agent that went away: the sandbox's state is looked up first)
+    if (err instanceof NsError && err.code === 'agent_unavailable') void stoppedMeanwhile(deps, req, err).then((e) => respond(e, req, reply));
+    else respond(err, req, reply);
+  });
+  const respond = (err: Error, req: FastifyRequest, reply: FastifyReply) => {
+    const { status, body } = errorResponse(err);
     if (status >= 500) req.log.error({ err: err.message, code: body.error.code, url: req.url }, 'request failed');
     if (reply.sent || reply.raw.headersSent) {
       reply.raw.destroy();
@@ -159,7 +164,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (body.error.code === 'request_timeout') void reply.header('connection', 'close');
     else if (!req.raw.complete) void reply.removeHeader('connection');
     void reply.status(status).type('application/json').send(body);
-  });
+  };
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ error: { code: 'route_not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` } });
   });
@@ -192,12 +197,12 @@ export async function buildApp(deps: AppDeps): Promise<App> {
  * The agent of a sandbox that stopped while the request ran (a kill, a hibernation, its VM's end)
  * goes away: that is the sandbox's state (409 sandbox_not_running), not an unavailable agent (503).
  */
-function stoppedMeanwhile(deps: AppDeps, req: FastifyRequest, err: Error): Error {
+async function stoppedMeanwhile(deps: AppDeps, req: FastifyRequest, err: Error): Promise<Error> {
   if (!(err instanceof NsError) || err.code !== 'agent_unavailable' || !req.routeOptions.url?.startsWith('/v1/sandboxes/:id')) return err;
   const id = (req.params as { id?: unknown } | undefined)?.id;
   let state: string;
   try {
-    state = deps.sandboxes.get(String(id)).state;
+    state = (await deps.sandboxes.get(String(id))).state;
   } catch {
     return err;
   }

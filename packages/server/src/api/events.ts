@@ -50,7 +50,7 @@ async function* sse(events: EventLog, filter: EventFilter, cursor: number, heart
     for (;;) {
       let sent = 0;
       for (;;) {
-        const batch = events.after(cursor, filter, BATCH);
+        const batch = await events.after(cursor, filter, BATCH);
         for (const e of batch) {
           cursor = e.id;
           yield `id: ${e.id}\nevent: ${e.type}\ndata: ${events.body(e)}\n\n`;
@@ -105,7 +105,7 @@ export const eventRoutes =
           if (typeof header !== 'string' || !/^\d{1,15}$/.test(header.trim())) throw new NsError('bad_request', 'Last-Event-ID must be an event id (digits)', { details: { field: 'Last-Event-ID' } });
           cursor = Number(header.trim());
         } else {
-          cursor = q.after ?? events.latestId();
+          cursor = q.after ?? (await events.latestId());
         }
         const gone = new AbortController();
         streams.add(gone);
@@ -125,19 +125,19 @@ export const eventRoutes =
     app.post('/webhooks', { schema: { summary: 'Subscribe a URL to lifecycle events (signed deliveries)', body: WebhookBody, response: { 201: Webhook } } }, async (req, reply) => {
       const b = req.body;
       const types = parseList((b.events ?? []).join(','), PUBLIC_EVENT_TYPES, 'event type', []);
-      return reply.status(201).send(webhookView(webhooks.create({ url: b.url, events: types, secret: b.secret }), true));
+      return reply.status(201).send(webhookView(await webhooks.create({ url: b.url, events: types, secret: b.secret }), true));
     });
 
     app.get('/webhooks', { schema: { summary: 'List webhooks', response: { 200: Type.Object({ webhooks: Type.Array(Webhook) }) } } }, async () => ({
-      webhooks: webhooks.list().map((w) => webhookView(w)),
+      webhooks: (await webhooks.list()).map((w) => webhookView(w)),
     }));
 
     app.get('/webhooks/:id', { schema: { summary: 'Get a webhook', params: Type.Object({ id: Type.String({ maxLength: 64 }) }), response: { 200: Webhook } } }, async (req) =>
-      webhookView(webhooks.get(req.params.id)),
+      webhookView(await webhooks.get(req.params.id)),
     );
 
     app.delete('/webhooks/:id', { schema: { summary: 'Delete a webhook (its pending deliveries are dropped)', params: Type.Object({ id: Type.String({ maxLength: 64 }) }) } }, async (req, reply) => {
-      webhooks.delete(req.params.id);
+      await webhooks.delete(req.params.id);
       return reply.status(204).send();
     });
 
@@ -153,7 +153,7 @@ export const eventRoutes =
       },
       async (req) => {
         const q = req.query as Static<typeof DeliveriesQuery>;
-        return { deliveries: webhooks.deliveries(req.params.id, q.limit ?? 100, q.before).map(deliveryView) };
+        return { deliveries: (await webhooks.deliveries(req.params.id, q.limit ?? 100, q.before)).map(deliveryView) };
       },
     );
   };

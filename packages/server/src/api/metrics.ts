@@ -49,11 +49,11 @@ export const metricsRoutes =
       },
       async (req) => {
         const q = req.query as Static<typeof MetricsQuery>;
-        sandboxes.get(req.params.id); // (an unknown sandbox is a 404, whatever the query)
+        await sandboxes.get(req.params.id); // (an unknown sandbox is a 404, whatever the query)
         const start = parseTime(q.start, 'start');
         const end = parseTime(q.end, 'end');
         if (start !== undefined && end !== undefined && start > end) throw new NsError('validation_failed', 'start is after end', { details: { field: 'start' } });
-        return { metrics: sandboxes.metrics(req.params.id, start, end).map(sampleView) };
+        return { metrics: (await sandboxes.metrics(req.params.id, start, end)).map(sampleView) };
       },
     );
 
@@ -76,7 +76,7 @@ export const metricsRoutes =
         gauge('nullspace_host_cpus', 'Host CPUs', [[{}, os.cpus().length]]),
         gauge('nullspace_data_disk_free_bytes', 'Free space of the data disk', [[{}, freeDiskMiB(deps.config.dataDir) * 1024 * 1024]]),
         gauge('nullspace_warm_pool_ready', 'Warm sandboxes of base ready', [[{}, warm.ready]]),
-        gauge('nullspace_events_last_id', 'Id of the latest lifecycle event', [[{}, deps.events.latestId()]]),
+        gauge('nullspace_events_last_id', 'Id of the latest lifecycle event', [[{}, await deps.events.latestId()]]),
         gauge('nullspace_sandbox_cpu_used_percent', 'CPU use of a sandbox in its last sample, % of its vCPUs', per((s) => s.cpuUsedPct)),
         gauge('nullspace_sandbox_memory_used_bytes', 'Guest memory in use (MemTotal - MemAvailable)', per((s) => s.memUsedBytes)),
         gauge('nullspace_sandbox_host_memory_bytes', 'Host memory of its VM (QEMU PSS)', per((s) => s.hostMemBytes)),

@@ -148,8 +148,8 @@ export const ptyRoutes =
         const { agent, done } = await sandboxes.agentFor(id, 'files');
         let events;
         try {
-          events = await watchDir(agent, path, req.query.recursive ?? false, clientGone(reply.raw), (err) => {
-            const state = sandboxState(id);
+          events = await watchDir(agent, path, req.query.recursive ?? false, clientGone(reply.raw), async (err) => {
+            const state = await sandboxState(id);
             if (state !== 'running') return new NsError('sandbox_not_running', `sandbox ${id} is ${state}: the watch ended`, { details: { state } });
             return fromAgentError(err, `watching ${path}`);
           });
@@ -160,9 +160,9 @@ export const ptyRoutes =
       },
     );
 
-    function sandboxState(id: string): string {
+    async function sandboxState(id: string): Promise<string> {
       try {
-        return sandboxes.get(id).state;
+        return (await sandboxes.get(id)).state;
       } catch {
         return 'killed';
       }

@@ -72,13 +72,13 @@ export const sandboxRoutes =
       async (req) => {
         const q = req.query as Static<typeof ListSandboxesQuery>;
         const states = parseList(q.state, STATES, 'state', LIVE_STATES);
-        const page = sandboxes.list({ states, metadata: parseMetadataFilter(q.metadata), limit: q.limit ?? 100, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
+        const page = await sandboxes.list({ states, metadata: parseMetadataFilter(q.metadata), limit: q.limit ?? 100, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
         return { sandboxes: page.items.map((r) => sandboxView(deps, r)), nextToken: page.nextToken ?? null };
       },
     );
 
     app.get('/sandboxes/:id', { schema: { summary: 'Get a sandbox', params: IdParams, response: { 200: Sandbox } } }, async (req) =>
-      sandboxView(deps, sandboxes.get(req.params.id)),
+      sandboxView(deps, await sandboxes.get(req.params.id)),
     );
 
     app.get(
@@ -158,6 +158,6 @@ export const sandboxRoutes =
     app.post(
       '/sandboxes/:id/timeout',
       { schema: { summary: 'Set the timeout, counted from now', params: IdParams, body: TimeoutBody, response: { 200: Sandbox } } },
-      async (req) => sandboxView(deps, sandboxes.setTimeout(req.params.id, checkTimeout(deps, req.body.timeoutMs))),
+      async (req) => sandboxView(deps, await sandboxes.setTimeout(req.params.id, checkTimeout(deps, req.body.timeoutMs))),
     );
   };

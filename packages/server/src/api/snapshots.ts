@@ -29,7 +29,7 @@ export const snapshotRoutes =
       },
       async (req, reply) => {
         const snap = await sandboxes.snapshot(req.params.id, { kind: 'reusable', metadata: req.body?.metadata ?? {} });
-        return reply.status(201).send(view(snap));
+        return reply.status(201).send(await view(snap));
       },
     );
 
@@ -39,26 +39,26 @@ export const snapshotRoutes =
       async (req) => {
         const q = req.query;
         const kinds = parseList(q.kind, KINDS, 'kind', ['reusable', 'hibernate']);
-        const page = sandboxes.listSnapshots({
+        const page = await sandboxes.listSnapshots({
           sandboxId: q.sandboxId,
           kinds,
           metadata: parseMetadataFilter(q.metadata),
           limit: q.limit ?? 100,
           nextToken: q.nextToken,
         });
-        return { snapshots: page.items.map(view), nextToken: page.nextToken ?? null };
+        return { snapshots: await Promise.all(page.items.map(view)), nextToken: page.nextToken ?? null };
       },
     );
 
     app.get('/snapshots/:id', { schema: { summary: 'Get a snapshot', params: SnapshotParams, response: { 200: Snapshot } } }, async (req) =>
-      view(sandboxes.getSnapshot(req.params.id)),
+      view(await sandboxes.getSnapshot(req.params.id)),
     );
 
     app.delete(
       '/snapshots/:id',
       { schema: { summary: 'Delete a snapshot (its storage is freed once nothing uses it)', params: SnapshotParams } },
       async (req, reply) => {
-        sandboxes.deleteSnapshot(req.params.id);
+        await sandboxes.deleteSnapshot(req.params.id);
         return reply.status(204).send();
       },
     );
@@ -74,7 +74,7 @@ export const snapshotRoutes =
         },
       },
       async (req) => {
-        const snap = sandboxes.getSnapshot(req.params.id);
+        const snap = await sandboxes.getSnapshot(req.params.id);
         return sandboxView(deps, await sandboxes.resume(snap.sandboxId, snap.id));
       },
     );
@@ -83,7 +83,7 @@ export const snapshotRoutes =
       '/snapshots/:id/compatibility',
       { schema: { summary: 'Can this host restore the snapshot? If not, which requirements differ', params: SnapshotParams, response: { 200: Compatibility } } },
       async (req) => {
-        const snap = sandboxes.getSnapshot(req.params.id);
+        const snap = await sandboxes.getSnapshot(req.params.id);
         const c = sandboxes.compatibility(snap);
         const hosts = await deps.fleet.compatibility(snap.requirements, snap.vmConfig);
         return { snapshotId: snap.id, compatible: c.compatible, mismatches: c.mismatches, requirements: { ...snap.requirements }, hosts };

@@ -40,7 +40,7 @@ export function sandboxView(deps: AppDeps, r: SandboxRecord): SandboxT {
   };
 }
 
-export function snapshotView(deps: AppDeps, s: SnapshotRecord): Static<typeof Snapshot> {
+export async function snapshotView(deps: AppDeps, s: SnapshotRecord): Promise<Static<typeof Snapshot>> {
   return {
     snapshotId: s.id,
     sandboxId: s.sandboxId,
@@ -49,7 +49,7 @@ export function snapshotView(deps: AppDeps, s: SnapshotRecord): Static<typeof Sn
     metadata: s.metadata,
     createdAt: new Date(s.createdAt).toISOString(),
     pauseMs: s.pauseMs,
-    sizeBytes: deps.sandboxes.snapshotBytes(s),
+    sizeBytes: await deps.sandboxes.snapshotBytes(s),
     volumes: Object.fromEntries(s.volumes.map((v) => [v.path, v.name])),
   };
 }

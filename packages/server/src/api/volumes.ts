@@ -10,30 +10,30 @@ export const volumeRoutes =
   async (plain) => {
     const app = plain.withTypeProvider<TypeBoxTypeProvider>();
     const { volumes } = deps;
-    const view = (v: VolumeRecord) => ({
+    const view = async (v: VolumeRecord) => ({
       name: v.name,
       volumeId: v.id,
       createdAt: new Date(v.createdAt).toISOString(),
       sizeBytes: volumes.sizeBytes(v),
-      mountedBy: volumes.users(v).map((u) => u.id),
+      mountedBy: (await volumes.users(v)).map((u) => u.id),
     });
 
     app.post(
       '/volumes',
       { schema: { summary: 'Create a shared volume (durable storage mounted into sandboxes, never copied into snapshots)', body: CreateVolumeBody, response: { 201: Volume } } },
-      async (req, reply) => reply.status(201).send(view(volumes.create(req.body.name))),
+      async (req, reply) => reply.status(201).send(await view(await volumes.create(req.body.name))),
     );
     app.get('/volumes', { schema: { summary: 'List volumes', response: { 200: Type.Object({ volumes: Type.Array(Volume) }) } } }, async () => ({
-      volumes: volumes.list().map(view),
+      volumes: await Promise.all((await volumes.list()).map(view)),
     }));
     app.get('/volumes/:name', { schema: { summary: 'Get a volume', params: VolumeParams, response: { 200: Volume } } }, async (req) =>
-      view(volumes.get(req.params.name)),
+      view(await volumes.get(req.params.name)),
     );
     app.delete(
       '/volumes/:name',
       { schema: { summary: 'Delete a volume and its data (409 volume_in_use while a sandbox mounts it)', params: VolumeParams } },
       async (req, reply) => {
-        volumes.delete(req.params.name);
+        await volumes.delete(req.params.name);
         return reply.status(204).send();
       },
     );

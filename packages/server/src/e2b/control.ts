@@ -34,10 +34,10 @@ function e2bState(s: SandboxState): 'running' | 'paused' | null {
 }
 
 /** A sandbox that is alive (running or paused), or 404 in E2B's shape. */
-export function liveSandbox(deps: AppDeps, id: string): SandboxRecord {
+export async function liveSandbox(deps: AppDeps, id: string): Promise<SandboxRecord> {
   let rec: SandboxRecord;
   try {
-    rec = deps.sandboxes.get(id);
+    rec = await deps.sandboxes.get(id);
   } catch {
     throw new E2bError(404, `sandbox ${id} not found`);
   }
@@ -63,7 +63,7 @@ function sandboxView(deps: AppDeps, r: SandboxRecord) {
 
 /** The size of its root file system as the guest sees it (its latest metrics sample; 0 before the first). */
 function diskSizeMB(deps: AppDeps, r: SandboxRecord): number {
-  const last = deps.sandboxes.metrics(r.id).at(-1);
+  const last = deps.sandboxes.latestSample(r.id);
   return last ? Math.round(last.diskTotalBytes / (1024 * 1024)) : 0;
 }
 
@@ -136,7 +136,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
   const { sandboxes } = deps;
 
   /** The newest reusable snapshot with this E2B name. */
-  const namedSnapshot = (name: string) => sandboxes.listSnapshots({ kinds: ['reusable'], metadata: { [NAME_KEY]: name }, limit: 100 }).items.at(-1);
+  const namedSnapshot = async (name: string) => (await sandboxes.listSnapshots({ kinds: ['reusable'], metadata: { [NAME_KEY]: name }, limit: 100 })).items.at(-1);
   const snapshotView = (snap: SnapshotRecord) => ({ snapshotID: snap.id, names: snap.metadata[NAME_KEY] ? [snap.metadata[NAME_KEY]] : [] });
 
   const create = async (raw: unknown, reply: FastifyReply) => {
@@ -159,7 +159,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const egress = e2bEgressRules(network as Record<string, unknown>);
     const autoResume = (b.autoResume ?? {}) as { enabled?: unknown };
     // a snapshot's id or name names it as a template, as on E2B
-    const snapshotId = /^snap_/.test(templateID) ? templateID : namedSnapshot(templateID)?.id;
+    const snapshotId = /^snap_/.test(templateID) ? templateID : (await namedSnapshot(templateID))?.id;
     const rec = await sandboxes.create({
       template: snapshotId ? 'base' : templateID,
       ...(snapshotId ? { snapshotId } : {}),
@@ -184,7 +184,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const b = body(raw);
     if (b.memory === false) throw new E2bError(400, 'connect with memory: false (a reboot from disk) is not supported: a paused sandbox resumes with its memory');
     const ms = timeoutMs(deps, b.timeout);
-    const rec = liveSandbox(deps, id);
+    const rec = await liveSandbox(deps, id);
     let status = 200;
     let out = rec;
     if (rec.state === 'hibernating' || rec.state === 'paused') {
@@ -194,7 +194,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     if (out.state === 'running') {
       // the end moves to now + timeout when that is later (connect never shortens it)
       const left = (out.expiresAt ?? 0) - Date.now();
-      if (ms > left) out = sandboxes.setTimeout(id, ms);
+      if (ms > left) out = await sandboxes.setTimeout(id, ms);
     }
     return reply.status(status).send(sandboxView(deps, out));
   };
@@ -224,9 +224,9 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       }
       stringMap(metadata, 'metadata');
     }
-    let page: ReturnType<typeof sandboxes.list>;
+    let page: Awaited<ReturnType<typeof sandboxes.list>>;
     try {
-      page = sandboxes.list({ states, metadata, limit, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
+      page = await sandboxes.list({ states, metadata, limit, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
     } catch (err) {
       if (err instanceof NsError && err.code === 'bad_request') throw new E2bError(400, err.message);
       throw err;
@@ -242,11 +242,11 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     return reply.status(200).send(items.map((r) => listedView(deps, r)));
   });
 
-  app.get('/sandboxes/:id', async (req) => detailView(deps, liveSandbox(deps, (req.params as { id: string }).id)));
+  app.get('/sandboxes/:id', async (req) => detailView(deps, await liveSandbox(deps, (req.params as { id: string }).id)));
 
   app.delete('/sandboxes/:id', async (req, reply) => {
     const { id } = req.params as { id: string };
-    liveSandbox(deps, id);
+    await liveSandbox(deps, id);
     await sandboxes.kill(id);
     return reply.status(204).send();
   });
@@ -256,9 +256,9 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const b = body(req.body);
     if (b.timeout === undefined) throw new E2bError(400, 'timeout (seconds) is required');
     const ms = timeoutMs(deps, b.timeout);
-    const rec = liveSandbox(deps, id);
+    const rec = await liveSandbox(deps, id);
     if (rec.state !== 'running') throw new E2bError(409, `sandbox ${id} is ${rec.state}`);
-    sandboxes.setTimeout(id, ms);
+    await sandboxes.setTimeout(id, ms);
     return reply.status(204).send();
   });
 
@@ -266,7 +266,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const { id } = req.params as { id: string };
     const b = body(req.body);
     if (b.memory === false) throw new E2bError(400, 'pause with memory: false (a filesystem-only pause) is not supported: nullspace keeps the memory');
-    const rec = liveSandbox(deps, id);
+    const rec = await liveSandbox(deps, id);
     if (e2bState(rec.state) === 'paused') throw new E2bError(409, `sandbox ${id} is already paused`);
     await sandboxes.hibernate(id, 'paused through the E2B API');
     return reply.status(204).send();
@@ -275,7 +275,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
   // getMetrics: the sampler's series (start/end in unix seconds)
   app.get('/sandboxes/:id/metrics', async (req) => {
     const { id } = req.params as { id: string };
-    liveSandbox(deps, id);
+    await liveSandbox(deps, id);
     const q = req.query as Record<string, string | undefined>;
     const bound = (v: string | undefined, field: string) => {
       if (v === undefined || v === '') return undefined;
@@ -286,7 +286,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const end = bound(q.end, 'end');
     if (start !== undefined && end !== undefined && start > end) throw new E2bError(400, 'start is after end');
     // (E2B's end is the second of the last sample: a sample within that second is in)
-    return sandboxes.metrics(id, start, end === undefined ? undefined : end + 999).map((m) => ({
+    return (await sandboxes.metrics(id, start, end === undefined ? undefined : end + 999)).map((m) => ({
       timestamp: new Date(m.at).toISOString(),
       timestampUnix: Math.floor(m.at / 1000),
       cpuCount: m.cpuCount,
@@ -304,8 +304,8 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const { id } = req.params as { id: string };
     const b = body(req.body);
     if (b.name !== undefined && (typeof b.name !== 'string' || b.name === '' || b.name.length > 256)) throw new E2bError(400, 'name must be a string of 1 to 256 characters');
-    if (typeof b.name === 'string' && namedSnapshot(b.name)) throw new E2bError(409, `a snapshot named ${JSON.stringify(b.name)} exists`);
-    const rec = liveSandbox(deps, id);
+    if (typeof b.name === 'string' && (await namedSnapshot(b.name))) throw new E2bError(409, `a snapshot named ${JSON.stringify(b.name)} exists`);
+    const rec = await liveSandbox(deps, id);
     if (rec.state !== 'running') throw new E2bError(409, `sandbox ${id} is ${rec.state}: only a running sandbox can be snapshotted (connect resumes it)`);
     const snap = await sandboxes.snapshot(id, { kind: 'reusable', metadata: typeof b.name === 'string' ? { [NAME_KEY]: b.name } : {} });
     return reply.status(201).send(snapshotView(snap));
@@ -314,9 +314,9 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
   app.get('/snapshots', async (req, reply) => {
     const q = req.query as Record<string, string | undefined>;
     const limit = pageLimit(q.limit);
-    let page: ReturnType<typeof sandboxes.listSnapshots>;
+    let page: Awaited<ReturnType<typeof sandboxes.listSnapshots>>;
     try {
-      page = sandboxes.listSnapshots({ kinds: ['reusable'], ...(q.sandboxID ? { sandboxId: q.sandboxID } : {}), metadata: q.name ? { [NAME_KEY]: q.name } : {}, limit, nextToken: q.nextToken || undefined });
+      page = await sandboxes.listSnapshots({ kinds: ['reusable'], ...(q.sandboxID ? { sandboxId: q.sandboxID } : {}), metadata: q.name ? { [NAME_KEY]: q.name } : {}, limit, nextToken: q.nextToken || undefined });
     } catch (err) {
       if (err instanceof NsError && err.code === 'bad_request') throw new E2bError(400, err.message);
       throw err;
@@ -330,12 +330,12 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const { id } = req.params as { id: string };
     let snap: SnapshotRecord | undefined;
     try {
-      snap = /^snap_/.test(id) ? sandboxes.getSnapshot(id) : namedSnapshot(id);
+      snap = /^snap_/.test(id) ? await sandboxes.getSnapshot(id) : await namedSnapshot(id);
     } catch {
       // (not found)
     }
     if (!snap || snap.kind !== 'reusable') throw new E2bError(404, `snapshot ${id} not found (templates are managed through /v1/templates)`);
-    sandboxes.deleteSnapshot(snap.id);
+    await sandboxes.deleteSnapshot(snap.id);
     return reply.status(204).send();
   });
 
@@ -344,7 +344,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const { id } = req.params as { id: string };
     const b = body(req.body);
     if (b.count !== undefined && b.count !== null && (typeof b.count !== 'number' || !Number.isInteger(b.count))) throw new E2bError(400, 'count must be a whole number');
-    const rec = liveSandbox(deps, id);
+    const rec = await liveSandbox(deps, id);
     if (rec.state !== 'running') throw new E2bError(409, `sandbox ${id} is ${rec.state}: only a running sandbox can be forked (connect resumes it)`);
     let children: SandboxRecord[];
     try {
@@ -361,7 +361,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
   app.put('/sandboxes/:id/network', async (req, reply) => {
     const { id } = req.params as { id: string };
     const b = body(req.body);
-    const rec = liveSandbox(deps, id);
+    const rec = await liveSandbox(deps, id);
     if (b.allow_internet_access !== undefined && b.allow_internet_access !== rec.allowInternetAccess) {
       throw notSupported('changing allow_internet_access of a running sandbox');
     }

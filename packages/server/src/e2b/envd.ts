@@ -28,7 +28,7 @@ const digest = (s: string) => createHash('sha256').update(s).digest();
  * The sandbox an envd request is for, once its access token matched: 502 in the shape of E2B's proxy
  * when it is unknown or not running (the SDK reads that as "not running"), 401 for a wrong token.
  */
-export function envdSandbox(deps: AppDeps, req: FastifyRequest): string {
+export async function envdSandbox(deps: AppDeps, req: FastifyRequest): Promise<string> {
   const id = header(req, 'e2b-sandbox-id');
   const port = header(req, 'e2b-sandbox-port');
   if (port !== undefined && port !== ENVD_PORT) throw notSupported(`traffic to port ${port} of a sandbox (getHost)`);
@@ -36,7 +36,7 @@ export function envdSandbox(deps: AppDeps, req: FastifyRequest): string {
   let token: string | null;
   let state: string;
   try {
-    const rec = deps.sandboxes.get(id);
+    const rec = await deps.sandboxes.get(id);
     token = rec.accessToken;
     state = rec.state;
   } catch {
@@ -55,7 +55,7 @@ export function envdSandbox(deps: AppDeps, req: FastifyRequest): string {
  * `uploadUrl()`/`downloadUrl()` (no headers: with E2B_SANDBOX_URL they carry no sandbox id either),
  * the running sandbox whose token signs `<path>:<operation>:<user>:<token>[:<expiration>]` as given.
  */
-function filesSandbox(deps: AppDeps, req: FastifyRequest, operation: 'read' | 'write'): string {
+async function filesSandbox(deps: AppDeps, req: FastifyRequest, operation: 'read' | 'write'): Promise<string> {
   const q = req.query as Record<string, unknown>;
   if (header(req, 'x-access-token') !== undefined || typeof q.signature !== 'string') return envdSandbox(deps, req);
   const expiration = q.signature_expiration;
@@ -66,7 +66,7 @@ function filesSandbox(deps: AppDeps, req: FastifyRequest, operation: 'read' | 'w
     [typeof q.path === 'string' ? q.path : '', operation, typeof q.username === 'string' ? q.username : '', token, ...(expiration !== undefined ? [expiration] : [])].join(':');
   const given = digest(q.signature);
   const id = header(req, 'e2b-sandbox-id');
-  for (const rec of id ? [deps.sandboxes.get(id)] : runningSandboxes(deps)) {
+  for await (const rec of id ? [await deps.sandboxes.get(id)] : runningSandboxes(deps)) {
     if (rec.state !== 'running' || !rec.accessToken) continue;
     const sig = 'v1_' + createHash('sha256').update(raw(rec.accessToken)).digest('base64').replace(/=+$/, '');
     if (timingSafeEqual(digest(sig), given)) return rec.id;
@@ -74,10 +74,10 @@ function filesSandbox(deps: AppDeps, req: FastifyRequest, operation: 'read' | 'w
   throw new E2bError(401, 'invalid signature');
 }
 
-function* runningSandboxes(deps: AppDeps) {
+async function* runningSandboxes(deps: AppDeps) {
   let nextToken: string | undefined;
   do {
-    const page = deps.sandboxes.list({ states: ['running'], limit: 500, ...(nextToken ? { nextToken } : {}) });
+    const page = await deps.sandboxes.list({ states: ['running'], limit: 500, ...(nextToken ? { nextToken } : {}) });
     yield* page.items;
     nextToken = page.nextToken;
   } while (nextToken);
@@ -115,12 +115,12 @@ export function unknownUser(err: unknown, user: string): unknown {
 
 export function envdHttpRoutes(app: FastifyInstance, deps: AppDeps): void {
   app.get('/health', async (req, reply) => {
-    envdSandbox(deps, req);
+    await envdSandbox(deps, req);
     return reply.status(204).send();
   });
 
   app.get('/files', async (req, reply) => {
-    const id = filesSandbox(deps, req, 'read');
+    const id = await filesSandbox(deps, req, 'read');
     const q = req.query as Record<string, unknown>;
     const user = filesUser(q.username);
     const file = resolvePath(q.path, user);
@@ -148,7 +148,7 @@ export function envdHttpRoutes(app: FastifyInstance, deps: AppDeps): void {
     raw.removeAllContentTypeParsers();
     raw.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
     raw.post('/files', { config: { streamedBody: true, e2b: true } }, async (req, reply) => {
-      const id = filesSandbox(deps, req, 'write');
+      const id = await filesSandbox(deps, req, 'write');
       const q = req.query as Record<string, unknown>;
       const user = filesUser(q.username);
       const type = header(req, 'content-type') ?? '';

@@ -124,10 +124,10 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
     const path = resolvePath(msg.path, user);
     const { agent, done } = await deps.sandboxes.agentFor(id, 'files');
     try {
-      return await watchDir(agent, path, msg.recursive === true, signal, (err) => {
+      return await watchDir(agent, path, msg.recursive === true, signal, async (err) => {
         let state = 'killed';
         try {
-          state = deps.sandboxes.get(id).state;
+          state = (await deps.sandboxes.get(id)).state;
         } catch {
           // (gone)
         }
@@ -189,7 +189,7 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
 
   for (const [name, fn] of Object.entries(methods)) {
     app.post(`/filesystem.Filesystem/${name}`, async (req, reply) => {
-      const id = envdSandbox(deps, req);
+      const id = await envdSandbox(deps, req);
       const user = rpcUser(req.headers.authorization);
       const run = Object.assign(<T>(work: Parameters<typeof withAgent<T>>[4]) => withAgent(deps, id, 'files', reply, work), { sandbox: id });
       return unary(reply, () => fn(requestMessage(req.body), user, run));
@@ -198,7 +198,7 @@ export function filesystemRoutes(app: FastifyInstance, deps: AppDeps): void {
 
   // a server stream: `start` once the watch is set, then the changes; its error goes in the end envelope
   app.post('/filesystem.Filesystem/WatchDir', async (req, reply) => {
-    const id = envdSandbox(deps, req);
+    const id = await envdSandbox(deps, req);
     const user = rpcUser(req.headers.authorization);
     await serverStream(req, reply, async (sink) => {
       const lines = await watch(id, parseEnvelope(req.body), user, sink.gone);

@@ -177,7 +177,7 @@ export function processRoutes(app: FastifyInstance, deps: AppDeps): void {
 
   for (const [name, m] of Object.entries(methods)) {
     app.post(`/process.Process/${name}`, async (req, reply) => {
-      const id = envdSandbox(deps, req);
+      const id = await envdSandbox(deps, req);
       const user = rpcUser(req.headers.authorization);
       const timeout = Number(req.headers['connect-timeout-ms'] ?? 0);
       const ctx: Ctx = { user, reply, timeoutMs: Number.isFinite(timeout) && timeout > 0 ? timeout : 0 };

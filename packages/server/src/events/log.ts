@@ -22,16 +22,16 @@ export class EventLog {
   ) {}
 
   /** Runs `fn` in one database transaction (a state move and its event). */
-  transaction<T>(fn: () => T): T {
+  transaction<T>(fn: () => Promise<T>): Promise<T> {
     return this.store.transaction(fn);
   }
 
-  /** Appends an event (with its webhook outbox rows); readers are woken once the caller's transaction is over. */
-  append(e: Omit<EventRecord, 'id'>): EventRecord {
-    const rec = this.store.append(e);
+  /** Appends an event (with its webhook outbox rows); readers are woken once the caller's transaction commits. */
+  async append(e: Omit<EventRecord, 'id'>): Promise<EventRecord> {
+    const rec = await this.store.append(e);
     if (!this.wakeScheduled) {
       this.wakeScheduled = true;
-      setImmediate(() => {
+      this.store.afterCommit(() => {
         this.wakeScheduled = false;
         for (const l of [...this.listeners]) l();
       });
@@ -39,7 +39,7 @@ export class EventLog {
     return rec;
   }
 
-  after(cursor: number, filter: EventFilter, limit = 500): EventRecord[] {
+  after(cursor: number, filter: EventFilter, limit = 500): Promise<EventRecord[]> {
     return this.store.after(cursor, filter, limit);
   }
 
@@ -48,7 +48,7 @@ export class EventLog {
     return eventBody(e);
   }
 
-  latestId(): number {
+  latestId(): Promise<number> {
     return this.store.latestId();
   }
 
@@ -59,8 +59,9 @@ export class EventLog {
   }
 
   start(): void {
-    this.prune();
-    this.pruneTimer = setInterval(() => this.prune(), PRUNE_EVERY_MS);
+    const prune = () => void this.prune().catch(() => {});
+    prune();
+    this.pruneTimer = setInterval(prune, PRUNE_EVERY_MS);
     this.pruneTimer.unref();
   }
 
@@ -68,7 +69,7 @@ export class EventLog {
     clearInterval(this.pruneTimer);
   }
 
-  prune(): number {
+  prune(): Promise<number> {
     return this.store.prune(Date.now() - this.retention.maxAgeMs, this.retention.maxEvents);
   }
 }

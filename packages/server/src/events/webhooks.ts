@@ -60,6 +60,8 @@ export class WebhookService {
   private timer: NodeJS.Timeout | undefined;
   private readonly inFlight = new Set<string>();
   private unsubscribe: (() => void) | undefined;
+  private scanning = false;
+  private scanAgain = false;
 
   constructor(
     private readonly store: WebhookStore,
@@ -69,9 +71,9 @@ export class WebhookService {
     private readonly userAgent = 'nullspace-webhooks',
   ) {}
 
-  create(req: { url: string; events: string[]; secret?: string | undefined }): WebhookRecord {
+  async create(req: { url: string; events: string[]; secret?: string | undefined }): Promise<WebhookRecord> {
     this.checkUrl(req.url);
-    if (this.store.count() >= MAX_WEBHOOKS) {
+    if ((await this.store.count()) >= MAX_WEBHOOKS) {
       throw new NsError('validation_failed', `there are already ${MAX_WEBHOOKS} webhooks, the most this server keeps; delete one first`, { details: { limit: MAX_WEBHOOKS } });
     }
     const rec: WebhookRecord = {
@@ -81,28 +83,28 @@ export class WebhookService {
       secret: req.secret ?? `whsec_${randomBytes(24).toString('base64url')}`,
       createdAt: Date.now(),
     };
-    this.store.insert(rec);
+    await this.store.insert(rec);
     this.log.info({ webhookId: rec.id, url: rec.url, events: rec.events }, 'webhook created');
     return rec;
   }
 
-  list(): WebhookRecord[] {
+  list(): Promise<WebhookRecord[]> {
     return this.store.list();
   }
 
-  get(id: string): WebhookRecord {
-    const rec = this.store.get(id);
+  async get(id: string): Promise<WebhookRecord> {
+    const rec = await this.store.get(id);
     if (!rec) throw notFound('webhook', id);
     return rec;
   }
 
-  delete(id: string): void {
-    if (!this.store.delete(id)) throw notFound('webhook', id);
+  async delete(id: string): Promise<void> {
+    if (!(await this.store.delete(id))) throw notFound('webhook', id);
     this.log.info({ webhookId: id }, 'webhook deleted');
   }
 
-  deliveries(id: string, limit: number, before?: number): DeliveryRecord[] {
-    this.get(id);
+  async deliveries(id: string, limit: number, before?: number): Promise<DeliveryRecord[]> {
+    await this.get(id);
     return this.store.deliveries(id, limit, before);
   }
 
@@ -136,12 +138,31 @@ export class WebhookService {
     clearTimeout(this.timer);
   }
 
-  /** Starts every due delivery of a webhook with none under way; sleeps until the next is due. */
+  /** Runs `scan`, one at a time (a kick while one runs scans again after it). */
   private kick(): void {
     if (this.stopped) return;
+    if (this.scanning) {
+      this.scanAgain = true;
+      return;
+    }
+    this.scanning = true;
+    void this.scan()
+      .catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'webhook scan failed'))
+      .finally(() => {
+        this.scanning = false;
+        if (this.scanAgain) {
+          this.scanAgain = false;
+          this.kick();
+        }
+      });
+  }
+
+  /** Starts every due delivery of a webhook with none under way; sleeps until the next is due. */
+  private async scan(): Promise<void> {
     clearTimeout(this.timer);
     const now = Date.now();
-    for (const d of this.store.due(now)) {
+    for (const d of await this.store.due(now)) {
+      if (this.stopped) return;
       if (this.inFlight.has(d.webhookId)) continue;
       this.inFlight.add(d.webhookId);
       void this.attempt(d)
@@ -151,16 +172,19 @@ export class WebhookService {
           this.kick();
         });
     }
-    const next = this.store.nextDueAt();
-    if (next !== undefined) {
+    const next = await this.store.nextDueAt();
+    if (next !== undefined && !this.stopped) {
       this.timer = setTimeout(() => this.kick(), Math.max(10, Math.min(next - now, 60_000)));
       this.timer.unref();
     }
   }
 
   private async attempt(d: DeliveryRecord): Promise<void> {
-    const hook = this.store.get(d.webhookId);
+    const hook = await this.store.get(d.webhookId);
     if (!hook) return; // deleted meanwhile (its deliveries went with it)
+    // (read before an earlier attempt of it finished: that one already recorded it)
+    const cur = await this.store.delivery(d.id);
+    if (cur?.status !== 'pending' || cur.attempts !== d.attempts) return;
     const at = Date.now();
     let status: number | null = null;
     let error: string | null = null;
@@ -176,14 +200,14 @@ export class WebhookService {
     const ok = error === null;
     const givenUp = !ok && attempts >= this.config.maxAttempts;
     const delay = Math.min(this.config.retryBaseMs * 2 ** (attempts - 1), MAX_RETRY_DELAY_MS);
-    this.store.attempted(d.id, {
+    await this.store.attempted(d.id, {
       at: Date.now(),
       status: ok ? 'delivered' : givenUp ? 'failed' : 'pending',
       responseStatus: status,
       error,
       nextAttemptAt: ok || givenUp ? at : Date.now() + delay,
     });
-    if (ok || givenUp) this.store.trim(d.webhookId, KEEP_DELIVERIES);
+    if (ok || givenUp) await this.store.trim(d.webhookId, KEEP_DELIVERIES);
     if (givenUp) this.log.warn({ webhookId: hook.id, deliveryId: d.id, eventId: d.eventId, attempts, err: error }, 'webhook delivery given up');
     else if (!ok) this.log.info({ webhookId: hook.id, deliveryId: d.id, eventId: d.eventId, attempts, retryInMs: delay, err: error }, 'webhook delivery failed; retried later');
   }

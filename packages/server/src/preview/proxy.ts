@@ -115,11 +115,9 @@ export class Preview {
 
   /** Traffic to a sandbox starts its timeout again. */
   private touch(id: string): void {
-    try {
-      this.sandboxes.touch(id);
-    } catch {
+    void this.sandboxes.touch(id).catch(() => {
       // (gone meanwhile)
-    }
+    });
   }
 
   private track(id: string): () => void {
@@ -141,7 +139,7 @@ export class Preview {
    * hibernated one with autoResume is resumed first, once for all the requests that wait).
    */
   private async admit(req: IncomingMessage, t: PreviewTarget): Promise<Access> {
-    let rec = this.sandboxes.get(t.id);
+    let rec = await this.sandboxes.get(t.id);
     const access = checkAccess(req, { id: rec.id, port: t.port, trafficToken: rec.trafficToken, allowPublicTraffic: rec.allowPublicTraffic }, this.scheme === 'https');
     if (access.redirect) return access;
     switch (rec.state) {

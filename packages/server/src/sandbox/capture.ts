@@ -28,7 +28,7 @@ export class Captures {
    */
   async snapshot(id: string, opts: { kind: SnapshotKind; metadata: Record<string, string> }): Promise<SnapshotRecord> {
     return this.ctx.locks.run(id, async () => {
-      const rec = this.ctx.record(id);
+      const rec = await this.ctx.record(id);
       if (rec.state !== 'running') {
         throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: only a running sandbox can be snapshotted`, { details: { state: rec.state } });
       }
@@ -41,10 +41,10 @@ export class Captures {
       void this.ctx.locks
         .run(id, () => this.chains.compact(id, vm))
         .catch((err: unknown) => this.ctx.log.error({ sandboxId: id, err: errorMessage(err) }, 'compacting the disk chain failed'));
-      if (snap.kind === 'reusable') await this.ctx.lifecycle.apply(this.ctx.record(id), { type: 'snapshotted', snapshotId: snap.id });
+      if (snap.kind === 'reusable') await this.ctx.lifecycle.apply(await this.ctx.record(id), { type: 'snapshotted', snapshotId: snap.id });
       // a new reusable snapshot is likely to be started from soon: one sandbox of it is prepared now
       if (snap.kind === 'reusable' && !snap.volumes.length) {
-        this.warm.touch(snap.id);
+        await this.warm.touch(snap.id);
         this.warm.refill();
       }
       return snap;
@@ -85,9 +85,7 @@ export class Captures {
     const diskLayerPath = ctx.layout.layerFile(ids.disk, 'disk');
     const nextOverlay = ctx.layout.nextOverlay(id);
     let parent = rec.diskParentLayer;
-    const switchRecorded = () => {
-      ctx.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
-    };
+    const switchRecorded = () => ctx.store.patch(id, { vmSpec: vm.spec, diskParentLayer: ids.disk });
     const phases: Record<string, number> = {};
     const freezeStart = Date.now();
     const agent = await this.guests.liveAgent(rec).catch((err: unknown) => {
@@ -146,18 +144,19 @@ export class Captures {
           durable: !keepRunning,
           virtualSizeBytes: rec.vmSpec!.diskSizeBytes,
           ownerUid: vm.spec.runAsUid,
-          beforeSwitch: () => {
+          beforeSwitch: async () => {
             // the layer is a copy of an overlay the sandbox's uid could write: before anything of
             // root's opens its chain, its header must name only what this sandbox's disk rests on:
             // its own lineage, or a template build's disk (public). Its parent is the layer the
             // header names (null: a template), which a background stream may have moved down from
             // the recorded one.
+            const lineage = await this.chains.lineage(rec);
             checkQcow2Backing(diskLayerPath, (backing) => {
-              const layer = this.chains.lineageLayer(rec, backing);
+              const layer = lineage.get(backing);
               parent = layer ?? null;
               return layer !== undefined || this.chains.isTemplateDisk(backing);
             });
-            ctx.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() });
+            await ctx.snapshots.insertLayer({ id: ids.disk, kind: 'disk', path: diskLayerPath, parentId: parent, bytes: allocatedBytes(diskLayerPath), createdAt: Date.now() });
           },
           switchFailed: () => ctx.snapshots.deleteLayer(ids.disk),
           onPaused: async () => {
@@ -169,7 +168,7 @@ export class Captures {
           },
         },
       );
-      switchRecorded();
+      await switchRecorded();
       if (keepRunning) {
         const thawStart = Date.now();
         await remount();
@@ -204,18 +203,18 @@ export class Captures {
         volumes: rec.volumes,
         createdAt: Date.now(),
       };
-      ctx.snapshots.transaction(() => {
+      await ctx.snapshots.transaction(async () => {
         const now = Date.now();
-        ctx.snapshots.insertLayer({ id: ids.mem, kind: 'mem', path: finalPath.mem, parentId: null, bytes: allocatedBytes(finalPath.mem), createdAt: now });
-        ctx.snapshots.insertLayer({ id: ids.state, kind: 'state', path: finalPath.state, parentId: null, bytes: allocatedBytes(finalPath.state), createdAt: now });
-        ctx.snapshots.insert(snap);
+        await ctx.snapshots.insertLayer({ id: ids.mem, kind: 'mem', path: finalPath.mem, parentId: null, bytes: allocatedBytes(finalPath.mem), createdAt: now });
+        await ctx.snapshots.insertLayer({ id: ids.state, kind: 'state', path: finalPath.state, parentId: null, bytes: allocatedBytes(finalPath.state), createdAt: now });
+        await ctx.snapshots.insert(snap);
       });
       ok = true;
       ctx.log.info({ sandboxId: id, snapshotId: snapId, kind, pauseMs: res.pauseMs, ms: res.totalMs, ...res.phases, ...phases }, 'snapshot created');
       return snap;
     } catch (err) {
       // the VM may have moved to its next overlay before the failure: keep the record true
-      if (vm.spec.disk === nextOverlay) switchRecorded();
+      if (vm.spec.disk === nextOverlay) await switchRecorded();
       for (const f of Object.values(finalPath)) fs.rmSync(f, { force: true });
       throw wrapError(err, `snapshot of sandbox ${id}`, 'snapshot_failed');
     } finally {

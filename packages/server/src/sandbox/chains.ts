@@ -22,9 +22,9 @@ export class Chains {
    * caller holds the layer lock.
    */
   async boundSnapshotChain(snap: SnapshotRecord): Promise<void> {
-    if (this.ctx.snapshots.depth(snap.diskLayer) <= MAX_CHAIN_DEPTH) return;
+    if ((await this.ctx.snapshots.depth(snap.diskLayer)) <= MAX_CHAIN_DEPTH) return;
     const flat = await this.flatten(snap.diskLayer);
-    this.ctx.snapshots.setDiskLayer(snap.id, flat);
+    await this.ctx.snapshots.setDiskLayer(snap.id, flat);
     snap.diskLayer = flat;
     this.ctx.layersReleased();
   }
@@ -39,21 +39,21 @@ export class Chains {
 
   /** A new layer with the whole content of `layerId`'s chain, backing directly onto the template disk. */
   private async flatten(layerId: string): Promise<string> {
-    const top = this.ctx.snapshots.layer(layerId);
+    const top = await this.ctx.snapshots.layer(layerId);
     if (!top) throw new NsError('internal', `layer ${layerId} is missing`);
     const base = await this.chainBase(top.path);
     const id = newId('lyr');
     const out = this.ctx.layout.layerFile(id, 'disk');
     const t0 = Date.now();
     await flattenLayer(top.path, base, out);
-    this.ctx.snapshots.insertLayer({ id, kind: 'disk', path: out, parentId: null, bytes: allocatedBytes(out), createdAt: Date.now() });
+    await this.ctx.snapshots.insertLayer({ id, kind: 'disk', path: out, parentId: null, bytes: allocatedBytes(out), createdAt: Date.now() });
     this.ctx.log.info({ layer: layerId, flat: id, ms: Date.now() - t0 }, 'flattened a deep disk layer chain');
     return id;
   }
 
   /** `boundChain` for a sandbox that is still running on `vm` (callers hold its lock); failures are logged. */
   async compact(id: string, vm: VmHandle): Promise<void> {
-    const rec = this.ctx.store.get(id);
+    const rec = await this.ctx.store.get(id);
     const live = this.ctx.live.get(id);
     if (rec?.state !== 'running' || !live?.attached || live.vm !== vm || !rec.diskParentLayer) return;
     await this.boundChain(id, vm, rec.diskParentLayer).catch((err: unknown) => {
@@ -64,28 +64,29 @@ export class Chains {
 
   /** Keeps a running sandbox's own chain short: streams its layers into its overlay when too deep. */
   private async boundChain(id: string, vm: VmHandle, parentLayer: string): Promise<void> {
-    if (this.ctx.snapshots.depth(parentLayer) <= MAX_CHAIN_DEPTH) return;
-    const layer = this.ctx.snapshots.layer(parentLayer);
+    if ((await this.ctx.snapshots.depth(parentLayer)) <= MAX_CHAIN_DEPTH) return;
+    const layer = await this.ctx.snapshots.layer(parentLayer);
     if (!layer) return;
     const t0 = Date.now();
     await vm.streamDisk(await this.chainBase(layer.path));
-    this.ctx.store.patch(id, { diskParentLayer: null });
+    await this.ctx.store.patch(id, { diskParentLayer: null });
     this.ctx.log.info({ sandboxId: id, ms: Date.now() - t0 }, 'streamed a deep disk chain into the active overlay');
     this.ctx.layersReleased();
   }
 
   /**
-   * The layer of the sandbox's recorded parent or of one of its ancestors at `file` (a disk chain
-   * streamed in the background leaves the overlay on an older layer or on the template; a server
-   * stopped or crashed before it recorded that leaves the record behind the header).
+   * The layers of the sandbox's recorded parent and its ancestors, by file (a disk chain streamed in
+   * the background leaves the overlay on an older layer or on the template; a server stopped or
+   * crashed before it recorded that leaves the record behind the header).
    */
-  lineageLayer(rec: SandboxRecord, file: string): string | undefined {
+  async lineage(rec: SandboxRecord): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
     for (let id = rec.diskParentLayer, n = 0; id && n < 1000; n++) {
-      const layer = this.ctx.snapshots.layer(id);
-      if (layer?.path === file) return id;
+      const layer = await this.ctx.snapshots.layer(id);
+      if (layer) out.set(layer.path, id);
       id = layer?.parentId ?? null;
     }
-    return undefined;
+    return out;
   }
 
   /** A template build's disk (public: any sandbox's chain may rest on one). */

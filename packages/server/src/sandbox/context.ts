@@ -49,7 +49,7 @@ export interface SandboxContext {
   /** The egress rules of running sandboxes. */
   readonly egress: EgressRulesService;
   /** The record of sandbox `id` (404 `sandbox_not_found` for an unknown or malformed id). */
-  record(id: string): SandboxRecord;
+  record(id: string): Promise<SandboxRecord>;
   /** Tells the collector that layers may have lost their last reference. */
   layersReleased(): void;
   /** close() began: no new work, background loops stop. */

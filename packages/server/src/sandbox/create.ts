@@ -74,7 +74,7 @@ export class Creates {
       const id = slot?.id ?? newId('sbx');
       const now = Date.now();
       const envs = { ...src.envs, ...req.envs };
-      ctx.store.insert({
+      await ctx.store.insert({
         id,
         state: 'creating',
         template: src.template,
@@ -122,7 +122,7 @@ export class Creates {
               live.own('warm slot', () => slot.cleanup.run());
               phases.warm = 1;
               slot.vm.setNice(0); // prepared at a low priority; a sandbox now
-              ctx.store.patch(id, { pid: slot.vm.pid, vmSpec: slot.spec });
+              await ctx.store.patch(id, { pid: slot.vm.pid, vmSpec: slot.spec });
               vm = slot.vm;
             } else {
               vm = await this.restores.restore(id, src, req.allowInternetAccess, live.cleanup, phases, req.allowMissingVolumes === true);
@@ -132,7 +132,7 @@ export class Creates {
           } finally {
             releaseLayers();
           }
-          const rec = ctx.record(id);
+          const rec = await ctx.record(id);
           let t = Date.now();
           const agent = await vm.connectAgent(15_000);
           phases.agentMs = Date.now() - t;
@@ -142,14 +142,14 @@ export class Creates {
           t = Date.now();
           await this.guests.init(rec, agent);
           phases.initMs = Date.now() - t;
-          const running = await ctx.lifecycle.apply(ctx.record(id), { type: 'started', at: Date.now() });
+          const running = await ctx.lifecycle.apply(await ctx.record(id), { type: 'started', at: Date.now() });
           this.watcher.attach(live);
           ctx.log.info({ sandboxId: id, template: src.template, snapshotId: src.snapshotId, ms: Date.now() - t0, ...phases }, 'sandbox created');
           return running;
         } catch (err) {
           const wrapped = wrapError(err, `creating sandbox ${id}`, 'vm_start_failed');
           // (the teardown, whatever the create acquired, is the step's own effect)
-          await ctx.lifecycle.apply(ctx.record(id), { type: 'createFailed', at: Date.now(), code: wrapped.code, message: wrapped.message });
+          await ctx.lifecycle.apply(await ctx.record(id), { type: 'createFailed', at: Date.now(), code: wrapped.code, message: wrapped.message });
           ctx.log.error({ sandboxId: id, err: wrapped.message }, 'sandbox create failed');
           throw wrapped;
         }
@@ -177,7 +177,7 @@ export class Creates {
     if (!Number.isInteger(count) || count < 1 || count > MAX_FORK_COUNT) {
       throw new NsError('validation_failed', `count must be an integer from 1 to ${MAX_FORK_COUNT}`, { details: { field: 'count' } });
     }
-    const src = ctx.record(id);
+    const src = await ctx.record(id);
     if (src.state !== 'running') {
       throw new NsError('sandbox_not_running', `sandbox ${id} is ${src.state}: only a running sandbox can be forked`, { details: { state: src.state } });
     }
@@ -233,12 +233,12 @@ export class Creates {
         await Promise.all(children.map((c) => this.kill(c.id, why).catch(() => {})));
         throw failure;
       }
-      await ctx.lifecycle.apply(ctx.record(id), { type: 'forked', children: children.map((c) => c.id), snapshotId: snap.id, pauseMs: snap.pauseMs });
+      await ctx.lifecycle.apply(await ctx.record(id), { type: 'forked', children: children.map((c) => c.id), snapshotId: snap.id, pauseMs: snap.pauseMs });
       return { children, pauseMs: snap.pauseMs };
     } finally {
       // the slots of children never started (the slots of those that started are theirs until they end)
       for (const r of reservations.slice(next)) r.release();
-      ctx.snapshots.delete(snap.id);
+      await ctx.snapshots.delete(snap.id);
       ctx.layersReleased();
     }
   }

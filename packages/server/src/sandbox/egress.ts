@@ -44,7 +44,7 @@ export class EgressRulesService {
       this.log.error({ table: `inet ${host.firewall.table}` }, 'the egress rules table was gone (an nftables reload?): installing it again with the running sandboxes\' rules');
       await host.firewall.install();
       for (const b of this.bound.values()) {
-        const rec = this.store.get(b.id);
+        const rec = await this.store.get(b.id);
         if (rec && hasEgressRules(rec.egress)) await this.install(b, rec.egress);
       }
     } catch (err) {
@@ -66,7 +66,7 @@ export class EgressRulesService {
 
   /** Installs the rules of the sandbox whose VM `live` now runs; their removal is registered on its lifetime. */
   async bind(live: LiveSandbox): Promise<void> {
-    const rec = this.store.get(live.id);
+    const rec = await this.store.get(live.id);
     const uid = live.vm.spec.runAsUid;
     if (!this.host || uid === undefined || !rec) return;
     const b: Bound = { id: live.id, uid, proxy: undefined };
@@ -79,7 +79,7 @@ export class EgressRulesService {
     const host = this.host!;
     if (!hasEgressRules(rules)) {
       // the counter goes with the rules: its count is kept in the record first
-      this.bank(b.id, (await host.firewall.refused(b.uid)) + this.closeProxy(b));
+      await this.bank(b.id, (await host.firewall.refused(b.uid)) + this.closeProxy(b));
       await host.firewall.remove(b.uid);
       return;
     }
@@ -89,7 +89,7 @@ export class EgressRulesService {
     }
     await host.firewall.apply(b.uid, rules, b.proxy && !b.proxy.exited ? { port: b.proxy.port, ipv6: b.proxy.ipv6 } : undefined);
     // the redirect is gone first: then the proxy that no longer gets connections
-    if (b.proxy && !needsEgressProxy(rules)) this.bank(b.id, this.closeProxy(b));
+    if (b.proxy && !needsEgressProxy(rules)) await this.bank(b.id, this.closeProxy(b));
   }
 
   /** Stops the proxy of `b`; returns its refusals. */
@@ -101,14 +101,14 @@ export class EgressRulesService {
   }
 
   /** Adds refusals to the sandbox's record (those of counters about to go). */
-  private bank(id: string, n: number): void {
-    const rec = n ? this.store.get(id) : undefined;
-    if (rec) this.store.patch(id, { egressRefused: rec.egressRefused + n });
+  private async bank(id: string, n: number): Promise<void> {
+    // (one update adding to the stored count: never a read and a later write)
+    if (n) await this.store.addEgressRefused(id, n);
   }
 
   /** New rules for a sandbox (stored; effective at once for new connections when its VM runs). */
   async update(id: string, rules: EgressRules): Promise<void> {
-    this.store.patch(id, { egress: hasEgressRules(rules) ? rules : null });
+    await this.store.patch(id, { egress: hasEgressRules(rules) ? rules : null });
     const b = this.bound.get(id);
     if (b) await this.install(b, rules);
   }
@@ -123,7 +123,7 @@ export class EgressRulesService {
   private async unbind(id: string, b: Bound): Promise<void> {
     if (this.bound.get(id) === b) this.bound.delete(id);
     if (!this.host) return;
-    this.bank(id, (await this.host.firewall.refused(b.uid)) + this.closeProxy(b));
+    await this.bank(id, (await this.host.firewall.refused(b.uid)) + this.closeProxy(b));
     await this.host.firewall.remove(b.uid);
   }
 
@@ -132,9 +132,9 @@ export class EgressRulesService {
    * (address rules keep working, name-ruled connections are refused until a restarted server re-adopts
    * the VM and starts a new proxy).
    */
-  close(): void {
+  async close(): Promise<void> {
     clearInterval(this.timer);
-    for (const [id, b] of this.bound) this.bank(id, this.closeProxy(b));
+    for (const [id, b] of this.bound) await this.bank(id, this.closeProxy(b)).catch(() => {});
     this.bound.clear();
     this.log.debug('egress proxies stopped');
   }

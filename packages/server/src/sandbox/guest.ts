@@ -58,7 +58,7 @@ export class Guests {
    */
   async mountVolumes(rec: SandboxRecord, agent: GuestAgent): Promise<void> {
     for (const v of rec.volumes) {
-      if (!this.ctx.volumes.exists(v)) continue;
+      if (!(await this.ctx.volumes.exists(v))) continue;
       try {
         await guest.mount(agent, v, 20_000);
       } catch (err) {
@@ -119,7 +119,7 @@ export class Guests {
     const done = gated ? await this.ctx.gate.enter(rec.id) : () => {};
     try {
       // (the record again: the sandbox may have moved on while the request waited at the gate)
-      return { agent: await this.agent(rec.id, this.ctx.store.get(rec.id) ?? rec), done };
+      return { agent: await this.agent(rec.id, (await this.ctx.store.get(rec.id)) ?? rec), done };
     } catch (err) {
       done();
       throw err;

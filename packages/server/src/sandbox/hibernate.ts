@@ -32,16 +32,16 @@ export class Hibernation {
    * Hibernating a paused sandbox returns its latest hibernation snapshot.
    */
   async hibernate(id: string, reason = 'hibernated by request', opts: { byTimeout?: boolean } = {}): Promise<SnapshotRecord> {
-    this.ctx.record(id);
+    await this.ctx.record(id);
     return this.ctx.locks.run(id, () => this.hibernateHeld(id, reason, opts));
   }
 
   /** `hibernate`, for a caller that holds the sandbox's lock. */
   async hibernateHeld(id: string, reason: string, opts: { byTimeout?: boolean }): Promise<SnapshotRecord> {
     const { ctx } = this;
-    let rec = ctx.record(id);
+    let rec = await ctx.record(id);
     if (rec.state === 'paused') {
-      const latest = ctx.snapshots.hibernations(id)[0];
+      const latest = (await ctx.snapshots.hibernations(id))[0];
       if (latest) return latest;
     }
     if (rec.state !== 'running') {
@@ -56,18 +56,18 @@ export class Hibernation {
     ctx.faults.crash('crash-before-hibernate-capture');
     let snap: SnapshotRecord;
     try {
-      snap = await ctx.layersLock.read(() => this.captures.capture(ctx.record(id), vm, 'hibernate', {}, false));
+      snap = await ctx.layersLock.read(async () => this.captures.capture(await ctx.record(id), vm, 'hibernate', {}, false));
     } catch (err) {
       if (vm.gone) {
         // (its layers are released to the collector, as for any sandbox that ends)
-        await ctx.lifecycle.apply(ctx.record(id), { type: 'vmExited', at: Date.now(), reason: `the VM exited during hibernation: ${errorMessage(err)}` });
+        await ctx.lifecycle.apply(await ctx.record(id), { type: 'vmExited', at: Date.now(), reason: `the VM exited during hibernation: ${errorMessage(err)}` });
         throw err;
       }
-      await ctx.lifecycle.apply(ctx.record(id), { type: 'hibernateFailed', message: errorMessage(err) });
+      await ctx.lifecycle.apply(await ctx.record(id), { type: 'hibernateFailed', message: errorMessage(err) });
       throw err;
     }
     ctx.faults.crash('crash-after-hibernate-capture');
-    await ctx.lifecycle.apply(ctx.record(id), { type: 'hibernated', at: Date.now(), reason, remainingMs });
+    await ctx.lifecycle.apply(await ctx.record(id), { type: 'hibernated', at: Date.now(), reason, remainingMs });
     ctx.log.info({ sandboxId: id, snapshotId: snap.id, reason }, 'sandbox hibernated');
     return snap;
   }
@@ -79,12 +79,12 @@ export class Hibernation {
    */
   async resume(id: string, snapshotId?: string): Promise<SandboxRecord> {
     const { ctx } = this;
-    ctx.record(id);
+    await ctx.record(id);
     return ctx.locks.run(id, async () => {
-      let rec = ctx.record(id);
-      const latest = ctx.snapshots.hibernations(id)[0];
+      let rec = await ctx.record(id);
+      const latest = (await ctx.snapshots.hibernations(id))[0];
       if (snapshotId !== undefined) {
-        const snap = this.sources.getSnapshot(snapshotId);
+        const snap = await this.sources.getSnapshot(snapshotId);
         if (snap.kind !== 'hibernate') {
           throw new NsError(
             'bad_request',
@@ -125,8 +125,8 @@ export class Hibernation {
       const t0 = Date.now();
       try {
         const vm = await ctx.layersLock.read(async () => {
-          const src = this.sources.snapshot(latest);
-          ctx.store.patch(id, { diskParentLayer: latest.diskLayer });
+          const src = await this.sources.snapshot(latest);
+          await ctx.store.patch(id, { diskParentLayer: latest.diskLayer });
           // (a volume of its own can only be missing if it was at its creation: a volume a running or
           // paused sandbox mounts cannot be deleted)
           return this.restores.restore(id, src, rec.allowInternetAccess, live.cleanup, phases, true);
@@ -135,15 +135,15 @@ export class Hibernation {
         await ctx.egress.bind(live);
         ctx.faults.crash('crash-during-resume');
         const agent = await vm.connectAgent(15_000);
-        await this.guests.mountVolumes(ctx.record(id), agent);
-        await this.guests.init(ctx.record(id), agent);
-        const running = await ctx.lifecycle.apply(ctx.record(id), { type: 'resumed', at: Date.now() });
+        await this.guests.mountVolumes(await ctx.record(id), agent);
+        await this.guests.init(await ctx.record(id), agent);
+        const running = await ctx.lifecycle.apply(await ctx.record(id), { type: 'resumed', at: Date.now() });
         this.watcher.attach(live);
         ctx.log.info({ sandboxId: id, ms: Date.now() - t0, ...phases }, 'sandbox resumed');
         return running;
       } catch (err) {
         // (the teardown, its VM and files, is the step's own effect)
-        await ctx.lifecycle.apply(ctx.record(id), { type: 'resumeFailed', message: errorMessage(err) });
+        await ctx.lifecycle.apply(await ctx.record(id), { type: 'resumeFailed', message: errorMessage(err) });
         throw wrapError(err, `resuming sandbox ${id}`, 'restore_failed');
       }
     });

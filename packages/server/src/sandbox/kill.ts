@@ -10,7 +10,7 @@ export class Kills {
   constructor(private readonly ctx: SandboxContext) {}
 
   async kill(id: string, reason = 'killed by request'): Promise<SandboxRecord> {
-    this.ctx.record(id);
+    await this.ctx.record(id);
     // a disk chain streamed in the background holds the sandbox's lock: a kill does not wait for it
     const live = this.ctx.live.get(id);
     if (live?.hasVm) await live.vm.cancelStream();
@@ -19,7 +19,7 @@ export class Kills {
 
   /** `kill`, for a caller that holds the sandbox's lock. Killing twice is a no-op. */
   async killHeld(id: string, reason: string, opts: { byTimeout?: boolean } = {}): Promise<SandboxRecord> {
-    let rec = this.ctx.record(id);
+    let rec = await this.ctx.record(id);
     if (isTerminal(rec.state)) return rec;
     rec = await this.ctx.lifecycle.apply(rec, { type: 'kill', reason, byTimeout: opts.byTimeout });
     this.onKill(id);

@@ -87,12 +87,12 @@ export class SandboxManager {
         ctx.vms.removeFiles(rec.id);
         ctx.vms.releaseUid(rec.id, rec.vmSpec);
       },
-      dropHibernations: (id: string) => {
-        for (const h of snapshots.hibernations(id)) snapshots.delete(h.id);
+      dropHibernations: async (id: string) => {
+        for (const h of await snapshots.hibernations(id)) await snapshots.delete(h.id);
       },
       // a sandbox's history keeps its last few hibernations (older ones: snapshot_not_latest anyway)
-      pruneHibernations: (id: string) => {
-        for (const old of snapshots.hibernations(id).slice(KEEP_HIBERNATIONS)) snapshots.delete(old.id);
+      pruneHibernations: async (id: string) => {
+        for (const old of (await snapshots.hibernations(id)).slice(KEEP_HIBERNATIONS)) await snapshots.delete(old.id);
       },
       dropMetrics: (id: string) => this.metricsSampler.forget(id),
       layersReleased: () => this.onLayersReleased(),
@@ -187,25 +187,25 @@ export class SandboxManager {
     // chain streamed in the background) is not waited for beyond CLOSE_WAIT_MS
     await this.ctx.locks.idle(CLOSE_WAIT_MS);
     for (const l of this.ctx.live.all()) if (l.attached) l.detach();
-    this.ctx.egress.close();
+    await this.ctx.egress.close();
     this.closed = true;
   }
 
   /** Its egress rules and the connections they refused (ended VM lives and the running one). */
   async network(id: string): Promise<{ allowOut: string[]; denyOut: string[]; refusedConnections: number }> {
-    const rec = this.get(id);
+    const rec = await this.get(id);
     const live = await this.ctx.egress.liveRefused(id);
-    const now = this.get(id);
+    const now = await this.get(id);
     return { allowOut: rec.egress?.allowOut ?? [], denyOut: rec.egress?.denyOut ?? [], refusedConnections: now.egressRefused + live };
   }
 
   /** Replaces its egress rules (checked: 400 `invalid_network_rule`): applied at once when its VM runs, kept for its next resume otherwise. */
   async updateNetwork(id: string, input: EgressRules): Promise<{ allowOut: string[]; denyOut: string[]; refusedConnections: number }> {
-    this.get(id);
+    await this.get(id);
     const rules = parseEgressRules(input);
     this.ctx.egress.check(rules);
     await this.ctx.locks.run(id, async () => {
-      const rec = this.get(id);
+      const rec = await this.get(id);
       if (isTerminal(rec.state)) {
         throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}: its network rules can no longer change`, { details: { state: rec.state } });
       }
@@ -214,20 +214,25 @@ export class SandboxManager {
     return this.network(id);
   }
 
-  get(id: string): SandboxRecord {
-    const rec = SANDBOX_ID_RE.test(id) ? this.store.get(id) : undefined;
+  async get(id: string): Promise<SandboxRecord> {
+    const rec = SANDBOX_ID_RE.test(id) ? await this.store.get(id) : undefined;
     if (!rec) throw notFound('sandbox', id);
     return rec;
   }
 
-  list(q: ListQuery): { items: SandboxRecord[]; nextToken: string | undefined } {
+  list(q: ListQuery): Promise<{ items: SandboxRecord[]; nextToken: string | undefined }> {
     return this.store.list(q);
   }
 
   /** The metrics samples of a sandbox within [start, end] (ms), oldest first (none once it stopped running). */
-  metrics(id: string, start?: number, end?: number): MetricsSample[] {
-    this.get(id);
+  async metrics(id: string, start?: number, end?: number): Promise<MetricsSample[]> {
+    await this.get(id);
     return this.metricsSampler.samples(id, start, end);
+  }
+
+  /** The latest metrics sample of a sandbox known to exist (undefined before its first). */
+  latestSample(id: string): MetricsSample | undefined {
+    return this.metricsSampler.samples(id).at(-1);
   }
 
   /** The latest sample of each running sandbox (for the Prometheus route). */
@@ -246,8 +251,8 @@ export class SandboxManager {
     return this.creates.fork(id, opts);
   }
 
-  snapshot(id: string, opts: { kind: SnapshotKind; metadata: Record<string, string> }): Promise<SnapshotRecord> {
-    this.get(id);
+  async snapshot(id: string, opts: { kind: SnapshotKind; metadata: Record<string, string> }): Promise<SnapshotRecord> {
+    await this.get(id);
     return this.captures.snapshot(id, opts);
   }
 
@@ -263,10 +268,13 @@ export class SandboxManager {
     return this.kills.kill(id, reason);
   }
 
-  setTimeout(id: string, timeoutMs: number): SandboxRecord {
-    const rec = this.get(id);
-    if (rec.state !== 'running') throw new NsError('sandbox_not_running', `sandbox ${id} is ${rec.state}`, { details: { state: rec.state } });
-    this.store.patch(id, { timeoutMs, expiresAt: Date.now() + timeoutMs });
+  async setTimeout(id: string, timeoutMs: number): Promise<SandboxRecord> {
+    const rec = await this.get(id);
+    // (only while still running: the check and the write are one conditional update)
+    if (rec.state !== 'running' || !(await this.store.patch(id, { timeoutMs, expiresAt: Date.now() + timeoutMs }, ['running']))) {
+      const state = rec.state !== 'running' ? rec.state : (await this.get(id)).state;
+      throw new NsError('sandbox_not_running', `sandbox ${id} is ${state}`, { details: { state } });
+    }
     return this.get(id);
   }
 
@@ -274,24 +282,24 @@ export class SandboxManager {
    * Traffic to a running sandbox's preview URLs starts its timeout again (expiresAt = now +
    * timeoutMs, written at most once a second), as if it were set anew.
    */
-  touch(id: string): void {
-    const rec = this.store.get(id);
+  async touch(id: string): Promise<void> {
+    const rec = await this.store.get(id);
     if (rec?.state !== 'running' || rec.expiresAt === null) return;
     const at = Date.now() + rec.timeoutMs;
-    if (at - rec.expiresAt >= 1000) this.store.patch(id, { expiresAt: at });
+    if (at - rec.expiresAt >= 1000) await this.store.patch(id, { expiresAt: at }, ['running']);
   }
 
   /** The agent of a running sandbox, reconnecting (and re-initializing) when the session was lost. */
-  agent(id: string): Promise<GuestAgent> {
-    return this.guests.agent(id, this.get(id));
+  async agent(id: string): Promise<GuestAgent> {
+    return this.guests.agent(id, await this.get(id));
   }
 
   /** The agent for a process start or file work, once no capture is under way (see guest.ts). */
-  agentFor(id: string, use: 'start' | 'files'): Promise<{ agent: GuestAgent; done: () => void }> {
-    return this.guests.agentFor(this.get(id), use);
+  async agentFor(id: string, use: 'start' | 'files'): Promise<{ agent: GuestAgent; done: () => void }> {
+    return this.guests.agentFor(await this.get(id), use);
   }
 
-  getSnapshot(id: string): SnapshotRecord {
+  getSnapshot(id: string): Promise<SnapshotRecord> {
     return this.sources.getSnapshot(id);
   }
 
@@ -299,28 +307,30 @@ export class SandboxManager {
     return this.sources.compatibility(snap);
   }
 
-  listSnapshots(q: SnapshotQuery): { items: SnapshotRecord[]; nextToken: string | undefined } {
+  listSnapshots(q: SnapshotQuery): Promise<{ items: SnapshotRecord[]; nextToken: string | undefined }> {
     return this.snapshots.list(q);
   }
 
   /** Bytes allocated by a snapshot's layers (its disk layer alone, not the chain under it). */
-  snapshotBytes(s: SnapshotRecord): number {
-    return [s.memLayer, s.stateLayer, s.diskLayer].reduce((sum, id) => sum + (this.snapshots.layer(id)?.bytes ?? 0), 0);
+  async snapshotBytes(s: SnapshotRecord): Promise<number> {
+    let sum = 0;
+    for (const id of [s.memLayer, s.stateLayer, s.diskLayer]) sum += (await this.snapshots.layer(id))?.bytes ?? 0;
+    return sum;
   }
 
   /** Deletes a snapshot's record at once; its layers are freed by the collector when unreferenced. */
-  deleteSnapshot(id: string): void {
-    const snap = this.getSnapshot(id);
+  async deleteSnapshot(id: string): Promise<void> {
+    const snap = await this.getSnapshot(id);
     if (snap.kind === 'hibernate') {
-      const owner = this.store.get(snap.sandboxId);
-      const latest = this.snapshots.hibernations(snap.sandboxId)[0];
+      const owner = await this.store.get(snap.sandboxId);
+      const latest = (await this.snapshots.hibernations(snap.sandboxId))[0];
       if (owner && !isTerminal(owner.state) && latest?.id === snap.id) {
         throw new NsError('snapshot_in_use', `snapshot ${id} is the latest hibernation of sandbox ${snap.sandboxId}, which resumes from it; kill the sandbox to drop it`, {
           details: { snapshotId: id, sandboxId: snap.sandboxId },
         });
       }
     }
-    if (!this.snapshots.delete(snap.id)) throw notFound('snapshot', id);
+    if (!(await this.snapshots.delete(snap.id))) throw notFound('snapshot', id);
     this.warm.forget(snap.id);
     this.log.info({ snapshotId: id }, 'snapshot deleted');
     this.onLayersReleased();

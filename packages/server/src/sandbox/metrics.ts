@@ -85,7 +85,7 @@ export class MetricsSampler {
   ) {}
 
   start(): void {
-    this.sweep();
+    void this.sweep().catch(() => {});
     this.timer = setInterval(() => this.tick(), this.ctx.config.metricsIntervalMs);
     this.timer.unref();
   }
@@ -97,10 +97,10 @@ export class MetricsSampler {
   }
 
   /** Files of sandboxes that ended while no server ran (or are gone from the store) go. */
-  private sweep(): void {
+  private async sweep(): Promise<void> {
     for (const f of listDir(this.ctx.layout.metrics)) {
       const id = f.endsWith('.jsonl') ? f.slice(0, -'.jsonl'.length) : '';
-      const rec = SANDBOX_ID_RE.test(id) ? this.ctx.store.get(id) : undefined;
+      const rec = SANDBOX_ID_RE.test(id) ? await this.ctx.store.get(id) : undefined;
       if (!rec || rec.state === 'killed' || rec.state === 'failed') fs.rmSync(path.join(this.ctx.layout.metrics, f), { force: true });
     }
   }
@@ -154,7 +154,7 @@ export class MetricsSampler {
   }
 
   private async sample(id: string, s: Series): Promise<void> {
-    const rec = this.ctx.store.get(id);
+    const rec = await this.ctx.store.get(id);
     if (rec?.state !== 'running') return;
     const live = this.ctx.live.get(id);
     if (!live?.attached) return;

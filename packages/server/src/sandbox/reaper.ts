@@ -41,7 +41,7 @@ export class Reaper {
   private async reapOnce(): Promise<void> {
     const { ctx } = this;
     const now = Date.now();
-    const expired = ctx.store.expired(now);
+    const expired = await ctx.store.expired(now);
     if (expired.length) await ctx.faults.wait('reaper', () => ctx.closing);
     for (const rec of expired) {
       if (ctx.closing) return;
@@ -52,7 +52,7 @@ export class Reaper {
         // checked again under the lock: an earlier sandbox of the list may have taken seconds, during
         // which this one's timeout may have been extended (or it was killed, or hibernated)
         await ctx.locks.run(rec.id, async () => {
-          const cur = ctx.store.get(rec.id);
+          const cur = await ctx.store.get(rec.id);
           if (cur?.state !== 'running' || cur.expiresAt === null || cur.expiresAt > Date.now()) return;
           if (cur.onTimeout === 'hibernate') await this.hibernation.hibernateHeld(rec.id, why, { byTimeout: true });
           else await this.kills.killHeld(rec.id, why, { byTimeout: true });
@@ -65,19 +65,19 @@ export class Reaper {
       }
     }
     if (ctx.config.pausedRetentionMs > 0) {
-      for (const rec of ctx.store.pausedBefore(now - ctx.config.pausedRetentionMs)) {
+      for (const rec of await ctx.store.pausedBefore(now - ctx.config.pausedRetentionMs)) {
         if (ctx.closing) return;
         if (ctx.locks.busy(rec.id)) continue;
         const why = `paused for longer than the retention of ${ctx.config.pausedRetentionMs} ms`;
         await ctx.locks
           .run(rec.id, async () => {
-            const cur = ctx.store.get(rec.id);
+            const cur = await ctx.store.get(rec.id);
             if (cur?.state !== 'paused' || cur.pausedAt === null || cur.pausedAt > Date.now() - ctx.config.pausedRetentionMs) return;
             await this.kills.killHeld(rec.id, why);
           })
           .catch((err: unknown) => ctx.log.error({ sandboxId: rec.id, err: errorMessage(err) }, 'killing a paused sandbox past its retention failed'));
       }
     }
-    if (ctx.config.endedRetentionMs > 0 && Math.random() < 0.01) ctx.store.pruneEnded(now - ctx.config.endedRetentionMs);
+    if (ctx.config.endedRetentionMs > 0 && Math.random() < 0.01) await ctx.store.pruneEnded(now - ctx.config.endedRetentionMs);
   }
 }

@@ -32,12 +32,12 @@ export class Recovery {
     fs.mkdirSync(ctx.layout.staging, { mode: 0o700 });
     const adopted = new Set<number>();
     const adoptedUids = new Set<number>();
-    for (const found of ctx.store.inStates(RECOVERABLE_STATES)) {
+    for (const found of await ctx.store.inStates(RECOVERABLE_STATES)) {
       const vm = found.vmSpec && found.pid ? await ctx.vms.adopt(found.vmSpec, found.pid) : undefined;
       // a hibernation of *this* attempt: newer than the sandbox's move into `hibernating` (older ones
       // are kept after resumes and must not count)
-      const since = found.state === 'hibernating' ? ctx.store.lastTransitionAt(found.id, 'hibernating') : undefined;
-      const recorded = since !== undefined && ctx.snapshots.hibernations(found.id).some((h) => h.createdAt >= since);
+      const since = found.state === 'hibernating' ? await ctx.store.lastTransitionAt(found.id, 'hibernating') : undefined;
+      const recorded = since !== undefined && (await ctx.snapshots.hibernations(found.id)).some((h) => h.createdAt >= since);
       const live = ctx.live.begin(found.id);
       if (vm) {
         live.setVm(vm);
@@ -60,15 +60,18 @@ export class Recovery {
         this.watcher.attach(live, { adopted: true });
         ctx.log.info({ sandboxId: rec.id, pid: vm.pid }, 're-adopted running sandbox');
         // reconnect now: sys.init also thaws user processes an interrupted snapshot left frozen
-        void this.guests.agent(rec.id, ctx.record(rec.id)).catch((err: unknown) => ctx.log.warn({ sandboxId: rec.id, err: errorMessage(err) }, 'agent of a re-adopted sandbox unavailable'));
+        void ctx
+          .record(rec.id)
+          .then((r) => this.guests.agent(rec.id, r))
+          .catch((err: unknown) => ctx.log.warn({ sandboxId: rec.id, err: errorMessage(err) }, 'agent of a re-adopted sandbox unavailable'));
         continue;
       }
       await live.teardown();
       ctx.log.warn({ sandboxId: rec.id, from: found.state, to: rec.state }, 'recovered sandbox after restart');
     }
     // internal fork captures live only while their child starts: any found now were interrupted
-    for (const s of ctx.snapshots.all()) if (s.kind === 'fork') ctx.snapshots.delete(s.id);
-    this.killOrphans(adopted);
+    for (const s of await ctx.snapshots.all()) if (s.kind === 'fork') await ctx.snapshots.delete(s.id);
+    await this.killOrphans(adopted);
     ctx.vms.sweepUids(adoptedUids);
   }
 
@@ -85,10 +88,10 @@ export class Recovery {
         if (!ctx.layout.isOverlayOf(rec.id, active.file)) {
           ctx.log.error({ sandboxId: rec.id, disk: active.file }, "QEMU reports a disk that is not one of the sandbox's overlays: not recorded");
         } else {
-          const parent = active.backingFile ? ctx.snapshots.layerByPath(active.backingFile) : undefined;
+          const parent = active.backingFile ? await ctx.snapshots.layerByPath(active.backingFile) : undefined;
           vm.spec.disk = active.file;
           vm.spec.diskNode = active.node;
-          ctx.store.patch(rec.id, { vmSpec: vm.spec, ...(parent ? { diskParentLayer: parent.id } : {}) });
+          await ctx.store.patch(rec.id, { vmSpec: vm.spec, ...(parent ? { diskParentLayer: parent.id } : {}) });
           ctx.log.warn({ sandboxId: rec.id, disk: active.file }, 'recorded the overlay an interrupted snapshot had switched to');
         }
       }
@@ -102,11 +105,11 @@ export class Recovery {
   }
 
   /** QEMU processes of this data dir that no record owns (e.g. a crash between spawn and record). */
-  private killOrphans(adopted: Set<number>): void {
+  private async killOrphans(adopted: Set<number>): Promise<void> {
     const { ctx } = this;
     for (const { pid, sandboxId: id } of ctx.vms.processes()) {
       if (adopted.has(pid)) continue;
-      const rec = ctx.store.get(id);
+      const rec = await ctx.store.get(id);
       if (rec && ctx.live.has(id)) continue;
       ctx.log.warn({ sandboxId: id, pid }, 'killing an orphaned QEMU process of this data dir');
       ctx.vms.killProcess(pid);

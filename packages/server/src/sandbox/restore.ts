@@ -26,7 +26,7 @@ export class Restores {
   }
 
   /** The sandbox's directory, RAM file, overlay and uid, and its QEMU started waiting for a migration. */
-  launch(
+  async launch(
     id: string,
     src: RestoreSource,
     allowInternetAccess: boolean,
@@ -35,7 +35,7 @@ export class Restores {
     phases: Record<string, number> = {},
     warm = false,
   ): Promise<VmHandle> {
-    const { devices } = this.ctx.volumes.devices(src.volumes, src.volumesInState, { allowMissing: allowMissingVolumes });
+    const { devices } = await this.ctx.volumes.devices(src.volumes, src.volumesInState, { allowMissing: allowMissingVolumes });
     return this.ctx.vms.launch(
       {
         id,
@@ -58,7 +58,7 @@ export class Restores {
 
   /** Loads the saved state into a prepared VM and runs it; plugs volumes a template's state lacks. */
   async finish(id: string, vm: VmHandle, src: RestoreSource, phases: Record<string, number>): Promise<void> {
-    this.ctx.store.patch(id, { pid: vm.pid, vmSpec: vm.spec });
+    await this.ctx.store.patch(id, { pid: vm.pid, vmSpec: vm.spec });
     let t = Date.now();
     await vm.restoreState(src.stateFile);
     phases.restoreMs = Date.now() - t;
@@ -66,7 +66,7 @@ export class Restores {
     // a template has no volume devices in its saved state: they are hot-plugged now
     for (const d of vm.spec.volumes ?? []) if (!d.onCmdline) await vm.plugVolume(d);
     if (vm.spec.volumes?.length) {
-      this.ctx.store.patch(id, { vmSpec: vm.spec });
+      await this.ctx.store.patch(id, { vmSpec: vm.spec });
       phases.plugMs = Date.now() - t;
     }
   }

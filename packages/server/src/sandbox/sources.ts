@@ -31,8 +31,8 @@ export class Sources {
     private readonly chains: Chains,
   ) {}
 
-  getSnapshot(id: string): SnapshotRecord {
-    const snap = SNAPSHOT_ID_RE.test(id) ? this.ctx.snapshots.get(id) : undefined;
+  async getSnapshot(id: string): Promise<SnapshotRecord> {
+    const snap = SNAPSHOT_ID_RE.test(id) ? await this.ctx.snapshots.get(id) : undefined;
     if (!snap) throw notFound('snapshot', id);
     return snap;
   }
@@ -47,7 +47,7 @@ export class Sources {
   }
 
   /** A template's snapshot as a source (with the volumes a create asked for). */
-  template(t: TemplateInfo, volumes: Record<string, string>): RestoreSource {
+  async template(t: TemplateInfo, volumes: Record<string, string>): Promise<RestoreSource> {
     return {
       template: t.name,
       snapshotId: null,
@@ -68,7 +68,7 @@ export class Sources {
       requirements: t.requirements,
       // a built template's ENV: the default environment of its sandboxes (a create's envs override it)
       envs: t.defaults?.envs ?? {},
-      volumes: this.ctx.volumes.attachments(volumes),
+      volumes: await this.ctx.volumes.attachments(volumes),
       volumesInState: false,
     };
   }
@@ -76,7 +76,7 @@ export class Sources {
   /** Where a new sandbox comes from: the template's snapshot, or a snapshot (checked against this host). */
   async resolve(req: { template: string; snapshotId?: string | undefined; volumes?: Record<string, string> | undefined }): Promise<RestoreSource> {
     if (req.snapshotId === undefined) return this.template(this.ctx.host.template(req.template), req.volumes ?? {});
-    const snap = this.getSnapshot(req.snapshotId);
+    const snap = await this.getSnapshot(req.snapshotId);
     const compat = this.compatibility(snap);
     if (!compat.compatible) {
       throw new NsError(
@@ -100,9 +100,9 @@ export class Sources {
   }
 
   /** A snapshot's layers as what a sandbox is restored from (the caller holds the layer lock). */
-  snapshot(snap: SnapshotRecord): RestoreSource {
-    const layer = (id: string) => {
-      const l = this.ctx.snapshots.layer(id);
+  async snapshot(snap: SnapshotRecord): Promise<RestoreSource> {
+    const layer = async (id: string) => {
+      const l = await this.ctx.snapshots.layer(id);
       if (!l || !fs.existsSync(l.path)) throw new NsError('internal', `snapshot ${snap.id}: layer ${id} is missing`);
       return l;
     };
@@ -110,9 +110,9 @@ export class Sources {
       template: snap.template,
       snapshotId: snap.id,
       snapshotKind: snap.kind,
-      memFile: layer(snap.memLayer).path,
-      stateFile: layer(snap.stateLayer).path,
-      diskBacking: layer(snap.diskLayer).path,
+      memFile: (await layer(snap.memLayer)).path,
+      stateFile: (await layer(snap.stateLayer)).path,
+      diskBacking: (await layer(snap.diskLayer)).path,
       diskParentLayer: snap.diskLayer,
       vm: snap.vmConfig,
       requirements: snap.requirements,

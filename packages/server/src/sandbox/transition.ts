@@ -6,9 +6,9 @@ import { next, type Effect, type LifecycleEvent, type Publish, type Step } from 
 export interface EffectHandlers {
   /** The sandbox's VM, files, uid claim and admission slot go (idempotent). */
   teardown(rec: SandboxRecord): Promise<void>;
-  dropHibernations(id: string): void;
+  dropHibernations(id: string): Promise<void>;
   dropMetrics(id: string): void;
-  pruneHibernations(id: string): void;
+  pruneHibernations(id: string): Promise<void>;
   layersReleased(): void;
 }
 
@@ -34,18 +34,18 @@ export class Lifecycle {
   async applyStep(rec: SandboxRecord, event: LifecycleEvent): Promise<{ rec: SandboxRecord; step: Step }> {
     const step = next(rec, event);
     for (const e of step.before) await this.run(e, rec);
-    const out = this.events.transaction(() => {
-      const moved = step.persist ? this.store.transition(rec.id, step.from, step.to, step.reason, step.patch) : (this.store.get(rec.id) ?? rec);
-      if (step.publish) this.publish(moved, step.publish);
+    const out = await this.events.transaction(async () => {
+      const moved = step.persist ? await this.store.transition(rec.id, step.from, step.to, step.reason, step.patch) : ((await this.store.get(rec.id)) ?? rec);
+      if (step.publish) await this.publish(moved, step.publish);
       return moved;
     });
     for (const e of step.after) await this.run(e, rec);
     return { rec: out, step };
   }
 
-  private publish(rec: SandboxRecord, p: Publish): void {
+  private async publish(rec: SandboxRecord, p: Publish): Promise<void> {
     const data = p.type === 'created' ? { template: rec.template, snapshotId: rec.snapshotId, forkedFrom: rec.forkedFrom, metadata: rec.metadata } : p.data;
-    this.events.append({ type: p.type, sandboxId: rec.id, at: Date.now(), data });
+    await this.events.append({ type: p.type, sandboxId: rec.id, at: Date.now(), data });
   }
 
   private async run(effect: Effect, rec: SandboxRecord): Promise<void> {

@@ -30,6 +30,8 @@ export class WarmSlots {
   private readonly hot: string[] = [];
   /** Snapshots found unfit to be kept warm (their agent cannot keep user processes frozen, ...). */
   private readonly unwarmable = new Set<string>();
+  /** How many snapshots were forgotten (deleted) so far. */
+  private forgets = 0;
 
   constructor(
     private readonly ctx: SandboxContext,
@@ -74,7 +76,7 @@ export class WarmSlots {
   }
 
   private async prepareTemplate(id: string, cleanup: CleanupStack): Promise<WarmSlot> {
-    const src = this.sources.template(this.ctx.host.template(WARM_TEMPLATE), {});
+    const src = await this.sources.template(this.ctx.host.template(WARM_TEMPLATE), {});
     const vm = await this.restores.launch(id, src, true, cleanup, false, {}, true);
     await vm.restoreState(src.stateFile);
     const agent = await vm.connectAgent(15_000);
@@ -109,9 +111,12 @@ export class WarmSlots {
   }
 
   /** Puts a reusable snapshot first among those kept warm (the least recently used one may drop out). */
-  touch(snapId: string): void {
-    // (a create that resolved it before a concurrent delete must not bring it back)
-    if (this.ctx.config.snapshotPoolSize <= 0 || this.unwarmable.has(snapId) || !this.ctx.snapshots.get(snapId)) return;
+  async touch(snapId: string): Promise<void> {
+    if (this.ctx.config.snapshotPoolSize <= 0 || this.unwarmable.has(snapId)) return;
+    // (a create that resolved it before a concurrent delete must not bring it back: nor may one
+    // whose lookup raced with a delete)
+    const forgets = this.forgets;
+    if (!(await this.ctx.snapshots.get(snapId)) || this.forgets !== forgets) return;
     const i = this.hot.indexOf(snapId);
     if (i >= 0) this.hot.splice(i, 1);
     this.hot.unshift(snapId);
@@ -127,6 +132,7 @@ export class WarmSlots {
 
   /** A deleted snapshot: never warm again, and forgotten. */
   forget(snapId: string): void {
+    this.forgets++;
     this.unhot(snapId);
     this.unwarmable.delete(snapId);
   }
@@ -137,7 +143,12 @@ export class WarmSlots {
     // slots have the network on and no volumes: other creates neither use nor refresh them; the
     // template slots are of `base` only (a create from another template leaves them alone)
     if (!src.volumes.length && allowInternetAccess && (src.snapshotId !== null || src.template === WARM_TEMPLATE)) {
-      if (src.snapshotId !== null && src.snapshotKind === 'reusable') this.touch(src.snapshotId);
+      if (src.snapshotId !== null && src.snapshotKind === 'reusable') {
+        void this.touch(src.snapshotId).then(
+          () => this.refill(),
+          () => {},
+        );
+      }
       // the same files: the template was not rebuilt, the snapshot's chain not flattened since
       found = this.pool.take(src.snapshotId, src.memFile, src.diskBacking);
     }

@@ -27,7 +27,7 @@ export class Watcher {
       ctx.locks
         .run(id, async () => {
           if (ctx.live.get(id) !== live) return;
-          const rec = ctx.store.get(id);
+          const rec = await ctx.store.get(id);
           if (!rec || isTerminal(rec.state) || rec.state === 'killing') {
             await live.teardown();
             return;

@@ -1,4 +1,4 @@
-import type { Db } from './db.js';
+import type { Sql } from './sql.js';
 
 /** A runtime host as the control plane records it (migration 0010). */
 export interface HostRecord {
@@ -53,29 +53,25 @@ const fromRow = (r: Row): HostRecord => ({
   fencedAt: r.fenced_at,
 });
 
-/**
- * The hosts table. Its methods return Promises: the store is becoming asynchronous (one interface,
- * SQLite and PostgreSQL implementations); this one runs on SQLite today.
- */
+/** The hosts table (SQLite or PostgreSQL, through the store's one `Sql`). */
 export class HostStore {
-  constructor(private readonly db: Db) {}
+  constructor(private readonly sql: Sql) {}
 
   async insert(h: HostRecord): Promise<void> {
-    this.db
-      .prepare(
-        `INSERT INTO hosts (id, url, credential_digest, control_credential, draining, fingerprint, capacity, counts, epoch, joined_at, last_heartbeat, lost_at, fenced_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(h.id, h.url, h.credentialDigest, h.controlCredential, h.draining ? 1 : 0, JSON.stringify(h.fingerprint), JSON.stringify(h.capacity), JSON.stringify(h.counts), h.epoch, h.joinedAt, h.lastHeartbeat, h.lostAt, h.fencedAt);
+    await this.sql.run(
+      `INSERT INTO hosts (id, url, credential_digest, control_credential, draining, fingerprint, capacity, counts, epoch, joined_at, last_heartbeat, lost_at, fenced_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [h.id, h.url, h.credentialDigest, h.controlCredential, h.draining ? 1 : 0, JSON.stringify(h.fingerprint), JSON.stringify(h.capacity), JSON.stringify(h.counts), h.epoch, h.joinedAt, h.lastHeartbeat, h.lostAt, h.fencedAt],
+    );
   }
 
   async get(id: string): Promise<HostRecord | undefined> {
-    const r = this.db.prepare('SELECT * FROM hosts WHERE id = ?').get(id) as Row | undefined;
+    const r = await this.sql.get<Row>('SELECT * FROM hosts WHERE id = ?', [id]);
     return r ? fromRow(r) : undefined;
   }
 
   async list(): Promise<HostRecord[]> {
-    return (this.db.prepare('SELECT * FROM hosts ORDER BY joined_at, id').all() as Row[]).map(fromRow);
+    return (await this.sql.all<Row>('SELECT * FROM hosts ORDER BY joined_at, id')).map(fromRow);
   }
 
   /**
@@ -83,23 +79,23 @@ export class HostStore {
    * statement. Returns the record after it (undefined: no such host).
    */
   async heartbeat(id: string, now: number, hb: { url: string; fingerprint: unknown; capacity: unknown; counts: unknown }): Promise<HostRecord | undefined> {
-    const r = this.db
-      .prepare(
-        `UPDATE hosts SET url = ?, fingerprint = ?, capacity = ?, counts = ?, last_heartbeat = ?,
-           epoch = epoch + (lost_at IS NOT NULL), fenced_at = CASE WHEN lost_at IS NOT NULL THEN ? ELSE fenced_at END, lost_at = NULL
-         WHERE id = ? RETURNING *`,
-      )
-      .get(hb.url, JSON.stringify(hb.fingerprint), JSON.stringify(hb.capacity), JSON.stringify(hb.counts), now, now, id) as Row | undefined;
+    const r = await this.sql.get<Row>(
+      `UPDATE hosts SET url = ?, fingerprint = ?, capacity = ?, counts = ?, last_heartbeat = ?,
+         epoch = epoch + CASE WHEN lost_at IS NOT NULL THEN 1 ELSE 0 END,
+         fenced_at = CASE WHEN lost_at IS NOT NULL THEN CAST(? AS BIGINT) ELSE fenced_at END, lost_at = NULL
+       WHERE id = ? RETURNING *`,
+      [hb.url, JSON.stringify(hb.fingerprint), JSON.stringify(hb.capacity), JSON.stringify(hb.counts), now, now, id],
+    );
     return r ? fromRow(r) : undefined;
   }
 
   async setDraining(id: string, draining: boolean): Promise<HostRecord | undefined> {
-    const r = this.db.prepare('UPDATE hosts SET draining = ? WHERE id = ? RETURNING *').get(draining ? 1 : 0, id) as Row | undefined;
+    const r = await this.sql.get<Row>('UPDATE hosts SET draining = ? WHERE id = ? RETURNING *', [draining ? 1 : 0, id]);
     return r ? fromRow(r) : undefined;
   }
 
   /** Marks lost every host not lost yet whose last heartbeat is older than `before`; the ids marked. */
   async markLost(before: number, now: number): Promise<string[]> {
-    return (this.db.prepare('UPDATE hosts SET lost_at = ? WHERE lost_at IS NULL AND last_heartbeat < ? RETURNING id').all(now, before) as Array<{ id: string }>).map((r) => r.id);
+    return (await this.sql.all<{ id: string }>('UPDATE hosts SET lost_at = ? WHERE lost_at IS NULL AND last_heartbeat < ? RETURNING id', [now, before])).map((r) => r.id);
   }
 }

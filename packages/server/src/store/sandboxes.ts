@@ -2,7 +2,7 @@ import { NsError } from '@nullspace/runtime';
 import type { EgressRules, RestoreRequirements, VmSpec } from '@nullspace/runtime';
 import { assertTransition, type SandboxState } from '../sandbox/lifecycle.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
-import type { Db } from './db.js';
+import { inList, insertSql, jsonFieldEquals, type Sql } from './sql.js';
 import type { VolumeAttachment } from './volumes.js';
 
 export interface SandboxIdentity {
@@ -187,79 +187,74 @@ export interface TransitionEvent {
 
 export class SandboxStore {
   constructor(
-    private readonly db: Db,
+    private readonly sql: Sql,
     /** Told of every recorded step, after it is stored (the test-only lifecycle trace). */
     private readonly onEvent: (e: TransitionEvent) => void = () => {},
   ) {}
 
-  insert(rec: SandboxRecord): void {
-    this.db
-      .prepare(
-        `INSERT INTO sandboxes (id, state, template, snapshot_id, metadata, envs, memory_mib, vcpus, allow_internet, timeout_ms,
-           created_at, started_at, expires_at, ended_at, end_reason, error_code, pid, identity, vm_spec, requirements, disk_parent_layer, forked_from, on_timeout, volumes,
-           traffic_token, allow_public_traffic, auto_resume, egress, access_token, updated_at)
-         VALUES (@id, @state, @template, @snapshot_id, @metadata, @envs, @memory_mib, @vcpus, @allow_internet, @timeout_ms,
-           @created_at, @started_at, @expires_at, @ended_at, @end_reason, @error_code, @pid, @identity, @vm_spec, @requirements, @disk_parent_layer, @forked_from, @on_timeout, @volumes,
-           @traffic_token, @allow_public_traffic, @auto_resume, @egress, @access_token, @updated_at)`,
-      )
-      .run({
-        id: rec.id,
-        state: rec.state,
-        template: rec.template,
-        snapshot_id: rec.snapshotId,
-        metadata: JSON.stringify(rec.metadata),
-        envs: JSON.stringify(rec.envs),
-        memory_mib: rec.memoryMiB,
-        vcpus: rec.vcpus,
-        allow_internet: rec.allowInternetAccess ? 1 : 0,
-        timeout_ms: rec.timeoutMs,
-        created_at: rec.createdAt,
-        started_at: rec.startedAt,
-        expires_at: rec.expiresAt,
-        ended_at: rec.endedAt,
-        end_reason: rec.endReason,
-        error_code: rec.errorCode,
-        pid: rec.pid,
-        identity: JSON.stringify(rec.identity),
-        vm_spec: rec.vmSpec ? JSON.stringify(rec.vmSpec) : null,
-        requirements: rec.requirements ? JSON.stringify(rec.requirements) : null,
-        disk_parent_layer: rec.diskParentLayer,
-        forked_from: rec.forkedFrom,
-        on_timeout: rec.onTimeout,
-        volumes: JSON.stringify(rec.volumes),
-        traffic_token: rec.trafficToken,
-        allow_public_traffic: rec.allowPublicTraffic ? 1 : 0,
-        auto_resume: rec.autoResume ? 1 : 0,
-        egress: rec.egress ? JSON.stringify(rec.egress) : null,
-        access_token: rec.accessToken,
-        updated_at: rec.updatedAt,
-      });
-    this.event(rec.id, null, rec.state, 'created');
+  /** Records a new sandbox and its first event row, in one transaction. */
+  async insert(rec: SandboxRecord): Promise<void> {
+    await this.sql.transaction(async () => {
+      await this.sql.run(
+        ...insertSql('sandboxes', {
+          id: rec.id,
+          state: rec.state,
+          template: rec.template,
+          snapshot_id: rec.snapshotId,
+          metadata: JSON.stringify(rec.metadata),
+          envs: JSON.stringify(rec.envs),
+          memory_mib: rec.memoryMiB,
+          vcpus: rec.vcpus,
+          allow_internet: rec.allowInternetAccess ? 1 : 0,
+          timeout_ms: rec.timeoutMs,
+          created_at: rec.createdAt,
+          started_at: rec.startedAt,
+          expires_at: rec.expiresAt,
+          ended_at: rec.endedAt,
+          end_reason: rec.endReason,
+          error_code: rec.errorCode,
+          pid: rec.pid,
+          identity: JSON.stringify(rec.identity),
+          vm_spec: rec.vmSpec ? JSON.stringify(rec.vmSpec) : null,
+          requirements: rec.requirements ? JSON.stringify(rec.requirements) : null,
+          disk_parent_layer: rec.diskParentLayer,
+          forked_from: rec.forkedFrom,
+          on_timeout: rec.onTimeout,
+          volumes: JSON.stringify(rec.volumes),
+          traffic_token: rec.trafficToken,
+          allow_public_traffic: rec.allowPublicTraffic ? 1 : 0,
+          auto_resume: rec.autoResume ? 1 : 0,
+          egress: rec.egress ? JSON.stringify(rec.egress) : null,
+          access_token: rec.accessToken,
+          updated_at: rec.updatedAt,
+        }),
+      );
+      await this.event(rec.id, null, rec.state, 'created');
+    });
   }
 
-  get(id: string): SandboxRecord | undefined {
-    const row = this.db.prepare('SELECT * FROM sandboxes WHERE id = ?').get(id) as Row | undefined;
+  async get(id: string): Promise<SandboxRecord | undefined> {
+    const row = await this.sql.get<Row>('SELECT * FROM sandboxes WHERE id = ?', [id]);
     return row ? fromRow(row) : undefined;
   }
 
   /** Records in any of `states`. */
-  inStates(states: readonly SandboxState[]): SandboxRecord[] {
-    const rows = this.db
-      .prepare(`SELECT * FROM sandboxes WHERE state IN (${states.map(() => '?').join(',')}) ORDER BY created_at, id`)
-      .all(...states) as Row[];
+  async inStates(states: readonly SandboxState[]): Promise<SandboxRecord[]> {
+    const rows = await this.sql.all<Row>(`SELECT * FROM sandboxes WHERE ${inList('state', states)} ORDER BY created_at, id`, states);
     return rows.map(fromRow);
   }
 
-  list(q: ListQuery): { items: SandboxRecord[]; nextToken: string | undefined } {
+  async list(q: ListQuery): Promise<{ items: SandboxRecord[]; nextToken: string | undefined }> {
     const where: string[] = [];
     const params: unknown[] = [];
     if (q.states?.length) {
-      where.push(`state IN (${q.states.map(() => '?').join(',')})`);
+      where.push(inList('state', q.states));
       params.push(...q.states);
     }
     for (const [k, v] of Object.entries(q.metadata ?? {})) {
-      where.push(`json_extract(metadata, ?) = ?`);
-      params.push(`$.${JSON.stringify(k)}`, v);
+      const [cond, p] = jsonFieldEquals(this.sql.dialect, 'metadata', k, v);
+      where.push(cond);
+      params.push(...p);
     }
     if (q.nextToken) {
       const cursor = decodeCursor(q.nextToken);
@@ -267,7 +262,7 @@ export class SandboxStore {
       params.push(cursor.createdAt, cursor.createdAt, cursor.id);
     }
     const sql = `SELECT * FROM sandboxes ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ?`;
-    const rows = this.db.prepare(sql).all(...params, q.limit + 1) as Row[];
+    const rows = await this.sql.all<Row>(sql, [...params, q.limit + 1]);
     const items = rows.slice(0, q.limit).map(fromRow);
     const last = items[items.length - 1];
     return { items, nextToken: rows.length > q.limit && last ? encodeCursor(last.createdAt, last.id) : undefined };
@@ -275,80 +270,92 @@ export class SandboxStore {
 
   /**
    * Moves a sandbox from `from` to `to` (checked against the lifecycle) and applies `patch`, in one
-   * transaction. Fails with `sandbox_busy` when the stored state is no longer `from`.
+   * transaction. The move is a conditional update (`WHERE state = from`): of two callers racing
+   * the same move (in this process or another one on the same database), exactly one wins; the
+   * other fails with `sandbox_busy`, as does any caller whose `from` is no longer the stored state.
    */
-  transition(id: string, from: SandboxState, to: SandboxState, reason: string, patch: SandboxPatch = {}): SandboxRecord {
+  async transition(id: string, from: SandboxState, to: SandboxState, reason: string, patch: SandboxPatch = {}): Promise<SandboxRecord> {
     assertTransition(id, from, to);
-    return this.db.transaction(() => {
-      const sets = ['state = @to', 'updated_at = @now'];
-      const params: Record<string, unknown> = { id, from, to, now: Date.now() };
-      for (const [k, v] of Object.entries(patch) as Array<[keyof SandboxPatch, unknown]>) {
-        sets.push(`${COLUMN[k]} = @${k}`);
-        params[k] = v !== null && typeof v === 'object' ? JSON.stringify(v) : v;
-      }
-      const res = this.db.prepare(`UPDATE sandboxes SET ${sets.join(', ')} WHERE id = @id AND state = @from`).run(params);
-      if (res.changes !== 1) {
-        const cur = this.get(id);
+    return this.sql.transaction(async () => {
+      const [sets, params] = patchSets(patch);
+      const changed = await this.sql.run(`UPDATE sandboxes SET state = ?, ${sets.join(', ')} WHERE id = ? AND state = ?`, [to, ...params, id, from]);
+      if (changed !== 1) {
+        const cur = await this.get(id);
         throw new NsError('sandbox_busy', `sandbox ${id} is ${cur?.state ?? 'gone'}, expected ${from}`, { details: { state: cur?.state } });
       }
-      this.event(id, from, to, reason);
-      return this.get(id)!;
-    })();
+      await this.event(id, from, to, reason);
+      return (await this.get(id))!;
+    });
   }
 
-  /** Updates fields without a state change. */
-  patch(id: string, patch: SandboxPatch): void {
-    const sets = ['updated_at = @now'];
-    const params: Record<string, unknown> = { id, now: Date.now() };
-    for (const [k, v] of Object.entries(patch) as Array<[keyof SandboxPatch, unknown]>) {
-      sets.push(`${COLUMN[k]} = @${k}`);
-      params[k] = v !== null && typeof v === 'object' ? JSON.stringify(v) : v;
-    }
-    this.db.prepare(`UPDATE sandboxes SET ${sets.join(', ')} WHERE id = @id`).run(params);
+  /**
+   * Updates fields without a state change. With `ifState`, only while the stored state is one of
+   * those (resolves to false otherwise): a write that must not land on a record another caller has
+   * meanwhile moved on (a timeout set on a running sandbox that is being killed).
+   */
+  async patch(id: string, patch: SandboxPatch, ifState?: readonly SandboxState[]): Promise<boolean> {
+    const [sets, params] = patchSets(patch);
+    const cond = ifState ? ` AND ${inList('state', ifState)}` : '';
+    return (await this.sql.run(`UPDATE sandboxes SET ${sets.join(', ')} WHERE id = ?${cond}`, [...params, id, ...(ifState ?? [])])) === 1;
+  }
+
+  /** Adds `n` to the connections its egress rules refused (one update: counts banked at once never lose one). */
+  async addEgressRefused(id: string, n: number): Promise<void> {
+    await this.sql.run('UPDATE sandboxes SET egress_refused = egress_refused + ?, updated_at = ? WHERE id = ?', [n, Date.now(), id]);
   }
 
   /** Paused sandboxes hibernated before `before`. */
-  pausedBefore(before: number): SandboxRecord[] {
-    const rows = this.db.prepare(`SELECT * FROM sandboxes WHERE state = 'paused' AND paused_at IS NOT NULL AND paused_at < ?`).all(before) as Row[];
+  async pausedBefore(before: number): Promise<SandboxRecord[]> {
+    const rows = await this.sql.all<Row>(`SELECT * FROM sandboxes WHERE state = 'paused' AND paused_at IS NOT NULL AND paused_at < ?`, [before]);
     return rows.map(fromRow);
   }
 
   /** Running sandboxes whose timeout has passed. */
-  expired(now: number): SandboxRecord[] {
-    const rows = this.db.prepare(`SELECT * FROM sandboxes WHERE state = 'running' AND expires_at IS NOT NULL AND expires_at <= ?`).all(now) as Row[];
+  async expired(now: number): Promise<SandboxRecord[]> {
+    const rows = await this.sql.all<Row>(`SELECT * FROM sandboxes WHERE state = 'running' AND expires_at IS NOT NULL AND expires_at <= ?`, [now]);
     return rows.map(fromRow);
   }
 
   /** Deletes ended sandbox records older than `before`. */
-  pruneEnded(before: number): number {
-    return this.db.transaction(() => {
-      const ids = (this.db.prepare(`SELECT id FROM sandboxes WHERE state IN ('killed','failed') AND ended_at < ?`).all(before) as Array<{ id: string }>).map((r) => r.id);
+  async pruneEnded(before: number): Promise<number> {
+    return this.sql.transaction(async () => {
+      const ids = (await this.sql.all<{ id: string }>(`SELECT id FROM sandboxes WHERE state IN ('killed','failed') AND ended_at < ?`, [before])).map((r) => r.id);
       for (const id of ids) {
-        this.db.prepare('DELETE FROM sandbox_events WHERE sandbox_id = ?').run(id);
-        this.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id);
+        await this.sql.run('DELETE FROM sandbox_events WHERE sandbox_id = ?', [id]);
+        await this.sql.run('DELETE FROM sandboxes WHERE id = ?', [id]);
       }
       return ids.length;
-    })();
+    });
   }
 
   /** When the sandbox last moved into `state` (ms), from its event log. */
-  lastTransitionAt(id: string, state: SandboxState): number | undefined {
-    const r = this.db.prepare('SELECT MAX(at) AS at FROM sandbox_events WHERE sandbox_id = ? AND to_state = ?').get(id, state) as { at: number | null };
-    return r.at ?? undefined;
+  async lastTransitionAt(id: string, state: SandboxState): Promise<number | undefined> {
+    const r = await this.sql.get<{ at: number | null }>('SELECT MAX(at) AS at FROM sandbox_events WHERE sandbox_id = ? AND to_state = ?', [id, state]);
+    return r?.at ?? undefined;
   }
 
-  events(id: string): Array<{ at: number; from: string | null; to: string; reason: string | null }> {
-    return (this.db.prepare('SELECT at, from_state, to_state, reason FROM sandbox_events WHERE sandbox_id = ? ORDER BY seq').all(id) as Array<{
-      at: number;
-      from_state: string | null;
-      to_state: string;
-      reason: string | null;
-    }>).map((r) => ({ at: r.at, from: r.from_state, to: r.to_state, reason: r.reason }));
+  async events(id: string): Promise<Array<{ at: number; from: string | null; to: string; reason: string | null }>> {
+    const rows = await this.sql.all<{ at: number; from_state: string | null; to_state: string; reason: string | null }>(
+      'SELECT at, from_state, to_state, reason FROM sandbox_events WHERE sandbox_id = ? ORDER BY seq',
+      [id],
+    );
+    return rows.map((r) => ({ at: r.at, from: r.from_state, to: r.to_state, reason: r.reason }));
   }
 
-  private event(id: string, from: SandboxState | null, to: SandboxState, reason: string): void {
+  private async event(id: string, from: SandboxState | null, to: SandboxState, reason: string): Promise<void> {
     const at = Date.now();
-    this.db.prepare('INSERT INTO sandbox_events (sandbox_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)').run(id, at, from, to, reason);
+    await this.sql.run('INSERT INTO sandbox_events (sandbox_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)', [id, at, from, to, reason]);
     this.onEvent({ sandboxId: id, from, to, reason, at });
   }
+}
+
+/** The SET clauses (and their values) of a patch, `updated_at` included. */
+function patchSets(patch: SandboxPatch): [string[], unknown[]] {
+  const sets = ['updated_at = ?'];
+  const params: unknown[] = [Date.now()];
+  for (const [k, v] of Object.entries(patch) as Array<[keyof SandboxPatch, unknown]>) {
+    sets.push(`${COLUMN[k]} = ?`);
+    params.push(v !== null && typeof v === 'object' ? JSON.stringify(v) : v);
+  }
+  return [sets, params];
 }

@@ -1,6 +1,6 @@
 import type { EgressRules, RestoreRequirements } from '@nullspace/runtime';
 import { decodeCursor, encodeCursor } from './cursor.js';
-import type { Db } from './db.js';
+import { inList, insertSql, jsonFieldEquals, type Sql } from './sql.js';
 import type { VolumeAttachment } from './volumes.js';
 
 export type LayerKind = 'disk' | 'mem' | 'state';
@@ -108,93 +108,86 @@ export interface SnapshotQuery {
 
 /** Snapshots and the layers they (and sandboxes) are made of. */
 export class SnapshotStore {
-  constructor(private readonly db: Db) {}
+  constructor(private readonly sql: Sql) {}
 
-  transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+  transaction<T>(fn: () => Promise<T>): Promise<T> {
+    return this.sql.transaction(fn);
   }
 
-  insertLayer(l: LayerRecord): void {
-    this.db
-      .prepare('INSERT INTO layers (id, kind, path, parent_id, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(l.id, l.kind, l.path, l.parentId, l.bytes, l.createdAt);
+  async insertLayer(l: LayerRecord): Promise<void> {
+    await this.sql.run(...insertSql('layers', { id: l.id, kind: l.kind, path: l.path, parent_id: l.parentId, bytes: l.bytes, created_at: l.createdAt }));
   }
 
-  deleteLayer(id: string): void {
-    this.db.prepare('DELETE FROM layers WHERE id = ?').run(id);
+  async deleteLayer(id: string): Promise<void> {
+    await this.sql.run('DELETE FROM layers WHERE id = ?', [id]);
   }
 
-  layer(id: string): LayerRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM layers WHERE id = ?').get(id) as LayerRow | undefined;
+  async layer(id: string): Promise<LayerRecord | undefined> {
+    const r = await this.sql.get<LayerRow>('SELECT * FROM layers WHERE id = ?', [id]);
     return r ? layer(r) : undefined;
   }
 
-  layerByPath(path: string): LayerRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM layers WHERE path = ?').get(path) as LayerRow | undefined;
+  async layerByPath(path: string): Promise<LayerRecord | undefined> {
+    const r = await this.sql.get<LayerRow>('SELECT * FROM layers WHERE path = ?', [path]);
     return r ? layer(r) : undefined;
   }
 
-  layers(): LayerRecord[] {
-    return (this.db.prepare('SELECT * FROM layers ORDER BY created_at, id').all() as LayerRow[]).map(layer);
+  async layers(): Promise<LayerRecord[]> {
+    return (await this.sql.all<LayerRow>('SELECT * FROM layers ORDER BY created_at, id')).map(layer);
   }
 
   /** Number of disk layers from `id` up to the template disk. */
-  depth(id: string | null): number {
+  async depth(id: string | null): Promise<number> {
     let n = 0;
-    for (let cur = id; cur; cur = this.layer(cur)?.parentId ?? null) n++;
+    for (let cur = id; cur; cur = (await this.layer(cur))?.parentId ?? null) n++;
     return n;
   }
 
-  insert(s: SnapshotRecord): void {
-    this.db
-      .prepare(
-        `INSERT INTO snapshots (id, sandbox_id, kind, template, metadata, envs, mem_layer, state_layer, disk_layer, vm_config, requirements, pause_ms, volumes, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        s.id,
-        s.sandboxId,
-        s.kind,
-        s.template,
-        JSON.stringify(s.metadata),
-        JSON.stringify(s.envs),
-        s.memLayer,
-        s.stateLayer,
-        s.diskLayer,
-        JSON.stringify(s.vmConfig),
-        JSON.stringify(s.requirements),
-        s.pauseMs,
-        JSON.stringify(s.volumes),
-        s.createdAt,
-      );
+  async insert(s: SnapshotRecord): Promise<void> {
+    await this.sql.run(
+      ...insertSql('snapshots', {
+        id: s.id,
+        sandbox_id: s.sandboxId,
+        kind: s.kind,
+        template: s.template,
+        metadata: JSON.stringify(s.metadata),
+        envs: JSON.stringify(s.envs),
+        mem_layer: s.memLayer,
+        state_layer: s.stateLayer,
+        disk_layer: s.diskLayer,
+        vm_config: JSON.stringify(s.vmConfig),
+        requirements: JSON.stringify(s.requirements),
+        pause_ms: s.pauseMs,
+        volumes: JSON.stringify(s.volumes),
+        created_at: s.createdAt,
+      }),
+    );
   }
 
   /** Points a snapshot at an equivalent disk layer (a flattened copy of its chain). */
-  setDiskLayer(id: string, layerId: string): void {
-    this.db.prepare('UPDATE snapshots SET disk_layer = ? WHERE id = ?').run(layerId, id);
+  async setDiskLayer(id: string, layerId: string): Promise<void> {
+    await this.sql.run('UPDATE snapshots SET disk_layer = ? WHERE id = ?', [layerId, id]);
   }
 
-  get(id: string): SnapshotRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapRow | undefined;
+  async get(id: string): Promise<SnapshotRecord | undefined> {
+    const r = await this.sql.get<SnapRow>('SELECT * FROM snapshots WHERE id = ?', [id]);
     return r ? snap(r) : undefined;
   }
 
   /** Hibernation snapshots of a sandbox, newest first. */
-  hibernations(sandboxId: string): SnapshotRecord[] {
-    return (this.db.prepare(`SELECT * FROM snapshots WHERE sandbox_id = ? AND kind = 'hibernate' ORDER BY created_at DESC, id DESC`).all(sandboxId) as SnapRow[]).map(
-      snap,
-    );
+  async hibernations(sandboxId: string): Promise<SnapshotRecord[]> {
+    return (await this.sql.all<SnapRow>(`SELECT * FROM snapshots WHERE sandbox_id = ? AND kind = 'hibernate' ORDER BY created_at DESC, id DESC`, [sandboxId])).map(snap);
   }
 
-  delete(id: string): boolean {
-    return this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id).changes === 1;
+  async delete(id: string): Promise<boolean> {
+    return (await this.sql.run('DELETE FROM snapshots WHERE id = ?', [id])) === 1;
   }
 
-  all(): SnapshotRecord[] {
-    return (this.db.prepare('SELECT * FROM snapshots').all() as SnapRow[]).map(snap);
+  async all(): Promise<SnapshotRecord[]> {
+    return (await this.sql.all<SnapRow>('SELECT * FROM snapshots')).map(snap);
   }
 
-  list(q: SnapshotQuery): { items: SnapshotRecord[]; nextToken: string | undefined } {
+  async list(q: SnapshotQuery): Promise<{ items: SnapshotRecord[]; nextToken: string | undefined }> {
     const where: string[] = [];
     const params: unknown[] = [];
     if (q.sandboxId) {
@@ -202,21 +195,23 @@ export class SnapshotStore {
       params.push(q.sandboxId);
     }
     if (q.kinds?.length) {
-      where.push(`kind IN (${q.kinds.map(() => '?').join(',')})`);
+      where.push(inList('kind', q.kinds));
       params.push(...q.kinds);
     }
     for (const [k, v] of Object.entries(q.metadata ?? {})) {
-      where.push('json_extract(metadata, ?) = ?');
-      params.push(`$.${JSON.stringify(k)}`, v);
+      const [cond, p] = jsonFieldEquals(this.sql.dialect, 'metadata', k, v);
+      where.push(cond);
+      params.push(...p);
     }
     if (q.nextToken) {
       const c = decodeCursor(q.nextToken);
       where.push('(created_at > ? OR (created_at = ? AND id > ?))');
       params.push(c.createdAt, c.createdAt, c.id);
     }
-    const rows = this.db
-      .prepare(`SELECT * FROM snapshots ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ?`)
-      .all(...params, q.limit + 1) as SnapRow[];
+    const rows = await this.sql.all<SnapRow>(`SELECT * FROM snapshots ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ?`, [
+      ...params,
+      q.limit + 1,
+    ]);
     const items = rows.slice(0, q.limit).map(snap);
     const last = items[items.length - 1];
     return { items, nextToken: rows.length > q.limit && last ? encodeCursor(last.createdAt, last.id) : undefined };

@@ -1,4 +1,4 @@
-import type { Db } from './db.js';
+import type { Sql } from './sql.js';
 
 export interface VolumeRecord {
   id: string;
@@ -26,37 +26,39 @@ interface Row {
 const fromRow = (r: Row): VolumeRecord => ({ id: r.id, name: r.name, createdAt: r.created_at });
 
 export class VolumeStore {
-  constructor(private readonly db: Db) {}
+  constructor(private readonly sql: Sql) {}
 
-  insert(v: VolumeRecord): void {
-    this.db.prepare('INSERT INTO volumes (id, name, created_at) VALUES (?, ?, ?)').run(v.id, v.name, v.createdAt);
+  /** Records a volume; false when its name is taken (one insert: two racing creates cannot both have it). */
+  async insert(v: VolumeRecord): Promise<boolean> {
+    return (await this.sql.run('INSERT INTO volumes (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING', [v.id, v.name, v.createdAt])) === 1;
   }
 
-  byName(name: string): VolumeRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM volumes WHERE name = ?').get(name) as Row | undefined;
+  async byName(name: string): Promise<VolumeRecord | undefined> {
+    const r = await this.sql.get<Row>('SELECT * FROM volumes WHERE name = ?', [name]);
     return r ? fromRow(r) : undefined;
   }
 
-  byId(id: string): VolumeRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM volumes WHERE id = ?').get(id) as Row | undefined;
+  async byId(id: string): Promise<VolumeRecord | undefined> {
+    const r = await this.sql.get<Row>('SELECT * FROM volumes WHERE id = ?', [id]);
     return r ? fromRow(r) : undefined;
   }
 
-  all(): VolumeRecord[] {
-    return (this.db.prepare('SELECT * FROM volumes ORDER BY created_at, id').all() as Row[]).map(fromRow);
+  async all(): Promise<VolumeRecord[]> {
+    return (await this.sql.all<Row>('SELECT * FROM volumes ORDER BY created_at, id')).map(fromRow);
   }
 
-  delete(id: string): void {
-    this.db.prepare('DELETE FROM volumes WHERE id = ?').run(id);
+  async delete(id: string): Promise<void> {
+    await this.sql.run('DELETE FROM volumes WHERE id = ?', [id]);
   }
 
   /** Sandboxes that are not ended and mount the volume (paused ones included: they remount it). */
-  users(volumeId: string): Array<{ id: string; state: string }> {
-    return this.db
-      .prepare(
-        `SELECT id, state FROM sandboxes WHERE state NOT IN ('killed', 'failed')
-           AND EXISTS (SELECT 1 FROM json_each(sandboxes.volumes) WHERE json_extract(json_each.value, '$.volumeId') = ?)`,
-      )
-      .all(volumeId) as Array<{ id: string; state: string }>;
+  async users(volumeId: string): Promise<Array<{ id: string; state: string }>> {
+    const mounts =
+      this.sql.dialect === 'postgres'
+        ? `sandboxes.volumes::jsonb @> jsonb_build_array(jsonb_build_object('volumeId', ?::text))`
+        : `EXISTS (SELECT 1 FROM json_each(sandboxes.volumes) WHERE json_extract(json_each.value, '$.volumeId') = ?)`;
+    return this.sql.all<{ id: string; state: string }>(`SELECT id, state FROM sandboxes WHERE state NOT IN ('killed', 'failed') AND ${mounts} ORDER BY created_at, id`, [
+      volumeId,
+    ]);
   }
 }

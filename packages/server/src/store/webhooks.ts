@@ -1,4 +1,4 @@
-import type { Db } from './db.js';
+import { insertSql, type Sql } from './sql.js';
 
 export interface WebhookRecord {
   id: string;
@@ -71,35 +71,41 @@ const delivery = (r: DeliveryRow): DeliveryRecord => ({
 
 /** Webhook subscriptions and their outbox / delivery log (rows added by EventStore.append). */
 export class WebhookStore {
-  constructor(private readonly db: Db) {}
+  constructor(private readonly sql: Sql) {}
 
-  insert(w: WebhookRecord): void {
-    this.db.prepare('INSERT INTO webhooks (id, url, events, secret, created_at) VALUES (?, ?, ?, ?, ?)').run(w.id, w.url, JSON.stringify(w.events), w.secret, w.createdAt);
+  async insert(w: WebhookRecord): Promise<void> {
+    await this.sql.run(...insertSql('webhooks', { id: w.id, url: w.url, events: JSON.stringify(w.events), secret: w.secret, created_at: w.createdAt }));
   }
 
-  get(id: string): WebhookRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM webhooks WHERE id = ?').get(id) as HookRow | undefined;
+  async get(id: string): Promise<WebhookRecord | undefined> {
+    const r = await this.sql.get<HookRow>('SELECT * FROM webhooks WHERE id = ?', [id]);
     return r ? hook(r) : undefined;
   }
 
-  list(): WebhookRecord[] {
-    return (this.db.prepare('SELECT * FROM webhooks ORDER BY created_at, id').all() as HookRow[]).map(hook);
+  async list(): Promise<WebhookRecord[]> {
+    return (await this.sql.all<HookRow>('SELECT * FROM webhooks ORDER BY created_at, id')).map(hook);
   }
 
-  count(): number {
-    return (this.db.prepare('SELECT COUNT(*) AS n FROM webhooks').get() as { n: number }).n;
+  async count(): Promise<number> {
+    return Number((await this.sql.get<{ n: number }>('SELECT COUNT(*) AS n FROM webhooks'))!.n);
   }
 
   /** Deletes a webhook and its deliveries (pending ones are never sent). */
-  delete(id: string): boolean {
-    return this.db.prepare('DELETE FROM webhooks WHERE id = ?').run(id).changes === 1;
+  async delete(id: string): Promise<boolean> {
+    return (await this.sql.run('DELETE FROM webhooks WHERE id = ?', [id])) === 1;
+  }
+
+  async delivery(id: number): Promise<DeliveryRecord | undefined> {
+    const r = await this.sql.get<DeliveryRow>('SELECT * FROM webhook_deliveries WHERE id = ?', [id]);
+    return r ? delivery(r) : undefined;
   }
 
   /** A webhook's deliveries, newest first, older than `before` (a delivery id) when given. */
-  deliveries(webhookId: string, limit: number, before?: number): DeliveryRecord[] {
-    const rows = this.db
-      .prepare(`SELECT * FROM webhook_deliveries WHERE webhook_id = ? ${before !== undefined ? 'AND id < ?' : ''} ORDER BY id DESC LIMIT ?`)
-      .all(...(before !== undefined ? [webhookId, before, limit] : [webhookId, limit])) as DeliveryRow[];
+  async deliveries(webhookId: string, limit: number, before?: number): Promise<DeliveryRecord[]> {
+    const rows = await this.sql.all<DeliveryRow>(
+      `SELECT * FROM webhook_deliveries WHERE webhook_id = ? ${before !== undefined ? 'AND id < ?' : ''} ORDER BY id DESC LIMIT ?`,
+      before !== undefined ? [webhookId, before, limit] : [webhookId, limit],
+    );
     return rows.map(delivery);
   }
 
@@ -107,46 +113,41 @@ export class WebhookStore {
    * For each webhook, its oldest pending delivery when that one is due by `now`: deliveries of one
    * webhook go out one at a time, in event order (a later one waits while an earlier one is retried).
    */
-  due(now: number): DeliveryRecord[] {
-    const rows = this.db
-      .prepare(
-        `SELECT d.* FROM webhook_deliveries d
-         JOIN (SELECT webhook_id, MIN(id) AS id FROM webhook_deliveries WHERE status = 'pending' GROUP BY webhook_id) h ON h.id = d.id
-         WHERE d.next_attempt_at <= ? ORDER BY d.id`,
-      )
-      .all(now) as DeliveryRow[];
+  async due(now: number): Promise<DeliveryRecord[]> {
+    const rows = await this.sql.all<DeliveryRow>(
+      `SELECT d.* FROM webhook_deliveries d
+       JOIN (SELECT webhook_id, MIN(id) AS id FROM webhook_deliveries WHERE status = 'pending' GROUP BY webhook_id) h ON h.id = d.id
+       WHERE d.next_attempt_at <= ? ORDER BY d.id`,
+      [now],
+    );
     return rows.map(delivery);
   }
 
   /** When the next pending delivery of any webhook is due (undefined: none pending). */
-  nextDueAt(): number | undefined {
-    const r = this.db
-      .prepare(
-        `SELECT MIN(d.next_attempt_at) AS at FROM webhook_deliveries d
-         JOIN (SELECT webhook_id, MIN(id) AS id FROM webhook_deliveries WHERE status = 'pending' GROUP BY webhook_id) h ON h.id = d.id`,
-      )
-      .get() as { at: number | null };
-    return r.at ?? undefined;
+  async nextDueAt(): Promise<number | undefined> {
+    const r = await this.sql.get<{ at: number | null }>(
+      `SELECT MIN(d.next_attempt_at) AS at FROM webhook_deliveries d
+       JOIN (SELECT webhook_id, MIN(id) AS id FROM webhook_deliveries WHERE status = 'pending' GROUP BY webhook_id) h ON h.id = d.id`,
+    );
+    return r?.at ?? undefined;
   }
 
   /** Records an attempt: delivered, retried at `nextAttemptAt`, or given up (failed). */
-  attempted(id: number, r: { at: number; status: DeliveryStatus; responseStatus: number | null; error: string | null; nextAttemptAt: number }): void {
-    this.db
-      .prepare(
-        `UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, last_attempt_at = ?, response_status = ?, error = ?, next_attempt_at = ?,
-           finished_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END
-         WHERE id = ?`,
-      )
-      .run(r.status, r.at, r.responseStatus, r.error, r.nextAttemptAt, r.status, r.at, id);
+  async attempted(id: number, r: { at: number; status: DeliveryStatus; responseStatus: number | null; error: string | null; nextAttemptAt: number }): Promise<void> {
+    await this.sql.run(
+      `UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, last_attempt_at = ?, response_status = ?, error = ?, next_attempt_at = ?,
+         finished_at = CASE WHEN ? = 'pending' THEN NULL ELSE CAST(? AS BIGINT) END
+       WHERE id = ?`,
+      [r.status, r.at, r.responseStatus, r.error, r.nextAttemptAt, r.status, r.at, id],
+    );
   }
 
   /** Keeps a webhook's latest `keep` finished deliveries (the log is bounded per webhook). */
-  trim(webhookId: string, keep: number): void {
-    this.db
-      .prepare(
-        `DELETE FROM webhook_deliveries WHERE webhook_id = ? AND status != 'pending'
-           AND id <= (SELECT id FROM webhook_deliveries WHERE webhook_id = ? AND status != 'pending' ORDER BY id DESC LIMIT 1 OFFSET ?)`,
-      )
-      .run(webhookId, webhookId, keep);
+  async trim(webhookId: string, keep: number): Promise<void> {
+    await this.sql.run(
+      `DELETE FROM webhook_deliveries WHERE webhook_id = ? AND status != 'pending'
+         AND id <= (SELECT id FROM webhook_deliveries WHERE webhook_id = ? AND status != 'pending' ORDER BY id DESC LIMIT 1 OFFSET ?)`,
+      [webhookId, webhookId, keep],
+    );
   }
 }
