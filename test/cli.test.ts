@@ -137,7 +137,7 @@ describe('nullspace CLI command groups, end to end', () => {
     expect((await ok(['sandbox', 'pause', id])).trim()).toBe(hib.snapshotId);
     expect(await ok(['sandbox', 'resume', id])).toBe(`${id} running\n`);
     expect(await ok(['sandbox', 'exec', id, '--', 'cat /workspace/gen /workspace/late; hostname'])).toBe(`one\nunsynced\n${id}\n`);
-  });
+  }, 360_000); // (fork, hibernate, pause and resume in a row: minutes under TCG on a loaded 2-core host)
 
   it('volume create, list, info, delete; sandbox create --volume', async () => {
     const name = `cli-vol-${randomBytes(4).toString('hex')}`;

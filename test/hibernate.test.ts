@@ -267,7 +267,7 @@ describe('hibernation across server crashes', () => {
     expect(await finalSbx.files.read('/workspace/c')).toBe('C');
     expect((await finalSbx.commands.run('echo alive')).stdout).toBe('alive\n');
     await finalSbx.kill();
-  });
+  }, 360_000); // (three server starts and several captures: near 180 s on a loaded 2-core host)
 
   it('QEMU dying during hibernation ends the sandbox failed with a reason, never silently running', async () => {
     const dataDir = tempDataDir();
