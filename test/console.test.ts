@@ -1,13 +1,15 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
 import { apiKey, apiUrl } from './helpers.js';
-import { cleanupDataDir, ownServer, tempDataDir } from './servers.js';
+import { cleanupDataDir, exited, ownServer, tempDataDir } from './servers.js';
 
 /** Screenshots of the main pages (gitignored; two of them are copied to docs/img by hand). */
 const ARTIFACTS = path.resolve(__dirname, '../test-artifacts/console');
+const CLI = path.resolve(__dirname, '../packages/cli/dist/main.js');
 
 async function launch(): Promise<Browser> {
   const { chromium } = await import('playwright-core');
@@ -109,12 +111,15 @@ describe('web console', () => {
     const row = page.locator(`tr[data-id="${id}"]`);
     await row.locator('td.state:has-text("running")').waitFor();
     // its CPU and memory from the metrics (a sample every 2 s here)
-    await row.locator('td:nth-child(6)', { hasText: /^\d+%$/ }).waitFor({ timeout: 60_000 });
+    await row.locator('td.cpu', { hasText: /^\d+%$/ }).waitFor({ timeout: 60_000 });
+    // the host it runs on (the server's own: placement on joined hosts is not built)
+    expect(await row.locator('td.host').textContent()).toBe('local');
     await shot(page, 'sandboxes');
 
     // the sandbox page: a terminal (type, read back), then files written by it, downloaded
     await row.locator(`a[href="#/sandboxes/${id}"]`).first().click();
     await page.waitForSelector('.term[data-state="connected"]', { timeout: 60_000 });
+    expect(await page.textContent('dl.kv dt:has-text("Host") + dd')).toBe('local');
     await page.click('.term');
     await page.keyboard.type('echo hello');
     await page.keyboard.press('Enter');
@@ -228,5 +233,80 @@ describe('web console', () => {
 
     // the key never went into a URL
     expect(requests.filter((u) => u.includes(server.key))).toEqual([]);
+  });
+
+  it('in Chromium: the Hosts page lists the server (local, ready) and a host that joined it; Drain, confirmed, makes that one draining in place', async () => {
+    const dataDir = tempDataDir();
+    cleanupDataDir(dataDir);
+    const hostDir = tempDataDir();
+    cleanupDataDir(hostDir);
+    const joinToken = `join-${randomBytes(16).toString('hex')}`;
+    const server = await ownServer(dataDir, { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0', NULLSPACE_JOIN_TOKEN: joinToken, NULLSPACE_HOST_HEARTBEAT_MS: '1000' });
+    const auth = { authorization: `Bearer ${server.key}` };
+
+    // a runtime host on loopback (it runs no VM: no namespace needed), its own data and run dirs
+    const hostProc = spawn(process.execPath, [CLI, 'host', '--control', server.url, '--join-token', joinToken, '--data-dir', hostDir, '--listen', '127.0.0.1:0'], {
+      env: { ...process.env, NULLSPACE_RUN_DIR: path.join(hostDir, 'run'), NULLSPACE_NETWORK_ISOLATION: 'off', NULLSPACE_LOG_LEVEL: 'warn', NULLSPACE_API_KEY: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    onTestFinished(async () => {
+      if (hostProc.exitCode === null && hostProc.signalCode === null) hostProc.kill('SIGKILL');
+      await exited(hostProc);
+    });
+    let out = '';
+    hostProc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    hostProc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    const hostId = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`nullspace host did not join in 60 s: ${out}`)), 60_000);
+      const check = () => {
+        const m = / host (host_[0-9a-z]+) listening/.exec(out);
+        if (m) (clearTimeout(timer), resolve(m[1]!));
+      };
+      hostProc.stdout!.on('data', check);
+      hostProc.once('exit', (code) => (clearTimeout(timer), reject(new Error(`nullspace host exited (${code}): ${out}`))));
+    });
+    const hosts = (await (await fetch(`${server.url}/v1/hosts`, { headers: auth })).json()) as { hosts: Array<{ hostId: string; fingerprint: { accel: string; cpuModel: string } }> };
+    expect(hosts.hosts.map((h) => h.hostId)).toEqual(['local', hostId]);
+    const local = hosts.hosts[0]!;
+
+    const browser = await launch();
+    const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+    onTestFinished(async ({ task }) => {
+      if (task.result?.state === 'fail') await shot(page, 'failure-hosts').catch(() => {});
+    });
+    await page.goto(`${server.url}/`);
+    await page.fill('#apikey', server.key);
+    await page.click('button[type=submit]');
+    await page.waitForSelector('h1:has-text("Sandboxes")');
+    await page.click('nav a:has-text("Hosts")');
+    await page.waitForSelector('h1:has-text("Hosts")');
+
+    // the server itself: ready, its fingerprint, no drain
+    const localRow = page.locator('tr[data-host="local"]');
+    await localRow.locator('td.state .badge:has-text("ready")').waitFor();
+    const cells = await localRow.locator('td').allTextContents();
+    expect(cells[2]).toBe(local.fingerprint.accel);
+    expect(cells[3]).toContain(local.fingerprint.cpuModel);
+    expect(cells[7]).toBe('0');
+    expect(cells[8]).toMatch(/^\d+s ago$/);
+    expect(await localRow.locator('button:has-text("Drain")').isDisabled()).toBe(true);
+
+    // the joined host: ready, then drained (confirmed) from the page: its row changes in place from
+    // the drain's answer (no reload: a marker set in the page survives), as the API then says
+    const row = page.locator(`tr[data-host="${hostId}"]`);
+    await row.locator('td.state .badge:has-text("ready")').waitFor();
+    await shot(page, 'hosts');
+    await page.evaluate(() => ((globalThis as unknown as { marker: number }).marker = 7));
+    await row.locator('button:has-text("Drain")').focus();
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('dialog.confirm[open]');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector(`p.status:has-text("${hostId} is draining")`);
+    await row.locator('td.state .badge:has-text("draining")').waitFor();
+    expect(await row.locator('button:has-text("Drain")').isDisabled()).toBe(true);
+    expect(await page.evaluate(() => (globalThis as unknown as { marker?: number }).marker)).toBe(7);
+    const drained = (await (await fetch(`${server.url}/v1/hosts/${hostId}`, { headers: auth })).json()) as { state: string };
+    expect(drained.state).toBe('draining');
+    expect(await page.textContent('p.error')).toBe('');
   });
 });

@@ -153,11 +153,25 @@ export interface Sandbox {
   endedAt: string | null;
   endReason: string | null;
   errorCode: string | null;
-  host?: string;
+  hostId: string;
   network: { allowPublicTraffic: boolean; trafficAccessToken: string; previewDomain: string; previewScheme: string };
   volumes: Record<string, string>;
   pausedAt: string | null;
   remainingTimeoutMs: number | null;
+}
+
+export interface Host {
+  hostId: string;
+  state: 'ready' | 'draining' | 'lost';
+  url: string | null;
+  fingerprint: { qemuVersion: string; machine: string; accel: string; cpuModel: string; hostCpu: string; deviceSet: string; hostKernel: string };
+  capacity: { memoryMiB: number; availableMemoryMiB: number; vcpus: number; diskMiB: number; freeDiskMiB: number };
+  counts: { sandboxes: number };
+  epoch: number;
+  joinedAt: string;
+  lastHeartbeat: string;
+  lostAt: string | null;
+  fencedAt: string | null;
 }
 
 export interface Snapshot {

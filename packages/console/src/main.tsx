@@ -3,6 +3,7 @@ import { useEffect, useState } from 'preact/hooks';
 import '@xterm/xterm/css/xterm.css';
 import './style.css';
 import { get, raw, session, setUnauthorizedHandler } from './api.js';
+import { HostsPage } from './hosts.js';
 import { LineagePage } from './lineage.js';
 import { SandboxPage } from './sandbox.js';
 import { SandboxesPage } from './sandboxes.js';
@@ -50,6 +51,7 @@ const PAGES: Array<[string, string]> = [
   ['snapshots', 'Snapshots'],
   ['templates', 'Templates'],
   ['volumes', 'Volumes'],
+  ['hosts', 'Hosts'],
 ];
 
 function App() {
@@ -74,6 +76,7 @@ function App() {
   else if (page === 'snapshots') body = <LineagePage />;
   else if (page === 'templates') body = <TemplatesPage />;
   else if (page === 'volumes') body = <VolumesPage />;
+  else if (page === 'hosts') body = <HostsPage />;
   else body = <SandboxesPage />;
   return (
     <>

@@ -269,6 +269,10 @@ export function SandboxPage({ id }: { id: string }) {
             <dd>{duration(now - Date.parse(s.createdAt))}</dd>
             <dt>Ends in</dt>
             <dd>{s.state === 'running' && s.expiresAt ? duration(Date.parse(s.expiresAt) - now) : s.endReason ?? '—'}</dd>
+            <dt>Host</dt>
+            <dd class="mono">
+              <a href="#/hosts">{s.hostId}</a>
+            </dd>
             <dt>Volumes</dt>
             <dd class="mono">{Object.entries(s.volumes).map(([p, v]) => `${v} at ${p}`).join(', ') || 'none'}</dd>
           </dl>

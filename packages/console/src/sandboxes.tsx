@@ -209,7 +209,6 @@ export function SandboxesPage() {
   const list = [...rows.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt));
   const running = list.filter((s) => s.state === 'running').map((s) => s.sandboxId);
   const samples = useLatestSamples(running);
-  const showHost = list.some((s) => s.host);
   const done = (m: string) => {
     setStatus(m);
     void refresh().catch(() => {});
@@ -233,11 +232,11 @@ export function SandboxesPage() {
           <col class="c-id" />
           <col class="c-state" />
           <col class="c-template" />
-          {showHost && <col class="c-host" />}
+          <col class="c-host" />
           <col class="c-num" />
           <col class="c-num" />
           <col class="c-num" />
-          <col class="c-num" />
+          <col class="c-mem" />
           <col class="c-actions" />
         </colgroup>
         <thead>
@@ -245,7 +244,7 @@ export function SandboxesPage() {
             <th scope="col">Sandbox</th>
             <th scope="col">State</th>
             <th scope="col">Template</th>
-            {showHost && <th scope="col">Host</th>}
+            <th scope="col">Host</th>
             <th scope="col">Age</th>
             <th scope="col">Ends in</th>
             <th scope="col">CPU</th>
@@ -277,10 +276,14 @@ export function SandboxesPage() {
                 <td class="mono ellipsis" title={s.snapshotId ? `from snapshot ${s.snapshotId}` : s.template}>
                   {s.template}
                 </td>
-                {showHost && <td>{s.host ?? ''}</td>}
+                <td class="mono ellipsis host">
+                  <a href="#/hosts" title={`${s.sandboxId} runs on ${s.hostId}`}>
+                    {s.hostId}
+                  </a>
+                </td>
                 <td class="num">{duration(now - Date.parse(s.createdAt))}</td>
                 <td class="num">{endsIn}</td>
-                <td class="num">{m ? `${m.cpuUsedPct.toFixed(0)}%` : '—'}</td>
+                <td class="num cpu">{m ? `${m.cpuUsedPct.toFixed(0)}%` : '—'}</td>
                 <td class="num">{m ? `${bytes(m.memUsedBytes)} / ${bytes(m.memTotalBytes)}` : '—'}</td>
                 <td>{!ended && <SandboxActions s={s} onError={setError} onDone={done} compact />}</td>
               </tr>
