@@ -127,8 +127,8 @@ describe('beside /v1', () => {
 });
 
 describe('E2B SDK (2.51.0): what is not supported answers a clear error', () => {
-  it('updateNetwork: 501 naming the feature; a filesystem-only pause or a reboot on connect: 400', async () => {
-    await expect(Sandbox.updateNetwork(sbx.sandboxId, { denyOut: ['0.0.0.0/0'] } as never)).rejects.toThrow(/501: updating the network is not supported/);
+  it('an egress proxy in network: 501 naming the feature; a filesystem-only pause or a reboot on connect: 400', async () => {
+    await expect(Sandbox.updateNetwork(sbx.sandboxId, { egressProxy: { address: 'proxy.example.test:1080' } } as never)).rejects.toThrow(/501: network.egressProxy is not supported/);
     await expect(Sandbox.pause(sbx.sandboxId, { keepMemory: false } as never)).rejects.toThrow(/filesystem-only pause/);
     await expect(Sandbox.connect(sbx.sandboxId, { onResume: 'reboot' } as never)).rejects.toThrow(/memory: false/);
     expect((await sbx.getInfo()).state).toBe('running');

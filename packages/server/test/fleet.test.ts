@@ -87,8 +87,12 @@ describe('FleetService', () => {
     const fp = report.fingerprint;
     const req = { qemuVersion: fp.qemuVersion, machine: fp.machine, accel: fp.accel, cpuModel: 'max', hostCpu: '', memoryMiB: 512, vcpus: 1, deviceSet: 'd', kernelRelease: 'x', agentVersion: 'y', template: 'base' };
     const hosts = await f.compatibility(req, { memoryMiB: 512, vcpus: 1 });
-    expect(hosts.map((h) => [h.hostId, h.compatible])).toEqual([['local', true], [other.hostId, false], [same.hostId, true]]);
-    expect(hosts[1]!.mismatches).toEqual([{ field: 'cpuModel', snapshot: 'max', host: 'qemu64' }]);
+    // (two joins in one millisecond list by id: compared by id, not by position)
+    const byId = new Map(hosts.map((h) => [h.hostId, h]));
+    expect(hosts.length).toBe(3);
+    expect(hosts[0]!.hostId).toBe('local');
+    expect([byId.get('local')?.compatible, byId.get(other.hostId)?.compatible, byId.get(same.hostId)?.compatible]).toEqual([true, false, true]);
+    expect(byId.get(other.hostId)!.mismatches).toEqual([{ field: 'cpuModel', snapshot: 'max', host: 'qemu64' }]);
     // the VM shape is compared as the local check does
     expect((await f.compatibility(req, { memoryMiB: 1024, vcpus: 1 }))[0]!.mismatches).toEqual([{ field: 'memoryMiB', snapshot: 512, host: 1024 }]);
   });
