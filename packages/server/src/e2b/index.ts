@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
-import { SANDBOX_ID_RE } from '@nullspace/runtime';
 import type { AppDeps } from '../api/deps.js';
+import { isSandboxId } from '../sandbox/manager.js';
 import { STREAM_TYPE } from './connect.js';
 import { controlRoutes } from './control.js';
 import { ENVD_PORT, envdHttpRoutes } from './envd.js';
@@ -43,7 +43,7 @@ export const e2bPortTraffic =
     if (port === undefined || port === ENVD_PORT) return undefined;
     const id = req.headers['e2b-sandbox-id'];
     const n = Number(port);
-    if (typeof port !== 'string' || !/^[0-9]{1,5}$/.test(port) || n < 1 || n > 65535 || typeof id !== 'string' || !SANDBOX_ID_RE.test(id)) {
+    if (typeof port !== 'string' || !/^[0-9]{1,5}$/.test(port) || n < 1 || n > 65535 || typeof id !== 'string' || !isSandboxId(id)) {
       const { status, body } = httpError(new E2bError(400, 'port traffic needs E2b-Sandbox-Id (a sandbox id) and E2b-Sandbox-Port (1 to 65535)'));
       return reply.status(status).type('application/json').send(body);
     }

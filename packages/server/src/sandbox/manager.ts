@@ -34,6 +34,11 @@ export type { MetricsSample } from './metrics.js';
 /** How long closing the server waits for lifecycle operations under way. */
 const CLOSE_WAIT_MS = 15_000;
 
+/** Whether `id` has the form of a sandbox id (for routes that take one from a header). */
+export function isSandboxId(id: string): boolean {
+  return SANDBOX_ID_RE.test(id);
+}
+
 /**
  * The sandboxes of this server: the facade the API routes use. Each concern is its own module in
  * this folder (docs/ARCHITECTURE.md has the map); every VM is reached through the `VmHost` seam.
