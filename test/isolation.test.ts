@@ -20,6 +20,9 @@ import { cleanupDataDir, exited, ownServer, tempDataDir, waitFor } from './serve
  * to this host's addresses and to that namespace.
  */
 
+/** What the probe prints when it reached a nullspace server's port: a status line, or the console page (200 at /). */
+const API_ANSWER = /^open (HTTP\/1\.[01] \d{3}|<!doctype html>)/;
+
 /** Run in the guest: connects to each [host, port] at once (10 s each), prints {"host port": "open <reply>" | "closed <errno>"}. */
 const PROBE = `
 import concurrent.futures, errno, json, socket, sys
@@ -170,8 +173,9 @@ describe('network isolation: a guest reaches no address of this host, no metadat
   beforeAll(async () => {
     for (const a of hostAddresses()) targets.push({ target: [a.guest, await listener(a.bind, token)], answer: new RegExp(`^open ${token}$`), what: `a listener on ${a.bind}` });
     targets.push({ target: await metadataNamespace(token), answer: new RegExp(`^open ${token}$`), what: 'the metadata address (in a namespace of the test)' });
-    // the suite server's API port (it listens on loopback): any HTTP answer means it was reached
-    targets.push({ target: ['10.0.2.2', Number(new URL(conn().apiUrl).port)], answer: /^open HTTP\/1\.[01] \d{3}/, what: "the suite server's API port" });
+    // the suite server's API port (it listens on loopback): any HTTP answer means it was reached (a
+    // status line, or for a 200 its body: the web console's page at /)
+    targets.push({ target: ['10.0.2.2', Number(new URL(conn().apiUrl).port)], answer: API_ANSWER, what: "the suite server's API port" });
     // the control: a server without the firewall, whose sandboxes reach all of the above
     // (started here, not with ownServer: a hook has no test to tie cleanups to)
     const dataDir = tempDataDir();
@@ -201,7 +205,7 @@ describe('network isolation: a guest reaches no address of this host, no metadat
       // the suite server's port is reached as well: only the firewall keeps guests off it
       expect(got[key(t.target)], t.what).toMatch(t.answer);
     }
-    expect(got[`10.0.2.2 ${new URL(control.url).port}`]).toMatch(/^open HTTP\/1\.[01] \d{3}/);
+    expect(got[`10.0.2.2 ${new URL(control.url).port}`]).toMatch(API_ANSWER);
   });
 
   for (const internet of [true, false]) {
