@@ -262,6 +262,23 @@ describe('E2B SDK: small gaps', () => {
     await expect(Sandbox.list({ query: { metadata: { e2bRun: RUN } }, order: 'desc' } as never).nextItems()).rejects.toThrow(/order .* is not supported/);
   });
 
+  it("a download is gzip-encoded when the client asks for gzip alone (the SDK's gzip: true), not for a library's default list", async () => {
+    await sbx.files.write('enc.txt', 'x'.repeat(100_000));
+    const token = ((await (await fetch(`${apiUrl()}/sandboxes/${sbx.sandboxId}`, { headers: { 'x-api-key': apiKey() } })).json()) as { envdAccessToken: string }).envdAccessToken;
+    const encoding = async (accept: string) => {
+      const r = await fetch(`${apiUrl()}/files?path=enc.txt&username=user`, {
+        headers: { 'accept-encoding': accept, 'e2b-sandbox-id': sbx.sandboxId, 'e2b-sandbox-port': '49983', 'x-access-token': token },
+      });
+      const body = await r.text();
+      expect(body).toBe('x'.repeat(100_000));
+      return r.headers.get('content-encoding');
+    };
+    expect(await encoding('gzip')).toBe('gzip');
+    expect(await encoding('gzip, deflate')).toBeNull();
+    expect(await encoding('identity')).toBeNull();
+    expect(Buffer.from(await sbx.files.read('enc.txt', { format: 'bytes', gzip: true })).toString()).toBe('x'.repeat(100_000));
+  });
+
   it("the login shell E2B runs every command in (bash -l -c) starts no subprocess of its own, and keeps Debian's PATHs", async () => {
     // (Debian's /etc/profile ran `$(id -u)`; base's uses bash's $EUID)
     expect((await sbx.commands.run('bash -lxc true 2>&1 | grep -c "id -u" || true')).stdout).toBe('0\n');

@@ -124,7 +124,11 @@ export function envdHttpRoutes(app: FastifyInstance, deps: AppDeps): void {
     const q = req.query as Record<string, unknown>;
     const user = filesUser(q.username);
     const file = resolvePath(q.path, user);
-    const gzip = /\bgzip\b/.test(header(req, 'accept-encoding') ?? '');
+    // compressed only when the client asks for gzip alone (the SDK's `gzip: true`): an HTTP library's
+    // default list ("gzip, deflate") gets the bytes as they are, which HTTP always allows; compressing
+    // costs more than it saves on incompressible files and fast links
+    const codings = (header(req, 'accept-encoding') ?? '').split(',').map((c) => c.split(';')[0]!.trim().toLowerCase()).filter(Boolean);
+    const gzip = codings.length === 1 && codings[0] === 'gzip';
     const gone = clientGone(reply.raw);
     const { agent, done } = await deps.sandboxes.agentFor(id, 'files');
     let body: Awaited<ReturnType<typeof readFile>>;
