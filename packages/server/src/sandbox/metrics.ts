@@ -105,12 +105,17 @@ export class MetricsSampler {
     }
   }
 
+  /** Sandbox `id`'s series as its file has it (the ring's last MAX_SAMPLES). */
+  private stored(id: string): Series {
+    const samples = readSamples(this.ctx.layout.metricsFile(id));
+    return { samples: samples.slice(-MAX_SAMPLES), fileLines: samples.length };
+  }
+
   /** Sandbox `id`'s series: in memory, else as its file has it (after a restart or a hibernation). */
   private seriesOf(id: string): Series {
     let s = this.series.get(id);
     if (!s) {
-      const samples = readSamples(this.ctx.layout.metricsFile(id));
-      s = { samples: samples.slice(-MAX_SAMPLES), fileLines: samples.length };
+      s = this.stored(id);
       this.series.set(id, s);
     }
     return s;
@@ -122,7 +127,7 @@ export class MetricsSampler {
 
   /** The samples of sandbox `id` within [start, end] (ms), oldest first. */
   samples(id: string, start = 0, end = Number.MAX_SAFE_INTEGER): MetricsSample[] {
-    const samples = this.series.get(id)?.samples ?? readSamples(this.ctx.layout.metricsFile(id)).slice(-MAX_SAMPLES);
+    const { samples } = this.series.get(id) ?? this.stored(id);
     return samples.filter((x) => x.at >= start && x.at <= end);
   }
 
