@@ -6,11 +6,13 @@
 #   cluster.sh up N     starts it; prints `export NULLSPACE_API_URL=...` / `export NULLSPACE_API_KEY=...`
 #   cluster.sh down     stops and removes exactly what `up` made (processes, namespaces, links, files)
 #   cluster.sh status   what runs, and GET /v1/hosts
+#   cluster.sh restart-cp  kills the control plane (SIGKILL) and starts it again on the same store
 #
 # Settings (environment): NULLSPACE_CLUSTER_DIR (default $NULLSPACE_HOME/cluster, at most 40 bytes),
 # NULLSPACE_CLUSTER_NAME (prefix of every namespace and link, 2-9 of [a-z0-9], default nsf),
 # NULLSPACE_CLUSTER_NET (0-255: the cluster uses 10.214.NET.0/24, default 0), NULLSPACE_CLUSTER_PORT
-# (the control plane's, default 7070); NULLSPACE_HOST_HEARTBEAT_MS and the rest pass through.
+# (the control plane's, default 7070), NULLSPACE_CLUSTER_DB (postgres, the default: a PostgreSQL of
+# the cluster's own under its dir; or sqlite); NULLSPACE_HOST_HEARTBEAT_MS and the rest pass through.
 #
 # Addresses: the control plane listens on 10.214.NET.1 (a link NAME-cp); host i (1..N, N <= 62)
 # is 10.214.NET.(4i+2) in namespace NAME-hI, on a veth whose root end NAME-hI is 10.214.NET.(4i+1)/30.
@@ -28,7 +30,7 @@ HOST_PORT=7071
 UIDS_PER=1000
 CLI="$NS_REPO/packages/cli/dist/main.js"
 
-usage() { sed -n '6,8p' "$0" | sed 's/^# *//' >&2; exit 2; }
+usage() { sed -n '6,9p' "$0" | sed 's/^# *//' >&2; exit 2; }
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -38,6 +40,9 @@ die() { log "$*"; exit 1; }
 case "$DIR" in /*) ;; *) die "the cluster dir must be an absolute path: '$DIR'" ;; esac
 
 CP_ADDR="10.214.$NET.1"
+PG_BIN="${NULLSPACE_PG_BIN:-/usr/lib/postgresql/15/bin}"
+# preview URLs: <port>-<sandbox>.$DOMAIN, served by the control plane (which forwards to the host)
+DOMAIN="${NULLSPACE_PUBLIC_DOMAIN:-localhost:$PORT}"
 UID_BASE=$((4000000 + NET * 70000))
 STATE="$DIR/cluster.state"
 
@@ -86,7 +91,11 @@ down() {
   for t in $(nft list tables 2>/dev/null | awk '{print $3}' | grep -E "^nullspace_${UID_BASE}_${UIDS_PER}(_[a-z]+)?\$" || true); do
     nft delete table inet "$t" 2>/dev/null || true
   done
-  # PostgreSQL (pgstore): stop the cluster's database here, before its files go
+  # the cluster's PostgreSQL (its postmaster's command line names the cluster dir: already
+  # signalled above; pg_ctl makes sure, before its files go)
+  if [ -f "$DIR/pg/data/postmaster.pid" ]; then
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$DIR/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
   rm -rf "$DIR"
   local left
   left="$(cluster_pids)$(cluster_netns)$(cluster_links)"
@@ -111,6 +120,37 @@ ready_hosts() { # count of joined hosts in state ready
 
 hosts_ready() { [ "$(ready_hosts)" = "$1" ]; }
 
+# starts the control plane (settings: API_KEY, JOIN_TOKEN, DB_URL; its log is appended to)
+start_cp() {
+  local db_args=()
+  [ -z "${DB_URL:-}" ] || db_args=(--database "$DB_URL")
+  # (every sandbox goes to a host: the control plane runs none itself; preview URLs are the
+  # control plane's, on every host too)
+  NULLSPACE_API_KEY="$API_KEY" NULLSPACE_JOIN_TOKEN="$JOIN_TOKEN" NULLSPACE_WARM_POOL="${NULLSPACE_WARM_POOL:-0}" \
+    NULLSPACE_LOCAL_SANDBOXES="${NULLSPACE_LOCAL_SANDBOXES:-0}" NULLSPACE_PUBLIC_DOMAIN="$DOMAIN" \
+    NULLSPACE_RUN_DIR="$DIR/run-cp" NULLSPACE_VM_UID_BASE="$UID_BASE" NULLSPACE_VM_UID_COUNT="$UIDS_PER" \
+    setsid node "$CLI" serve --host "$CP_ADDR" --port "$PORT" --data-dir "$DIR/cp" "${db_args[@]}" </dev/null >>"$DIR/cp.log" 2>&1 &
+  wait_for "the control plane (see $DIR/cp.log)" 60 curl -fsS -H "authorization: Bearer $API_KEY" "http://$CP_ADDR:$PORT/v1/health"
+}
+
+# stops the control plane (SIGKILL: as a crash would) and starts it again on the same store; the
+# hosts and their sandboxes run on meanwhile
+restart_cp() {
+  local p i
+  [ -f "$STATE" ] || die "no cluster in $DIR"
+  # shellcheck disable=SC1090
+  source "$STATE"
+  for p in $(cluster_pids); do
+    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q " serve .*--data-dir $DIR/cp"; then kill -KILL "$p"; fi
+  done
+  for i in $(seq 1 50); do
+    curl -fsS -m 1 -H "authorization: Bearer $API_KEY" "$API_URL/v1/health" >/dev/null 2>&1 || break
+    sleep 0.1
+  done
+  start_cp
+  log "control plane restarted"
+}
+
 up() {
   local n="$1" i ns token
   [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 62 ] || die "N must be 1-62, got '$n'"
@@ -129,9 +169,22 @@ up() {
   printf 'NAME=%s\nNET=%s\nN=%s\nPORT=%s\nAPI_URL=http://%s:%s\nAPI_KEY=%s\nJOIN_TOKEN=%s\n' "$NAME" "$NET" "$n" "$PORT" "$CP_ADDR" "$PORT" "$API_KEY" "$token" >"$STATE"
   chmod 0600 "$STATE"
 
-  # PostgreSQL (pgstore): start the cluster's database here (its data under $DIR/pg, a private
-  # socket or port) and pass `--database postgres://...` to the control plane below. Until then the
-  # control plane keeps its store in SQLite in $DIR/cp.
+  # the control plane's store: PostgreSQL from Debian's package, its data under $DIR/pg, listening
+  # only on a unix socket there (NULLSPACE_CLUSTER_DB=sqlite: SQLite in $DIR/cp instead)
+  local db_args=()
+  if [ "${NULLSPACE_CLUSTER_DB:-postgres}" = postgres ]; then
+    [ -x "$PG_BIN/initdb" ] || die "PostgreSQL is not installed ($PG_BIN/initdb): scripts/setup.sh installs the postgresql package"
+    mkdir -p "$DIR/pg"
+    chown postgres: "$DIR/pg"
+    chmod 0700 "$DIR/pg"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$DIR/pg/data" -U nullspace --auth=trust -E UTF8 --no-instructions >"$DIR/pg-init.log" 2>&1 ||
+      die "initdb failed (see $DIR/pg-init.log)"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w -t 60 \
+      -o "-c listen_addresses='' -k $DIR/pg -c max_connections=200" start >/dev/null ||
+      die "PostgreSQL did not start (see $DIR/pg/log)"
+    db_args=(--database "postgres://nullspace@localhost/postgres?host=$DIR/pg")
+    log "PostgreSQL on $DIR/pg"
+  fi
 
   # the control plane's address on a link of its own (a veth pair whose ends both stay here: the
   # dummy link type is not in every kernel)
@@ -140,10 +193,8 @@ up() {
   ip link set "$NAME-cq" up
   ip link set "$NAME-cp" up
   log "control plane on http://$CP_ADDR:$PORT"
-  NULLSPACE_API_KEY="$API_KEY" NULLSPACE_JOIN_TOKEN="$token" NULLSPACE_WARM_POOL="${NULLSPACE_WARM_POOL:-0}" \
-    NULLSPACE_RUN_DIR="$DIR/run-cp" NULLSPACE_VM_UID_BASE="$UID_BASE" NULLSPACE_VM_UID_COUNT="$UIDS_PER" \
-    setsid node "$CLI" serve --host "$CP_ADDR" --port "$PORT" --data-dir "$DIR/cp" </dev/null >"$DIR/cp.log" 2>&1 &
-  wait_for "the control plane (see $DIR/cp.log)" 60 curl -fsS -H "authorization: Bearer $API_KEY" "http://$CP_ADDR:$PORT/v1/health"
+  printf 'DB_URL=%s\n' "${db_args[1]:-}" >>"$STATE"
+  JOIN_TOKEN="$token" DB_URL="${db_args[1]:-}" start_cp
 
   for i in $(seq 1 "$n"); do
     ns="$NAME-h$i"
@@ -155,7 +206,8 @@ up() {
     ip -n "$ns" addr add "$(host_addr "$i")/30" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" route add default via "$(gw_addr "$i")"
-    NULLSPACE_JOIN_TOKEN="$token" NULLSPACE_RUN_DIR="$DIR/run-h$i" \
+    NULLSPACE_JOIN_TOKEN="$token" NULLSPACE_RUN_DIR="$DIR/run-h$i" NULLSPACE_WARM_POOL="${NULLSPACE_WARM_POOL:-0}" \
+      NULLSPACE_PUBLIC_DOMAIN="$DOMAIN" \
       NULLSPACE_VM_UID_BASE=$((UID_BASE + i * UIDS_PER)) NULLSPACE_VM_UID_COUNT="$UIDS_PER" \
       setsid ip netns exec "$ns" node "$CLI" host --control "http://$CP_ADDR:$PORT" --data-dir "$DIR/h$i" \
       --listen "$(host_addr "$i"):$HOST_PORT" </dev/null >"$DIR/h$i.log" 2>&1 &
@@ -181,5 +233,6 @@ case "${1:-}" in
   up) [ $# -eq 2 ] || usage; up "$2" ;;
   down) [ $# -eq 1 ] || usage; down ;;
   status) [ $# -eq 1 ] || usage; status ;;
+  restart-cp) [ $# -eq 1 ] || usage; restart_cp ;;
   *) usage ;;
 esac

@@ -32,6 +32,8 @@ const env = {
   NULLSPACE_HOST_HEARTBEAT_MS: String(HEARTBEAT_MS),
   NULLSPACE_HOST_LOST_AFTER: String(LOST_AFTER),
   NULLSPACE_LOG_LEVEL: 'info',
+  // (this file reads the control plane's records in its SQLite file; fleet-vms.test.ts runs on PostgreSQL)
+  NULLSPACE_CLUSTER_DB: 'sqlite',
 };
 
 /** Runs a command to its end without blocking this process. */
@@ -207,13 +209,13 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
     expect(rows).toHaveLength(3);
     for (const row of rows) {
       for (const headers of [{} as Record<string, string>, { authorization: `Bearer ${key}` }, { authorization: 'Bearer wrong' }, { authorization: `Bearer ${rows.find((r) => r.id !== row.id)!.control_credential}` }]) {
-        const res = await fetch(`${row.url}/v1/host`, { headers });
+        const res = await fetch(`${row.url}/v1/sandboxes`, { headers });
         expect(res.status, `${row.url} ${JSON.stringify(headers)}`).toBe(401);
         expect(((await res.json()) as { error: { code: string } }).error.code).toBe('unauthorized');
       }
-      const res = await fetch(`${row.url}/v1/host`, { headers: { authorization: `Bearer ${row.control_credential}` } });
+      const res = await fetch(`${row.url}/v1/sandboxes`, { headers: { authorization: `Bearer ${row.control_credential}` } });
       expect(res.status).toBe(200);
-      expect(((await res.json()) as { hostId: string }).hostId).toBe(row.id);
+      expect(((await res.json()) as { sandboxes: unknown[] }).sandboxes).toEqual([]);
     }
   });
 

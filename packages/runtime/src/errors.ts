@@ -69,6 +69,8 @@ export const PUBLIC_ERROR_CODES = [
   'template_exists',
   // a host joins a control plane started without a join token
   'fleet_disabled',
+  // a snapshot no ready host of the fleet can restore (each host's mismatches in details.hosts)
+  'no_compatible_host',
   // 409: a preview URL of a hibernated sandbox that does not wake on requests
   'sandbox_paused',
   // 410: a preview URL of a sandbox that ended
@@ -91,6 +93,9 @@ export const PUBLIC_ERROR_CODES = [
   'insufficient_memory',
   'agent_unavailable',
   'shutting_down',
+  // a sandbox's or snapshot's host is lost or did not answer; every copy of a snapshot is on lost hosts
+  'host_unavailable',
+  'snapshot_unavailable',
   'no_space',
   // 500: failures of the guest or the host, reported with their own code
   'internal',

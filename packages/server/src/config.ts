@@ -127,6 +127,14 @@ export interface Config {
     heartbeatMs: number;
     /** A host that misses this many heartbeats in a row is lost (NULLSPACE_HOST_LOST_AFTER, default 3). */
     lostAfter: number;
+    /**
+     * Whether the control plane runs sandboxes itself as well (host `local`), beside its joined
+     * hosts: NULLSPACE_LOCAL_SANDBOXES (default true; `scripts/cluster.sh` runs a control plane
+     * without, so that every sandbox goes to a host).
+     */
+    localSandboxes: boolean;
+    /** How many hosts keep a copy of each reusable snapshot (NULLSPACE_SNAPSHOT_REPLICAS, default 1: the one that took it). */
+    replicas: number;
   };
   /** Test-only fault injection (NULLSPACE_FAULT_INJECTION), e.g. "kill-vm-during-snapshot". */
   faultInjection: string | undefined;
@@ -279,6 +287,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Conf
       joinToken,
       heartbeatMs: int(env, 'NULLSPACE_HOST_HEARTBEAT_MS', 5000, 100, 3600_000),
       lostAfter: int(env, 'NULLSPACE_HOST_LOST_AFTER', 3, 1, 1000),
+      localSandboxes: env.NULLSPACE_LOCAL_SANDBOXES === undefined || env.NULLSPACE_LOCAL_SANDBOXES === '' ? true : bool(env, 'NULLSPACE_LOCAL_SANDBOXES'),
+      replicas: int(env, 'NULLSPACE_SNAPSHOT_REPLICAS', 1, 1, 16),
     },
     faultInjection: env.NULLSPACE_FAULT_INJECTION || undefined,
     lifecycleTrace: env.NULLSPACE_LIFECYCLE_TRACE ? path.resolve(env.NULLSPACE_LIFECYCLE_TRACE) : undefined,

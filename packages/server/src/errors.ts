@@ -59,6 +59,9 @@ const STATUS: Record<PublicErrorCode, number> = {
   join_token_invalid: 401,
   host_credential_invalid: 401,
   fleet_disabled: 409,
+  no_compatible_host: 409,
+  host_unavailable: 503,
+  snapshot_unavailable: 503,
   // not http(s), credentials in it, or (unless NULLSPACE_WEBHOOK_ALLOW_PRIVATE) a loopback/private host
   invalid_webhook_url: 400,
   image_not_found: 404,

@@ -19,10 +19,13 @@ import { TemplateService } from './templates/service.js';
 import { Preview, previewServer } from './preview/proxy.js';
 import { FleetService } from './fleet/service.js';
 import { hostCapacity, hostFingerprint } from './fleet/identity.js';
+import { FleetRouter } from './fleet/router.js';
+import { startRuntimeHost as runtimeHost, type RunningHost, type RuntimeHostOptions } from './fleet/hostd.js';
+import { CONTROL_HEADER, matchesDigest, newSecret } from './fleet/credentials.js';
 
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
-export { startRuntimeHost, CREDENTIALS_FILE, type RunningHost } from './fleet/hostd.js';
+export { CREDENTIALS_FILE, type RunningHost } from './fleet/hostd.js';
 export { createLogger } from './log.js';
 export { httpStatusFor, isPublicCode } from './errors.js';
 export { STATES, canTransition, type SandboxState } from './sandbox/lifecycle.js';
@@ -41,6 +44,8 @@ export interface RunningServer {
   apiKeySource: string;
   host: HostContext;
   log: Logger;
+  /** How many sandboxes this server runs now. */
+  sandboxCount(): number;
   /** Stops serving. Sandbox VMs keep running; a server started on the same data dir re-adopts them. */
   close(): Promise<void>;
 }
@@ -48,10 +53,28 @@ export interface RunningServer {
 /** How long `close` waits for requests in flight before it cuts their connections. */
 const CLOSE_GRACE_MS = 2000;
 
-export async function startServer(config: Config, opts: { log?: Logger } = {}): Promise<RunningServer> {
+/** `nullspace host`: a runtime host of a fleet, running this server's code (fleet/hostd.ts). */
+export function startRuntimeHost(opts: Omit<RuntimeHostOptions, 'startServer'>): Promise<RunningHost> {
+  return runtimeHost({ ...opts, startServer });
+}
+
+export interface ServerOptions {
+  log?: Logger;
+  /**
+   * A runtime host's server (`nullspace host`, fleet/hostd.ts): every route needs the control
+   * plane's credential (its sha256, hex, from `keyDigest`; undefined: not joined yet, nothing
+   * answers); no API key file, no E2B surface, no console; preview traffic only through the control
+   * plane.
+   */
+  hostMode?: { keyDigest(): string | undefined };
+}
+
+export async function startServer(config: Config, opts: ServerOptions = {}): Promise<RunningServer> {
   const log = opts.log ?? createLogger(config.logLevel);
   fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const { key, source } = resolveApiKey(config.dataDir, config.apiKey);
+  const hostMode = opts.hostMode;
+  // (a runtime host has no API key of its own: an unguessable one that nothing presents)
+  const { key, source } = hostMode ? { key: newSecret(), source: 'none (runtime host)' } : resolveApiKey(config.dataDir, config.apiKey);
   const trace = config.lifecycleTrace;
   const store = await openStore(config, {
     onTransition: trace ? (e) => fs.appendFileSync(trace, JSON.stringify({ ...e, dataDir: config.dataDir }) + '\n') : undefined,
@@ -101,8 +124,24 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     () => ({ fingerprint: hostFingerprint(host), capacity: hostCapacity(config.dataDir), counts: { sandboxes: sandboxes.usage.sandboxes } }),
     log.child({ component: 'fleet' }),
   );
+  const router = fleet.enabled
+    ? new FleetRouter(store.hosts, store.placements, fleet, { localSandboxes: config.fleet.localSandboxes, replicas: config.fleet.replicas, localLoad: () => sandboxes.usage.sandboxes }, log.child({ component: 'fleet' }))
+    : undefined;
+  if (router) {
+    preview.remote = router;
+    // a lost host that is back: what it runs is reconciled with the records
+    fleet.onFenced = (hostId) => void router.reconcile(hostId).catch((err: unknown) => log.error({ hostId, err: (err as Error).message }, 'reconciling a returning host failed'));
+  }
+  if (hostMode) {
+    const gate = hostMode.keyDigest;
+    preview.gate = (req) => {
+      const d = gate();
+      const v = req.headers[CONTROL_HEADER];
+      return d !== undefined && typeof v === 'string' && matchesDigest(v, d);
+    };
+  }
   fleet.start();
-  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks, fleet });
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks, fleet, router, hostMode });
   const proxyServer = config.preview.proxyPort !== undefined ? previewServer(preview, { headersTimeoutMs: config.http.headersTimeoutMs }) : undefined;
   const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host;
   let proxyUrl: string | undefined;
@@ -142,6 +181,7 @@ export async function startServer(config: Config, opts: { log?: Logger } = {}): 
     apiKeySource: source,
     host,
     log,
+    sandboxCount: () => sandboxes.usage.sandboxes,
     close: () =>
       (closed ??= (async () => {
         // requests in flight get a moment to finish; streams that would not end on their own (a

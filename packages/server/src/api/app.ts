@@ -18,6 +18,8 @@ import { metricsRoutes } from './metrics.js';
 import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
 import { hostRoutes, isFleetRoute } from './hosts.js';
+import { fleetRouting } from './routing.js';
+import { bearer, matchesDigest } from '../fleet/credentials.js';
 import { ptyRoutes } from './pty.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
@@ -88,11 +90,20 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     if (route.schema && !route.schema.querystring) route.schema.querystring = NoQuery;
   });
 
+  const hostMode = deps.hostMode;
   // E2B's port traffic by header: to the preview proxy (packages/server/src/e2b)
-  app.addHook('onRequest', e2bPortTraffic(deps));
+  if (!hostMode) app.addHook('onRequest', e2bPortTraffic(deps));
   const key = digest(deps.apiKey);
   app.addHook('onRequest', async (req) => {
     if (req.raw.httpVersion === '1.1' && req.headers.host === undefined) throw new NsError('bad_request', 'an HTTP/1.1 request needs a Host header');
+    if (hostMode) {
+      // a runtime host: every route needs the control plane's credential (fleet/hostd.ts)
+      const expected = hostMode.keyDigest();
+      if (expected === undefined || !matchesDigest(bearer(req.headers.authorization), expected)) {
+        throw new NsError('unauthorized', 'this is a runtime host: only its control plane may call it');
+      }
+      return;
+    }
     // the API's description is public, by convention (it holds no data); everything else needs the key
     if (req.method === 'GET' && req.url.split('?')[0] === PUBLIC_DOCUMENT) return;
     // the E2B-compatible surface checks its own credentials (the key as X-API-Key, per-sandbox tokens)
@@ -107,6 +118,9 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       throw new NsError('unauthorized', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key>');
     }
   });
+
+  // requests about a sandbox or snapshot of a joined host go there (fleet/router.ts)
+  if (deps.router) app.addHook('onRequest', fleetRouting(deps.router));
 
   // a POST (or a JSON PUT: /network) without a body is an empty JSON object (routes whose body is optional)
   app.addHook('preValidation', async (req) => {
@@ -186,10 +200,12 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     },
     { prefix: '/v1' },
   );
-  // E2B's wire at the root, beside /v1 (packages/server/src/e2b)
-  await app.register(e2bRoutes(deps));
-  // the web console at / (packages/console; docs/operations.md "Web console")
-  await app.register(consoleRoutes(deps.config.consoleDir));
+  if (!hostMode) {
+    // E2B's wire at the root, beside /v1 (packages/server/src/e2b)
+    await app.register(e2bRoutes(deps));
+    // the web console at / (packages/console; docs/operations.md "Web console")
+    await app.register(consoleRoutes(deps.config.consoleDir));
+  }
   return app;
 }
 

@@ -1,6 +1,7 @@
 import type { Config } from '../config.js';
 import type { EventLog } from '../events/log.js';
 import type { WebhookService } from '../events/webhooks.js';
+import type { FleetRouter } from '../fleet/router.js';
 import type { FleetService } from '../fleet/service.js';
 import type { Gc } from '../gc.js';
 import type { HostContext } from '../hostctx.js';
@@ -27,4 +28,12 @@ export interface AppDeps {
   preview: Preview;
   /** Runtime hosts: joins, heartbeats, `GET /v1/hosts`, drains. */
   fleet: FleetService;
+  /** On a control plane with a fleet: placement and routing to joined hosts. */
+  router?: FleetRouter | undefined;
+  /**
+   * On a runtime host (`nullspace host`): every route needs the control plane's credential, whose
+   * sha256 (hex) this gives (undefined before the host joined: nothing answers); no E2B surface, no
+   * console.
+   */
+  hostMode?: { keyDigest(): string | undefined } | undefined;
 }

@@ -78,6 +78,11 @@ export const hostRoutes =
       { schema: { summary: 'Stop placing sandboxes on a host (its sandboxes run on)', params: HostParams, response: { 200: Host } } },
       async (req) => fleet.drain(req.params.id),
     );
+    app.post(
+      '/hosts/:id/undrain',
+      { schema: { summary: 'Place sandboxes on a drained host again', params: HostParams, response: { 200: Host } } },
+      async (req) => fleet.drain(req.params.id, false),
+    );
 
     // runtime hosts: the join token, then their own credential (not the API key)
     app.post(

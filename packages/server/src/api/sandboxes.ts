@@ -16,6 +16,7 @@ import {
   NetworkRulesBody,
   ResumeBody,
   Sandbox,
+  type SandboxT,
   SandboxList,
   Snapshot,
   TimeoutBody,
@@ -48,6 +49,10 @@ export const sandboxRoutes =
         const net = body.network;
         // (checked and normalized by the manager)
         const egress = net && (net.allowOut !== undefined || net.denyOut !== undefined) ? { allowOut: net.allowOut ?? [], denyOut: net.denyOut ?? [] } : undefined;
+        checkTimeout(deps, body.timeoutMs ?? deps.config.defaultTimeoutMs);
+        // a fleet: placed on a joined host, unless the control plane's own host takes it (fleet/router.ts)
+        const placed = deps.router ? await deps.router.create(body as Record<string, unknown>) : undefined;
+        if (placed) return reply.status(201).send(placed as unknown as SandboxT);
         const rec = await sandboxes.create({
           template: body.template ?? 'base',
           snapshotId: body.snapshotId,
@@ -72,7 +77,20 @@ export const sandboxRoutes =
       async (req) => {
         const q = req.query as Static<typeof ListSandboxesQuery>;
         const states = parseList(q.state, STATES, 'state', LIVE_STATES);
-        const page = await sandboxes.list({ states, metadata: parseMetadataFilter(q.metadata), limit: q.limit ?? 100, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
+        const metadata = parseMetadataFilter(q.metadata);
+        if (deps.router?.active) {
+          // the fleet's sandboxes: this host's, each joined host's, and the records of lost hosts' ones
+          const local = [];
+          let token: string | undefined;
+          do {
+            const p = await sandboxes.list({ states, metadata, limit: 1000, ...(token ? { nextToken: token } : {}) });
+            local.push(...p.items.map((r) => sandboxView(deps, r)));
+            token = p.nextToken ?? undefined;
+          } while (token);
+          const query = req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '';
+          return (await deps.router.listSandboxes(query, local, states, q.limit ?? 100, q.nextToken)) as unknown as { sandboxes: typeof local; nextToken: string | null };
+        }
+        const page = await sandboxes.list({ states, metadata, limit: q.limit ?? 100, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
         return { sandboxes: page.items.map((r) => sandboxView(deps, r)), nextToken: page.nextToken ?? null };
       },
     );

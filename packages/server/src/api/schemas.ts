@@ -42,6 +42,10 @@ export const Envs = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0
 
 export const SandboxId = Type.String({ description: 'sbx_ + 16 lowercase alphanumerics' });
 export const SandboxState = Type.Union(STATES.map((s) => Type.Literal(s)));
+/** A sandbox's state as shown: its lifecycle state, or `lost` while its host is lost (the fleet). */
+export const ShownState = Type.Union([...STATES.map((s) => Type.Literal(s)), Type.Literal('lost')], {
+  description: 'Lifecycle state; "lost": it ran on a host that stopped heartbeating (unknown until the host is back)',
+});
 
 export const Sandbox = Type.Object(
   {
@@ -49,7 +53,7 @@ export const Sandbox = Type.Object(
     template: Type.String(),
     snapshotId: Type.Union([Type.String(), Type.Null()], { description: 'The snapshot it was created from' }),
     forkedFrom: Type.Union([Type.String(), Type.Null()], { description: 'The sandbox it was forked from' }),
-    state: SandboxState,
+    state: ShownState,
     metadata: Metadata,
     memoryMiB: Type.Integer(),
     vcpus: Type.Integer(),
@@ -76,7 +80,7 @@ export const Sandbox = Type.Object(
     volumes: Type.Record(Type.String(), Type.String(), { description: 'Mounted volumes: guest path -> volume name' }),
     pausedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     remainingTimeoutMs: Type.Union([Type.Integer(), Type.Null()], { description: 'While paused: the timeout it resumes with' }),
-    hostId: Type.String({ description: 'The runtime host it runs on (GET /v1/hosts); "local": the control plane\'s own, where every sandbox runs until placement on joined hosts exists' }),
+    hostId: Type.String({ description: 'The runtime host it runs on (GET /v1/hosts); "local": the control plane\'s own' }),
   },
   { $id: 'Sandbox' },
 );

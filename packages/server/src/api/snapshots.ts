@@ -33,19 +33,32 @@ export const snapshotRoutes =
       },
     );
 
+    // a fleet collects on every host: each frees what nothing on it references (a snapshot deleted
+    // through the control plane is deleted on every host holding a copy)
+    const fleetGc = async (dryRun: boolean) => {
+      const local = await gc.run(dryRun);
+      return deps.router?.active ? ((await deps.router.gcAll(dryRun, local as unknown as Record<string, unknown>)) as unknown as typeof local) : local;
+    };
+
     app.get(
       '/snapshots',
       { schema: { summary: 'List snapshots (paginated, oldest first)', querystring: ListSnapshotsQuery, response: { 200: Type.Object({ snapshots: Type.Array(Snapshot), nextToken: Type.Union([Type.String(), Type.Null()]) }) } } },
       async (req) => {
         const q = req.query;
         const kinds = parseList(q.kind, KINDS, 'kind', ['reusable', 'hibernate']);
-        const page = await sandboxes.listSnapshots({
-          sandboxId: q.sandboxId,
-          kinds,
-          metadata: parseMetadataFilter(q.metadata),
-          limit: q.limit ?? 100,
-          nextToken: q.nextToken,
-        });
+        const query = { sandboxId: q.sandboxId, kinds, metadata: parseMetadataFilter(q.metadata) };
+        if (deps.router?.active) {
+          // the fleet's snapshots: this host's and each joined host's (a copy held twice is listed once)
+          const local = [];
+          let token: string | undefined;
+          do {
+            const p = await sandboxes.listSnapshots({ ...query, limit: 1000, nextToken: token });
+            local.push(...(await Promise.all(p.items.map(view))));
+            token = p.nextToken ?? undefined;
+          } while (token);
+          return (await deps.router.listSnapshots(req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '', local, q.limit ?? 100, q.nextToken)) as unknown as { snapshots: typeof local; nextToken: string | null };
+        }
+        const page = await sandboxes.listSnapshots({ ...query, limit: q.limit ?? 100, nextToken: q.nextToken });
         return { snapshots: await Promise.all(page.items.map(view)), nextToken: page.nextToken ?? null };
       },
     );
@@ -93,7 +106,7 @@ export const snapshotRoutes =
     app.get(
       '/gc',
       { schema: { summary: 'Garbage collection dry run: what would be freed, and what holds the rest', response: { 200: GcReport } } },
-      async () => gc.run(true),
+      async () => fleetGc(true),
     );
-    app.post('/gc', { schema: { summary: 'Run garbage collection now', body: Type.Optional(EmptyBody), response: { 200: GcReport } } }, async () => gc.run(false));
+    app.post('/gc', { schema: { summary: 'Run garbage collection now', body: Type.Optional(EmptyBody), response: { 200: GcReport } } }, async () => fleetGc(false));
   };

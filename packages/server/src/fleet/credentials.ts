@@ -23,3 +23,10 @@ export function bearer(header: string | undefined): string | undefined {
   const m = /^Bearer (\S+)$/.exec(header ?? '');
   return m?.[1];
 }
+
+/**
+ * The header in which the control plane presents its credential on preview traffic it forwards to
+ * a runtime host (the request's own Authorization belongs to the sandbox's service). Never passed
+ * into the guest.
+ */
+export const CONTROL_HEADER = 'x-nullspace-control';

@@ -1,12 +1,10 @@
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
-import { NsError, qemuPidsMatching, readJson, writeFileAtomic } from '@nullspace/runtime';
+import { NsError, readJson, writeFileAtomic } from '@nullspace/runtime';
 import type { Config } from '../config.js';
-import { httpStatusFor } from '../errors.js';
-import { HostContext } from '../hostctx.js';
+import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
-import { bearer, matchesDigest, newSecret, secretDigest } from './credentials.js';
+import { newSecret, secretDigest } from './credentials.js';
 import { hostCapacity, hostFingerprint } from './identity.js';
 import type { HostReport, HostState } from './service.js';
 
@@ -34,6 +32,16 @@ export interface RuntimeHostOptions {
   /** The host's configuration (data dir, cache, uid range, isolation: as `serve`'s). */
   config: Config;
   log: Logger;
+  /** The server's own start (index.ts), in host mode. */
+  startServer: (config: Config, opts: { log: Logger; hostMode: { keyDigest(): string | undefined } }) => Promise<HostServer>;
+}
+
+/** What the host uses of the server it runs (index.ts `RunningServer`). */
+interface HostServer {
+  url: string;
+  host: HostContext;
+  sandboxCount(): number;
+  close(): Promise<void>;
 }
 
 export interface RunningHost {
@@ -46,54 +54,34 @@ export interface RunningHost {
 /**
  * `nullspace host`: a runtime host of a fleet (docs/ARCHITECTURE.md "Fleet"). It joins the control
  * plane (or reuses the credentials it stored when it joined), heartbeats with its fingerprint,
- * capacity and sandbox count, and serves a listener that answers nothing without the control
- * plane's credential. Running VMs for the control plane (the remote VmHost) is not built yet.
+ * capacity and sandbox count, and runs the server's code for the control plane's requests on a
+ * listener that answers nothing without the control plane's credential.
  */
 export async function startRuntimeHost(opts: RuntimeHostOptions): Promise<RunningHost> {
-  const { config, log } = opts;
+  const { log } = opts;
   const control = opts.control.replace(/\/+$/, '');
-  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const host = await HostContext.init(config, log);
-  const stopGuardWatch = host.watchNetworkGuard(log, config.networkGuardCheckMs);
-  const credFile = path.join(config.dataDir, CREDENTIALS_FILE);
+  const credFile = path.join(opts.config.dataDir, CREDENTIALS_FILE);
   let creds: StoredCredentials | undefined = fs.existsSync(credFile) ? readJson<StoredCredentials>(credFile) : undefined;
   if (creds && creds.control !== control) {
     throw new NsError('invalid_config', `${credFile} holds the credentials of another control plane (${creds.control}): use another data dir, or remove it to join ${control}`);
   }
-
-  // the listener: nothing without the control plane's credential (before the join: nothing at all)
-  const server = http.createServer((req, res) => {
-    const answer = (status: number, body: unknown) => {
-      res.writeHead(status, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(body));
-    };
-    const fail = (code: Parameters<typeof httpStatusFor>[0], message: string) => answer(httpStatusFor(code), { error: { code, message } });
-    if (!creds || !matchesDigest(bearer(req.headers.authorization), creds.controlCredentialDigest)) {
-      // (the rest of a body is not read: the connection closes with the answer)
-      res.setHeader('connection', 'close');
-      return fail('unauthorized', 'this is a runtime host: only its control plane may call it');
-    }
-    const url = (req.url ?? '').split('?')[0];
-    if (req.method === 'GET' && url === '/v1/host') return answer(200, { hostId: creds.hostId, ...report(advertised) });
-    return fail('route_not_found', `no route ${req.method} ${url}`);
-  });
-  server.headersTimeout = config.http.headersTimeoutMs;
   const m = /^(.*):(\d+)$/.exec(opts.listen);
   if (!m) throw new NsError('invalid_config', `--listen must be addr:port, got "${opts.listen}"`);
   const bindHost = m[1]!.replace(/^\[(.*)\]$/, '$1');
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(Number(m[2]), bindHost, () => resolve());
-  });
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : Number(m[2]);
+  const config: Config = { ...opts.config, host: bindHost, port: Number(m[2]) };
+
+  // The host runs the server's own code (lifecycle, store in its data dir, layers, agents, preview
+  // traffic) behind a listener that answers nothing without the control plane's credential (before
+  // the join: nothing at all). The control plane places sandboxes here and routes their requests.
+  const server = await opts.startServer(config, { log, hostMode: { keyDigest: () => creds?.controlCredentialDigest } });
+  const port = Number(new URL(server.url).port);
   const advertised = opts.advertise ?? `http://${bindHost.includes(':') ? `[${bindHost}]` : bindHost}:${port}`;
 
   const report = (url: string): HostReport => ({
     url,
-    fingerprint: hostFingerprint(host),
+    fingerprint: hostFingerprint(server.host),
     capacity: hostCapacity(config.dataDir),
-    counts: { sandboxes: qemuPidsMatching(`${path.join(config.dataDir, 'sandboxes')}/`).length },
+    counts: { sandboxes: server.sandboxCount() },
   });
   const post = async (route: string, token: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> => {
     const res = await fetch(`${control}/v1${route}`, {
@@ -121,8 +109,7 @@ export async function startRuntimeHost(opts: RuntimeHostOptions): Promise<Runnin
       log.info({ hostId: creds.hostId, control, url: advertised }, 'joined the control plane');
     }
   } catch (err) {
-    stopGuardWatch();
-    await new Promise((r) => server.close(r));
+    await server.close();
     throw err;
   }
   const joined = creds;
@@ -158,9 +145,7 @@ export async function startRuntimeHost(opts: RuntimeHostOptions): Promise<Runnin
     close: async () => {
       closed = true;
       clearTimeout(timer);
-      stopGuardWatch();
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
+      await server.close();
     },
   };
 }

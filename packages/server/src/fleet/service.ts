@@ -54,6 +54,8 @@ const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString()
 export class FleetService {
   private sweeper: NodeJS.Timeout | undefined;
   private readonly startedAt = Date.now();
+  /** Told of a lost host that heartbeats again (fenced): the router reconciles it. */
+  onFenced: ((hostId: string) => void) | undefined;
 
   constructor(
     private readonly store: HostStore,
@@ -136,9 +138,10 @@ export class FleetService {
     const after = await this.store.heartbeat(id, Date.now(), report);
     if (!after) throw new NsError('host_credential_invalid', `invalid credential for host ${id}`);
     if (rec.lostAt !== null) {
-      // Fenced: the epoch moved on. Reconciliation (not built yet) will compare the VMs the host
-      // reports with the records, the control plane's record winning (docs/ARCHITECTURE.md "Fleet").
+      // Fenced: the epoch moved on; the router compares what the host runs with the records, the
+      // control plane's record winning (fleet/router.ts reconcile).
       this.log.warn({ hostId: id, epoch: after.epoch, lostFor: Date.now() - rec.lostAt }, 'lost host is back: fenced with a new epoch');
+      this.onFenced?.(id);
     }
     return { state: stateOf(after), epoch: after.epoch, heartbeatMs: this.opts.heartbeatMs };
   }
@@ -176,14 +179,14 @@ export class FleetService {
     });
   }
 
-  /** Stops placement on host `id` (its sandboxes run on). Idempotent. */
-  async drain(id: string): Promise<HostView> {
+  /** Stops placement on host `id` (its sandboxes run on); `false`: places there again. Idempotent. */
+  async drain(id: string, draining = true): Promise<HostView> {
     if (id === LOCAL_HOST_ID) {
       throw new NsError('bad_request', 'the control plane\'s own host ("local") cannot be drained: it is the only host of a single-process server', { details: { hostId: id } });
     }
-    const rec = await this.store.setDraining(id, true);
+    const rec = await this.store.setDraining(id, draining);
     if (!rec) throw hostNotFound(id);
-    this.log.info({ hostId: id }, 'host draining');
+    this.log.info({ hostId: id }, draining ? 'host draining' : 'host placeable again');
     return view(rec);
   }
 

@@ -5,6 +5,7 @@ import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import type { SandboxRecord } from '../store/sandboxes.js';
+import { CONTROL_HEADER } from '../fleet/credentials.js';
 import { checkAccess, cookiesForGuest, E2B_TOKEN_HEADER, TOKEN_HEADER, type Access } from './access.js';
 import { sendError, sendRedirect, sendUpgradeError } from './answers.js';
 
@@ -28,6 +29,13 @@ const ACTIVE_TOUCH_MS = 5000;
 /** A tunnel kept alive for the next request of its sandbox and port is closed after this long unused. */
 const FREE_TUNNEL_IDLE_MS = 30_000;
 
+/** Preview traffic of sandboxes on joined hosts (the control plane's fleet router). */
+export interface RemoteTraffic {
+  /** Forwards the request if `t`'s sandbox runs on a joined host (true: handled). */
+  request(req: IncomingMessage, res: ServerResponse, t: PreviewTarget): Promise<boolean>;
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, t: PreviewTarget): Promise<boolean>;
+}
+
 export interface PreviewTarget {
   port: number;
   id: string;
@@ -44,6 +52,13 @@ export class Preview {
   private readonly timer: NodeJS.Timeout;
   /** Client connections upgraded (and piped to a tunnel): the HTTP server no longer closes them. */
   private readonly upgraded = new Set<Duplex>();
+  /**
+   * The fleet (docs/ARCHITECTURE.md "Fleet"). On a control plane: traffic of a sandbox that runs
+   * on a joined host goes there (true: handled). On a runtime host: traffic must come from the
+   * control plane (`gate` checks its credential, carried in CONTROL_HEADER, never passed on).
+   */
+  remote: RemoteTraffic | undefined;
+  gate: ((req: IncomingMessage) => boolean) | undefined;
 
   constructor(
     private readonly config: Config,
@@ -180,13 +195,17 @@ export class Preview {
   }
 
   /** The request's headers for the guest's server: ours and the hop's taken out, X-Forwarded-* added. */
+  private checkGate(req: IncomingMessage): void {
+    if (this.gate && !this.gate(req)) throw new NsError('unauthorized', 'this is a runtime host: only its control plane may call it');
+  }
+
   private forwardHeaders(req: IncomingMessage, keepUpgrade: boolean): string[] {
     const out: string[] = [];
     const raw = req.rawHeaders;
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i]!;
       const lower = name.toLowerCase();
-      if (lower === TOKEN_HEADER || lower === E2B_TOKEN_HEADER || lower.startsWith('x-forwarded-')) continue;
+      if (lower === TOKEN_HEADER || lower === E2B_TOKEN_HEADER || lower === CONTROL_HEADER || lower.startsWith('x-forwarded-')) continue;
       if (HOP.has(lower) && !(keepUpgrade && (lower === 'connection' || lower === 'upgrade'))) continue;
       let value = raw[i + 1]!;
       if (lower === 'cookie') {
@@ -216,6 +235,8 @@ export class Preview {
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse, t: PreviewTarget): Promise<void> {
+    this.checkGate(req);
+    if (this.remote && (await this.remote.request(req, res, t))) return;
     const access = await this.admit(req, t);
     if (access.redirect) return sendRedirect(res, access.redirect.location, access.redirect.cookie);
     const release = this.track(t.id);
@@ -277,6 +298,8 @@ export class Preview {
     this.upgraded.add(socket);
     socket.once('close', () => this.upgraded.delete(socket));
     void (async () => {
+      this.checkGate(req);
+      if (this.remote && (await this.remote.upgrade(req, socket, head, t))) return;
       const access = await this.admit(req, t);
       if (access.redirect) throw new NsError('traffic_token_missing', 'an upgrade request cannot follow a signed URL redirect: send the traffic token header or the cookie');
       const tunnel = await openTunnel(await this.sandboxes.agent(t.id), t.port).catch((err: unknown) => {

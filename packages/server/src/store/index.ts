@@ -2,6 +2,7 @@ import path from 'node:path';
 import { openDb } from './db.js';
 import { EventStore } from './events.js';
 import { HostStore } from './hosts.js';
+import { PlacementStore } from './placements.js';
 import { openPostgres } from './pg.js';
 import { SandboxStore, type TransitionEvent } from './sandboxes.js';
 import { SnapshotStore } from './snapshots.js';
@@ -23,6 +24,7 @@ export interface Store {
   readonly events: EventStore;
   readonly webhooks: WebhookStore;
   readonly hosts: HostStore;
+  readonly placements: PlacementStore;
   transaction<T>(fn: () => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
@@ -41,6 +43,7 @@ export function storeOver(sql: Sql, opts: StoreOptions = {}): Store {
     events: new EventStore(sql),
     webhooks: new WebhookStore(sql),
     hosts: new HostStore(sql),
+    placements: new PlacementStore(sql),
     transaction: (fn) => sql.transaction(fn),
     close: () => sql.close(),
   };

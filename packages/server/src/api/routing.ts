@@ -1,0 +1,20 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FleetRouter } from '../fleet/router.js';
+
+/**
+ * The API's hook that hands a request about a sandbox or a snapshot of a joined host to the fleet
+ * router (after the API key was checked): it is answered by that host, streamed both ways.
+ */
+export function fleetRouting(router: FleetRouter) {
+  return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    if (!router.active) return;
+    const route = req.routeOptions.url ?? '';
+    const kind = route.startsWith('/v1/sandboxes/:id') ? 'sandbox' : route.startsWith('/v1/snapshots/:id') ? 'snapshot' : undefined;
+    const id = (req.params as { id?: unknown } | undefined)?.id;
+    if (!kind || typeof id !== 'string') return;
+    // (hijacked only once it is known to be remote: a local one goes on through Fastify)
+    if (!(await router.placed(kind, id))) return;
+    reply.hijack();
+    await router.forward(kind, id, route, req.raw, reply.raw);
+  };
+}

@@ -1,0 +1,469 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { NsError, type RestoreRequirements } from '@nullspace/runtime';
+import type { Logger } from '../log.js';
+import type { PreviewTarget, RemoteTraffic } from '../preview/proxy.js';
+import type { HostRecord, HostStore } from '../store/hosts.js';
+import type { PlacementKind, PlacementRecord, PlacementStore } from '../store/placements.js';
+import { decodeCursor, encodeCursor } from '../store/cursor.js';
+import { snapshotGrant } from './grant.js';
+import { secretDigest } from './credentials.js';
+import { callHost, forwardApi, forwardTraffic, forwardUpgrade, hostError, hostUnavailable, type HostTarget } from './forward.js';
+import { LOCAL_HOST_ID, type FleetService, type HostView } from './service.js';
+
+type Json = Record<string, unknown>;
+
+export interface RouterOptions {
+  /** The control plane runs sandboxes itself too (`local` is a placement candidate). */
+  localSandboxes: boolean;
+  /** Hosts that keep a copy of each reusable snapshot (1: the one that took it). */
+  replicas: number;
+  /** How many sandboxes the control plane's own host runs now. */
+  localLoad: () => number;
+}
+
+/** Codes with which a host refuses a sandbox for want of room: the next candidate is tried. */
+const FULL = new Set(['too_many_sandboxes', 'insufficient_memory', 'no_space']);
+const GRANT_TTL_MS = 10 * 60_000;
+
+/** What the control plane keeps of a snapshot placed on hosts: its view, what restoring it needs. */
+interface SnapshotInfo extends Json {
+  requirements: RestoreRequirements;
+  vm: { memoryMiB: number; vcpus: number };
+}
+
+/**
+ * The control plane's side of the fleet's data path (docs/ARCHITECTURE.md "Fleet"): where a new
+ * sandbox goes (placement), which host answers a request about a sandbox or a snapshot (routing,
+ * streamed by forward.ts), the lists merged over hosts, snapshot copies moved and replicated, the
+ * records of a lost host shown as such, a returning host reconciled with the records.
+ */
+export class FleetRouter implements RemoteTraffic {
+  constructor(
+    private readonly hosts: HostStore,
+    private readonly placements: PlacementStore,
+    private readonly fleet: FleetService,
+    private readonly opts: RouterOptions,
+    private readonly log: Logger,
+  ) {}
+
+  get active(): boolean {
+    return this.fleet.enabled;
+  }
+
+  // --- routing ---------------------------------------------------------------------------------
+
+  /** Whether `kind` `id` lives on a joined host. */
+  async placed(kind: PlacementKind, id: string): Promise<boolean> {
+    return this.active && (await this.placements.of(kind, id)).length > 0;
+  }
+
+  /**
+   * Answers an API request about sandbox or snapshot `id` if it lives on a joined host (true:
+   * answered); `route` is the route's pattern (`/v1/sandboxes/:id/files`, ...).
+   */
+  async forward(kind: 'sandbox' | 'snapshot', id: string, route: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+    if (!this.active) return false;
+    const copies = await this.placements.of(kind, id);
+    if (!copies.length) return false;
+    return kind === 'sandbox' ? this.forwardSandbox(copies[0]!, route, req, res) : this.forwardSnapshot(copies, route, req, res);
+  }
+
+  private async forwardSandbox(p: PlacementRecord, route: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+    const method = req.method ?? 'GET';
+    const rec = await this.hosts.get(p.hostId);
+    const whole = route === '/v1/sandboxes/:id';
+    if (p.endedAt !== null || !rec || rec.lostAt !== null) {
+      // the control plane's record answers: the host is lost (or the sandbox was killed meanwhile)
+      if (whole && method === 'DELETE') {
+        if (p.endedAt === null) {
+          await this.placements.end('sandbox', p.id);
+          this.log.warn({ sandboxId: p.id, hostId: p.hostId }, 'sandbox killed while its host is lost: the host kills it when it comes back');
+        }
+        return answer(res, 204, undefined);
+      }
+      if (whole && method === 'GET') return answer(res, 200, this.recordView(p, rec));
+      if (p.endedAt !== null) return answer(res, 409, errorBody(new NsError('sandbox_not_running', `sandbox ${p.id} was killed`, { details: { id: p.id, state: 'killed' } })));
+      return answer(res, 503, errorBody(lostError(p.hostId, `sandbox ${p.id}`)));
+    }
+    const host = target(rec);
+    await forwardApi(req, res, host, async (status, body) => {
+      const out = showHost(body, host.id);
+      if (status === 200 && whole && method === 'GET') await this.placements.put('sandbox', p.id, host.id, out as Json);
+      if (status === 204 && whole && method === 'DELETE') await this.placements.end('sandbox', p.id);
+      if (status === 201 && route === '/v1/sandboxes/:id/fork') {
+        const children = Array.isArray((out as Json).sandboxes) ? ((out as Json).sandboxes as Json[]) : [out as Json];
+        for (const c of children) await this.placements.put('sandbox', String(c.sandboxId), host.id, c);
+      }
+      if (status === 201 && route === '/v1/sandboxes/:id/snapshots') await this.recordSnapshot(host, out as Json, p.view);
+      return out;
+    });
+    return true;
+  }
+
+  private async forwardSnapshot(copies: PlacementRecord[], route: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+    const id = copies[0]!.id;
+    const method = req.method ?? 'GET';
+    const ready = await this.readyHolders(copies);
+    if (route === '/v1/snapshots/:id' && method === 'DELETE') {
+      // every copy (a lost host's copy is forgotten: its gc frees it once it is back and the
+      // snapshot is deleted there by reconciliation)
+      for (const h of ready) {
+        const r = await callHost(h, 'DELETE', `/v1/snapshots/${id}`);
+        if (r.status !== 204 && r.status !== 404) throw hostError(h, r.status, r.json);
+      }
+      await this.placements.remove('snapshot', id);
+      return answer(res, 204, undefined);
+    }
+    const host = ready[0];
+    if (!host) return answer(res, 503, errorBody(lostError(copies.map((c) => c.hostId).join(', '), `every copy of snapshot ${id}`)));
+    await forwardApi(req, res, host, async (status, body) => {
+      const out = showHost(body, host.id) as Json;
+      if (status === 200 && route === '/v1/snapshots/:id/compatibility') {
+        const info = copies[0]!.view as SnapshotInfo;
+        out.hosts = await this.fleet.compatibility(info.requirements, info.vm);
+      }
+      return out;
+    });
+    return true;
+  }
+
+  async request(req: IncomingMessage, res: ServerResponse, t: PreviewTarget): Promise<boolean> {
+    const host = await this.liveHostOf(t.id);
+    if (!host) return false;
+    await forwardTraffic(req, res, host);
+    return true;
+  }
+
+  async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, t: PreviewTarget): Promise<boolean> {
+    const host = await this.liveHostOf(t.id);
+    if (!host) return false;
+    await forwardUpgrade(req, socket, head, host);
+    return true;
+  }
+
+  /** The host of a placed sandbox for preview traffic (undefined: not placed; a lost one throws). */
+  private async liveHostOf(id: string): Promise<HostTarget | undefined> {
+    if (!this.active) return undefined;
+    const p = (await this.placements.of('sandbox', id))[0];
+    if (!p) return undefined;
+    const rec = await this.hosts.get(p.hostId);
+    if (p.endedAt !== null) throw new NsError('sandbox_ended', `sandbox ${id} was killed`, { details: { id } });
+    if (!rec || rec.lostAt !== null) throw lostError(p.hostId, `sandbox ${id}`);
+    return target(rec);
+  }
+
+  // --- placement -------------------------------------------------------------------------------
+
+  /**
+   * Places a new sandbox (`body`: the create request, validated). Undefined: the control plane's
+   * own host takes it (no joined host, a local snapshot, or `local` is the least loaded).
+   */
+  async create(body: Json): Promise<Json | undefined> {
+    if (!this.active) return undefined;
+    const snapshotId = typeof body.snapshotId === 'string' ? body.snapshotId : undefined;
+    if (snapshotId !== undefined) return this.restore(snapshotId, body);
+    const template = typeof body.template === 'string' ? body.template : 'base';
+    let candidates = await this.placeable();
+    const volumeHosts = await this.volumeHosts(body);
+    if (volumeHosts) candidates = candidates.filter((c) => volumeHosts.has(c.id));
+    else if (this.opts.localSandboxes) candidates.push(this.localCandidate());
+    if (!candidates.length) {
+      if (volumeHosts) throw new NsError('host_unavailable', `the host of the sandbox's volumes is not ready (${[...volumeHosts].join(', ')})`, { details: { hostIds: [...volumeHosts] } });
+      throw new NsError('host_unavailable', 'no runtime host is ready (GET /v1/hosts)');
+    }
+    // hosts that hold the template first, then the least loaded
+    const holds = (c: Candidate) => (c.view?.fingerprint.templates ?? []).some((t) => t.name === template && t.compatible) || c.id === LOCAL_HOST_ID;
+    candidates.sort((a, b) => Number(holds(b)) - Number(holds(a)) || a.load - b.load || a.id.localeCompare(b.id));
+    return this.createOn(candidates, body);
+  }
+
+  private async restore(snapshotId: string, body: Json): Promise<Json | undefined> {
+    const copies = await this.placements.of('snapshot', snapshotId);
+    // a snapshot of the control plane's own host is restored there
+    if (!copies.length) return undefined;
+    const info = copies[0]!.view as SnapshotInfo;
+    const compat = await this.fleet.compatibility(info.requirements, info.vm);
+    const ok = new Set(compat.filter((c) => c.compatible && c.state === 'ready' && c.hostId !== LOCAL_HOST_ID).map((c) => c.hostId));
+    const candidates = (await this.placeable()).filter((c) => ok.has(c.id));
+    if (!candidates.length) {
+      throw new NsError('no_compatible_host', `no ready host can restore snapshot ${snapshotId}: ${compat.map((c) => `${c.hostId} (${c.state}${c.mismatches.length ? `: ${c.mismatches.map((m) => m.field).join(', ')}` : ''})`).join('; ')}`, {
+        details: { snapshotId, hosts: compat },
+      });
+    }
+    const holders = new Set(copies.map((c) => c.hostId));
+    candidates.sort((a, b) => Number(holders.has(b.id)) - Number(holders.has(a.id)) || a.load - b.load || a.id.localeCompare(b.id));
+    const chosen = candidates[0]!;
+    if (!holders.has(chosen.id)) await this.copySnapshot(snapshotId, copies, chosen.target!);
+    return this.createOn([chosen], body);
+  }
+
+  private async createOn(candidates: Candidate[], body: Json): Promise<Json | undefined> {
+    let last: NsError | undefined;
+    for (const c of candidates) {
+      if (c.id === LOCAL_HOST_ID) return undefined;
+      const host = c.target!;
+      const r = await callHost(host, 'POST', '/v1/sandboxes', body).catch((err: unknown) => ({ status: 0, json: err }));
+      if (r.status === 201) {
+        const view = showHost(r.json, host.id) as Json;
+        await this.placements.put('sandbox', String(view.sandboxId), host.id, view);
+        this.log.info({ sandboxId: view.sandboxId, hostId: host.id }, 'sandbox placed');
+        return view;
+      }
+      last = r.status === 0 ? (r.json as NsError) : hostError(host, r.status, r.json);
+      if (r.status !== 0 && !FULL.has(last.code)) throw last;
+      this.log.warn({ hostId: host.id, code: last.code }, 'placement: host refused the sandbox, trying the next');
+    }
+    throw last ?? new NsError('host_unavailable', 'no runtime host is ready');
+  }
+
+  /**
+   * Copies snapshot `id` onto `to` from a ready host holding it: the target fetches only the layers
+   * it lacks, digest-checked (fleet/artifacts.ts), with a grant good for this snapshot only.
+   */
+  async copySnapshot(id: string, copies: PlacementRecord[], to: HostTarget): Promise<Json> {
+    const from = (await this.readyHolders(copies)).find((h) => h.id !== to.id);
+    if (!from) throw new NsError('snapshot_unavailable', `every copy of snapshot ${id} is on a lost host (${copies.map((c) => c.hostId).join(', ')})`, { details: { snapshotId: id, hostIds: copies.map((c) => c.hostId) } });
+    const grant = snapshotGrant(secretDigest(from.credential), id, GRANT_TTL_MS);
+    const r = await callHost(to, 'POST', '/v1/artifacts/import', { snapshotId: id, source: from.url, grant }, 30 * 60_000);
+    if (r.status !== 200) throw hostError(to, r.status, r.json);
+    await this.placements.put('snapshot', id, to.id, copies[0]!.view);
+    this.log.info({ snapshotId: id, from: from.id, to: to.id, ...(r.json as Json) }, 'snapshot copied');
+    return r.json as Json;
+  }
+
+  /** A snapshot taken on `host`: recorded with what restoring it needs, then replicated. */
+  private async recordSnapshot(host: HostTarget, view: Json, source: Json): Promise<void> {
+    const id = String(view.snapshotId);
+    const c = await callHost(host, 'GET', `/v1/snapshots/${id}/compatibility`);
+    if (c.status !== 200) throw hostError(host, c.status, c.json);
+    const info: SnapshotInfo = {
+      ...view,
+      requirements: (c.json as { requirements: RestoreRequirements }).requirements,
+      vm: { memoryMiB: Number(source.memoryMiB), vcpus: Number(source.vcpus) },
+    };
+    await this.placements.put('snapshot', id, host.id, info);
+    if (this.opts.replicas > 1 && view.kind === 'reusable') void this.replicate(id).catch((err: unknown) => this.log.error({ snapshotId: id, err: (err as Error).message }, 'replicating a snapshot failed'));
+  }
+
+  /** Copies snapshot `id` onto compatible ready hosts until `replicas` hold it. */
+  async replicate(id: string): Promise<void> {
+    const copies = await this.placements.of('snapshot', id);
+    if (!copies.length) return;
+    const info = copies[0]!.view as SnapshotInfo;
+    const compat = new Set((await this.fleet.compatibility(info.requirements, info.vm)).filter((c) => c.compatible).map((c) => c.hostId));
+    const holders = new Set(copies.map((c) => c.hostId));
+    const more = (await this.placeable()).filter((c) => compat.has(c.id) && !holders.has(c.id)).sort((a, b) => a.load - b.load);
+    for (const c of more.slice(0, Math.max(0, this.opts.replicas - holders.size))) await this.copySnapshot(id, copies, c.target!);
+  }
+
+  // --- lists -----------------------------------------------------------------------------------
+
+  /**
+   * `GET /v1/sandboxes` over the fleet: the local page's items, each ready host's, and the records
+   * of lost hosts' sandboxes, merged oldest first under one cursor.
+   */
+  async listSandboxes(query: string, local: Json[], states: string[], limit: number, nextToken: string | undefined): Promise<{ sandboxes: Json[]; nextToken: string | null }> {
+    const all = [...local];
+    const placed = await this.placements.list('sandbox');
+    const seen = new Set(all.map((s) => String(s.sandboxId)));
+    for (const rec of await this.hosts.list()) {
+      if (rec.lostAt !== null) continue;
+      for (const s of await this.allPages(target(rec), 'sandboxes', query)) {
+        seen.add(String(s.sandboxId));
+        all.push(showHost(s, rec.id) as Json);
+      }
+    }
+    const hostsById = new Map((await this.hosts.list()).map((h) => [h.id, h]));
+    for (const p of placed) {
+      if (seen.has(p.id)) continue;
+      const rec = hostsById.get(p.hostId);
+      if (rec && rec.lostAt === null && p.endedAt === null) continue;
+      const v = this.recordView(p, rec);
+      if (states.includes(String(v.state)) || (v.state === 'lost' && states.includes('running'))) all.push(v);
+    }
+    return page(all, 'sandboxId', limit, nextToken, 'sandboxes');
+  }
+
+  /** `GET /v1/snapshots` over the fleet (a snapshot held by several hosts is listed once). */
+  async listSnapshots(query: string, local: Json[], limit: number, nextToken: string | undefined): Promise<{ snapshots: Json[]; nextToken: string | null }> {
+    const all = [...local];
+    const seen = new Set(all.map((s) => String(s.snapshotId)));
+    for (const rec of await this.hosts.list()) {
+      if (rec.lostAt !== null) continue;
+      for (const s of await this.allPages(target(rec), 'snapshots', query)) {
+        if (seen.has(String(s.snapshotId))) continue;
+        seen.add(String(s.snapshotId));
+        all.push(s);
+      }
+    }
+    const r = page(all, 'snapshotId', limit, nextToken, 'snapshots');
+    return { snapshots: r.snapshots, nextToken: r.nextToken };
+  }
+
+  private async allPages(host: HostTarget, what: 'sandboxes' | 'snapshots', query: string): Promise<Json[]> {
+    const out: Json[] = [];
+    let token: string | null = null;
+    do {
+      const q = new URLSearchParams(query);
+      q.delete('nextToken');
+      q.set('limit', '1000');
+      if (token) q.set('nextToken', token);
+      const r = await callHost(host, 'GET', `/v1/${what}?${q.toString()}`).catch(() => undefined);
+      // (a host that does not answer now: its items are missing from this page, not an error)
+      if (!r || r.status !== 200) return out;
+      const j = r.json as Json;
+      out.push(...(j[what] as Json[]));
+      token = (j.nextToken as string | null) ?? null;
+    } while (token);
+    return out;
+  }
+
+  /** `POST /v1/gc` / `GET /v1/gc` on every ready host; their reports summed. */
+  async gcAll(dryRun: boolean, local: Json): Promise<Json> {
+    const reports: Json[] = [local];
+    for (const rec of await this.hosts.list()) {
+      if (rec.lostAt !== null) continue;
+      const r = await callHost(target(rec), dryRun ? 'GET' : 'POST', '/v1/gc', dryRun ? undefined : {});
+      if (r.status === 200) reports.push(r.json as Json);
+    }
+    const sum: Json = { ...local };
+    for (const key of Object.keys(local)) {
+      const v = local[key];
+      if (typeof v === 'number') sum[key] = reports.reduce((n, r) => n + (Number(r[key]) || 0), 0);
+      else if (Array.isArray(v)) sum[key] = reports.flatMap((r) => (Array.isArray(r[key]) ? (r[key] as unknown[]) : []));
+    }
+    return sum;
+  }
+
+  // --- failure ---------------------------------------------------------------------------------
+
+  /**
+   * A host that was lost is back (fenced): what it runs is compared with the records, the records
+   * winning. A sandbox the control plane does not place there (killed while the host was lost, a
+   * fork's child it never recorded) is killed; one it places there is adopted as it is.
+   */
+  async reconcile(hostId: string): Promise<{ killed: string[] }> {
+    const rec = await this.hosts.get(hostId);
+    if (!rec || rec.lostAt !== null) return { killed: [] };
+    const host = target(rec);
+    const placed = new Map((await this.placements.onHost(hostId)).filter((p) => p.kind === 'sandbox').map((p) => [p.id, p]));
+    const killed: string[] = [];
+    for (const s of await this.allPages(host, 'sandboxes', 'state=creating,running,hibernating,paused,resuming')) {
+      const id = String(s.sandboxId);
+      const p = placed.get(id);
+      if (p && p.endedAt === null) continue;
+      const r = await callHost(host, 'DELETE', `/v1/sandboxes/${id}`);
+      if (r.status === 204) killed.push(id);
+      else this.log.error({ hostId, sandboxId: id, status: r.status }, 'reconciliation could not kill a sandbox');
+    }
+    if (killed.length) this.log.warn({ hostId, killed }, 'reconciled a returning host: killed what the records do not place there');
+    return { killed };
+  }
+
+  // --- helpers ---------------------------------------------------------------------------------
+
+  private recordView(p: PlacementRecord, rec: HostRecord | undefined): Json {
+    const v: Json = { ...p.view, hostId: p.hostId };
+    if (p.endedAt !== null) return { ...v, state: 'killed', endedAt: new Date(p.endedAt).toISOString(), endReason: 'killed through the control plane while its host was lost', expiresAt: null };
+    const live = ['creating', 'running', 'hibernating', 'resuming', 'killing'].includes(String(v.state));
+    // a running sandbox of a lost host is not shown as running: its state is unknown until it is back
+    return !rec || rec.lostAt !== null ? { ...v, state: live ? 'lost' : v.state, expiresAt: null } : v;
+  }
+
+  private async readyHolders(copies: PlacementRecord[]): Promise<HostTarget[]> {
+    const out: HostTarget[] = [];
+    for (const c of copies) {
+      const rec = await this.hosts.get(c.hostId);
+      if (rec && rec.lostAt === null) out.push(target(rec));
+    }
+    return out;
+  }
+
+  /** Ready (not draining, not lost) joined hosts, each with its load. */
+  private async placeable(): Promise<Candidate[]> {
+    const views = new Map((await this.fleet.list()).map((v) => [v.hostId, v]));
+    const out: Candidate[] = [];
+    for (const rec of await this.hosts.list()) {
+      if (rec.lostAt !== null || rec.draining) continue;
+      const recent = (await this.placements.onHost(rec.id)).filter((p) => p.kind === 'sandbox' && p.createdAt > rec.lastHeartbeat && p.endedAt === null).length;
+      out.push({ id: rec.id, target: target(rec), view: views.get(rec.id), load: (rec.counts as { sandboxes: number }).sandboxes + recent });
+    }
+    return out;
+  }
+
+  private localCandidate(): Candidate {
+    return { id: LOCAL_HOST_ID, target: undefined, view: undefined, load: this.opts.localLoad() };
+  }
+
+  /** The hosts the volumes of a create request live on (undefined: it mounts none of the fleet's). */
+  private async volumeHosts(body: Json): Promise<Set<string> | undefined> {
+    const vols = body.volumes as Record<string, string> | Array<{ name: string }> | undefined;
+    if (!vols) return undefined;
+    const names = Array.isArray(vols) ? vols.map((v) => v.name) : Object.values(vols);
+    const hosts = new Set<string>();
+    for (const n of names) for (const p of await this.placements.of('volume', n)) hosts.add(p.hostId);
+    if (hosts.size > 1) throw new NsError('bad_request', `the volumes live on different hosts (${[...hosts].join(', ')}): a sandbox mounts volumes of one host`, { details: { hostIds: [...hosts] } });
+    return hosts.size ? hosts : undefined;
+  }
+
+  /** Where `kind` `id` is placed, if on a joined host. */
+  async hostOf(kind: PlacementKind, id: string): Promise<string | undefined> {
+    return (await this.placements.of(kind, id))[0]?.hostId;
+  }
+}
+
+interface Candidate {
+  id: string;
+  target: HostTarget | undefined;
+  view: HostView | undefined;
+  load: number;
+}
+
+function target(rec: HostRecord): HostTarget {
+  return { id: rec.id, url: rec.url, credential: rec.controlCredential };
+}
+
+function lostError(hostId: string, what: string): NsError {
+  return new NsError('host_unavailable', `${what}: its host ${hostId} is lost (no heartbeat); it is unreachable until the host is back`, { details: { hostId } });
+}
+
+function errorBody(e: NsError): Json {
+  return { error: { code: e.code, message: e.message, details: e.details } };
+}
+
+function answer(res: ServerResponse, status: number, body: unknown): true {
+  if (body === undefined) {
+    res.writeHead(status);
+    res.end();
+  } else {
+    const text = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+  return true;
+}
+
+/** A host's answer as the control plane shows it: `hostId` "local" is that host's id. */
+export function showHost(body: unknown, hostId: string, depth = 0): unknown {
+  if (depth > 4 || body === null || typeof body !== 'object') return body;
+  if (Array.isArray(body)) return body.map((b) => showHost(b, hostId, depth + 1));
+  const out: Json = {};
+  for (const [k, v] of Object.entries(body as Json)) out[k] = k === 'hostId' && v === LOCAL_HOST_ID ? hostId : showHost(v, hostId, depth + 1);
+  return out;
+}
+
+function page<K extends string>(items: Json[], idKey: string, limit: number, nextToken: string | undefined, key: K): { [P in K]: Json[] } & { nextToken: string | null } {
+  const at = (j: Json) => Date.parse(String(j.createdAt));
+  items.sort((a, b) => at(a) - at(b) || String(a[idKey]).localeCompare(String(b[idKey])));
+  let rest = items;
+  if (nextToken) {
+    const c = decodeCursor(nextToken);
+    rest = items.filter((j) => at(j) > c.createdAt || (at(j) === c.createdAt && String(j[idKey]) > c.id));
+  }
+  const out = rest.slice(0, limit);
+  const last = out[out.length - 1];
+  return { [key]: out, nextToken: rest.length > limit && last ? encodeCursor(at(last), String(last[idKey])) : null } as { [P in K]: Json[] } & { nextToken: string | null };
+}
+
+export { hostUnavailable };
