@@ -13,3 +13,8 @@ CREATE TABLE placements (
   PRIMARY KEY (kind, id, host_id)
 );
 CREATE INDEX placements_host ON placements (host_id, kind);
+
+-- The last event of each host the control plane relayed into its own event log (fleet/relay.ts):
+-- advanced by a conditional update in the transaction that appends the event, so that of several
+-- control planes on one database exactly one relays each event, and a restart resumes after it.
+ALTER TABLE hosts ADD COLUMN events_cursor INTEGER NOT NULL DEFAULT 0;

@@ -20,6 +20,7 @@ import { Preview, previewServer } from './preview/proxy.js';
 import { FleetService } from './fleet/service.js';
 import { hostCapacity, hostFingerprint } from './fleet/identity.js';
 import { FleetRouter } from './fleet/router.js';
+import { EventRelay } from './fleet/relay.js';
 import { startRuntimeHost as runtimeHost, type RunningHost, type RuntimeHostOptions } from './fleet/hostd.js';
 import { CONTROL_HEADER, matchesDigest, newSecret } from './fleet/credentials.js';
 
@@ -127,8 +128,10 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   const router = fleet.enabled
     ? new FleetRouter(store.hosts, store.placements, fleet, { localSandboxes: config.fleet.localSandboxes, replicas: config.fleet.replicas, localLoad: () => sandboxes.usage.sandboxes }, log.child({ component: 'fleet' }))
     : undefined;
+  const relay = router ? new EventRelay(store.hosts, events, log.child({ component: 'fleet' }), config.fleet.heartbeatMs) : undefined;
   if (router) {
     preview.remote = router;
+    relay!.start();
     // a lost host that is back: what it runs is reconciled with the records
     fleet.onFenced = (hostId) => void router.reconcile(hostId).catch((err: unknown) => log.error({ hostId, err: (err as Error).message }, 'reconciling a returning host failed'));
   }
@@ -160,6 +163,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   } catch (err) {
     preview.close();
     await app.close().catch(() => {});
+    relay?.stop();
     fleet.stop();
     stopGuardWatch();
     webhooks.stop();
@@ -197,6 +201,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
         preview.close();
         gc.cancel();
         contexts.stop();
+        relay?.stop();
         fleet.stop();
         stopGuardWatch();
         webhooks.stop();

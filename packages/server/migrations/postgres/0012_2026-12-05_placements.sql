@@ -9,3 +9,5 @@ CREATE TABLE placements (
   PRIMARY KEY (kind, id, host_id)
 );
 CREATE INDEX placements_host ON placements (host_id, kind);
+
+ALTER TABLE hosts ADD COLUMN events_cursor BIGINT NOT NULL DEFAULT 0;

@@ -9,8 +9,9 @@ export function fleetRouting(router: FleetRouter) {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (!router.active) return;
     const route = req.routeOptions.url ?? '';
-    const kind = route.startsWith('/v1/sandboxes/:id') ? 'sandbox' : route.startsWith('/v1/snapshots/:id') ? 'snapshot' : undefined;
-    const id = (req.params as { id?: unknown } | undefined)?.id;
+    const kind = route.startsWith('/v1/sandboxes/:id') ? 'sandbox' : route.startsWith('/v1/snapshots/:id') ? 'snapshot' : route === '/v1/volumes/:name' ? 'volume' : undefined;
+    const params = req.params as { id?: unknown; name?: unknown } | undefined;
+    const id = kind === 'volume' ? params?.name : params?.id;
     if (!kind || typeof id !== 'string') return;
     // (hijacked only once it is known to be remote: a local one goes on through Fastify)
     if (!(await router.placed(kind, id))) return;

@@ -372,6 +372,7 @@ export const Volume = Type.Object(
     createdAt: Type.String({ format: 'date-time' }),
     sizeBytes: Type.Integer(),
     mountedBy: Type.Array(Type.String(), { description: 'Sandboxes (running or paused) that mount it' }),
+    hostId: Type.String({ description: 'The runtime host it lives on: sandboxes that mount it are placed there ("local": the control plane\'s own)' }),
   },
   { $id: 'Volume' },
 );

@@ -62,11 +62,61 @@ export class FleetRouter implements RemoteTraffic {
    * Answers an API request about sandbox or snapshot `id` if it lives on a joined host (true:
    * answered); `route` is the route's pattern (`/v1/sandboxes/:id/files`, ...).
    */
-  async forward(kind: 'sandbox' | 'snapshot', id: string, route: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+  async forward(kind: PlacementKind, id: string, route: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
     if (!this.active) return false;
     const copies = await this.placements.of(kind, id);
     if (!copies.length) return false;
+    if (kind === 'volume') return this.forwardVolume(copies[0]!, req, res);
     return kind === 'sandbox' ? this.forwardSandbox(copies[0]!, route, req, res) : this.forwardSnapshot(copies, route, req, res);
+  }
+
+  private async forwardVolume(p: PlacementRecord, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+    const rec = await this.hosts.get(p.hostId);
+    if (!rec || rec.lostAt !== null) return answer(res, 503, errorBody(lostError(p.hostId, `volume ${p.id}`)));
+    const host = target(rec);
+    await forwardApi(req, res, host, async (status, body) => {
+      if (status === 204 && req.method === 'DELETE') await this.placements.remove('volume', p.id);
+      return showHost(body, host.id);
+    });
+    return true;
+  }
+
+  /**
+   * Creates volume `name` on a ready joined host (undefined: the control plane's own host takes it).
+   * Names are unique over the fleet; sandboxes that mount it are placed on its host.
+   */
+  async createVolume(name: string, existsLocally: () => Promise<boolean>): Promise<Json | undefined> {
+    if (!this.active) return undefined;
+    const taken = () => new NsError('already_exists', `volume ${name} already exists`, { details: { name } });
+    if ((await this.placements.of('volume', name)).length || (await existsLocally())) throw taken();
+    const candidates = await this.placeable();
+    if (this.opts.localSandboxes) candidates.push(this.localCandidate());
+    if (!candidates.length) throw new NsError('host_unavailable', 'no runtime host is ready (GET /v1/hosts)');
+    candidates.sort((a, b) => a.load - b.load || a.id.localeCompare(b.id));
+    const c = candidates[0]!;
+    if (c.id === LOCAL_HOST_ID) return undefined;
+    const r = await callHost(c.target!, 'POST', '/v1/volumes', { name });
+    if (r.status !== 201) throw hostError(c.target!, r.status, r.json);
+    const view = showHost(r.json, c.id) as Json;
+    await this.placements.put('volume', name, c.id, view);
+    return view;
+  }
+
+  /** `GET /v1/volumes` over the fleet (a lost host's volumes from the records). */
+  async listVolumes(local: Json[]): Promise<Json[]> {
+    const all = [...local];
+    const seen = new Set(all.map((v) => String(v.name)));
+    for (const rec of await this.hosts.list()) {
+      if (rec.lostAt !== null) continue;
+      const r = await callHost(target(rec), 'GET', '/v1/volumes').catch(() => undefined);
+      if (r?.status !== 200) continue;
+      for (const v of (r.json as { volumes: Json[] }).volumes) {
+        seen.add(String(v.name));
+        all.push(showHost(v, rec.id) as Json);
+      }
+    }
+    for (const p of await this.placements.list('volume')) if (!seen.has(p.id)) all.push({ ...p.view, hostId: p.hostId });
+    return all.sort((a, b) => String(a.createdAt).localeCompare(String(b.createdAt)) || String(a.name).localeCompare(String(b.name)));
   }
 
   private async forwardSandbox(p: PlacementRecord, route: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
@@ -278,7 +328,8 @@ export class FleetRouter implements RemoteTraffic {
     for (const p of placed) {
       if (seen.has(p.id)) continue;
       const rec = hostsById.get(p.hostId);
-      if (rec && rec.lostAt === null && p.endedAt === null) continue;
+      // (a ready host answered for its own sandboxes: its record is the truth of their states)
+      if (rec && rec.lostAt === null) continue;
       const v = this.recordView(p, rec);
       if (states.includes(String(v.state)) || (v.state === 'lost' && states.includes('running'))) all.push(v);
     }

@@ -94,6 +94,17 @@ export class HostStore {
     return r ? fromRow(r) : undefined;
   }
 
+  /** The last event of host `id` relayed (0: none yet). */
+  async eventsCursor(id: string): Promise<number> {
+    const r = await this.sql.get<{ events_cursor: number | string }>('SELECT events_cursor FROM hosts WHERE id = ?', [id]);
+    return r ? Number(r.events_cursor) : 0;
+  }
+
+  /** Moves host `id`'s relay cursor from `from` to `to`; false: another relay moved it first. */
+  async advanceEventsCursor(id: string, from: number, to: number): Promise<boolean> {
+    return (await this.sql.run('UPDATE hosts SET events_cursor = ? WHERE id = ? AND events_cursor = ?', [to, id, from])) === 1;
+  }
+
   /** Marks lost every host not lost yet whose last heartbeat is older than `before`; the ids marked. */
   async markLost(before: number, now: number): Promise<string[]> {
     return (await this.sql.all<{ id: string }>('UPDATE hosts SET lost_at = ? WHERE lost_at IS NULL AND last_heartbeat < ? RETURNING id', [now, before])).map((r) => r.id);
