@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * nullspace benchmark: `npm run bench` (full) or `npm run bench -- --quick` (a short run that proves
- * it works; the test suite runs it); `--only=e2b` runs only the E2B SDK rows (n=10, or 2 with --quick). Starts its own server on a temporary data dir, measures
+ * it works; the test suite runs it); `--only=e2b` runs only the E2B SDK rows (n=10, or 2 with --quick); `--only=fleet` only the fleet rows (a local cluster of 3 hosts; full runs include them). Starts its own server on a temporary data dir, measures
  * nullspace's operations side by side with what a user would otherwise do on the same QEMU and image
  * (cold boot, QEMU's full-stream save/restore, libvirt) and with the floor of any restore, prints
  * tables of medians, p95 and ratios, and cleans up. Times are measured, never asserted.
@@ -22,6 +22,7 @@ import { previewRows } from './preview.js';
 import { formatTable, median, time, type Row } from './stats.js';
 import { forkRows } from './forks.js';
 import { e2bRows } from './e2b.js';
+import { fleetRows } from './fleet.js';
 import { templateRows } from './templates.js';
 import { terminalRows } from './terminal.js';
 
@@ -29,7 +30,7 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const N = quick ? 3 : 10;
 const ONLY = args.find((a) => a.startsWith('--only='))?.split('=')[1];
-if (ONLY !== undefined && ONLY !== 'e2b') throw new Error(`--only=${ONLY}: only --only=e2b is known`);
+if (ONLY !== undefined && ONLY !== 'e2b' && ONLY !== 'fleet') throw new Error(`--only=${ONLY}: only --only=e2b and --only=fleet are known`);
 const DENSITY = quick ? 0 : Number(args.find((a) => a.startsWith('--density='))?.split('=')[1] ?? 100);
 
 const MiB = 1048576;
@@ -68,7 +69,14 @@ async function dirty(s: Sandbox): Promise<void> {
   await s.commands.run('while [ ! -e /tmp/ready ]; do sleep 0.2; done; head -c 16M /dev/urandom > /workspace/blob', { timeoutMs: 300_000 });
 }
 
+async function printFleet(): Promise<void> {
+  const fleet = await fleetRows({ quick, n: N, log });
+  if (fleet.rows.length) process.stdout.write('\n' + formatTable(fleet.rows) + '\n');
+  for (const note of fleet.notes) process.stdout.write(`(${note})\n`);
+}
+
 async function main(): Promise<void> {
+  if (ONLY === 'fleet') return printFleet();
   const dataDir = scratchDataDir('bench');
   // (a data dir of its own, not one under dataDir: unix socket paths under a data dir are bounded)
   const noPoolDir = scratchDataDir('bnp');
@@ -375,6 +383,8 @@ async function main(): Promise<void> {
       }
       process.stdout.write('\n' + formatTable(sizeRows) + '\n');
     }
+    // --- a fleet: the control plane's hop, placement, a restore across hosts (a cluster of its own)
+    if (!quick) await printFleet();
     if (DENSITY > 0) await density(c, DENSITY, created, kill);
   } finally {
     await cleanup();
