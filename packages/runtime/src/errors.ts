@@ -33,6 +33,11 @@ export const PUBLIC_ERROR_CODES = [
   // the fleet: a runtime host's join token or credential is wrong
   'join_token_invalid',
   'host_credential_invalid',
+  // artifact grants (GET /v1/artifacts/...): malformed or not signed by this server's key, expired;
+  // a valid grant for another snapshot
+  'grant_invalid',
+  'grant_expired',
+  'grant_forbidden',
   'traffic_token_missing',
   'traffic_token_invalid',
   'signed_url_expired',
@@ -46,6 +51,7 @@ export const PUBLIC_ERROR_CODES = [
   'volume_not_found',
   'webhook_not_found',
   'host_not_found',
+  'layer_not_found',
   'image_not_found',
   // 403: a registry refused the credentials (401 is this API's own key)
   'registry_auth_failed',
@@ -71,6 +77,8 @@ export const PUBLIC_ERROR_CODES = [
   'fleet_disabled',
   // a snapshot no ready host of the fleet can restore (each host's mismatches in details.hosts)
   'no_compatible_host',
+  // an imported snapshot's disk chain rests on a template disk this host does not have
+  'template_missing',
   // 409: a preview URL of a hibernated sandbox that does not wake on requests
   'sandbox_paused',
   // 410: a preview URL of a sandbox that ended
@@ -89,6 +97,12 @@ export const PUBLIC_ERROR_CODES = [
   'registry_unreachable',
   'port_not_open',
   'bad_gateway',
+  // an artifact import: the source could not be reached, refused the grant, answered something
+  // unusable, or sent a layer whose sha256 is not the manifest's
+  'artifact_source_unreachable',
+  'artifact_source_refused',
+  'artifact_source_failed',
+  'artifact_digest_mismatch',
   // 503, 507
   'insufficient_memory',
   'agent_unavailable',

@@ -22,6 +22,7 @@ const OVERLAY_RE = /^disk-[0-9a-z]+\.qcow2$/;
  *       run/                                 QEMU's sockets, pid file and log (vmPaths)
  *   <data dir>/layers/<lyr id>.mem|.state|.qcow2   frozen layers, root-owned, read-only
  *   <data dir>/layers/.staging/<snap id>/    captures in progress (emptied at start)
+ *   <data dir>/layers/.staging/import-<snap id>/   layers of an import being fetched (idem)
  *   <data dir>/volumes/<vol id>/             shared volumes
  *   <data dir>/metrics/<sbx id>.jsonl        a sandbox's metrics samples (server-owned, 0600)
  *
@@ -93,6 +94,12 @@ export class DataDirLayout {
   stagingFor(snapshotId: string): string {
     if (!SNAPSHOT_ID_RE.test(snapshotId)) throw new NsError('internal', `refusing a host path for malformed snapshot id ${JSON.stringify(snapshotId)}`);
     return path.join(this.staging, snapshotId);
+  }
+
+  /** Where an import of snapshot `snapshotId` fetches the layers it lacks before they are checked and placed. */
+  importStagingFor(snapshotId: string): string {
+    if (!SNAPSHOT_ID_RE.test(snapshotId)) throw new NsError('internal', `refusing a host path for malformed snapshot id ${JSON.stringify(snapshotId)}`);
+    return path.join(this.staging, `import-${snapshotId}`);
   }
 
   layerFile(id: string, kind: LayerFileKind): string {

@@ -117,6 +117,15 @@ export async function createOverlay(backing: string, file: string): Promise<void
   fs.chmodSync(file, 0o600);
 }
 
+/**
+ * Names `backing` (qcow2) as the backing file of the qcow2 image `file` without reading either's
+ * data (`qemu-img rebase -u`): for a layer moved to another host, whose chain below is the same
+ * content under other paths. The caller checks the image's header first (no external data file).
+ */
+export async function setBackingFile(file: string, backing: string): Promise<void> {
+  await run('qemu-img', ['rebase', '-q', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, file], { errorCode: 'disk_failed' });
+}
+
 /** Bytes actually allocated for a file (sparse files count only their data). */
 export function allocatedBytes(file: string): number {
   try {

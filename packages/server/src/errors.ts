@@ -62,6 +62,16 @@ const STATUS: Record<PublicErrorCode, number> = {
   no_compatible_host: 409,
   host_unavailable: 503,
   snapshot_unavailable: 503,
+  // artifacts between hosts (docs/api.md "Artifacts")
+  grant_invalid: 401,
+  grant_expired: 401,
+  grant_forbidden: 403,
+  layer_not_found: 404,
+  template_missing: 409,
+  artifact_source_unreachable: 502,
+  artifact_source_refused: 502,
+  artifact_source_failed: 502,
+  artifact_digest_mismatch: 502,
   // not http(s), credentials in it, or (unless NULLSPACE_WEBHOOK_ALLOW_PRIVATE) a loopback/private host
   invalid_webhook_url: 400,
   image_not_found: 404,

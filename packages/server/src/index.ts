@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { importImage, Progress } from '@nullspace/runtime';
+import { DataDirLayout, importImage, Progress } from '@nullspace/runtime';
 import { buildApp, type App } from './api/app.js';
 import { resolveApiKey } from './apikey.js';
 import type { Config } from './config.js';
@@ -18,6 +18,7 @@ import { TemplateBuilds } from './templates/builds.js';
 import { TemplateService } from './templates/service.js';
 import { Preview, previewServer } from './preview/proxy.js';
 import { FleetService } from './fleet/service.js';
+import { Artifacts } from './fleet/artifacts.js';
 import { hostCapacity, hostFingerprint } from './fleet/identity.js';
 import { FleetRouter } from './fleet/router.js';
 import { EventRelay } from './fleet/relay.js';
@@ -27,6 +28,8 @@ import { CONTROL_HEADER, matchesDigest, newSecret } from './fleet/credentials.js
 export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config } from './config.js';
 export { API_KEY_FILE } from './apikey.js';
 export { CREDENTIALS_FILE, type RunningHost } from './fleet/hostd.js';
+export { apiKeyDigestHex } from './fleet/artifacts.js';
+export { snapshotGrant } from './fleet/grant.js';
 export { createLogger } from './log.js';
 export { httpStatusFor, isPublicCode } from './errors.js';
 export { STATES, canTransition, type SandboxState } from './sandbox/lifecycle.js';
@@ -144,7 +147,14 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     };
   }
   fleet.start();
-  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks, fleet, router, hostMode });
+  const artifacts = new Artifacts({
+    snapshots: store.snapshots,
+    layout: new DataDirLayout(config.dataDir),
+    cacheDir: config.cacheDir,
+    layersLock: sandboxes.layersLock,
+    log: log.child({ component: 'artifacts' }),
+  });
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks, fleet, router, hostMode, artifacts });
   const proxyServer = config.preview.proxyPort !== undefined ? previewServer(preview, { headersTimeoutMs: config.http.headersTimeoutMs }) : undefined;
   const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host;
   let proxyUrl: string | undefined;

@@ -11,6 +11,8 @@ import { NsError } from '@nullspace/runtime';
 import { httpStatusFor, isPublicCode } from '../errors.js';
 import { previewServer } from '../preview/proxy.js';
 import { e2bPortTraffic, e2bRoutes, isE2bRoute } from '../e2b/index.js';
+import { apiKeyDigestHex } from '../fleet/artifacts.js';
+import { artifactRoutes, grantOf, isGrantRoute } from './artifacts.js';
 import { commandRoutes } from './commands.js';
 import { consoleRoutes, isConsoleRoute } from './console.js';
 import { eventRoutes } from './events.js';
@@ -94,8 +96,15 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // E2B's port traffic by header: to the preview proxy (packages/server/src/e2b)
   if (!hostMode) app.addHook('onRequest', e2bPortTraffic(deps));
   const key = digest(deps.apiKey);
+  // what artifact grants are signed with: the key's sha256 (hex); on a runtime host, its control
+  // credential's (undefined before it joined: no grant opens anything)
+  const keyHex = apiKeyDigestHex(deps.apiKey);
+  const grantKey = () => (hostMode ? hostMode.keyDigest() : keyHex);
   app.addHook('onRequest', async (req) => {
     if (req.raw.httpVersion === '1.1' && req.headers.host === undefined) throw new NsError('bad_request', 'an HTTP/1.1 request needs a Host header');
+    // a snapshot's manifest and layers also open to a grant, which their routes check (api/artifacts.ts)
+    const grant = grantOf(req);
+    if (grant !== undefined && isGrantRoute(req)) return;
     if (hostMode) {
       // a runtime host: every route needs the control plane's credential (fleet/hostd.ts)
       const expected = hostMode.keyDigest();
@@ -115,7 +124,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(header);
     if (!m?.[1] || !timingSafeEqual(digest(m[1]), key)) {
-      throw new NsError('unauthorized', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key>');
+      const why = grant !== undefined ? 'a grant opens only the reads of a snapshot\'s artifacts: send Authorization: Bearer <key>' : header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key>';
+      throw new NsError('unauthorized', why);
     }
   });
 
@@ -197,6 +207,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       await v1.register(eventRoutes(deps));
       await v1.register(metricsRoutes(deps));
       await v1.register(hostRoutes(deps));
+      await v1.register(artifactRoutes(deps, grantKey));
     },
     { prefix: '/v1' },
   );

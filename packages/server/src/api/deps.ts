@@ -2,6 +2,7 @@ import type { Config } from '../config.js';
 import type { EventLog } from '../events/log.js';
 import type { WebhookService } from '../events/webhooks.js';
 import type { FleetRouter } from '../fleet/router.js';
+import type { Artifacts } from '../fleet/artifacts.js';
 import type { FleetService } from '../fleet/service.js';
 import type { Gc } from '../gc.js';
 import type { HostContext } from '../hostctx.js';
@@ -36,4 +37,6 @@ export interface AppDeps {
    * console.
    */
   hostMode?: { keyDigest(): string | undefined } | undefined;
+  /** A snapshot's artifacts: exported to, and imported from, other servers. */
+  artifacts: Artifacts;
 }

@@ -12,6 +12,8 @@ export interface LayerRecord {
   parentId: string | null;
   bytes: number;
   createdAt: number;
+  /** The sha256 (hex) of its file, once computed (at its first export) or checked (at its import). */
+  sha256?: string;
 }
 
 export type SnapshotKind = 'reusable' | 'hibernate' | 'fork';
@@ -70,6 +72,7 @@ interface LayerRow {
   parent_id: string | null;
   bytes: number;
   created_at: number;
+  sha256: string | null;
 }
 
 const snap = (r: SnapRow): SnapshotRecord => ({
@@ -96,6 +99,7 @@ const layer = (r: LayerRow): LayerRecord => ({
   parentId: r.parent_id,
   bytes: r.bytes,
   createdAt: r.created_at,
+  ...(r.sha256 ? { sha256: r.sha256 } : {}),
 });
 
 export interface SnapshotQuery {
@@ -115,7 +119,12 @@ export class SnapshotStore {
   }
 
   async insertLayer(l: LayerRecord): Promise<void> {
-    await this.sql.run(...insertSql('layers', { id: l.id, kind: l.kind, path: l.path, parent_id: l.parentId, bytes: l.bytes, created_at: l.createdAt }));
+    await this.sql.run(...insertSql('layers', { id: l.id, kind: l.kind, path: l.path, parent_id: l.parentId, bytes: l.bytes, created_at: l.createdAt, sha256: l.sha256 ?? null }));
+  }
+
+  /** Records the digest of a layer's file (computed once: layers are immutable). */
+  async setLayerDigest(id: string, sha256: string): Promise<void> {
+    await this.sql.run('UPDATE layers SET sha256 = ? WHERE id = ?', [sha256, id]);
   }
 
   async deleteLayer(id: string): Promise<void> {

@@ -1,0 +1,71 @@
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from '@sinclair/typebox';
+import { requireGrant } from '../fleet/grant.js';
+import type { AppDeps } from './deps.js';
+
+/**
+ * Artifacts between servers (docs/api.md "Artifacts"): a snapshot's manifest and layer files, read
+ * with the API key or with a grant for that one snapshot (routes marked `config.grant`: the API key
+ * hook leaves a `Grant` to them), and the import of a snapshot from another server (API key only).
+ */
+export function isGrantRoute(req: FastifyRequest): boolean {
+  return (req.routeOptions.config as { grant?: unknown } | undefined)?.grant === true;
+}
+
+/** The grant of a request, when it presents one (`Authorization: Grant <grant>`). */
+export function grantOf(req: FastifyRequest): string | undefined {
+  return /^Grant (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+}
+
+const SnapshotId = Type.String({ pattern: '^snap_[0-9a-z]{16}$' });
+const LayerId = Type.String({ pattern: '^lyr_[0-9a-z]{16}$' });
+
+export const artifactRoutes =
+  (deps: AppDeps, keyDigestHex: () => string | undefined): FastifyPluginAsync =>
+  async (plain) => {
+    const app = plain.withTypeProvider<TypeBoxTypeProvider>();
+    const { artifacts } = deps;
+    /** A request that came with a grant (the hook let it through unchecked) must hold one for `snapshotId`. */
+    const authorize = (req: FastifyRequest, snapshotId: string) => {
+      const grant = grantOf(req);
+      if (grant !== undefined) requireGrant(keyDigestHex(), grant, snapshotId);
+    };
+
+    // (the hosts' protocol: documented in docs/api.md "Artifacts", left out of the OpenAPI document)
+    app.get(
+      '/artifacts/snapshots/:id/manifest',
+      { config: { grant: true }, schema: { hide: true, summary: "A snapshot's layers with their sizes and sha256", params: Type.Object({ id: SnapshotId }) } },
+      async (req) => {
+        authorize(req, req.params.id);
+        return artifacts.manifest(req.params.id);
+      },
+    );
+    app.get(
+      '/artifacts/layers/:layerId',
+      {
+        config: { grant: true },
+        schema: { hide: true, summary: "A layer file of a snapshot's manifest", params: Type.Object({ layerId: LayerId }), querystring: Type.Object({ snapshot: SnapshotId }, { additionalProperties: false }) },
+      },
+      async (req, reply) => {
+        authorize(req, req.query.snapshot);
+        const { stream, bytes } = await artifacts.openLayer(req.query.snapshot, req.params.layerId);
+        return reply.header('content-length', bytes).type('application/octet-stream').send(stream);
+      },
+    );
+    app.post(
+      '/artifacts/import',
+      {
+        schema: {
+          hide: true,
+          summary: "Import a snapshot from another server (only the layers this one lacks are fetched)",
+          body: Type.Object(
+            { snapshotId: SnapshotId, source: Type.String({ pattern: '^https?://[^/?#@]+$', maxLength: 300 }), grant: Type.String({ minLength: 1, maxLength: 512 }) },
+            { additionalProperties: false },
+          ),
+        },
+      },
+      // (the API key only: the hook refuses a grant here)
+      async (req) => artifacts.import(req.body),
+    );
+  };

@@ -1,0 +1,439 @@
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  allocatedBytes,
+  checkQcow2Backing,
+  errorMessage,
+  fsyncDir,
+  isTemplateDiskPath,
+  LAYER_ID_RE,
+  NsError,
+  readQcow2Header,
+  setBackingFile,
+  SNAPSHOT_ID_RE,
+  type DataDirLayout,
+} from '@nullspace/runtime';
+import type { Logger } from '../log.js';
+import { secretDigest } from './credentials.js';
+import type { LayerKind, LayerRecord, SnapshotRecord, SnapshotStore } from '../store/snapshots.js';
+import { KeyedMutex, type RwLock } from '../util.js';
+
+/**
+ * Moving a snapshot's artifacts between servers (docs/ARCHITECTURE.md "Fleet" -> "Artifacts"): a
+ * server exports a snapshot's manifest and layer files (`GET /v1/artifacts/...`, opened by the API
+ * key or by a short-lived grant for that one snapshot: fleet/grant.ts), and imports a snapshot from another server
+ * (`POST /v1/artifacts/import`): only the layers it lacks are fetched, each checked against the
+ * manifest's sha256, placed under its own layer store with their disk chain re-pointed at its own
+ * paths, and recorded with the snapshot in one transaction under the layer lock.
+ */
+
+/** One layer of a snapshot as exported: its file's size (what is sent) and sha256. */
+export interface ManifestLayer {
+  id: string;
+  kind: LayerKind;
+  parentId: string | null;
+  bytes: number;
+  sha256: string;
+}
+
+export interface Manifest {
+  snapshot: SnapshotRecord;
+  /** The RAM and state layers, then the disk chain from the snapshot's disk layer down. */
+  layers: ManifestLayer[];
+  /** The template disk the bottom of the disk chain backs onto (under `cacheDir`). */
+  templateDisk: string;
+  cacheDir: string;
+  layersDir: string;
+}
+
+export interface ImportResult {
+  snapshotId: string;
+  layersFetched: number;
+  layersReused: number;
+  bytesFetched: number;
+}
+
+/**
+ * The sha256 (hex) of an API key: what grants are signed with (fleet/grant.ts). The same digest a
+ * runtime host keeps of its control credential (`secretDigest`), so a host that keeps only that can
+ * check grants.
+ */
+export const apiKeyDigestHex: (apiKey: string) => string = secretDigest;
+
+// ---- the service ----
+
+const SHA256_RE = /^[0-9a-f]{64}$/;
+/** Reads of a source's manifest give up after this long. */
+const MANIFEST_TIMEOUT_MS = 30_000;
+/** A layer download that receives nothing for this long is abandoned. */
+const LAYER_IDLE_MS = 60_000;
+/** Runs of zeros this long (aligned) are left as holes in a fetched layer (RAM images are sparse). */
+const HOLE = 4096;
+const ZEROS = Buffer.alloc(HOLE);
+
+export interface ArtifactsDeps {
+  snapshots: SnapshotStore;
+  layout: DataDirLayout;
+  cacheDir: string;
+  /** The layer lock: gc runs under its write side, so nothing is freed or swept while an import places its layers. */
+  layersLock: RwLock;
+  log: Logger;
+}
+
+export class Artifacts {
+  /** One import of a snapshot at a time; one commit (placing files, recording rows) at a time. */
+  private readonly imports = new KeyedMutex();
+  /** Digests being computed, by layer id (two manifests at once hash a file once). */
+  private readonly hashing = new Map<string, Promise<string>>();
+
+  constructor(private readonly deps: ArtifactsDeps) {}
+
+  /** The manifest of a snapshot of this server (layer digests computed now if never before). */
+  async manifest(snapshotId: string): Promise<Manifest> {
+    return this.deps.layersLock.read(async () => {
+      const { snapshot, layers } = await this.localLayers(snapshotId);
+      const bottom = layers.filter((l) => l.kind === 'disk').at(-1)!;
+      const header = readHeader(bottom.path);
+      if (!header.backingFile || !isTemplateDiskPath(this.deps.cacheDir, header.backingFile)) {
+        throw new NsError('internal', `snapshot ${snapshotId}: its disk chain does not rest on a template disk (${String(header.backingFile)})`);
+      }
+      const out: ManifestLayer[] = [];
+      for (const l of layers) {
+        out.push({ id: l.id, kind: l.kind, parentId: l.parentId, bytes: fs.statSync(l.path).size, sha256: l.sha256 ?? (await this.digest(l)) });
+      }
+      return { snapshot, layers: out, templateDisk: header.backingFile, cacheDir: this.deps.cacheDir, layersDir: this.deps.layout.layers };
+    });
+  }
+
+  /** A layer file of a snapshot's manifest, opened for sending (404 `layer_not_found` for any other layer). */
+  async openLayer(snapshotId: string, layerId: string): Promise<{ stream: fs.ReadStream; bytes: number }> {
+    return this.deps.layersLock.read(async () => {
+      const { layers } = await this.localLayers(snapshotId);
+      const l = layers.find((x) => x.id === layerId);
+      if (!l) throw new NsError('layer_not_found', `layer ${layerId} is not a layer of snapshot ${snapshotId}`, { details: { id: layerId, snapshotId } });
+      // (the open descriptor keeps the file's data even if the collector frees the layer meanwhile)
+      const fd = fs.openSync(l.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      const bytes = fs.fstatSync(fd).size;
+      return { stream: fs.createReadStream('', { fd }), bytes };
+    });
+  }
+
+  /** The snapshot and its layers here: RAM, state, then the disk chain from the top down. */
+  private async localLayers(snapshotId: string): Promise<{ snapshot: SnapshotRecord; layers: LayerRecord[] }> {
+    const { snapshots } = this.deps;
+    const snapshot = await snapshots.get(snapshotId);
+    if (!snapshot) throw new NsError('snapshot_not_found', `snapshot ${snapshotId} not found`, { details: { id: snapshotId } });
+    const need = async (id: string) => {
+      const l = await snapshots.layer(id);
+      if (!l || !fs.existsSync(l.path)) throw new NsError('artifact_missing', `snapshot ${snapshotId}: layer ${id} is missing`);
+      return l;
+    };
+    const layers = [await need(snapshot.memLayer), await need(snapshot.stateLayer)];
+    for (let id: string | null = snapshot.diskLayer, n = 0; id; n++) {
+      if (n > 1000) throw new NsError('internal', `snapshot ${snapshotId}: its disk chain does not end`);
+      const l = await need(id);
+      layers.push(l);
+      id = l.parentId;
+    }
+    return { snapshot, layers };
+  }
+
+  /** Computes and records a layer's sha256 (once: layers are immutable). */
+  private digest(l: LayerRecord): Promise<string> {
+    let p = this.hashing.get(l.id);
+    if (!p) {
+      p = (async () => {
+        const t0 = Date.now();
+        const h = createHash('sha256');
+        for await (const chunk of fs.createReadStream(l.path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+        const hex = h.digest('hex');
+        await this.deps.snapshots.setLayerDigest(l.id, hex);
+        this.deps.log.info({ layer: l.id, kind: l.kind, bytes: fs.statSync(l.path).size, ms: Date.now() - t0 }, 'layer digest computed');
+        return hex;
+      })().finally(() => this.hashing.delete(l.id));
+      this.hashing.set(l.id, p);
+    }
+    return p;
+  }
+
+  /**
+   * Imports snapshot `snapshotId` from the server at `source` with a grant of that server: fetches
+   * the layers this one lacks (checked against the manifest's sha256), places them, re-points the
+   * disk chain at this server's paths and records the layers and the snapshot. Idempotent.
+   */
+  async import(req: { snapshotId: string; source: string; grant: string }): Promise<ImportResult> {
+    const { snapshotId } = req;
+    return this.imports.run(snapshotId, async () => {
+      const here = await this.deps.snapshots.get(snapshotId);
+      if (here) {
+        const { layers } = await this.localLayers(snapshotId);
+        return { snapshotId, layersFetched: 0, layersReused: layers.length, bytesFetched: 0 };
+      }
+      const manifest = await this.fetchManifest(req);
+      const plan = await this.plan(manifest);
+      const staging = this.deps.layout.importStagingFor(snapshotId);
+      fs.rmSync(staging, { recursive: true, force: true });
+      fs.mkdirSync(staging, { recursive: true, mode: 0o700 });
+      try {
+        let bytesFetched = 0;
+        for (const l of plan.fetch) bytesFetched += await this.fetchLayer(req, l, path.join(staging, l.id));
+        // placing and recording: one at a time, under the layer lock (the collector neither frees a
+        // reused layer nor sweeps a placed file as an orphan meanwhile)
+        const reused = await this.imports.run('\0commit', () => this.deps.layersLock.read(() => this.commit(manifest, plan, staging)));
+        this.deps.log.info({ snapshotId, source: req.source, layersFetched: plan.fetch.length, layersReused: reused, bytesFetched }, 'snapshot imported');
+        return { snapshotId, layersFetched: plan.fetch.length, layersReused: reused, bytesFetched };
+      } finally {
+        fs.rmSync(staging, { recursive: true, force: true });
+      }
+    });
+  }
+
+  private async fetchManifest(req: { snapshotId: string; source: string; grant: string }): Promise<Manifest> {
+    const url = `${req.source}/v1/artifacts/snapshots/${req.snapshotId}/manifest`;
+    const res = await this.get(url, req, AbortSignal.timeout(MANIFEST_TIMEOUT_MS));
+    let body: unknown;
+    try {
+      body = await res.json();
+    } catch (err) {
+      throw new NsError('artifact_source_failed', `${url}: the answer is not JSON: ${errorMessage(err)}`, { details: { source: req.source } });
+    }
+    return validManifest(body, req.snapshotId, req.source);
+  }
+
+  /** A GET of the source with the grant; its refusals as this server's codes. */
+  private async get(url: string, req: { snapshotId: string; source: string; grant: string }, signal: AbortSignal): Promise<Response> {
+    let res: Response;
+    try {
+      res = await fetch(url, { headers: { authorization: `Grant ${req.grant}` }, signal, redirect: 'error' });
+    } catch (err) {
+      throw new NsError('artifact_source_unreachable', `${req.source} could not be reached: ${errorMessage(err)}`, { details: { source: req.source } });
+    }
+    if (res.ok) return res;
+    const text = await res.text().catch(() => '');
+    let code: string | undefined;
+    try {
+      code = (JSON.parse(text) as { error?: { code?: string } }).error?.code;
+    } catch {
+      /* not the API's error format */
+    }
+    const details = { source: req.source, status: res.status, ...(code ? { sourceCode: code } : {}) };
+    if (res.status === 404 && code === 'snapshot_not_found') throw new NsError('snapshot_not_found', `snapshot ${req.snapshotId} not found on ${req.source}`, { details: { id: req.snapshotId, ...details } });
+    if (res.status === 401 || res.status === 403) throw new NsError('artifact_source_refused', `${req.source} refused the grant for snapshot ${req.snapshotId}: ${res.status} ${code ?? ''}`.trim(), { details });
+    throw new NsError('artifact_source_failed', `${url}: ${res.status} ${code ?? text.slice(0, 200)}`.trim(), { details });
+  }
+
+  /** Which of the manifest's layers this server lacks, and the paths its chain will rest on here. */
+  private async plan(m: Manifest): Promise<Plan> {
+    const remap = (file: string) => (file.startsWith(m.cacheDir + '/') ? path.join(this.deps.cacheDir, file.slice(m.cacheDir.length + 1)) : file);
+    const templateDisk = remap(m.templateDisk);
+    if (!isTemplateDiskPath(this.deps.cacheDir, templateDisk) || !isFile(templateDisk)) {
+      throw new NsError('template_missing', `snapshot ${m.snapshot.id} rests on the template disk ${templateDisk}, which this host does not have`, {
+        details: { templateDisk, template: m.snapshot.template },
+      });
+    }
+    const fetch: ManifestLayer[] = [];
+    for (const l of m.layers) {
+      const local = await this.deps.snapshots.layer(l.id);
+      if (local && isFile(local.path)) continue;
+      if (local) throw new NsError('artifact_missing', `layer ${l.id} is recorded here but its file ${local.path} is missing`);
+      else fetch.push(l);
+    }
+    const snapshot: SnapshotRecord = { ...m.snapshot, vmConfig: { ...m.snapshot.vmConfig, kernel: remap(m.snapshot.vmConfig.kernel), initrd: remap(m.snapshot.vmConfig.initrd) } };
+    return { fetch, templateDisk, snapshot };
+  }
+
+  /** Downloads one layer to `file`, checking its size and sha256 as it is written; the bytes fetched. */
+  private async fetchLayer(req: { snapshotId: string; source: string; grant: string }, l: ManifestLayer, file: string): Promise<number> {
+    const url = `${req.source}/v1/artifacts/layers/${l.id}?snapshot=${req.snapshotId}`;
+    const abort = new AbortController();
+    let idle: NodeJS.Timeout | undefined;
+    const touch = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => abort.abort(new Error(`nothing received for ${LAYER_IDLE_MS / 1000} s`)), LAYER_IDLE_MS);
+    };
+    touch();
+    const fh = await fs.promises.open(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    const h = createHash('sha256');
+    let pos = 0;
+    try {
+      const res = await this.get(url, req, abort.signal);
+      if (!res.body) throw new NsError('artifact_source_failed', `${url}: no body`, { details: { source: req.source } });
+      try {
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+          touch();
+          const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+          h.update(buf);
+          await writeSparse(fh, buf, pos);
+          pos += buf.length;
+          if (pos > l.bytes) break;
+        }
+      } catch (err) {
+        if (err instanceof NsError) throw err;
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOSPC' || code === 'EDQUOT') throw new NsError('no_space', `fetching layer ${l.id}: no space left on the data disk`, { cause: err });
+        throw new NsError('artifact_source_unreachable', `fetching layer ${l.id} from ${req.source}: ${errorMessage(err)}`, { details: { source: req.source } });
+      }
+      if (pos !== l.bytes) {
+        throw new NsError('artifact_source_failed', `layer ${l.id} from ${req.source}: ${pos} bytes received, the manifest says ${l.bytes}`, { details: { source: req.source, layerId: l.id } });
+      }
+      const sha256 = h.digest('hex');
+      if (sha256 !== l.sha256) {
+        throw new NsError('artifact_digest_mismatch', `layer ${l.id} from ${req.source}: its sha256 is ${sha256}, the manifest says ${l.sha256}`, {
+          details: { source: req.source, layerId: l.id, expected: l.sha256, actual: sha256 },
+        });
+      }
+      await fh.truncate(pos);
+      await fh.sync();
+      return pos;
+    } catch (err) {
+      abort.abort();
+      throw err;
+    } finally {
+      clearTimeout(idle);
+      await fh.close();
+    }
+  }
+
+  /** Places the fetched layers, re-points their chain, records them and the snapshot; the number of layers reused. */
+  private async commit(m: Manifest, plan: Plan, staging: string): Promise<number> {
+    const { snapshots, layout } = this.deps;
+    // another import may have placed some of these meanwhile; a reused one may have been freed
+    const fetch: ManifestLayer[] = [];
+    let reused = 0;
+    for (const l of m.layers) {
+      const local = await snapshots.layer(l.id);
+      if (local && isFile(local.path)) reused++;
+      else if (plan.fetch.includes(l) && !local) fetch.push(l);
+      else throw new NsError('artifact_missing', `layer ${l.id} was freed here while the import ran; retry`);
+    }
+    const kindFile = (l: ManifestLayer) => layout.layerFile(l.id, l.kind);
+    const localPath = async (id: string) => (await snapshots.layer(id))?.path ?? kindFile(m.layers.find((x) => x.id === id)!);
+    const placed: string[] = [];
+    try {
+      // bottom-up: a disk layer's parent is in place before it is re-pointed at it
+      for (const l of [...fetch].reverse()) {
+        const dst = kindFile(l);
+        const src = path.join(staging, l.id);
+        if (l.kind === 'disk') {
+          // what the source wrote must read nothing but its own clusters and the backing named next
+          const h = readHeader(src);
+          if (h.externalData || h.encrypted) throw new NsError('disk_invalid', `layer ${l.id} from the source names an external data file or is encrypted: refused`);
+          const backing = l.parentId ? await localPath(l.parentId) : plan.templateDisk;
+          await setBackingFile(src, backing);
+          checkQcow2Backing(src, (b) => b === backing);
+        }
+        fs.chmodSync(src, 0o444);
+        fs.renameSync(src, dst);
+        placed.push(dst);
+      }
+      fsyncDir(layout.layers);
+      await snapshots.transaction(async () => {
+        const now = Date.now();
+        for (const l of [...fetch].reverse()) {
+          const file = kindFile(l);
+          // (a disk layer's header now names this host's paths: its digest here is computed at its first export from here)
+          const sha256 = l.kind === 'disk' ? undefined : l.sha256;
+          await snapshots.insertLayer({ id: l.id, kind: l.kind, path: file, parentId: l.parentId, bytes: allocatedBytes(file), createdAt: now, ...(sha256 ? { sha256 } : {}) });
+        }
+        await snapshots.insert(plan.snapshot);
+      });
+      return reused;
+    } catch (err) {
+      for (const f of placed) fs.rmSync(f, { force: true });
+      throw err;
+    }
+  }
+}
+
+interface Plan {
+  /** The layers this server lacks (the others it holds already). */
+  fetch: ManifestLayer[];
+  /** This host's copy of the template disk the chain rests on. */
+  templateDisk: string;
+  /** The snapshot as recorded here (kernel and initrd under this host's cache dir). */
+  snapshot: SnapshotRecord;
+}
+
+function isFile(file: string): boolean {
+  try {
+    return fs.lstatSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function readHeader(file: string): ReturnType<typeof readQcow2Header> {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  try {
+    return readQcow2Header(fd, file);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Writes `buf` at `pos`, leaving aligned runs of zeros as holes (the file is truncated to its size at the end). */
+async function writeSparse(fh: fs.promises.FileHandle, buf: Buffer, pos: number): Promise<void> {
+  let start = 0;
+  while (start < buf.length) {
+    // the next aligned boundary after `start`
+    const end = Math.min(buf.length, start + HOLE - ((pos + start) % HOLE));
+    const piece = buf.subarray(start, end);
+    const zero = piece.length === HOLE && piece.equals(ZEROS);
+    if (!zero) {
+      // coalesce the following non-zero pieces into one write
+      let stop = end;
+      while (stop < buf.length) {
+        const next = Math.min(buf.length, stop + HOLE);
+        const p = buf.subarray(stop, next);
+        if (p.length === HOLE && p.equals(ZEROS)) break;
+        stop = next;
+      }
+      await fh.write(buf, start, stop - start, pos + start);
+      start = stop;
+    } else start = end;
+  }
+}
+
+/** The source's manifest, checked field by field (a source is another server, but its answer is input). */
+function validManifest(body: unknown, snapshotId: string, source: string): Manifest {
+  const bad = (why: string) => new NsError('artifact_source_failed', `the manifest of snapshot ${snapshotId} from ${source} is invalid: ${why}`, { details: { source } });
+  const m = body as Partial<Manifest> | null;
+  if (!m || typeof m !== 'object' || !m.snapshot || typeof m.snapshot !== 'object' || !Array.isArray(m.layers)) throw bad('not a manifest');
+  const s = m.snapshot;
+  if (s.id !== snapshotId) throw bad(`it is snapshot ${String(s.id)}`);
+  const abs = (p: unknown): p is string => typeof p === 'string' && p.startsWith('/') && path.normalize(p) === p && !p.includes('\0');
+  if (!abs(m.cacheDir) || !abs(m.layersDir) || !abs(m.templateDisk) || !isTemplateDiskPath(m.cacheDir, m.templateDisk)) throw bad('its paths');
+  if (!s.vmConfig || typeof s.vmConfig !== 'object' || !abs(s.vmConfig.kernel) || !abs(s.vmConfig.initrd)) throw bad('its vmConfig');
+  const layers = new Map<string, ManifestLayer>();
+  for (const l of m.layers) {
+    if (
+      !l ||
+      typeof l.id !== 'string' ||
+      !LAYER_ID_RE.test(l.id) ||
+      !['mem', 'state', 'disk'].includes(l.kind) ||
+      !(l.parentId === null || (typeof l.parentId === 'string' && LAYER_ID_RE.test(l.parentId))) ||
+      !Number.isSafeInteger(l.bytes) ||
+      l.bytes < 0 ||
+      typeof l.sha256 !== 'string' ||
+      !SHA256_RE.test(l.sha256) ||
+      layers.has(l.id)
+    ) {
+      throw bad(`layer ${JSON.stringify(l).slice(0, 200)}`);
+    }
+    layers.set(l.id, { id: l.id, kind: l.kind, parentId: l.parentId, bytes: l.bytes, sha256: l.sha256 });
+  }
+  if (layers.get(s.memLayer)?.kind !== 'mem' || layers.get(s.stateLayer)?.kind !== 'state') throw bad('its RAM or state layer');
+  // the disk chain from the snapshot's disk layer down is exactly the manifest's disk layers, in order
+  const chain: ManifestLayer[] = [];
+  for (let id: string | null = s.diskLayer; id; ) {
+    const l = layers.get(id);
+    if (l?.kind !== 'disk' || chain.includes(l)) throw bad('its disk chain');
+    chain.push(l);
+    id = l.parentId;
+  }
+  const disks = [...layers.values()].filter((l) => l.kind === 'disk');
+  if (disks.length !== chain.length || layers.size !== chain.length + 2) throw bad('layers outside the snapshot');
+  if (!SNAPSHOT_ID_RE.test(s.id)) throw bad('its id');
+  return { snapshot: s as SnapshotRecord, layers: [layers.get(s.memLayer)!, layers.get(s.stateLayer)!, ...chain], templateDisk: m.templateDisk, cacheDir: m.cacheDir, layersDir: m.layersDir };
+}
