@@ -226,6 +226,10 @@ describe('artifacts: a snapshot moves from one server to another', () => {
       // its chain rests on the first snapshot's disk layer, which B has
       expect(m2.layers[3]!.id).toBe(m1.snapshot.diskLayer);
       const grant2 = snapshotGrant(keyA, snap2.id, 60_000);
+      // a layer of another snapshot is not read through this one (with the key or this one's grant)
+      expect(code(await req(A, 'GET', `/v1/artifacts/layers/${m2.snapshot.memLayer}?snapshot=${snap1.id}`))).toEqual([404, 'layer_not_found']);
+      expect(code(await req(A, 'GET', `/v1/artifacts/layers/${m2.snapshot.memLayer}?snapshot=${snap1.id}`, { auth: `Grant ${grant1}` }))).toEqual([404, 'layer_not_found']);
+      expect((await req(A, 'GET', `/v1/artifacts/layers/${m2.snapshot.memLayer}?snapshot=${snap2.id}`, { auth: `Grant ${grant2}` })).status).toBe(200);
       // two imports at once: one fetches, the other finds it done
       const [a, b] = await Promise.all([imp(snap2.id, grant2), imp(snap2.id, grant2)]);
       expect([a.status, b.status], JSON.stringify([a.json, b.json])).toEqual([200, 200]);
