@@ -138,6 +138,12 @@ describe('artifacts: a snapshot moves from one server to another', () => {
       expect(lr.buf.length).toBe(stateLayer.bytes);
 
       // ---- refusals ----
+      // neither key nor grant, a wrong key
+      for (const auth of ['', 'Bearer wrong-key-wrong-key', 'Grant ']) {
+        expect(code(await req(A, 'GET', `/v1/artifacts/snapshots/${snap1.id}/manifest`, { auth })), auth).toEqual([401, 'unauthorized']);
+        expect(code(await req(A, 'GET', `/v1/artifacts/layers/${stateLayer.id}?snapshot=${snap1.id}`, { auth })), auth).toEqual([401, 'unauthorized']);
+        expect(code(await req(B, 'POST', '/v1/artifacts/import', { auth, body: { snapshotId: snap1.id, source: A.url, grant: grant1 } })), auth).toEqual([401, 'unauthorized']);
+      }
       const expired = snapshotGrant(keyA, snap1.id, -1);
       expect(code(await req(A, 'GET', `/v1/artifacts/snapshots/${snap1.id}/manifest`, { auth: `Grant ${expired}` }))).toEqual([401, 'grant_expired']);
       const wrongKey = snapshotGrant(apiKeyDigestHex('not the key'), snap1.id, 60_000);

@@ -152,6 +152,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     layout: new DataDirLayout(config.dataDir),
     cacheDir: config.cacheDir,
     layersLock: sandboxes.layersLock,
+    minFreeDiskMiB: config.limits.minFreeDiskMiB,
     log: log.child({ component: 'artifacts' }),
   });
   const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks, fleet, router, hostMode, artifacts });

@@ -14,6 +14,7 @@ import {
   SNAPSHOT_ID_RE,
   type DataDirLayout,
 } from '@nullspace/runtime';
+import { checkFreeDisk } from '../admission.js';
 import type { Logger } from '../log.js';
 import { secretDigest } from './credentials.js';
 import type { LayerKind, LayerRecord, SnapshotRecord, SnapshotStore } from '../store/snapshots.js';
@@ -78,6 +79,8 @@ export interface ArtifactsDeps {
   cacheDir: string;
   /** The layer lock: gc runs under its write side, so nothing is freed or swept while an import places its layers. */
   layersLock: RwLock;
+  /** The data disk's reserve (NULLSPACE_MIN_FREE_DISK_MIB): an import below it is refused, as a capture is. */
+  minFreeDiskMiB: number;
   log: Logger;
 }
 
@@ -172,6 +175,7 @@ export class Artifacts {
       }
       const manifest = await this.fetchManifest(req);
       const plan = await this.plan(manifest);
+      checkFreeDisk(this.deps.layout.root, this.deps.minFreeDiskMiB, `importing snapshot ${snapshotId}`);
       const staging = this.deps.layout.importStagingFor(snapshotId);
       fs.rmSync(staging, { recursive: true, force: true });
       fs.mkdirSync(staging, { recursive: true, mode: 0o700 });
@@ -405,6 +409,20 @@ function validManifest(body: unknown, snapshotId: string, source: string): Manif
   const abs = (p: unknown): p is string => typeof p === 'string' && p.startsWith('/') && path.normalize(p) === p && !p.includes('\0');
   if (!abs(m.cacheDir) || !abs(m.layersDir) || !abs(m.templateDisk) || !isTemplateDiskPath(m.cacheDir, m.templateDisk)) throw bad('its paths');
   if (!s.vmConfig || typeof s.vmConfig !== 'object' || !abs(s.vmConfig.kernel) || !abs(s.vmConfig.initrd)) throw bad('its vmConfig');
+  const obj = (v: unknown) => typeof v === 'object' && v !== null;
+  if (
+    !['reusable', 'hibernate', 'fork'].includes(s.kind as string) ||
+    typeof s.sandboxId !== 'string' ||
+    typeof s.template !== 'string' ||
+    !obj(s.metadata) ||
+    !obj(s.envs) ||
+    !obj(s.requirements) ||
+    !Array.isArray(s.volumes) ||
+    !Number.isSafeInteger(s.createdAt) ||
+    !(s.pauseMs === null || typeof s.pauseMs === 'number')
+  ) {
+    throw bad('its snapshot record');
+  }
   const layers = new Map<string, ManifestLayer>();
   for (const l of m.layers) {
     if (
