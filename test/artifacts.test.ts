@@ -236,9 +236,9 @@ describe('artifacts: a snapshot moves from one server to another', () => {
       expect(code(await req(A, 'GET', `/v1/artifacts/layers/${m2.snapshot.memLayer}?snapshot=${snap1.id}`))).toEqual([404, 'layer_not_found']);
       expect(code(await req(A, 'GET', `/v1/artifacts/layers/${m2.snapshot.memLayer}?snapshot=${snap1.id}`, { auth: `Grant ${grant1}` }))).toEqual([404, 'layer_not_found']);
       expect((await req(A, 'GET', `/v1/artifacts/layers/${m2.snapshot.memLayer}?snapshot=${snap2.id}`, { auth: `Grant ${grant2}` })).status).toBe(200);
-      // two imports at once: one fetches, the other finds it done
-      const [a, b] = await Promise.all([imp(snap2.id, grant2), imp(snap2.id, grant2)]);
-      expect([a.status, b.status], JSON.stringify([a.json, b.json])).toEqual([200, 200]);
+      // two imports at once (and the collector meanwhile): one fetches, the other finds it done
+      const [a, b, gc] = await Promise.all([imp(snap2.id, grant2), imp(snap2.id, grant2), req(B, 'POST', '/v1/gc')]);
+      expect([a.status, b.status, gc.status], JSON.stringify([a.json, b.json])).toEqual([200, 200, 200]);
       const results = [a.json, b.json] as unknown as Imported[];
       const i2 = results.find((r) => r.layersFetched > 0)!;
       expect(results.map((r) => r.layersFetched).sort()).toEqual([0, 3]);
@@ -255,6 +255,11 @@ describe('artifacts: a snapshot moves from one server to another', () => {
       expect(await onB2.files.read('/workspace/second.txt')).toBe('second\n');
       expect(await onB2.files.read('/workspace/disk.txt')).toBe('on the disk of A\n');
       expect(await ask(onB2)).toBe(value);
+      // B's layer store: every layer held by its snapshots, no file it does not know, nothing staged
+      const report = (await req(B, 'POST', '/v1/gc')).json as { freed: unknown[]; orphanFiles: string[]; retained: Array<{ layerId: string }> };
+      expect([report.freed, report.orphanFiles]).toEqual([[], []]);
+      expect(report.retained.map((r) => r.layerId)).toEqual(expect.arrayContaining([...m1.layers, ...m2.layers].map((l) => l.id)));
+      expect(staged(dirB)).toEqual([]);
     } finally {
       await Promise.all(open.map((s) => s.kill().catch(() => {})));
     }
