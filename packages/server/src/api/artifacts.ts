@@ -1,6 +1,7 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
+import { DELTA_TYPE } from '../fleet/artifacts.js';
 import { requireGrant } from '../fleet/grant.js';
 import type { AppDeps } from './deps.js';
 
@@ -45,11 +46,17 @@ export const artifactRoutes =
       '/artifacts/layers/:layerId',
       {
         config: { grant: true },
-        schema: { hide: true, summary: "A layer file of a snapshot's manifest", params: Type.Object({ layerId: LayerId }), querystring: Type.Object({ snapshot: SnapshotId }, { additionalProperties: false }) },
+        schema: {
+          hide: true,
+          summary: "A layer file of a snapshot's manifest (with base: what differs from that layer)",
+          params: Type.Object({ layerId: LayerId }),
+          querystring: Type.Object({ snapshot: SnapshotId, base: Type.Optional(LayerId) }, { additionalProperties: false }),
+        },
       },
       async (req, reply) => {
         authorize(req, req.query.snapshot);
-        const { stream, bytes } = await artifacts.openLayer(req.query.snapshot, req.params.layerId);
+        const { stream, bytes, delta } = await artifacts.openLayer(req.query.snapshot, req.params.layerId, req.query.base);
+        if (delta) return reply.type(DELTA_TYPE).send(stream);
         return reply.header('content-length', bytes).type('application/octet-stream').send(stream);
       },
     );

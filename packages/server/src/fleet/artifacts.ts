@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import {
   allocatedBytes,
   checkQcow2Backing,
+  cloneFile,
   errorMessage,
   fsyncDir,
   isTemplateDiskPath,
@@ -109,16 +111,26 @@ export class Artifacts {
     });
   }
 
-  /** A layer file of a snapshot's manifest, opened for sending (404 `layer_not_found` for any other layer). */
-  async openLayer(snapshotId: string, layerId: string): Promise<{ stream: fs.ReadStream; bytes: number }> {
+  /**
+   * A layer file of a snapshot's manifest, opened for sending (404 `layer_not_found` for any other
+   * layer). With `base`, a RAM or state layer of the same kind that this server holds too (the
+   * importer has it: an earlier snapshot of the same sandbox), only what differs from it is sent
+   * (`delta`: records of offset, length and bytes); without a usable base, the whole file.
+   */
+  async openLayer(snapshotId: string, layerId: string, base?: string): Promise<{ stream: Readable; bytes: number | undefined; delta: boolean }> {
     return this.deps.layersLock.read(async () => {
       const { layers } = await this.localLayers(snapshotId);
       const l = layers.find((x) => x.id === layerId);
       if (!l) throw new NsError('layer_not_found', `layer ${layerId} is not a layer of snapshot ${snapshotId}`, { details: { id: layerId, snapshotId } });
-      // (the open descriptor keeps the file's data even if the collector frees the layer meanwhile)
+      // (open descriptors keep the files' data even if the collector frees a layer meanwhile)
       const fd = fs.openSync(l.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
       const bytes = fs.fstatSync(fd).size;
-      return { stream: fs.createReadStream('', { fd }), bytes };
+      const b = base !== undefined && base !== l.id && l.kind !== 'disk' ? await this.deps.snapshots.layer(base) : undefined;
+      if (b?.kind === l.kind && isFile(b.path)) {
+        const baseFd = fs.openSync(b.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+        return { stream: Readable.from(deltaRecords(fd, bytes, baseFd)), bytes: undefined, delta: true };
+      }
+      return { stream: fs.createReadStream('', { fd }), bytes, delta: false };
     });
   }
 
@@ -148,9 +160,7 @@ export class Artifacts {
     if (!p) {
       p = (async () => {
         const t0 = Date.now();
-        const h = createHash('sha256');
-        for await (const chunk of fs.createReadStream(l.path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-        const hex = h.digest('hex');
+        const hex = await fileSha256(l.path);
         await this.deps.snapshots.setLayerDigest(l.id, hex);
         this.deps.log.info({ layer: l.id, kind: l.kind, bytes: fs.statSync(l.path).size, ms: Date.now() - t0 }, 'layer digest computed');
         return hex;
@@ -181,7 +191,7 @@ export class Artifacts {
       fs.mkdirSync(staging, { recursive: true, mode: 0o700 });
       try {
         let bytesFetched = 0;
-        for (const l of plan.fetch) bytesFetched += await this.fetchLayer(req, l, path.join(staging, l.id));
+        for (const l of plan.fetch) bytesFetched += await this.fetchLayer(req, manifest, l, path.join(staging, l.id));
         // placing and recording: one at a time, under the layer lock (the collector neither frees a
         // reused layer nor sweeps a placed file as an orphan meanwhile)
         const reused = await this.imports.run('\0commit', () => this.deps.layersLock.read(() => this.commit(manifest, plan, staging)));
@@ -247,9 +257,29 @@ export class Artifacts {
     return { fetch, templateDisk, snapshot };
   }
 
-  /** Downloads one layer to `file`, checking its size and sha256 as it is written; the bytes fetched. */
-  private async fetchLayer(req: { snapshotId: string; source: string; grant: string }, l: ManifestLayer, file: string): Promise<number> {
-    const url = `${req.source}/v1/artifacts/layers/${l.id}?snapshot=${req.snapshotId}`;
+  /**
+   * An earlier RAM or state layer of the imported snapshot's sandbox that this server holds: a
+   * fetch of the new one asks for what differs from it only (most of a guest's RAM has not changed).
+   */
+  private async baseFor(m: Manifest, kind: LayerKind): Promise<LayerRecord | undefined> {
+    if (kind === 'disk') return undefined;
+    const { items } = await this.deps.snapshots.list({ sandboxId: m.snapshot.sandboxId, limit: 1000 });
+    for (const s of items.reverse()) {
+      const l = await this.deps.snapshots.layer(kind === 'mem' ? s.memLayer : s.stateLayer);
+      if (l && isFile(l.path)) return l;
+    }
+    return undefined;
+  }
+
+  /**
+   * Downloads one layer to `file` (the whole file, or what differs from a base layer of this
+   * server's, applied onto a copy of it), checking its size and sha256; the bytes fetched.
+   */
+  private async fetchLayer(req: { snapshotId: string; source: string; grant: string }, m: Manifest, l: ManifestLayer, file: string): Promise<number> {
+    // the base is copied first (the collector may free it once the copy exists: the copy stays)
+    let base = await this.baseFor(m, l.kind);
+    if (base) await cloneFile(base.path, file, 0o600).catch(() => (base = undefined));
+    const url = `${req.source}/v1/artifacts/layers/${l.id}?snapshot=${req.snapshotId}${base ? `&base=${base.id}` : ''}`;
     const abort = new AbortController();
     let idle: NodeJS.Timeout | undefined;
     const touch = () => {
@@ -257,20 +287,26 @@ export class Artifacts {
       idle = setTimeout(() => abort.abort(new Error(`nothing received for ${LAYER_IDLE_MS / 1000} s`)), LAYER_IDLE_MS);
     };
     touch();
-    const fh = await fs.promises.open(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-    const h = createHash('sha256');
-    let pos = 0;
+    const fh = await fs.promises.open(file, base ? fs.constants.O_RDWR : fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    let received = 0;
     try {
       const res = await this.get(url, req, abort.signal);
       if (!res.body) throw new NsError('artifact_source_failed', `${url}: no body`, { details: { source: req.source } });
+      const delta = res.headers.get('content-type') === DELTA_TYPE;
+      if (!delta) await fh.truncate(0);
+      const apply = delta ? new DeltaApplier(fh, l.bytes) : undefined;
+      let pos = 0;
       try {
         for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
           touch();
           const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-          h.update(buf);
-          await writeSparse(fh, buf, pos);
-          pos += buf.length;
-          if (pos > l.bytes) break;
+          received += buf.length;
+          if (apply) await apply.push(buf);
+          else {
+            await writeSparse(fh, buf, pos);
+            pos += buf.length;
+            if (pos > l.bytes) break;
+          }
         }
       } catch (err) {
         if (err instanceof NsError) throw err;
@@ -278,18 +314,12 @@ export class Artifacts {
         if (code === 'ENOSPC' || code === 'EDQUOT') throw new NsError('no_space', `fetching layer ${l.id}: no space left on the data disk`, { cause: err });
         throw new NsError('artifact_source_unreachable', `fetching layer ${l.id} from ${req.source}: ${errorMessage(err)}`, { details: { source: req.source } });
       }
-      if (pos !== l.bytes) {
+      if (apply && !apply.complete) throw new NsError('artifact_source_failed', `layer ${l.id} from ${req.source}: the delta breaks off within a record`, { details: { source: req.source, layerId: l.id } });
+      if (!apply && pos !== l.bytes) {
         throw new NsError('artifact_source_failed', `layer ${l.id} from ${req.source}: ${pos} bytes received, the manifest says ${l.bytes}`, { details: { source: req.source, layerId: l.id } });
       }
-      const sha256 = h.digest('hex');
-      if (sha256 !== l.sha256) {
-        throw new NsError('artifact_digest_mismatch', `layer ${l.id} from ${req.source}: its sha256 is ${sha256}, the manifest says ${l.sha256}`, {
-          details: { source: req.source, layerId: l.id, expected: l.sha256, actual: sha256 },
-        });
-      }
-      await fh.truncate(pos);
+      await fh.truncate(l.bytes);
       await fh.sync();
-      return pos;
     } catch (err) {
       abort.abort();
       throw err;
@@ -297,6 +327,14 @@ export class Artifacts {
       clearTimeout(idle);
       await fh.close();
     }
+    // what is written is checked whole: a delta applied onto the base is the layer, or is refused
+    const sha256 = await fileSha256(file);
+    if (sha256 !== l.sha256) {
+      throw new NsError('artifact_digest_mismatch', `layer ${l.id} from ${req.source}: its sha256 is ${sha256}, the manifest says ${l.sha256}`, {
+        details: { source: req.source, layerId: l.id, expected: l.sha256, actual: sha256 },
+      });
+    }
+    return received;
   }
 
   /** Places the fetched layers, re-points their chain, records them and the snapshot; the number of layers reused. */
@@ -454,4 +492,96 @@ function validManifest(body: unknown, snapshotId: string, source: string): Manif
   if (disks.length !== chain.length || layers.size !== chain.length + 2) throw bad('layers outside the snapshot');
   if (!SNAPSHOT_ID_RE.test(s.id)) throw bad('its id');
   return { snapshot: s as SnapshotRecord, layers: [layers.get(s.memLayer)!, layers.get(s.stateLayer)!, ...chain], templateDisk: m.templateDisk, cacheDir: m.cacheDir, layersDir: m.layersDir };
+}
+
+/** The sha256 (hex) of a file's content. */
+async function fileSha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** The content type of a layer sent as what differs from a base layer. */
+export const DELTA_TYPE = 'application/x-nullspace-delta';
+/** A delta record's header: the offset (u64) and length (u32) of the bytes that follow, big-endian. */
+const RECORD_HEADER = 12;
+/** Deltas compare pages (the guest's RAM is paged in 4 KiB), read 1 MiB at a time. */
+const PAGE = 4096;
+const CHUNK = 1 << 20;
+
+/** The pages of the file open at `fd` (`bytes` long) that differ from the file open at `baseFd`, as records; closes both. */
+async function* deltaRecords(fd: number, bytes: number, baseFd: number): AsyncGenerator<Buffer> {
+  const a = Buffer.alloc(CHUNK);
+  const b = Buffer.alloc(CHUNK);
+  const read = (f: number, buf: Buffer, len: number, at: number) =>
+    new Promise<number>((resolve, reject) => fs.read(f, buf, 0, len, at, (err, n) => (err ? reject(err) : resolve(n))));
+  try {
+    for (let off = 0; off < bytes; off += CHUNK) {
+      const n = await read(fd, a, Math.min(CHUNK, bytes - off), off);
+      const nb = await read(baseFd, b, n, off);
+      let run = -1;
+      const emit = (from: number, to: number) => {
+        const rec = Buffer.alloc(RECORD_HEADER + (to - from));
+        rec.writeBigUInt64BE(BigInt(off + from), 0);
+        rec.writeUInt32BE(to - from, 8);
+        a.copy(rec, RECORD_HEADER, from, to);
+        return rec;
+      };
+      for (let i = 0; i < n; i += PAGE) {
+        const end = Math.min(n, i + PAGE);
+        const same = end <= nb && a.compare(b, i, end, i, end) === 0;
+        if (!same && run < 0) run = i;
+        if (same && run >= 0) {
+          yield emit(run, i);
+          run = -1;
+        }
+      }
+      if (run >= 0) yield emit(run, n);
+      if (n === 0) break;
+    }
+  } finally {
+    fs.closeSync(fd);
+    fs.closeSync(baseFd);
+  }
+}
+
+/** Applies delta records, as they arrive in pieces, onto the file open as `fh` (`bytes` long). */
+class DeltaApplier {
+  private header = Buffer.alloc(0);
+  private at = 0;
+  private left = 0;
+
+  constructor(
+    private readonly fh: fs.promises.FileHandle,
+    private readonly bytes: number,
+  ) {}
+
+  /** Whether the records ended between two records (not within one). */
+  get complete(): boolean {
+    return this.left === 0 && this.header.length === 0;
+  }
+
+  async push(buf: Buffer): Promise<void> {
+    let i = 0;
+    while (i < buf.length) {
+      if (this.left === 0) {
+        const take = Math.min(RECORD_HEADER - this.header.length, buf.length - i);
+        this.header = Buffer.concat([this.header, buf.subarray(i, i + take)]);
+        i += take;
+        if (this.header.length < RECORD_HEADER) return;
+        const at = this.header.readBigUInt64BE(0);
+        const len = this.header.readUInt32BE(8);
+        this.header = Buffer.alloc(0);
+        if (len === 0 || at + BigInt(len) > BigInt(this.bytes)) throw new NsError('artifact_source_failed', `a delta record (${at}+${len}) lies outside the layer (${this.bytes} bytes)`);
+        this.at = Number(at);
+        this.left = len;
+        continue;
+      }
+      const n = Math.min(this.left, buf.length - i);
+      await this.fh.write(buf, i, n, this.at);
+      this.at += n;
+      this.left -= n;
+      i += n;
+    }
+  }
 }
