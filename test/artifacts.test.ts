@@ -3,7 +3,8 @@ import path from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { Sandbox } from 'nullspace';
 import { checkQcow2Backing } from '@nullspace/runtime';
-import { apiKeyDigestHex, snapshotGrant } from '@nullspace/server';
+import { randomBytes } from 'node:crypto';
+import { apiKeyDigestHex, loadConfig, snapshotGrant, startServer, type RunningServer } from '@nullspace/server';
 import { cleanupDataDir, ownServer, tempDataDir, waitFor } from './servers.js';
 
 /**
@@ -90,6 +91,19 @@ async function ask(s: Sandbox): Promise<string> {
   return v;
 }
 
+/**
+ * An in-process server in runtime-host mode (what `nullspace host` runs): every route needs its
+ * control credential, of which it keeps only the sha256, and grants are checked against that digest.
+ */
+async function hostModeServer(dataDir: string, env: Record<string, string>): Promise<RunningServer & { key: string }> {
+  const credential = `ctl-${randomBytes(16).toString('hex')}`;
+  const digest = apiKeyDigestHex(credential);
+  const config = loadConfig({ ...process.env, NULLSPACE_LOG_LEVEL: 'warn', ...env }, { dataDir, port: 0 });
+  const server = await startServer(config, { hostMode: { keyDigest: () => digest } });
+  onTestFinished(() => server.close());
+  return Object.assign(server, { key: credential });
+}
+
 describe('artifacts: a snapshot moves from one server to another', () => {
   it('imports a snapshot with its memory, then only the new layers of the next one; refuses what it must', async () => {
     const dirA = tempDataDir();
@@ -97,7 +111,8 @@ describe('artifacts: a snapshot moves from one server to another', () => {
     cleanupDataDir(dirA);
     cleanupDataDir(dirB);
     const env = { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0', NULLSPACE_FAULT_INJECTION: 'gc-on-request-only' };
-    const A = await ownServer(dirA, env);
+    // A is a runtime host (its grants keyed by the digest of its control credential), B a plain server
+    const A = await hostModeServer(dirA, env);
     const B = await ownServer(dirB, env);
     const keyA = apiKeyDigestHex(A.key);
     const cA = { apiUrl: A.url, apiKey: A.key };
@@ -207,6 +222,8 @@ describe('artifacts: a snapshot moves from one server to another', () => {
       expect(i1r.status, JSON.stringify(i1r.json)).toBe(200);
       const i1 = i1r.json as unknown as Imported;
       expect(i1).toEqual({ snapshotId: snap1.id, layersFetched: 3, layersReused: 0, bytesFetched: m1.layers.reduce((a, l) => a + l.bytes, 0) });
+      // B exports it in turn, with a grant of its own key
+      expect((await req(B, 'GET', `/v1/artifacts/snapshots/${snap1.id}/manifest`, { auth: `Grant ${snapshotGrant(apiKeyDigestHex(B.key), snap1.id, 60_000)}` })).status).toBe(200);
       // again: nothing moves
       expect((await imp(snap1.id, grant1)).json).toEqual({ snapshotId: snap1.id, layersFetched: 0, layersReused: 3, bytesFetched: 0 });
       // B's layers: root-owned, read-only, the disk layer backing onto the template disk (the same one here)
