@@ -14,8 +14,9 @@
 # (the control plane's, default 7070), NULLSPACE_CLUSTER_DB (postgres, the default: a PostgreSQL of
 # the cluster's own under its dir; or sqlite); NULLSPACE_HOST_HEARTBEAT_MS and the rest pass through.
 #
-# Addresses: the control plane listens on 10.214.NET.1 (a link NAME-cp); host i (1..N, N <= 62)
-# is 10.214.NET.(4i+2) in namespace NAME-hI, on a veth whose root end NAME-hI is 10.214.NET.(4i+1)/30.
+# Addresses: one bridge NAME-br holds 10.214.NET.1/24, where the control plane listens; host i
+# (1..N, N <= 62) is 10.214.NET.(4i+2)/24 in namespace NAME-hI, on a veth whose root end NAME-hI is a
+# port of the bridge (setting it down cuts that host off).
 # Uids: the control plane's sandboxes 4000000 + NET*70000 (+1000 of them), host i's 1000 from there
 # + i*1000.
 set -euo pipefail
@@ -47,7 +48,6 @@ UID_BASE=$((4000000 + NET * 70000))
 STATE="$DIR/cluster.state"
 
 host_addr() { echo "10.214.$NET.$((4 * $1 + 2))"; }
-gw_addr() { echo "10.214.$NET.$((4 * $1 + 1))"; }
 
 # pids of processes whose command line names a path under the cluster dir (the control plane, the
 # hosts, their QEMUs): nothing else is ever signalled
@@ -64,9 +64,9 @@ cluster_pids() {
   return 0
 }
 
-# namespaces and links of this cluster's name, exactly (NAME-cp, NAME-cq, NAME-h<digits>)
+# namespaces and links of this cluster's name, exactly (NAME-br, NAME-h<digits>; NAME-cp/-cq of older versions)
 cluster_netns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$NAME-h[0-9]+\$" || true; }
-cluster_links() { ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "^$NAME-(cp|cq|h[0-9]+)\$" || true; }
+cluster_links() { ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "^$NAME-(br|cp|cq|h[0-9]+)\$" || true; }
 
 down() {
   local pids p i
@@ -186,12 +186,12 @@ up() {
     log "PostgreSQL on $DIR/pg"
   fi
 
-  # the control plane's address on a link of its own (a veth pair whose ends both stay here: the
-  # dummy link type is not in every kernel)
-  ip link add "$NAME-cp" type veth peer name "$NAME-cq"
-  ip addr add "$CP_ADDR/32" dev "$NAME-cp"
-  ip link set "$NAME-cq" up
-  ip link set "$NAME-cp" up
+  # one bridge, the cluster's network: the control plane's address on it, each host's veth a port of
+  # it, so that hosts reach the control plane and each other (a host fetches a snapshot's layers
+  # from another) without IP forwarding on this machine
+  ip link add "$NAME-br" type bridge
+  ip addr add "$CP_ADDR/24" dev "$NAME-br"
+  ip link set "$NAME-br" up
   log "control plane on http://$CP_ADDR:$PORT"
   printf 'DB_URL=%s\n' "${db_args[1]:-}" >>"$STATE"
   JOIN_TOKEN="$token" DB_URL="${db_args[1]:-}" start_cp
@@ -200,12 +200,12 @@ up() {
     ns="$NAME-h$i"
     ip netns add "$ns"
     ip link add "$ns" type veth peer name eth0 netns "$ns"
-    ip addr add "$(gw_addr "$i")/30" dev "$ns"
+    ip link set "$ns" master "$NAME-br"
     ip link set "$ns" up
     ip -n "$ns" link set lo up
-    ip -n "$ns" addr add "$(host_addr "$i")/30" dev eth0
+    ip -n "$ns" addr add "$(host_addr "$i")/24" dev eth0
     ip -n "$ns" link set eth0 up
-    ip -n "$ns" route add default via "$(gw_addr "$i")"
+    ip -n "$ns" route add default via "$CP_ADDR"
     NULLSPACE_JOIN_TOKEN="$token" NULLSPACE_RUN_DIR="$DIR/run-h$i" NULLSPACE_WARM_POOL="${NULLSPACE_WARM_POOL:-0}" \
       NULLSPACE_PUBLIC_DOMAIN="$DOMAIN" \
       NULLSPACE_VM_UID_BASE=$((UID_BASE + i * UIDS_PER)) NULLSPACE_VM_UID_COUNT="$UIDS_PER" \

@@ -637,6 +637,8 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
 
   it('a control-plane restart loses nothing: hosts keep their VMs, requests are routed again', async () => {
     const before = new Map([...placed.entries()].map(([hid, s]) => [s.sandboxId, hid]));
+    // (nothing else runs anywhere: every test killed what it made)
+    for (const h of joined) expect(await liveOn(h.hostId), h.hostId).toEqual([placed.get(h.hostId)!.sandboxId]);
     const marks = new Map<string, string>();
     for (const s of placed.values()) {
       const v = (await s.commands.run('head -c 8 /dev/urandom | od -An -tx8 | tr -d " " | tee /dev/shm/mark')).stdout.trim();
@@ -645,7 +647,7 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
     const r = await cluster('restart-cp');
     expect(r.code, r.stderr).toBe(0);
     const listed = (await (await api('GET', '/v1/sandboxes')).json()) as { sandboxes: Array<{ sandboxId: string; hostId: string; state: string }> };
-    expect(new Map(listed.sandboxes.map((x) => [x.sandboxId, x.hostId]))).toEqual(before);
+    expect(new Map(listed.sandboxes.map((x) => [x.sandboxId, x.hostId])), JSON.stringify(listed.sandboxes, null, 1)).toEqual(before);
     for (const s of placed.values()) {
       // the same VM: the value it holds in memory
       expect((await s.commands.run('cat /dev/shm/mark')).stdout.trim()).toBe(marks.get(s.sandboxId));

@@ -54,6 +54,10 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** How often the fleet's hosts are reconciled with the records, and what age a sandbox unknown to them needs to be killed. */
+const RECONCILE_EVERY_MS = 60_000;
+const RECONCILE_GRACE_MS = 5 * 60_000;
+
 /** How long `close` waits for requests in flight before it cuts their connections. */
 const CLOSE_GRACE_MS = 2000;
 
@@ -131,10 +135,12 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   const router = fleet.enabled
     ? new FleetRouter(store.hosts, store.placements, fleet, { localSandboxes: config.fleet.localSandboxes, replicas: config.fleet.replicas, localLoad: () => sandboxes.usage.sandboxes }, log.child({ component: 'fleet' }))
     : undefined;
+  let stopReconcile: (() => void) | undefined;
   const relay = router ? new EventRelay(store.hosts, events, log.child({ component: 'fleet' }), config.fleet.heartbeatMs) : undefined;
   if (router) {
     preview.remote = router;
     relay!.start();
+    stopReconcile = router.reconcileEvery(RECONCILE_EVERY_MS, RECONCILE_GRACE_MS);
     // a lost host that is back: what it runs is reconciled with the records
     fleet.onFenced = (hostId) => void router.reconcile(hostId).catch((err: unknown) => log.error({ hostId, err: (err as Error).message }, 'reconciling a returning host failed'));
   }
@@ -175,6 +181,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     preview.close();
     await app.close().catch(() => {});
     relay?.stop();
+    stopReconcile?.();
     fleet.stop();
     stopGuardWatch();
     webhooks.stop();
@@ -213,6 +220,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
         gc.cancel();
         contexts.stop();
         relay?.stop();
+        stopReconcile?.();
         fleet.stop();
         stopGuardWatch();
         webhooks.stop();

@@ -394,9 +394,12 @@ export class FleetRouter implements RemoteTraffic {
    * winning. A sandbox the control plane does not place there (killed while the host was lost, a
    * fork's child it never recorded) is killed; one it places there is adopted as it is.
    */
-  async reconcile(hostId: string): Promise<{ killed: string[] }> {
+  async reconcile(hostId: string, opts: { graceMs?: number } = {}): Promise<{ killed: string[] }> {
     const rec = await this.hosts.get(hostId);
     if (!rec || rec.lostAt !== null) return { killed: [] };
+    // (a periodic pass spares young sandboxes: one whose create or fork is still on its way back to
+    // the control plane that asked for it is not recorded yet)
+    const bornBefore = Date.now() - (opts.graceMs ?? 0);
     const host = target(rec);
     const placed = new Map((await this.placements.onHost(hostId)).filter((p) => p.kind === 'sandbox').map((p) => [p.id, p]));
     const killed: string[] = [];
@@ -404,12 +407,31 @@ export class FleetRouter implements RemoteTraffic {
       const id = String(s.sandboxId);
       const p = placed.get(id);
       if (p && p.endedAt === null) continue;
+      if (!p && Date.parse(String(s.createdAt)) > bornBefore) continue;
       const r = await callHost(host, 'DELETE', `/v1/sandboxes/${id}`);
       if (r.status === 204) killed.push(id);
       else this.log.error({ hostId, sandboxId: id, status: r.status }, 'reconciliation could not kill a sandbox');
     }
     if (killed.length) this.log.warn({ hostId, killed }, 'reconciled a returning host: killed what the records do not place there');
     return { killed };
+  }
+
+  /**
+   * Reconciles every ready host now and then (a host restarted faster than it is found lost is never
+   * fenced, yet may run a sandbox whose create or fork it never answered), sparing what is younger
+   * than `graceMs`. Returns the stop function.
+   */
+  reconcileEvery(everyMs: number, graceMs: number): () => void {
+    let running = false;
+    const timer = setInterval(() => {
+      if (running) return;
+      running = true;
+      void (async () => {
+        for (const h of await this.hosts.list()) if (h.lostAt === null) await this.reconcile(h.id, { graceMs }).catch(() => {});
+      })().finally(() => (running = false));
+    }, everyMs);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   // --- helpers ---------------------------------------------------------------------------------
