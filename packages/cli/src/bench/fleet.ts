@@ -133,6 +133,7 @@ export async function fleetRows(ctx: FleetBenchCtx): Promise<{ rows: Row[]; note
     const moved: number[] = [];
     const changed: number[] = [];
     const cpLog = path.join(dir, 'cp.log');
+    const snaps: string[] = [];
     for (let i = 0; i < n; i++) {
       await s.commands.run(`head -c 16M /dev/urandom > /workspace/round-${i}; python3 -c 'import os; open("/dev/shm/r${i}","wb").write(os.urandom(32<<20))'`, { timeoutMs: 120_000 });
       changed.push(48);
@@ -145,8 +146,10 @@ export async function fleetRows(ctx: FleetBenchCtx): Promise<{ rows: Row[]; note
       moved.push(fetched.reduce((a, b) => a + b, 0) / MiB);
       local.push(await ms(async () => void made.push(await onlyOn(hostId, () => Sandbox.create({ ...cp, snapshotId: snap.id, timeoutMs: 600_000 })))));
       for (const x of made.splice(0)) await x.kill().catch(() => {});
-      await call('DELETE', `/v1/snapshots/${snap.id}`);
+      // (kept until the end: what a host holds of earlier rounds is what the next round need not move)
+      snaps.push(snap.id);
     }
+    for (const id of snaps) await call('DELETE', `/v1/snapshots/${id}`);
     out.push({ name: 'fleet: restore on a host fetching the snapshot from another', unit: 'ms', samples: cross, ref: { value: median(local), label: 'restore on the host holding it' } });
     out.push({ name: 'fleet: MiB moved for that restore (48 MiB changed per round)', unit: 'MiB', samples: moved, ref: { value: median(changed), label: 'MiB the guest changed' } });
     notes.push('fleet: the first round moves the whole chain (the target holds nothing of it); later rounds move what changed since');
