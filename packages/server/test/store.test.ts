@@ -298,6 +298,34 @@ describe.each(IMPLS)('the store on $name', (impl) => {
     expect((await s.hosts.setDraining('host_a', true))?.draining).toBe(true);
     expect((await s.hosts.setDraining('host_a', false))?.draining).toBe(false);
     expect(await s.hosts.setDraining('host_nope', true)).toBeUndefined();
+    // the event relay's cursor: moved only from where the mover saw it (one relay per event)
+    expect(await s.hosts.eventsCursor('host_a')).toBe(0);
+    expect(await s.hosts.advanceEventsCursor('host_a', 0, 7)).toBe(true);
+    expect(await s.hosts.advanceEventsCursor('host_a', 0, 8)).toBe(false);
+    expect(await s.hosts.eventsCursor('host_a')).toBe(7);
+    expect(await s.hosts.eventsCursor('host_nope')).toBe(0);
+  });
+
+  it('placements: put (a view refreshed, never a second row), of (each copy), list, onHost, end once, remove', async () => {
+    const s = await impl.open();
+    await s.placements.put('sandbox', 'sbx_a', 'host_1', { state: 'running' }, T0 + 1);
+    await s.placements.put('sandbox', 'sbx_b', 'host_2', { state: 'running' }, T0 + 2);
+    await s.placements.put('sandbox', 'sbx_a', 'host_1', { state: 'paused' }, T0 + 3);
+    expect(await s.placements.of('sandbox', 'sbx_a')).toEqual([{ kind: 'sandbox', id: 'sbx_a', hostId: 'host_1', view: { state: 'paused' }, createdAt: T0 + 1, endedAt: null }]);
+    expect(await s.placements.of('sandbox', 'sbx_nope')).toEqual([]);
+    // a snapshot's copies
+    await s.placements.put('snapshot', 'snap_x', 'host_2', { k: 1 }, T0 + 4);
+    await s.placements.put('snapshot', 'snap_x', 'host_1', { k: 1 }, T0 + 5);
+    expect((await s.placements.of('snapshot', 'snap_x')).map((p) => p.hostId)).toEqual(['host_2', 'host_1']);
+    expect((await s.placements.list('sandbox')).map((p) => p.id)).toEqual(['sbx_a', 'sbx_b']);
+    expect((await s.placements.onHost('host_1')).map((p) => `${p.kind}:${p.id}`)).toEqual(['sandbox:sbx_a', 'snapshot:snap_x']);
+    expect(await s.placements.end('sandbox', 'sbx_a', T0 + 9)).toBe(true);
+    expect(await s.placements.end('sandbox', 'sbx_a', T0 + 10)).toBe(false);
+    expect((await s.placements.of('sandbox', 'sbx_a'))[0]?.endedAt).toBe(T0 + 9);
+    await s.placements.remove('snapshot', 'snap_x', 'host_2');
+    expect((await s.placements.of('snapshot', 'snap_x')).map((p) => p.hostId)).toEqual(['host_1']);
+    await s.placements.remove('snapshot', 'snap_x');
+    expect(await s.placements.of('snapshot', 'snap_x')).toEqual([]);
   });
 
   it('volumes: insert, byName, byId, all, users (not ended, mounting it), delete', async () => {

@@ -8,7 +8,8 @@ import { Commands } from './commands.js';
 import { Filesystem } from './filesystem.js';
 import { Pty } from './pty.js';
 
-export type SandboxState = 'creating' | 'running' | 'hibernating' | 'paused' | 'resuming' | 'killing' | 'killed' | 'failed';
+/** A sandbox's state; `lost`: it ran on a fleet host that stopped heartbeating (unknown until the host is back). */
+export type SandboxState = 'creating' | 'running' | 'hibernating' | 'paused' | 'resuming' | 'killing' | 'killed' | 'failed' | 'lost';
 
 export interface SandboxInfo {
   sandboxId: string;
