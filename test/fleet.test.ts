@@ -356,6 +356,21 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
     expect(await liveOn(hostId)).toEqual([src.sandboxId]);
   }, 240_000);
 
+  it('hibernates and resumes on its host (the hibernation is found through the control plane)', async () => {
+    const s = await Sandbox.create({ ...conn(), timeoutMs: 600_000 });
+    onTestFinished(async () => void (await s.kill().catch(() => {})));
+    const hostId = (await info(s.sandboxId)).hostId;
+    const value = (await s.commands.run('head -c 8 /dev/urandom | od -An -tx8 | tr -d " " | tee /dev/shm/h')).stdout.trim();
+    const snap = await s.hibernate();
+    expect((await info(s.sandboxId)).state).toBe('paused');
+    expect(((await (await api('GET', `/v1/snapshots/${snap.id}`)).json()) as { kind: string }).kind).toBe('hibernate');
+    const resumed = await Sandbox.resume(snap.id, conn());
+    expect(resumed.sandboxId).toBe(s.sandboxId);
+    expect((await info(s.sandboxId)).hostId).toBe(hostId);
+    expect((await resumed.commands.run('cat /dev/shm/h')).stdout.trim()).toBe(value);
+    await resumed.kill();
+  }, 240_000);
+
   it('a volume lives on one host; sandboxes that mount it are placed there', async () => {
     const name = `fleetvol${randomBytes(3).toString('hex')}`;
     const vol = await Volume.create(name, conn());
@@ -523,8 +538,11 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
       expect((await hosts()).filter((x) => x.state === 'lost' && joined.some((j) => j.hostId === x.hostId)).map((x) => x.hostId)).toEqual([h.hostId]);
       // its sandboxes: not silently running; their requests refused clearly
       expect((await info(survivor.sandboxId)).state).toBe('lost');
-      const listed = (await (await api('GET', '/v1/sandboxes')).json()) as { sandboxes: Array<{ sandboxId: string; state: string }> };
-      expect(listed.sandboxes.find((x) => x.sandboxId === survivor.sandboxId)?.state).toBe('lost');
+      const listed = (await (await api('GET', '/v1/sandboxes')).json()) as { sandboxes: Array<{ sandboxId: string; state: string; hostId: string }> };
+      // (from the records: only what lives there; what was killed there before is not shown as lost)
+      expect(listed.sandboxes.filter((x) => x.hostId === h.hostId).map((x) => [x.sandboxId, x.state]).sort()).toEqual(
+        [[survivor.sandboxId, 'lost'], [victim.sandboxId, 'lost']].sort(),
+      );
       const cmd = await api('POST', `/v1/sandboxes/${survivor.sandboxId}/commands`, { body: { cmd: 'true' } });
       expect(cmd.status).toBe(503);
       expect(await errorCode(cmd)).toBe('host_unavailable');

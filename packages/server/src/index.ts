@@ -133,10 +133,10 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     log.child({ component: 'fleet' }),
   );
   const router = fleet.enabled
-    ? new FleetRouter(store.hosts, store.placements, fleet, { localSandboxes: config.fleet.localSandboxes, replicas: config.fleet.replicas, localLoad: () => sandboxes.usage.sandboxes }, log.child({ component: 'fleet' }))
+    ? new FleetRouter(store.hosts, store.placements, fleet, { localSandboxes: config.fleet.localSandboxes, replicas: config.fleet.replicas, localLoad: () => sandboxes.usage.sandboxes, localHas: (id) => sandboxes.getSnapshot(id).then(() => true, () => false) }, log.child({ component: 'fleet' }))
     : undefined;
   let stopReconcile: (() => void) | undefined;
-  const relay = router ? new EventRelay(store.hosts, events, log.child({ component: 'fleet' }), config.fleet.heartbeatMs) : undefined;
+  const relay = router ? new EventRelay(store.hosts, store.placements, events, log.child({ component: 'fleet' }), config.fleet.heartbeatMs) : undefined;
   if (router) {
     preview.remote = router;
     relay!.start();

@@ -130,7 +130,10 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
 
   // requests about a sandbox or snapshot of a joined host go there (fleet/router.ts)
-  if (deps.router) app.addHook('onRequest', fleetRouting(deps.router));
+  if (deps.router) {
+    const sandboxes = deps.sandboxes;
+    app.addHook('onRequest', fleetRouting(deps.router, (id) => sandboxes.getSnapshot(id).then(() => true, () => false)));
+  }
 
   // a POST (or a JSON PUT: /network) without a body is an empty JSON object (routes whose body is optional)
   app.addHook('preValidation', async (req) => {

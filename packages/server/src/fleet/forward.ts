@@ -50,7 +50,8 @@ function passOn(req: IncomingMessage, drop: string[], keepUpgrade = false): http
 /**
  * Proxies an API request to `host` (the control plane's credential instead of the client's key),
  * streaming both ways without buffering. A JSON answer (the API's: small) is read whole and given to
- * `json` (to show the host's id, to record what it created) before it is sent on.
+ * `json` (to show the host's id, to record what it created) before it is sent on; any other answer
+ * is streamed, `json` told only its status (body undefined).
  */
 export function forwardApi(
   req: IncomingMessage,
@@ -109,6 +110,8 @@ function pipe(req: IncomingMessage, res: ServerResponse, preq: http.ClientReques
         });
         return;
       }
+      // (an answer without a JSON body, a kill's 204: told by its status alone)
+      if (json) void json(pres.statusCode ?? 502, undefined).catch(() => {});
       res.writeHead(pres.statusCode ?? 502, headers);
       // (flushed as it comes: a command's output, a terminal, an event stream)
       res.flushHeaders();

@@ -1,6 +1,7 @@
 import type { EventLog } from '../events/log.js';
 import type { Logger } from '../log.js';
 import type { HostRecord, HostStore } from '../store/hosts.js';
+import type { PlacementStore } from '../store/placements.js';
 
 /** How long a relay waits before it opens a host's stream again (after an end or an error). */
 const RETRY_MS = 1000;
@@ -20,6 +21,7 @@ export class EventRelay {
 
   constructor(
     private readonly hosts: HostStore,
+    private readonly placements: PlacementStore,
     private readonly events: EventLog,
     private readonly log: Logger,
     private readonly everyMs: number,
@@ -52,6 +54,19 @@ export class EventRelay {
     }
   }
 
+  /** Keeps the placement's record of a sandbox in step with what its host reports (shown while the host is lost). */
+  private async track(hostId: string, e: { type: string; sandboxId: string; at: string }): Promise<void> {
+    const p = (await this.placements.of('sandbox', e.sandboxId)).find((x) => x.hostId === hostId);
+    if (!p) return;
+    // (timed_out is followed by killed or paused)
+    if (e.type === 'killed' || e.type === 'failed') {
+      await this.placements.put('sandbox', p.id, hostId, { ...p.view, state: e.type === 'failed' ? 'failed' : 'killed', endedAt: e.at, expiresAt: null });
+      await this.placements.end('sandbox', p.id, Date.parse(e.at));
+    } else if (e.type === 'paused' || e.type === 'resumed') {
+      await this.placements.put('sandbox', p.id, hostId, { ...p.view, state: e.type === 'paused' ? 'paused' : 'running' });
+    }
+  }
+
   private async follow(rec: HostRecord, signal: AbortSignal): Promise<void> {
     let cursor = await this.hosts.eventsCursor(rec.id);
     const res = await fetch(new URL(`/v1/events?after=${cursor}`, rec.url), { headers: { authorization: `Bearer ${rec.controlCredential}`, accept: 'text/event-stream' }, signal });
@@ -72,6 +87,7 @@ export class EventRelay {
         await this.events.transaction(async () => {
           if (await this.hosts.advanceEventsCursor(rec.id, from, e.id)) {
             await this.events.append({ type: e.type, sandboxId: e.sandboxId, at: Date.parse(e.at), data: { ...e.data, hostId: rec.id } });
+            await this.track(rec.id, e);
           }
         });
         cursor = e.id;

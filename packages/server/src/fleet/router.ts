@@ -20,6 +20,8 @@ export interface RouterOptions {
   replicas: number;
   /** How many sandboxes the control plane's own host runs now. */
   localLoad: () => number;
+  /** Whether the control plane's own host has snapshot `id`. */
+  localHas: (id: string) => Promise<boolean>;
 }
 
 /** Codes with which a host refuses a sandbox for want of room: the next candidate is tried. */
@@ -146,6 +148,7 @@ export class FleetRouter implements RemoteTraffic {
         for (const c of children) await this.placements.put('sandbox', String(c.sandboxId), host.id, c);
       }
       if (status === 201 && route === '/v1/sandboxes/:id/snapshots') await this.recordSnapshot(host, out as Json, p.view);
+      if (status === 200 && (route === '/v1/sandboxes/:id/hibernate' || route === '/v1/sandboxes/:id/pause')) await this.recordSnapshot(host, out as Json, p.view);
       return out;
     });
     return true;
@@ -170,7 +173,7 @@ export class FleetRouter implements RemoteTraffic {
     await forwardApi(req, res, host, async (status, body) => {
       const out = showHost(body, host.id) as Json;
       if (status === 200 && route === '/v1/snapshots/:id/compatibility') {
-        const info = copies[0]!.view as SnapshotInfo;
+        const info = await this.infoOf(copies);
         out.hosts = await this.fleet.compatibility(info.requirements, info.vm);
       }
       return out;
@@ -229,10 +232,11 @@ export class FleetRouter implements RemoteTraffic {
   }
 
   private async restore(snapshotId: string, body: Json): Promise<Json | undefined> {
-    const copies = await this.placements.of('snapshot', snapshotId);
+    let copies = await this.placements.of('snapshot', snapshotId);
     // a snapshot of the control plane's own host is restored there
-    if (!copies.length) return undefined;
-    const info = copies[0]!.view as SnapshotInfo;
+    if (!copies.length && ((await this.opts.localHas(snapshotId)) || !(await this.discoverSnapshot(snapshotId)))) return undefined;
+    copies = await this.placements.of('snapshot', snapshotId);
+    const info = await this.infoOf(copies);
     const compat = await this.fleet.compatibility(info.requirements, info.vm);
     const ok = new Set(compat.filter((c) => c.compatible && c.state === 'ready' && c.hostId !== LOCAL_HOST_ID).map((c) => c.hostId));
     const candidates = (await this.placeable()).filter((c) => ok.has(c.id));
@@ -283,24 +287,60 @@ export class FleetRouter implements RemoteTraffic {
   }
 
   /** A snapshot taken on `host`: recorded with what restoring it needs, then replicated. */
-  private async recordSnapshot(host: HostTarget, view: Json, source: Json): Promise<void> {
+  private async recordSnapshot(host: HostTarget, view: Json, source: Json | undefined): Promise<void> {
+    const id = String(view.snapshotId);
+    const info = await this.snapshotInfo(host, view, source).catch((err: unknown) => {
+      // (recorded without: what restoring it needs is asked again when it is restored)
+      this.log.warn({ snapshotId: id, hostId: host.id, err: (err as Error).message }, 'recording a snapshot without its requirements');
+      return view;
+    });
+    await this.placements.put('snapshot', id, host.id, info);
+    if (this.opts.replicas > 1 && view.kind === 'reusable') void this.replicate(id).catch((err: unknown) => this.log.error({ snapshotId: id, err: (err as Error).message }, 'replicating a snapshot failed'));
+  }
+
+  /** A snapshot's view with what restoring it needs: its requirements (from its host) and VM shape. */
+  private async snapshotInfo(host: HostTarget, view: Json, source: Json | undefined): Promise<SnapshotInfo> {
     const id = String(view.snapshotId);
     const c = await callHost(host, 'GET', `/v1/snapshots/${id}/compatibility`);
     if (c.status !== 200) throw hostError(host, c.status, c.json);
-    const info: SnapshotInfo = {
-      ...view,
-      requirements: (c.json as { requirements: RestoreRequirements }).requirements,
-      vm: { memoryMiB: Number(source.memoryMiB), vcpus: Number(source.vcpus) },
-    };
-    await this.placements.put('snapshot', id, host.id, info);
-    if (this.opts.replicas > 1 && view.kind === 'reusable') void this.replicate(id).catch((err: unknown) => this.log.error({ snapshotId: id, err: (err as Error).message }, 'replicating a snapshot failed'));
+    const requirements = (c.json as { requirements: RestoreRequirements }).requirements as RestoreRequirements & { memoryMiB?: number; vcpus?: number };
+    const vm = { memoryMiB: Number(source?.memoryMiB ?? requirements.memoryMiB), vcpus: Number(source?.vcpus ?? requirements.vcpus) };
+    return { ...view, requirements, vm };
+  }
+
+  /** What restoring snapshot `id` needs, from its records (asked of a holder when they lack it). */
+  private async infoOf(copies: PlacementRecord[]): Promise<SnapshotInfo> {
+    const recorded = copies.find((c) => (c.view as Partial<SnapshotInfo>).requirements)?.view as SnapshotInfo | undefined;
+    if (recorded) return recorded;
+    const holder = (await this.readyHolders(copies))[0];
+    if (!holder) throw new NsError('snapshot_unavailable', `every copy of snapshot ${copies[0]!.id} is on a lost host`, { details: { snapshotId: copies[0]!.id, hostIds: copies.map((c) => c.hostId) } });
+    const info = await this.snapshotInfo(holder, copies[0]!.view, undefined);
+    for (const c of copies) await this.placements.put('snapshot', c.id, c.hostId, info);
+    return info;
+  }
+
+  /**
+   * Finds snapshot `id` on the ready hosts when the records do not place it (a hibernation a host
+   * made on its own, at a sandbox's timeout) and records where it is; false: no host has it.
+   */
+  async discoverSnapshot(id: string): Promise<boolean> {
+    if (!this.active) return false;
+    for (const rec of await this.hosts.list()) {
+      if (rec.lostAt !== null) continue;
+      const r = await callHost(target(rec), 'GET', `/v1/snapshots/${encodeURIComponent(id)}`).catch(() => undefined);
+      if (r?.status !== 200) continue;
+      const sandbox = (await this.placements.of('sandbox', String((r.json as Json).sandboxId)))[0];
+      await this.recordSnapshot(target(rec), r.json as Json, sandbox?.view);
+      return true;
+    }
+    return false;
   }
 
   /** Copies snapshot `id` onto compatible ready hosts until `replicas` hold it. */
   async replicate(id: string): Promise<void> {
     const copies = await this.placements.of('snapshot', id);
     if (!copies.length) return;
-    const info = copies[0]!.view as SnapshotInfo;
+    const info = await this.infoOf(copies);
     const compat = new Set((await this.fleet.compatibility(info.requirements, info.vm)).filter((c) => c.compatible).map((c) => c.hostId));
     const holders = new Set(copies.map((c) => c.hostId));
     const more = (await this.placeable()).filter((c) => compat.has(c.id) && !holders.has(c.id)).sort((a, b) => a.load - b.load);

@@ -83,7 +83,11 @@ export class FleetService {
 
   /** Marks lost the hosts whose last heartbeat is older than `lostAfter` intervals. */
   async sweep(now = Date.now()): Promise<string[]> {
-    const lost = await this.store.markLost(now - this.opts.heartbeatMs * this.opts.lostAfter, now);
+    const before = now - this.opts.heartbeatMs * this.opts.lostAfter;
+    // a control plane that just started has not been there to hear heartbeats: hosts get a full
+    // window from its start (a restart of the control plane loses no host)
+    if (before < this.startedAt) return [];
+    const lost = await this.store.markLost(before, now);
     for (const id of lost) this.log.warn({ hostId: id, missedHeartbeats: this.opts.lostAfter }, 'host lost: no heartbeat');
     return lost;
   }
