@@ -19,6 +19,7 @@ import { TemplateService } from './templates/service.js';
 import { Preview, previewServer } from './preview/proxy.js';
 import { FleetService } from './fleet/service.js';
 import { Artifacts } from './fleet/artifacts.js';
+import { TemplateArtifacts } from './fleet/templates.js';
 import { hostCapacity, hostFingerprint } from './fleet/identity.js';
 import { FleetRouter } from './fleet/router.js';
 import { EventRelay } from './fleet/relay.js';
@@ -29,7 +30,8 @@ export { loadConfig, DEFAULT_DATA_DIR, DEFAULT_HOME, DEFAULT_PORT, type Config }
 export { API_KEY_FILE } from './apikey.js';
 export { CREDENTIALS_FILE, type RunningHost } from './fleet/hostd.js';
 export { apiKeyDigestHex } from './fleet/artifacts.js';
-export { snapshotGrant } from './fleet/grant.js';
+export { snapshotGrant, templateGrant } from './fleet/grant.js';
+export type { TemplateImportResult, TemplateManifest } from './fleet/templates.js';
 export { createLogger } from './log.js';
 export { httpStatusFor, isPublicCode } from './errors.js';
 export { STATES, canTransition, type SandboxState } from './sandbox/lifecycle.js';
@@ -161,7 +163,13 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     minFreeDiskMiB: config.limits.minFreeDiskMiB,
     log: log.child({ component: 'artifacts' }),
   });
-  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks, fleet, router, hostMode, artifacts });
+  const templateArtifacts = new TemplateArtifacts({
+    cacheDir: config.cacheDir,
+    profile: host.profile,
+    minFreeDiskMiB: config.limits.minFreeDiskMiB,
+    log: log.child({ component: 'artifacts' }),
+  });
+  const app = await buildApp({ config, apiKey: key, sandboxes, volumes, templates, gc, host, log, version: VERSION, preview, events, webhooks, fleet, router, hostMode, artifacts, templateArtifacts });
   const proxyServer = config.preview.proxyPort !== undefined ? previewServer(preview, { headersTimeoutMs: config.http.headersTimeoutMs }) : undefined;
   const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host;
   let proxyUrl: string | undefined;

@@ -124,7 +124,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/.exec(header);
     if (!m?.[1] || !timingSafeEqual(digest(m[1]), key)) {
-      const why = grant !== undefined ? 'a grant opens only the reads of a snapshot\'s artifacts: send Authorization: Bearer <key>' : header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key>';
+      const why = grant !== undefined ? 'a grant opens only the reads of a snapshot\'s or a template\'s artifacts: send Authorization: Bearer <key>' : header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key>';
       throw new NsError('unauthorized', why);
     }
   });

@@ -2,7 +2,7 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import { DELTA_TYPE } from '../fleet/artifacts.js';
-import { requireGrant } from '../fleet/grant.js';
+import { requireGrant, templateSubject } from '../fleet/grant.js';
 import type { AppDeps } from './deps.js';
 
 /**
@@ -21,16 +21,19 @@ export function grantOf(req: FastifyRequest): string | undefined {
 
 const SnapshotId = Type.String({ pattern: '^snap_[0-9a-z]{16}$' });
 const LayerId = Type.String({ pattern: '^lyr_[0-9a-z]{16}$' });
+const TemplateName = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' });
+const Source = Type.String({ pattern: '^https?://[^/?#@]+$', maxLength: 300 });
+const Grant = Type.String({ minLength: 1, maxLength: 512 });
 
 export const artifactRoutes =
   (deps: AppDeps, keyDigestHex: () => string | undefined): FastifyPluginAsync =>
   async (plain) => {
     const app = plain.withTypeProvider<TypeBoxTypeProvider>();
-    const { artifacts } = deps;
-    /** A request that came with a grant (the hook let it through unchecked) must hold one for `snapshotId`. */
-    const authorize = (req: FastifyRequest, snapshotId: string) => {
+    const { artifacts, templateArtifacts } = deps;
+    /** A request that came with a grant (the hook let it through unchecked) must hold one for `subject` (a snapshot id, `template:<name>`). */
+    const authorize = (req: FastifyRequest, subject: string) => {
       const grant = grantOf(req);
-      if (grant !== undefined) requireGrant(keyDigestHex(), grant, snapshotId);
+      if (grant !== undefined) requireGrant(keyDigestHex(), grant, subject);
     };
 
     // (the hosts' protocol: documented in docs/api.md "Artifacts", left out of the OpenAPI document)
@@ -67,12 +70,43 @@ export const artifactRoutes =
           hide: true,
           summary: "Import a snapshot from another server (only the layers this one lacks are fetched)",
           body: Type.Object(
-            { snapshotId: SnapshotId, source: Type.String({ pattern: '^https?://[^/?#@]+$', maxLength: 300 }), grant: Type.String({ minLength: 1, maxLength: 512 }) },
+            { snapshotId: SnapshotId, source: Source, grant: Grant },
             { additionalProperties: false },
           ),
         },
       },
       // (the API key only: the hook refuses a grant here)
       async (req) => artifacts.import(req.body),
+    );
+
+    // templates: the files of a template's current version in this server's cache
+    app.get(
+      '/artifacts/templates/:name/manifest',
+      { config: { grant: true }, schema: { hide: true, summary: "A template's files with their sizes and sha256", params: Type.Object({ name: TemplateName }) } },
+      async (req) => {
+        authorize(req, templateSubject(req.params.name));
+        return templateArtifacts.manifest(req.params.name);
+      },
+    );
+    app.get(
+      '/artifacts/templates/:name/files/*',
+      { config: { grant: true }, schema: { hide: true, summary: "A file of a template's manifest (its path relative to the cache dir)", params: Type.Object({ name: TemplateName, '*': Type.String() }) } },
+      async (req, reply) => {
+        authorize(req, templateSubject(req.params.name));
+        const { stream, bytes } = await templateArtifacts.openFile(req.params.name, req.params['*']);
+        return reply.header('content-length', bytes).type('application/octet-stream').send(stream);
+      },
+    );
+    app.post(
+      '/artifacts/templates/import',
+      {
+        schema: {
+          hide: true,
+          summary: 'Import a template from another server (its files this cache lacks)',
+          body: Type.Object({ name: TemplateName, source: Source, grant: Grant }, { additionalProperties: false }),
+        },
+      },
+      // (the API key only: the hook refuses a grant here)
+      async (req) => templateArtifacts.import(req.body),
     );
   };

@@ -3,6 +3,7 @@ import type { EventLog } from '../events/log.js';
 import type { WebhookService } from '../events/webhooks.js';
 import type { FleetRouter } from '../fleet/router.js';
 import type { Artifacts } from '../fleet/artifacts.js';
+import type { TemplateArtifacts } from '../fleet/templates.js';
 import type { FleetService } from '../fleet/service.js';
 import type { Gc } from '../gc.js';
 import type { HostContext } from '../hostctx.js';
@@ -39,4 +40,6 @@ export interface AppDeps {
   hostMode?: { keyDigest(): string | undefined } | undefined;
   /** A snapshot's artifacts: exported to, and imported from, other servers. */
   artifacts: Artifacts;
+  /** Templates of this server's cache: exported to, and imported from, other servers. */
+  templateArtifacts: TemplateArtifacts;
 }

@@ -15,6 +15,7 @@ import {
   setBackingFile,
   SNAPSHOT_ID_RE,
   type DataDirLayout,
+  type ErrorCode,
 } from '@nullspace/runtime';
 import { checkFreeDisk } from '../admission.js';
 import type { Logger } from '../log.js';
@@ -216,25 +217,12 @@ export class Artifacts {
   }
 
   /** A GET of the source with the grant; its refusals as this server's codes. */
-  private async get(url: string, req: { snapshotId: string; source: string; grant: string }, signal: AbortSignal): Promise<Response> {
-    let res: Response;
-    try {
-      res = await fetch(url, { headers: { authorization: `Grant ${req.grant}` }, signal, redirect: 'error' });
-    } catch (err) {
-      throw new NsError('artifact_source_unreachable', `${req.source} could not be reached: ${errorMessage(err)}`, { details: { source: req.source } });
-    }
-    if (res.ok) return res;
-    const text = await res.text().catch(() => '');
-    let code: string | undefined;
-    try {
-      code = (JSON.parse(text) as { error?: { code?: string } }).error?.code;
-    } catch {
-      /* not the API's error format */
-    }
-    const details = { source: req.source, status: res.status, ...(code ? { sourceCode: code } : {}) };
-    if (res.status === 404 && code === 'snapshot_not_found') throw new NsError('snapshot_not_found', `snapshot ${req.snapshotId} not found on ${req.source}`, { details: { id: req.snapshotId, ...details } });
-    if (res.status === 401 || res.status === 403) throw new NsError('artifact_source_refused', `${req.source} refused the grant for snapshot ${req.snapshotId}: ${res.status} ${code ?? ''}`.trim(), { details });
-    throw new NsError('artifact_source_failed', `${url}: ${res.status} ${code ?? text.slice(0, 200)}`.trim(), { details });
+  private get(url: string, req: { snapshotId: string; source: string; grant: string }, signal: AbortSignal): Promise<Response> {
+    return sourceGet(url, req.source, req.grant, signal, {
+      what: `snapshot ${req.snapshotId}`,
+      notFound: 'snapshot_not_found',
+      details: { id: req.snapshotId },
+    });
   }
 
   /** Which of the manifest's layers this server lacks, and the paths its chain will rest on here. */
@@ -388,6 +376,32 @@ export class Artifacts {
   }
 }
 
+/**
+ * A GET of another server's artifact route with a grant (`what`: what it reads, for messages); its
+ * refusals as this server's codes: the source's 404 `notFound` as that code, a refused grant as
+ * `artifact_source_refused`, anything else as `artifact_source_failed`.
+ */
+export async function sourceGet(url: string, source: string, grant: string, signal: AbortSignal, what: { what: string; notFound: ErrorCode; details: Record<string, unknown> }): Promise<Response> {
+  let res: Response;
+  try {
+    res = await fetch(url, { headers: { authorization: `Grant ${grant}` }, signal, redirect: 'error' });
+  } catch (err) {
+    throw new NsError('artifact_source_unreachable', `${source} could not be reached: ${errorMessage(err)}`, { details: { source } });
+  }
+  if (res.ok) return res;
+  const text = await res.text().catch(() => '');
+  let code: string | undefined;
+  try {
+    code = (JSON.parse(text) as { error?: { code?: string } }).error?.code;
+  } catch {
+    /* not the API's error format */
+  }
+  const details = { source, status: res.status, ...(code ? { sourceCode: code } : {}) };
+  if (res.status === 404 && code === what.notFound) throw new NsError(what.notFound, `${what.what} not found on ${source}`, { details: { ...what.details, ...details } });
+  if (res.status === 401 || res.status === 403) throw new NsError('artifact_source_refused', `${source} refused the grant for ${what.what}: ${res.status} ${code ?? ''}`.trim(), { details });
+  throw new NsError('artifact_source_failed', `${url}: ${res.status} ${code ?? text.slice(0, 200)}`.trim(), { details });
+}
+
 interface Plan {
   /** The layers this server lacks (the others it holds already). */
   fetch: ManifestLayer[];
@@ -397,7 +411,7 @@ interface Plan {
   snapshot: SnapshotRecord;
 }
 
-function isFile(file: string): boolean {
+export function isFile(file: string): boolean {
   try {
     return fs.lstatSync(file).isFile();
   } catch {
@@ -405,7 +419,7 @@ function isFile(file: string): boolean {
   }
 }
 
-function readHeader(file: string): ReturnType<typeof readQcow2Header> {
+export function readHeader(file: string): ReturnType<typeof readQcow2Header> {
   const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   try {
     return readQcow2Header(fd, file);
@@ -415,7 +429,7 @@ function readHeader(file: string): ReturnType<typeof readQcow2Header> {
 }
 
 /** Writes `buf` at `pos`, leaving aligned runs of zeros as holes (the file is truncated to its size at the end). */
-async function writeSparse(fh: fs.promises.FileHandle, buf: Buffer, pos: number): Promise<void> {
+export async function writeSparse(fh: fs.promises.FileHandle, buf: Buffer, pos: number): Promise<void> {
   let start = 0;
   while (start < buf.length) {
     // the next aligned boundary after `start`
@@ -495,7 +509,7 @@ function validManifest(body: unknown, snapshotId: string, source: string): Manif
 }
 
 /** The sha256 (hex) of a file's content. */
-async function fileSha256(file: string): Promise<string> {
+export async function fileSha256(file: string): Promise<string> {
   const h = createHash('sha256');
   for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
   return h.digest('hex');

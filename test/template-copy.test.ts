@@ -1,0 +1,223 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { Sandbox } from 'nullspace';
+import { apiKeyDigestHex, loadConfig, snapshotGrant, templateGrant } from '@nullspace/server';
+import { cleanupDataDir, ownServer, tempDataDir } from './servers.js';
+
+/**
+ * Copying a template from one server's cache to another's (docs/api.md "Artifacts"): server A (the
+ * suite's cache, `base` built) builds a small template; server B, on a cache of its own holding no
+ * template at all, imports it with a grant of A's key and runs a sandbox of it that has the file the
+ * build wrote; a second import moves nothing. What may not pass does not: a file of A that no longer
+ * has its manifest's digest, grants that are wrong, expired or for something else, paths outside the
+ * manifest, an unknown template, a host of another VM profile (refused before anything moves).
+ */
+
+interface TemplateManifest {
+  name: string;
+  version: number;
+  key: string;
+  dir: string;
+  cacheDir: string;
+  files: Array<{ path: string; bytes: number; sha256: string }>;
+}
+
+type Srv = { url: string; key: string };
+const req = async (srv: Srv, method: string, p: string, opts: { body?: unknown; auth?: string } = {}) => {
+  const res = await fetch(`${srv.url}${p}`, {
+    method,
+    headers: { authorization: opts.auth ?? `Bearer ${srv.key}`, ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined,
+  });
+  const buf = Buffer.from(await res.arrayBuffer());
+  let json: unknown;
+  try {
+    json = JSON.parse(buf.toString());
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, json: json as Record<string, any>, buf };
+};
+const code = (r: { status: number; json: Record<string, any> }) => [r.status, r.json?.error?.code as string | undefined];
+
+/** A GET with the path sent as it is (fetch would resolve `..` segments before sending). */
+const rawGet = (srv: Srv, p: string) =>
+  new Promise<{ status: number; json: Record<string, any> }>((resolve, reject) => {
+    const u = new URL(srv.url);
+    const r = http.request({ host: u.hostname, port: u.port, path: p, headers: { authorization: `Bearer ${srv.key}` } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        let json: Record<string, any> = {};
+        try {
+          json = JSON.parse(Buffer.concat(chunks).toString()) as Record<string, any>;
+        } catch {
+          /* not JSON */
+        }
+        resolve({ status: res.statusCode ?? 0, json });
+      });
+    });
+    r.on('error', reject);
+    r.end();
+  });
+
+/** Flips one byte of a (read-only) file in place and puts its mtime back (so a kept digest still looks valid); returns the undo. */
+function tamper(file: string, at: number): () => void {
+  const st = fs.statSync(file, { bigint: true });
+  const stamp = `@${st.mtimeNs / 1_000_000_000n}.${String(st.mtimeNs % 1_000_000_000n).padStart(9, '0')}`;
+  const flip = () => {
+    const fd = fs.openSync(file, 'r+');
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, at);
+    fs.writeSync(fd, Buffer.from([b[0]! ^ 0xff]), 0, 1, at);
+    fs.closeSync(fd);
+    execFileSync('touch', ['-m', '-d', stamp, file]);
+  };
+  flip();
+  return flip;
+}
+
+/** What a cache holds of templates (registry files and directories, staging leftovers). */
+const cacheEntries = (cacheDir: string) => ({
+  templates: fs.existsSync(path.join(cacheDir, 'templates')) ? fs.readdirSync(path.join(cacheDir, 'templates')).filter((f) => !f.endsWith('.lock')).sort() : [],
+  staging: fs.existsSync(path.join(cacheDir, 'staging')) ? fs.readdirSync(path.join(cacheDir, 'staging')) : [],
+});
+
+/** A cache dir of the test's own: only the egress proxy's binary of the suite's cache (no go build at start), no template. */
+function emptyCache(from: string): string {
+  const dir = `${tempDataDir()}-cache`;
+  onTestFinished(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.mkdirSync(dir, { recursive: true });
+  execFileSync('cp', ['-a', '--reflink=auto', path.join(from, 'egress'), path.join(dir, 'egress')]);
+  return dir;
+}
+
+async function buildTemplate(srv: Srv, name: string, dockerfile: string): Promise<void> {
+  const res = await fetch(`${srv.url}/v1/templates`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${srv.key}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name, spec: { dockerfile } }),
+  });
+  const text = await res.text();
+  const last = JSON.parse(text.trim().split('\n').at(-1)!) as { type: string };
+  expect([res.status, last.type], text.slice(-2000)).toEqual([200, 'done']);
+}
+
+describe('artifacts: a template moves from one server cache to another', () => {
+  it('imports a built template into an empty cache, runs it there; a second import moves nothing; refuses what it must', async () => {
+    const cacheA = loadConfig(process.env, { dataDir: '/nonexistent', port: 0 }).cacheDir;
+    const cacheB = emptyCache(cacheA);
+    const cacheC = emptyCache(cacheA);
+    const dirA = tempDataDir();
+    const dirB = tempDataDir();
+    const dirC = tempDataDir();
+    cleanupDataDir(dirA);
+    cleanupDataDir(dirB);
+    cleanupDataDir(dirC);
+    const env = { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' };
+    const A = await ownServer(dirA, env);
+    const B = await ownServer(dirB, { ...env, NULLSPACE_CACHE_DIR: cacheB });
+    // C: another VM profile (a CPU model of its own), nothing may move onto it
+    const C = await ownServer(dirC, { ...env, NULLSPACE_CACHE_DIR: cacheC, NULLSPACE_CPU_MODEL: 'qemu64' });
+    const keyA = apiKeyDigestHex(A.key);
+    const name = `tc-${randomBytes(4).toString('hex')}`;
+    const nonce = randomBytes(8).toString('hex');
+    const open: Sandbox[] = [];
+    try {
+      expect((await req(B, 'GET', '/v1/templates')).json.templates).toEqual([]);
+      await buildTemplate(A, name, `FROM base\nRUN echo ${nonce} > /etc/tplcopy-marker\n`);
+
+      // the manifest: the template's directory, the chain below its disk, kernel and initrd
+      const mr = await req(A, 'GET', `/v1/artifacts/templates/${name}/manifest`);
+      expect(mr.status, JSON.stringify(mr.json)).toBe(200);
+      const m = mr.json as unknown as TemplateManifest;
+      expect(m).toMatchObject({ name, version: 1, cacheDir: cacheA, dir: `templates/${name}-${m.key}` });
+      const paths = m.files.map((f) => f.path);
+      for (const f of ['template.json', 'mem', 'state', 'disk.qcow2']) expect(paths).toContain(`${m.dir}/${f}`);
+      expect(paths.some((p) => /^templates\/base-[0-9a-f]{16}\/disk\.qcow2$/.test(p))).toBe(true);
+      expect(paths.some((p) => p.startsWith('build/layers/'))).toBe(true);
+      expect(paths.filter((p) => /^images\/[^/]+\/(vmlinux|initrd\.cpio|rootfs\.qcow2)$/.test(p))).toHaveLength(3);
+      for (const f of m.files) expect(f.sha256).toMatch(/^[0-9a-f]{64}$/);
+      const grant = templateGrant(keyA, name, 60_000);
+      const state = m.files.find((f) => f.path === `${m.dir}/state`)!;
+      // a file of the manifest, with the grant
+      const sr = await req(A, 'GET', `/v1/artifacts/templates/${name}/files/${state.path}`, { auth: `Grant ${grant}` });
+      expect([sr.status, sr.buf.length]).toEqual([200, state.bytes]);
+
+      // what the file route refuses: paths out of the cache dir, cache files that are not the template's
+      expect(code(await req(A, 'GET', `/v1/artifacts/templates/${name}/files/..%2F..%2F..%2Fetc%2Fpasswd`))).toEqual([400, 'invalid_path']);
+      expect(code(await rawGet(A, `/v1/artifacts/templates/${name}/files/${m.dir}/../../../../etc/passwd`))).toEqual([400, 'invalid_path']);
+      expect(code(await req(A, 'GET', `/v1/artifacts/templates/${name}/files/%2Fetc%2Fpasswd`))).toEqual([400, 'invalid_path']);
+      expect(code(await req(A, 'GET', `/v1/artifacts/templates/${name}/files/templates/${name}.json`))).toEqual([404, 'file_not_found']);
+      expect(code(await req(A, 'GET', `/v1/artifacts/templates/base/files/${state.path}`))).toEqual([404, 'file_not_found']);
+      // an unknown template, here and through an import
+      expect(code(await req(A, 'GET', '/v1/artifacts/templates/no-such-template/manifest'))).toEqual([404, 'template_not_found']);
+      expect(code(await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name: 'no-such-template', source: A.url, grant: templateGrant(keyA, 'no-such-template', 60_000) } }))).toEqual([
+        404,
+        'template_not_found',
+      ]);
+      // grants: another key's, expired, another template's, a snapshot's; none on the import route
+      const manifestWith = (g: string) => req(A, 'GET', `/v1/artifacts/templates/${name}/manifest`, { auth: `Grant ${g}` });
+      expect(code(await manifestWith(templateGrant(apiKeyDigestHex(B.key), name, 60_000)))).toEqual([401, 'grant_invalid']);
+      expect(code(await manifestWith(templateGrant(keyA, name, -1)))).toEqual([401, 'grant_expired']);
+      expect(code(await manifestWith(templateGrant(keyA, 'base', 60_000)))).toEqual([403, 'grant_forbidden']);
+      expect(code(await manifestWith(snapshotGrant(keyA, 'snap_0000000000000000', 60_000)))).toEqual([403, 'grant_forbidden']);
+      expect(code(await req(A, 'GET', `/v1/artifacts/templates/${name}/files/${state.path}`, { auth: `Grant ${templateGrant(keyA, 'base', 60_000)}` }))).toEqual([403, 'grant_forbidden']);
+      const refused = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant: templateGrant(apiKeyDigestHex(B.key), name, 60_000) } });
+      expect([...code(refused), refused.json.error.details.sourceCode]).toEqual([502, 'artifact_source_refused', 'grant_invalid']);
+      expect(code(await req(B, 'POST', '/v1/artifacts/templates/import', { auth: `Grant ${grant}`, body: { name, source: A.url, grant } }))).toEqual([401, 'unauthorized']);
+      expect(cacheEntries(cacheB)).toEqual({ templates: [], staging: [] });
+
+      // another VM profile: refused before anything moves
+      const inc = await req(C, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant } });
+      expect(code(inc)).toEqual([409, 'template_incompatible']);
+      expect(inc.json.error.details.mismatches.map((x: { field: string }) => x.field)).toEqual(['cpuModel']);
+      expect(cacheEntries(cacheC)).toEqual({ templates: [], staging: [] });
+
+      // a file of A that no longer has its manifest's digest: refused, nothing installed on B
+      const untamper = tamper(path.join(cacheA, state.path), 4096);
+      try {
+        const bad = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant } });
+        expect([...code(bad), bad.json.error.details.path]).toEqual([502, 'artifact_digest_mismatch', state.path]);
+      } finally {
+        untamper();
+      }
+      expect(cacheEntries(cacheB)).toEqual({ templates: [], staging: [] });
+      expect((await req(B, 'GET', '/v1/templates')).json.templates).toEqual([]);
+
+      // the import
+      const ir = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant } });
+      expect(ir.status, JSON.stringify(ir.json)).toBe(200);
+      expect(ir.json).toMatchObject({ name, version: 1, key: m.key, filesFetched: m.files.length, filesReused: 0 });
+      console.log(`template copy: ${m.files.length} files, ${(ir.json.bytesFetched / 1048576).toFixed(1)} MiB moved`);
+      expect(ir.json.bytesFetched).toBe(m.files.reduce((s, f) => s + f.bytes, 0));
+      expect(cacheEntries(cacheB).staging).toEqual([]);
+      // B lists it (its fingerprint too), its chain names B's cache only
+      const listed = (await req(B, 'GET', '/v1/templates')).json.templates as Array<{ name: string; compatible: boolean }>;
+      expect(listed.map((t) => [t.name, t.compatible])).toEqual([[name, true]]);
+      const local = (await req(B, 'GET', '/v1/hosts/local')).json as { fingerprint: { templates: Array<{ name: string; key: string }> } };
+      expect(local.fingerprint.templates.map((t) => [t.name, t.key])).toEqual([[name, m.key]]);
+      const info = JSON.parse(fs.readFileSync(path.join(cacheB, m.dir, 'template.json'), 'utf8')) as Record<string, unknown>;
+      expect(JSON.stringify(info)).not.toContain(cacheA + '/');
+      const chain = JSON.parse(execFileSync('qemu-img', ['info', '-U', '--backing-chain', '--output=json', path.join(cacheB, m.dir, 'disk.qcow2')], { encoding: 'utf8' })) as Array<{ filename: string }>;
+      expect(chain.length).toBeGreaterThan(2);
+      for (const c of chain) expect(c.filename.startsWith(cacheB + '/'), c.filename).toBe(true);
+
+      // a sandbox of it on B has what its build wrote
+      const s = await Sandbox.create({ apiUrl: B.url, apiKey: B.key, template: name });
+      open.push(s);
+      expect((await s.commands.run('cat /etc/tplcopy-marker')).stdout.trim()).toBe(nonce);
+
+      // again: nothing moves
+      const again = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant } });
+      expect([again.status, again.json.filesFetched, again.json.bytesFetched, again.json.version]).toEqual([200, 0, 0, 1]);
+    } finally {
+      for (const s of open) await s.kill().catch(() => {});
+      await req(A, 'DELETE', `/v1/templates/${name}`);
+    }
+  }, 900_000);
+});
