@@ -241,6 +241,11 @@ export class TemplateArtifacts {
         const infoFile = path.join(staging, m.dir, 'template.json');
         const info = rewritePaths(JSON.parse(fs.readFileSync(infoFile, 'utf8')) as unknown, m, mapPath) as TemplateInfo;
         if (info.name !== m.name || info.key !== m.key) throw sourceFailed(req, `its template.json is of ${info.name} ${info.key}`);
+        // what QEMU opens as what: the disk as qcow2 (its header checked below), the rest as raw files
+        const ownFile = (f: string) => path.join(own, f);
+        if (info.disk !== ownFile('disk.qcow2') || info.memFile !== ownFile('mem') || info.stateFile !== ownFile('state') || !info.image?.rootDisk?.endsWith('.qcow2')) {
+          throw sourceFailed(req, 'its template.json names files other than its own disk.qcow2, mem and state');
+        }
         fs.rmSync(infoFile);
         writeFileAtomic(infoFile, JSON.stringify(info, null, 2));
         for (const g of fetch) {
@@ -249,8 +254,8 @@ export class TemplateArtifacts {
             const h = readHeader(file);
             if (h.externalData || h.encrypted) throw new NsError('disk_invalid', `${f.path} from ${req.source} names an external data file or is encrypted: refused`);
             if (h.backingFile === undefined) continue;
-            const backing = mapPath(h.backingFile);
-            if (!backing) throw sourceFailed(req, `${f.path} rests on ${h.backingFile}, which is not in the manifest`);
+            const backing = h.backingFile.endsWith('.qcow2') ? mapPath(h.backingFile) : undefined;
+            if (!backing) throw sourceFailed(req, `${f.path} rests on ${h.backingFile}, which is not a qcow2 file of the manifest`);
             await setBackingFile(file, backing);
             checkQcow2Backing(file, (b) => b === backing);
           }
