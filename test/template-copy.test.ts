@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -10,9 +10,10 @@ import { cleanupDataDir, ownServer, tempDataDir } from './servers.js';
 
 /**
  * Copying a template from one server's cache to another's (docs/api.md "Artifacts"): server A (the
- * suite's cache, `base` built) builds a small template; server B, on a cache of its own holding no
- * template at all, imports it with a grant of A's key and runs a sandbox of it that has the file the
- * build wrote; a second import moves nothing. What may not pass does not: a file of A that no longer
+ * suite's cache, `base` built) builds a small template; server B, on a cache of its own holding only
+ * a `base` of its own (same paths as A's, other bytes), imports it with a grant of A's key and runs a
+ * sandbox of it that has the file the build wrote, its chain on A's base bytes (B's base untouched);
+ * a second import moves nothing; a second template of the same lineage moves only what is its own. What may not pass does not: a file of A that no longer
  * has its manifest's digest, grants that are wrong, expired or for something else, paths outside the
  * manifest, an unknown template, a host of another VM profile (refused before anything moves).
  */
@@ -96,6 +97,34 @@ function emptyCache(from: string): string {
   return dir;
 }
 
+/**
+ * Gives `cacheDir` a `base` of its own at the same paths as the one of `from` but with other bytes
+ * (its paths are this cache's: template.json and the disk's backing header), as a host that built
+ * its own base has. Returns the digest of its disk, to see that it stays.
+ */
+function ownBase(from: string, cacheDir: string): string {
+  const reg = JSON.parse(fs.readFileSync(path.join(from, 'templates', 'base.json'), 'utf8')) as { dir: string };
+  const info = JSON.parse(fs.readFileSync(path.join(reg.dir, 'template.json'), 'utf8')) as { image: { dir: string; rootDisk: string } };
+  const tdir = path.join(cacheDir, 'templates', path.basename(reg.dir));
+  const idir = path.join(cacheDir, 'images', path.basename(info.image.dir));
+  fs.mkdirSync(path.dirname(tdir), { recursive: true });
+  fs.mkdirSync(path.dirname(idir), { recursive: true });
+  execFileSync('cp', ['-a', '--reflink=auto', reg.dir, tdir]);
+  execFileSync('cp', ['-a', '--reflink=auto', info.image.dir, idir]);
+  const json = path.join(tdir, 'template.json');
+  const text = fs.readFileSync(json, 'utf8').split(from + '/').join(cacheDir + '/');
+  fs.rmSync(json);
+  fs.writeFileSync(json, text, { mode: 0o444 });
+  const disk = path.join(tdir, 'disk.qcow2');
+  fs.chmodSync(disk, 0o644);
+  execFileSync('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', path.join(idir, path.basename(info.image.rootDisk)), disk]);
+  fs.chmodSync(disk, 0o444);
+  fs.writeFileSync(path.join(cacheDir, 'templates', 'base.json'), JSON.stringify({ dir: tdir, version: 1, versions: [{ version: 1, dir: tdir, registeredAt: '' }] }));
+  return sha256(disk);
+}
+
+const sha256 = (file: string) => createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+
 async function buildTemplate(srv: Srv, name: string, dockerfile: string): Promise<void> {
   const res = await fetch(`${srv.url}/v1/templates`, {
     method: 'POST',
@@ -120,15 +149,19 @@ describe('artifacts: a template moves from one server cache to another', () => {
     cleanupDataDir(dirC);
     const env = { NULLSPACE_WARM_POOL: '0', NULLSPACE_SNAPSHOT_POOL: '0' };
     const A = await ownServer(dirA, env);
+    const baseB = ownBase(cacheA, cacheB);
     const B = await ownServer(dirB, { ...env, NULLSPACE_CACHE_DIR: cacheB });
     // C: another VM profile (a CPU model of its own), nothing may move onto it
     const C = await ownServer(dirC, { ...env, NULLSPACE_CACHE_DIR: cacheC, NULLSPACE_CPU_MODEL: 'qemu64' });
     const keyA = apiKeyDigestHex(A.key);
     const name = `tc-${randomBytes(4).toString('hex')}`;
+    const names = [name];
     const nonce = randomBytes(8).toString('hex');
     const open: Sandbox[] = [];
     try {
-      expect((await req(B, 'GET', '/v1/templates')).json.templates).toEqual([]);
+      const namesOn = async (srv: Srv) => ((await req(srv, 'GET', '/v1/templates')).json.templates as Array<{ name: string; compatible: boolean }>).map((t) => [t.name, t.compatible]);
+      expect(await namesOn(B)).toEqual([['base', true]]);
+      const templatesB = cacheEntries(cacheB).templates;
       await buildTemplate(A, name, `FROM base\nRUN echo ${nonce} > /etc/tplcopy-marker\n`);
 
       // the manifest: the template's directory, the chain below its disk, kernel and initrd
@@ -170,7 +203,7 @@ describe('artifacts: a template moves from one server cache to another', () => {
       const refused = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant: templateGrant(apiKeyDigestHex(B.key), name, 60_000) } });
       expect([...code(refused), refused.json.error.details.sourceCode]).toEqual([502, 'artifact_source_refused', 'grant_invalid']);
       expect(code(await req(B, 'POST', '/v1/artifacts/templates/import', { auth: `Grant ${grant}`, body: { name, source: A.url, grant } }))).toEqual([401, 'unauthorized']);
-      expect(cacheEntries(cacheB)).toEqual({ templates: [], staging: [] });
+      expect(cacheEntries(cacheB)).toEqual({ templates: templatesB, staging: [] });
 
       // another VM profile: refused before anything moves
       const inc = await req(C, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant } });
@@ -186,8 +219,8 @@ describe('artifacts: a template moves from one server cache to another', () => {
       } finally {
         untamper();
       }
-      expect(cacheEntries(cacheB)).toEqual({ templates: [], staging: [] });
-      expect((await req(B, 'GET', '/v1/templates')).json.templates).toEqual([]);
+      expect(cacheEntries(cacheB)).toEqual({ templates: templatesB, staging: [] });
+      expect(await namesOn(B)).toEqual([['base', true]]);
 
       // the import
       const ir = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant } });
@@ -197,15 +230,19 @@ describe('artifacts: a template moves from one server cache to another', () => {
       expect(ir.json.bytesFetched).toBe(m.files.reduce((s, f) => s + f.bytes, 0));
       expect(cacheEntries(cacheB).staging).toEqual([]);
       // B lists it (its fingerprint too), its chain names B's cache only
-      const listed = (await req(B, 'GET', '/v1/templates')).json.templates as Array<{ name: string; compatible: boolean }>;
-      expect(listed.map((t) => [t.name, t.compatible])).toEqual([[name, true]]);
+      expect((await namesOn(B)).sort()).toEqual([['base', true], [name, true]]);
       const local = (await req(B, 'GET', '/v1/hosts/local')).json as { fingerprint: { templates: Array<{ name: string; key: string }> } };
-      expect(local.fingerprint.templates.map((t) => [t.name, t.key])).toEqual([[name, m.key]]);
+      expect(local.fingerprint.templates.find((t) => t.name === name)?.key).toBe(m.key);
       const info = JSON.parse(fs.readFileSync(path.join(cacheB, m.dir, 'template.json'), 'utf8')) as Record<string, unknown>;
       expect(JSON.stringify(info)).not.toContain(cacheA + '/');
       const chain = JSON.parse(execFileSync('qemu-img', ['info', '-U', '--backing-chain', '--output=json', path.join(cacheB, m.dir, 'disk.qcow2')], { encoding: 'utf8' })) as Array<{ filename: string }>;
       expect(chain.length).toBeGreaterThan(2);
       for (const c of chain) expect(c.filename.startsWith(cacheB + '/'), c.filename).toBe(true);
+      // it rests on A's base bytes, brought along under names of their own: B's base is untouched
+      const baseDisk = m.files.find((f) => /^templates\/base-[0-9a-f]{16}\/disk\.qcow2$/.test(f.path))!.path;
+      expect(chain.map((c) => c.filename)).not.toContain(path.join(cacheB, baseDisk));
+      expect(chain.some((c) => c.filename.startsWith(path.join(cacheB, `${path.dirname(baseDisk)}~`)))).toBe(true);
+      expect(sha256(path.join(cacheB, baseDisk))).toBe(baseB);
 
       // a sandbox of it on B has what its build wrote
       const s = await Sandbox.create({ apiUrl: B.url, apiKey: B.key, template: name });
@@ -215,9 +252,23 @@ describe('artifacts: a template moves from one server cache to another', () => {
       // again: nothing moves
       const again = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name, source: A.url, grant } });
       expect([again.status, again.json.filesFetched, again.json.bytesFetched, again.json.version]).toEqual([200, 0, 0, 1]);
+
+      // a second template of the same lineage: only its own directory and its new layer move
+      const name2 = `${name}-2`;
+      names.push(name2);
+      await buildTemplate(A, name2, `FROM ${name}\nRUN echo second > /etc/tplcopy-second\n`);
+      const m2 = (await req(A, 'GET', `/v1/artifacts/templates/${name2}/manifest`)).json as unknown as TemplateManifest;
+      const ir2 = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name: name2, source: A.url, grant: templateGrant(keyA, name2, 60_000) } });
+      expect(ir2.status, JSON.stringify(ir2.json)).toBe(200);
+      const own2 = m2.files.filter((f) => f.path.startsWith(`${m2.dir}/`) || !m.files.some((g) => g.path === f.path));
+      console.log(`second template: ${ir2.json.filesFetched} of ${m2.files.length} files, ${(ir2.json.bytesFetched / 1048576).toFixed(1)} MiB moved`);
+      expect([ir2.json.filesFetched, ir2.json.filesReused]).toEqual([own2.length, m2.files.length - own2.length]);
+      const s2 = await Sandbox.create({ apiUrl: B.url, apiKey: B.key, template: name2 });
+      open.push(s2);
+      expect((await s2.commands.run('cat /etc/tplcopy-marker /etc/tplcopy-second')).stdout.split('\n').slice(0, 2)).toEqual([nonce, 'second']);
     } finally {
       for (const s of open) await s.kill().catch(() => {});
-      await req(A, 'DELETE', `/v1/templates/${name}`);
+      for (const n of names) await req(A, 'DELETE', `/v1/templates/${n}`);
     }
   }, 900_000);
 });

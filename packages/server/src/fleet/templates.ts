@@ -42,7 +42,9 @@ import { fileSha256, isFile, readHeader, sourceGet, writeSparse } from './artifa
  * every other group of files (a directory of the chain, or one build-cache layer) under its source
  * name with `~<digest>` appended, the digest of what it holds: a host's own build of `base` has the
  * same name as the source's but other bytes (debootstrap, mkfs), so the chain of the copy must not
- * rest on it; the same group imported again (another template of the same lineage) is there already.
+ * rest on it; the same group imported again (another template of the same lineage) is there already,
+ * and so is a group at its source's name that an earlier import placed with the same digests (the
+ * directory of a copied template that this one was built FROM).
  */
 
 export interface TemplateManifestFile {
@@ -87,13 +89,18 @@ const KEY_RE = /^[0-9a-f]{16}$/;
 const MANIFEST_TIMEOUT_MS = 30_000;
 const FILE_IDLE_MS = 60_000;
 
-/** A digest kept of a cache file (`<cache>/digests/`): valid while the file's size, mtime and inode are those. */
+/**
+ * What is kept of a cache file (`<cache>/digests/`), valid while its size, mtime and inode are
+ * those: its sha256 (computed at its first export), and for a file an import placed, the sha256 it
+ * had on its source (before its paths were rewritten here).
+ */
 interface DigestEntry {
   path: string;
   bytes: number;
   mtimeMs: number;
   ino: number;
-  sha256: string;
+  sha256?: string;
+  received?: string;
 }
 
 export class TemplateArtifacts {
@@ -154,24 +161,38 @@ export class TemplateArtifacts {
     return { stream: fs.createReadStream('', { fd }), bytes: fs.fstatSync(fd).size };
   }
 
+  private sidecar(rel: string): string {
+    return path.join(this.deps.cacheDir, 'digests', `${createHash('sha256').update(rel).digest('hex').slice(0, 32)}.json`);
+  }
+
+  /** What is kept of cache file `rel`, if it still describes the file. */
+  private kept(rel: string): DigestEntry | undefined {
+    try {
+      const st = fs.statSync(path.join(this.deps.cacheDir, rel));
+      const d = JSON.parse(fs.readFileSync(this.sidecar(rel), 'utf8')) as DigestEntry;
+      return d.path === rel && d.bytes === st.size && d.mtimeMs === st.mtimeMs && d.ino === st.ino ? d : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private keep(rel: string, entry: Pick<DigestEntry, 'sha256' | 'received'>): void {
+    const st = fs.statSync(path.join(this.deps.cacheDir, rel));
+    fs.mkdirSync(path.join(this.deps.cacheDir, 'digests'), { recursive: true });
+    writeFileAtomic(this.sidecar(rel), JSON.stringify({ ...this.kept(rel), path: rel, bytes: st.size, mtimeMs: st.mtimeMs, ino: st.ino, ...entry } satisfies DigestEntry));
+  }
+
   private digest(rel: string): Promise<string> {
     const file = path.join(this.deps.cacheDir, rel);
-    const side = path.join(this.deps.cacheDir, 'digests', `${createHash('sha256').update(rel).digest('hex').slice(0, 32)}.json`);
-    const st = fs.statSync(file);
-    try {
-      const d = JSON.parse(fs.readFileSync(side, 'utf8')) as DigestEntry;
-      if (d.path === rel && d.bytes === st.size && d.mtimeMs === st.mtimeMs && d.ino === st.ino && SHA256_RE.test(d.sha256)) return Promise.resolve(d.sha256);
-    } catch {
-      /* none yet */
-    }
+    const d = this.kept(rel);
+    if (d?.sha256 && SHA256_RE.test(d.sha256)) return Promise.resolve(d.sha256);
     let p = this.hashing.get(rel);
     if (!p) {
       p = (async () => {
         const t0 = Date.now();
+        const st = fs.statSync(file);
         const sha256 = await fileSha256(file);
-        fs.mkdirSync(path.dirname(side), { recursive: true });
-        const entry: DigestEntry = { path: rel, bytes: st.size, mtimeMs: st.mtimeMs, ino: st.ino, sha256 };
-        writeFileAtomic(side, JSON.stringify(entry));
+        this.keep(rel, { sha256 });
         this.deps.log.info({ file: rel, bytes: st.size, ms: Date.now() - t0 }, 'template file digest computed');
         return sha256;
       })().finally(() => this.hashing.delete(rel));
@@ -213,7 +234,9 @@ export class TemplateArtifacts {
           bytesFetched,
         });
         if (isFile(path.join(own, 'template.json'))) return result(0, 0);
-        const plan = groupsOf(m);
+        // a group this host imported before at its source's name (the template directory of an
+        // earlier copy: what a template built FROM it rests on) is reused where it is
+        const plan = groupsOf(m, (rel, sha256) => this.kept(rel)?.received === sha256);
         const fetch = plan.groups.filter((g) => g.own || !fs.existsSync(path.join(cacheDir, g.target)));
         for (const g of plan.groups.filter((x) => !fetch.includes(x))) {
           for (const f of g.files) {
@@ -271,6 +294,7 @@ export class TemplateArtifacts {
             if (!g.own && fs.existsSync(dst)) continue; // placed by another import meanwhile (same content: its name says so)
             fs.renameSync(src, dst);
             fsyncDir(path.dirname(dst));
+            for (const f of g.files) this.keep(plan.targetOf(f.path)!, { received: f.sha256 });
           }
         });
         const r = result(filesFetched, bytesFetched);
@@ -358,7 +382,7 @@ interface Group {
 }
 
 /** The manifest's files in groups, with where each lands here (see the module's comment). */
-function groupsOf(m: TemplateManifest): { groups: Group[]; targetOf: (rel: string) => string | undefined } {
+function groupsOf(m: TemplateManifest, held: (rel: string, sha256: string) => boolean): { groups: Group[]; targetOf: (rel: string) => string | undefined } {
   const byRoot = new Map<string, TemplateManifestFile[]>();
   const rootOf = (rel: string) => (rel.startsWith(m.dir + '/') ? m.dir : rel.startsWith('build/layers/') ? rel : path.dirname(rel));
   for (const f of m.files) {
@@ -370,7 +394,7 @@ function groupsOf(m: TemplateManifest): { groups: Group[]; targetOf: (rel: strin
     const own = root === m.dir;
     const file = !own && root.startsWith('build/layers/');
     let target = root;
-    if (!own) {
+    if (!own && !files.every((f) => held(f.path, f.sha256))) {
       const h = createHash('sha256');
       for (const f of [...files].sort((a, b) => a.path.localeCompare(b.path))) h.update(`${f.path.slice(root.length)}\0${f.sha256}\n`);
       const tag = `~${h.digest('hex').slice(0, 12)}`;
