@@ -6,9 +6,10 @@ import { requireGrant, templateSubject } from '../fleet/grant.js';
 import type { AppDeps } from './deps.js';
 
 /**
- * Artifacts between servers (docs/api.md "Artifacts"): a snapshot's manifest and layer files, read
- * with the API key or with a grant for that one snapshot (routes marked `config.grant`: the API key
- * hook leaves a `Grant` to them), and the import of a snapshot from another server (API key only).
+ * Artifacts between servers (docs/api.md "Artifacts"): a snapshot's manifest and layer files, and a
+ * template's manifest and files, read with the API key or with a grant for that one snapshot or
+ * template (routes marked `config.grant`: the API key hook leaves a `Grant` to them), and the
+ * imports of a snapshot or a template from another server (API key only).
  */
 export function isGrantRoute(req: FastifyRequest): boolean {
   return (req.routeOptions.config as { grant?: unknown } | undefined)?.grant === true;
