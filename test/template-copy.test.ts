@@ -175,7 +175,7 @@ describe('artifacts: a template moves from one server cache to another', () => {
       expect(paths.some((p) => p.startsWith('build/layers/'))).toBe(true);
       expect(paths.filter((p) => /^images\/[^/]+\/(vmlinux|initrd\.cpio|rootfs\.qcow2)$/.test(p))).toHaveLength(3);
       for (const f of m.files) expect(f.sha256).toMatch(/^[0-9a-f]{64}$/);
-      const grant = templateGrant(keyA, name, 60_000);
+      const grant = templateGrant(keyA, name, 600_000);
       const state = m.files.find((f) => f.path === `${m.dir}/state`)!;
       // a file of the manifest, with the grant
       const sr = await req(A, 'GET', `/v1/artifacts/templates/${name}/files/${state.path}`, { auth: `Grant ${grant}` });
@@ -258,7 +258,7 @@ describe('artifacts: a template moves from one server cache to another', () => {
       names.push(name2);
       await buildTemplate(A, name2, `FROM ${name}\nRUN echo second > /etc/tplcopy-second\n`);
       const m2 = (await req(A, 'GET', `/v1/artifacts/templates/${name2}/manifest`)).json as unknown as TemplateManifest;
-      const ir2 = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name: name2, source: A.url, grant: templateGrant(keyA, name2, 60_000) } });
+      const ir2 = await req(B, 'POST', '/v1/artifacts/templates/import', { body: { name: name2, source: A.url, grant: templateGrant(keyA, name2, 600_000) } });
       expect(ir2.status, JSON.stringify(ir2.json)).toBe(200);
       const own2 = m2.files.filter((f) => f.path.startsWith(`${m2.dir}/`) || !m.files.some((g) => g.path === f.path));
       console.log(`second template: ${ir2.json.filesFetched} of ${m2.files.length} files, ${(ir2.json.bytesFetched / 1048576).toFixed(1)} MiB moved`);
