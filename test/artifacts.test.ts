@@ -145,7 +145,7 @@ describe('artifacts: a snapshot moves from one server to another', () => {
       expect(m1.layersDir).toBe(path.join(dirA, 'layers'));
 
       // a layer, with the API key or a grant for its snapshot
-      const grant1 = snapshotGrant(keyA, snap1.id, 60_000);
+      const grant1 = snapshotGrant(keyA, snap1.id, 600_000);
       const stateLayer = m1.layers[1]!;
       const lr = await req(A, 'GET', `/v1/artifacts/layers/${stateLayer.id}?snapshot=${snap1.id}`, { auth: `Grant ${grant1}` });
       expect(lr.status).toBe(200);
@@ -249,7 +249,7 @@ describe('artifacts: a snapshot moves from one server to another', () => {
       expect(m2.layers.map((l) => l.kind)).toEqual(['mem', 'state', 'disk', 'disk']);
       // its chain rests on the first snapshot's disk layer, which B has
       expect(m2.layers[3]!.id).toBe(m1.snapshot.diskLayer);
-      const grant2 = snapshotGrant(keyA, snap2.id, 60_000);
+      const grant2 = snapshotGrant(keyA, snap2.id, 600_000);
       // a layer of another snapshot is not read through this one (with the key or this one's grant)
       expect(code(await req(A, 'GET', `/v1/artifacts/layers/${m2.snapshot.memLayer}?snapshot=${snap1.id}`))).toEqual([404, 'layer_not_found']);
       expect(code(await req(A, 'GET', `/v1/artifacts/layers/${m2.snapshot.memLayer}?snapshot=${snap1.id}`, { auth: `Grant ${grant1}` }))).toEqual([404, 'layer_not_found']);

@@ -1,10 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import pg from 'pg';
 import { Sandbox, Volume } from 'nullspace';
+import { apiKeyDigestHex, loadConfig, templateGrant } from '@nullspace/server';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { TEST_ROOT } from './env.js';
 import { exited, waitFor } from './servers.js';
@@ -517,6 +518,55 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
     await waitFor('the qemu64 host lost', async () => ((await host(q.hostId)).state === 'lost' ? true : undefined));
   }, 240_000);
 
+  it('a host without the template is given a copy when placement picks it (from a host holding it, digest-checked)', async () => {
+    // a fourth host (root namespace, like the qemu64 one) on a cache of its own that holds no template
+    const token = /^JOIN_TOKEN=(\S+)$/m.exec(fs.readFileSync(path.join(DIR, 'cluster.state'), 'utf8'))![1]!;
+    const sharedCache = loadConfig(process.env, { dataDir: '/nonexistent', port: 0 }).cacheDir;
+    const cache = path.join(DIR, 'h4-cache');
+    fs.mkdirSync(cache, { recursive: true });
+    execFileSync('cp', ['-a', '--reflink=auto', path.join(sharedCache, 'egress'), path.join(cache, 'egress')]);
+    const child = spawn(process.execPath, [CLI, 'host', '--control', url, '--join-token', token, '--data-dir', path.join(DIR, 'h4'), '--listen', '127.0.0.1:0'], {
+      env: { ...env, NULLSPACE_CACHE_DIR: cache, NULLSPACE_NETWORK_ISOLATION: 'off', NULLSPACE_RUN_DIR: path.join(DIR, 'run-h4'), NULLSPACE_PUBLIC_DOMAIN: 'localhost:7070' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    restarted.push(child);
+    let out = '';
+    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    const h4 = await waitFor('the fourth host', async () => {
+      if (child.exitCode !== null) throw new Error(`the host exited (${child.exitCode}): ${out}`);
+      return (await hosts()).find((h) => h.url?.startsWith('http://127.0.0.1:') && h.state === 'ready' && h.fingerprint.cpuModel !== 'qemu64');
+    }, 60_000);
+    expect(h4.fingerprint.templates).toEqual([]);
+    try {
+      // the others drained: placement can only pick the fourth, which must first get `base`
+      const s = await onlyOn([h4.hostId], () => Sandbox.create({ ...conn(), timeoutMs: 600_000 }));
+      onTestFinished(async () => void (await s.kill().catch(() => {})));
+      expect((await info(s.sandboxId)).hostId).toBe(h4.hostId);
+      expect((await s.commands.run('echo $((6 * 7))')).stdout).toBe('42\n');
+      await s.kill();
+      await waitFor('the copy in its fingerprint', async () => (((await host(h4.hostId)).fingerprint.templates as Array<{ name: string }>).some((t) => t.name === 'base') ? true : undefined));
+      // a template only the control plane holds (it builds what `POST /v1/templates` asks) is fetched
+      // from it: the host names it "control" (the URL it joined by), with a grant of the API key's digest
+      // (the fourth host's copy is removed first: its sandbox is gone, nothing uses it)
+      fs.rmSync(path.join(cache, 'templates'), { recursive: true, force: true });
+      const fromCp = await direct(h4.hostId, '/v1/artifacts/templates/import', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ name: 'base', source: 'control', grant: templateGrant(apiKeyDigestHex(key), 'base', 600_000) }),
+      });
+      expect(fromCp.status, await fromCp.clone().text()).toBe(200);
+      const imported = (await fromCp.json()) as { name: string; filesFetched: number; bytesFetched: number };
+      expect(imported.name).toBe('base');
+      expect(imported.filesFetched).toBeGreaterThan(0);
+      expect(imported.bytesFetched).toBeGreaterThan(0);
+    } finally {
+      child.kill('SIGKILL');
+      await exited(child);
+    }
+    await waitFor('the fourth host lost', async () => ((await host(h4.hostId)).state === 'lost' ? true : undefined));
+  }, 300_000);
+
   it('a host cut off (its veth down) becomes lost: its sandboxes show it, a kill is kept and done once it is back, fenced and reconciled', async () => {
     const h = byIndex(2);
     const epoch = (await host(h.hostId)).epoch;
@@ -642,7 +692,8 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
       throw new Error(`${err.message}; its output: ${out}`);
     });
     expect(back.epoch).toBe(epoch + 1);
-    expect((await hosts()).filter((x) => x.hostId !== 'local' && x.fingerprint.cpuModel !== 'qemu64')).toHaveLength(3);
+    // (the same host: no second record for its address)
+    expect((await hosts()).filter((x) => x.url === `http://10.214.${NET}.14:7071`).map((x) => x.hostId)).toEqual([h.hostId]);
     // what the host runs is what the records place there: the source (re-adopted, its VM ran on),
     // and the children only if the control plane recorded them
     const expected = [src.sandboxId, ...forked].sort();

@@ -76,7 +76,7 @@ export interface ServerOptions {
    * answers); no API key file, no E2B surface, no console; preview traffic only through the control
    * plane.
    */
-  hostMode?: { keyDigest(): string | undefined };
+  hostMode?: { keyDigest(): string | undefined; controlUrl?: string };
 }
 
 export async function startServer(config: Config, opts: ServerOptions = {}): Promise<RunningServer> {
@@ -135,7 +135,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     log.child({ component: 'fleet' }),
   );
   const router = fleet.enabled
-    ? new FleetRouter(store.hosts, store.placements, fleet, { localSandboxes: config.fleet.localSandboxes, replicas: config.fleet.replicas, localLoad: () => sandboxes.usage.sandboxes, localHas: (id) => sandboxes.getSnapshot(id).then(() => true, () => false) }, log.child({ component: 'fleet' }))
+    ? new FleetRouter(store.hosts, store.placements, fleet, { localSandboxes: config.fleet.localSandboxes, replicas: config.fleet.replicas, localLoad: () => sandboxes.usage.sandboxes, apiKey: key, localHas: (id) => sandboxes.getSnapshot(id).then(() => true, () => false) }, log.child({ component: 'fleet' }))
     : undefined;
   let stopReconcile: (() => void) | undefined;
   const relay = router ? new EventRelay(store.hosts, store.placements, events, log.child({ component: 'fleet' }), config.fleet.heartbeatMs) : undefined;

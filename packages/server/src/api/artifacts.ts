@@ -1,3 +1,4 @@
+import { NsError } from '@nullspace/runtime';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
@@ -104,10 +105,23 @@ export const artifactRoutes =
         schema: {
           hide: true,
           summary: 'Import a template from another server (its files this cache lacks)',
-          body: Type.Object({ name: TemplateName, source: Source, grant: Grant }, { additionalProperties: false }),
+          body: Type.Object(
+            { name: TemplateName, source: Type.Union([Source, Type.Literal('control')], { description: 'A server URL, or "control": a runtime host\'s own control plane' }), grant: Grant },
+            { additionalProperties: false },
+          ),
         },
       },
       // (the API key only: the hook refuses a grant here)
-      async (req) => templateArtifacts.import(req.body),
+      async (req) => {
+        // a runtime host fetches from its control plane at the URL it knows it by (the control plane
+        // does not know how its hosts reach it)
+        let source = req.body.source;
+        if (source === 'control') {
+          const control = deps.hostMode?.controlUrl;
+          if (!control) throw new NsError('bad_request', 'source "control" is for runtime hosts: this server has no control plane', { details: { field: 'source' } });
+          source = control;
+        }
+        return templateArtifacts.import({ ...req.body, source });
+      },
     );
   };

@@ -37,7 +37,7 @@ export interface AppDeps {
    * sha256 (hex) this gives (undefined before the host joined: nothing answers); no E2B surface, no
    * console.
    */
-  hostMode?: { keyDigest(): string | undefined } | undefined;
+  hostMode?: { keyDigest(): string | undefined; controlUrl?: string } | undefined;
   /** A snapshot's artifacts: exported to, and imported from, other servers. */
   artifacts: Artifacts;
   /** Templates of this server's cache: exported to, and imported from, other servers. */

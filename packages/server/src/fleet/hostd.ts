@@ -33,7 +33,7 @@ export interface RuntimeHostOptions {
   config: Config;
   log: Logger;
   /** The server's own start (index.ts), in host mode. */
-  startServer: (config: Config, opts: { log: Logger; hostMode: { keyDigest(): string | undefined } }) => Promise<HostServer>;
+  startServer: (config: Config, opts: { log: Logger; hostMode: { keyDigest(): string | undefined; controlUrl: string } }) => Promise<HostServer>;
 }
 
 /** What the host uses of the server it runs (index.ts `RunningServer`). */
@@ -73,7 +73,7 @@ export async function startRuntimeHost(opts: RuntimeHostOptions): Promise<Runnin
   // The host runs the server's own code (lifecycle, store in its data dir, layers, agents, preview
   // traffic) behind a listener that answers nothing without the control plane's credential (before
   // the join: nothing at all). The control plane places sandboxes here and routes their requests.
-  const server = await opts.startServer(config, { log, hostMode: { keyDigest: () => creds?.controlCredentialDigest } });
+  const server = await opts.startServer(config, { log, hostMode: { keyDigest: () => creds?.controlCredentialDigest, controlUrl: control } });
   const port = Number(new URL(server.url).port);
   const advertised = opts.advertise ?? `http://${bindHost.includes(':') ? `[${bindHost}]` : bindHost}:${port}`;
 

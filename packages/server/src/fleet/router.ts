@@ -6,7 +6,7 @@ import type { PreviewTarget, RemoteTraffic } from '../preview/proxy.js';
 import type { HostRecord, HostStore } from '../store/hosts.js';
 import type { PlacementKind, PlacementRecord, PlacementStore } from '../store/placements.js';
 import { decodeCursor, encodeCursor } from '../store/cursor.js';
-import { snapshotGrant } from './grant.js';
+import { snapshotGrant, templateGrant } from './grant.js';
 import { secretDigest } from './credentials.js';
 import { callHost, forwardApi, forwardTraffic, forwardUpgrade, hostError, hostUnavailable, type HostTarget } from './forward.js';
 import { LOCAL_HOST_ID, type FleetService, type HostView } from './service.js';
@@ -20,6 +20,8 @@ export interface RouterOptions {
   replicas: number;
   /** How many sandboxes the control plane's own host runs now. */
   localLoad: () => number;
+  /** The control plane's API key (grants for what hosts fetch from it are keyed by its digest). */
+  apiKey: string;
   /** Whether the control plane's own host has snapshot `id`. */
   localHas: (id: string) => Promise<boolean>;
 }
@@ -228,7 +230,29 @@ export class FleetRouter implements RemoteTraffic {
     // hosts that hold the template first, then the least loaded
     const holds = (c: Candidate) => (c.view?.fingerprint.templates ?? []).some((t) => t.name === template && t.compatible) || c.id === LOCAL_HOST_ID;
     candidates.sort((a, b) => Number(holds(b)) - Number(holds(a)) || a.load - b.load || a.id.localeCompare(b.id));
+    // none that may take it holds it: the first is given a copy from a ready host that has it
+    if (!holds(candidates[0]!)) await this.copyTemplate(template, candidates[0]!);
     return this.createOn(candidates, body);
+  }
+
+  /**
+   * Copies template `name` onto candidate `to` from a ready host holding it (fleet/templates.ts: its
+   * files, digest-checked, fetched straight from that host with a grant for this template). None
+   * holds it: nothing to copy (the host answers the create: `template_not_found`, or builds `base`).
+   */
+  private async copyTemplate(name: string, to: Candidate): Promise<void> {
+    if (!to.target) return;
+    const holders = (await this.fleet.list()).filter((h) => h.hostId !== to.id && h.state !== 'lost' && h.fingerprint.templates.some((t) => t.name === name && t.compatible));
+    // another host first; else the control plane itself (where `POST /v1/templates` builds): the
+    // host fetches it from the control plane at the URL it knows it by, with a grant of its key
+    const host = holders.find((h) => h.url);
+    const rec = host ? await this.hosts.get(host.hostId) : undefined;
+    const source = rec ? { id: rec.id, url: rec.url, keyDigest: secretDigest(rec.controlCredential) } : holders.some((h) => h.hostId === LOCAL_HOST_ID) ? { id: LOCAL_HOST_ID, url: 'control', keyDigest: secretDigest(this.opts.apiKey) } : undefined;
+    if (!source) return;
+    const grant = templateGrant(source.keyDigest, name, GRANT_TTL_MS);
+    const r = await callHost(to.target, 'POST', '/v1/artifacts/templates/import', { name, source: source.url, grant }, 30 * 60_000);
+    if (r.status !== 200) throw hostError(to.target, r.status, r.json);
+    this.log.info({ template: name, from: source.id, to: to.id, ...(r.json as Json) }, 'template copied');
   }
 
   private async restore(snapshotId: string, body: Json): Promise<Json | undefined> {
