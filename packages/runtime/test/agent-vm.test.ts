@@ -88,16 +88,13 @@ describe('agent inside a VM', () => {
     // a process started in one session can be followed from the next
     const agent = vm!.agent!;
     const started = agent.open('proc.start', { cmd: 'sleep 1; echo late' });
-    const pid = await new Promise<number>((resolve) => {
-      const iv = setInterval(async () => {
-        const { processes } = await agent.call('proc.list');
-        const p = processes.find((x) => x.cmd === 'sleep 1; echo late');
-        if (p) {
-          clearInterval(iv);
-          resolve(p.pid);
-        }
-      }, 50);
-    });
+    // (one call at a time: a list still in flight when the session is cut below would reject unheard)
+    let pid: number | undefined;
+    while (pid === undefined) {
+      const { processes } = await agent.call('proc.list');
+      pid = processes.find((x) => x.cmd === 'sleep 1; echo late')?.pid;
+      if (pid === undefined) await new Promise((r) => setTimeout(r, 50));
+    }
     started.cancel();
     vm!.disconnectAgent();
     const again = await vm!.connectAgent(15_000);
