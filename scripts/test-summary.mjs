@@ -55,6 +55,27 @@ function vitestCounts(file) {
   return { passed: r.numPassedTests, failed: r.numFailedTests, skipped: r.numPendingTests + (r.numTodoTests ?? 0) };
 }
 
+/** The failed tests of vitest's JSON report: "file > name" and the first lines of the first failure (colours stripped). */
+export function vitestFailures(file, maxLines = 8) {
+  if (!fs.existsSync(file)) return [];
+  const r = JSON.parse(fs.readFileSync(file, 'utf8'));
+  const out = [];
+  for (const f of r.testResults ?? []) {
+    const rel = path.relative(process.cwd(), f.name ?? '');
+    const failed = (f.assertionResults ?? []).filter((a) => a.status === 'failed');
+    // a file that failed as a whole (a hook, an import, an unhandled error) has a message of its own
+    if (!failed.length && f.status === 'failed' && f.message) out.push({ test: rel, lines: clip(f.message, maxLines) });
+    for (const a of failed) out.push({ test: `${rel} > ${a.fullName ?? a.title}`, lines: clip((a.failureMessages ?? []).join('\n'), maxLines) });
+  }
+  return out;
+}
+
+function clip(text, maxLines) {
+  // eslint-disable-next-line no-control-regex
+  const plain = String(text).replace(/\x1b\[[0-9;]*m/g, '');
+  return plain.split('\n').filter((l) => l.trim()).slice(0, maxLines);
+}
+
 function jsonCounts(file) {
   return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : undefined;
 }
@@ -88,6 +109,15 @@ for (const [name, c] of layers) {
   console.log(`  ${name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped`);
   if (c.passed + c.failed === 0) problems.push(`${name}: ran no test`);
   if (c.failed > 0) problems.push(`${name}: ${c.failed} failed`);
+}
+const failures = vitestFailures(path.join(dir, 'vitest.json'));
+if (failures.length) {
+  // (last, next to the verdict: a CI log's tail names what failed and why)
+  console.log('failed tests (first lines of each failure):');
+  for (const f of failures) {
+    console.log(`  ${f.test}`);
+    for (const l of f.lines) console.log(`      ${l.length > 200 ? `${l.slice(0, 200)}...` : l}`);
+  }
 }
 if (problems.length) {
   console.log(`tests: FAILED (${problems.join('; ')})`);

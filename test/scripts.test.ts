@@ -127,3 +127,52 @@ describe('leak check and clearing (scripts/leaks.sh)', () => {
     await sbx.kill();
   });
 });
+
+describe("the suite's closing lines (scripts/test-summary.mjs)", () => {
+  /** A report dir as scripts/test.sh leaves it: four steps, each layer's counts, vitest's JSON. */
+  function report(vitest: unknown): string {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ns-summary-'));
+    onTestFinished(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const failed = (vitest as { numFailedTests: number }).numFailedTests > 0;
+    fs.writeFileSync(path.join(dir, 'steps'), `typecheck\tok\ngo\tok\nsuite\t${failed ? 'FAILED' : 'ok'}\nleaks\tok\n`);
+    fs.writeFileSync(path.join(dir, 'go.json'), `${JSON.stringify({ Action: 'pass', Package: 'p', Test: 'TestX' })}\n`);
+    fs.writeFileSync(path.join(dir, 'python.json'), JSON.stringify({ passed: 1, failed: 0, skipped: 0 }));
+    fs.writeFileSync(path.join(dir, 'vitest.json'), JSON.stringify(vitest));
+    return dir;
+  }
+
+  it('name each failed test with the first lines of its failure next to the verdict (a CI log tail says why)', () => {
+    const dir = report({
+      numPassedTests: 2,
+      numFailedTests: 1,
+      numPendingTests: 0,
+      testResults: [
+        {
+          name: path.join(repo, 'test/fleet.test.ts'),
+          status: 'failed',
+          assertionResults: [
+            { status: 'passed', fullName: 'fleet places' },
+            { status: 'failed', fullName: 'fleet a volume', failureMessages: ['\u001b[31mSandboxError: host h1 answered 500\u001b[39m\n    at Volume.create (volume.js:37:5)\n'] },
+          ],
+        },
+        { name: path.join(repo, 'test/x.test.ts'), status: 'failed', message: 'Error: Hook timed out in 300000ms', assertionResults: [] },
+      ],
+    });
+    const r = sh('node', ['scripts/test-summary.mjs', dir]);
+    expect(r.code).toBe(1);
+    const tail = r.stdout.slice(r.stdout.indexOf('failed tests'));
+    expect(tail).toContain('test/fleet.test.ts > fleet a volume\n      SandboxError: host h1 answered 500\n          at Volume.create (volume.js:37:5)\n');
+    expect(tail).toContain('test/x.test.ts\n      Error: Hook timed out in 300000ms\n');
+    expect(tail).not.toContain('fleet places');
+    expect(tail).not.toContain('\u001b[');
+    expect(r.stdout.trimEnd().split('\n').at(-1)).toMatch(/^tests: FAILED/);
+  });
+
+  it('a run where everything passed lists no failure and says passed', () => {
+    const dir = report({ numPassedTests: 2, numFailedTests: 0, numPendingTests: 0, testResults: [{ name: path.join(repo, 'test/a.test.ts'), status: 'passed', assertionResults: [{ status: 'passed', fullName: 'a' }] }] });
+    const r = sh('node', ['scripts/test-summary.mjs', dir]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain('failed tests');
+    expect(r.stdout.trimEnd().split('\n').at(-1)).toBe('tests: passed');
+  });
+});
