@@ -24,9 +24,9 @@ const root = process.getuid?.() === 0;
 const NAME = `nsf${randomBytes(2).toString('hex')}`;
 const NET = randomInt(100, 250);
 const DIR = path.join(TEST_ROOT, `c-${randomBytes(3).toString('hex')}`);
-// (lost after 2 s without a heartbeat: a busy 2-core machine delays a heartbeat by a second at times)
+// (lost after 3 s without a heartbeat: a busy 2-core machine delays a heartbeat by a second or two at times)
 const HEARTBEAT_MS = 500;
-const LOST_AFTER = 4;
+const LOST_AFTER = 6;
 const env = {
   ...process.env,
   NULLSPACE_CLUSTER_DIR: DIR,

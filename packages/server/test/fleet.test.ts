@@ -97,6 +97,30 @@ describe('FleetService', () => {
     expect((await f.compatibility(req, { memoryMiB: 1024, vcpus: 1 }))[0]!.mismatches).toEqual([{ field: 'memoryMiB', snapshot: 512, host: 1024 }]);
   });
 
+  it('a sweep that comes late (this process stalled) gives hosts a full window: it did not hear their heartbeats', async () => {
+    const f = await fleet();
+    const a = await f.join(TOKEN, { ...report, controlCredential: 'c'.repeat(40) });
+    const t0 = Date.parse((await f.get(a.hostId)).lastHeartbeat);
+    expect(await f.tick(t0 + HB)).toEqual([]);
+    expect(await f.tick(t0 + 2 * HB)).toEqual([]);
+    // the next tick comes 5 intervals late: the last heartbeat heard is 7 intervals old, yet the
+    // host is not lost (its heartbeats of meanwhile wait unread)...
+    const resumed = t0 + 7 * HB;
+    expect(await f.tick(resumed)).toEqual([]);
+    expect(await f.tick(resumed + HB)).toEqual([]);
+    expect((await f.get(a.hostId)).state).toBe('ready');
+    // ...until it stays silent for a full window from then
+    expect(await f.tick(resumed + 2 * HB)).toEqual([]);
+    expect(await f.tick(resumed + 3 * HB - 1)).toEqual([]);
+    expect(await f.tick(resumed + 3 * HB + 1)).toEqual([a.hostId]);
+    // (ticks on time do find a silent host lost: the same silence seen by a process that was there)
+    const g = await fleet();
+    const b = await g.join(TOKEN, { ...report, controlCredential: 'd'.repeat(40) });
+    const t1 = Date.parse((await g.get(b.hostId)).lastHeartbeat);
+    for (let t = t1 + HB; t < t1 + 3 * HB; t += HB) expect(await g.tick(t)).toEqual([]);
+    expect(await g.tick(t1 + 3 * HB + 1)).toEqual([b.hostId]);
+  });
+
   it('a host is lost after N missed heartbeats, not before; back, it is fenced (epoch + 1) and keeps its drain', async () => {
     const f = await fleet();
     const a = await f.join(TOKEN, { ...report, controlCredential: 'c'.repeat(40) });

@@ -53,7 +53,14 @@ const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString()
  */
 export class FleetService {
   private sweeper: NodeJS.Timeout | undefined;
+  /**
+   * Since when this process has been there to hear heartbeats without a gap: its start, or the end
+   * of a stall (a sweep that came late). No host is found lost for a silence this process may have
+   * caused itself.
+   */
   private readonly startedAt = Date.now();
+  private listeningSince = this.startedAt;
+  private lastTick = Date.now();
   /** Told of a lost host that heartbeats again (fenced): the router reconciles it. */
   onFenced: ((hostId: string) => void) | undefined;
 
@@ -72,7 +79,7 @@ export class FleetService {
   /** Starts the check for lost hosts (every heartbeat interval). */
   start(): void {
     if (!this.enabled || this.sweeper) return;
-    this.sweeper = setInterval(() => void this.sweep().catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'checking for lost hosts failed')), this.opts.heartbeatMs);
+    this.sweeper = setInterval(() => void this.tick().catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'checking for lost hosts failed')), this.opts.heartbeatMs);
     this.sweeper.unref();
   }
 
@@ -81,12 +88,26 @@ export class FleetService {
     this.sweeper = undefined;
   }
 
+  /**
+   * The sweeper's tick. One that comes more than an interval late means this process ran nothing
+   * meanwhile (a stalled event loop, a starved or suspended machine): the heartbeats sent then wait
+   * unread in its sockets, so hosts get a full window from now before any is found lost.
+   */
+  async tick(now = Date.now()): Promise<string[]> {
+    if (now - this.lastTick > 2 * this.opts.heartbeatMs) {
+      this.log.warn({ lateMs: now - this.lastTick - this.opts.heartbeatMs }, 'the check for lost hosts ran late (this process was stalled): hosts get a full heartbeat window');
+      this.listeningSince = now;
+    }
+    this.lastTick = now;
+    return this.sweep(now);
+  }
+
   /** Marks lost the hosts whose last heartbeat is older than `lostAfter` intervals. */
   async sweep(now = Date.now()): Promise<string[]> {
     const before = now - this.opts.heartbeatMs * this.opts.lostAfter;
-    // a control plane that just started has not been there to hear heartbeats: hosts get a full
-    // window from its start (a restart of the control plane loses no host)
-    if (before < this.startedAt) return [];
+    // a control plane that just started (or was stalled) has not been there to hear heartbeats:
+    // hosts get a full window from then (a restart of the control plane loses no host)
+    if (before < this.listeningSince) return [];
     const lost = await this.store.markLost(before, now);
     for (const id of lost) this.log.warn({ hostId: id, missedHeartbeats: this.opts.lostAfter }, 'host lost: no heartbeat');
     return lost;
