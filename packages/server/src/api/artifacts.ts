@@ -2,7 +2,7 @@ import { NsError } from '@nullspace/runtime';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
-import { DELTA_TYPE } from '../fleet/artifacts.js';
+import { DELTA_TYPE } from '../fleet/transfer.js';
 import { requireGrant, templateSubject } from '../fleet/grant.js';
 import type { AppDeps } from './deps.js';
 

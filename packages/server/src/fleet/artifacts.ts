@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -15,13 +14,13 @@ import {
   setBackingFile,
   SNAPSHOT_ID_RE,
   type DataDirLayout,
-  type ErrorCode,
 } from '@nullspace/runtime';
 import { checkFreeDisk } from '../admission.js';
 import type { Logger } from '../log.js';
 import { secretDigest } from './credentials.js';
 import type { LayerKind, LayerRecord, SnapshotRecord, SnapshotStore } from '../store/snapshots.js';
 import { KeyedMutex, type RwLock } from '../util.js';
+import { deltaRecords, fetchChecked, fileSha256, sourceGet, type CheckedFetch } from './transfer.js';
 
 /**
  * Moving a snapshot's artifacts between servers (docs/ARCHITECTURE.md "Fleet" -> "Artifacts"): a
@@ -70,11 +69,6 @@ export const apiKeyDigestHex: (apiKey: string) => string = secretDigest;
 const SHA256_RE = /^[0-9a-f]{64}$/;
 /** Reads of a source's manifest give up after this long. */
 const MANIFEST_TIMEOUT_MS = 30_000;
-/** A layer download that receives nothing for this long is abandoned. */
-const LAYER_IDLE_MS = 60_000;
-/** Runs of zeros this long (aligned) are left as holes in a fetched layer (RAM images are sparse). */
-const HOLE = 4096;
-const ZEROS = Buffer.alloc(HOLE);
 
 export interface ArtifactsDeps {
   snapshots: SnapshotStore;
@@ -218,11 +212,11 @@ export class Artifacts {
 
   /** A GET of the source with the grant; its refusals as this server's codes. */
   private get(url: string, req: { snapshotId: string; source: string; grant: string }, signal: AbortSignal): Promise<Response> {
-    return sourceGet(url, req.source, req.grant, signal, {
-      what: `snapshot ${req.snapshotId}`,
-      notFound: 'snapshot_not_found',
-      details: { id: req.snapshotId },
-    });
+    return sourceGet(url, req.source, req.grant, signal, this.notFound(req.snapshotId));
+  }
+
+  private notFound(snapshotId: string): CheckedFetch['notFound'] {
+    return { what: `snapshot ${snapshotId}`, notFound: 'snapshot_not_found', details: { id: snapshotId } };
   }
 
   /** Which of the manifest's layers this server lacks, and the paths its chain will rest on here. */
@@ -267,62 +261,21 @@ export class Artifacts {
     // the base is copied first (the collector may free it once the copy exists: the copy stays)
     let base = await this.baseFor(m, l.kind);
     if (base) await cloneFile(base.path, file, 0o600).catch(() => (base = undefined));
-    const url = `${req.source}/v1/artifacts/layers/${l.id}?snapshot=${req.snapshotId}${base ? `&base=${base.id}` : ''}`;
-    const abort = new AbortController();
-    let idle: NodeJS.Timeout | undefined;
-    const touch = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => abort.abort(new Error(`nothing received for ${LAYER_IDLE_MS / 1000} s`)), LAYER_IDLE_MS);
-    };
-    touch();
-    const fh = await fs.promises.open(file, base ? fs.constants.O_RDWR : fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-    let received = 0;
-    try {
-      const res = await this.get(url, req, abort.signal);
-      if (!res.body) throw new NsError('artifact_source_failed', `${url}: no body`, { details: { source: req.source } });
-      const delta = res.headers.get('content-type') === DELTA_TYPE;
-      if (!delta) await fh.truncate(0);
-      const apply = delta ? new DeltaApplier(fh, l.bytes) : undefined;
-      let pos = 0;
-      try {
-        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-          touch();
-          const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-          received += buf.length;
-          if (apply) await apply.push(buf);
-          else {
-            await writeSparse(fh, buf, pos);
-            pos += buf.length;
-            if (pos > l.bytes) break;
-          }
-        }
-      } catch (err) {
-        if (err instanceof NsError) throw err;
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'ENOSPC' || code === 'EDQUOT') throw new NsError('no_space', `fetching layer ${l.id}: no space left on the data disk`, { cause: err });
-        throw new NsError('artifact_source_unreachable', `fetching layer ${l.id} from ${req.source}: ${errorMessage(err)}`, { details: { source: req.source } });
-      }
-      if (apply && !apply.complete) throw new NsError('artifact_source_failed', `layer ${l.id} from ${req.source}: the delta breaks off within a record`, { details: { source: req.source, layerId: l.id } });
-      if (!apply && pos !== l.bytes) {
-        throw new NsError('artifact_source_failed', `layer ${l.id} from ${req.source}: ${pos} bytes received, the manifest says ${l.bytes}`, { details: { source: req.source, layerId: l.id } });
-      }
-      await fh.truncate(l.bytes);
-      await fh.sync();
-    } catch (err) {
-      abort.abort();
-      throw err;
-    } finally {
-      clearTimeout(idle);
-      await fh.close();
-    }
-    // what is written is checked whole: a delta applied onto the base is the layer, or is refused
-    const sha256 = await fileSha256(file);
-    if (sha256 !== l.sha256) {
-      throw new NsError('artifact_digest_mismatch', `layer ${l.id} from ${req.source}: its sha256 is ${sha256}, the manifest says ${l.sha256}`, {
-        details: { source: req.source, layerId: l.id, expected: l.sha256, actual: sha256 },
-      });
-    }
-    return received;
+    return fetchChecked(
+      {
+        url: `${req.source}/v1/artifacts/layers/${l.id}?snapshot=${req.snapshotId}${base ? `&base=${base.id}` : ''}`,
+        source: req.source,
+        grant: req.grant,
+        what: `layer ${l.id}`,
+        bytes: l.bytes,
+        sha256: l.sha256,
+        notFound: this.notFound(req.snapshotId),
+        details: { layerId: l.id },
+        disk: 'the data disk',
+        base: base !== undefined,
+      },
+      file,
+    );
   }
 
   /** Places the fetched layers, re-points their chain, records them and the snapshot; the number of layers reused. */
@@ -376,31 +329,6 @@ export class Artifacts {
   }
 }
 
-/**
- * A GET of another server's artifact route with a grant (`what`: what it reads, for messages); its
- * refusals as this server's codes: the source's 404 `notFound` as that code, a refused grant as
- * `artifact_source_refused`, anything else as `artifact_source_failed`.
- */
-export async function sourceGet(url: string, source: string, grant: string, signal: AbortSignal, what: { what: string; notFound: ErrorCode; details: Record<string, unknown> }): Promise<Response> {
-  let res: Response;
-  try {
-    res = await fetch(url, { headers: { authorization: `Grant ${grant}` }, signal, redirect: 'error' });
-  } catch (err) {
-    throw new NsError('artifact_source_unreachable', `${source} could not be reached: ${errorMessage(err)}`, { details: { source } });
-  }
-  if (res.ok) return res;
-  const text = await res.text().catch(() => '');
-  let code: string | undefined;
-  try {
-    code = (JSON.parse(text) as { error?: { code?: string } }).error?.code;
-  } catch {
-    /* not the API's error format */
-  }
-  const details = { source, status: res.status, ...(code ? { sourceCode: code } : {}) };
-  if (res.status === 404 && code === what.notFound) throw new NsError(what.notFound, `${what.what} not found on ${source}`, { details: { ...what.details, ...details } });
-  if (res.status === 401 || res.status === 403) throw new NsError('artifact_source_refused', `${source} refused the grant for ${what.what}: ${res.status} ${code ?? ''}`.trim(), { details });
-  throw new NsError('artifact_source_failed', `${url}: ${res.status} ${code ?? text.slice(0, 200)}`.trim(), { details });
-}
 
 interface Plan {
   /** The layers this server lacks (the others it holds already). */
@@ -428,28 +356,6 @@ export function readHeader(file: string): ReturnType<typeof readQcow2Header> {
   }
 }
 
-/** Writes `buf` at `pos`, leaving aligned runs of zeros as holes (the file is truncated to its size at the end). */
-export async function writeSparse(fh: fs.promises.FileHandle, buf: Buffer, pos: number): Promise<void> {
-  let start = 0;
-  while (start < buf.length) {
-    // the next aligned boundary after `start`
-    const end = Math.min(buf.length, start + HOLE - ((pos + start) % HOLE));
-    const piece = buf.subarray(start, end);
-    const zero = piece.length === HOLE && piece.equals(ZEROS);
-    if (!zero) {
-      // coalesce the following non-zero pieces into one write
-      let stop = end;
-      while (stop < buf.length) {
-        const next = Math.min(buf.length, stop + HOLE);
-        const p = buf.subarray(stop, next);
-        if (p.length === HOLE && p.equals(ZEROS)) break;
-        stop = next;
-      }
-      await fh.write(buf, start, stop - start, pos + start);
-      start = stop;
-    } else start = end;
-  }
-}
 
 /** The source's manifest, checked field by field (a source is another server, but its answer is input). */
 function validManifest(body: unknown, snapshotId: string, source: string): Manifest {
@@ -506,96 +412,4 @@ function validManifest(body: unknown, snapshotId: string, source: string): Manif
   if (disks.length !== chain.length || layers.size !== chain.length + 2) throw bad('layers outside the snapshot');
   if (!SNAPSHOT_ID_RE.test(s.id)) throw bad('its id');
   return { snapshot: s as SnapshotRecord, layers: [layers.get(s.memLayer)!, layers.get(s.stateLayer)!, ...chain], templateDisk: m.templateDisk, cacheDir: m.cacheDir, layersDir: m.layersDir };
-}
-
-/** The sha256 (hex) of a file's content. */
-export async function fileSha256(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
-}
-
-/** The content type of a layer sent as what differs from a base layer. */
-export const DELTA_TYPE = 'application/x-nullspace-delta';
-/** A delta record's header: the offset (u64) and length (u32) of the bytes that follow, big-endian. */
-const RECORD_HEADER = 12;
-/** Deltas compare pages (the guest's RAM is paged in 4 KiB), read 1 MiB at a time. */
-const PAGE = 4096;
-const CHUNK = 1 << 20;
-
-/** The pages of the file open at `fd` (`bytes` long) that differ from the file open at `baseFd`, as records; closes both. */
-async function* deltaRecords(fd: number, bytes: number, baseFd: number): AsyncGenerator<Buffer> {
-  const a = Buffer.alloc(CHUNK);
-  const b = Buffer.alloc(CHUNK);
-  const read = (f: number, buf: Buffer, len: number, at: number) =>
-    new Promise<number>((resolve, reject) => fs.read(f, buf, 0, len, at, (err, n) => (err ? reject(err) : resolve(n))));
-  try {
-    for (let off = 0; off < bytes; off += CHUNK) {
-      const n = await read(fd, a, Math.min(CHUNK, bytes - off), off);
-      const nb = await read(baseFd, b, n, off);
-      let run = -1;
-      const emit = (from: number, to: number) => {
-        const rec = Buffer.alloc(RECORD_HEADER + (to - from));
-        rec.writeBigUInt64BE(BigInt(off + from), 0);
-        rec.writeUInt32BE(to - from, 8);
-        a.copy(rec, RECORD_HEADER, from, to);
-        return rec;
-      };
-      for (let i = 0; i < n; i += PAGE) {
-        const end = Math.min(n, i + PAGE);
-        const same = end <= nb && a.compare(b, i, end, i, end) === 0;
-        if (!same && run < 0) run = i;
-        if (same && run >= 0) {
-          yield emit(run, i);
-          run = -1;
-        }
-      }
-      if (run >= 0) yield emit(run, n);
-      if (n === 0) break;
-    }
-  } finally {
-    fs.closeSync(fd);
-    fs.closeSync(baseFd);
-  }
-}
-
-/** Applies delta records, as they arrive in pieces, onto the file open as `fh` (`bytes` long). */
-class DeltaApplier {
-  private header = Buffer.alloc(0);
-  private at = 0;
-  private left = 0;
-
-  constructor(
-    private readonly fh: fs.promises.FileHandle,
-    private readonly bytes: number,
-  ) {}
-
-  /** Whether the records ended between two records (not within one). */
-  get complete(): boolean {
-    return this.left === 0 && this.header.length === 0;
-  }
-
-  async push(buf: Buffer): Promise<void> {
-    let i = 0;
-    while (i < buf.length) {
-      if (this.left === 0) {
-        const take = Math.min(RECORD_HEADER - this.header.length, buf.length - i);
-        this.header = Buffer.concat([this.header, buf.subarray(i, i + take)]);
-        i += take;
-        if (this.header.length < RECORD_HEADER) return;
-        const at = this.header.readBigUInt64BE(0);
-        const len = this.header.readUInt32BE(8);
-        this.header = Buffer.alloc(0);
-        if (len === 0 || at + BigInt(len) > BigInt(this.bytes)) throw new NsError('artifact_source_failed', `a delta record (${at}+${len}) lies outside the layer (${this.bytes} bytes)`);
-        this.at = Number(at);
-        this.left = len;
-        continue;
-      }
-      const n = Math.min(this.left, buf.length - i);
-      await this.fh.write(buf, i, n, this.at);
-      this.at += n;
-      this.left -= n;
-      i += n;
-    }
-  }
 }

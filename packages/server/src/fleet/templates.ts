@@ -23,7 +23,8 @@ import {
 import { checkFreeDisk } from '../admission.js';
 import type { Logger } from '../log.js';
 import { KeyedMutex } from '../util.js';
-import { fileSha256, isFile, readHeader, sourceGet, writeSparse } from './artifacts.js';
+import { isFile, readHeader } from './artifacts.js';
+import { fetchChecked, fileSha256, sourceGet, type CheckedFetch } from './transfer.js';
 
 /**
  * Moving a template between servers' caches (docs/ARCHITECTURE.md "Fleet" -> "Artifacts"): a
@@ -87,7 +88,6 @@ export interface TemplateArtifactsDeps {
 const SHA256_RE = /^[0-9a-f]{64}$/;
 const KEY_RE = /^[0-9a-f]{16}$/;
 const MANIFEST_TIMEOUT_MS = 30_000;
-const FILE_IDLE_MS = 60_000;
 
 /**
  * What is kept of a cache file (`<cache>/digests/`), valid while its size, mtime and inode are
@@ -320,54 +320,29 @@ export class TemplateArtifacts {
   }
 
   private get(url: string, req: { name: string; source: string; grant: string }, signal: AbortSignal): Promise<Response> {
-    return sourceGet(url, req.source, req.grant, signal, { what: `template ${req.name}`, notFound: 'template_not_found', details: { template: req.name } });
+    return sourceGet(url, req.source, req.grant, signal, this.notFound(req.name));
+  }
+
+  private notFound(name: string): CheckedFetch['notFound'] {
+    return { what: `template ${name}`, notFound: 'template_not_found', details: { template: name } };
   }
 
   /** Downloads one file to `dst` (runs of zeros left as holes), checking its size and sha256; the bytes received. */
-  private async fetchFile(req: { name: string; source: string; grant: string }, f: TemplateManifestFile, dst: string): Promise<number> {
-    const url = `${req.source}/v1/artifacts/templates/${req.name}/files/${f.path.split('/').map(encodeURIComponent).join('/')}`;
-    const abort = new AbortController();
-    let idle: NodeJS.Timeout | undefined;
-    const touch = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => abort.abort(new Error(`nothing received for ${FILE_IDLE_MS / 1000} s`)), FILE_IDLE_MS);
-    };
-    touch();
-    const fh = await fs.promises.open(dst, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-    let pos = 0;
-    try {
-      const res = await this.get(url, req, abort.signal);
-      if (!res.body) throw sourceFailed(req, `${url}: no body`);
-      try {
-        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-          touch();
-          const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-          await writeSparse(fh, buf, pos);
-          pos += buf.length;
-          if (pos > f.bytes) break;
-        }
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'ENOSPC' || code === 'EDQUOT') throw new NsError('no_space', `fetching ${f.path}: no space left on the cache's disk`, { cause: err });
-        throw new NsError('artifact_source_unreachable', `fetching ${f.path} from ${req.source}: ${errorMessage(err)}`, { details: { source: req.source } });
-      }
-      if (pos !== f.bytes) throw sourceFailed(req, `${f.path}: ${pos} bytes received, the manifest says ${f.bytes}`);
-      await fh.truncate(f.bytes);
-      await fh.sync();
-    } catch (err) {
-      abort.abort();
-      throw err;
-    } finally {
-      clearTimeout(idle);
-      await fh.close();
-    }
-    const sha256 = await fileSha256(dst);
-    if (sha256 !== f.sha256) {
-      throw new NsError('artifact_digest_mismatch', `${f.path} of template ${req.name} from ${req.source}: its sha256 is ${sha256}, the manifest says ${f.sha256}`, {
-        details: { source: req.source, path: f.path, expected: f.sha256, actual: sha256 },
-      });
-    }
-    return pos;
+  private fetchFile(req: { name: string; source: string; grant: string }, f: TemplateManifestFile, dst: string): Promise<number> {
+    return fetchChecked(
+      {
+        url: `${req.source}/v1/artifacts/templates/${req.name}/files/${f.path.split('/').map(encodeURIComponent).join('/')}`,
+        source: req.source,
+        grant: req.grant,
+        what: `${f.path} of template ${req.name}`,
+        bytes: f.bytes,
+        sha256: f.sha256,
+        notFound: this.notFound(req.name),
+        details: { path: f.path },
+        disk: "the cache's disk",
+      },
+      dst,
+    );
   }
 }
 
