@@ -15,8 +15,10 @@ export function fleetRouting(router: FleetRouter, localHas: (snapshotId: string)
     if (!kind || typeof id !== 'string') return;
     // (hijacked only once it is known to be remote: a local one goes on through Fastify; a snapshot
     // a host made on its own, a hibernation at a timeout, is looked for on the hosts)
-    if (!(await router.placed(kind, id)) && !(kind === 'snapshot' && !(await localHas(id)) && (await router.discoverSnapshot(id)))) return;
+    let copies = await router.placed(kind, id);
+    if (!copies.length && kind === 'snapshot' && !(await localHas(id)) && (await router.discoverSnapshot(id))) copies = await router.placed(kind, id);
+    if (!copies.length) return;
     reply.hijack();
-    await router.forward(kind, id, route, req.raw, reply.raw);
+    await router.forward(kind, copies, route, req.raw, reply.raw);
   };
 }

@@ -3,6 +3,7 @@ import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import { NsError } from '@nullspace/runtime';
 import { CONTROL_HEADER } from './credentials.js';
+import { jsonCall } from './jsoncall.js';
 
 /** A joined host as the control plane calls it: its listener and the credential it must present. */
 export interface HostTarget {
@@ -165,25 +166,11 @@ export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffe
 
 /** A JSON call of the control plane to `host` (placement, lists, imports, reconciliation). */
 export async function callHost(host: HostTarget, method: string, path: string, body?: unknown, timeoutMs = 120_000): Promise<{ status: number; json: unknown }> {
-  let res: Response;
   try {
-    res = await fetch(new URL(path, host.url), {
-      method,
-      headers: { authorization: `Bearer ${host.credential}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
+    return await jsonCall(new URL(path, host.url).toString(), host.credential, method, body, timeoutMs);
   } catch (err) {
     throw hostUnavailable(host, (err as Error).message);
   }
-  const text = await res.text();
-  let json: unknown = undefined;
-  try {
-    json = text ? JSON.parse(text) : undefined;
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, json };
 }
 
 /** The host's error answer as an NsError of the same code (the API's error body). */

@@ -6,6 +6,7 @@ import type { HostContext } from '../hostctx.js';
 import type { Logger } from '../log.js';
 import { newSecret, secretDigest } from './credentials.js';
 import { hostCapacity, hostFingerprint } from './identity.js';
+import { jsonCall } from './jsoncall.js';
 import type { HostReport, HostState } from './service.js';
 
 /** What a joined host keeps in its data dir (0600): who it is, and how each side proves itself. */
@@ -84,13 +85,8 @@ export async function startRuntimeHost(opts: RuntimeHostOptions): Promise<Runnin
     counts: { sandboxes: server.sandboxCount() },
   });
   const post = async (route: string, token: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> => {
-    const res = await fetch(`${control}/v1${route}`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-      signal: AbortSignal.timeout(Math.max(2000, config.fleet.heartbeatMs)),
-    });
-    return { status: res.status, json: (await res.json().catch(() => ({}))) as Record<string, unknown> };
+    const { status, json } = await jsonCall(`${control}/v1${route}`, token, 'POST', body, Math.max(2000, config.fleet.heartbeatMs));
+    return { status, json: (json ?? {}) as Record<string, unknown> };
   };
 
   let heartbeatMs = config.fleet.heartbeatMs;
@@ -118,6 +114,8 @@ export async function startRuntimeHost(opts: RuntimeHostOptions): Promise<Runnin
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
   const beat = async () => {
+    // (at a fixed rate: a slow answer does not stretch the gap the control plane sees)
+    const started = Date.now();
     try {
       const { status, json } = await post(`/fleet/hosts/${encodeURIComponent(joined.hostId)}/heartbeat`, joined.credential, report(advertised));
       if (status !== 200) {
@@ -134,7 +132,7 @@ export async function startRuntimeHost(opts: RuntimeHostOptions): Promise<Runnin
       log.warn({ err: (err as Error).message }, 'heartbeat failed: control plane unreachable');
       state = { state: 'unreachable', epoch: state.epoch };
     } finally {
-      if (!closed) timer = setTimeout(() => void beat(), heartbeatMs);
+      if (!closed) timer = setTimeout(() => void beat(), Math.max(0, heartbeatMs - (Date.now() - started)));
     }
   };
   await beat();

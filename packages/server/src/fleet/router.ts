@@ -57,21 +57,20 @@ export class FleetRouter implements RemoteTraffic {
 
   // --- routing ---------------------------------------------------------------------------------
 
-  /** Whether `kind` `id` lives on a joined host. */
-  async placed(kind: PlacementKind, id: string): Promise<boolean> {
-    return this.active && (await this.placements.of(kind, id)).length > 0;
+  /** Where `kind` `id` is placed on joined hosts (none: it is the control plane's own, or unknown). */
+  async placed(kind: PlacementKind, id: string): Promise<PlacementRecord[]> {
+    return this.active ? this.placements.of(kind, id) : [];
   }
 
   /**
-   * Answers an API request about sandbox or snapshot `id` if it lives on a joined host (true:
-   * answered); `route` is the route's pattern (`/v1/sandboxes/:id/files`, ...).
+   * Answers an API request about the sandbox, snapshot or volume placed as `copies` (what `placed`
+   * gave: one lookup per request); `route` is the route's pattern (`/v1/sandboxes/:id/files`, ...).
    */
-  async forward(kind: PlacementKind, id: string, route: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
-    if (!this.active) return false;
-    const copies = await this.placements.of(kind, id);
-    if (!copies.length) return false;
-    if (kind === 'volume') return this.forwardVolume(copies[0]!, req, res);
-    return kind === 'sandbox' ? this.forwardSandbox(copies[0]!, route, req, res) : this.forwardSnapshot(copies, route, req, res);
+  async forward(kind: PlacementKind, copies: PlacementRecord[], route: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (!copies.length) throw new NsError('internal', `forward of a ${kind} placed nowhere`);
+    if (kind === 'volume') await this.forwardVolume(copies[0]!, req, res);
+    else if (kind === 'sandbox') await this.forwardSandbox(copies[0]!, route, req, res);
+    else await this.forwardSnapshot(copies, route, req, res);
   }
 
   private async forwardVolume(p: PlacementRecord, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
