@@ -5,7 +5,7 @@ import { Sandbox } from 'nullspace';
 import { checkQcow2Backing } from '@nullspace/runtime';
 import { randomBytes } from 'node:crypto';
 import { apiKeyDigestHex, loadConfig, snapshotGrant, startServer, type RunningServer } from '@nullspace/server';
-import { cleanupDataDir, ownServer, tempDataDir, waitFor } from './servers.js';
+import { cleanupDataDir, ownServer, req, statusAndCode, tempDataDir, waitFor } from './servers.js';
 
 /**
  * Moving a snapshot between two servers (docs/api.md "Artifacts"): two real servers on one machine,
@@ -38,23 +38,7 @@ interface Imported {
   bytesFetched: number;
 }
 
-type Srv = { url: string; key: string };
-const req = async (srv: Srv, method: string, p: string, opts: { body?: unknown; auth?: string } = {}) => {
-  const res = await fetch(`${srv.url}${p}`, {
-    method,
-    headers: { authorization: opts.auth ?? `Bearer ${srv.key}`, ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined,
-  });
-  const buf = Buffer.from(await res.arrayBuffer());
-  let json: unknown;
-  try {
-    json = JSON.parse(buf.toString());
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, json: json as Record<string, any>, buf, headers: res.headers };
-};
-const code = (r: { status: number; json: Record<string, any> }) => [r.status, r.json?.error?.code as string | undefined];
+const code = statusAndCode;
 
 /** The files of a data dir's layer store (and its staging area). */
 const layerFiles = (dataDir: string) => fs.readdirSync(path.join(dataDir, 'layers')).filter((f) => f !== '.staging');

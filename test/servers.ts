@@ -203,3 +203,23 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>,
 export function freePort(): number {
   return 20000 + Math.floor(Math.random() * 20000);
 }
+
+/** A request to a server of a test's own (API key by default, `auth` the whole Authorization header): status, JSON body if any, raw bytes, headers. */
+export async function req(srv: { url: string; key: string }, method: string, p: string, opts: { body?: unknown; auth?: string } = {}) {
+  const res = await fetch(`${srv.url}${p}`, {
+    method,
+    headers: { authorization: opts.auth ?? `Bearer ${srv.key}`, ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined,
+  });
+  const buf = Buffer.from(await res.arrayBuffer());
+  let json: unknown;
+  try {
+    json = JSON.parse(buf.toString());
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, json: json as Record<string, any>, buf, headers: res.headers };
+}
+
+/** `[status, error code]` of a `req` answer. */
+export const statusAndCode = (r: { status: number; json: Record<string, any> }) => [r.status, r.json?.error?.code as string | undefined];

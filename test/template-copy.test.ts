@@ -6,7 +6,7 @@ import path from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { Sandbox } from 'nullspace';
 import { apiKeyDigestHex, loadConfig, snapshotGrant, templateGrant } from '@nullspace/server';
-import { cleanupDataDir, ownServer, tempDataDir } from './servers.js';
+import { cleanupDataDir, ownServer, req, statusAndCode, tempDataDir } from './servers.js';
 
 /**
  * Copying a template from one server's cache to another's (docs/api.md "Artifacts"): server A (the
@@ -28,22 +28,7 @@ interface TemplateManifest {
 }
 
 type Srv = { url: string; key: string };
-const req = async (srv: Srv, method: string, p: string, opts: { body?: unknown; auth?: string } = {}) => {
-  const res = await fetch(`${srv.url}${p}`, {
-    method,
-    headers: { authorization: opts.auth ?? `Bearer ${srv.key}`, ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined,
-  });
-  const buf = Buffer.from(await res.arrayBuffer());
-  let json: unknown;
-  try {
-    json = JSON.parse(buf.toString());
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, json: json as Record<string, any>, buf };
-};
-const code = (r: { status: number; json: Record<string, any> }) => [r.status, r.json?.error?.code as string | undefined];
+const code = statusAndCode;
 
 /** A GET with the path sent as it is (fetch would resolve `..` segments before sending). */
 const rawGet = (srv: Srv, p: string) =>
