@@ -5,6 +5,7 @@ import http from 'node:http';
 import path from 'node:path';
 import pg from 'pg';
 import { Sandbox, Volume } from 'nullspace';
+import { Sandbox as E2bSandbox } from 'e2b';
 import { apiKeyDigestHex, loadConfig, templateGrant } from '@nullspace/server';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { TEST_ROOT } from './env.js';
@@ -246,6 +247,22 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
       const res = await fetch(`${row.url}/v1/sandboxes`, { headers: { authorization: `Bearer ${row.control_credential}` } });
       expect(res.status).toBe(200);
       expect(((await res.json()) as { sandboxes: unknown[] }).sandboxes).toEqual([]);
+      // its E2B surface (what the control plane forwards E2B's requests to) likewise: the API key,
+      // another host's secret or an envd request of its own do not open it; the control header does
+      const other = rows.find((r) => r.id !== row.id)!.control_credential;
+      for (const [p, headers] of [
+        ['/v2/sandboxes', { 'x-api-key': key }],
+        ['/v2/sandboxes', { 'x-nullspace-control': other }],
+        ['/v2/sandboxes', { 'x-nullspace-control': 'wrong', authorization: `Bearer ${row.control_credential}` }],
+        ['/health', { 'e2b-sandbox-id': 'sbx_0000000000000000', 'e2b-sandbox-port': '49983', 'x-access-token': 'x' }],
+        ['/i.txt', { 'e2b-sandbox-id': 'sbx_0000000000000000', 'e2b-sandbox-port': '8000' }],
+      ] as Array<[string, Record<string, string>]>) {
+        const r = await fetch(`${row.url}${p}`, { headers });
+        expect(r.status, `${row.url}${p} ${JSON.stringify(headers)}`).toBe(401);
+      }
+      const e2b = await fetch(`${row.url}/v2/sandboxes`, { headers: { 'x-nullspace-control': row.control_credential } });
+      expect(e2b.status).toBe(200);
+      expect(await e2b.json()).toEqual([]);
     }
   });
 
@@ -438,6 +455,77 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
     expect((await direct(a, `/v1/snapshots/${snap.id}`)).status).toBe(404);
     expect((await direct(b, `/v1/snapshots/${snap.id}`)).status).toBe(404);
     expect(await errorCode(await api('GET', `/v1/snapshots/${snap.id}`))).toBe('snapshot_not_found');
+  }, 360_000);
+
+  it("the E2B SDK, pointed at the control plane, drives sandboxes on the hosts (create, commands, files, list, pause/connect, named snapshot, fork, kill)", async () => {
+    const e2b = () => ({ apiUrl: url, sandboxUrl: url, apiKey: key });
+    const tag = randomBytes(3).toString('hex');
+    const made: E2bSandbox[] = [];
+    onTestFinished(async () => {
+      for (const m of made) await api('DELETE', `/v1/sandboxes/${m.sandboxId}`).catch(() => {});
+    });
+    const sbx = await E2bSandbox.create({ ...e2b(), timeoutMs: 600_000, metadata: { fleetE2b: tag } });
+    made.push(sbx);
+    // placed on a joined host (this control plane runs no sandbox itself), answered by its host
+    const hostId = (await info(sbx.sandboxId)).hostId;
+    expect(joined.map((h) => h.hostId)).toContain(hostId);
+    expect(await liveOn(hostId)).toContain(sbx.sandboxId);
+    expect((await hosts()).find((h) => h.hostId === 'local')!.counts.sandboxes).toBe(0);
+    // envd through the control plane: commands (streamed), files, the user of E2B
+    const out: string[] = [];
+    const r = await sbx.commands.run('for i in 1 2 3; do echo line$i; done; whoami', { onStdout: (d) => void out.push(d) });
+    expect(r.stdout).toBe('line1\nline2\nline3\nuser\n');
+    expect(out.join('')).toBe(r.stdout);
+    await sbx.files.write('notes/a.txt', 'through the control plane');
+    expect(await sbx.files.read('/home/user/notes/a.txt')).toBe('through the control plane');
+    // another sandbox's access token opens nothing of this one (the host checks it)
+    const res = await fetch(`${url}/files?path=/home/user/notes/a.txt`, { headers: { 'e2b-sandbox-id': sbx.sandboxId, 'e2b-sandbox-port': '49983', 'x-access-token': 'not-its-token' } });
+    expect(res.status).toBe(401);
+    // port traffic in E2B's header form reaches the guest's server through its host
+    await sbx.commands.run(
+      `mkdir -p /tmp/www && echo "served by $(hostname)" > /tmp/www/i.txt && cd /tmp/www && (python3 -m http.server 8000 >/dev/null 2>&1 &) && for i in $(seq 300); do (echo > /dev/tcp/127.0.0.1/8000) 2>/dev/null && exit 0; sleep 0.1; done; exit 1`,
+      { timeoutMs: 60_000 },
+    );
+    const byHeader = await fetch(`${url}/i.txt`, { headers: { 'e2b-sandbox-id': sbx.sandboxId, 'e2b-sandbox-port': '8000' } });
+    expect([byHeader.status, await byHeader.text()]).toEqual([200, `served by ${(await sbx.commands.run('hostname')).stdout.trim()}\n`]);
+    // the list merges the hosts' own
+    expect((await E2bSandbox.list({ ...e2b(), query: { metadata: { fleetE2b: tag } } }).nextItems()).map((x) => x.sandboxId)).toEqual([sbx.sandboxId]);
+    // pause and connect: on its host, its memory kept
+    await sbx.commands.run('echo kept-in-ram > /dev/shm/k');
+    expect(await sbx.pause()).toBe(true);
+    expect((await info(sbx.sandboxId)).state).toBe('paused');
+    const again = await E2bSandbox.connect(sbx.sandboxId, e2b());
+    expect((await info(sbx.sandboxId)).hostId).toBe(hostId);
+    expect((await again.commands.run('cat /dev/shm/k')).stdout).toBe('kept-in-ram\n');
+    // a named snapshot: listed, restored by its name (placed by the control plane), deleted everywhere
+    const name = `fleet-${tag}`;
+    const snap = await again.createSnapshot({ name });
+    expect(await E2bSandbox.listSnapshots({ ...e2b(), name }).nextItems()).toEqual([{ snapshotId: snap.snapshotId, names: [name] }]);
+    const fromName = await E2bSandbox.create(name, { ...e2b(), timeoutMs: 600_000 });
+    made.push(fromName);
+    expect(joined.map((h) => h.hostId)).toContain((await info(fromName.sandboxId)).hostId);
+    expect((await fromName.commands.run('cat /dev/shm/k')).stdout).toBe('kept-in-ram\n');
+    // fork: the children on the source's host, each its own
+    const forks = (await again.fork({ count: 2 })).map((f) => {
+      if (!(f instanceof E2bSandbox)) throw f;
+      return f;
+    });
+    expect(forks).toHaveLength(2);
+    made.push(...forks);
+    for (const f of forks) {
+      expect((await info(f.sandboxId)).hostId).toBe(hostId);
+      expect(await f.files.read('/home/user/notes/a.txt')).toBe('through the control plane');
+    }
+    // kill: ended on its host, not found on E2B's surface afterwards
+    expect(await E2bSandbox.kill(fromName.sandboxId, e2b())).toBe(true);
+    expect((await info(fromName.sandboxId)).state).toBe('killed');
+    expect(await E2bSandbox.kill(fromName.sandboxId, e2b())).toBe(false);
+    for (const f of forks) await f.kill();
+    expect(await E2bSandbox.deleteSnapshot(snap.snapshotId, e2b())).toBe(true);
+    expect(await errorCode(await api('GET', `/v1/snapshots/${snap.snapshotId}`))).toBe('snapshot_not_found');
+    expect(await E2bSandbox.listSnapshots({ ...e2b(), name }).nextItems()).toEqual([]);
+    await again.kill();
+    expect(await liveOn(hostId)).not.toContain(sbx.sandboxId);
   }, 360_000);
 
   it('drains a host: placement stops there, heartbeats keep it draining', async () => {

@@ -5,7 +5,8 @@
  * file read (against the same call made straight to the host, with the SDK pointed at the host's
  * listener), placement (a create through the control plane against one made on a host), and a
  * restore on a host that first fetches the snapshot from another (against a restore on the host
- * holding it: same snapshot, same run), with the bytes it moved against the bytes the guest changed.
+ * holding it: same snapshot, same run), with the bytes it moved against the bytes the guest changed;
+ * and the hop for E2B's SDK (a command through the control plane against one sent to the host).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
@@ -121,6 +122,29 @@ export async function fleetRows(ctx: FleetBenchCtx): Promise<{ rows: Row[]; note
     }
     out.push({ name: 'fleet: command round trip through the control plane', unit: 'ms', samples: cmdCp, ref: { value: median(cmdHost), label: 'straight to the host' } });
     out.push({ name: 'fleet: 1 MiB file read through the control plane', unit: 'ms', samples: readCp, ref: { value: median(readHost), label: 'straight to the host' } });
+
+    // the same hop for E2B's SDK (fleet rows of e2b/fleet.ts): its command through the control
+    // plane against the same command sent straight to the host's E2B surface (the SDK given the
+    // control plane's credential for that host as a header, as the control plane presents it)
+    try {
+      const { Sandbox: E2bSandbox } = await import('e2b');
+      const host = rows.find((r) => r.id === hostId)!;
+      const e = await E2bSandbox.create({ apiUrl, sandboxUrl: apiUrl, apiKey, timeoutMs: 600_000 });
+      try {
+        const eHost = await E2bSandbox.connect(e.sandboxId, { apiUrl: host.conn.apiUrl, sandboxUrl: host.conn.apiUrl, apiKey: 'unused', headers: { 'x-nullspace-control': host.conn.apiKey }, apiHeaders: { 'x-nullspace-control': host.conn.apiKey } });
+        const viaCpE: number[] = [];
+        const directE: number[] = [];
+        for (let i = 0; i < n * 3; i++) {
+          viaCpE.push(await ms(() => e.commands.run('true')));
+          directE.push(await ms(() => eHost.commands.run('true')));
+        }
+        out.push({ name: "fleet: E2B SDK's command round trip through the control plane", unit: 'ms', samples: viaCpE, ref: { value: median(directE), label: "straight to the host's E2B surface" } });
+      } finally {
+        await e.kill().catch(() => {});
+      }
+    } catch (err) {
+      notes.push(`fleet: E2B row skipped (${(err as Error).message.split('\n')[0]})`);
+    }
 
     // cross-host restore: each round the guest changes 16 MiB of disk and 32 MiB of memory, is
     // snapshotted on its host A, restored on B (which fetches what it lacks of the snapshot from A),

@@ -21,7 +21,7 @@ import type { AppDeps } from './deps.js';
 import { fileRoutes } from './files.js';
 import { hostRoutes, isFleetRoute } from './hosts.js';
 import { fleetRouting } from './routing.js';
-import { bearer, matchesDigest } from '../fleet/credentials.js';
+import { bearer, CONTROL_HEADER, matchesDigest } from '../fleet/credentials.js';
 import { ptyRoutes } from './pty.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { snapshotRoutes } from './snapshots.js';
@@ -93,7 +93,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
 
   const hostMode = deps.hostMode;
-  // E2B's port traffic by header: to the preview proxy (packages/server/src/e2b)
+  // E2B's port traffic by header: to the preview proxy (packages/server/src/e2b); on a runtime host
+  // after its credential check (below)
   if (!hostMode) app.addHook('onRequest', e2bPortTraffic(deps));
   const key = digest(deps.apiKey);
   // what artifact grants are signed with: the key's sha256 (hex); on a runtime host, its control
@@ -106,9 +107,13 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     const grant = grantOf(req);
     if (grant !== undefined && isGrantRoute(req)) return;
     if (hostMode) {
-      // a runtime host: every route needs the control plane's credential (fleet/hostd.ts)
+      // a runtime host: every route needs the control plane's credential (fleet/hostd.ts), as a
+      // Bearer token or, on what it forwards as it came (E2B's routes, whose Authorization is the
+      // client's), in CONTROL_HEADER
       const expected = hostMode.keyDigest();
-      if (expected === undefined || !matchesDigest(bearer(req.headers.authorization), expected)) {
+      const forwarded = req.headers[CONTROL_HEADER];
+      const given = typeof forwarded === 'string' ? forwarded : bearer(req.headers.authorization);
+      if (expected === undefined || !matchesDigest(given, expected)) {
         throw new NsError('unauthorized', 'this is a runtime host: only its control plane may call it');
       }
       return;
@@ -129,6 +134,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     }
   });
 
+  if (hostMode) app.addHook('onRequest', e2bPortTraffic(deps));
   // requests about a sandbox or snapshot of a joined host go there (fleet/router.ts)
   if (deps.router) {
     const sandboxes = deps.sandboxes;
@@ -214,9 +220,10 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     },
     { prefix: '/v1' },
   );
+  // E2B's wire at the root, beside /v1 (packages/server/src/e2b); on a runtime host, for the
+  // control plane to forward E2B's requests about its sandboxes (fleet/e2b.ts)
+  await app.register(e2bRoutes(deps));
   if (!hostMode) {
-    // E2B's wire at the root, beside /v1 (packages/server/src/e2b)
-    await app.register(e2bRoutes(deps));
     // the web console at / (packages/console; docs/operations.md "Web console")
     await app.register(consoleRoutes(deps.config.consoleDir));
   }

@@ -5,6 +5,7 @@ import type { SandboxRecord } from '../store/sandboxes.js';
 import type { SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from '../api/deps.js';
 import { E2bError, notSupported } from './errors.js';
+import { hostsListed, mergedPage, NAME_KEY, placeE2b, placedSnapshot } from './fleet.js';
 import { e2bEgressRules } from './network.js';
 
 /**
@@ -17,8 +18,6 @@ import { e2bEgressRules } from './network.js';
  * `network.allowPublicTraffic: false`, as on E2B (then `trafficAccessToken` opens them).
  */
 
-/** The metadata key of an E2B snapshot name. */
-const NAME_KEY = 'e2bName';
 
 /** The envd version this surface reports: the SDK gates features on it (docs/api.md). */
 export const ENVD_VERSION = '0.5.7';
@@ -139,7 +138,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
   const namedSnapshot = async (name: string) => (await sandboxes.listSnapshots({ kinds: ['reusable'], metadata: { [NAME_KEY]: name }, limit: 100 })).items.at(-1);
   const snapshotView = (snap: SnapshotRecord) => ({ snapshotID: snap.id, names: snap.metadata[NAME_KEY] ? [snap.metadata[NAME_KEY]] : [] });
 
-  const create = async (raw: unknown, reply: FastifyReply) => {
+  const create = async (raw: unknown, path: string, reply: FastifyReply) => {
     const b = body(raw);
     const templateID = b.templateID ?? 'base';
     if (typeof templateID !== 'string' || templateID === '') throw new E2bError(400, 'templateID must be a string');
@@ -158,8 +157,15 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     }
     const egress = e2bEgressRules(network as Record<string, unknown>);
     const autoResume = (b.autoResume ?? {}) as { enabled?: unknown };
-    // a snapshot's id or name names it as a template, as on E2B
-    const snapshotId = /^snap_/.test(templateID) ? templateID : (await namedSnapshot(templateID))?.id;
+    // a snapshot's id or name names it as a template, as on E2B (the control plane's own, or one
+    // placed on a joined host)
+    const router = deps.router?.active ? deps.router : undefined;
+    const snapshotId = /^snap_/.test(templateID) ? templateID : ((await namedSnapshot(templateID))?.id ?? (router ? (await placedSnapshot(router, templateID))[0]?.id : undefined));
+    if (router) {
+      // placed as a /v1 create is: a joined host's own E2B surface creates it (fleet.ts)
+      const answer = await placeE2b(router, { template: snapshotId ? 'base' : templateID, ...(snapshotId ? { snapshotId } : {}), ...(volumes ? { volumes } : {}) }, path, { ...b, ...(snapshotId ? { templateID: snapshotId } : {}) });
+      if (answer !== undefined) return reply.status(201).send(answer);
+    }
     const rec = await sandboxes.create({
       template: snapshotId ? 'base' : templateID,
       ...(snapshotId ? { snapshotId } : {}),
@@ -176,9 +182,9 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     });
     return reply.status(201).send(sandboxView(deps, rec));
   };
-  app.post('/v2/sandboxes', async (req, reply) => create(req.body, reply));
+  app.post('/v2/sandboxes', async (req, reply) => create(req.body, '/v2/sandboxes', reply));
   // (JS SDK <= 2.45, Python SDK 2.x)
-  app.post('/sandboxes', async (req, reply) => create(req.body, reply));
+  app.post('/sandboxes', async (req, reply) => create(req.body, '/sandboxes', reply));
 
   const connect = async (id: string, raw: unknown, reply: FastifyReply) => {
     const b = body(raw);
@@ -224,6 +230,23 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       }
       stringMap(metadata, 'metadata');
     }
+    const after = q.startedAfter ? Date.parse(q.startedAfter) : undefined;
+    if (after !== undefined && Number.isNaN(after)) throw new E2bError(400, 'startedAfter must be an RFC 3339 time');
+    const wanted = (items: SandboxRecord[]) => items.filter((r) => (!q.template || templateOf(r) === q.template) && (after === undefined || (r.startedAt ?? r.createdAt) > after));
+    if (deps.router?.active) {
+      // the control plane's own and every ready host's (their E2B lists, same query), under one cursor
+      const local: SandboxRecord[] = [];
+      let token: string | undefined;
+      do {
+        const p = await sandboxes.list({ states, metadata, limit: 500, ...(token ? { nextToken: token } : {}) });
+        local.push(...p.items);
+        token = p.nextToken;
+      } while (token);
+      const all = [...wanted(local).map((r) => listedView(deps, r) as Record<string, unknown>), ...(await hostsListed(deps.router, '/v2/sandboxes', q))];
+      const merged = mergedPage(all, 'sandboxID', (j) => Date.parse(String(j.startedAt)), limit, q.nextToken || undefined);
+      if (merged.nextToken) void reply.header('x-next-token', merged.nextToken);
+      return reply.status(200).send(merged.items);
+    }
     let page: Awaited<ReturnType<typeof sandboxes.list>>;
     try {
       page = await sandboxes.list({ states, metadata, limit, ...(q.nextToken ? { nextToken: q.nextToken } : {}) });
@@ -231,15 +254,8 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       if (err instanceof NsError && err.code === 'bad_request') throw new E2bError(400, err.message);
       throw err;
     }
-    let items = page.items;
-    if (q.template) items = items.filter((r) => templateOf(r) === q.template);
-    if (q.startedAfter) {
-      const after = Date.parse(q.startedAfter);
-      if (Number.isNaN(after)) throw new E2bError(400, 'startedAfter must be an RFC 3339 time');
-      items = items.filter((r) => (r.startedAt ?? r.createdAt) > after);
-    }
     if (page.nextToken) void reply.header('x-next-token', page.nextToken);
-    return reply.status(200).send(items.map((r) => listedView(deps, r)));
+    return reply.status(200).send(wanted(page.items).map((r) => listedView(deps, r)));
   });
 
   app.get('/sandboxes/:id', async (req) => detailView(deps, await liveSandbox(deps, (req.params as { id: string }).id)));
@@ -314,6 +330,24 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
   app.get('/snapshots', async (req, reply) => {
     const q = req.query as Record<string, string | undefined>;
     const limit = pageLimit(q.limit);
+    if (deps.router?.active) {
+      // the control plane's own and those placed on joined hosts (their records), under one cursor
+      const mine: Array<Record<string, unknown>> = [];
+      let token: string | undefined;
+      do {
+        const p = await sandboxes.listSnapshots({ kinds: ['reusable'], ...(q.sandboxID ? { sandboxId: q.sandboxID } : {}), metadata: q.name ? { [NAME_KEY]: q.name } : {}, limit: 500, nextToken: token });
+        mine.push(...p.items.map((x) => ({ ...snapshotView(x), at: x.createdAt })));
+        token = p.nextToken;
+      } while (token);
+      for (const p of await deps.router.placedAll('snapshot')) {
+        const v = p.view as { kind?: string; sandboxId?: string; metadata?: Record<string, string>; createdAt?: string };
+        if (v.kind !== 'reusable' || (q.sandboxID && v.sandboxId !== q.sandboxID) || (q.name && v.metadata?.[NAME_KEY] !== q.name)) continue;
+        mine.push({ snapshotID: p.id, names: v.metadata?.[NAME_KEY] ? [v.metadata[NAME_KEY]] : [], at: Date.parse(String(v.createdAt)) });
+      }
+      const merged = mergedPage(mine, 'snapshotID', (j) => Number(j.at), limit, q.nextToken || undefined);
+      if (merged.nextToken) void reply.header('x-next-token', merged.nextToken);
+      return reply.status(200).send(merged.items.map(({ at: _at, ...x }) => x));
+    }
     let page: Awaited<ReturnType<typeof sandboxes.listSnapshots>>;
     try {
       page = await sandboxes.listSnapshots({ kinds: ['reusable'], ...(q.sandboxID ? { sandboxId: q.sandboxID } : {}), metadata: q.name ? { [NAME_KEY]: q.name } : {}, limit, nextToken: q.nextToken || undefined });
@@ -333,6 +367,13 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
       snap = /^snap_/.test(id) ? await sandboxes.getSnapshot(id) : await namedSnapshot(id);
     } catch {
       // (not found)
+    }
+    if (!snap && deps.router?.active) {
+      const copies = await placedSnapshot(deps.router, id);
+      if (copies.length && copies[0]!.view.kind === 'reusable') {
+        await deps.router.deleteSnapshot(copies);
+        return reply.status(204).send();
+      }
     }
     if (!snap || snap.kind !== 'reusable') throw new E2bError(404, `snapshot ${id} not found (templates are managed through /v1/templates)`);
     await sandboxes.deleteSnapshot(snap.id);

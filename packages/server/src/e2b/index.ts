@@ -7,6 +7,7 @@ import { controlRoutes } from './control.js';
 import { ENVD_PORT, envdHttpRoutes } from './envd.js';
 import { E2bError, httpError } from './errors.js';
 import { filesystemRoutes } from './filesystem.js';
+import { forwardControl, forwardEnvd } from './fleet.js';
 import { processRoutes } from './process.js';
 
 /**
@@ -75,13 +76,19 @@ export const e2bRoutes =
 
     const key = digest(deps.apiKey);
     await app.register(async (control) => {
-      control.addHook('onRequest', async (req) => {
-        const given = (req.headers['x-api-key'] as string | undefined) ?? /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
-        if (!given || !timingSafeEqual(digest(given), key)) throw new E2bError(401, given ? 'invalid API key' : 'missing API key: send X-API-Key');
-      });
+      // (a runtime host's listener checked the control plane's credential already: app.ts)
+      if (!deps.hostMode) {
+        control.addHook('onRequest', async (req) => {
+          const given = (req.headers['x-api-key'] as string | undefined) ?? /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+          if (!given || !timingSafeEqual(digest(given), key)) throw new E2bError(401, given ? 'invalid API key' : 'missing API key: send X-API-Key');
+        });
+      }
+      // a sandbox of a joined host: that host's E2B surface answers (fleet.ts)
+      if (deps.router) control.addHook('preHandler', forwardControl(deps.router));
       controlRoutes(control, deps);
     });
     await app.register(async (envd) => {
+      if (deps.router) envd.addHook('onRequest', forwardEnvd(deps.router));
       envdHttpRoutes(envd, deps);
       processRoutes(envd, deps);
       filesystemRoutes(envd, deps);

@@ -165,7 +165,7 @@ export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffe
 }
 
 /** A JSON call of the control plane to `host` (placement, lists, imports, reconciliation). */
-export async function callHost(host: HostTarget, method: string, path: string, body?: unknown, timeoutMs = 120_000): Promise<{ status: number; json: unknown }> {
+export async function callHost(host: HostTarget, method: string, path: string, body?: unknown, timeoutMs = 120_000): Promise<{ status: number; json: unknown; headers: Headers }> {
   try {
     return await jsonCall(new URL(path, host.url).toString(), host.credential, method, body, timeoutMs);
   } catch (err) {

@@ -1,10 +1,10 @@
 /**
  * A JSON call between fleet members with a bearer credential (the control plane to a host:
- * fleet/forward.ts `callHost`; a host to its control plane: fleet/hostd.ts): the status and the
- * JSON body (undefined when there is none or it is not JSON). A call that gets no answer (refused,
+ * fleet/forward.ts `callHost`; a host to its control plane: fleet/hostd.ts): the status, the
+ * headers and the JSON body (undefined when there is none or it is not JSON). A call that gets no answer (refused,
  * cut, timed out) throws fetch's error; the caller says what that means.
  */
-export async function jsonCall(url: string, credential: string, method: string, body: unknown, timeoutMs: number): Promise<{ status: number; json: unknown }> {
+export async function jsonCall(url: string, credential: string, method: string, body: unknown, timeoutMs: number): Promise<{ status: number; json: unknown; headers: Headers }> {
   const res = await fetch(url, {
     method,
     headers: { authorization: `Bearer ${credential}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
@@ -13,8 +13,8 @@ export async function jsonCall(url: string, credential: string, method: string, 
   });
   const text = await res.text();
   try {
-    return { status: res.status, json: text ? (JSON.parse(text) as unknown) : undefined };
+    return { status: res.status, json: text ? (JSON.parse(text) as unknown) : undefined, headers: res.headers };
   } catch {
-    return { status: res.status, json: undefined };
+    return { status: res.status, json: undefined, headers: res.headers };
   }
 }

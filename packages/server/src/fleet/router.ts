@@ -26,6 +26,20 @@ export interface RouterOptions {
   localHas: (id: string) => Promise<boolean>;
 }
 
+/**
+ * How the chosen host is asked to create a sandbox: `send` the request (201: created), `view` the
+ * sandbox's /v1 view from the answer (what the placement records).
+ */
+export interface CreateAsk {
+  send(host: HostTarget): Promise<{ status: number; json: unknown }>;
+  view(host: HostTarget, answer: unknown): Promise<Json>;
+}
+
+const V1_CREATE = (body: Json): CreateAsk => ({
+  send: (host) => callHost(host, 'POST', '/v1/sandboxes', body),
+  view: async (host, answer) => showHost(answer, host.id) as Json,
+});
+
 /** Codes with which a host refuses a sandbox for want of room: the next candidate is tried. */
 const FULL = new Set(['too_many_sandboxes', 'insufficient_memory', 'no_space']);
 const GRANT_TTL_MS = 10 * 60_000;
@@ -155,18 +169,25 @@ export class FleetRouter implements RemoteTraffic {
     return true;
   }
 
+  /**
+   * Deletes the snapshot placed as `copies` on every ready holder (a lost host's copy is forgotten:
+   * its gc frees it once it is back and the snapshot is deleted there by reconciliation).
+   */
+  async deleteSnapshot(copies: PlacementRecord[]): Promise<void> {
+    const id = copies[0]!.id;
+    for (const h of await this.readyHolders(copies)) {
+      const r = await callHost(h, 'DELETE', `/v1/snapshots/${id}`);
+      if (r.status !== 204 && r.status !== 404) throw hostError(h, r.status, r.json);
+    }
+    await this.placements.remove('snapshot', id);
+  }
+
   private async forwardSnapshot(copies: PlacementRecord[], route: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
     const id = copies[0]!.id;
     const method = req.method ?? 'GET';
     const ready = await this.readyHolders(copies);
     if (route === '/v1/snapshots/:id' && method === 'DELETE') {
-      // every copy (a lost host's copy is forgotten: its gc frees it once it is back and the
-      // snapshot is deleted there by reconciliation)
-      for (const h of ready) {
-        const r = await callHost(h, 'DELETE', `/v1/snapshots/${id}`);
-        if (r.status !== 204 && r.status !== 404) throw hostError(h, r.status, r.json);
-      }
-      await this.placements.remove('snapshot', id);
+      await this.deleteSnapshot(copies);
       return answer(res, 204, undefined);
     }
     const host = ready[0];
@@ -196,8 +217,35 @@ export class FleetRouter implements RemoteTraffic {
     return true;
   }
 
+  /**
+   * Records sandbox or snapshot `id`, made on `host` by a request forwarded as it came (E2B's fork
+   * and snapshot: fleet/e2b.ts), from the host's own /v1 view.
+   */
+  async recordMade(kind: 'sandbox' | 'snapshot', host: HostTarget, id: string, from?: string): Promise<void> {
+    const r = await callHost(host, 'GET', `/v1/${kind === 'sandbox' ? 'sandboxes' : 'snapshots'}/${encodeURIComponent(id)}`);
+    if (r.status !== 200) throw hostError(host, r.status, r.json);
+    const view = showHost(r.json, host.id) as Json;
+    if (kind === 'sandbox') await this.placements.put('sandbox', id, host.id, view);
+    else await this.recordSnapshot(host, view, from ? (await this.placements.of('sandbox', from))[0]?.view : undefined);
+  }
+
+  /** Everything of `kind` placed on joined hosts, with the last view recorded of each. */
+  placedAll(kind: PlacementKind): Promise<PlacementRecord[]> {
+    return this.active ? this.placements.list(kind) : Promise.resolve([]);
+  }
+
+  /** The ready hosts (not lost), as the control plane calls them: what fleet-wide lists ask. */
+  async liveHosts(): Promise<HostTarget[]> {
+    return (await this.hosts.list()).filter((h) => h.lostAt === null).map(target);
+  }
+
+  /** Ends the record of sandbox `id` (its host killed it at a forwarded request). */
+  async ended(id: string): Promise<void> {
+    await this.placements.end('sandbox', id);
+  }
+
   /** The host of a placed sandbox for preview traffic (undefined: not placed; a lost one throws). */
-  private async liveHostOf(id: string): Promise<HostTarget | undefined> {
+  async liveHostOf(id: string): Promise<HostTarget | undefined> {
     if (!this.active) return undefined;
     const p = (await this.placements.of('sandbox', id))[0];
     if (!p) return undefined;
@@ -214,9 +262,20 @@ export class FleetRouter implements RemoteTraffic {
    * own host takes it (no joined host, a local snapshot, or `local` is the least loaded).
    */
   async create(body: Json): Promise<Json | undefined> {
+    const placed = await this.place(body, V1_CREATE(body));
+    return placed?.view;
+  }
+
+  /**
+   * Places a new sandbox described by `want` (`template`, `snapshotId`, `volumes`: a create
+   * request's fields that decide where it may go) and asks the chosen host to create it with `ask`
+   * (the /v1 create, or E2B's: fleet/e2b.ts). Undefined: the control plane's own host takes it.
+   */
+  async place(want: Json, ask: CreateAsk): Promise<{ answer: unknown; view: Json } | undefined> {
     if (!this.active) return undefined;
-    const snapshotId = typeof body.snapshotId === 'string' ? body.snapshotId : undefined;
-    if (snapshotId !== undefined) return this.restore(snapshotId, body);
+    const snapshotId = typeof want.snapshotId === 'string' ? want.snapshotId : undefined;
+    if (snapshotId !== undefined) return this.restore(snapshotId, ask);
+    const body = want;
     const template = typeof body.template === 'string' ? body.template : 'base';
     let candidates = await this.placeable();
     const volumeHosts = await this.volumeHosts(body);
@@ -231,7 +290,7 @@ export class FleetRouter implements RemoteTraffic {
     candidates.sort((a, b) => Number(holds(b)) - Number(holds(a)) || a.load - b.load || a.id.localeCompare(b.id));
     // none that may take it holds it: the first is given a copy from a ready host that has it
     if (!holds(candidates[0]!)) await this.copyTemplate(template, candidates[0]!);
-    return this.createOn(candidates, body);
+    return this.createOn(candidates, ask);
   }
 
   /**
@@ -254,7 +313,7 @@ export class FleetRouter implements RemoteTraffic {
     this.log.info({ template: name, from: source.id, to: to.id, ...(r.json as Json) }, 'template copied');
   }
 
-  private async restore(snapshotId: string, body: Json): Promise<Json | undefined> {
+  private async restore(snapshotId: string, ask: CreateAsk): Promise<{ answer: unknown; view: Json } | undefined> {
     let copies = await this.placements.of('snapshot', snapshotId);
     // a snapshot of the control plane's own host is restored there
     if (!copies.length && ((await this.opts.localHas(snapshotId)) || !(await this.discoverSnapshot(snapshotId)))) return undefined;
@@ -272,20 +331,20 @@ export class FleetRouter implements RemoteTraffic {
     candidates.sort((a, b) => Number(holders.has(b.id)) - Number(holders.has(a.id)) || a.load - b.load || a.id.localeCompare(b.id));
     const chosen = candidates[0]!;
     if (!holders.has(chosen.id)) await this.copySnapshot(snapshotId, copies, chosen.target!);
-    return this.createOn([chosen], body);
+    return this.createOn([chosen], ask);
   }
 
-  private async createOn(candidates: Candidate[], body: Json): Promise<Json | undefined> {
+  private async createOn(candidates: Candidate[], ask: CreateAsk): Promise<{ answer: unknown; view: Json } | undefined> {
     let last: NsError | undefined;
     for (const c of candidates) {
       if (c.id === LOCAL_HOST_ID) return undefined;
       const host = c.target!;
-      const r = await callHost(host, 'POST', '/v1/sandboxes', body).catch((err: unknown) => ({ status: 0, json: err }));
+      const r = await ask.send(host).catch((err: unknown) => ({ status: 0, json: err }));
       if (r.status === 201) {
-        const view = showHost(r.json, host.id) as Json;
+        const view = await ask.view(host, r.json);
         await this.placements.put('sandbox', String(view.sandboxId), host.id, view);
         this.log.info({ sandboxId: view.sandboxId, hostId: host.id }, 'sandbox placed');
-        return view;
+        return { answer: r.json, view };
       }
       last = r.status === 0 ? (r.json as NsError) : hostError(host, r.status, r.json);
       if (r.status !== 0 && !FULL.has(last.code)) throw last;
@@ -590,16 +649,27 @@ export function showHost(body: unknown, hostId: string, depth = 0): unknown {
 }
 
 function page<K extends string>(items: Json[], idKey: string, limit: number, nextToken: string | undefined, key: K): { [P in K]: Json[] } & { nextToken: string | null } {
-  const at = (j: Json) => Date.parse(String(j.createdAt));
-  items.sort((a, b) => at(a) - at(b) || String(a[idKey]).localeCompare(String(b[idKey])));
-  let rest = items;
+  const r = mergedPage(items, idKey, (j) => Date.parse(String(j.createdAt)), limit, nextToken);
+  return { [key]: r.items, nextToken: r.nextToken ?? null } as { [P in K]: Json[] } & { nextToken: string | null };
+}
+
+/**
+ * One page of `items` merged from several servers, oldest first by `at` then `idKey` (an item
+ * listed twice counts once), after the cursor `nextToken` (the fleet's own: the servers' cursors do
+ * not mix); the next cursor.
+ */
+export function mergedPage(items: Json[], idKey: string, at: (j: Json) => number, limit: number, nextToken: string | undefined): { items: Json[]; nextToken: string | undefined } {
+  const seen = new Set<string>();
+  const unique = items.filter((j) => !seen.has(String(j[idKey])) && seen.add(String(j[idKey])));
+  unique.sort((a, b) => at(a) - at(b) || String(a[idKey]).localeCompare(String(b[idKey])));
+  let rest = unique;
   if (nextToken) {
     const c = decodeCursor(nextToken);
-    rest = items.filter((j) => at(j) > c.createdAt || (at(j) === c.createdAt && String(j[idKey]) > c.id));
+    rest = unique.filter((j) => at(j) > c.createdAt || (at(j) === c.createdAt && String(j[idKey]) > c.id));
   }
   const out = rest.slice(0, limit);
-  const last = out[out.length - 1];
-  return { [key]: out, nextToken: rest.length > limit && last ? encodeCursor(at(last), String(last[idKey])) : null } as { [P in K]: Json[] } & { nextToken: string | null };
+  const last = out.at(-1);
+  return { items: out, nextToken: rest.length > limit && last ? encodeCursor(at(last), String(last[idKey])) : undefined };
 }
 
 export { hostUnavailable };
