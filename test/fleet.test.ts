@@ -5,7 +5,7 @@ import http from 'node:http';
 import path from 'node:path';
 import pg from 'pg';
 import { Sandbox, Volume } from 'nullspace';
-import { Sandbox as E2bSandbox } from 'e2b';
+import { AuthenticationError, Sandbox as E2bSandbox, SandboxError } from 'e2b';
 import { apiKeyDigestHex, loadConfig, templateGrant } from '@nullspace/server';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { TEST_ROOT } from './env.js';
@@ -464,6 +464,11 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
     onTestFinished(async () => {
       for (const m of made) await api('DELETE', `/v1/sandboxes/${m.sandboxId}`).catch(() => {});
     });
+    // the control plane's key, and E2B's answer for a template no host has (the host's own 404)
+    await expect(E2bSandbox.create({ ...e2b(), apiKey: 'not-the-key' })).rejects.toBeInstanceOf(AuthenticationError);
+    const missing = await E2bSandbox.create('no-such-template', e2b()).catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(SandboxError);
+    expect((missing as SandboxError & { statusCode?: number }).statusCode).toBe(404);
     const sbx = await E2bSandbox.create({ ...e2b(), timeoutMs: 600_000, metadata: { fleetE2b: tag } });
     made.push(sbx);
     // placed on a joined host (this control plane runs no sandbox itself), answered by its host

@@ -112,6 +112,8 @@ export async function placeE2b(router: FleetRouter, want: Json, path: string, bo
       if (r.status !== 200) throw hostError(host, r.status, r.json);
       return showHost(r.json, host.id) as Json;
     },
+    // the host's E2B answer as it gave it; for want of room (429, 503, 507) the next host is tried
+    refusal: (_host, status, answer) => ({ error: new E2bError(status, String((answer as Json | undefined)?.message ?? `the host answered ${status}`)), full: [429, 503, 507].includes(status) }),
   });
   return placed?.answer;
 }

@@ -33,11 +33,17 @@ export interface RouterOptions {
 export interface CreateAsk {
   send(host: HostTarget): Promise<{ status: number; json: unknown }>;
   view(host: HostTarget, answer: unknown): Promise<Json>;
+  /** The host's refusal as the error to answer, and whether it was for want of room (the next candidate is tried). */
+  refusal(host: HostTarget, status: number, answer: unknown): { error: Error; full: boolean };
 }
 
 const V1_CREATE = (body: Json): CreateAsk => ({
   send: (host) => callHost(host, 'POST', '/v1/sandboxes', body),
   view: async (host, answer) => showHost(answer, host.id) as Json,
+  refusal: (host, status, answer) => {
+    const error = hostError(host, status, answer);
+    return { error, full: FULL.has(error.code) };
+  },
 });
 
 /** Codes with which a host refuses a sandbox for want of room: the next candidate is tried. */
@@ -335,20 +341,28 @@ export class FleetRouter implements RemoteTraffic {
   }
 
   private async createOn(candidates: Candidate[], ask: CreateAsk): Promise<{ answer: unknown; view: Json } | undefined> {
-    let last: NsError | undefined;
+    let last: Error | undefined;
     for (const c of candidates) {
       if (c.id === LOCAL_HOST_ID) return undefined;
       const host = c.target!;
-      const r = await ask.send(host).catch((err: unknown) => ({ status: 0, json: err }));
+      let r: { status: number; json: unknown };
+      try {
+        r = await ask.send(host);
+      } catch (err) {
+        // (unreachable: the next candidate)
+        last = err as Error;
+        continue;
+      }
       if (r.status === 201) {
         const view = await ask.view(host, r.json);
         await this.placements.put('sandbox', String(view.sandboxId), host.id, view);
         this.log.info({ sandboxId: view.sandboxId, hostId: host.id }, 'sandbox placed');
         return { answer: r.json, view };
       }
-      last = r.status === 0 ? (r.json as NsError) : hostError(host, r.status, r.json);
-      if (r.status !== 0 && !FULL.has(last.code)) throw last;
-      this.log.warn({ hostId: host.id, code: last.code }, 'placement: host refused the sandbox, trying the next');
+      const refused = ask.refusal(host, r.status, r.json);
+      if (!refused.full) throw refused.error;
+      last = refused.error;
+      this.log.warn({ hostId: host.id, status: r.status, err: refused.error.message }, 'placement: host refused the sandbox, trying the next');
     }
     throw last ?? new NsError('host_unavailable', 'no runtime host is ready');
   }
