@@ -1,8 +1,8 @@
 import http from 'node:http';
-import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ALL_TRAFFIC, CommandExitError, FilesystemEventType, InvalidArgumentError, NotFoundError, Sandbox, SandboxError, type FilesystemEvent, type SandboxOpts } from 'e2b';
 import { apiKey, apiUrl } from './helpers.js';
+import { e2bRun, nativeKill, until } from './e2b-helpers.js';
 
 /**
  * The E2B surface's terminals, watches, metrics, port traffic (getHost), snapshots and fork
@@ -10,24 +10,7 @@ import { apiKey, apiUrl } from './helpers.js';
  * through E2B's environment variables, against the suite's server and real VMs.
  */
 
-const RUN = randomBytes(4).toString('hex');
-const META = { suite: 'nullspace-tests', e2bRun: RUN };
-const made: string[] = [];
-
-async function nativeKill(id: string): Promise<void> {
-  await fetch(`${apiUrl()}/v1/sandboxes/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${apiKey()}` } }).catch(() => {});
-}
-
-async function create(opts: SandboxOpts = {}): Promise<Sandbox> {
-  const sbx = await Sandbox.create({ ...opts, metadata: { ...META, ...opts.metadata } });
-  made.push(sbx.sandboxId);
-  return sbx;
-}
-
-async function until(cond: () => boolean, what: () => unknown = () => ''): Promise<void> {
-  for (let i = 0; i < 600 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
-  if (!cond()) throw new Error(`timed out; seen: ${JSON.stringify(what())}`);
-}
+const { RUN, META, made, create } = e2bRun();
 
 /**
  * GET `url` as is. `*.localhost` names the loopback (RFC 6761: browsers and systemd-resolved do so;

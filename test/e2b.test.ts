@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { loadConfig, startServer, type RunningServer } from '@nullspace/server';
-import { AuthenticationError, CommandExitError, FileNotFoundError, NotFoundError, Sandbox, SandboxError, TimeoutError, type SandboxOpts } from 'e2b';
+import { AuthenticationError, CommandExitError, FileNotFoundError, NotFoundError, Sandbox, SandboxError, TimeoutError } from 'e2b';
 import { Sandbox as OldSandbox } from 'e2b-old';
 import { apiKey, apiUrl } from './helpers.js';
 import { cleanupDataDir, tempDataDir } from './servers.js';
+import { e2bRun, nativeKill, until } from './e2b-helpers.js';
 
 /**
  * The E2B-compatible surface (docs/api.md, "E2B compatibility") driven by E2B's own SDK, unchanged:
@@ -13,20 +14,7 @@ import { cleanupDataDir, tempDataDir } from './servers.js';
  * real server and real VMs.
  */
 
-const RUN = randomBytes(4).toString('hex');
-const META = { suite: 'nullspace-tests', e2bRun: RUN };
-const made: string[] = [];
-
-/** Kills through the native API (what a failing test left). */
-async function nativeKill(id: string): Promise<void> {
-  await fetch(`${apiUrl()}/v1/sandboxes/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${apiKey()}` } }).catch(() => {});
-}
-
-async function create(opts: SandboxOpts = {}): Promise<Sandbox> {
-  const sbx = await Sandbox.create({ ...opts, metadata: { ...META, ...opts.metadata } });
-  made.push(sbx.sandboxId);
-  return sbx;
-}
+const { RUN, META, made, create } = e2bRun();
 
 /** A raw envd request (as the SDK makes it) for the checks of tokens. */
 function envd(path: string, id: string, token: string | undefined, init: RequestInit = {}): Promise<Response> {
@@ -51,11 +39,6 @@ async function readAll(s: ReadableStream<Uint8Array>): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const p of s as unknown as AsyncIterable<Uint8Array>) parts.push(Buffer.from(p));
   return Buffer.concat(parts);
-}
-
-async function until(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 600 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
-  expect(cond()).toBe(true);
 }
 
 let sbx: Sandbox;
