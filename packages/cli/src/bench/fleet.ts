@@ -6,7 +6,7 @@
  * listener), placement (a create through the control plane against one made on a host), and a
  * restore on a host that first fetches the snapshot from another (against a restore on the host
  * holding it: same snapshot, same run), with the bytes it moved against the bytes the guest changed;
- * and the hop for E2B's SDK (a command through the control plane against one sent to the host).
+ * and E2B's SDK through the control plane (against nullspace's SDK running the same login shell).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
@@ -123,22 +123,24 @@ export async function fleetRows(ctx: FleetBenchCtx): Promise<{ rows: Row[]; note
     out.push({ name: 'fleet: command round trip through the control plane', unit: 'ms', samples: cmdCp, ref: { value: median(cmdHost), label: 'straight to the host' } });
     out.push({ name: 'fleet: 1 MiB file read through the control plane', unit: 'ms', samples: readCp, ref: { value: median(readHost), label: 'straight to the host' } });
 
-    // the same hop for E2B's SDK (fleet rows of e2b/fleet.ts): its command through the control
-    // plane against the same command sent straight to the host's E2B surface (the SDK given the
-    // control plane's credential for that host as a header, as the control plane presents it)
+    // E2B's SDK on the fleet (e2b/fleet.ts): its command through the control plane against the
+    // nullspace SDK's running the same login shell on the same sandbox through the control plane
+    // (E2B's SDK runs every command as `/bin/bash -l -c`; it cannot be pointed at a host's envd
+    // directly: its RPC transport sends no extra headers)
     try {
       const { Sandbox: E2bSandbox } = await import('e2b');
-      const host = rows.find((r) => r.id === hostId)!;
       const e = await E2bSandbox.create({ apiUrl, sandboxUrl: apiUrl, apiKey, timeoutMs: 600_000 });
       try {
-        const eHost = await E2bSandbox.connect(e.sandboxId, { apiUrl: host.conn.apiUrl, sandboxUrl: host.conn.apiUrl, apiKey: 'unused', headers: { 'x-nullspace-control': host.conn.apiKey }, apiHeaders: { 'x-nullspace-control': host.conn.apiKey } });
-        const viaCpE: number[] = [];
-        const directE: number[] = [];
+        const native = await Sandbox.connect(e.sandboxId, cp);
+        await e.commands.run('true');
+        await native.commands.run('/bin/bash -l -c true');
+        const viaE2b: number[] = [];
+        const viaNative: number[] = [];
         for (let i = 0; i < n * 3; i++) {
-          viaCpE.push(await ms(() => e.commands.run('true')));
-          directE.push(await ms(() => eHost.commands.run('true')));
+          viaE2b.push(await ms(() => e.commands.run('true')));
+          viaNative.push(await ms(() => native.commands.run('/bin/bash -l -c true')));
         }
-        out.push({ name: "fleet: E2B SDK's command round trip through the control plane", unit: 'ms', samples: viaCpE, ref: { value: median(directE), label: "straight to the host's E2B surface" } });
+        out.push({ name: "fleet: E2B SDK's command through the control plane", unit: 'ms', samples: viaE2b, ref: { value: median(viaNative), label: 'nullspace SDK, same login shell, same hop' } });
       } finally {
         await e.kill().catch(() => {});
       }
