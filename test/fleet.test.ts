@@ -260,6 +260,9 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
         const r = await fetch(`${row.url}${p}`, { headers });
         expect(r.status, `${row.url}${p} ${JSON.stringify(headers)}`).toBe(401);
       }
+      // (nor the question whose signature a signed URL carries: the control plane's alone)
+      const owner = await fetch(`${row.url}/nullspace/e2b/signature-owner`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': key }, body: JSON.stringify({ query: { signature: 'v1_x' }, operation: 'read' }) });
+      expect(owner.status).toBe(401);
       const e2b = await fetch(`${row.url}/v2/sandboxes`, { headers: { 'x-nullspace-control': row.control_credential } });
       expect(e2b.status).toBe(200);
       expect(await e2b.json()).toEqual([]);
@@ -483,6 +486,18 @@ describe.skipIf(!root)('fleet: a control plane and runtime hosts in network name
     expect(out.join('')).toBe(r.stdout);
     await sbx.files.write('notes/a.txt', 'through the control plane');
     expect(await sbx.files.read('/home/user/notes/a.txt')).toBe('through the control plane');
+    // E2B's signed URLs name no sandbox: the control plane asks the hosts whose signature it is
+    const up = await sbx.uploadUrl('/tmp/signed.txt');
+    expect(up).not.toContain(sbx.sandboxId);
+    const form = new FormData();
+    form.append('file', new Blob(['via a signed url']), 'ignored-name');
+    expect((await fetch(up, { method: 'POST', body: form })).status).toBe(200);
+    const down = await sbx.downloadUrl('/tmp/signed.txt', { useSignatureExpiration: 120 });
+    expect(await (await fetch(down)).text()).toBe('via a signed url');
+    const forged = new URL(down);
+    forged.searchParams.set('path', '/etc/shadow');
+    expect((await fetch(forged)).status).toBe(401);
+    expect((await fetch(up, { method: 'GET' })).status).toBe(401);
     // another sandbox's access token opens nothing of this one (the host checks it)
     const res = await fetch(`${url}/files?path=/home/user/notes/a.txt`, { headers: { 'e2b-sandbox-id': sbx.sandboxId, 'e2b-sandbox-port': '49983', 'x-access-token': 'not-its-token' } });
     expect(res.status).toBe(401);

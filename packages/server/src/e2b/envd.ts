@@ -9,6 +9,7 @@ import type { GuestAgent } from '@nullspace/runtime';
 import { clientGone, readFile, writeFile } from '../agentio.js';
 import type { AppDeps } from '../api/deps.js';
 import { NsError } from '../errors.js';
+import type { SandboxRecord } from '../store/sandboxes.js';
 import { UntilIdle } from '../util.js';
 import { E2bError, notSupported } from './errors.js';
 import { filesUser, resolvePath } from './user.js';
@@ -58,6 +59,18 @@ export async function envdSandbox(deps: AppDeps, req: FastifyRequest): Promise<s
 async function filesSandbox(deps: AppDeps, req: FastifyRequest, operation: 'read' | 'write'): Promise<string> {
   const q = req.query as Record<string, unknown>;
   if (header(req, 'x-access-token') !== undefined || typeof q.signature !== 'string') return envdSandbox(deps, req);
+  const id = await signatureOwner(deps, q, operation, header(req, 'e2b-sandbox-id'));
+  if (!id) throw new E2bError(401, 'invalid signature');
+  return id;
+}
+
+/**
+ * The running sandbox (`id`, or any) whose access token signs the signed URL's query `q` for
+ * `operation`: `<path>:<operation>:<user>:<token>[:<expiration>]`; undefined: none. An expired
+ * signature is refused (401).
+ */
+export async function signatureOwner(deps: AppDeps, q: Record<string, unknown>, operation: 'read' | 'write', id?: string): Promise<string | undefined> {
+  if (typeof q.signature !== 'string') return undefined;
   const expiration = q.signature_expiration;
   if (expiration !== undefined && (typeof expiration !== 'string' || !/^[0-9]{1,12}$/.test(expiration) || Number(expiration) * 1000 < Date.now())) {
     throw new E2bError(401, 'the signature has expired');
@@ -65,13 +78,20 @@ async function filesSandbox(deps: AppDeps, req: FastifyRequest, operation: 'read
   const raw = (token: string) =>
     [typeof q.path === 'string' ? q.path : '', operation, typeof q.username === 'string' ? q.username : '', token, ...(expiration !== undefined ? [expiration] : [])].join(':');
   const given = digest(q.signature);
-  const id = header(req, 'e2b-sandbox-id');
-  for await (const rec of id ? [await deps.sandboxes.get(id)] : runningSandboxes(deps)) {
+  let one: SandboxRecord | undefined;
+  if (id) {
+    try {
+      one = await deps.sandboxes.get(id);
+    } catch {
+      return undefined;
+    }
+  }
+  for await (const rec of one ? [one] : runningSandboxes(deps)) {
     if (rec.state !== 'running' || !rec.accessToken) continue;
     const sig = 'v1_' + createHash('sha256').update(raw(rec.accessToken)).digest('base64').replace(/=+$/, '');
     if (timingSafeEqual(digest(sig), given)) return rec.id;
   }
-  throw new E2bError(401, 'invalid signature');
+  return undefined;
 }
 
 async function* runningSandboxes(deps: AppDeps) {

@@ -4,6 +4,8 @@ import { callHost, forwardTraffic, hostError, type HostTarget } from '../fleet/f
 import { showHost, type FleetRouter } from '../fleet/router.js';
 export { mergedPage } from '../fleet/router.js';
 import type { PlacementRecord } from '../store/placements.js';
+import type { AppDeps } from '../api/deps.js';
+import { signatureOwner } from './envd.js';
 import { E2bError } from './errors.js';
 
 /**
@@ -77,12 +79,39 @@ export function forwardControl(router: FleetRouter) {
   };
 }
 
+/** The route of a joined host's E2B surface that says whose signature a signed URL carries. */
+export const SIGNATURE_OWNER_ROUTE = '/nullspace/e2b/signature-owner';
+
+/**
+ * The sandbox of a joined host whose token signs this signed `/files` URL (E2B's uploadUrl and
+ * downloadUrl name no sandbox with E2B_SANDBOX_URL): the control plane's own are looked at first
+ * (undefined: its own, or nobody's, which its route answers), then each ready host is asked.
+ */
+async function signedOnHost(deps: AppDeps, router: FleetRouter, req: FastifyRequest): Promise<string | undefined> {
+  const q = req.query as Record<string, unknown>;
+  if (req.routeOptions.url !== '/files' || typeof q.signature !== 'string' || req.headers['x-access-token'] !== undefined) return undefined;
+  const operation = req.method === 'GET' ? 'read' : 'write';
+  if (await signatureOwner(deps, q, operation)) return undefined;
+  for (const host of await router.liveHosts()) {
+    const r = await callHost(host, 'POST', SIGNATURE_OWNER_ROUTE, { query: q, operation }).catch(() => undefined);
+    if (r?.status === 401) throw new E2bError(401, String((r.json as Json | undefined)?.message ?? 'invalid signature'));
+    const id = r?.status === 200 ? (r.json as { sandboxId?: unknown }).sandboxId : undefined;
+    if (typeof id === 'string') return id;
+  }
+  return undefined;
+}
+
 /** onRequest of the envd routes: a request for a sandbox of a joined host goes there as it came. */
-export function forwardEnvd(router: FleetRouter) {
+export function forwardEnvd(deps: AppDeps, router: FleetRouter) {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
     if (!router.active) return undefined;
-    const id = req.headers['e2b-sandbox-id'];
-    if (typeof id !== 'string') return undefined;
+    let id = req.headers['e2b-sandbox-id'];
+    if (typeof id !== 'string') {
+      id = await signedOnHost(deps, router, req);
+      if (id === undefined) return undefined;
+      // (named for the host, which then checks the signature against that sandbox only)
+      req.raw.headers['e2b-sandbox-id'] = id;
+    }
     let host: HostTarget | undefined;
     try {
       host = await placedHost(router, id);

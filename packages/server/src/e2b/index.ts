@@ -4,10 +4,10 @@ import type { AppDeps } from '../api/deps.js';
 import { isSandboxId } from '../sandbox/manager.js';
 import { STREAM_TYPE } from './connect.js';
 import { controlRoutes } from './control.js';
-import { ENVD_PORT, envdHttpRoutes } from './envd.js';
+import { ENVD_PORT, envdHttpRoutes, signatureOwner } from './envd.js';
 import { E2bError, httpError } from './errors.js';
 import { filesystemRoutes } from './filesystem.js';
-import { forwardControl, forwardEnvd } from './fleet.js';
+import { forwardControl, forwardEnvd, SIGNATURE_OWNER_ROUTE } from './fleet.js';
 import { processRoutes } from './process.js';
 
 /**
@@ -88,7 +88,15 @@ export const e2bRoutes =
       controlRoutes(control, deps);
     });
     await app.register(async (envd) => {
-      if (deps.router) envd.addHook('onRequest', forwardEnvd(deps.router));
+      if (deps.router) envd.addHook('onRequest', forwardEnvd(deps, deps.router));
+      // a runtime host says whose signature a signed URL carries (fleet.ts: its control plane asks)
+      if (deps.hostMode) {
+        envd.post(SIGNATURE_OWNER_ROUTE, async (req) => {
+          const b = (req.body ?? {}) as { query?: unknown; operation?: unknown };
+          if (!b.query || typeof b.query !== 'object' || (b.operation !== 'read' && b.operation !== 'write')) throw new E2bError(400, 'query (object) and operation (read or write) are required');
+          return { sandboxId: (await signatureOwner(deps, b.query as Record<string, unknown>, b.operation)) ?? null };
+        });
+      }
       envdHttpRoutes(envd, deps);
       processRoutes(envd, deps);
       filesystemRoutes(envd, deps);
