@@ -5,7 +5,6 @@ import {
   allocatedBytes,
   checkQcow2Backing,
   cloneFile,
-  errorMessage,
   fsyncDir,
   isTemplateDiskPath,
   LAYER_ID_RE,
@@ -20,7 +19,7 @@ import type { Logger } from '../log.js';
 import { secretDigest } from './credentials.js';
 import type { LayerKind, LayerRecord, SnapshotRecord, SnapshotStore } from '../store/snapshots.js';
 import { KeyedMutex, type RwLock } from '../util.js';
-import { deltaRecords, fetchChecked, fileSha256, sourceGet, type CheckedFetch } from './transfer.js';
+import { deltaRecords, fetchChecked, fetchManifest, fileSha256, type CheckedFetch } from './transfer.js';
 
 /**
  * Moving a snapshot's artifacts between servers (docs/ARCHITECTURE.md "Fleet" -> "Artifacts"): a
@@ -67,8 +66,6 @@ export const apiKeyDigestHex: (apiKey: string) => string = secretDigest;
 // ---- the service ----
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
-/** Reads of a source's manifest give up after this long. */
-const MANIFEST_TIMEOUT_MS = 30_000;
 
 export interface ArtifactsDeps {
   snapshots: SnapshotStore;
@@ -178,7 +175,7 @@ export class Artifacts {
         const { layers } = await this.localLayers(snapshotId);
         return { snapshotId, layersFetched: 0, layersReused: layers.length, bytesFetched: 0 };
       }
-      const manifest = await this.fetchManifest(req);
+      const manifest = await this.readManifest(req);
       const plan = await this.plan(manifest);
       checkFreeDisk(this.deps.layout.root, this.deps.minFreeDiskMiB, `importing snapshot ${snapshotId}`);
       const staging = this.deps.layout.importStagingFor(snapshotId);
@@ -198,21 +195,9 @@ export class Artifacts {
     });
   }
 
-  private async fetchManifest(req: { snapshotId: string; source: string; grant: string }): Promise<Manifest> {
-    const url = `${req.source}/v1/artifacts/snapshots/${req.snapshotId}/manifest`;
-    const res = await this.get(url, req, AbortSignal.timeout(MANIFEST_TIMEOUT_MS));
-    let body: unknown;
-    try {
-      body = await res.json();
-    } catch (err) {
-      throw new NsError('artifact_source_failed', `${url}: the answer is not JSON: ${errorMessage(err)}`, { details: { source: req.source } });
-    }
+  private async readManifest(req: { snapshotId: string; source: string; grant: string }): Promise<Manifest> {
+    const body = await fetchManifest(`${req.source}/v1/artifacts/snapshots/${req.snapshotId}/manifest`, req.source, req.grant, this.notFound(req.snapshotId));
     return validManifest(body, req.snapshotId, req.source);
-  }
-
-  /** A GET of the source with the grant; its refusals as this server's codes. */
-  private get(url: string, req: { snapshotId: string; source: string; grant: string }, signal: AbortSignal): Promise<Response> {
-    return sourceGet(url, req.source, req.grant, signal, this.notFound(req.snapshotId));
   }
 
   private notFound(snapshotId: string): CheckedFetch['notFound'] {

@@ -7,7 +7,6 @@ import {
   backingChain,
   checkQcow2Backing,
   compareRequirements,
-  errorMessage,
   fsyncDir,
   NsError,
   readRegistry,
@@ -24,7 +23,7 @@ import { checkFreeDisk } from '../admission.js';
 import type { Logger } from '../log.js';
 import { KeyedMutex } from '../util.js';
 import { isFile, readHeader } from './artifacts.js';
-import { fetchChecked, fileSha256, sourceGet, type CheckedFetch } from './transfer.js';
+import { fetchChecked, fetchManifest, fileSha256, type CheckedFetch } from './transfer.js';
 
 /**
  * Moving a template between servers' caches (docs/ARCHITECTURE.md "Fleet" -> "Artifacts"): a
@@ -87,7 +86,6 @@ export interface TemplateArtifactsDeps {
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
 const KEY_RE = /^[0-9a-f]{16}$/;
-const MANIFEST_TIMEOUT_MS = 30_000;
 
 /**
  * What is kept of a cache file (`<cache>/digests/`), valid while its size, mtime and inode are
@@ -209,7 +207,7 @@ export class TemplateArtifacts {
   async import(req: { name: string; source: string; grant: string }): Promise<TemplateImportResult> {
     const { cacheDir } = this.deps;
     return this.imports.run(req.name, async () => {
-      const m = await this.fetchManifest(req);
+      const m = await this.readManifest(req);
       const mismatches = compareRequirements(m.requirements, this.deps.profile);
       if (mismatches.length) {
         throw new NsError(
@@ -307,20 +305,9 @@ export class TemplateArtifacts {
     });
   }
 
-  private async fetchManifest(req: { name: string; source: string; grant: string }): Promise<TemplateManifest> {
-    const url = `${req.source}/v1/artifacts/templates/${req.name}/manifest`;
-    const res = await this.get(url, req, AbortSignal.timeout(MANIFEST_TIMEOUT_MS));
-    let body: unknown;
-    try {
-      body = await res.json();
-    } catch (err) {
-      throw sourceFailed(req, `the manifest is not JSON: ${errorMessage(err)}`);
-    }
+  private async readManifest(req: { name: string; source: string; grant: string }): Promise<TemplateManifest> {
+    const body = await fetchManifest(`${req.source}/v1/artifacts/templates/${req.name}/manifest`, req.source, req.grant, this.notFound(req.name));
     return validManifest(body, req);
-  }
-
-  private get(url: string, req: { name: string; source: string; grant: string }, signal: AbortSignal): Promise<Response> {
-    return sourceGet(url, req.source, req.grant, signal, this.notFound(req.name));
   }
 
   private notFound(name: string): CheckedFetch['notFound'] {

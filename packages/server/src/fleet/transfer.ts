@@ -41,6 +41,22 @@ export async function sourceGet(url: string, source: string, grant: string, sign
   throw new NsError('artifact_source_failed', `${url}: ${res.status} ${code ?? text.slice(0, 200)}`.trim(), { details });
 }
 
+/** Reads of a source's manifest give up after this long. */
+const MANIFEST_TIMEOUT_MS = 30_000;
+
+/**
+ * A source's manifest (`notFound.what`: what it describes, for messages), parsed but not yet
+ * checked: the caller checks it field by field (a source is another server, but its answer is input).
+ */
+export async function fetchManifest(url: string, source: string, grant: string, notFound: CheckedFetch['notFound']): Promise<unknown> {
+  const res = await sourceGet(url, source, grant, AbortSignal.timeout(MANIFEST_TIMEOUT_MS), notFound);
+  try {
+    return await res.json();
+  } catch (err) {
+    throw new NsError('artifact_source_failed', `${notFound.what} from ${source}: the manifest is not JSON: ${errorMessage(err)}`, { details: { source } });
+  }
+}
+
 /** One file to fetch, as a manifest describes it. */
 export interface CheckedFetch {
   url: string;
