@@ -42,6 +42,17 @@ export function newId(prefix: string): string {
   return `${prefix}_${s}`;
 }
 
+/** Every item of a paged list (`page(token)`: one page and the next page's token), in order. */
+export async function allPages<T>(page: (nextToken: string | undefined) => Promise<{ items: T[]; nextToken?: string | null | undefined }>): Promise<T[]> {
+  const out: T[] = [];
+  let token: string | undefined;
+  do {
+    const p = await page(token);
+    out.push(...p.items);
+    token = p.nextToken ?? undefined;
+  } while (token);
+  return out;
+}
 
 /**
  * A readers-writer lock: many readers at once, one writer alone. Snapshot captures and restores

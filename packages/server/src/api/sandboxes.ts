@@ -3,6 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from '@sinclair/typebox';
 import { NsError } from '@nullspace/runtime';
 import { STATES, type SandboxState } from '../sandbox/lifecycle.js';
+import { allPages } from '../util.js';
 import type { AppDeps } from './deps.js';
 import { parseList, parseMetadataFilter } from './query.js';
 import {
@@ -80,13 +81,7 @@ export const sandboxRoutes =
         const metadata = parseMetadataFilter(q.metadata);
         if (deps.router?.active) {
           // the fleet's sandboxes: this host's, each joined host's, and the records of lost hosts' ones
-          const local = [];
-          let token: string | undefined;
-          do {
-            const p = await sandboxes.list({ states, metadata, limit: 1000, ...(token ? { nextToken: token } : {}) });
-            local.push(...p.items.map((r) => sandboxView(deps, r)));
-            token = p.nextToken ?? undefined;
-          } while (token);
+          const local = (await allPages((token) => sandboxes.list({ states, metadata, limit: 1000, ...(token ? { nextToken: token } : {}) }))).map((r) => sandboxView(deps, r));
           const query = req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '';
           return (await deps.router.listSandboxes(query, local, states, q.limit ?? 100, q.nextToken)) as unknown as { sandboxes: typeof local; nextToken: string | null };
         }

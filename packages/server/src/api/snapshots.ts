@@ -2,6 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { SnapshotKind, SnapshotRecord } from '../store/snapshots.js';
+import { allPages } from '../util.js';
 import type { AppDeps } from './deps.js';
 import { parseList, parseMetadataFilter } from './query.js';
 import { Compatibility, CreateSnapshotBody, EmptyBody, GcReport, IdParams, ListSnapshotsQuery, Sandbox, Snapshot, SnapshotParams } from './schemas.js';
@@ -49,13 +50,7 @@ export const snapshotRoutes =
         const query = { sandboxId: q.sandboxId, kinds, metadata: parseMetadataFilter(q.metadata) };
         if (deps.router?.active) {
           // the fleet's snapshots: this host's and each joined host's (a copy held twice is listed once)
-          const local = [];
-          let token: string | undefined;
-          do {
-            const p = await sandboxes.listSnapshots({ ...query, limit: 1000, nextToken: token });
-            local.push(...(await Promise.all(p.items.map(view))));
-            token = p.nextToken ?? undefined;
-          } while (token);
+          const local = await Promise.all((await allPages((token) => sandboxes.listSnapshots({ ...query, limit: 1000, nextToken: token }))).map(view));
           return (await deps.router.listSnapshots(req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '', local, q.limit ?? 100, q.nextToken)) as unknown as { snapshots: typeof local; nextToken: string | null };
         }
         const page = await sandboxes.listSnapshots({ ...query, limit: q.limit ?? 100, nextToken: q.nextToken });

@@ -6,6 +6,7 @@ import type { SnapshotRecord } from '../store/snapshots.js';
 import type { AppDeps } from '../api/deps.js';
 import { E2bError, notSupported } from './errors.js';
 import { hostsListed, mergedPage, NAME_KEY, placeE2b, placedSnapshot } from './fleet.js';
+import { allPages } from '../util.js';
 import { e2bEgressRules } from './network.js';
 
 /**
@@ -235,13 +236,7 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const wanted = (items: SandboxRecord[]) => items.filter((r) => (!q.template || templateOf(r) === q.template) && (after === undefined || (r.startedAt ?? r.createdAt) > after));
     if (deps.router?.active) {
       // the control plane's own and every ready host's (their E2B lists, same query), under one cursor
-      const local: SandboxRecord[] = [];
-      let token: string | undefined;
-      do {
-        const p = await sandboxes.list({ states, metadata, limit: 500, ...(token ? { nextToken: token } : {}) });
-        local.push(...p.items);
-        token = p.nextToken;
-      } while (token);
+      const local = await allPages((token) => sandboxes.list({ states, metadata, limit: 500, ...(token ? { nextToken: token } : {}) }));
       const all = [...wanted(local).map((r) => listedView(deps, r) as Record<string, unknown>), ...(await hostsListed(deps.router, '/v2/sandboxes', q))];
       const merged = mergedPage(all, 'sandboxID', (j) => Date.parse(String(j.startedAt)), limit, q.nextToken || undefined);
       if (merged.nextToken) void reply.header('x-next-token', merged.nextToken);
@@ -332,13 +327,8 @@ export function controlRoutes(app: FastifyInstance, deps: AppDeps): void {
     const limit = pageLimit(q.limit);
     if (deps.router?.active) {
       // the control plane's own and those placed on joined hosts (their records), under one cursor
-      const mine: Array<Record<string, unknown>> = [];
-      let token: string | undefined;
-      do {
-        const p = await sandboxes.listSnapshots({ kinds: ['reusable'], ...(q.sandboxID ? { sandboxId: q.sandboxID } : {}), metadata: q.name ? { [NAME_KEY]: q.name } : {}, limit: 500, nextToken: token });
-        mine.push(...p.items.map((x) => ({ ...snapshotView(x), at: x.createdAt })));
-        token = p.nextToken;
-      } while (token);
+      const own = await allPages((token) => sandboxes.listSnapshots({ kinds: ['reusable'], ...(q.sandboxID ? { sandboxId: q.sandboxID } : {}), metadata: q.name ? { [NAME_KEY]: q.name } : {}, limit: 500, nextToken: token }));
+      const mine: Array<Record<string, unknown>> = own.map((x) => ({ ...snapshotView(x), at: x.createdAt }));
       for (const p of await deps.router.placedAll('snapshot')) {
         const v = p.view as { kind?: string; sandboxId?: string; metadata?: Record<string, string>; createdAt?: string };
         if (v.kind !== 'reusable' || (q.sandboxID && v.sandboxId !== q.sandboxID) || (q.name && v.metadata?.[NAME_KEY] !== q.name)) continue;

@@ -6,6 +6,7 @@ export { mergedPage } from '../fleet/router.js';
 import type { PlacementRecord } from '../store/placements.js';
 import type { AppDeps } from '../api/deps.js';
 import { signatureOwner } from './envd.js';
+import { allPages } from '../util.js';
 import { E2bError } from './errors.js';
 
 /**
@@ -37,10 +38,12 @@ function sandboxRoute(route: string): boolean {
  * nothing of it: its own routes answer 404). A killed one is not found, as on E2B.
  */
 async function placedHost(router: FleetRouter, id: string): Promise<HostTarget | undefined> {
-  const p = (await router.placed('sandbox', id))[0];
-  if (!p) return undefined;
-  if (p.endedAt !== null) throw new E2bError(404, `sandbox ${id} not found (it was killed)`);
-  return router.liveHostOf(id);
+  try {
+    return await router.liveHostOf(id);
+  } catch (err) {
+    if (err instanceof NsError && err.code === 'sandbox_ended') throw new E2bError(404, `sandbox ${id} not found (it was killed)`);
+    throw err;
+  }
 }
 
 /**
@@ -72,8 +75,6 @@ export function forwardControl(router: FleetRouter) {
       for (const c of r.json as Array<{ sandbox: { sandboxID: string } }>) await router.recordMade('sandbox', host, c.sandbox.sandboxID);
     }
     if (r.status === 201 && route === '/sandboxes/:id/snapshots') await router.recordMade('snapshot', host, String((r.json as Json).snapshotID), id);
-    const next = r.headers.get('x-next-token');
-    if (next) void reply.header('x-next-token', next);
     if (r.json === undefined) return reply.status(r.status).send();
     return reply.status(r.status).type('application/json').send(r.json);
   };
@@ -159,17 +160,17 @@ export async function placedSnapshot(router: FleetRouter, idOrName: string): Pro
 export async function hostsListed(router: FleetRouter, path: string, query: Record<string, string | undefined>): Promise<Json[]> {
   const out: Json[] = [];
   for (const host of await router.liveHosts()) {
-    let token: string | null = null;
-    do {
-      const q = new URLSearchParams();
-      for (const [k, v] of Object.entries(query)) if (v !== undefined && k !== 'nextToken' && k !== 'limit') q.set(k, v);
-      q.set('limit', '100');
-      if (token) q.set('nextToken', token);
-      const r = await callHost(host, 'GET', `${path}?${q.toString()}`).catch(() => undefined);
-      if (!r || r.status !== 200 || !Array.isArray(r.json)) break;
-      out.push(...(r.json as Json[]));
-      token = r.headers.get('x-next-token');
-    } while (token);
+    out.push(
+      ...(await allPages(async (token) => {
+        const q = new URLSearchParams();
+        for (const [k, v] of Object.entries(query)) if (v !== undefined && k !== 'nextToken' && k !== 'limit') q.set(k, v);
+        q.set('limit', '100');
+        if (token) q.set('nextToken', token);
+        const r = await callHost(host, 'GET', `${path}?${q.toString()}`).catch(() => undefined);
+        if (!r || r.status !== 200 || !Array.isArray(r.json)) return { items: [] };
+        return { items: r.json as Json[], nextToken: r.headers.get('x-next-token') };
+      })),
+    );
   }
   return out;
 }

@@ -6,6 +6,7 @@ import type { PreviewTarget, RemoteTraffic } from '../preview/proxy.js';
 import type { HostRecord, HostStore } from '../store/hosts.js';
 import type { PlacementKind, PlacementRecord, PlacementStore } from '../store/placements.js';
 import { decodeCursor, encodeCursor } from '../store/cursor.js';
+import { allPages } from '../util.js';
 import { snapshotGrant, templateGrant } from './grant.js';
 import { secretDigest } from './credentials.js';
 import { callHost, forwardApi, forwardTraffic, forwardUpgrade, hostError, hostUnavailable, type HostTarget } from './forward.js';
@@ -488,22 +489,18 @@ export class FleetRouter implements RemoteTraffic {
     return { snapshots: r.snapshots, nextToken: r.nextToken };
   }
 
-  private async allPages(host: HostTarget, what: 'sandboxes' | 'snapshots', query: string): Promise<Json[]> {
-    const out: Json[] = [];
-    let token: string | null = null;
-    do {
+  private allPages(host: HostTarget, what: 'sandboxes' | 'snapshots', query: string): Promise<Json[]> {
+    return allPages(async (token) => {
       const q = new URLSearchParams(query);
       q.delete('nextToken');
       q.set('limit', '1000');
       if (token) q.set('nextToken', token);
       const r = await callHost(host, 'GET', `/v1/${what}?${q.toString()}`).catch(() => undefined);
       // (a host that does not answer now: its items are missing from this page, not an error)
-      if (!r || r.status !== 200) return out;
+      if (!r || r.status !== 200) return { items: [] };
       const j = r.json as Json;
-      out.push(...(j[what] as Json[]));
-      token = (j.nextToken as string | null) ?? null;
-    } while (token);
-    return out;
+      return { items: j[what] as Json[], nextToken: j.nextToken as string | null };
+    });
   }
 
   /** `POST /v1/gc` / `GET /v1/gc` on every ready host; their reports summed. */
@@ -614,11 +611,6 @@ export class FleetRouter implements RemoteTraffic {
     for (const n of names) for (const p of await this.placements.of('volume', n)) hosts.add(p.hostId);
     if (hosts.size > 1) throw new NsError('bad_request', `the volumes live on different hosts (${[...hosts].join(', ')}): a sandbox mounts volumes of one host`, { details: { hostIds: [...hosts] } });
     return hosts.size ? hosts : undefined;
-  }
-
-  /** Where `kind` `id` is placed, if on a joined host. */
-  async hostOf(kind: PlacementKind, id: string): Promise<string | undefined> {
-    return (await this.placements.of(kind, id))[0]?.hostId;
   }
 }
 
